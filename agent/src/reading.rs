@@ -1,0 +1,263 @@
+//! The canonical reading: the one type every layer of the agent shares.
+//!
+//! A [`Reading`] is one clinical observation-to-be (one FHIR `Observation`): a blood-pressure
+//! panel (systolic, diastolic, mean), a body weight, a pulse rate... It carries everything the
+//! uplink needs without looking anything up again: the values in UCUM units, the device's identity,
+//! the patient it is attributed to, the device's raw timestamp and the gateway receive time, status
+//! flags, where it came from, and two identities computed once at capture and never recomputed:
+//!
+//! - [`Reading::id`]: a SHA-256 over the reading's content (not over its arrival), so the same
+//!   reading delivered twice (MQTT redelivery, a cuff replaying stored records) has the same id
+//!   and the store keeps it once;
+//! - [`Reading::observation_identifier`]: the FHIR identifier value of fhir-mapping.md §5.1, used
+//!   for the server-side conditional create.
+//!
+//! Readings are PHI. `Debug` is implemented by hand and prints no patient or value.
+
+use std::fmt;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use device_drivers::{Decimal, DeviceTime, ReadingType};
+use serde::{Deserialize, Serialize};
+
+/// What one Observation measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadingKind {
+    /// Panel with systolic, diastolic and (optional) mean components, in mm[Hg].
+    BloodPressure,
+    /// Pulse rate measured by a BP cuff.
+    PulseRateCuff,
+    /// Pulse rate measured by a pulse oximeter.
+    PulseRateOximeter,
+    /// Heart rate from a heart-rate strap or a hub that does not say how it was measured.
+    HeartRate,
+    OxygenSaturation,
+    BodyWeight,
+    BodyHeight,
+    Bmi,
+    BodyTemperature,
+    BloodGlucose,
+}
+
+impl ReadingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BloodPressure => "blood_pressure",
+            Self::PulseRateCuff => "pulse_rate_cuff",
+            Self::PulseRateOximeter => "pulse_rate_oximeter",
+            Self::HeartRate => "heart_rate",
+            Self::OxygenSaturation => "oxygen_saturation",
+            Self::BodyWeight => "body_weight",
+            Self::BodyHeight => "body_height",
+            Self::Bmi => "bmi",
+            Self::BodyTemperature => "body_temperature",
+            Self::BloodGlucose => "blood_glucose",
+        }
+    }
+}
+
+/// The class of a device (drives the FHIR Device `specialization` and some MDC codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceClass {
+    BloodPressureCuff,
+    Scale,
+    Thermometer,
+    PulseOximeter,
+    GlucoseMeter,
+    HeartRateSensor,
+    /// A hub or multi-parameter source (MQTT ingest): the measuring device is not known.
+    Generic,
+}
+
+/// How a device is identified (fhir-mapping.md §3, §5.1).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type", content = "value")]
+pub enum DeviceIdentifier {
+    /// IEEE EUI-64 system id, 16 upper-case hex digits without dashes.
+    Eui64(String),
+    /// Bluetooth identity address, 12 upper-case hex digits without separators.
+    Bluetooth(String),
+    /// A gateway-local identity: `<gateway id>/<configured device name>` (MQTT hubs, serial ports
+    /// without a serial number, simulators).
+    Local(String),
+}
+
+impl DeviceIdentifier {
+    /// The `<device>` part of the observation identifier (§5.1).
+    pub fn id_component(&self) -> &str {
+        match self {
+            Self::Eui64(v) | Self::Bluetooth(v) | Self::Local(v) => v,
+        }
+    }
+}
+
+/// The device that produced a reading.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The configured name (`[[devices]] name`): not PHI, safe to log.
+    pub name: String,
+    pub class: DeviceClass,
+    pub identifier: DeviceIdentifier,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub firmware: Option<String>,
+}
+
+/// The patient a reading is attributed to.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum PatientRef {
+    /// A provisioned FHIR logical id: `Patient/<id>`.
+    Literal { id: String },
+    /// A business identifier `system|value`, resolved by the server (`Patient?identifier=...`).
+    Identifier { system: String, value: String },
+}
+
+impl fmt::Debug for PatientRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PatientRef(<redacted>)")
+    }
+}
+
+/// Why a patient reference string is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatientRefError {
+    #[error("expected \"Patient/<id>\" or \"<system>|<value>\"")]
+    Shape,
+    #[error("the logical id after \"Patient/\" must be 1-64 characters of A-Z a-z 0-9 - .")]
+    BadId,
+    #[error("the identifier system must be an absolute URI (e.g. \"urn:oid:...\" or \"https://...\")")]
+    BadSystem,
+    #[error("the identifier value must not be empty or contain '|' or whitespace at its ends")]
+    BadValue,
+}
+
+impl std::str::FromStr for PatientRef {
+    type Err = PatientRefError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(id) = s.strip_prefix("Patient/") {
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            return if ok {
+                Ok(Self::Literal { id: id.to_string() })
+            } else {
+                Err(PatientRefError::BadId)
+            };
+        }
+        let (system, value) = s.split_once('|').ok_or(PatientRefError::Shape)?;
+        let scheme_ok = system
+            .split_once(':')
+            .is_some_and(|(scheme, rest)| {
+                !scheme.is_empty()
+                    && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                    && !rest.is_empty()
+            });
+        if !scheme_ok || system.chars().any(char::is_whitespace) {
+            return Err(PatientRefError::BadSystem);
+        }
+        if value.is_empty() || value.contains('|') || value.trim() != value {
+            return Err(PatientRefError::BadValue);
+        }
+        Ok(Self::Identifier {
+            system: system.to_string(),
+            value: value.to_string(),
+        })
+    }
+}
+
+impl PatientRef {
+    /// The `<patient>` part of the observation identifier (§5.1): `<value>-<system>` or the id.
+    pub fn id_component(&self) -> String {
+        match self {
+            Self::Literal { id } => id.clone(),
+            Self::Identifier { system, value } => format!("{value}-{system}"),
+        }
+    }
+}
+
+/// How trustworthy the effective time is (gatt clock helpers decide this for BLE devices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeQuality {
+    /// The device's clock was used as is.
+    DeviceTrusted,
+    /// The device's clock was off and the gateway corrected it (PHD coincident timestamp).
+    CorrectedForSkew,
+    /// The device sent no usable time; the gateway receive time is used (live readings only).
+    GatewayReceiveTime,
+}
+
+/// Where a reading entered the gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Source {
+    /// MQTT ingest; `source_id` is the data point's `header.uuid` / `header.id`.
+    Mqtt { topic: String, source_id: String },
+    Simulator { name: String },
+    Ble { address: String },
+    Serial { port: String },
+}
+
+/// One measured component (e.g. systolic) with its UCUM unit.
+pub type Component = device_drivers::Reading;
+
+/// The canonical reading. See the module docs.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    /// Content-derived id (hex SHA-256), the store's dedup key.
+    pub id: String,
+    /// FHIR Observation identifier value (fhir-mapping.md §5.1), fixed at capture.
+    pub observation_identifier: String,
+    pub kind: ReadingKind,
+    /// The values: one for simple measurements, several components for a panel.
+    pub components: Vec<Component>,
+    pub device: DeviceInfo,
+    pub patient: PatientRef,
+    /// The device's raw clock reading, if it sent one.
+    pub device_time: Option<DeviceTime>,
+    /// When the measurement happened, with an offset (FHIR `effectiveDateTime`).
+    pub effective: DateTime<FixedOffset>,
+    pub time_quality: TimeQuality,
+    /// When the gateway received it.
+    pub received_at: DateTime<Utc>,
+    /// Sorted status flags (e.g. `irregular_pulse`, `unstable`).
+    pub flags: Vec<String>,
+    pub source: Source,
+}
+
+impl fmt::Debug for Reading {
+    /// Prints ids, kind and device name only: no values, no patient (PHI).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reading")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("device", &self.device.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reading {
+    /// Short id for logs (first 12 hex digits of the content id; not PHI).
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
+    }
+
+    /// The first component of a given type, if any.
+    pub fn component(&self, kind: ReadingType) -> Option<&Component> {
+        self.components.iter().find(|c| c.kind == kind)
+    }
+}
+
+/// A builder-free helper for tests and the simulator: a decimal from an f64 with `digits`
+/// fractional digits.
+pub fn decimal(value: f64, digits: i16) -> Decimal {
+    let scaled = (value * 10f64.powi(i32::from(digits))).round() as i64;
+    Decimal::new(scaled, -digits)
+}

@@ -1,0 +1,1 @@
+//! Serial device protocols (issue #4 fills this in).
