@@ -129,7 +129,9 @@ pub enum PatientRefError {
     Shape,
     #[error("the logical id after \"Patient/\" must be 1-64 characters of A-Z a-z 0-9 - .")]
     BadId,
-    #[error("the identifier system must be an absolute URI (e.g. \"urn:oid:...\" or \"https://...\")")]
+    #[error(
+        "the identifier system must be an absolute URI (e.g. \"urn:oid:...\" or \"https://...\")"
+    )]
     BadSystem,
     #[error("the identifier value must not be empty or contain '|' or whitespace at its ends")]
     BadValue,
@@ -152,13 +154,13 @@ impl std::str::FromStr for PatientRef {
             };
         }
         let (system, value) = s.split_once('|').ok_or(PatientRefError::Shape)?;
-        let scheme_ok = system
-            .split_once(':')
-            .is_some_and(|(scheme, rest)| {
-                !scheme.is_empty()
-                    && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-                    && !rest.is_empty()
-            });
+        let scheme_ok = system.split_once(':').is_some_and(|(scheme, rest)| {
+            !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                && !rest.is_empty()
+        });
         if !scheme_ok || system.chars().any(char::is_whitespace) {
             return Err(PatientRefError::BadSystem);
         }
@@ -199,10 +201,19 @@ pub enum TimeQuality {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Source {
     /// MQTT ingest; `source_id` is the data point's `header.uuid` / `header.id`.
-    Mqtt { topic: String, source_id: String },
-    Simulator { name: String },
-    Ble { address: String },
-    Serial { port: String },
+    Mqtt {
+        topic: String,
+        source_id: String,
+    },
+    Simulator {
+        name: String,
+    },
+    Ble {
+        address: String,
+    },
+    Serial {
+        port: String,
+    },
 }
 
 /// One measured component (e.g. systolic) with its UCUM unit.

@@ -111,7 +111,11 @@ pub fn parse_value(v: &Value) -> Result<DataPoint, OmhError> {
     }
     let modality = header
         .get("modality")
-        .or_else(|| header.get("acquisition_provenance").and_then(|p| p.get("modality")))
+        .or_else(|| {
+            header
+                .get("acquisition_provenance")
+                .and_then(|p| p.get("modality"))
+        })
         .and_then(Value::as_str)
         .map(str::to_string);
 
@@ -153,7 +157,9 @@ pub fn parse_value(v: &Value) -> Result<DataPoint, OmhError> {
         "heart-rate" => {
             let (hr, u) = quantity(body, "heart_rate")?;
             if !matches!(u.as_str(), "beats/min" | "bpm" | "/min") {
-                return Err(OmhError::BadUnit { field: "heart_rate" });
+                return Err(OmhError::BadUnit {
+                    field: "heart_rate",
+                });
             }
             record
                 .readings
