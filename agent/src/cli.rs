@@ -1,3 +1,335 @@
-pub fn main() -> i32 {
-    0
+//! The command line. `main.rs` only calls [`main`].
+//!
+//! Exit codes: 0 success; 64 bad configuration or bad device file (one-line reason on stderr);
+//! 2 bad arguments (clap's convention); 1 a runtime failure at start (store, key, TLS files).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, DEFAULT_PATH};
+
+pub const EXIT_CONFIG: u8 = 64;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "vitalgate", version, about = "Medical-device edge agent: devices -> encrypted outbox -> FHIR R4 over mutual TLS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfigArg {
+    /// Path of the configuration file.
+    #[arg(long, short = 'c', value_name = "PATH", default_value = DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent until SIGTERM/SIGINT.
+    Run(ConfigArg),
+    /// Check a configuration file; exit 0 if it is valid, 64 with the reason otherwise.
+    CheckConfig(ConfigArg),
+    /// Manage the store encryption key.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Decode a captured payload: a GATT characteristic value or a serial byte stream.
+    Decode(DecodeArgs),
+    /// Show the outbox: pending readings, dead letters (no content unless asked).
+    Status(ConfigArg),
+    /// List dead letters, or print one payload (PHI: only when a technician asks).
+    DeadLetters {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the payload of this dead letter (its sequence number) to stdout.
+        #[arg(long, value_name = "SEQ")]
+        show: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Create the store key file named by `store.key_file` (mode 0600; never overwrites).
+    Init(ConfigArg),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["characteristic", "protocol"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["hex", "file"])))]
+struct DecodeArgs {
+    /// GATT characteristic UUID, 16-bit (e.g. 0x2A35).
+    #[arg(long, value_name = "UUID")]
+    characteristic: Option<String>,
+    /// Serial protocol name (e.g. nonin-df7) or the path of a generic-line device file.
+    #[arg(long, value_name = "NAME|PATH")]
+    protocol: Option<String>,
+    /// The payload as hex (spaces and colons allowed).
+    #[arg(long, value_name = "HEX")]
+    hex: Option<String>,
+    /// The payload from a file (raw bytes, e.g. a serial capture).
+    #[arg(long, value_name = "PATH", conflicts_with = "hex")]
+    file: Option<PathBuf>,
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(c) => run(&c.config),
+        Command::CheckConfig(c) => match Config::load(&c.config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: OK (gateway {}, {} device(s), {} simulator(s))",
+                    c.config.display(),
+                    cfg.gateway.id,
+                    cfg.devices.len(),
+                    cfg.simulators.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Keys {
+            command: KeysCommand::Init(c),
+        } => keys_init(&c.config),
+        Command::Decode(d) => decode(d),
+        Command::Status(c) => status(&c.config),
+        Command::DeadLetters { config, show } => dead_letters(&config.config, show),
+    }
+}
+
+fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("vitalgate: configuration error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VITALGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn run(path: &Path) -> ExitCode {
+    init_tracing();
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vitalgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signal = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                crate::app::shutdown_signal().await;
+                shutdown.cancel();
+            })
+        };
+        let result = crate::app::run(cfg, shutdown, None).await;
+        signal.abort();
+        match result {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "vitalgate cannot start");
+                eprintln!("vitalgate: cannot start: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn keys_init(path: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    match crate::store::StoreKey::init(&cfg.store.key_file) {
+        Ok(()) => {
+            println!(
+                "created store key {} (mode 0600). Keep it with the gateway: without it the outbox cannot be read.",
+                cfg.store.key_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitalgate: keys init: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(path: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    match crate::app::open_store(&cfg) {
+        Ok(store) => {
+            let s = store.stats();
+            println!(
+                "pending={} dead_letters={} quarantined={} acked_tombstones={}",
+                s.pending, s.dead, s.quarantined, s.acked_tombstones
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitalgate: status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dead_letters(path: &Path, show: Option<u64>) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let store = match crate::app::open_store(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vitalgate: dead-letters: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match show {
+        Some(seq) => store.dead_letter_payload(seq).map(|bytes| {
+            let _ = std::io::stdout().write_all(&bytes);
+        }),
+        None => store.dead_letters().map(|list| {
+            for d in list {
+                println!("{d}");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vitalgate: dead-letters: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses hex with optional whitespace, colons and a `0x` prefix.
+pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    let cleaned: String = s
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':' && *c != '-')
+        .collect();
+    hex::decode(&cleaned).map_err(|e| format!("--hex: not hex ({e})"))
+}
+
+fn parse_uuid16(s: &str) -> Result<u16, String> {
+    let t = s.trim();
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    // Also accept the full 128-bit SIG form 0000xxxx-0000-1000-8000-00805f9b34fb.
+    let t = match t.len() {
+        36 if t.to_ascii_lowercase().ends_with("-0000-1000-8000-00805f9b34fb") => t.get(4..8).unwrap_or(""),
+        _ => t,
+    };
+    u16::from_str_radix(t, 16).map_err(|_| format!("--characteristic: expected a 16-bit UUID like 0x2A35, found {s:?}"))
+}
+
+fn decode(d: DecodeArgs) -> ExitCode {
+    let usage = |msg: String| {
+        eprintln!("vitalgate decode: {msg}");
+        ExitCode::from(EXIT_USAGE)
+    };
+    let bytes = match (&d.hex, &d.file) {
+        (Some(h), _) => match parse_hex(h) {
+            Ok(b) => b,
+            Err(e) => return usage(e),
+        },
+        (None, Some(f)) => match std::fs::read(f) {
+            Ok(b) => b,
+            Err(e) => return usage(format!("--file {}: {e}", f.display())),
+        },
+        (None, None) => return usage("--hex or --file is required".into()),
+    };
+    let json = if let Some(c) = &d.characteristic {
+        let uuid = match parse_uuid16(c) {
+            Ok(u) => u,
+            Err(e) => return usage(e),
+        };
+        match device_drivers::gatt::decode_to_json(uuid, &bytes) {
+            Some(v) => v,
+            None => return usage(format!("characteristic 0x{uuid:04X} is not supported")),
+        }
+    } else if let Some(p) = &d.protocol {
+        let mut decoder = match device_drivers::serial::builtin(p) {
+            Some(dec) => dec,
+            None => {
+                let path = Path::new(p);
+                if !path.exists() {
+                    return usage(format!(
+                        "--protocol: {p:?} is neither a built-in protocol ({}) nor a device file",
+                        device_drivers::serial::BUILTIN_PROTOCOLS.join(", ")
+                    ));
+                }
+                let text = match std::fs::read_to_string(path) {
+                    Ok(t) => t,
+                    Err(e) => return usage(format!("--protocol {}: {e}", path.display())),
+                };
+                match device_drivers::serial::generic::DeviceConfig::from_toml_str(&text, path) {
+                    Ok(cfg) => cfg.decoder(),
+                    Err(e) => return config_error(&e),
+                }
+            }
+        };
+        device_drivers::serial::decode_all_to_json(decoder.as_mut(), &bytes)
+    } else {
+        return usage("--characteristic or --protocol is required".into());
+    };
+    println!("{json}");
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_and_uuid_parsing() {
+        assert_eq!(parse_hex("1e 8a:00").unwrap(), vec![0x1e, 0x8a, 0x00]);
+        assert!(parse_hex("1g").is_err());
+        assert_eq!(parse_uuid16("0x2A35").unwrap(), 0x2a35);
+        assert_eq!(parse_uuid16("2a35").unwrap(), 0x2a35);
+        assert_eq!(
+            parse_uuid16("00002a35-0000-1000-8000-00805f9b34fb").unwrap(),
+            0x2a35
+        );
+        assert!(parse_uuid16("0x12345").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

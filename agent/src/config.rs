@@ -810,7 +810,7 @@ impl Validator<'_> {
                 ))
             }
         };
-        let interval = self.int_in(&s.interval_ms, &key("interval_ms"), 10..86_400_001, 5000)?;
+        let interval = self.int_in(&s.interval_ms, &key("interval_ms"), 1000..86_400_001, 5000)?;
         let count = match &s.count {
             None => None,
             Some(_) => Some(

@@ -1,4 +1,18 @@
 //! vitalgate: the edge agent. See ARCHITECTURE.md for the map.
+//!
+//! Layers (dependencies point down): `sources` (MQTT, simulator; BLE and serial later) →
+//! `pipeline` (attribution, ids) → `store` (encrypted outbox) → `uploader` + `uplink` (FHIR over
+//! mTLS). `app` wires them; `cli` is the command line; `config` checks the file before anything
+//! opens.
+#![forbid(unsafe_code)]
+
+pub mod app;
 pub mod cli;
 pub mod config;
+pub mod events;
+pub mod pipeline;
 pub mod reading;
+pub mod sources;
+pub mod telemetry;
+pub mod tls;
+pub mod uploader;

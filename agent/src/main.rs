@@ -1,3 +1,3 @@
-fn main() {
-    std::process::exit(vitalgate::cli::main());
+fn main() -> std::process::ExitCode {
+    vitalgate::cli::main()
 }

@@ -1,0 +1,239 @@
+//! The uploader task: outbox → FHIR server, one Bundle at a time.
+//!
+//! ```text
+//! loop:
+//!   batch = store.pending(batch_size)            (FIFO; corrupt records are quarantined by the store)
+//!   empty?  wait for the pipeline's wake-up, a 30 s tick, or shutdown
+//!   send batch as a transaction Bundle           (uplink::fhir builds it; uplink::client sends it)
+//!   classify the answer                          (uplink::outcome, pure)
+//!     Accepted  -> store.ack(ids)                (the only way a record leaves the outbox)
+//!     Retry     -> same batch after backoff with jitter (Retry-After as a floor)
+//!     Reject    -> bisect until the bad reading is alone, then dead-letter it (never deleted)
+//!     Split     -> 413: halve the batch
+//! ```
+//!
+//! One upload at a time per gateway (fhir-mapping.md §5.3). Conditional create makes a resend
+//! of an already-committed Bundle harmless: the server answers `200 OK` for existing entries.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::AgentEvent;
+use crate::pipeline::id_bytes;
+use crate::reading::Reading;
+use crate::store::Outbox;
+use crate::telemetry;
+use crate::uplink::backoff::Backoff;
+use crate::uplink::client::UplinkClient;
+use crate::uplink::fhir::{self, GatewayInfo};
+use crate::uplink::outcome::{self, Outcome};
+
+/// How often the uploader looks at the outbox when nobody wakes it.
+pub const IDLE_POLL: Duration = Duration::from_secs(30);
+
+pub struct Uploader {
+    pub store: Arc<Outbox>,
+    pub client: UplinkClient,
+    pub gateway: GatewayInfo,
+    pub batch_size: usize,
+    pub backoff: Backoff,
+    pub wake: Arc<Notify>,
+    pub events: Option<broadcast::Sender<AgentEvent>>,
+}
+
+impl Uploader {
+    fn emit(&self, e: AgentEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    async fn pending(&self) -> Vec<Reading> {
+        let store = Arc::clone(&self.store);
+        let n = self.batch_size;
+        match tokio::task::spawn_blocking(move || store.pending::<Reading>(n)).await {
+            Ok(Ok(v)) => v.into_iter().map(|p| p.value).collect(),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox read task failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut attempt: u32 = 0;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let batch = self.pending().await;
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let mut work: VecDeque<Vec<Reading>> = VecDeque::from([batch]);
+            while let Some(b) = work.pop_front() {
+                match self.send(&b).await {
+                    Step::Done => attempt = 0,
+                    Step::Retry { reason, after, tls } => {
+                        let wait = self.backoff.delay(attempt, after, &mut rand::rng());
+                        attempt = attempt.saturating_add(1);
+                        telemetry::UplinkRetry {
+                            reason: &reason,
+                            after_ms: wait.as_millis() as u64,
+                            tls,
+                        }
+                        .emit();
+                        self.emit(AgentEvent::UplinkRetry {
+                            reason,
+                            after_ms: wait.as_millis() as u64,
+                        });
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        // Re-read the outbox: the batch may have grown, order is kept.
+                        work.clear();
+                    }
+                    Step::Bisect { status, detail } => {
+                        attempt = 0;
+                        if b.len() <= 1 {
+                            for r in &b {
+                                self.dead_letter(r, status, &detail).await;
+                            }
+                        } else {
+                            let mut left = b;
+                            let right = left.split_off(left.len() / 2);
+                            work.push_front(right);
+                            work.push_front(left);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, r: &Reading, status: u16, detail: &str) {
+        let store = Arc::clone(&self.store);
+        let id = id_bytes(&r.id);
+        let reason = format!("FHIR server answered {status}: {detail}");
+        let reason2 = reason.clone();
+        let res = tokio::task::spawn_blocking(move || store.dead_letter(id, &reason2)).await;
+        match res {
+            Ok(Ok(())) => {
+                telemetry::UplinkDeadLettered {
+                    reading_id: &r.id,
+                    status,
+                }
+                .emit();
+                self.emit(AgentEvent::DeadLettered {
+                    reading_id: r.id.clone(),
+                    reason,
+                });
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot move a rejected reading to the dead letters; it stays pending"),
+            Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
+        }
+    }
+
+    async fn send(&self, batch: &[Reading]) -> Step {
+        let (bundle, entries) = match fhir::build_transaction_bundle(&self.gateway, batch) {
+            Ok(v) => v,
+            Err(e) => {
+                // A reading we cannot map is a bug or a corrupt record: isolate it.
+                return Step::Bisect {
+                    status: 0,
+                    detail: format!("cannot map to FHIR: {e}"),
+                };
+            }
+        };
+        self.emit(AgentEvent::BundleSent {
+            bundle: bundle.clone(),
+        });
+        let resp = match self.client.send_bundle(&bundle).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Step::Retry {
+                    tls: e.is_tls(),
+                    reason: e.to_string(),
+                    after: None,
+                }
+            }
+        };
+        match outcome::classify(resp.status, resp.retry_after.as_deref(), &resp.body, &entries) {
+            Outcome::Accepted(accepted) => {
+                let ids: Vec<[u8; 32]> = accepted.iter().map(|a| id_bytes(&a.reading_id)).collect();
+                let store = Arc::clone(&self.store);
+                match tokio::task::spawn_blocking(move || store.ack(&ids)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        // The server has them; a resend is harmless (conditional create).
+                        tracing::error!(error = %e, "server accepted the readings but the outbox could not record it; they will be resent");
+                    }
+                    Err(e) => tracing::error!(error = %e, "ack task failed"),
+                }
+                for a in accepted {
+                    let created = a.is_created();
+                    telemetry::UplinkAccepted {
+                        reading_id: &a.reading_id,
+                        created,
+                    }
+                    .emit();
+                    self.emit(AgentEvent::Accepted {
+                        reading_id: a.reading_id,
+                        location: a.location,
+                        created,
+                    });
+                }
+                Step::Done
+            }
+            Outcome::Retry { after, reason } => Step::Retry {
+                reason,
+                after,
+                tls: false,
+            },
+            Outcome::Unauthorized => Step::Retry {
+                reason: "server answered 401 Unauthorized (check the client certificate)".into(),
+                after: None,
+                tls: false,
+            },
+            Outcome::Split => Step::Bisect {
+                status: 413,
+                detail: "payload too large".into(),
+            },
+            Outcome::Reject {
+                status,
+                operation_outcome,
+            } => Step::Bisect {
+                status,
+                detail: operation_outcome.unwrap_or_else(|| "no OperationOutcome".into()),
+            },
+        }
+    }
+}
+
+enum Step {
+    Done,
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+        tls: bool,
+    },
+    Bisect {
+        status: u16,
+        detail: String,
+    },
+}
