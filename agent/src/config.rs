@@ -995,3 +995,17 @@ client_key = "tls/gw.key"
         assert!(!valid_topic_filter("a/b+"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../../config/vitalgate.example.toml");
+        let c = Config::from_str_at(text, Path::new("/etc/vitalgate/vitalgate.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.devices.len(), 3);
+        assert!(c.mqtt.is_some());
+    }
+}
