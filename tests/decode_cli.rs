@@ -1,0 +1,106 @@
+//! `vitalgate decode` through the real binary, over every public vector: the GATT vectors
+//! (gatt-profiles.md section-0 form) and the serial vectors (the vectors' `expected` form).
+//! The matching rules are the same code the library tests use.
+
+#[path = "../device-drivers/tests/support/mod.rs"]
+mod gatt_support;
+#[path = "../device-drivers/tests/serial_support/mod.rs"]
+mod serial_support;
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn vitalgate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .args(args)
+        .output()
+        .expect("run vitalgate")
+}
+
+fn json_stdout(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim_end().lines().count(), 1, "exactly one JSON line: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn every_gatt_vector_decodes_through_the_cli() {
+    let doc: Value =
+        serde_json::from_str(include_str!("../device-drivers/testdata/gatt-vectors.json")).unwrap();
+    let vectors = doc.as_array().or_else(|| doc["vectors"].as_array()).unwrap();
+    assert_eq!(vectors.len(), 75);
+    let mut failures = Vec::new();
+    for v in vectors {
+        let id = v["id"].as_str().unwrap();
+        let out = vitalgate(&[
+            "decode",
+            "--characteristic",
+            v["characteristic"].as_str().unwrap(),
+            "--hex",
+            v["hex"].as_str().unwrap(),
+        ]);
+        let actual = json_stdout(&out);
+        if let Err(e) = gatt_support::match_expected(&v["expected"], &actual) {
+            failures.push(format!("{id}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn every_serial_vector_decodes_through_the_cli() {
+    let doc: Value =
+        serde_json::from_str(include_str!("../device-drivers/testdata/serial-vectors.json")).unwrap();
+    let vectors = doc["vectors"].as_array().unwrap();
+    assert_eq!(vectors.len(), 35);
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for v in vectors {
+        let id = v["id"].as_str().unwrap();
+        let input = v["input"].as_str().unwrap();
+        let bytes: Vec<u8> = if v["input_encoding"].as_str() == Some("hex") {
+            hex::decode(input).unwrap()
+        } else {
+            input.chars().map(|c| c as u32 as u8).collect()
+        };
+        let file = dir.path().join(format!("{id}.bin"));
+        std::fs::write(&file, &bytes).unwrap();
+        let protocol = match v.get("config_toml").and_then(Value::as_str) {
+            Some(toml) => {
+                let p = dir.path().join(format!("{id}.toml"));
+                std::fs::write(&p, toml).unwrap();
+                p.display().to_string()
+            }
+            None => v["protocol"].as_str().unwrap().to_string(),
+        };
+        let out = vitalgate(&["decode", "--protocol", &protocol, "--file", file.to_str().unwrap()]);
+        let actual = json_stdout(&out);
+        if let Err(e) = serial_support::match_expected(&v["expected"], &actual) {
+            failures.push(format!("{id}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn malformed_payloads_are_output_not_errors() {
+    let out = vitalgate(&["decode", "--characteristic", "0x2A35", "--hex", "1e8a"]);
+    let v = json_stdout(&out);
+    assert_eq!(v["error"], "truncated");
+}
+
+#[test]
+fn bad_arguments_exit_non_zero() {
+    for args in [
+        vec!["decode", "--characteristic", "0x2A35", "--hex", "zz"],
+        vec!["decode", "--characteristic", "0xFFFF", "--hex", "00"],
+        vec!["decode", "--protocol", "no-such-protocol", "--hex", "00"],
+        vec!["decode", "--hex", "00"],
+    ] {
+        let out = vitalgate(&args);
+        assert!(!out.status.success(), "{args:?} should fail: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+}
