@@ -106,8 +106,12 @@ pub async fn run(
                 filter: topic.clone(),
                 device: ctx,
             }),
-            DeviceKind::Ble { .. } => tracing::warn!(device = %d.name, "BLE transport is not available in this version; device ignored"),
-            DeviceKind::Serial { .. } => tracing::warn!(device = %d.name, "serial transport is not available in this version; device ignored"),
+            DeviceKind::Ble { .. } => {
+                tracing::warn!(device = %d.name, "BLE transport is not available in this version; device ignored")
+            }
+            DeviceKind::Serial { .. } => {
+                tracing::warn!(device = %d.name, "serial transport is not available in this version; device ignored")
+            }
         }
     }
     let mqtt_opts = match (&cfg.mqtt, subs.is_empty()) {
@@ -182,7 +186,10 @@ pub async fn run(
         tracing::warn!("pipeline did not drain within the grace period");
     }
     pipeline_stop.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some tasks did not stop within the grace period");
     }
     let stats = store.stats();
@@ -218,7 +225,10 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

@@ -775,13 +775,15 @@ impl Validator<'_> {
                     ),
                 ))
             }
-            (None, None) => return Err(self.err(
-                d.name.span(),
-                format!(
+            (None, None) => {
+                return Err(self.err(
+                    d.name.span(),
+                    format!(
                     "{}: expected `patient = \"Patient/<id>\"` or a `patients` map by user index",
                     key("patient")
                 ),
-            )),
+                ))
+            }
         };
         Ok(DeviceConfig {
             name,

@@ -13,6 +13,8 @@ pub mod events;
 pub mod pipeline;
 pub mod reading;
 pub mod sources;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod uplink;
 pub mod uploader;

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
-use device_drivers::{Record, ReadingType};
+use device_drivers::{ReadingType, Record};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -134,7 +134,12 @@ pub enum Rejection {
 }
 
 /// Flags that mean "do not turn this into an observation" (serial-protocols.md §1.2 policy).
-const UNRELIABLE_FLAGS: &[&str] = &["sensor_alarm", "sensor_disconnect", "test_data", "control_solution"];
+const UNRELIABLE_FLAGS: &[&str] = &[
+    "sensor_alarm",
+    "sensor_disconnect",
+    "test_data",
+    "control_solution",
+];
 
 /// Turns one driver record into canonical readings. Pure.
 pub fn readings_from_record(
@@ -166,7 +171,10 @@ pub fn readings_from_record(
         .unwrap_or(device.utc_offset);
     let device_effective = record.device_time.and_then(|t| {
         offset
-            .timestamp_opt(t.naive_unix_seconds() - i64::from(offset.local_minus_utc()), 0)
+            .timestamp_opt(
+                t.naive_unix_seconds() - i64::from(offset.local_minus_utc()),
+                0,
+            )
             .single()
     });
     let (effective, time_quality) = match device_effective {
@@ -179,11 +187,12 @@ pub fn readings_from_record(
 
     // Group the values into observations.
     let mut groups: Vec<(ReadingKind, Vec<device_drivers::Reading>)> = Vec::new();
-    let mut push = |kind: ReadingKind, r: &device_drivers::Reading| {
-        match groups.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, v)) => v.push(r.clone()),
-            None => groups.push((kind, vec![r.clone()])),
-        }
+    let mut push = |kind: ReadingKind, r: &device_drivers::Reading| match groups
+        .iter_mut()
+        .find(|(k, _)| *k == kind)
+    {
+        Some((_, v)) => v.push(r.clone()),
+        None => groups.push((kind, vec![r.clone()])),
     };
     for r in &record.readings {
         let kind = match r.kind {
@@ -361,7 +370,13 @@ pub async fn run(
                     utc_offset_minutes,
                     received_at,
                     done,
-                } => match readings_from_record(&device, &record, &source, utc_offset_minutes, received_at) {
+                } => match readings_from_record(
+                    &device,
+                    &record,
+                    &source,
+                    utc_offset_minutes,
+                    received_at,
+                ) {
                     Ok(readings) => {
                         let start = items.len();
                         for r in readings {
@@ -382,7 +397,11 @@ pub async fn run(
                         if matches!(rej, Rejection::Unattributed(_)) {
                             // Keep the data for the technician: it is a real measurement.
                             let payload = postcard::to_stdvec(&record).unwrap_or_default();
-                            dead.push((format!("device:{}", device.name), payload, rej.to_string()));
+                            dead.push((
+                                format!("device:{}", device.name),
+                                payload,
+                                rej.to_string(),
+                            ));
                         }
                         answers.push((done, Err(rej.to_string())));
                     }
@@ -402,12 +421,14 @@ pub async fn run(
         // I/O step: one durable write for the whole batch.
         let store2 = Arc::clone(&store);
         let to_store: Vec<([u8; 32], Reading)> = items.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<Vec<Insert>, crate::store::StoreError> {
-            for (label, payload, reason) in &dead {
-                store2.put_dead_letter_raw(label, payload, reason)?;
-            }
-            store2.insert_many(&to_store)
-        })
+        let result = tokio::task::spawn_blocking(
+            move || -> Result<Vec<Insert>, crate::store::StoreError> {
+                for (label, payload, reason) in &dead {
+                    store2.put_dead_letter_raw(label, payload, reason)?;
+                }
+                store2.insert_many(&to_store)
+            },
+        )
         .await;
         let inserts = match result {
             Ok(Ok(v)) => Some(v),
@@ -483,9 +504,21 @@ mod tests {
     fn bp_record() -> Record {
         Record {
             readings: vec![
-                device_drivers::Reading::new(ReadingType::SystolicPressure, Decimal::from_int(128), "mm[Hg]"),
-                device_drivers::Reading::new(ReadingType::DiastolicPressure, Decimal::from_int(82), "mm[Hg]"),
-                device_drivers::Reading::new(ReadingType::MeanArterialPressure, Decimal::from_int(97), "mm[Hg]"),
+                device_drivers::Reading::new(
+                    ReadingType::SystolicPressure,
+                    Decimal::from_int(128),
+                    "mm[Hg]",
+                ),
+                device_drivers::Reading::new(
+                    ReadingType::DiastolicPressure,
+                    Decimal::from_int(82),
+                    "mm[Hg]",
+                ),
+                device_drivers::Reading::new(
+                    ReadingType::MeanArterialPressure,
+                    Decimal::from_int(97),
+                    "mm[Hg]",
+                ),
                 device_drivers::Reading::new(ReadingType::PulseRate, Decimal::from_int(60), "/min"),
             ],
             device_time: DeviceTime::new(2025, 3, 14, 8, 15, 30),
@@ -509,7 +542,11 @@ mod tests {
         assert_eq!(rs[1].kind, ReadingKind::PulseRateCuff);
         assert_eq!(rs[0].effective.to_rfc3339(), "2025-03-14T08:15:30+01:00");
         assert_eq!(rs[0].time_quality, TimeQuality::DeviceTrusted);
-        assert!(rs[0].observation_identifier.ends_with("-150020-795255330"), "{}", rs[0].observation_identifier);
+        assert!(
+            rs[0].observation_identifier.ends_with("-150020-795255330"),
+            "{}",
+            rs[0].observation_identifier
+        );
         assert_ne!(rs[0].id, rs[1].id);
     }
 
@@ -558,7 +595,11 @@ mod tests {
         let rs = readings_from_record(&cuff(), &rec, &src(), None, now).unwrap();
         assert_eq!(rs[0].time_quality, TimeQuality::GatewayReceiveTime);
         assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T10:00:00+00:00");
-        assert!(rs[0].observation_identifier.contains("-G"), "{}", rs[0].observation_identifier);
+        assert!(
+            rs[0].observation_identifier.contains("-G"),
+            "{}",
+            rs[0].observation_identifier
+        );
     }
 
     #[test]
@@ -574,7 +615,8 @@ mod tests {
     #[test]
     fn a_lone_systolic_is_not_a_panel() {
         let mut rec = bp_record();
-        rec.readings.retain(|r| r.kind == ReadingType::SystolicPressure);
+        rec.readings
+            .retain(|r| r.kind == ReadingType::SystolicPressure);
         assert_eq!(
             readings_from_record(&cuff(), &rec, &src(), None, Utc::now()),
             Err(Rejection::NothingToUpload)

@@ -75,7 +75,8 @@ impl Uploader {
             if shutdown.is_cancelled() {
                 break;
             }
-            let batch = self.pending().await;
+            let mut batch = self.pending().await;
+            batch.truncate(fhir::readings_that_fit(&batch));
             if batch.is_empty() {
                 tokio::select! {
                     _ = self.wake.notified() => {}
@@ -144,7 +145,9 @@ impl Uploader {
                     reason,
                 });
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot move a rejected reading to the dead letters; it stays pending"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot move a rejected reading to the dead letters; it stays pending")
+            }
             Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
         }
     }
@@ -173,7 +176,14 @@ impl Uploader {
                 }
             }
         };
-        match outcome::classify(resp.status, resp.retry_after.as_deref(), &resp.body, &entries) {
+        let total = bundle["entry"].as_array().map_or(0, Vec::len);
+        match outcome::classify(
+            resp.status,
+            resp.retry_after.as_deref(),
+            &resp.body,
+            total,
+            &entries,
+        ) {
             Outcome::Accepted(accepted) => {
                 let ids: Vec<[u8; 32]> = accepted.iter().map(|a| id_bytes(&a.reading_id)).collect();
                 let store = Arc::clone(&self.store);

@@ -93,7 +93,8 @@ pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, MqttSetupError> {
             (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
             _ => None,
         };
-        let config = crate::tls::client_config(ca, client).map_err(|e| MqttSetupError::Tls(e.to_string()))?;
+        let config = crate::tls::client_config(ca, client)
+            .map_err(|e| MqttSetupError::Tls(e.to_string()))?;
         o.set_transport(Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
         ));
@@ -233,7 +234,9 @@ async fn acker(
             }
             Ok(Outcome::StoreFailed) | Err(_) => {
                 // Not durable: do not ack. Disconnect so the broker redelivers on reconnect.
-                tracing::error!("reading not durable; MQTT message left unacknowledged for redelivery");
+                tracing::error!(
+                    "reading not durable; MQTT message left unacknowledged for redelivery"
+                );
                 let _ = client.try_disconnect();
                 if shutdown.is_cancelled() {
                     break;

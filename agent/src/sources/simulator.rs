@@ -24,9 +24,21 @@ pub fn simulate(kind: SimulatorKind, rng: &mut impl Rng, base_weight_centi_kg: i
             let map = dia + (sys - dia + 1) / 3;
             let pulse: i64 = rng.random_range(54..=96);
             rec.readings = vec![
-                Reading::new(ReadingType::SystolicPressure, Decimal::from_int(sys), "mm[Hg]"),
-                Reading::new(ReadingType::DiastolicPressure, Decimal::from_int(dia), "mm[Hg]"),
-                Reading::new(ReadingType::MeanArterialPressure, Decimal::from_int(map), "mm[Hg]"),
+                Reading::new(
+                    ReadingType::SystolicPressure,
+                    Decimal::from_int(sys),
+                    "mm[Hg]",
+                ),
+                Reading::new(
+                    ReadingType::DiastolicPressure,
+                    Decimal::from_int(dia),
+                    "mm[Hg]",
+                ),
+                Reading::new(
+                    ReadingType::MeanArterialPressure,
+                    Decimal::from_int(map),
+                    "mm[Hg]",
+                ),
                 Reading::new(ReadingType::PulseRate, Decimal::from_int(pulse), "/min"),
             ];
         }
@@ -34,7 +46,11 @@ pub fn simulate(kind: SimulatorKind, rng: &mut impl Rng, base_weight_centi_kg: i
             // A Weight Scale Service resolution of 0.05 kg: hundredths in steps of 5.
             let drift: i64 = rng.random_range(-6..=6) * 5;
             let w = base_weight_centi_kg + drift;
-            rec.readings = vec![Reading::new(ReadingType::BodyWeight, Decimal::new(w, -2), "kg")];
+            rec.readings = vec![Reading::new(
+                ReadingType::BodyWeight,
+                Decimal::new(w, -2),
+                "kg",
+            )];
         }
     }
     rec
@@ -75,7 +91,9 @@ pub async fn run(
         let msg = Ingest::Record {
             device: Arc::clone(&device),
             record,
-            source: Source::Simulator { name: cfg.name.clone() },
+            source: Source::Simulator {
+                name: cfg.name.clone(),
+            },
             utc_offset_minutes: Some(0),
             received_at: Utc::now(),
             done: None,
@@ -100,8 +118,19 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..1000 {
             let r = simulate(SimulatorKind::BloodPressure, &mut rng, 7000);
-            let v = |t| r.readings.iter().find(|x| x.kind == t).unwrap().value.mantissa;
-            let (s, d, m) = (v(ReadingType::SystolicPressure), v(ReadingType::DiastolicPressure), v(ReadingType::MeanArterialPressure));
+            let v = |t| {
+                r.readings
+                    .iter()
+                    .find(|x| x.kind == t)
+                    .unwrap()
+                    .value
+                    .mantissa
+            };
+            let (s, d, m) = (
+                v(ReadingType::SystolicPressure),
+                v(ReadingType::DiastolicPressure),
+                v(ReadingType::MeanArterialPressure),
+            );
             assert!(s > d && m > d && m < s, "{s}/{d} map {m}");
             assert!(s - d >= 30);
         }

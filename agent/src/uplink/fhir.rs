@@ -1,0 +1,843 @@
+//! FHIR R4 mapping (pure): codes, units, the idempotency identifier and transaction Bundles.
+//!
+//! Follows fhir-mapping.md (HL7 PHD IG 2.0.0 + R4 vital-signs profiles):
+//!
+//! - every Observation carries MDC and LOINC codings, the `vital-signs` category when an R4
+//!   vital-signs profile applies and always the `phd` category, the gatewayDevice extension, an
+//!   identifier (§5.1) fixed at capture, `effectiveDateTime` with an offset, a `device`
+//!   reference to its PHD Device, and `valueQuantity` (or components for the BP panel) with the
+//!   device's exact decimal (never through `f64`: `36.50` stays `36.50`);
+//! - every entry is `POST` with `ifNoneExist = "identifier=<system>|<value>"` built from the
+//!   same strings as the resource identifier, so a retried Bundle creates nothing twice;
+//! - one Device entry per distinct device, the gateway Device once, at most 50 entries;
+//! - references inside the Bundle use `urn:uuid:` fullUrls derived deterministically from the
+//!   resource identifier (the same Bundle on retry is byte-identical, and tests are stable).
+//!
+//! Departures, deliberate: gateway-local devices (MQTT hubs, simulators, serial devices without
+//! an EUI-64) are identified with `system = "urn:vitalgate:device"` and value
+//! `<gateway id>/<device name>`; the gateway with `system = "urn:vitalgate:gateway"`. The PHD IG
+//! expects SYSID/BTMAC identifiers, which these sources do not have. A missing manufacturer or
+//! model is sent as `"unknown"` (PHD requires both).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use device_drivers::{Decimal, DeviceTime, ReadingType};
+use serde_json::{json, Map, Number, Value};
+
+use crate::reading::{DeviceClass, DeviceIdentifier, PatientRef, Reading, ReadingKind};
+
+pub const MDC: &str = "urn:iso:std:iso:11073:10101";
+pub const LOINC: &str = "http://loinc.org";
+pub const UCUM: &str = "http://unitsofmeasure.org";
+pub const OBS_IDENTIFIER_SYSTEM: &str =
+    "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObservation";
+pub const GATEWAY_EXTENSION: &str =
+    "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice";
+pub const SYSID_SYSTEM: &str = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680";
+pub const BTMAC_SYSTEM: &str = "http://hl7.org/fhir/sid/eui-48/bluetooth";
+pub const LOCAL_DEVICE_SYSTEM: &str = "urn:vitalgate:device";
+pub const GATEWAY_SYSTEM: &str = "urn:vitalgate:gateway";
+const CONTINUA_IDS: &str = "http://terminology.hl7.org/CodeSystem/ContinuaDeviceIdentifiers";
+
+/// At most this many entries per Bundle (§5.3).
+pub const MAX_ENTRIES: usize = 50;
+
+/// The identity of this gateway, for its Device resource.
+#[derive(Debug, Clone)]
+pub struct GatewayInfo {
+    pub id: String,
+    pub software_version: String,
+}
+
+impl GatewayInfo {
+    pub fn new(id: &str, software_version: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            software_version: software_version.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("reading has no component a {0} observation needs")]
+    MissingComponent(&'static str),
+    #[error("value {0} cannot be converted exactly")]
+    Conversion(String),
+    #[error("{0} readings need more than {MAX_ENTRIES} Bundle entries")]
+    TooManyEntries(usize),
+    #[error("no readings")]
+    Empty,
+}
+
+/// Maps an observation entry back to the readings it carries (a duplicate reading dropped from
+/// the Bundle rides on the entry of the identical one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRef {
+    pub entry_index: usize,
+    pub reading_ids: Vec<String>,
+}
+
+struct Code {
+    mdc: u32,
+    mdc_display: &'static str,
+    loinc: &'static str,
+    loinc_display: &'static str,
+    text: &'static str,
+    vital_profile: Option<&'static str>,
+}
+
+fn code(kind: ReadingKind) -> Code {
+    let c = |mdc, mdc_display, loinc, loinc_display, text, vital_profile| Code {
+        mdc,
+        mdc_display,
+        loinc,
+        loinc_display,
+        text,
+        vital_profile,
+    };
+    match kind {
+        ReadingKind::BloodPressure => c(
+            150020,
+            "MDC_PRESS_BLD_NONINV",
+            "85354-9",
+            "Blood pressure panel with all children optional",
+            "Blood pressure",
+            Some("bp"),
+        ),
+        ReadingKind::PulseRateCuff => c(
+            149546,
+            "MDC_PULS_RATE_NON_INV",
+            "8867-4",
+            "Heart rate",
+            "Pulse rate",
+            Some("heartrate"),
+        ),
+        ReadingKind::PulseRateOximeter => c(
+            149530,
+            "MDC_PULS_OXIM_PULS_RATE",
+            "8867-4",
+            "Heart rate",
+            "Pulse rate",
+            Some("heartrate"),
+        ),
+        ReadingKind::HeartRate => c(
+            147842,
+            "MDC_ECG_HEART_RATE",
+            "8867-4",
+            "Heart rate",
+            "Heart rate",
+            Some("heartrate"),
+        ),
+        ReadingKind::OxygenSaturation => c(
+            150456,
+            "MDC_PULS_OXIM_SAT_O2",
+            "2708-6",
+            "Oxygen saturation in Arterial blood",
+            "Oxygen saturation",
+            Some("oxygensat"),
+        ),
+        ReadingKind::BodyWeight => c(
+            188736,
+            "MDC_MASS_BODY_ACTUAL",
+            "29463-7",
+            "Body weight",
+            "Body weight",
+            Some("bodyweight"),
+        ),
+        ReadingKind::BodyHeight => c(
+            188740,
+            "MDC_LEN_BODY_ACTUAL",
+            "8302-2",
+            "Body height",
+            "Body height",
+            Some("bodyheight"),
+        ),
+        ReadingKind::Bmi => c(
+            188752,
+            "MDC_RATIO_MASS_BODY_LEN_SQ",
+            "39156-5",
+            "Body mass index (BMI) [Ratio]",
+            "Body mass index",
+            Some("bmi"),
+        ),
+        ReadingKind::BodyTemperature => c(
+            150364,
+            "MDC_TEMP_BODY",
+            "8310-5",
+            "Body temperature",
+            "Body temperature",
+            Some("bodytemp"),
+        ),
+        ReadingKind::BloodGlucose => c(
+            160184,
+            "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD",
+            "41653-7",
+            "Glucose [Mass/volume] in Capillary blood by Glucometer",
+            "Blood glucose",
+            None,
+        ),
+    }
+}
+
+/// The MDC code of an observation kind (the `<type>` of the identifier).
+pub fn mdc_code(kind: ReadingKind) -> u32 {
+    code(kind).mdc
+}
+
+/// The idempotency identifier value of fhir-mapping.md §5.1:
+/// `<device>-<patient>-<type>-<timestamp>`, `G` + reception time when the device sent no time,
+/// `sha256-<hex>` when longer than 128 characters.
+pub fn observation_identifier(
+    device: &DeviceIdentifier,
+    patient: &PatientRef,
+    mdc_code: u32,
+    device_time: Option<DeviceTime>,
+    received_at: DateTime<Utc>,
+) -> String {
+    let timestamp = match device_time {
+        Some(t) => t.seconds_since_2000().to_string(),
+        None => {
+            let epoch2000 = 946_684_800i64;
+            let secs = received_at.timestamp() - epoch2000;
+            let millis = received_at.timestamp_subsec_millis();
+            if millis == 0 {
+                format!("G{secs}")
+            } else {
+                format!("G{secs}.{millis:03}")
+            }
+        }
+    };
+    let value = format!(
+        "{}-{}-{}-{}",
+        device.id_component(),
+        patient.id_component(),
+        mdc_code,
+        timestamp
+    );
+    if value.chars().count() > 128 {
+        let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
+        format!("sha256-{}", hex::encode(digest.as_ref()))
+    } else {
+        value
+    }
+}
+
+/// The display text of a UCUM code (fhir-mapping.md §2).
+pub fn unit_display(ucum: &str) -> &str {
+    match ucum {
+        "mm[Hg]" => "mmHg",
+        "[lb_av]" => "lb",
+        "[oz_av]" => "oz",
+        "[in_i]" => "in",
+        "Cel" => "°C",
+        "[degF]" => "°F",
+        "/min" => "beats/minute",
+        other => other,
+    }
+}
+
+/// An exact JSON number from a decimal (needs serde_json's `arbitrary_precision`).
+pub fn json_decimal(d: Decimal) -> Value {
+    d.to_string()
+        .parse::<Number>()
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
+}
+
+fn quantity(value: Decimal, ucum: &str) -> Value {
+    json!({
+        "value": json_decimal(value),
+        "unit": unit_display(ucum),
+        "system": UCUM,
+        "code": ucum,
+    })
+}
+
+/// kPa → mm[Hg] (×7.50062, rounded to 0.1): R4's `bp` profile accepts only mm[Hg].
+fn to_mmhg(value: Decimal, unit: &str) -> Result<Decimal, MappingError> {
+    match unit {
+        "mm[Hg]" => Ok(value),
+        "kPa" => value
+            .checked_mul(Decimal::new(750_062, -5))
+            .map(|v| v.round_to(1))
+            .ok_or_else(|| MappingError::Conversion(value.to_string())),
+        _ => Err(MappingError::Conversion(format!("{value} {unit}"))),
+    }
+}
+
+/// A deterministic `urn:uuid:` for a resource identifier (RFC 4122 layout, version 4 bits set,
+/// content from SHA-256 so it is stable across retries).
+pub fn urn_uuid(seed: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, seed.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.as_ref()[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "urn:uuid:{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn mdc_coding(code: u32, display: &str) -> Value {
+    json!({"system": MDC, "code": code.to_string(), "display": display})
+}
+
+fn dashed(hex: &str) -> String {
+    hex.as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// `(system, value, identifier JSON)` of a device.
+fn device_identifier(id: &DeviceIdentifier) -> (String, String, Value) {
+    match id {
+        DeviceIdentifier::Eui64(v) => {
+            let value = dashed(v);
+            (
+                SYSID_SYSTEM.into(),
+                value.clone(),
+                json!({"type": {"coding": [{"system": CONTINUA_IDS, "code": "SYSID", "display": "IEEE 11073 System Identifier"}]}, "system": SYSID_SYSTEM, "value": value}),
+            )
+        }
+        DeviceIdentifier::Bluetooth(v) => {
+            let value = dashed(v);
+            (
+                BTMAC_SYSTEM.into(),
+                value.clone(),
+                json!({"type": {"coding": [{"system": CONTINUA_IDS, "code": "BTMAC", "display": "Bluetooth MAC address"}]}, "system": BTMAC_SYSTEM, "value": value}),
+            )
+        }
+        DeviceIdentifier::Local(v) => (
+            LOCAL_DEVICE_SYSTEM.into(),
+            v.clone(),
+            json!({"system": LOCAL_DEVICE_SYSTEM, "value": v}),
+        ),
+    }
+}
+
+fn specialization(class: DeviceClass) -> (u32, &'static str) {
+    match class {
+        DeviceClass::BloodPressureCuff => (528391, "MDC_DEV_SPEC_PROFILE_BP"),
+        DeviceClass::Scale => (528399, "MDC_DEV_SPEC_PROFILE_SCALE"),
+        DeviceClass::Thermometer => (528392, "MDC_DEV_SPEC_PROFILE_TEMP"),
+        DeviceClass::PulseOximeter => (528388, "MDC_DEV_SPEC_PROFILE_PULS_OXIM"),
+        DeviceClass::GlucoseMeter => (528401, "MDC_DEV_SPEC_PROFILE_GLUCOSE"),
+        DeviceClass::HeartRateSensor | DeviceClass::Generic => {
+            (528457, "MDC_DEV_SPEC_PROFILE_GENERIC")
+        }
+    }
+}
+
+fn entry(full_url: &str, resource: Value, url: &str, system: &str, value: &str) -> Value {
+    json!({
+        "fullUrl": full_url,
+        "resource": resource,
+        "request": {
+            "method": "POST",
+            "url": url,
+            "ifNoneExist": format!("identifier={system}|{value}"),
+        }
+    })
+}
+
+fn gateway_entry(gw: &GatewayInfo) -> (String, Value) {
+    let full_url = urn_uuid(&format!("{GATEWAY_SYSTEM}|{}", gw.id));
+    let resource = json!({
+        "resourceType": "Device",
+        "meta": {"profile": ["http://hl7.org/fhir/uv/phd/StructureDefinition/PhgDevice"]},
+        "identifier": [{"system": GATEWAY_SYSTEM, "value": gw.id}],
+        "manufacturer": "vitalgate project",
+        "modelNumber": "vitalgate",
+        "serialNumber": gw.id,
+        "type": {"coding": [mdc_coding(531981, "MDC_MOC_VMS_MDS_AHD")]},
+        "specialization": [{"systemType": {"coding": [mdc_coding(528457, "MDC_DEV_SPEC_PROFILE_GENERIC")]}, "version": "1"}],
+        "version": [{"type": {"coding": [mdc_coding(531975, "MDC_ID_PROD_SPEC_SW")]}, "value": gw.software_version}],
+        "property": [{
+            "type": {"coding": [mdc_coding(68220, "MDC_TIME_SYNC_PROTOCOL")]},
+            "valueCode": [{"coding": [mdc_coding(532226, "MDC_TIME_SYNC_NTPV4")]}]
+        }]
+    });
+    let e = entry(&full_url, resource, "Device", GATEWAY_SYSTEM, &gw.id);
+    (full_url, e)
+}
+
+fn device_entry(r: &Reading) -> (String, Value) {
+    let d = &r.device;
+    let (system, value, ident) = device_identifier(&d.identifier);
+    let full_url = urn_uuid(&format!("{system}|{value}"));
+    let (spec, spec_display) = specialization(d.class);
+    let mut res = json!({
+        "resourceType": "Device",
+        "meta": {"profile": ["http://hl7.org/fhir/uv/phd/StructureDefinition/PhdDevice"]},
+        "identifier": [ident],
+        "manufacturer": d.manufacturer.clone().unwrap_or_else(|| "unknown".into()),
+        "modelNumber": d.model.clone().unwrap_or_else(|| "unknown".into()),
+        "deviceName": [{"name": d.name, "type": "user-friendly-name"}],
+        "type": {"coding": [mdc_coding(65573, "MDC_MOC_VMS_MDS_SIMP")]},
+        "specialization": [{"systemType": {"coding": [mdc_coding(spec, spec_display)]}, "version": "1"}],
+    });
+    if let (Some(serial), Some(obj)) = (&d.serial, res.as_object_mut()) {
+        obj.insert("serialNumber".into(), Value::String(serial.clone()));
+    }
+    if let (Some(fw), Some(obj)) = (&d.firmware, res.as_object_mut()) {
+        obj.insert(
+            "version".into(),
+            json!([{"type": {"coding": [mdc_coding(531976, "MDC_ID_PROD_SPEC_FW")]}, "value": fw}]),
+        );
+    }
+    let e = entry(&full_url, res, "Device", &system, &value);
+    (full_url, e)
+}
+
+fn subject(p: &PatientRef) -> Value {
+    match p {
+        PatientRef::Literal { id } => json!({"reference": format!("Patient/{id}")}),
+        PatientRef::Identifier { system, value } => {
+            json!({"reference": format!("Patient?identifier={system}|{value}")})
+        }
+    }
+}
+
+fn bp_component(c: &device_drivers::Reading) -> Result<Option<Value>, MappingError> {
+    let (mdc, disp, loinc, ldisp) = match c.kind {
+        ReadingType::SystolicPressure => (
+            150021,
+            "MDC_PRESS_BLD_NONINV_SYS",
+            "8480-6",
+            "Systolic blood pressure",
+        ),
+        ReadingType::DiastolicPressure => (
+            150022,
+            "MDC_PRESS_BLD_NONINV_DIA",
+            "8462-4",
+            "Diastolic blood pressure",
+        ),
+        ReadingType::MeanArterialPressure => (
+            150023,
+            "MDC_PRESS_BLD_NONINV_MEAN",
+            "8478-0",
+            "Mean blood pressure",
+        ),
+        _ => return Ok(None),
+    };
+    Ok(Some(json!({
+        "code": {"coding": [mdc_coding(mdc, disp), {"system": LOINC, "code": loinc, "display": ldisp}]},
+        "valueQuantity": quantity(to_mmhg(c.value, &c.unit)?, "mm[Hg]"),
+    })))
+}
+
+/// The Observation resource of one reading (pure).
+pub fn observation(
+    r: &Reading,
+    device_ref: &str,
+    gateway_ref: &str,
+) -> Result<Value, MappingError> {
+    let c = code(r.kind);
+    let mut profiles = vec![Value::String(
+        if r.kind == ReadingKind::BloodPressure {
+            "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdCompoundNumericObservation"
+        } else {
+            "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdNumericObservation"
+        }
+        .into(),
+    )];
+    let mut categories = Vec::new();
+    if let Some(p) = c.vital_profile {
+        profiles.push(Value::String(format!(
+            "http://hl7.org/fhir/StructureDefinition/{p}"
+        )));
+        categories.push(json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs", "display": "Vital Signs"}]}));
+    }
+    categories.push(json!({"coding": [{"system": "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories", "code": "phd"}]}));
+
+    let mut loinc = c.loinc;
+    let mut loinc_display = c.loinc_display;
+    let mut obs = Map::new();
+    obs.insert("resourceType".into(), json!("Observation"));
+    obs.insert("meta".into(), json!({"profile": profiles}));
+    obs.insert(
+        "extension".into(),
+        json!([{"url": GATEWAY_EXTENSION, "valueReference": {"reference": gateway_ref}}]),
+    );
+    obs.insert(
+        "identifier".into(),
+        json!([{"system": OBS_IDENTIFIER_SYSTEM, "value": r.observation_identifier}]),
+    );
+    obs.insert("status".into(), json!("final"));
+    obs.insert("category".into(), Value::Array(categories));
+    obs.insert("subject".into(), subject(&r.patient));
+    obs.insert(
+        "effectiveDateTime".into(),
+        json!(r.effective.to_rfc3339_opts(SecondsFormat::Secs, true)),
+    );
+    obs.insert("device".into(), json!({"reference": device_ref}));
+
+    if r.kind == ReadingKind::BloodPressure {
+        let mut comps = Vec::new();
+        for comp in &r.components {
+            if let Some(v) = bp_component(comp)? {
+                comps.push(v);
+            }
+        }
+        if !r
+            .components
+            .iter()
+            .any(|c| c.kind == ReadingType::SystolicPressure)
+            || !r
+                .components
+                .iter()
+                .any(|c| c.kind == ReadingType::DiastolicPressure)
+        {
+            return Err(MappingError::MissingComponent("blood pressure"));
+        }
+        obs.insert("component".into(), Value::Array(comps));
+    } else {
+        let comp = r
+            .components
+            .first()
+            .ok_or(MappingError::MissingComponent(c.text))?;
+        if r.kind == ReadingKind::BloodGlucose && comp.unit == "mmol/L" {
+            loinc = "14743-9";
+            loinc_display = "Glucose [Moles/volume] in Capillary blood by Glucometer";
+        }
+        obs.insert("valueQuantity".into(), quantity(comp.value, &comp.unit));
+    }
+    obs.insert(
+        "code".into(),
+        json!({
+            "coding": [mdc_coding(c.mdc, c.mdc_display), {"system": LOINC, "code": loinc, "display": loinc_display}],
+            "text": c.text,
+        }),
+    );
+    Ok(Value::Object(obs))
+}
+
+/// How many of `readings` (taken in order) fit in one Bundle of at most [`MAX_ENTRIES`].
+pub fn readings_that_fit(readings: &[Reading]) -> usize {
+    let mut devices = std::collections::HashSet::new();
+    let mut identifiers = std::collections::HashSet::new();
+    let mut entries = 1; // the gateway
+    for (i, r) in readings.iter().enumerate() {
+        let new_device = !devices.contains(&r.device.identifier);
+        let new_obs = !identifiers.contains(&r.observation_identifier);
+        let need = usize::from(new_device) + usize::from(new_obs);
+        if entries + need > MAX_ENTRIES {
+            return i;
+        }
+        entries += need;
+        devices.insert(r.device.identifier.clone());
+        identifiers.insert(r.observation_identifier.clone());
+    }
+    readings.len()
+}
+
+/// Builds one transaction Bundle for `readings` (all of them must fit: see
+/// [`readings_that_fit`]). Returns the Bundle and, per Observation entry, the reading ids it
+/// carries.
+pub fn build_transaction_bundle(
+    gateway: &GatewayInfo,
+    readings: &[Reading],
+) -> Result<(Value, Vec<EntryRef>), MappingError> {
+    if readings.is_empty() {
+        return Err(MappingError::Empty);
+    }
+    if readings_that_fit(readings) < readings.len() {
+        return Err(MappingError::TooManyEntries(readings.len()));
+    }
+    let (gw_url, gw_entry) = gateway_entry(gateway);
+    let mut entries = vec![gw_entry];
+    let mut device_urls: BTreeMap<String, String> = BTreeMap::new();
+    let mut obs_index: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut refs: Vec<EntryRef> = Vec::new();
+    for r in readings {
+        if let Some(&i) = obs_index.get(r.observation_identifier.as_str()) {
+            // Same identity already in this Bundle: drop the duplicate, ack both with it.
+            if let Some(er) = refs.iter_mut().find(|e| e.entry_index == i) {
+                er.reading_ids.push(r.id.clone());
+            }
+            continue;
+        }
+        let dev_key = format!("{:?}", r.device.identifier);
+        let dev_url = match device_urls.get(&dev_key) {
+            Some(u) => u.clone(),
+            None => {
+                let (url, e) = device_entry(r);
+                entries.push(e);
+                device_urls.insert(dev_key, url.clone());
+                url
+            }
+        };
+        let obs = observation(r, &dev_url, &gw_url)?;
+        let full_url = urn_uuid(&format!(
+            "{OBS_IDENTIFIER_SYSTEM}|{}",
+            r.observation_identifier
+        ));
+        entries.push(entry(
+            &full_url,
+            obs,
+            "Observation",
+            OBS_IDENTIFIER_SYSTEM,
+            &r.observation_identifier,
+        ));
+        obs_index.insert(r.observation_identifier.as_str(), entries.len() - 1);
+        refs.push(EntryRef {
+            entry_index: entries.len() - 1,
+            reading_ids: vec![r.id.clone()],
+        });
+    }
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": entries,
+    });
+    Ok((bundle, refs))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::reading::{DeviceInfo, Source, TimeQuality};
+    use chrono::{FixedOffset, TimeZone};
+
+    pub(crate) fn reading(
+        kind: ReadingKind,
+        comps: Vec<(ReadingType, Decimal, &str)>,
+        n: i64,
+    ) -> Reading {
+        let t = DeviceTime::new(2025, 3, 14, 8, 15, 30).unwrap();
+        let dev = DeviceIdentifier::Eui64("00091FFFFE801234".into());
+        let patient = PatientRef::Identifier {
+            system: "https://rpm.example.org/fhir/sid/patient-mrn".into(),
+            value: "RPM-000123".into(),
+        };
+        let received = Utc.with_ymd_and_hms(2025, 3, 14, 7, 15, 31).unwrap();
+        let oid = observation_identifier(&dev, &patient, mdc_code(kind), Some(t), received);
+        Reading {
+            id: format!("{n:064x}"),
+            observation_identifier: oid,
+            kind,
+            components: comps
+                .into_iter()
+                .map(|(k, v, u)| device_drivers::Reading::new(k, v, u))
+                .collect(),
+            device: DeviceInfo {
+                name: "cuff".into(),
+                class: DeviceClass::BloodPressureCuff,
+                identifier: dev,
+                manufacturer: Some("Example Medical Inc.".into()),
+                model: Some("BP-100".into()),
+                serial: Some("5A0012345".into()),
+                firmware: Some("1.2.0".into()),
+            },
+            patient,
+            device_time: Some(t),
+            effective: FixedOffset::east_opt(3600)
+                .unwrap()
+                .with_ymd_and_hms(2025, 3, 14, 8, 15, 30)
+                .unwrap(),
+            time_quality: TimeQuality::DeviceTrusted,
+            received_at: received,
+            flags: vec![],
+            source: Source::Ble {
+                address: "00:09:1F:80:12:34".into(),
+            },
+        }
+    }
+
+    pub(crate) fn bp() -> Reading {
+        reading(
+            ReadingKind::BloodPressure,
+            vec![
+                (
+                    ReadingType::SystolicPressure,
+                    Decimal::from_int(128),
+                    "mm[Hg]",
+                ),
+                (
+                    ReadingType::DiastolicPressure,
+                    Decimal::from_int(82),
+                    "mm[Hg]",
+                ),
+                (
+                    ReadingType::MeanArterialPressure,
+                    Decimal::from_int(97),
+                    "mm[Hg]",
+                ),
+            ],
+            1,
+        )
+    }
+
+    #[test]
+    fn identifier_reproduces_the_mapping_sheet_example() {
+        assert_eq!(
+            bp().observation_identifier,
+            "00091FFFFE801234-RPM-000123-https://rpm.example.org/fhir/sid/patient-mrn-150020-795255330"
+        );
+    }
+
+    #[test]
+    fn identifier_without_device_time_uses_reception_time_with_g() {
+        let id = observation_identifier(
+            &DeviceIdentifier::Bluetooth("00091F801234".into()),
+            &PatientRef::Literal { id: "p1".into() },
+            188736,
+            None,
+            Utc.with_ymd_and_hms(2025, 3, 14, 8, 15, 30).unwrap(),
+        );
+        assert_eq!(id, "00091F801234-p1-188736-G795255330");
+    }
+
+    #[test]
+    fn long_identifiers_are_hashed() {
+        let id = observation_identifier(
+            &DeviceIdentifier::Local("gw/".to_string() + &"x".repeat(120)),
+            &PatientRef::Literal { id: "p1".into() },
+            188736,
+            None,
+            Utc::now(),
+        );
+        assert!(id.starts_with("sha256-") && id.len() == 7 + 64, "{id}");
+    }
+
+    #[test]
+    fn bp_bundle_has_gateway_device_and_panel_with_exact_values() {
+        let (b, refs) =
+            build_transaction_bundle(&GatewayInfo::new("gw-1", "0.1.0"), &[bp()]).unwrap();
+        let entries = b["entry"].as_array().unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(
+            refs,
+            vec![EntryRef {
+                entry_index: 2,
+                reading_ids: vec![bp().id]
+            }]
+        );
+        let obs = &entries[2]["resource"];
+        assert_eq!(obs["code"]["coding"][0]["code"], "150020");
+        assert_eq!(obs["component"][0]["valueQuantity"]["code"], "mm[Hg]");
+        assert_eq!(
+            obs["component"][0]["valueQuantity"]["value"].to_string(),
+            "128"
+        );
+        assert_eq!(obs["effectiveDateTime"], "2025-03-14T08:15:30+01:00");
+        assert_eq!(
+            obs["subject"]["reference"],
+            "Patient?identifier=https://rpm.example.org/fhir/sid/patient-mrn|RPM-000123"
+        );
+        assert_eq!(obs["device"]["reference"], entries[1]["fullUrl"]);
+        assert_eq!(
+            obs["extension"][0]["valueReference"]["reference"],
+            entries[0]["fullUrl"]
+        );
+        assert_eq!(
+            entries[2]["request"]["ifNoneExist"],
+            format!(
+                "identifier={OBS_IDENTIFIER_SYSTEM}|{}",
+                bp().observation_identifier
+            )
+        );
+        assert_eq!(
+            entries[1]["request"]["ifNoneExist"],
+            format!("identifier={SYSID_SYSTEM}|00-09-1F-FF-FE-80-12-34")
+        );
+    }
+
+    #[test]
+    fn decimals_keep_their_precision_on_the_wire() {
+        let r = reading(
+            ReadingKind::BodyTemperature,
+            vec![(ReadingType::BodyTemperature, Decimal::new(3650, -2), "Cel")],
+            2,
+        );
+        let (b, _) = build_transaction_bundle(&GatewayInfo::new("gw", "0"), &[r]).unwrap();
+        let text = serde_json::to_string(&b).unwrap();
+        assert!(text.contains("\"value\":36.50"), "{text}");
+    }
+
+    #[test]
+    fn kpa_blood_pressure_is_converted_to_mmhg() {
+        let r = reading(
+            ReadingKind::BloodPressure,
+            vec![
+                (ReadingType::SystolicPressure, Decimal::new(160, -1), "kPa"),
+                (ReadingType::DiastolicPressure, Decimal::new(107, -1), "kPa"),
+            ],
+            3,
+        );
+        let (b, _) = build_transaction_bundle(&GatewayInfo::new("gw", "0"), &[r]).unwrap();
+        let c = &b["entry"][2]["resource"]["component"];
+        assert_eq!(c[0]["valueQuantity"]["value"].to_string(), "120.0");
+        assert_eq!(c[1]["valueQuantity"]["value"].to_string(), "80.3");
+        assert_eq!(c[0]["valueQuantity"]["code"], "mm[Hg]");
+    }
+
+    #[test]
+    fn glucose_in_mmol_uses_the_molar_loinc_and_no_vital_signs_category() {
+        let r = reading(
+            ReadingKind::BloodGlucose,
+            vec![(ReadingType::BloodGlucose, Decimal::new(56, -1), "mmol/L")],
+            4,
+        );
+        let (b, _) = build_transaction_bundle(&GatewayInfo::new("gw", "0"), &[r]).unwrap();
+        let obs = &b["entry"][2]["resource"];
+        assert_eq!(obs["code"]["coding"][1]["code"], "14743-9");
+        assert_eq!(obs["category"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn duplicate_readings_share_one_entry_and_devices_appear_once() {
+        let a = bp();
+        let mut b = bp();
+        b.id = format!("{:064x}", 9);
+        let mut pulse = reading(
+            ReadingKind::PulseRateCuff,
+            vec![(ReadingType::PulseRate, Decimal::from_int(60), "/min")],
+            5,
+        );
+        pulse.device = a.device.clone();
+        let (bundle, refs) =
+            build_transaction_bundle(&GatewayInfo::new("gw", "0"), &[a.clone(), b.clone(), pulse])
+                .unwrap();
+        assert_eq!(bundle["entry"].as_array().unwrap().len(), 4);
+        assert_eq!(refs[0].reading_ids, vec![a.id, b.id]);
+        assert_eq!(refs.len(), 2);
+    }
+
+    #[test]
+    fn at_most_fifty_entries() {
+        let mut many = Vec::new();
+        for i in 0..60 {
+            let mut r = bp();
+            r.id = format!("{i:064x}");
+            r.observation_identifier = format!("obs-{i}");
+            r.device.identifier = DeviceIdentifier::Local(format!("gw/dev{i}"));
+            many.push(r);
+        }
+        let n = readings_that_fit(&many);
+        assert_eq!(n, 24, "1 gateway + 24 × (device + observation) = 49");
+        assert!(build_transaction_bundle(&GatewayInfo::new("gw", "0"), &many).is_err());
+        let (b, _) = build_transaction_bundle(&GatewayInfo::new("gw", "0"), &many[..n]).unwrap();
+        assert!(b["entry"].as_array().unwrap().len() <= MAX_ENTRIES);
+    }
+
+    #[test]
+    fn urn_uuids_are_stable_and_well_formed() {
+        let a = urn_uuid("x");
+        assert_eq!(a, urn_uuid("x"));
+        assert_ne!(a, urn_uuid("y"));
+        let u = a.trim_start_matches("urn:uuid:");
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+    }
+}

@@ -1,0 +1,17 @@
+//! The uplink: readings → FHIR R4 transaction Bundles → the server, over mutual TLS.
+//!
+//! Layering (STYLE.md): everything that decides is pure and unit-tested; only `client` does I/O.
+//!
+//! - [`fhir`] (pure): codes and units (fhir-mapping.md §1-§3), the observation identifier of the
+//!   idempotency rule (§5.1, computed once by the pipeline), and the transaction Bundle with
+//!   conditional create on every entry (§5.2-§5.3).
+//! - [`outcome`] (pure): the server's answer → `Accepted | Retry | Reject | Split | Unauthorized`
+//!   (§5.4-§5.5). "Accepted" means HTTP 200 (or another 2xx) and every entry's
+//!   `response.status` starting with 201 or 200, or an empty 200 (committed, no body).
+//! - [`backoff`] (pure): exponential backoff with jitter, the server's `Retry-After` as a floor.
+//! - [`client`]: reqwest on rustls/ring, trusting only the configured CA, presenting the
+//!   gateway's client certificate; no redirects, no proxies from the environment.
+pub mod backoff;
+pub mod client;
+pub mod fhir;
+pub mod outcome;
