@@ -65,7 +65,6 @@ pub fn open_store(cfg: &Config) -> Result<Outbox, StartError> {
         OutboxOptions {
             cache_capacity_bytes: cfg.store.cache_capacity_bytes,
             acked_retention: cfg.store.acked_retention,
-            ..OutboxOptions::default()
         },
     )
     .map_err(StartError::Store)

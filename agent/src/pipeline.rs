@@ -330,6 +330,10 @@ pub enum Outcome {
     StoreFailed,
 }
 
+/// A source's reply channel and, per request, the indexes of its readings in the batch (or why
+/// it produced none).
+type Answer = (Option<oneshot::Sender<Outcome>>, Result<Vec<usize>, String>);
+
 /// The pipeline task. Ends when every sender is dropped or `shutdown` fires.
 pub async fn run(
     mut rx: mpsc::Receiver<Ingest>,
@@ -359,8 +363,7 @@ pub async fn run(
         // Pure step: build readings / dead letters.
         let mut items: Vec<([u8; 32], Reading)> = Vec::new();
         let mut dead: Vec<(String, Vec<u8>, String)> = Vec::new();
-        let mut answers: Vec<(Option<oneshot::Sender<Outcome>>, Result<Vec<usize>, String>)> =
-            Vec::new();
+        let mut answers: Vec<Answer> = Vec::new();
         for msg in batch {
             match msg {
                 Ingest::Record {

@@ -76,14 +76,14 @@ pub fn operation_outcome_summary(body: &[u8]) -> Option<String> {
         .get("issue")?
         .as_array()?
         .iter()
-        .filter_map(|i| {
+        .map(|i| {
             let sev = i.get("severity").and_then(Value::as_str).unwrap_or("?");
             let text = i
                 .get("diagnostics")
                 .and_then(Value::as_str)
                 .or_else(|| i.get("details")?.get("text")?.as_str())
                 .unwrap_or("");
-            Some(format!("{sev}: {text}"))
+            format!("{sev}: {text}")
         })
         .collect();
     let s: String = parts
