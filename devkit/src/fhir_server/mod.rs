@@ -1,0 +1,841 @@
+//! A loopback FHIR R4 test server over mutual TLS: it requires a client certificate from a given
+//! CA, validates every Bundle against the official R4 JSON schema, applies transaction semantics
+//! with conditional create (see [`transaction`]), and records what it stored for tests.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! use vitalgate_devkit::{fhir_server::{FhirTestServer, Mode, ServerConfig}, pki::TestPki};
+//! let dir = tempfile::tempdir()?;
+//! let pki = TestPki::generate(dir.path())?;
+//! let mut server = FhirTestServer::start(ServerConfig::for_pki(&pki)).await?;
+//! // ... point the agent at server.base_url() ...
+//! server.set_mode(Mode::Fail { status: 503, retry_after: Some(1) });
+//! server.stop().await;               // connections refused from now on
+//! server.restart().await?;           // same port, same stored state
+//! assert_eq!(server.duplicate_creates(), 0);
+//! # Ok(()) }
+//! ```
+//!
+//! # HTTP interface
+//!
+//! Only `POST [base]` (exactly the base path, a trailing `/` tolerated) with
+//! `Content-Type: application/fhir+json` (parameters such as `charset` allowed) and a body of at
+//! most [`MAX_BODY_BYTES`]. Anything else: 404 (other path), 405 (other method), 415 (other
+//! content type), 413 (body too large), 400 (not JSON, schema errors, transaction rule broken),
+//! each with an OperationOutcome. A success is `200` with a `transaction-response` Bundle.
+//!
+//! # State and restarts
+//!
+//! The stored resources and the records live in a [`ServerState`] (an `Arc<Mutex<..>>`) that
+//! outlives the listener: [`FhirTestServer::stop`] closes the listener and every open connection,
+//! [`FhirTestServer::restart`] binds the same address again (with `SO_REUSEADDR`, so `TIME_WAIT`
+//! does not block it) and serves the same state. With [`ServerConfig::state_file`] the store is
+//! also loaded from, and written to, a JSON file after each committed transaction.
+
+pub mod transaction;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{broadcast, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use crate::pki::TestPki;
+use transaction::{EntryOutcome, Rejection, Store};
+
+/// Largest request body accepted (a 50-entry Bundle is well under 1 MiB).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how to serve.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind; port 0 picks a free one (see [`FhirTestServer::addr`]).
+    pub listen: SocketAddr,
+    /// FHIR base path, e.g. `/fhir/r4`; the agent posts transactions to exactly this path.
+    pub base_path: String,
+    /// CA that client certificates must chain to.
+    pub client_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// If set: the store is loaded from this JSON file at start (if it exists) and rewritten
+    /// after every committed transaction.
+    pub state_file: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// `127.0.0.1:0`, base `/fhir/r4`, the PKI's CA as client CA and its server certificate.
+    pub fn for_pki(pki: &TestPki) -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            base_path: "/fhir/r4".into(),
+            client_ca: pki.ca_cert.clone(),
+            server_cert: pki.server_cert.clone(),
+            server_key: pki.server_key.clone(),
+            state_file: None,
+        }
+    }
+}
+
+/// Fault injection. The mode applies to every valid `POST [base]` until changed (or, with
+/// [`ServerState::set_mode_for`], for a number of requests).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Validate, apply, answer with a `transaction-response` Bundle.
+    #[default]
+    Normal,
+    /// Answer `status` with an OperationOutcome (and `Retry-After: <secs>` if given) before
+    /// looking at the body; nothing is stored.
+    Fail {
+        status: u16,
+        retry_after: Option<u32>,
+    },
+    /// A broken server: `200` with a `transaction-response` in which entry `n` (clamped to the
+    /// last) has status `400 Bad Request`. Nothing is stored; the other entries report what would
+    /// have happened. The agent must not take this as success.
+    FailEntry(usize),
+    /// Commit, then answer `200` with an empty body (like a `Prefer: return=minimal` server).
+    /// fhir-mapping.md §5.4: an empty 200 also means committed.
+    Empty200,
+    /// Commit, then answer `200` with a body that is not JSON (a mangling proxy). The agent
+    /// cannot know it was committed; a retry must then get `200 OK` entries, not duplicates.
+    Garbage200,
+    /// Commit, then close the connection without any answer (a response lost in transit).
+    HangUpAfterCommit,
+}
+
+/// One HTTP request the server answered (or hung up on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub content_type: Option<String>,
+    /// The `Prefer` header, if any (the agent should send none by default).
+    pub prefer: Option<String>,
+    /// Status answered; `0` for [`Mode::HangUpAfterCommit`].
+    pub status: u16,
+    /// Number of Bundle entries, if the body was a Bundle.
+    pub entries: usize,
+}
+
+/// Sent on [`ServerState::subscribe`] for every entry of a committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryEvent {
+    pub outcome: EntryOutcome,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    store: Store,
+    mode: Mode,
+    /// Requests left before `mode` reverts to [`Mode::Normal`]; `None` = until changed.
+    mode_remaining: Option<usize>,
+    requests: Vec<RequestRecord>,
+    schema_failures: Vec<String>,
+    client_subjects: Vec<String>,
+    tls_failures: Vec<String>,
+    state_file: Option<PathBuf>,
+}
+
+/// Everything the server stores and records, shared by all its connections and kept across
+/// [`FhirTestServer::stop`] / [`FhirTestServer::restart`]. Cheap to clone (an `Arc`).
+#[derive(Debug, Clone)]
+pub struct ServerState {
+    inner: Arc<Mutex<Inner>>,
+    events: broadcast::Sender<EntryEvent>,
+}
+
+impl Default for ServerState {
+    fn default() -> Self {
+        ServerState {
+            inner: Arc::default(),
+            events: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl ServerState {
+    /// A state loaded from `state_file` if it exists, written back to it after each commit.
+    ///
+    /// # Errors
+    ///
+    /// The file exists but cannot be read or parsed.
+    pub fn with_state_file(state_file: Option<PathBuf>) -> anyhow::Result<ServerState> {
+        let state = ServerState::default();
+        if let Some(path) = &state_file {
+            if path.exists() {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                state.lock().store = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+            }
+        }
+        state.lock().state_file = state_file;
+        Ok(state)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind: keep serving it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the fault-injection mode until changed.
+    pub fn set_mode(&self, mode: Mode) {
+        let mut inner = self.lock();
+        inner.mode = mode;
+        inner.mode_remaining = None;
+    }
+
+    /// Uses `mode` for the next `requests` valid POSTs, then [`Mode::Normal`] again.
+    pub fn set_mode_for(&self, mode: Mode, requests: usize) {
+        let mut inner = self.lock();
+        inner.mode = mode;
+        inner.mode_remaining = Some(requests);
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        self.lock().mode.clone()
+    }
+
+    /// Stored resources of one type, as stored (ids assigned, references rewritten).
+    pub fn stored(&self, resource_type: &str) -> Vec<Value> {
+        self.lock().store.of_type(resource_type).to_vec()
+    }
+
+    /// Stored Observations, in creation order.
+    pub fn stored_observations(&self) -> Vec<Value> {
+        self.stored("Observation")
+    }
+
+    /// Stored Devices, in creation order.
+    pub fn stored_devices(&self) -> Vec<Value> {
+        self.stored("Device")
+    }
+
+    /// `system|value` of every identifier of every stored Observation, in creation order.
+    pub fn observation_identifiers(&self) -> Vec<String> {
+        self.stored_observations()
+            .iter()
+            .flat_map(transaction::identifiers)
+            .map(|(s, v)| format!("{s}|{v}"))
+            .collect()
+    }
+
+    /// A copy of the whole store.
+    pub fn store(&self) -> Store {
+        self.lock().store.clone()
+    }
+
+    /// Number of HTTP requests answered (every method and path, every outcome).
+    pub fn request_count(&self) -> usize {
+        self.lock().requests.len()
+    }
+
+    /// Every HTTP request answered, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock().requests.clone()
+    }
+
+    /// Schema errors of every refused Bundle, flattened, in order.
+    pub fn schema_failures(&self) -> Vec<String> {
+        self.lock().schema_failures.clone()
+    }
+
+    /// Identities stored more than once; 0 by construction (conditional create).
+    pub fn duplicate_creates(&self) -> usize {
+        self.lock().store.duplicate_creates()
+    }
+
+    /// Subject DN of the client certificate of every accepted TLS connection, in order.
+    pub fn client_cert_subjects(&self) -> Vec<String> {
+        self.lock().client_subjects.clone()
+    }
+
+    /// Every refused TLS handshake (no certificate, wrong CA, ...), as rustls explains it.
+    pub fn tls_failures(&self) -> Vec<String> {
+        self.lock().tls_failures.clone()
+    }
+
+    /// Conditional references seen in committed Bundles (e.g. `Patient?identifier=...`).
+    pub fn conditional_references(&self) -> Vec<String> {
+        self.lock().store.conditional_references.clone()
+    }
+
+    /// One [`EntryEvent`] per entry of every committed transaction, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<EntryEvent> {
+        self.events.subscribe()
+    }
+
+    /// Empties the store and the records (not the mode).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.store = Store::default();
+        inner.requests.clear();
+        inner.schema_failures.clear();
+        inner.client_subjects.clear();
+        inner.tls_failures.clear();
+    }
+
+    /// Takes the mode for one request, counting down a [`ServerState::set_mode_for`].
+    fn take_mode(&self) -> Mode {
+        let mut inner = self.lock();
+        let mode = inner.mode.clone();
+        if let Some(n) = inner.mode_remaining.as_mut() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                inner.mode = Mode::Normal;
+                inner.mode_remaining = None;
+            }
+        }
+        mode
+    }
+}
+
+/// The server: a [`ServerState`] plus, while running, a listener task. Derefs to its
+/// [`ServerState`], so `server.stored_observations()` works.
+#[derive(Debug)]
+pub struct FhirTestServer {
+    config: ServerConfig,
+    state: ServerState,
+    tls: Arc<rustls::ServerConfig>,
+    addr: SocketAddr,
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl std::ops::Deref for FhirTestServer {
+    type Target = ServerState;
+    fn deref(&self) -> &ServerState {
+        &self.state
+    }
+}
+
+impl FhirTestServer {
+    /// Loads the certificates, binds `config.listen` and starts serving. The listener is bound
+    /// when this returns: clients may connect at once.
+    ///
+    /// # Errors
+    ///
+    /// Unreadable or invalid certificates/keys, an unreadable state file, or the bind failed.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<FhirTestServer> {
+        let state = ServerState::with_state_file(config.state_file.clone())?;
+        Self::start_with_state(config, state).await
+    }
+
+    /// Like [`FhirTestServer::start`], serving an existing state (e.g. one taken from a server
+    /// that was dropped).
+    ///
+    /// # Errors
+    ///
+    /// As [`FhirTestServer::start`].
+    pub async fn start_with_state(
+        config: ServerConfig,
+        state: ServerState,
+    ) -> anyhow::Result<FhirTestServer> {
+        let tls = Arc::new(tls_config(
+            &config.client_ca,
+            &config.server_cert,
+            &config.server_key,
+        )?);
+        let mut server = FhirTestServer {
+            addr: config.listen,
+            config,
+            state,
+            tls,
+            running: None,
+        };
+        server.start_on(server.config.listen).await?;
+        Ok(server)
+    }
+
+    /// The bound address (the real port, also after a start on port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://localhost:<port><base>`: the FHIR base URL to give the agent.
+    pub fn base_url(&self) -> String {
+        format!(
+            "https://localhost:{}{}",
+            self.addr.port(),
+            self.config.base_path
+        )
+    }
+
+    /// The shared state (also reachable through `Deref`).
+    pub fn state(&self) -> &ServerState {
+        &self.state
+    }
+
+    /// True between a start and a [`FhirTestServer::stop`].
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Stops accepting, closes every open connection and releases the port. When this returns,
+    /// a connect to [`FhirTestServer::addr`] is refused. The state is kept.
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.shutdown.send(true);
+            let _ = running.task.await;
+        }
+    }
+
+    /// Starts again on the address it had (the same port), with the same state.
+    ///
+    /// # Errors
+    ///
+    /// The bind failed (e.g. another process took the port meanwhile).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.start_on(self.addr).await
+    }
+
+    /// Starts serving on `addr` (stopping first if running), with the same state.
+    ///
+    /// # Errors
+    ///
+    /// The bind failed.
+    pub async fn start_on(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        self.stop().await;
+        let listener = bind(addr).with_context(|| format!("binding {addr}"))?;
+        self.addr = listener.local_addr()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ctx = Ctx {
+            state: self.state.clone(),
+            base_path: Arc::from(self.config.base_path.trim_end_matches('/')),
+        };
+        let task = tokio::spawn(accept_loop(
+            listener,
+            TlsAcceptor::from(self.tls.clone()),
+            ctx,
+            shutdown_rx,
+        ));
+        self.running = Some(Running { shutdown, task });
+        tracing::debug!(addr = %self.addr, "FHIR test server listening");
+        Ok(())
+    }
+}
+
+impl Drop for FhirTestServer {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.shutdown.send(true);
+            // Aborting drops the connection JoinSet, which aborts every connection.
+            running.task.abort();
+        }
+    }
+}
+
+/// Builds the rustls server config: ring provider, client certificates required and verified
+/// against `client_ca`, ALPN h2 and http/1.1.
+///
+/// # Errors
+///
+/// A file is unreadable, holds no certificate/key, or the key does not fit the certificate.
+pub fn tls_config(
+    client_ca: &Path,
+    server_cert: &Path,
+    server_key: &Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(client_ca)? {
+        roots.add(cert).context("adding the client CA")?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .context("building the client certificate verifier")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(server_cert)?, load_key(server_key)?)
+        .context("server certificate and key")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Reads every certificate of a PEM file.
+///
+/// # Errors
+///
+/// Unreadable file, bad PEM, or no certificate in it.
+pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", path.display());
+    Ok(certs)
+}
+
+/// Reads the first private key of a PEM file.
+///
+/// # Errors
+///
+/// Unreadable file, bad PEM, or no key in it.
+pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .with_context(|| format!("parsing {}", path.display()))?
+        .with_context(|| format!("no private key in {}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// I/O below: listener, connections, the request handler.
+
+#[derive(Clone)]
+struct Ctx {
+    state: ServerState,
+    base_path: Arc<str>,
+}
+
+/// Binds with `SO_REUSEADDR` so a restart on the same port is not blocked by `TIME_WAIT`.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    ctx: Ctx,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    connections.spawn(serve_connection(tcp, acceptor.clone(), ctx.clone()));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    // E.g. out of file descriptors: do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, ctx: Ctx) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "TLS handshake refused");
+            ctx.state.lock().tls_failures.push(error.to_string());
+            return;
+        }
+        Err(_) => {
+            ctx.state
+                .lock()
+                .tls_failures
+                .push("handshake timed out".into());
+            return;
+        }
+    };
+    let subject = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|cert| subject_of(cert))
+        .unwrap_or_default();
+    ctx.state.lock().client_subjects.push(subject);
+
+    let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Subject DN of a DER certificate, e.g. `CN=vitalgate-test-gateway, O=...`.
+fn subject_of(cert: &CertificateDer<'_>) -> String {
+    match x509_parser::parse_x509_certificate(cert.as_ref()) {
+        Ok((_, parsed)) => parsed.subject().to_string(),
+        Err(_) => "<unparsable certificate>".into(),
+    }
+}
+
+/// Returned by the service to make hyper drop the connection without answering.
+#[derive(Debug)]
+struct HangUp;
+
+impl std::fmt::Display for HangUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("hung up on purpose (Mode::HangUpAfterCommit)")
+    }
+}
+
+impl std::error::Error for HangUp {}
+
+type Resp = Response<Full<Bytes>>;
+
+async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Resp, HangUp> {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut record = RequestRecord {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        content_type: header(CONTENT_TYPE),
+        prefer: header(hyper::header::HeaderName::from_static("prefer")),
+        status: 0,
+        entries: 0,
+    };
+    let result = respond(&ctx, req, &mut record).await;
+    record.status = result.as_ref().map_or(0, |r| r.status().as_u16());
+    ctx.state.lock().requests.push(record);
+    result
+}
+
+async fn respond(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    record: &mut RequestRecord,
+) -> Result<Resp, HangUp> {
+    let path = req.uri().path();
+    if path.trim_end_matches('/') != &*ctx.base_path {
+        return Ok(outcome(
+            404,
+            "not-found",
+            &[format!(
+                "no such endpoint: {path}; transactions go to POST {}",
+                ctx.base_path
+            )],
+        ));
+    }
+    if req.method() != Method::POST {
+        let mut resp = outcome(
+            405,
+            "not-supported",
+            &["only POST [base] (transaction) is supported".into()],
+        );
+        resp.headers_mut()
+            .insert("allow", HeaderValue::from_static("POST"));
+        return Ok(resp);
+    }
+    let mode = ctx.state.take_mode();
+    if let Mode::Fail {
+        status,
+        retry_after,
+    } = mode
+    {
+        let code = match status {
+            429 => "throttled",
+            500..=599 => "transient",
+            _ => "exception",
+        };
+        let mut resp = outcome(status, code, &[format!("injected failure: HTTP {status}")]);
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
+        }
+        return Ok(resp);
+    }
+    let content_type = record.content_type.as_deref().unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/fhir+json") {
+        return Ok(outcome(
+            415,
+            "not-supported",
+            &[format!(
+                "Content-Type must be application/fhir+json, got {content_type:?}"
+            )],
+        ));
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(error) => {
+            return Ok(if error.is::<http_body_util::LengthLimitError>() {
+                outcome(
+                    413,
+                    "too-costly",
+                    &[format!("body larger than {MAX_BODY_BYTES} bytes")],
+                )
+            } else {
+                outcome(
+                    400,
+                    "invalid",
+                    &[format!("reading the body failed: {error}")],
+                )
+            });
+        }
+    };
+    let bundle: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(error) => {
+            return Ok(outcome(
+                400,
+                "structure",
+                &[format!("body is not JSON: {error}")],
+            ))
+        }
+    };
+    record.entries = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Ok(outcome(
+            400,
+            "invalid",
+            &["expected a Bundle resource".into()],
+        ));
+    }
+
+    // Schema validation off the async threads: a Bundle takes milliseconds to tens of them.
+    let (bundle, errors) = tokio::task::spawn_blocking(move || {
+        let errors = crate::schema::validate_resource(&bundle);
+        (bundle, errors)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        (
+            Value::Null,
+            vec!["(root): schema validation panicked".into()],
+        )
+    });
+    if !errors.is_empty() {
+        ctx.state
+            .lock()
+            .schema_failures
+            .extend(errors.iter().cloned());
+        return Ok(outcome(400, "structure", &errors));
+    }
+
+    let (outcomes, snapshot) = {
+        let mut inner = ctx.state.lock();
+        let plan = match transaction::plan_transaction(&inner.store, &bundle) {
+            Ok(plan) => plan,
+            Err(Rejection {
+                status,
+                code,
+                issues,
+            }) => return Ok(outcome(status, code, &issues)),
+        };
+        let outcomes = plan.outcomes.clone();
+        if let Mode::FailEntry(n) = mode {
+            let mut entries: Vec<Value> =
+                outcomes.iter().map(EntryOutcome::response_entry).collect();
+            if let Some(last) = entries.len().checked_sub(1) {
+                entries[n.min(last)] = json!({"response": {
+                    "status": "400 Bad Request",
+                    "outcome": outcome_json("invalid", &["injected entry failure (Mode::FailEntry)".into()]),
+                }});
+            }
+            return Ok(fhir_json(200, &response_bundle(entries)));
+        }
+        inner.store.commit(plan);
+        let snapshot = inner
+            .state_file
+            .clone()
+            .map(|path| (path, serde_json::to_vec_pretty(&inner.store)));
+        (outcomes, snapshot)
+    };
+    if let Some((path, Ok(bytes))) = snapshot {
+        if let Err(error) = write_atomically(&path, &bytes) {
+            tracing::warn!(%error, path = %path.display(), "writing the state file failed");
+        }
+    }
+    for outcome in &outcomes {
+        let _ = ctx.state.events.send(EntryEvent {
+            outcome: outcome.clone(),
+        });
+    }
+
+    match mode {
+        Mode::Empty200 => Ok(Response::builder()
+            .status(200)
+            .body(Full::new(Bytes::new()))
+            .expect("static response")),
+        Mode::Garbage200 => Ok(Response::builder()
+            .status(200)
+            .header(CONTENT_TYPE, "application/fhir+json")
+            .body(Full::new(Bytes::from_static(
+                b"<html>502 Bad Gateway</html> this is not JSON",
+            )))
+            .expect("static response")),
+        Mode::HangUpAfterCommit => Err(HangUp),
+        _ => Ok(fhir_json(
+            200,
+            &response_bundle(outcomes.iter().map(EntryOutcome::response_entry).collect()),
+        )),
+    }
+}
+
+fn response_bundle(entries: Vec<Value>) -> Value {
+    json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "transaction-response",
+        "entry": entries,
+    })
+}
+
+fn outcome_json(code: &str, issues: &[String]) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": issues.iter().map(|d| json!({"severity": "error", "code": code, "diagnostics": d})).collect::<Vec<_>>(),
+    })
+}
+
+fn outcome(status: u16, code: &str, issues: &[String]) -> Resp {
+    fhir_json(status, &outcome_json(code, issues))
+}
+
+fn fhir_json(status: u16, body: &Value) -> Resp {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/fhir+json; charset=utf-8")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("valid response parts")
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}

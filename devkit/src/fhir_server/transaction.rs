@@ -1,0 +1,638 @@
+//! Transaction semantics of the test server, with no I/O: a [`Store`] of resources, a planner that
+//! turns a transaction Bundle into a [`Plan`] (or a [`Rejection`]) without touching the store, and
+//! [`Store::commit`], which applies a plan. Planning first and committing after is what makes the
+//! transaction all-or-nothing.
+//!
+//! Rules (a strict reading of fhir-mapping.md §5, lenient where a real server would need data the
+//! test server does not have):
+//! - `Bundle.type` must be `transaction`; at most [`MAX_ENTRIES`] entries (more is a 400, not a
+//!   413: the limit is the agent's own rule, and a 413 would make the agent split instead of
+//!   surfacing the bug).
+//! - Every entry is `request.method = POST`, `request.url = <resourceType>`, with
+//!   `request.ifNoneExist = identifier=<system>|<value>` (percent-decoded; `+` stays a plus,
+//!   because identifier values carry `+N` TZ offsets), and that identifier must be one of the
+//!   resource's own identifiers. Two entries with the same identity, or two with the same
+//!   `fullUrl`, are a 400.
+//! - Conditional create: a stored resource of that type with that identifier → `200 OK` and its
+//!   location, nothing written; none → a new id `<n>` (per type, from 1), `201 Created`,
+//!   location `<Type>/<n>/_history/1`; several → `412` (cannot happen here by construction).
+//! - References in created resources: `urn:uuid:` → the `fullUrl` of an entry of this Bundle,
+//!   rewritten to its `<Type>/<id>` (unknown one → 400). Conditional references
+//!   (`Device?identifier=<system>|<value>`) are recorded; if exactly one stored or
+//!   just-created resource matches they are rewritten to `<Type>/<id>` like a real server would,
+//!   otherwise kept as they are (the test server has no Patients, and accepts them as a lenient
+//!   server would). Literal references (`Device/7`) to a type the store holds but an id it does
+//!   not are accepted and recorded as unresolved.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Most entries accepted in one Bundle (fhir-mapping.md §5.3).
+pub const MAX_ENTRIES: usize = 50;
+
+/// Everything the server stored. Serializable: it is also the `--state-file` format.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Store {
+    /// Resource type → resources in creation order, as stored (with `id` and `meta.versionId`).
+    pub resources: BTreeMap<String, Vec<Value>>,
+    /// Every conditional reference seen in a committed Bundle, as sent.
+    pub conditional_references: Vec<String>,
+    /// Literal references to ids the store did not have when committed.
+    pub unresolved_references: Vec<String>,
+}
+
+/// What happened to one entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryOutcome {
+    pub resource_type: String,
+    pub id: String,
+    /// True: created now (`201 Created`); false: already there (`200 OK`).
+    pub created: bool,
+}
+
+impl EntryOutcome {
+    /// `response.status` for this entry.
+    pub fn status(&self) -> &'static str {
+        if self.created {
+            "201 Created"
+        } else {
+            "200 OK"
+        }
+    }
+
+    /// `response.location` for this entry.
+    pub fn location(&self) -> String {
+        format!("{}/{}/_history/1", self.resource_type, self.id)
+    }
+
+    /// The `Bundle.entry` of a `transaction-response` for this outcome.
+    pub fn response_entry(&self) -> Value {
+        json!({
+            "response": {
+                "status": self.status(),
+                "location": self.location(),
+                "etag": "W/\"1\"",
+            }
+        })
+    }
+}
+
+/// A transaction that may be committed: the outcomes in entry order and what to write.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub outcomes: Vec<EntryOutcome>,
+    new_resources: Vec<(String, Value)>,
+    conditional_references: Vec<String>,
+    unresolved_references: Vec<String>,
+}
+
+/// Why a Bundle was refused: an HTTP status, an OperationOutcome issue type and the messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    /// FHIR `IssueType` code (`invalid`, `multiple-matches`, ...).
+    pub code: &'static str,
+    pub issues: Vec<String>,
+}
+
+impl Rejection {
+    fn invalid(message: impl Into<String>) -> Rejection {
+        Rejection {
+            status: 400,
+            code: "invalid",
+            issues: vec![message.into()],
+        }
+    }
+}
+
+impl Store {
+    /// Applies a plan made against this very store (the caller holds the lock between
+    /// [`plan_transaction`] and this).
+    pub fn commit(&mut self, plan: Plan) {
+        for (resource_type, resource) in plan.new_resources {
+            self.resources
+                .entry(resource_type)
+                .or_default()
+                .push(resource);
+        }
+        self.conditional_references
+            .extend(plan.conditional_references);
+        self.unresolved_references
+            .extend(plan.unresolved_references);
+    }
+
+    /// Resources of one type, in creation order.
+    pub fn of_type(&self, resource_type: &str) -> &[Value] {
+        self.resources
+            .get(resource_type)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Ids of stored resources of `resource_type` carrying identifier `system|value`.
+    fn find(&self, resource_type: &str, system: &str, value: &str) -> Vec<String> {
+        self.of_type(resource_type)
+            .iter()
+            .filter(|r| has_identifier(r, system, value))
+            .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_owned))
+            .collect()
+    }
+
+    /// Number of `(type, system|value)` identities held by more than one stored resource.
+    /// Zero by construction; tests assert it to prove it.
+    pub fn duplicate_creates(&self) -> usize {
+        let mut seen: HashMap<(String, String, String), usize> = HashMap::new();
+        for (resource_type, resources) in &self.resources {
+            for r in resources {
+                for (system, value) in identifiers(r) {
+                    *seen
+                        .entry((resource_type.clone(), system, value))
+                        .or_default() += 1;
+                }
+            }
+        }
+        seen.values().filter(|&&n| n > 1).count()
+    }
+}
+
+/// `(system, value)` of every identifier of a resource that has both.
+pub fn identifiers(resource: &Value) -> Vec<(String, String)> {
+    resource
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            Some((
+                i.get("system")?.as_str()?.to_owned(),
+                i.get("value")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn has_identifier(resource: &Value, system: &str, value: &str) -> bool {
+    identifiers(resource)
+        .iter()
+        .any(|(s, v)| s == system && v == value)
+}
+
+/// Parses `identifier=<system>|<value>` (percent-decoded, `+` kept). `None` if it has another
+/// form (other search parameters, several parameters, no system).
+pub fn parse_identifier_query(query: &str) -> Option<(String, String)> {
+    let rest = query.strip_prefix("identifier=")?;
+    if rest.contains('&') {
+        return None;
+    }
+    let decoded = percent_decode(rest)?;
+    let (system, value) = decoded.split_once('|')?;
+    if system.is_empty() || value.is_empty() {
+        return None;
+    }
+    Some((system.to_owned(), value.to_owned()))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Plans a transaction against `store` without changing it.
+///
+/// # Errors
+///
+/// A [`Rejection`] naming every rule the Bundle breaks (see the module docs); the first
+/// broken entry stops the check of reference rewriting.
+pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection> {
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(Rejection::invalid("expected a Bundle"));
+    }
+    let bundle_type = bundle.get("type").and_then(Value::as_str).unwrap_or("");
+    if bundle_type != "transaction" {
+        return Err(Rejection::invalid(format!(
+            "Bundle.type must be \"transaction\", got {bundle_type:?}"
+        )));
+    }
+    let entries: &[Value] = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if entries.len() > MAX_ENTRIES {
+        return Err(Rejection::invalid(format!(
+            "Bundle has {} entries; this server accepts at most {MAX_ENTRIES} (fhir-mapping.md §5.3)",
+            entries.len()
+        )));
+    }
+
+    // Pass 1: check every entry, decide created/existing and assign ids.
+    let mut issues = Vec::new();
+    let mut outcomes = Vec::with_capacity(entries.len());
+    let mut identities = HashSet::new();
+    let mut full_urls: HashMap<String, String> = HashMap::new();
+    let mut next_id: HashMap<String, usize> = HashMap::new();
+    let mut just_created: Vec<(String, String, String, String)> = Vec::new(); // type, system, value, id
+    for (i, entry) in entries.iter().enumerate() {
+        match check_entry(i, entry) {
+            Err(msg) => issues.push(msg),
+            Ok((resource_type, system, value)) => {
+                if !identities.insert((resource_type.clone(), system.clone(), value.clone())) {
+                    issues.push(format!(
+                        "entry[{i}]: a second {resource_type} with identifier {system}|{value} in the same Bundle"
+                    ));
+                    continue;
+                }
+                let found = store.find(&resource_type, &system, &value);
+                let outcome = match found.as_slice() {
+                    [] => {
+                        let n = next_id.entry(resource_type.clone()).or_insert_with(|| {
+                            store.of_type(&resource_type).len() + 1
+                        });
+                        let id = n.to_string();
+                        *n += 1;
+                        just_created.push((
+                            resource_type.clone(),
+                            system,
+                            value,
+                            id.clone(),
+                        ));
+                        EntryOutcome {
+                            resource_type,
+                            id,
+                            created: true,
+                        }
+                    }
+                    [id] => EntryOutcome {
+                        resource_type,
+                        id: id.clone(),
+                        created: false,
+                    },
+                    _ => {
+                        return Err(Rejection {
+                            status: 412,
+                            code: "multiple-matches",
+                            issues: vec![format!(
+                                "entry[{i}]: {} stored {resource_type} resources match the ifNoneExist criteria",
+                                found.len()
+                            )],
+                        })
+                    }
+                };
+                if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
+                    let target = format!("{}/{}", outcome.resource_type, outcome.id);
+                    if full_urls.insert(full_url.to_owned(), target).is_some() {
+                        issues.push(format!("entry[{i}]: fullUrl {full_url} used twice"));
+                    }
+                }
+                outcomes.push(outcome);
+            }
+        }
+    }
+    if !issues.is_empty() {
+        return Err(Rejection {
+            status: 400,
+            code: "invalid",
+            issues,
+        });
+    }
+
+    // Pass 2: rewrite references in the resources to create.
+    let mut plan = Plan {
+        outcomes,
+        new_resources: Vec::new(),
+        conditional_references: Vec::new(),
+        unresolved_references: Vec::new(),
+    };
+    let resolver = Resolver {
+        store,
+        full_urls: &full_urls,
+        just_created: &just_created,
+    };
+    for (i, (entry, outcome)) in entries.iter().zip(&plan.outcomes).enumerate() {
+        if !outcome.created {
+            continue;
+        }
+        let mut resource = entry.get("resource").cloned().unwrap_or(Value::Null);
+        let mut refs = RefLog::default();
+        resolver.rewrite(&mut resource, &mut refs);
+        for bad in refs.bad {
+            issues.push(format!("entry[{i}]: unresolvable reference {bad}"));
+        }
+        plan.conditional_references.extend(refs.conditional);
+        plan.unresolved_references.extend(refs.unresolved);
+        if let Some(obj) = resource.as_object_mut() {
+            obj.insert("id".into(), Value::String(outcome.id.clone()));
+            let meta = obj.entry("meta").or_insert_with(|| json!({}));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert("versionId".into(), json!("1"));
+            }
+        }
+        plan.new_resources
+            .push((outcome.resource_type.clone(), resource));
+    }
+    if !issues.is_empty() {
+        return Err(Rejection {
+            status: 400,
+            code: "invalid",
+            issues,
+        });
+    }
+    Ok(plan)
+}
+
+/// Checks one entry's shape; returns its type and ifNoneExist identity.
+fn check_entry(i: usize, entry: &Value) -> Result<(String, String, String), String> {
+    let resource = entry
+        .get("resource")
+        .ok_or_else(|| format!("entry[{i}]: no resource"))?;
+    let resource_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("entry[{i}]: resource has no resourceType"))?;
+    let request = entry
+        .get("request")
+        .ok_or_else(|| format!("entry[{i}]: no request"))?;
+    let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+    if method != "POST" {
+        return Err(format!(
+            "entry[{i}]: request.method {method:?} not supported; only POST (conditional create)"
+        ));
+    }
+    let url = request.get("url").and_then(Value::as_str).unwrap_or("");
+    if url != resource_type {
+        return Err(format!(
+            "entry[{i}]: request.url {url:?} does not match resourceType {resource_type:?}"
+        ));
+    }
+    let if_none_exist = request
+        .get("ifNoneExist")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            format!("entry[{i}]: POST without request.ifNoneExist (conditional create required)")
+        })?;
+    let (system, value) = parse_identifier_query(if_none_exist).ok_or_else(|| {
+        format!("entry[{i}]: ifNoneExist {if_none_exist:?} is not identifier=<system>|<value>")
+    })?;
+    if !has_identifier(resource, &system, &value) {
+        return Err(format!(
+            "entry[{i}]: ifNoneExist identifier {system}|{value} is not an identifier of the resource"
+        ));
+    }
+    if let Some(full_url) = entry.get("fullUrl") {
+        if full_url.as_str().is_none_or(str::is_empty) {
+            return Err(format!("entry[{i}]: fullUrl is not a non-empty string"));
+        }
+    }
+    Ok((resource_type.to_owned(), system, value))
+}
+
+struct Resolver<'a> {
+    store: &'a Store,
+    full_urls: &'a HashMap<String, String>,
+    just_created: &'a [(String, String, String, String)],
+}
+
+#[derive(Default)]
+struct RefLog {
+    conditional: Vec<String>,
+    unresolved: Vec<String>,
+    bad: Vec<String>,
+}
+
+impl Resolver<'_> {
+    /// Rewrites every `reference` string found anywhere in `value`.
+    fn rewrite(&self, value: &mut Value, log: &mut RefLog) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    if key == "reference" {
+                        if let Value::String(reference) = child {
+                            if let Some(new) = self.resolve(reference, log) {
+                                *reference = new;
+                            }
+                            continue;
+                        }
+                    }
+                    self.rewrite(child, log);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.rewrite(v, log)),
+            _ => {}
+        }
+    }
+
+    /// The rewritten reference, or `None` to keep it.
+    fn resolve(&self, reference: &str, log: &mut RefLog) -> Option<String> {
+        if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
+            let target = self.full_urls.get(reference).cloned();
+            if target.is_none() {
+                log.bad.push(reference.to_owned());
+            }
+            return target;
+        }
+        if let Some((resource_type, query)) = reference.split_once('?') {
+            log.conditional.push(reference.to_owned());
+            let (system, value) = parse_identifier_query(query)?;
+            let mut ids = self.store.find(resource_type, &system, &value);
+            ids.extend(
+                self.just_created
+                    .iter()
+                    .filter(|(t, s, v, _)| t == resource_type && *s == system && *v == value)
+                    .map(|(_, _, _, id)| id.clone()),
+            );
+            return match ids.as_slice() {
+                [id] => Some(format!("{resource_type}/{id}")),
+                _ => None,
+            };
+        }
+        if let Some((resource_type, id)) = reference.split_once('/') {
+            let known_type = self.store.resources.contains_key(resource_type)
+                || self.just_created.iter().any(|(t, ..)| t == resource_type);
+            let known_id = self
+                .store
+                .of_type(resource_type)
+                .iter()
+                .any(|r| r.get("id").and_then(Value::as_str) == Some(id))
+                || self
+                    .just_created
+                    .iter()
+                    .any(|(t, _, _, i)| t == resource_type && i == id);
+            if known_type && !known_id && !id.contains('/') {
+                log.unresolved.push(reference.to_owned());
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Value {
+        serde_json::from_str(include_str!("../../testdata/example-bundle.json")).unwrap()
+    }
+
+    #[test]
+    fn example_bundle_creates_four_then_finds_four() {
+        let mut store = Store::default();
+        let plan = plan_transaction(&store, &example()).unwrap();
+        assert!(plan.outcomes.iter().all(|o| o.created));
+        store.commit(plan);
+        assert_eq!(store.of_type("Device").len(), 2);
+        assert_eq!(store.of_type("Observation").len(), 2);
+        let again = plan_transaction(&store, &example()).unwrap();
+        assert!(again.outcomes.iter().all(|o| !o.created));
+        assert_eq!(again.outcomes[2].location(), "Observation/1/_history/1");
+        store.commit(again);
+        assert_eq!(store.of_type("Observation").len(), 2);
+        assert_eq!(store.duplicate_creates(), 0);
+    }
+
+    #[test]
+    fn urn_uuid_references_become_assigned_ids() {
+        let mut store = Store::default();
+        store.commit(plan_transaction(&store, &example()).unwrap());
+        let bp = &store.of_type("Observation")[0];
+        assert_eq!(bp["device"]["reference"], "Device/2");
+        assert_eq!(
+            bp["extension"][0]["valueReference"]["reference"],
+            "Device/1"
+        );
+        assert_eq!(bp["id"], "1");
+        assert_eq!(bp["meta"]["versionId"], "1");
+        // Patient is unknown to the server: kept as sent, and recorded.
+        assert_eq!(
+            bp["subject"]["reference"],
+            "Patient?identifier=https://rpm.example.org/fhir/sid/patient-mrn|RPM-000123"
+        );
+        assert!(store
+            .conditional_references
+            .iter()
+            .any(|r| r.starts_with("Device?identifier=")));
+    }
+
+    #[test]
+    fn conditional_reference_to_a_stored_device_is_resolved() {
+        let mut store = Store::default();
+        // Upload the scale Device first, then the weight Observation refers to it conditionally.
+        let scale = json!({
+            "resourceType": "Device",
+            "identifier": [{"system": "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680", "value": "00-09-1F-FF-FE-80-56-78"}]
+        });
+        let first = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "resource": scale,
+            "request": {"method": "POST", "url": "Device",
+                "ifNoneExist": "identifier=urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680%7C00-09-1F-FF-FE-80-56-78"}
+        }]});
+        store.commit(plan_transaction(&store, &first).unwrap());
+        store.commit(plan_transaction(&store, &example()).unwrap());
+        let weight = &store.of_type("Observation")[1];
+        assert_eq!(weight["device"]["reference"], "Device/1");
+    }
+
+    #[test]
+    fn entry_rules_are_enforced() {
+        let store = Store::default();
+        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+            (
+                "no request",
+                Box::new(|b| {
+                    b["entry"][0].as_object_mut().unwrap().remove("request");
+                }),
+            ),
+            (
+                "ifNoneExist",
+                Box::new(|b| {
+                    b["entry"][0]["request"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("ifNoneExist");
+                }),
+            ),
+            (
+                "only POST",
+                Box::new(|b| b["entry"][0]["request"]["method"] = json!("PUT")),
+            ),
+            (
+                "does not match resourceType",
+                Box::new(|b| b["entry"][0]["request"]["url"] = json!("Device/_search")),
+            ),
+            (
+                "not an identifier of the resource",
+                Box::new(|b| {
+                    b["entry"][0]["request"]["ifNoneExist"] = json!("identifier=urn:x|y");
+                }),
+            ),
+            (
+                "not identifier=",
+                Box::new(|b| {
+                    b["entry"][0]["request"]["ifNoneExist"] =
+                        json!("identifier=DC-A6-32-FF-FE-4A-7B-01");
+                }),
+            ),
+            (
+                "same Bundle",
+                Box::new(|b| {
+                    let e = b["entry"][0].clone();
+                    b["entry"].as_array_mut().unwrap().push(e);
+                }),
+            ),
+            (
+                "must be \"transaction\"",
+                Box::new(|b| b["type"] = json!("batch")),
+            ),
+            (
+                "at most 50",
+                Box::new(|b| {
+                    let e = b["entry"][3].clone();
+                    b["entry"] = Value::Array(vec![e; 51]);
+                }),
+            ),
+            (
+                "unresolvable reference",
+                Box::new(|b| {
+                    b["entry"][2]["resource"]["device"]["reference"] =
+                        json!("urn:uuid:00000000-0000-4000-8000-000000000000");
+                }),
+            ),
+        ];
+        for (expect, mutate) in cases {
+            let mut b = example();
+            mutate(&mut b);
+            let err = plan_transaction(&store, &b).expect_err(expect);
+            assert_eq!(err.status, 400, "{expect}");
+            assert!(
+                err.issues.iter().any(|m| m.contains(expect)),
+                "{expect}: {:?}",
+                err.issues
+            );
+        }
+    }
+
+    #[test]
+    fn identifier_query_parsing() {
+        assert_eq!(
+            parse_identifier_query("identifier=http://x/y%7Cab+1"),
+            Some(("http://x/y".into(), "ab+1".into()))
+        );
+        assert_eq!(parse_identifier_query("identifier=abc"), None);
+        assert_eq!(parse_identifier_query("identifier=a|b&x=1"), None);
+        assert_eq!(parse_identifier_query("code=a|b"), None);
+        assert_eq!(parse_identifier_query("identifier=a|b%zz"), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! `vitalgate-devkit`: throw-away test PKI, loopback mTLS FHIR test server, and (later) the demo.
+//!
+//! Each subcommand is one function below; the `demo` subcommand is a stub until the agent
+//! pipeline is merged (then: `mod demo;` and call `demo::run` from `main`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use vitalgate_devkit::fhir_server::{FhirTestServer, ServerConfig};
+use vitalgate_devkit::pki::{TestPki, DEFAULT_GATEWAY_ID};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vitalgate-devkit",
+    version,
+    about = "vitalgate development tools (TEST ONLY)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a throw-away test PKI (CA, server, client, rogue CA) into DIR.
+    Pki {
+        /// Output directory (created if missing; existing files are overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// CN of the client certificates.
+        #[arg(long, default_value = DEFAULT_GATEWAY_ID)]
+        gateway_id: String,
+    },
+    /// Run the loopback FHIR R4 test server (mutual TLS) in the foreground until Ctrl-C.
+    Serve {
+        /// Directory made by `vitalgate-devkit pki`.
+        #[arg(long)]
+        pki: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// FHIR base path; the agent POSTs transaction Bundles to exactly this path.
+        #[arg(long, default_value = "/fhir/r4")]
+        base: String,
+        /// JSON file the store is loaded from and written to after each transaction.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+    },
+    /// Run the end-to-end demo (not yet wired).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pki { out, gateway_id } => pki(&out, &gateway_id),
+        Command::Serve {
+            pki,
+            listen,
+            base,
+            state_file,
+        } => serve(pki, listen, base, state_file),
+        Command::Demo => {
+            eprintln!("demo: not yet wired");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("vitalgate-devkit: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pki(out: &std::path::Path, gateway_id: &str) -> anyhow::Result<()> {
+    let pki = TestPki::generate_for_gateway(out, gateway_id)?;
+    println!("THROW-AWAY TEST PKI written to {}", pki.dir.display());
+    for (what, path) in [
+        ("CA", &pki.ca_cert),
+        ("server cert", &pki.server_cert),
+        ("server key", &pki.server_key),
+        ("client cert", &pki.client_cert),
+        ("client key", &pki.client_key),
+        ("rogue CA", &pki.rogue_ca_cert),
+    ] {
+        println!("  {what:<12} {}", path.display());
+    }
+    Ok(())
+}
+
+fn serve(
+    pki_dir: PathBuf,
+    listen: SocketAddr,
+    base: String,
+    state_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(base.starts_with('/'), "--base must start with '/'");
+    let pki = TestPki::paths(&pki_dir, DEFAULT_GATEWAY_ID);
+    let config = ServerConfig {
+        listen,
+        base_path: base,
+        state_file,
+        ..ServerConfig::for_pki(&pki)
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
+    runtime.block_on(async move {
+        let mut server = FhirTestServer::start(config).await?;
+        let mut events = server.subscribe();
+        println!(
+            "FHIR test server on {} (client certificates from {} required); Ctrl-C stops",
+            server.base_url(),
+            pki.ca_cert.display()
+        );
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                event = events.recv() => match event {
+                    Ok(event) => {
+                        let o = event.outcome;
+                        // Type, id and what happened: never values (they may be PHI).
+                        println!(
+                            "{} {}/{} {}",
+                            o.status(),
+                            o.resource_type,
+                            o.id,
+                            if o.created { "created" } else { "existing" }
+                        );
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        println!("({n} entries not shown: output too slow)");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        server.stop().await;
+        println!(
+            "stopped: {} requests, {} observations, {} devices stored",
+            server.request_count(),
+            server.stored_observations().len(),
+            server.stored_devices().len()
+        );
+        anyhow::Ok(())
+    })
+}
