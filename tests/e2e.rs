@@ -15,7 +15,7 @@ use harness::*;
 /// stop the server, publish more, restart the agent, bring the server back: all arrive, none
 /// twice.
 async fn outage_and_restart_scenario(broker: Broker) {
-    let h = Harness::new(broker).await;
+    let mut h = Harness::new(broker).await;
     let mut agent = h.spawn_agent();
 
     // 1. Normal operation.
@@ -25,7 +25,9 @@ async fn outage_and_restart_scenario(broker: Broker) {
 
     // 2. Server down: readings are stored (and acked to the broker), uploads fail.
     h.fhir.stop().await;
-    let second: Vec<String> = (4..9).map(|i| weight_point(i, 7000 + i as i64 * 5)).collect();
+    let second: Vec<String> = (4..9)
+        .map(|i| weight_point(i, 7000 + i as i64 * 5))
+        .collect();
     h.publish(&second).await;
     h.wait_for_log(&agent, "reading stored", 4 + 5, Duration::from_secs(30));
 
@@ -36,22 +38,29 @@ async fn outage_and_restart_scenario(broker: Broker) {
     h.publish(&second[..1]).await;
 
     // 4. Server back: everything arrives exactly once.
-    h.fhir.start().await;
+    h.fhir.restart().await.unwrap();
     h.wait_for_observations(9, Duration::from_secs(90)).await;
     // Give a resend a chance to happen, then check for duplicates.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let obs = h.fhir.observation_identifiers();
-    assert_eq!(obs.len(), 9, "exactly one Observation per reading: {obs:#?}");
+    assert_eq!(
+        obs.len(),
+        9,
+        "exactly one Observation per reading: {obs:#?}"
+    );
     let mut dedup = obs.clone();
     dedup.sort();
     dedup.dedup();
     assert_eq!(dedup.len(), 9, "no Observation stored twice");
     assert_eq!(h.fhir.schema_failures(), Vec::<String>::new());
-    h.fhir.assert_all_observations_valid();
+    h.assert_all_observations_valid();
     let status = h.vitalgate(&["status"]);
     assert!(status.contains("pending=0"), "{status}");
     agent.terminate();
-    assert!(!agent.stderr().contains("MRN-0001"), "patient identifier leaked into the log");
+    assert!(
+        !agent.stderr().contains("MRN-0001"),
+        "patient identifier leaked into the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +72,9 @@ async fn readings_survive_server_outage_and_agent_restart_with_embedded_broker()
 async fn readings_survive_server_outage_and_agent_restart_with_mosquitto() {
     match Broker::mosquitto() {
         Some(b) => outage_and_restart_scenario(b).await,
-        None => eprintln!("mosquitto not installed: this variant runs in .ci/run (VITALGATE_REQUIRE_MOSQUITTO=1)"),
+        None => eprintln!(
+            "mosquitto not installed: this variant runs in .ci/run (VITALGATE_REQUIRE_MOSQUITTO=1)"
+        ),
     }
 }
 
@@ -78,10 +89,18 @@ async fn undecodable_payloads_are_acked_counted_and_kept_as_dead_letters() {
     h.publish(&bad).await;
     h.publish(&[bp_point(1, 130, 85)]).await;
     h.wait_for_observations(1, Duration::from_secs(60)).await;
-    h.wait_for_log(&agent, "undecodable payload kept as dead letter", 2, Duration::from_secs(10));
+    h.wait_for_log(
+        &agent,
+        "undecodable payload kept as dead letter",
+        2,
+        Duration::from_secs(10),
+    );
     agent.terminate();
     let err = agent.stderr();
-    assert!(!err.contains("this is not json"), "payload content must not be logged");
+    assert!(
+        !err.contains("this is not json"),
+        "payload content must not be logged"
+    );
     let list = h.vitalgate(&["dead-letters"]);
     assert_eq!(list.lines().count(), 2, "{list}");
     assert!(list.contains("not valid JSON"), "{list}");
@@ -92,11 +111,19 @@ async fn agent_refuses_a_server_whose_certificate_is_not_from_the_configured_ca(
     let h = Harness::with_rogue_server(Broker::embedded()).await;
     let mut agent = h.spawn_agent();
     h.publish(&[bp_point(1, 118, 76)]).await;
-    h.wait_for_log(&agent, "TLS handshake with FHIR server failed", 1, Duration::from_secs(30));
+    h.wait_for_log(
+        &agent,
+        "TLS handshake with FHIR server failed",
+        1,
+        Duration::from_secs(30),
+    );
     agent.terminate();
     assert_eq!(h.fhir.observation_identifiers().len(), 0);
     let status = h.vitalgate(&["status"]);
-    assert!(status.contains("pending=1"), "the reading stays in the outbox: {status}");
+    assert!(
+        status.contains("pending=1"),
+        "the reading stays in the outbox: {status}"
+    );
 }
 
 #[test]
@@ -107,7 +134,10 @@ fn agent_refuses_to_start_without_its_client_key() {
     let out = h.vitalgate_output(&["run"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&h.pki.client_key.display().to_string()), "{err}");
+    assert!(
+        err.contains(&h.pki.client_key.display().to_string()),
+        "{err}"
+    );
 }
 
 #[test]
@@ -144,7 +174,11 @@ fn keys_init_creates_a_private_key_file_and_never_overwrites_it() {
 fn check_config_exits_64_and_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[gateway]\nid = \"gw\"\ndata_dir = \"d\"\nflavour = 1\n").unwrap();
+    std::fs::write(
+        &path,
+        "[gateway]\nid = \"gw\"\ndata_dir = \"d\"\nflavour = 1\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
         .args(["check-config", "--config"])
         .arg(&path)

@@ -73,7 +73,7 @@ pub enum DeviceClass {
 
 /// How a device is identified (fhir-mapping.md §3, §5.1).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "type", content = "value")]
+#[serde(rename_all = "snake_case")]
 pub enum DeviceIdentifier {
     /// IEEE EUI-64 system id, 16 upper-case hex digits without dashes.
     Eui64(String),
@@ -108,7 +108,7 @@ pub struct DeviceInfo {
 
 /// The patient a reading is attributed to.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "type")]
+#[serde(rename_all = "snake_case")]
 pub enum PatientRef {
     /// A provisioned FHIR logical id: `Patient/<id>`.
     Literal { id: String },
@@ -198,7 +198,7 @@ pub enum TimeQuality {
 
 /// Where a reading entered the gateway.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case")]
 pub enum Source {
     /// MQTT ingest; `source_id` is the data point's `header.uuid` / `header.id`.
     Mqtt {
@@ -271,4 +271,49 @@ impl Reading {
 pub fn decimal(value: f64, digits: i16) -> Decimal {
     let scaled = (value * 10f64.powi(i32::from(digits))).round() as i64;
     Decimal::new(scaled, -digits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_survives_the_store_encoding() {
+        // postcard is not self-describing: internally tagged enums would fail to decode.
+        let r = crate::uplink::fhir::tests::bp();
+        let bytes = postcard::to_stdvec(&r).unwrap();
+        let back: Reading = postcard::from_bytes(&bytes).unwrap();
+        assert!(back == r);
+        let mut s = r.clone();
+        s.source = Source::Mqtt {
+            topic: "t".into(),
+            source_id: "u".into(),
+        };
+        s.patient = PatientRef::Literal { id: "p".into() };
+        s.device.identifier = DeviceIdentifier::Local("gw/x".into());
+        let back: Reading = postcard::from_bytes(&postcard::to_stdvec(&s).unwrap()).unwrap();
+        assert!(back == s);
+    }
+
+    #[test]
+    fn patient_references() {
+        assert_eq!(
+            "Patient/abc-1".parse::<PatientRef>(),
+            Ok(PatientRef::Literal { id: "abc-1".into() })
+        );
+        assert!("urn:oid:2.16.840.1.113883.19.5|MRN-0001"
+            .parse::<PatientRef>()
+            .is_ok());
+        assert_eq!("MRN-0001".parse::<PatientRef>(), Err(PatientRefError::Shape));
+        assert_eq!("Patient/".parse::<PatientRef>(), Err(PatientRefError::BadId));
+        assert_eq!("mrn|x".parse::<PatientRef>(), Err(PatientRefError::BadSystem));
+        assert_eq!("urn:x| y".parse::<PatientRef>(), Err(PatientRefError::BadValue));
+    }
+
+    #[test]
+    fn debug_output_has_no_phi() {
+        let r = crate::uplink::fhir::tests::bp();
+        let d = format!("{r:?} {:?}", r.patient);
+        assert!(!d.contains("RPM-000123") && !d.contains("128"), "{d}");
+    }
 }

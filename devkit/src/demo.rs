@@ -20,7 +20,7 @@ use vitalgate::config::Config;
 use vitalgate::events::AgentEvent;
 use vitalgate::reading::Reading;
 
-use crate::fhir_server::FhirServer;
+use crate::fhir_server::{FhirTestServer, ServerConfig};
 use crate::pki::TestPki;
 
 /// Demo settings (the CLI exposes them).
@@ -60,7 +60,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let pki = TestPki::generate(&dir.join("pki")).context("generating the test PKI")?;
     println!("  test PKI generated (throw-away CA, server and client certificates)");
-    let server = FhirServer::start_for_tests(&pki, false).await;
+    // Compile the 3.3 MB R4 schema before the first Bundle arrives.
+    tokio::task::spawn_blocking(crate::schema::fhir_schema_validator).await?;
+    let server = FhirTestServer::start(ServerConfig::for_pki(&pki))
+        .await
+        .context("starting the loopback FHIR receiver")?;
     println!(
         "  loopback FHIR R4 receiver at {} (requires a client certificate; validates against the R4 JSON schema)",
         server.base_url()

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod fhir_server;
 pub mod https_client;
 pub mod pki;

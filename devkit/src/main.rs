@@ -48,8 +48,19 @@ enum Command {
         #[arg(long)]
         state_file: Option<PathBuf>,
     },
-    /// Run the end-to-end demo (not yet wired).
-    Demo,
+    /// Run the agent's main job end to end on loopback: test PKI, mTLS FHIR receiver,
+    /// simulated BP cuff and scale, encrypted store, the real pipeline.
+    Demo {
+        /// Measurements per simulated device.
+        #[arg(long, default_value_t = 3)]
+        count: u64,
+        /// Milliseconds between measurements (at least 1000).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Keep the working directory (PKI, config, encrypted store) for inspection.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,10 +80,15 @@ fn main() -> ExitCode {
             base,
             state_file,
         } => serve(pki, listen, base, state_file),
-        Command::Demo => {
-            eprintln!("demo: not yet wired");
-            return ExitCode::from(2);
-        }
+        Command::Demo {
+            count,
+            interval_ms,
+            keep,
+        } => demo(vitalgate_devkit::demo::DemoOptions {
+            count,
+            interval_ms,
+            keep,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,6 +97,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn demo(opts: vitalgate_devkit::demo::DemoOptions) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(vitalgate_devkit::demo::run(opts))
 }
 
 fn pki(out: &std::path::Path, gateway_id: &str) -> anyhow::Result<()> {

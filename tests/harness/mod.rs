@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use vitalgate_devkit::fhir_server::FhirServer;
+use vitalgate_devkit::fhir_server::{FhirTestServer, ServerConfig};
 use vitalgate_devkit::pki::TestPki;
 
 pub const TOPIC: &str = "vitalgate/ingest/hub-1";
@@ -24,8 +24,14 @@ pub fn free_port() -> u16 {
 
 pub enum Broker {
     None,
-    Embedded { port: u16 },
-    Mosquitto { port: u16, child: Child, _dir: tempfile::TempDir },
+    Embedded {
+        port: u16,
+    },
+    Mosquitto {
+        port: u16,
+        child: Child,
+        _dir: tempfile::TempDir,
+    },
 }
 
 impl Broker {
@@ -91,7 +97,11 @@ next_connection_delay_ms = 1
             .spawn()
             .expect("start mosquitto");
         wait_port(port);
-        Some(Broker::Mosquitto { port, child, _dir: dir })
+        Some(Broker::Mosquitto {
+            port,
+            child,
+            _dir: dir,
+        })
     }
 
     pub fn port(&self) -> Option<u16> {
@@ -122,7 +132,7 @@ fn wait_port(port: u16) {
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub pki: TestPki,
-    pub fhir: FhirServer,
+    pub fhir: FhirTestServer,
     pub broker: Broker,
     pub config: PathBuf,
 }
@@ -140,7 +150,12 @@ impl Harness {
     async fn build(broker: Broker, rogue: bool) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::generate(&dir.path().join("pki")).unwrap();
-        let fhir = FhirServer::start_for_tests(&pki, rogue).await;
+        let mut server_cfg = ServerConfig::for_pki(&pki);
+        if rogue {
+            server_cfg.server_cert = pki.rogue_server_cert.clone();
+            server_cfg.server_key = pki.rogue_server_key.clone();
+        }
+        let fhir = FhirTestServer::start(server_cfg).await.expect("FHIR test server");
         let config = dir.path().join("vitalgate.toml");
         let mqtt = match broker.port() {
             Some(port) => format!(
@@ -244,6 +259,14 @@ backoff_max_secs = 1
         }
         let _ = client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+    }
+
+    /// Every stored Observation validates against the FHIR R4 schema on its own too.
+    pub fn assert_all_observations_valid(&self) {
+        for o in self.fhir.stored_observations() {
+            let errors = vitalgate_devkit::validate_resource(&o);
+            assert!(errors.is_empty(), "{errors:?}");
+        }
     }
 
     pub async fn wait_for_observations(&self, n: usize, timeout: Duration) {

@@ -78,7 +78,7 @@ impl UplinkClient {
             return Err(UplinkError::Insecure(cfg.fhir_base.to_string()));
         }
         let mut tls = client_config(&cfg.ca_file, Some((&cfg.client_cert, &cfg.client_key)))?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .https_only(!cfg.allow_insecure_http)
