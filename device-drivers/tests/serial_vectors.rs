@@ -56,7 +56,7 @@ fn every_vector_whole_chunked_and_byte_by_byte() {
         if let Err(m) = match_expected(&v["expected"], &json) {
             panic!("vector {} (whole): {m}\nactual: {json}", v["id"]);
         }
-        let (_, reference) = run_chunks(v, &[input.clone()]);
+        let (_, reference) = run_chunks(v, std::slice::from_ref(&input));
 
         if let Some(chunks) = v.get("chunks").and_then(Value::as_array) {
             let chunks: Vec<Vec<u8>> = chunks

@@ -4,7 +4,8 @@
 //! content (without CR LF) exceeds `max_line_bytes` is reported once as `line_too_long`, and every
 //! byte up to and including its LF is discarded (counted in `bytes_discarded`): the framer
 //! resynchronises at the next LF. The framer never holds more than `max_line_bytes + 1` bytes
-//! (content plus a CR not yet known to be the terminator's).
+//! (content plus a CR not yet known to be the terminator's). The error's byte count is
+//! `max_line_bytes + 1` ("more than the cap"), so that it does not depend on the chunking.
 
 use super::{ErrorKind, Out};
 
@@ -69,7 +70,7 @@ impl LineFramer {
                         self.finish_line(part, out, &mut on_line);
                     } else if self.buf.len() + part.len() > self.cap() {
                         let n = self.buf.len() + part.len();
-                        out.error(ErrorKind::LineTooLong, n);
+                        out.error(ErrorKind::LineTooLong, self.max + 1);
                         out.discard(n + 1);
                         self.buf.clear();
                     } else {
@@ -84,7 +85,7 @@ impl LineFramer {
                 None => {
                     if self.buf.len() + bytes.len() > self.cap() {
                         let n = self.buf.len() + bytes.len();
-                        out.error(ErrorKind::LineTooLong, n);
+                        out.error(ErrorKind::LineTooLong, self.max + 1);
                         out.discard(n);
                         self.buf.clear();
                         self.skipping = true;
@@ -104,7 +105,7 @@ impl LineFramer {
             return;
         }
         if line.len() > self.max {
-            out.error(ErrorKind::LineTooLong, line.len());
+            out.error(ErrorKind::LineTooLong, self.max + 1);
             out.discard(raw_len + 1);
             return;
         }
