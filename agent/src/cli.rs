@@ -303,11 +303,31 @@ fn decode(d: DecodeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn decode_serial(protocol: &str, _bytes: &[u8]) -> Result<serde_json::Value, ExitCode> {
-    eprintln!(
-        "vitalgate decode: serial protocol {protocol:?}: serial decoders are not built in yet"
-    );
-    Err(ExitCode::from(EXIT_USAGE))
+/// `--protocol NAME|PATH`: a built-in serial protocol or a generic-line device file.
+fn decode_serial(protocol: &str, bytes: &[u8]) -> Result<serde_json::Value, ExitCode> {
+    use device_drivers::serial;
+    let mut decoder = match serial::builtin(protocol) {
+        Some(d) => d,
+        None => {
+            let path = Path::new(protocol);
+            if !path.is_file() {
+                eprintln!(
+                    "vitalgate decode: --protocol {protocol:?} is neither a built-in protocol ({}) nor a device file",
+                    serial::BUILTIN_PROTOCOLS.join(", ")
+                );
+                return Err(ExitCode::from(EXIT_USAGE));
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                eprintln!("vitalgate decode: --protocol {}: {e}", path.display());
+                ExitCode::from(EXIT_USAGE)
+            })?;
+            match serial::generic::DeviceConfig::from_toml_str(&text, path) {
+                Ok(cfg) => cfg.decoder(),
+                Err(e) => return Err(config_error(&e)),
+            }
+        }
+    };
+    Ok(serial::decode_all_to_json(decoder.as_mut(), bytes))
 }
 
 #[cfg(test)]
