@@ -92,8 +92,8 @@ impl ServerConfig {
     }
 }
 
-/// Fault injection. The mode applies to every valid `POST [base]` until changed (or, with
-/// [`ServerState::set_mode_for`], for a number of requests).
+/// Fault injection. The mode applies to every `POST [base]` until changed (or, with
+/// [`ServerState::set_mode_for`], for a number of them). Other paths and methods do not use it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Mode {
     /// Validate, apply, answer with a `transaction-response` Bundle.
@@ -201,7 +201,7 @@ impl ServerState {
         inner.mode_remaining = None;
     }
 
-    /// Uses `mode` for the next `requests` valid POSTs, then [`Mode::Normal`] again.
+    /// Uses `mode` for the next `requests` POSTs to the base path, then [`Mode::Normal`] again.
     pub fn set_mode_for(&self, mode: Mode, requests: usize) {
         let mut inner = self.lock();
         inner.mode = mode;

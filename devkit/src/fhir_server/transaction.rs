@@ -548,7 +548,8 @@ mod tests {
     #[test]
     fn entry_rules_are_enforced() {
         let store = Store::default();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "no request",
                 Box::new(|b| {
