@@ -1,0 +1,124 @@
+//! The encrypted outbox: readings wait here, sealed, until the FHIR server has them.
+//!
+//! # On-disk format (store format version 1)
+//!
+//! A store is one directory (mode 0700) holding a sled 0.34.7 database (`<dir>/db` is the data
+//! file, `<dir>/conf` sled's parameters, `<dir>/snap.*` its snapshots, `<dir>/blobs/` values too
+//! large for a log segment). Inside it, these trees:
+//!
+//! | tree         | key                           | value                                        |
+//! |--------------|-------------------------------|----------------------------------------------|
+//! | `meta`       | `format`                      | `[1]`: the store format version              |
+//! | `meta`       | `key_check`                   | sealed constant: proves the key is the right one |
+//! | `pending`    | seq: u64 big-endian           | sealed postcard `PendingEnvelope { id, enqueued_at_ms, payload }`, `payload` = postcard of the caller's `T` |
+//! | `index`      | `index_key(id)`: 32 bytes     | seq: u64 big-endian, the `pending` entry holding `id` |
+//! | `acked`      | `index_key(id)`: 32 bytes     | time of ack / dead-lettering, ms since Unix epoch, u64 big-endian |
+//! | `dead`       | seq: u64 big-endian           | sealed postcard `DeadEnvelope { time_ms, source, reason, id, original_len, payload_sha256, truncated, payload }` |
+//! | `quarantine` | tree name, `0x00`, original key | the original value, byte for byte, never opened |
+//!
+//! "Sealed" is the [`codec`] format: version byte, 12-byte random nonce, ChaCha20-Poly1305
+//! ciphertext and tag, with AAD = version byte ‖ tree name ‖ `0x00` ‖ sled key. `index_key` is
+//! HMAC-SHA256 of the reading id under a key derived from the store key (reading ids are
+//! content hashes of low-entropy data and are not written in clear). Sequence numbers come from
+//! sled's `generate_id`, which is monotonic across restarts, so key order is arrival order and
+//! `pending` is FIFO.
+//!
+//! # Invariants
+//!
+//! 1. **Every record is authenticated.** Nothing read from `pending` or `dead` is used unless it
+//!    opens under its own key; a record that does not is moved, unchanged, to `quarantine`
+//!    (a warn log with the tree and seq only, and a counter). Nothing is ever deleted because it
+//!    could not be read.
+//! 2. **`index` ↔ `pending`.** `index[k] = seq` exactly when `pending[seq]` holds the id whose
+//!    `index_key` is `k`; the two change only together, in one sled transaction. Before an ack
+//!    or a dead-letter acts on `index[k]`, the record at `seq` is opened and its id compared, so
+//!    a corrupted index entry cannot remove the wrong reading.
+//! 3. **Dedup.** An id is a duplicate while it is in `index` (pending) or `acked` (uploaded or
+//!    dead-lettered less than the tombstone retention ago, default 30 days).
+//! 4. **Durable before Ok.** Every method that changes `pending`, `index`, `acked` or `dead`
+//!    returns `Ok` only after `Db::flush` **and** our own `fdatasync` of `<dir>/db` (sled 0.34's
+//!    flush uses `sync_file_range` on Linux, which neither flushes the drive's write cache nor
+//!    file-size metadata: sled issues #1452, #1351) and an fsync of any new file under `blobs/`
+//!    (sled does not fsync blob files at all). This holds for [`Insert::Duplicate`] too: the
+//!    earlier copy may have been written by another thread that has not synced yet.
+//! 5. **Bounded records.** An encoded payload is at most [`MAX_PAYLOAD_LEN`] bytes, so records
+//!    stay inline in sled's log segments instead of becoming blob files (see 4).
+//! 6. **No PHI outside sealed values.** Keys are sequence numbers and keyed hashes; errors and
+//!    logs carry tree names, sequence numbers and sizes, never content.
+//!
+//! # Durability: what is and is not shown here
+//!
+//! An `Ok` from a mutating method means: sled's flush returned, then `fdatasync` of `<dir>/db`
+//! returned, then `fsync` of any new blob file and of `blobs/` returned. On a filesystem and
+//! device that honour flush requests, the change survives a crash or power loss.
+//!
+//! The tests show that records survive dropping and reopening the store (same process), that
+//! corrupt, truncated, swapped and foreign-key records are quarantined without loss, and that
+//! the store agrees with a simple model across random operation sequences. They cannot show
+//! survival of a power cut: that depends on the SD card honouring flush requests, which many
+//! consumer cards do not (they acknowledge a flush while data is still in their volatile cache,
+//! and can corrupt older blocks during wear levelling). Nor is sled 0.34's own crash recovery
+//! tested here; if sled cannot open its files after a power cut, [`Outbox::open`] fails and the
+//! agent must refuse to start rather than create an empty store.
+
+pub mod codec;
+pub mod keyfile;
+mod outbox;
+
+pub use codec::{CodecError, RecordCipher};
+pub use keyfile::{KeyFileError, StoreKey};
+pub use outbox::{
+    DeadLetterInfo, Insert, Outbox, OutboxOptions, PendingRecord, Stats, MAX_PAYLOAD_LEN,
+    TREE_ACKED, TREE_DEAD, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
+};
+
+use std::path::PathBuf;
+
+/// The store format version written to `meta/format`.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Everything that can go wrong in the store. Carries paths, tree names, sequence numbers and
+/// sizes; never record content.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("postcard encoding failed: {0}")]
+    Encode(postcard::Error),
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error("store {path} was written with another key (the key-check record does not open); refusing to use it")]
+    WrongKey { path: PathBuf },
+    #[error(
+        "store {path} has format version {found:?}, this build reads version {FORMAT_VERSION}"
+    )]
+    UnsupportedFormat { path: PathBuf, found: Option<u8> },
+    #[error("encoded record is {len} bytes, more than the {max} a record may have")]
+    TooLarge { len: usize, max: usize },
+    #[error("no pending record with this id")]
+    NotPending,
+    #[error("no dead letter with seq {seq}")]
+    NoSuchDeadLetter { seq: u64 },
+    #[error("record {tree}/{seq} failed to decode: {reason}")]
+    Corrupt {
+        tree: &'static str,
+        seq: u64,
+        reason: &'static str,
+    },
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
