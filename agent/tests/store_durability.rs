@@ -1,0 +1,519 @@
+//! The outbox across restarts, duplicates, acks, dead letters and on-disk corruption, plus a
+//! model-based property test. Restarts here are drop-and-reopen in one process; real power loss
+//! is out of reach of a test (see the `vitalgate::store` module doc).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+use vitalgate::store::{
+    Insert, Outbox, OutboxOptions, StoreError, StoreKey, MAX_PAYLOAD_LEN, TREE_PENDING,
+    TREE_QUARANTINE,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Sample {
+    n: u32,
+    note: String,
+}
+
+fn sample(n: u32) -> Sample {
+    Sample {
+        n,
+        note: format!("systolic {n} mmHg for patient 4711"),
+    }
+}
+
+fn id(n: u8) -> [u8; 32] {
+    [n; 32]
+}
+
+fn key() -> StoreKey {
+    StoreKey::from_bytes([0x42; 32])
+}
+
+fn open(dir: &Path) -> Outbox {
+    Outbox::open(dir, key(), OutboxOptions::default()).unwrap()
+}
+
+fn pending_ns(outbox: &Outbox) -> Vec<u32> {
+    outbox
+        .pending::<Sample>(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.value.n)
+        .collect()
+}
+
+#[test]
+fn records_survive_drop_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("outbox");
+    {
+        let outbox = open(&store);
+        assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Stored);
+        assert_eq!(outbox.insert(id(2), &sample(2)).unwrap(), Insert::Stored);
+    }
+    let outbox = open(&store);
+    let pending = outbox.pending::<Sample>(10).unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].id, id(1));
+    assert_eq!(pending[0].value, sample(1));
+    assert_eq!(pending[1].value, sample(2));
+    assert_eq!(outbox.stats().unwrap().pending, 2);
+}
+
+#[test]
+fn store_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("outbox");
+    drop(open(&store));
+    let mode = std::fs::metadata(&store).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+}
+
+#[test]
+fn same_id_is_a_duplicate_while_pending_after_ack_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Stored);
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+    assert_eq!(outbox.ack(&[id(1)]).unwrap(), 1);
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+    drop(outbox);
+    let outbox = open(dir.path());
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+    assert!(pending_ns(&outbox).is_empty());
+    let stats = outbox.stats().unwrap();
+    assert_eq!(stats.acked_tombstones, 1);
+    assert_eq!(stats.duplicates, 1);
+}
+
+#[test]
+fn tombstones_expire_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = OutboxOptions {
+        tombstone_retention: Duration::from_secs(3600),
+        ..OutboxOptions::default()
+    };
+    let outbox = Outbox::open(dir.path(), key(), opts).unwrap();
+    outbox.insert(id(1), &sample(1)).unwrap();
+    outbox.ack(&[id(1)]).unwrap();
+    assert_eq!(outbox.prune_tombstones(SystemTime::now()).unwrap(), 0);
+    let later = SystemTime::now() + Duration::from_secs(3601);
+    assert_eq!(outbox.prune_tombstones(later).unwrap(), 1);
+    assert_eq!(outbox.stats().unwrap().acked_tombstones, 0);
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Stored);
+}
+
+#[test]
+fn pending_is_fifo_across_restarts_and_respects_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ids in decreasing order, so key order of ids differs from arrival order.
+    for round in 0..3u32 {
+        let outbox = open(dir.path());
+        for k in 0..4u32 {
+            let n = round * 4 + k;
+            outbox.insert(id(200 - n as u8), &sample(n)).unwrap();
+        }
+    }
+    let outbox = open(dir.path());
+    assert_eq!(pending_ns(&outbox), (0..12).collect::<Vec<_>>());
+    let first: Vec<u32> = outbox
+        .pending::<Sample>(5)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.value.n)
+        .collect();
+    assert_eq!(first, vec![0, 1, 2, 3, 4]);
+    assert!(outbox.pending::<Sample>(0).unwrap().is_empty());
+}
+
+#[test]
+fn insert_many_reports_one_outcome_per_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    outbox.insert(id(1), &sample(1)).unwrap();
+    let (s1, s2, s3) = (sample(1), sample(2), sample(3));
+    let outcomes = outbox
+        .insert_many([(id(1), &s1), (id(2), &s2), (id(2), &s2), (id(3), &s3)])
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            Insert::Duplicate,
+            Insert::Stored,
+            Insert::Duplicate,
+            Insert::Stored
+        ]
+    );
+    assert_eq!(pending_ns(&outbox), vec![1, 2, 3]);
+}
+
+#[test]
+fn ack_removes_only_the_given_records_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        for n in 1..=4 {
+            outbox.insert(id(n), &sample(u32::from(n))).unwrap();
+        }
+        // id 9 is unknown, id 2 is repeated: both ignored.
+        assert_eq!(outbox.ack(&[id(2), id(4), id(9), id(2)]).unwrap(), 2);
+        assert_eq!(outbox.ack(&[id(2)]).unwrap(), 0);
+    }
+    let outbox = open(dir.path());
+    assert_eq!(pending_ns(&outbox), vec![1, 3]);
+    // An unknown id acked earlier left no tombstone: it can still be stored.
+    assert_eq!(outbox.insert(id(9), &sample(9)).unwrap(), Insert::Stored);
+}
+
+#[test]
+fn dead_letter_keeps_the_data_and_blocks_redelivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    outbox.insert(id(1), &sample(1)).unwrap();
+    outbox.insert(id(2), &sample(2)).unwrap();
+    outbox
+        .dead_letter(&id(1), "HTTP 422: invalid code")
+        .unwrap();
+    assert!(matches!(
+        outbox.dead_letter(&id(1), "again"),
+        Err(StoreError::NotPending)
+    ));
+    assert_eq!(pending_ns(&outbox), vec![2]);
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+    drop(outbox);
+
+    let outbox = open(dir.path());
+    let dead = outbox.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].source, "outbox");
+    assert_eq!(dead[0].reason, "HTTP 422: invalid code");
+    assert_eq!(dead[0].id, Some(id(1)));
+    assert!(!dead[0].truncated);
+    let payload = outbox.dead_letter_payload(dead[0].seq).unwrap();
+    assert_eq!(dead[0].size, payload.len() as u64);
+    assert_eq!(postcard::from_bytes::<Sample>(&payload).unwrap(), sample(1));
+    assert_eq!(outbox.stats().unwrap().dead, 1);
+}
+
+#[test]
+fn raw_dead_letters_are_kept_listed_without_content_and_truncated_when_huge() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    let junk = b"{\"patient\":\"4711\", not json";
+    let seq = outbox
+        .put_dead_letter_raw("mqtt:vitals/+", junk, "not JSON")
+        .unwrap();
+    let huge = vec![b'x'; MAX_PAYLOAD_LEN + 100];
+    outbox
+        .put_dead_letter_raw("mqtt:vitals/+", &huge, "unknown schema")
+        .unwrap();
+    drop(outbox);
+
+    let outbox = open(dir.path());
+    let dead = outbox.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].seq, seq);
+    assert_eq!(
+        (dead[0].source.as_str(), dead[0].reason.as_str()),
+        ("mqtt:vitals/+", "not JSON")
+    );
+    assert_eq!(
+        (dead[0].size, dead[0].truncated, dead[0].id),
+        (junk.len() as u64, false, None)
+    );
+    assert_eq!(outbox.dead_letter_payload(seq).unwrap(), junk);
+    assert_eq!((dead[1].size, dead[1].truncated), (huge.len() as u64, true));
+    assert_eq!(
+        outbox.dead_letter_payload(dead[1].seq).unwrap().len(),
+        MAX_PAYLOAD_LEN
+    );
+    assert!(matches!(
+        outbox.dead_letter_payload(12345678),
+        Err(StoreError::NoSuchDeadLetter { seq: 12345678 })
+    ));
+}
+
+#[test]
+fn plaintext_never_reaches_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        outbox.insert(id(1), &sample(1)).unwrap();
+        outbox
+            .put_dead_letter_raw("mqtt", b"patient 4711 raw junk", "not JSON")
+            .unwrap();
+    }
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for needle in [&b"patient 4711"[..], &[1u8; 32][..]] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds plaintext",
+                entry.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn too_large_a_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    let big = Sample {
+        n: 0,
+        note: "x".repeat(MAX_PAYLOAD_LEN),
+    };
+    assert!(matches!(
+        outbox.insert(id(1), &big),
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert_eq!(outbox.stats().unwrap().pending, 0);
+}
+
+#[test]
+fn a_store_is_refused_with_another_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    outbox.insert(id(1), &sample(1)).unwrap();
+    drop(outbox);
+    let other = StoreKey::from_bytes([0x43; 32]);
+    assert!(matches!(
+        Outbox::open(dir.path(), other, OutboxOptions::default()),
+        Err(StoreError::WrongKey { .. })
+    ));
+    // Nothing was quarantined or lost by the failed attempt.
+    let outbox = open(dir.path());
+    assert_eq!(pending_ns(&outbox), vec![1]);
+    assert_eq!(outbox.stats().unwrap().quarantined, 0);
+}
+
+/// Rewrites the `n`th value of `pending` with `f`, through sled and without the codec.
+fn corrupt_pending(dir: &Path, n: usize, f: impl Fn(&mut Vec<u8>)) -> (Vec<u8>, Vec<u8>) {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree(TREE_PENDING).unwrap();
+    let (k, v) = tree.iter().nth(n).unwrap().unwrap();
+    let mut bad = v.to_vec();
+    f(&mut bad);
+    tree.insert(&k, bad.clone()).unwrap();
+    db.flush().unwrap();
+    (k.to_vec(), bad)
+}
+
+fn quarantined(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree(TREE_QUARANTINE).unwrap();
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn a_corrupt_record_is_quarantined_and_the_others_are_returned() {
+    let corruptions: [(&str, fn(&mut Vec<u8>)); 4] = [
+        ("bit flip", |v| {
+            let mid = v.len() / 2;
+            v[mid] ^= 0x10;
+        }),
+        ("truncated", |v| v.truncate(v.len() - 5)),
+        ("garbage", |v| *v = b"garbage".to_vec()),
+        ("empty", |v| v.clear()),
+    ];
+    for (what, corrupt) in corruptions {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = open(dir.path());
+            for n in 1..=3 {
+                outbox.insert(id(n), &sample(u32::from(n))).unwrap();
+            }
+        }
+        let (key, bad) = corrupt_pending(dir.path(), 1, corrupt);
+        {
+            let outbox = open(dir.path());
+            assert_eq!(pending_ns(&outbox), vec![1, 3], "{what}");
+            let stats = outbox.stats().unwrap();
+            assert_eq!((stats.quarantined, stats.corrupt_records), (1, 1), "{what}");
+            assert_eq!(stats.pending, 2, "{what}");
+            // Acking the corrupt record's id does nothing (its index entry is gone).
+            assert_eq!(outbox.ack(&[id(2)]).unwrap(), 0, "{what}");
+            // Asking again quarantines nothing more.
+            assert_eq!(pending_ns(&outbox), vec![1, 3], "{what}");
+            assert_eq!(outbox.stats().unwrap().corrupt_records, 1, "{what}");
+        }
+        // The raw bytes are kept, under tree name, 0x00, original key.
+        let mut qkey = b"pending\0".to_vec();
+        qkey.extend_from_slice(&key);
+        assert_eq!(quarantined(dir.path()), vec![(qkey, bad)], "{what}");
+        // A redelivery of the lost reading is stored again.
+        let outbox = open(dir.path());
+        assert_eq!(
+            outbox.insert(id(2), &sample(2)).unwrap(),
+            Insert::Stored,
+            "{what}"
+        );
+        assert_eq!(pending_ns(&outbox), vec![1, 3, 2], "{what}");
+    }
+}
+
+#[test]
+fn a_record_moved_to_another_key_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        outbox.insert(id(1), &sample(1)).unwrap();
+        outbox.insert(id(2), &sample(2)).unwrap();
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(TREE_PENDING).unwrap();
+        let entries: Vec<_> = tree.iter().map(Result::unwrap).collect();
+        // Swap the two values.
+        tree.insert(&entries[0].0, entries[1].1.clone()).unwrap();
+        tree.insert(&entries[1].0, entries[0].1.clone()).unwrap();
+        db.flush().unwrap();
+    }
+    let outbox = open(dir.path());
+    assert!(pending_ns(&outbox).is_empty());
+    assert_eq!(outbox.stats().unwrap().quarantined, 2);
+}
+
+#[test]
+fn a_record_of_another_type_is_quarantined_not_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    outbox.insert(id(1), &"not a sample".to_owned()).unwrap();
+    outbox.insert(id(2), &sample(2)).unwrap();
+    assert_eq!(pending_ns(&outbox), vec![2]);
+    assert_eq!(outbox.stats().unwrap().quarantined, 1);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+// ---- model-based test ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(u8, u32),
+    InsertMany(Vec<(u8, u32)>),
+    Ack(Vec<u8>),
+    DeadLetter(u8),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let id = 0u8..6;
+    prop_oneof![
+        4 => (id.clone(), any::<u32>()).prop_map(|(i, v)| Op::Insert(i, v)),
+        2 => prop::collection::vec((id.clone(), any::<u32>()), 0..5).prop_map(Op::InsertMany),
+        3 => prop::collection::vec(id.clone(), 0..4).prop_map(Op::Ack),
+        1 => id.prop_map(Op::DeadLetter),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Default)]
+struct Model {
+    pending: Vec<(u8, u32)>,
+    tombstones: HashSet<u8>,
+    dead: usize,
+}
+
+impl Model {
+    fn insert(&mut self, i: u8, v: u32) -> Insert {
+        if self.tombstones.contains(&i) || self.pending.iter().any(|(p, _)| *p == i) {
+            Insert::Duplicate
+        } else {
+            self.pending.push((i, v));
+            Insert::Stored
+        }
+    }
+    fn remove(&mut self, i: u8) -> bool {
+        let before = self.pending.len();
+        self.pending.retain(|(p, _)| *p != i);
+        let removed = self.pending.len() != before;
+        if removed {
+            self.tombstones.insert(i);
+        }
+        removed
+    }
+}
+
+fn check(outbox: &Outbox, model: &Model) -> Result<(), TestCaseError> {
+    let got: Vec<(u8, u32)> = outbox
+        .pending::<u32>(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id[0], r.value))
+        .collect();
+    prop_assert_eq!(&got, &model.pending);
+    let stats = outbox.stats().unwrap();
+    prop_assert_eq!(stats.pending as usize, model.pending.len());
+    prop_assert_eq!(stats.dead as usize, model.dead);
+    prop_assert_eq!(stats.acked_tombstones as usize, model.tombstones.len());
+    prop_assert_eq!(stats.quarantined, 0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn outbox_matches_a_simple_model(ops in prop::collection::vec(op(), 1..25)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(dir.path());
+        let mut model = Model::default();
+        for op in ops {
+            match op {
+                Op::Insert(i, v) => {
+                    prop_assert_eq!(outbox.insert(id(i), &v).unwrap(), model.insert(i, v));
+                }
+                Op::InsertMany(items) => {
+                    let got = outbox
+                        .insert_many(items.iter().map(|(i, v)| (id(*i), v)))
+                        .unwrap();
+                    let want: Vec<Insert> =
+                        items.iter().map(|(i, v)| model.insert(*i, *v)).collect();
+                    prop_assert_eq!(got, want);
+                }
+                Op::Ack(ids) => {
+                    let want = ids.iter().filter(|i| model.remove(**i)).count();
+                    let ids: Vec<[u8; 32]> = ids.iter().map(|i| id(*i)).collect();
+                    prop_assert_eq!(outbox.ack(&ids).unwrap(), want);
+                }
+                Op::DeadLetter(i) => {
+                    let got = outbox.dead_letter(&id(i), "rejected");
+                    if model.remove(i) {
+                        model.dead += 1;
+                        prop_assert!(got.is_ok(), "{:?}", got);
+                    } else {
+                        prop_assert!(matches!(got, Err(StoreError::NotPending)), "{:?}", got);
+                    }
+                }
+                Op::Reopen => {
+                    drop(outbox);
+                    outbox = open(dir.path());
+                }
+            }
+            check(&outbox, &model)?;
+        }
+    }
+}
