@@ -316,9 +316,12 @@ fn quarantined(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// Damages a stored value in place.
+type Corruption = fn(&mut Vec<u8>);
+
 #[test]
 fn a_corrupt_record_is_quarantined_and_the_others_are_returned() {
-    let corruptions: [(&str, fn(&mut Vec<u8>)); 4] = [
+    let corruptions: [(&str, Corruption); 4] = [
         ("bit flip", |v| {
             let mid = v.len() / 2;
             v[mid] ^= 0x10;
