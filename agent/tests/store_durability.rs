@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use vitalgate::store::{
-    Insert, Outbox, OutboxOptions, StoreError, StoreKey, MAX_PAYLOAD_LEN, TREE_PENDING,
-    TREE_QUARANTINE,
+    Insert, Outbox, OutboxOptions, StoreError, StoreKey, MAX_PAYLOAD_LEN, TREE_DEAD, TREE_INDEX,
+    TREE_PENDING, TREE_QUARANTINE,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -396,6 +396,116 @@ fn a_record_of_another_type_is_quarantined_not_returned() {
     outbox.insert(id(2), &sample(2)).unwrap();
     assert_eq!(pending_ns(&outbox), vec![2]);
     assert_eq!(outbox.stats().unwrap().quarantined, 1);
+}
+
+#[test]
+fn a_corrupt_dead_letter_is_quarantined_and_the_others_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        for n in 0..3u8 {
+            outbox
+                .put_dead_letter_raw("mqtt", &[n; 10], "not JSON")
+                .unwrap();
+        }
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(TREE_DEAD).unwrap();
+        let (k, v) = tree.iter().next().unwrap().unwrap();
+        let mut bad = v.to_vec();
+        bad[20] ^= 1;
+        tree.insert(k, bad).unwrap();
+        db.flush().unwrap();
+    }
+    let outbox = open(dir.path());
+    let dead = outbox.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(outbox.dead_letter_payload(dead[0].seq).unwrap(), [1u8; 10]);
+    let stats = outbox.stats().unwrap();
+    assert_eq!((stats.dead, stats.quarantined), (2, 1));
+}
+
+#[test]
+fn a_corrupt_index_entry_cannot_remove_the_wrong_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        outbox.insert(id(1), &sample(1)).unwrap();
+        outbox.insert(id(2), &sample(2)).unwrap();
+    }
+    {
+        // Point both index entries at the first record.
+        let db = sled::open(dir.path()).unwrap();
+        let index = db.open_tree(TREE_INDEX).unwrap();
+        let first_seq = db
+            .open_tree(TREE_PENDING)
+            .unwrap()
+            .first()
+            .unwrap()
+            .unwrap()
+            .0;
+        let keys: Vec<_> = index.iter().keys().map(Result::unwrap).collect();
+        for k in keys {
+            index.insert(k, first_seq.clone()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let outbox = open(dir.path());
+    // id 2's entry now points at id 1's record: acking id 2 must not remove it.
+    assert_eq!(outbox.ack(&[id(2)]).unwrap(), 0);
+    assert!(matches!(
+        outbox.dead_letter(&id(2), "rejected"),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_eq!(pending_ns(&outbox), vec![1, 2]);
+    assert_eq!(outbox.ack(&[id(1)]).unwrap(), 1);
+    assert_eq!(pending_ns(&outbox), vec![2]);
+}
+
+#[test]
+fn a_sled_directory_that_is_not_an_outbox_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree(TREE_PENDING)
+            .unwrap()
+            .insert(b"x", b"y")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Outbox::open(dir.path(), key(), OutboxOptions::default()),
+        Err(StoreError::UnsupportedFormat { found: None, .. })
+    ));
+}
+
+#[test]
+fn concurrent_inserts_from_several_threads_are_all_kept_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = std::sync::Arc::new(open(dir.path()));
+    let threads: Vec<_> = (0..4u8)
+        .map(|t| {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || {
+                // Every thread inserts ids 0..20; each id must be stored exactly once overall.
+                (0..20u8)
+                    .filter(|n| {
+                        outbox
+                            .insert(id(*n), &sample(u32::from(*n) + 100 * u32::from(t)))
+                            .unwrap()
+                            == Insert::Stored
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let stored: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(stored, 20);
+    let pending = outbox.pending::<Sample>(usize::MAX).unwrap();
+    let ids: HashSet<u8> = pending.iter().map(|r| r.id[0]).collect();
+    assert_eq!((pending.len(), ids.len()), (20, 20));
+    assert_eq!(outbox.stats().unwrap().duplicates, 60);
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -390,6 +390,7 @@ impl Outbox {
                     reason,
                 })?;
         if envelope.id != *id {
+            IndexMismatch { seq }.emit(&self.corrupt_records);
             return Err(StoreError::Corrupt {
                 tree: TREE_INDEX,
                 seq,
@@ -691,11 +692,7 @@ impl Outbox {
         match self.open_pending_envelope(seq, &raw) {
             Ok(envelope) if envelope.id == *id => Ok(Some(seq)),
             Ok(_) => {
-                self.corrupt_records.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    seq,
-                    "index entry points at a record with another id; record left pending"
-                );
+                IndexMismatch { seq }.emit(&self.corrupt_records);
                 Ok(None)
             }
             // Left in place: the next `pending` call quarantines it with a log line.
@@ -785,16 +782,53 @@ impl Outbox {
             });
         if result? {
             self.make_durable()?;
-            self.corrupt_records.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                tree = tree_name,
-                seq = parse_seq(key),
-                size = raw.len(),
+            RecordQuarantined {
+                tree: tree_name,
+                seq: parse_seq(key),
+                size: raw.len(),
                 reason,
-                "corrupt store record moved to quarantine"
-            );
+            }
+            .emit(&self.corrupt_records);
         }
         Ok(())
+    }
+}
+
+// ---- telemetry events: one struct per condition, no record content by construction ----
+
+/// A record that does not open or decode was moved to `quarantine`.
+struct RecordQuarantined {
+    tree: &'static str,
+    seq: Option<u64>,
+    size: usize,
+    reason: &'static str,
+}
+
+impl RecordQuarantined {
+    fn emit(&self, corrupt_records: &AtomicU64) {
+        corrupt_records.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            tree = self.tree,
+            seq = self.seq,
+            size = self.size,
+            reason = self.reason,
+            "corrupt store record moved to quarantine; raw bytes kept"
+        );
+    }
+}
+
+/// An `index` entry points at a pending record that holds another id.
+struct IndexMismatch {
+    seq: u64,
+}
+
+impl IndexMismatch {
+    fn emit(&self, corrupt_records: &AtomicU64) {
+        corrupt_records.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            seq = self.seq,
+            "store index entry points at a record with another id; record left pending"
+        );
     }
 }
 
