@@ -27,7 +27,7 @@
 //!
 //! 1. **Every record is authenticated.** Nothing read from `pending` or `dead` is used unless it
 //!    opens under its own key; a record that does not is moved, unchanged, to `quarantine`
-//!    (a warn log with the tree and seq only, and a counter). Nothing is ever deleted because it
+//!    (a warn log with tree, seq, size and reason only, and a counter). Nothing is ever deleted because it
 //!    could not be read.
 //! 2. **`index` ↔ `pending`.** `index[k] = seq` exactly when `pending[seq]` holds the id whose
 //!    `index_key` is `k`; the two change only together, in one sled transaction. Before an ack
@@ -36,7 +36,7 @@
 //! 3. **Dedup.** An id is a duplicate while it is in `index` (pending) or `acked` (uploaded or
 //!    dead-lettered less than the tombstone retention ago, default 30 days).
 //! 4. **Durable before Ok.** Every method that changes `pending`, `index`, `acked` or `dead`
-//!    returns `Ok` only after `Db::flush` **and** our own `fdatasync` of `<dir>/db` (sled 0.34's
+//!    (except `prune_tombstones`, whose loss is harmless) returns `Ok` only after `Db::flush` **and** our own `fdatasync` of `<dir>/db` (sled 0.34's
 //!    flush uses `sync_file_range` on Linux, which neither flushes the drive's write cache nor
 //!    file-size metadata: sled issues #1452, #1351) and an fsync of any new file under `blobs/`
 //!    (sled does not fsync blob files at all). This holds for [`Insert::Duplicate`] too: the
