@@ -36,11 +36,12 @@
 //! 3. **Dedup.** An id is a duplicate while it is in `index` (pending) or `acked` (uploaded or
 //!    dead-lettered less than the tombstone retention ago, default 30 days).
 //! 4. **Durable before Ok.** Every method that changes `pending`, `index`, `acked` or `dead`
-//!    (except `prune_tombstones`, whose loss is harmless) returns `Ok` only after `Db::flush` **and** our own `fdatasync` of `<dir>/db` (sled 0.34's
-//!    flush uses `sync_file_range` on Linux, which neither flushes the drive's write cache nor
-//!    file-size metadata: sled issues #1452, #1351) and an fsync of any new file under `blobs/`
-//!    (sled does not fsync blob files at all). This holds for [`Insert::Duplicate`] too: the
-//!    earlier copy may have been written by another thread that has not synced yet.
+//!    (except `prune_tombstones`, whose loss is harmless) returns `Ok` only after `Db::flush`
+//!    **and** our own `fdatasync` of `<dir>/db` (sled 0.34's flush uses `sync_file_range` on
+//!    Linux, which neither flushes the drive's write cache nor file-size metadata: sled issues
+//!    #1452, #1351) and an fsync of any new file under `blobs/` (sled does not fsync blob files
+//!    at all). This holds for [`Insert::Duplicate`] too: the earlier copy may have been written
+//!    by another thread that has not synced yet.
 //! 5. **Bounded records.** An encoded payload is at most [`MAX_PAYLOAD_LEN`] bytes, so records
 //!    stay inline in sled's log segments instead of becoming blob files (see 4).
 //! 6. **No PHI outside sealed values.** Keys are sequence numbers and keyed hashes; errors and
