@@ -20,14 +20,20 @@ fn vitalgate(args: &[&str]) -> std::process::Output {
 fn json_stdout(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.trim_end().lines().count(), 1, "exactly one JSON line: {text}");
+    assert_eq!(
+        text.trim_end().lines().count(),
+        1,
+        "exactly one JSON line: {text}"
+    );
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 #[test]
 fn every_serial_vector_decodes_through_the_cli() {
-    let doc: Value =
-        serde_json::from_str(include_str!("../device-drivers/testdata/serial-vectors.json")).unwrap();
+    let doc: Value = serde_json::from_str(include_str!(
+        "../device-drivers/testdata/serial-vectors.json"
+    ))
+    .unwrap();
     let vectors = doc["vectors"].as_array().unwrap();
     assert_eq!(vectors.len(), 35);
     let dir = tempfile::tempdir().unwrap();
@@ -50,13 +56,24 @@ fn every_serial_vector_decodes_through_the_cli() {
             }
             None => v["protocol"].as_str().unwrap().to_string(),
         };
-        let out = vitalgate(&["decode", "--protocol", &protocol, "--file", file.to_str().unwrap()]);
+        let out = vitalgate(&[
+            "decode",
+            "--protocol",
+            &protocol,
+            "--file",
+            file.to_str().unwrap(),
+        ]);
         let actual = json_stdout(&out);
         if let Err(e) = serial_support::match_expected(&v["expected"], &actual) {
             failures.push(format!("{id}: {e}"));
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

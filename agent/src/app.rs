@@ -63,8 +63,8 @@ pub fn open_store(cfg: &Config) -> Result<Outbox, StartError> {
         &cfg.gateway.data_dir.join("outbox"),
         key,
         OutboxOptions {
-            cache_capacity_bytes: cfg.store.cache_capacity_bytes,
-            acked_retention: cfg.store.acked_retention,
+            cache_capacity: cfg.store.cache_capacity_bytes,
+            tombstone_retention: cfg.store.acked_retention,
         },
     )
     .map_err(StartError::Store)
@@ -165,7 +165,7 @@ pub async fn run(
     drop(tx);
     tracker.close();
 
-    let stats = store.stats();
+    let stats = store.stats().unwrap_or_default();
     tracing::info!(
         gateway = %gw.id,
         pending = stats.pending,
@@ -191,7 +191,7 @@ pub async fn run(
     {
         tracing::warn!("some tasks did not stop within the grace period");
     }
-    let stats = store.stats();
+    let stats = store.stats().unwrap_or_default();
     let counters: Vec<String> = crate::telemetry::COUNTERS
         .snapshot()
         .into_iter()

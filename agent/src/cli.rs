@@ -190,7 +190,13 @@ fn status(path: &Path) -> ExitCode {
     };
     match crate::app::open_store(&cfg) {
         Ok(store) => {
-            let s = store.stats();
+            let s = match store.stats() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("vitalgate status: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             println!(
                 "pending={} dead_letters={} quarantined={} acked_tombstones={}",
                 s.pending, s.dead, s.quarantined, s.acked_tombstones

@@ -429,7 +429,7 @@ pub async fn run(
                 for (label, payload, reason) in &dead {
                     store2.put_dead_letter_raw(label, payload, reason)?;
                 }
-                store2.insert_many(&to_store)
+                store2.insert_many(to_store.iter().map(|(id, r)| (*id, r)))
             },
         )
         .await;

@@ -304,10 +304,22 @@ mod tests {
         assert!("urn:oid:2.16.840.1.113883.19.5|MRN-0001"
             .parse::<PatientRef>()
             .is_ok());
-        assert_eq!("MRN-0001".parse::<PatientRef>(), Err(PatientRefError::Shape));
-        assert_eq!("Patient/".parse::<PatientRef>(), Err(PatientRefError::BadId));
-        assert_eq!("mrn|x".parse::<PatientRef>(), Err(PatientRefError::BadSystem));
-        assert_eq!("urn:x| y".parse::<PatientRef>(), Err(PatientRefError::BadValue));
+        assert_eq!(
+            "MRN-0001".parse::<PatientRef>(),
+            Err(PatientRefError::Shape)
+        );
+        assert_eq!(
+            "Patient/".parse::<PatientRef>(),
+            Err(PatientRefError::BadId)
+        );
+        assert_eq!(
+            "mrn|x".parse::<PatientRef>(),
+            Err(PatientRefError::BadSystem)
+        );
+        assert_eq!(
+            "urn:x| y".parse::<PatientRef>(),
+            Err(PatientRefError::BadValue)
+        );
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl Uploader {
         let id = id_bytes(&r.id);
         let reason = format!("FHIR server answered {status}: {detail}");
         let reason2 = reason.clone();
-        let res = tokio::task::spawn_blocking(move || store.dead_letter(id, &reason2)).await;
+        let res = tokio::task::spawn_blocking(move || store.dead_letter(&id, &reason2)).await;
         match res {
             Ok(Ok(())) => {
                 telemetry::UplinkDeadLettered {
@@ -188,7 +188,7 @@ impl Uploader {
                 let ids: Vec<[u8; 32]> = accepted.iter().map(|a| id_bytes(&a.reading_id)).collect();
                 let store = Arc::clone(&self.store);
                 match tokio::task::spawn_blocking(move || store.ack(&ids)).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         // The server has them; a resend is harmless (conditional create).
                         tracing::error!(error = %e, "server accepted the readings but the outbox could not record it; they will be resent");

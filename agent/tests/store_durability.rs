@@ -1,250 +1,632 @@
-//! The outbox against its invariants: restarts, duplicates, FIFO, ack, dead letters,
-//! on-disk corruption, and a model-based property test.
+//! The outbox across restarts, duplicates, acks, dead letters and on-disk corruption, plus a
+//! model-based property test. Restarts here are drop-and-reopen in one process; real power loss
+//! is out of reach of a test (see the `vitalgate::store` module doc).
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
-use vitalgate::store::{Insert, Outbox, OutboxOptions, StoreKey};
+use serde::{Deserialize, Serialize};
+use vitalgate::store::{
+    Insert, Outbox, OutboxOptions, StoreError, StoreKey, MAX_PAYLOAD_LEN, TREE_DEAD, TREE_INDEX,
+    TREE_PENDING, TREE_QUARANTINE,
+};
 
-fn key() -> StoreKey {
-    StoreKey::from_bytes([42; 32])
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Sample {
+    n: u32,
+    note: String,
 }
 
-fn open(dir: &Path) -> Outbox {
-    Outbox::open(dir, key(), OutboxOptions::default()).unwrap()
+fn sample(n: u32) -> Sample {
+    Sample {
+        n,
+        note: format!("systolic {n} mmHg for patient 4711"),
+    }
 }
 
 fn id(n: u8) -> [u8; 32] {
     [n; 32]
 }
 
-fn pending_values(o: &Outbox) -> Vec<String> {
-    o.pending::<String>(10_000)
+fn key() -> StoreKey {
+    StoreKey::from_bytes([0x42; 32])
+}
+
+fn open(dir: &Path) -> Outbox {
+    Outbox::open(dir, key(), OutboxOptions::default()).unwrap()
+}
+
+fn pending_ns(outbox: &Outbox) -> Vec<u32> {
+    outbox
+        .pending::<Sample>(usize::MAX)
         .unwrap()
         .into_iter()
-        .map(|r| r.value)
+        .map(|r| r.value.n)
         .collect()
 }
 
 #[test]
-fn readings_survive_a_restart() {
-    let d = tempfile::tempdir().unwrap();
+fn records_survive_drop_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("outbox");
     {
-        let o = open(d.path());
-        o.insert(id(1), &"a".to_string()).unwrap();
-        o.insert(id(2), &"b".to_string()).unwrap();
+        let outbox = open(&store);
+        assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Stored);
+        assert_eq!(outbox.insert(id(2), &sample(2)).unwrap(), Insert::Stored);
     }
-    let o = open(d.path());
-    assert_eq!(pending_values(&o), vec!["a", "b"]);
+    let outbox = open(&store);
+    let pending = outbox.pending::<Sample>(10).unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].id, id(1));
+    assert_eq!(pending[0].value, sample(1));
+    assert_eq!(pending[1].value, sample(2));
+    assert_eq!(outbox.stats().unwrap().pending, 2);
 }
 
 #[test]
-fn the_same_id_is_stored_once_even_after_upload() {
-    let d = tempfile::tempdir().unwrap();
-    let o = open(d.path());
-    assert_eq!(o.insert(id(1), &"a".to_string()).unwrap(), Insert::Stored);
-    assert_eq!(
-        o.insert(id(1), &"a".to_string()).unwrap(),
-        Insert::Duplicate
-    );
-    o.ack(&[id(1)]).unwrap();
-    assert_eq!(
-        o.insert(id(1), &"a".to_string()).unwrap(),
-        Insert::Duplicate
-    );
-    drop(o);
-    let o = open(d.path());
-    assert_eq!(
-        o.insert(id(1), &"a".to_string()).unwrap(),
-        Insert::Duplicate,
-        "tombstones survive restarts"
-    );
-    assert!(pending_values(&o).is_empty());
+fn store_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("outbox");
+    drop(open(&store));
+    let mode = std::fs::metadata(&store).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
 }
 
 #[test]
-fn a_batch_with_an_internal_duplicate_stores_it_once() {
-    let d = tempfile::tempdir().unwrap();
-    let o = open(d.path());
-    let r = o
-        .insert_many(&[
-            (id(1), "a".to_string()),
-            (id(1), "a".to_string()),
-            (id(2), "b".to_string()),
-        ])
-        .unwrap();
-    assert_eq!(r, vec![Insert::Stored, Insert::Duplicate, Insert::Stored]);
-    assert_eq!(pending_values(&o), vec!["a", "b"]);
+fn same_id_is_a_duplicate_while_pending_after_ack_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Stored);
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+    assert_eq!(outbox.ack(&[id(1)]).unwrap(), 1);
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+    drop(outbox);
+    let outbox = open(dir.path());
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+    assert!(pending_ns(&outbox).is_empty());
+    let stats = outbox.stats().unwrap();
+    assert_eq!(stats.acked_tombstones, 1);
+    assert_eq!(stats.duplicates, 1);
 }
 
 #[test]
-fn pending_is_fifo_and_ack_removes() {
-    let d = tempfile::tempdir().unwrap();
-    let o = open(d.path());
-    for i in 0..20u8 {
-        o.insert(id(i), &format!("r{i}")).unwrap();
+fn tombstones_expire_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = OutboxOptions {
+        tombstone_retention: Duration::from_secs(3600),
+        ..OutboxOptions::default()
+    };
+    let outbox = Outbox::open(dir.path(), key(), opts).unwrap();
+    outbox.insert(id(1), &sample(1)).unwrap();
+    outbox.ack(&[id(1)]).unwrap();
+    assert_eq!(outbox.prune_tombstones(SystemTime::now()).unwrap(), 0);
+    let later = SystemTime::now() + Duration::from_secs(3601);
+    assert_eq!(outbox.prune_tombstones(later).unwrap(), 1);
+    assert_eq!(outbox.stats().unwrap().acked_tombstones, 0);
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Stored);
+}
+
+#[test]
+fn pending_is_fifo_across_restarts_and_respects_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ids in decreasing order, so key order of ids differs from arrival order.
+    for round in 0..3u32 {
+        let outbox = open(dir.path());
+        for k in 0..4u32 {
+            let n = round * 4 + k;
+            outbox.insert(id(200 - n as u8), &sample(n)).unwrap();
+        }
     }
-    let first: Vec<_> = o.pending::<String>(5).unwrap();
+    let outbox = open(dir.path());
+    assert_eq!(pending_ns(&outbox), (0..12).collect::<Vec<_>>());
+    let first: Vec<u32> = outbox
+        .pending::<Sample>(5)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.value.n)
+        .collect();
+    assert_eq!(first, vec![0, 1, 2, 3, 4]);
+    assert!(outbox.pending::<Sample>(0).unwrap().is_empty());
+}
+
+#[test]
+fn insert_many_reports_one_outcome_per_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    outbox.insert(id(1), &sample(1)).unwrap();
+    let (s1, s2, s3) = (sample(1), sample(2), sample(3));
+    let outcomes = outbox
+        .insert_many([(id(1), &s1), (id(2), &s2), (id(2), &s2), (id(3), &s3)])
+        .unwrap();
     assert_eq!(
-        first.iter().map(|r| r.value.as_str()).collect::<Vec<_>>(),
-        ["r0", "r1", "r2", "r3", "r4"]
+        outcomes,
+        vec![
+            Insert::Duplicate,
+            Insert::Stored,
+            Insert::Duplicate,
+            Insert::Stored
+        ]
     );
-    o.ack(&first.iter().map(|r| r.id).collect::<Vec<_>>())
-        .unwrap();
-    assert_eq!(o.pending::<String>(1).unwrap()[0].value, "r5");
-    assert_eq!(o.stats().pending, 15);
+    assert_eq!(pending_ns(&outbox), vec![1, 2, 3]);
 }
 
 #[test]
-fn a_dead_lettered_reading_keeps_its_data() {
-    let d = tempfile::tempdir().unwrap();
-    let o = open(d.path());
-    o.insert(id(9), &"rejected reading".to_string()).unwrap();
-    o.dead_letter(id(9), "FHIR server answered 422").unwrap();
-    assert!(pending_values(&o).is_empty());
-    let list = o.dead_letters().unwrap();
-    assert_eq!(list.len(), 1);
-    assert!(list[0].reason.contains("422"));
-    let payload = o.dead_letter_payload(list[0].seq).unwrap();
-    let (rid, value): ([u8; 32], String) = postcard::from_bytes(&payload).unwrap();
-    assert_eq!((rid, value.as_str()), (id(9), "rejected reading"));
+fn ack_removes_only_the_given_records_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        for n in 1..=4 {
+            outbox.insert(id(n), &sample(u32::from(n))).unwrap();
+        }
+        // id 9 is unknown, id 2 is repeated: both ignored.
+        assert_eq!(outbox.ack(&[id(2), id(4), id(9), id(2)]).unwrap(), 2);
+        assert_eq!(outbox.ack(&[id(2)]).unwrap(), 0);
+    }
+    let outbox = open(dir.path());
+    assert_eq!(pending_ns(&outbox), vec![1, 3]);
+    // An unknown id acked earlier left no tombstone: it can still be stored.
+    assert_eq!(outbox.insert(id(9), &sample(9)).unwrap(), Insert::Stored);
 }
 
 #[test]
-fn raw_dead_letters_are_sealed_and_listed() {
-    let d = tempfile::tempdir().unwrap();
-    let o = open(d.path());
-    o.put_dead_letter_raw("mqtt:hub-1", b"MRN-0001 secret payload", "not valid JSON")
+fn dead_letter_keeps_the_data_and_blocks_redelivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    outbox.insert(id(1), &sample(1)).unwrap();
+    outbox.insert(id(2), &sample(2)).unwrap();
+    outbox
+        .dead_letter(&id(1), "HTTP 422: invalid code")
         .unwrap();
-    let list = o.dead_letters().unwrap();
-    assert_eq!(list[0].size, 23);
-    assert_eq!(list[0].source, "mqtt:hub-1");
-    drop(o);
-    // The payload is not on disk in clear.
-    for entry in walk(d.path()) {
+    assert!(matches!(
+        outbox.dead_letter(&id(1), "again"),
+        Err(StoreError::NotPending)
+    ));
+    assert_eq!(pending_ns(&outbox), vec![2]);
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+    drop(outbox);
+
+    let outbox = open(dir.path());
+    let dead = outbox.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].source, "outbox");
+    assert_eq!(dead[0].reason, "HTTP 422: invalid code");
+    assert_eq!(dead[0].id, Some(id(1)));
+    assert!(!dead[0].truncated);
+    let payload = outbox.dead_letter_payload(dead[0].seq).unwrap();
+    assert_eq!(dead[0].size, payload.len() as u64);
+    assert_eq!(postcard::from_bytes::<Sample>(&payload).unwrap(), sample(1));
+    assert_eq!(outbox.stats().unwrap().dead, 1);
+}
+
+#[test]
+fn raw_dead_letters_are_kept_listed_without_content_and_truncated_when_huge() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    let junk = b"{\"patient\":\"4711\", not json";
+    let seq = outbox
+        .put_dead_letter_raw("mqtt:vitals/+", junk, "not JSON")
+        .unwrap();
+    let huge = vec![b'x'; MAX_PAYLOAD_LEN + 100];
+    outbox
+        .put_dead_letter_raw("mqtt:vitals/+", &huge, "unknown schema")
+        .unwrap();
+    drop(outbox);
+
+    let outbox = open(dir.path());
+    let dead = outbox.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].seq, seq);
+    assert_eq!(
+        (dead[0].source.as_str(), dead[0].reason.as_str()),
+        ("mqtt:vitals/+", "not JSON")
+    );
+    assert_eq!(
+        (dead[0].size, dead[0].truncated, dead[0].id),
+        (junk.len() as u64, false, None)
+    );
+    assert_eq!(outbox.dead_letter_payload(seq).unwrap(), junk);
+    assert_eq!((dead[1].size, dead[1].truncated), (huge.len() as u64, true));
+    assert_eq!(
+        outbox.dead_letter_payload(dead[1].seq).unwrap().len(),
+        MAX_PAYLOAD_LEN
+    );
+    assert!(matches!(
+        outbox.dead_letter_payload(12345678),
+        Err(StoreError::NoSuchDeadLetter { seq: 12345678 })
+    ));
+}
+
+#[test]
+fn plaintext_never_reaches_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        outbox.insert(id(1), &sample(1)).unwrap();
+        outbox
+            .put_dead_letter_raw("mqtt", b"patient 4711 raw junk", "not JSON")
+            .unwrap();
+    }
+    for entry in walk(dir.path()) {
         let bytes = std::fs::read(&entry).unwrap();
-        assert!(
-            !bytes.windows(8).any(|w| w == b"MRN-0001"),
-            "plaintext PHI in {entry:?}"
-        );
+        for needle in [&b"patient 4711"[..], &[1u8; 32][..]] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds plaintext",
+                entry.display()
+            );
+        }
     }
+}
+
+#[test]
+fn too_large_a_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    let big = Sample {
+        n: 0,
+        note: "x".repeat(MAX_PAYLOAD_LEN),
+    };
+    assert!(matches!(
+        outbox.insert(id(1), &big),
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert_eq!(outbox.stats().unwrap().pending, 0);
+}
+
+#[test]
+fn a_store_is_refused_with_another_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    outbox.insert(id(1), &sample(1)).unwrap();
+    drop(outbox);
+    let other = StoreKey::from_bytes([0x43; 32]);
+    assert!(matches!(
+        Outbox::open(dir.path(), other, OutboxOptions::default()),
+        Err(StoreError::WrongKey { .. })
+    ));
+    // Nothing was quarantined or lost by the failed attempt.
+    let outbox = open(dir.path());
+    assert_eq!(pending_ns(&outbox), vec![1]);
+    assert_eq!(outbox.stats().unwrap().quarantined, 0);
+}
+
+/// Rewrites the `n`th value of `pending` with `f`, through sled and without the codec.
+fn corrupt_pending(dir: &Path, n: usize, f: impl Fn(&mut Vec<u8>)) -> (Vec<u8>, Vec<u8>) {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree(TREE_PENDING).unwrap();
+    let (k, v) = tree.iter().nth(n).unwrap().unwrap();
+    let mut bad = v.to_vec();
+    f(&mut bad);
+    tree.insert(&k, bad.clone()).unwrap();
+    db.flush().unwrap();
+    (k.to_vec(), bad)
+}
+
+fn quarantined(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree(TREE_QUARANTINE).unwrap();
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+/// Damages a stored value in place.
+type Corruption = fn(&mut Vec<u8>);
+
+#[test]
+fn a_corrupt_record_is_quarantined_and_the_others_are_returned() {
+    let corruptions: [(&str, Corruption); 4] = [
+        ("bit flip", |v| {
+            let mid = v.len() / 2;
+            v[mid] ^= 0x10;
+        }),
+        ("truncated", |v| v.truncate(v.len() - 5)),
+        ("garbage", |v| *v = b"garbage".to_vec()),
+        ("empty", |v| v.clear()),
+    ];
+    for (what, corrupt) in corruptions {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = open(dir.path());
+            for n in 1..=3 {
+                outbox.insert(id(n), &sample(u32::from(n))).unwrap();
+            }
+        }
+        let (key, bad) = corrupt_pending(dir.path(), 1, corrupt);
+        {
+            let outbox = open(dir.path());
+            assert_eq!(pending_ns(&outbox), vec![1, 3], "{what}");
+            let stats = outbox.stats().unwrap();
+            assert_eq!((stats.quarantined, stats.corrupt_records), (1, 1), "{what}");
+            assert_eq!(stats.pending, 2, "{what}");
+            // Acking the corrupt record's id does nothing (its index entry is gone).
+            assert_eq!(outbox.ack(&[id(2)]).unwrap(), 0, "{what}");
+            // Asking again quarantines nothing more.
+            assert_eq!(pending_ns(&outbox), vec![1, 3], "{what}");
+            assert_eq!(outbox.stats().unwrap().corrupt_records, 1, "{what}");
+        }
+        // The raw bytes are kept, under tree name, 0x00, original key.
+        let mut qkey = b"pending\0".to_vec();
+        qkey.extend_from_slice(&key);
+        assert_eq!(quarantined(dir.path()), vec![(qkey, bad)], "{what}");
+        // A redelivery of the lost reading is stored again.
+        let outbox = open(dir.path());
+        assert_eq!(
+            outbox.insert(id(2), &sample(2)).unwrap(),
+            Insert::Stored,
+            "{what}"
+        );
+        assert_eq!(pending_ns(&outbox), vec![1, 3, 2], "{what}");
+    }
+}
+
+#[test]
+fn a_record_moved_to_another_key_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        outbox.insert(id(1), &sample(1)).unwrap();
+        outbox.insert(id(2), &sample(2)).unwrap();
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(TREE_PENDING).unwrap();
+        let entries: Vec<_> = tree.iter().map(Result::unwrap).collect();
+        // Swap the two values.
+        tree.insert(&entries[0].0, entries[1].1.clone()).unwrap();
+        tree.insert(&entries[1].0, entries[0].1.clone()).unwrap();
+        db.flush().unwrap();
+    }
+    let outbox = open(dir.path());
+    assert!(pending_ns(&outbox).is_empty());
+    assert_eq!(outbox.stats().unwrap().quarantined, 2);
+}
+
+#[test]
+fn a_record_of_another_type_is_quarantined_not_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    outbox.insert(id(1), &"not a sample".to_owned()).unwrap();
+    outbox.insert(id(2), &sample(2)).unwrap();
+    assert_eq!(pending_ns(&outbox), vec![2]);
+    assert_eq!(outbox.stats().unwrap().quarantined, 1);
+}
+
+#[test]
+fn a_corrupt_dead_letter_is_quarantined_and_the_others_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        for n in 0..3u8 {
+            outbox
+                .put_dead_letter_raw("mqtt", &[n; 10], "not JSON")
+                .unwrap();
+        }
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(TREE_DEAD).unwrap();
+        let (k, v) = tree.iter().next().unwrap().unwrap();
+        let mut bad = v.to_vec();
+        bad[20] ^= 1;
+        tree.insert(k, bad).unwrap();
+        db.flush().unwrap();
+    }
+    let outbox = open(dir.path());
+    let dead = outbox.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(outbox.dead_letter_payload(dead[0].seq).unwrap(), [1u8; 10]);
+    let stats = outbox.stats().unwrap();
+    assert_eq!((stats.dead, stats.quarantined), (2, 1));
+}
+
+#[test]
+fn a_corrupt_index_entry_cannot_remove_the_wrong_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        outbox.insert(id(1), &sample(1)).unwrap();
+        outbox.insert(id(2), &sample(2)).unwrap();
+    }
+    {
+        // Point both index entries at the first record.
+        let db = sled::open(dir.path()).unwrap();
+        let index = db.open_tree(TREE_INDEX).unwrap();
+        let first_seq = db
+            .open_tree(TREE_PENDING)
+            .unwrap()
+            .first()
+            .unwrap()
+            .unwrap()
+            .0;
+        let keys: Vec<_> = index.iter().keys().map(Result::unwrap).collect();
+        for k in keys {
+            index.insert(k, first_seq.clone()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let outbox = open(dir.path());
+    // id 2's entry now points at id 1's record: acking id 2 must not remove it.
+    assert_eq!(outbox.ack(&[id(2)]).unwrap(), 0);
+    assert!(matches!(
+        outbox.dead_letter(&id(2), "rejected"),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_eq!(pending_ns(&outbox), vec![1, 2]);
+    assert_eq!(outbox.ack(&[id(1)]).unwrap(), 1);
+    assert_eq!(pending_ns(&outbox), vec![2]);
+}
+
+#[test]
+fn a_sled_directory_that_is_not_an_outbox_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree(TREE_PENDING)
+            .unwrap()
+            .insert(b"x", b"y")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Outbox::open(dir.path(), key(), OutboxOptions::default()),
+        Err(StoreError::UnsupportedFormat { found: None, .. })
+    ));
+}
+
+#[test]
+fn concurrent_inserts_from_several_threads_are_all_kept_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = std::sync::Arc::new(open(dir.path()));
+    let threads: Vec<_> = (0..4u8)
+        .map(|t| {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || {
+                // Every thread inserts ids 0..20; each id must be stored exactly once overall.
+                (0..20u8)
+                    .filter(|n| {
+                        outbox
+                            .insert(id(*n), &sample(u32::from(*n) + 100 * u32::from(t)))
+                            .unwrap()
+                            == Insert::Stored
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let stored: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(stored, 20);
+    let pending = outbox.pending::<Sample>(usize::MAX).unwrap();
+    let ids: HashSet<u8> = pending.iter().map(|r| r.id[0]).collect();
+    assert_eq!((pending.len(), ids.len()), (20, 20));
+    assert_eq!(outbox.stats().unwrap().duplicates, 60);
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
         } else {
-            out.push(p);
+            out.push(path);
         }
     }
     out
 }
 
-#[test]
-fn a_corrupt_record_is_quarantined_and_the_others_are_delivered() {
-    let d = tempfile::tempdir().unwrap();
-    let o = open(d.path());
-    for i in 0..5u8 {
-        o.insert(id(i), &format!("r{i}")).unwrap();
-    }
-    // Flip a byte of the third record directly in sled (bypassing the codec).
-    let tree = o.raw_pending_tree();
-    let (k, v) = tree.iter().nth(2).unwrap().unwrap();
-    let mut bad = v.to_vec();
-    let last = bad.len() - 1;
-    bad[last] ^= 0x01;
-    tree.insert(k, bad).unwrap();
-    assert_eq!(pending_values(&o), vec!["r0", "r1", "r3", "r4"]);
-    let s = o.stats();
-    assert_eq!((s.pending, s.quarantined, s.corrupt_records), (4, 1, 1));
-    // The reading can be delivered again (its index entry was released).
-    assert_eq!(o.insert(id(2), &"r2".to_string()).unwrap(), Insert::Stored);
-}
+// ---- model-based test ----
 
-#[test]
-fn another_key_cannot_read_the_outbox_and_nothing_is_deleted() {
-    let d = tempfile::tempdir().unwrap();
-    open(d.path()).insert(id(1), &"a".to_string()).unwrap();
-    let o = Outbox::open(
-        d.path(),
-        StoreKey::from_bytes([1; 32]),
-        OutboxOptions::default(),
-    )
-    .unwrap();
-    assert!(o.pending::<String>(10).unwrap().is_empty());
-    assert_eq!(o.stats().quarantined, 1, "kept, not deleted");
-}
-
-#[derive(Debug, Clone)]
+#[derive(Clone, Debug)]
 enum Op {
-    Insert(u8),
-    Ack(u8),
-    Dead(u8),
+    Insert(u8, u32),
+    InsertMany(Vec<(u8, u32)>),
+    Ack(Vec<u8>),
+    DeadLetter(u8),
     Reopen,
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    let id = 0u8..6;
     prop_oneof![
-        4 => (0u8..12).prop_map(Op::Insert),
-        2 => (0u8..12).prop_map(Op::Ack),
-        1 => (0u8..12).prop_map(Op::Dead),
+        4 => (id.clone(), any::<u32>()).prop_map(|(i, v)| Op::Insert(i, v)),
+        2 => prop::collection::vec((id.clone(), any::<u32>()), 0..5).prop_map(Op::InsertMany),
+        3 => prop::collection::vec(id.clone(), 0..4).prop_map(Op::Ack),
+        1 => id.prop_map(Op::DeadLetter),
         1 => Just(Op::Reopen),
     ]
+}
+
+#[derive(Default)]
+struct Model {
+    pending: Vec<(u8, u32)>,
+    tombstones: HashSet<u8>,
+    dead: usize,
+}
+
+impl Model {
+    fn insert(&mut self, i: u8, v: u32) -> Insert {
+        if self.tombstones.contains(&i) || self.pending.iter().any(|(p, _)| *p == i) {
+            Insert::Duplicate
+        } else {
+            self.pending.push((i, v));
+            Insert::Stored
+        }
+    }
+    fn remove(&mut self, i: u8) -> bool {
+        let before = self.pending.len();
+        self.pending.retain(|(p, _)| *p != i);
+        let removed = self.pending.len() != before;
+        if removed {
+            self.tombstones.insert(i);
+        }
+        removed
+    }
+}
+
+fn check(outbox: &Outbox, model: &Model) -> Result<(), TestCaseError> {
+    let got: Vec<(u8, u32)> = outbox
+        .pending::<u32>(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id[0], r.value))
+        .collect();
+    prop_assert_eq!(&got, &model.pending);
+    let stats = outbox.stats().unwrap();
+    prop_assert_eq!(stats.pending as usize, model.pending.len());
+    prop_assert_eq!(stats.dead as usize, model.dead);
+    prop_assert_eq!(stats.acked_tombstones as usize, model.tombstones.len());
+    prop_assert_eq!(stats.quarantined, 0);
+    Ok(())
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// The outbox behaves like a simple model: an ordered list of pending ids plus a set of
-    /// seen ids, across any sequence of inserts, acks, dead letters and restarts.
     #[test]
-    fn outbox_matches_its_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let d = tempfile::tempdir().unwrap();
-        let mut o = open(d.path());
-        let mut pending: BTreeMap<u64, u8> = BTreeMap::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut dead = 0u64;
-        let mut clock = 0u64;
+    fn outbox_matches_a_simple_model(ops in prop::collection::vec(op(), 1..25)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = open(dir.path());
+        let mut model = Model::default();
         for op in ops {
             match op {
-                Op::Insert(n) => {
-                    let r = o.insert(id(n), &format!("v{n}")).unwrap();
-                    if seen.insert(n) {
-                        prop_assert_eq!(r, Insert::Stored);
-                        clock += 1;
-                        pending.insert(clock, n);
-                    } else {
-                        prop_assert_eq!(r, Insert::Duplicate);
-                    }
+                Op::Insert(i, v) => {
+                    prop_assert_eq!(outbox.insert(id(i), &v).unwrap(), model.insert(i, v));
                 }
-                Op::Ack(n) => {
-                    o.ack(&[id(n)]).unwrap();
-                    pending.retain(|_, v| *v != n);
-                    seen.insert(n);
+                Op::InsertMany(items) => {
+                    let got = outbox
+                        .insert_many(items.iter().map(|(i, v)| (id(*i), v)))
+                        .unwrap();
+                    let want: Vec<Insert> =
+                        items.iter().map(|(i, v)| model.insert(*i, *v)).collect();
+                    prop_assert_eq!(got, want);
                 }
-                Op::Dead(n) => {
-                    let r = o.dead_letter(id(n), "test");
-                    if pending.values().any(|v| *v == n) {
-                        prop_assert!(r.is_ok());
-                        pending.retain(|_, v| *v != n);
-                        dead += 1;
+                Op::Ack(ids) => {
+                    let want = ids.iter().filter(|i| model.remove(**i)).count();
+                    let ids: Vec<[u8; 32]> = ids.iter().map(|i| id(*i)).collect();
+                    prop_assert_eq!(outbox.ack(&ids).unwrap(), want);
+                }
+                Op::DeadLetter(i) => {
+                    let got = outbox.dead_letter(&id(i), "rejected");
+                    if model.remove(i) {
+                        model.dead += 1;
+                        prop_assert!(got.is_ok(), "{:?}", got);
                     } else {
-                        prop_assert!(r.is_err());
+                        prop_assert!(matches!(got, Err(StoreError::NotPending)), "{:?}", got);
                     }
                 }
                 Op::Reopen => {
-                    drop(o);
-                    o = open(d.path());
+                    drop(outbox);
+                    outbox = open(dir.path());
                 }
             }
-            let got: Vec<String> = pending_values(&o);
-            let want: Vec<String> = pending.values().map(|n| format!("v{n}")).collect();
-            prop_assert_eq!(got, want);
-            prop_assert_eq!(o.stats().dead, dead);
+            check(&outbox, &model)?;
         }
     }
 }

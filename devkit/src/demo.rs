@@ -54,7 +54,9 @@ fn describe(r: &Reading) -> String {
 }
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new().prefix("vitalgate-demo-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("vitalgate-demo-")
+        .tempdir()?;
     let dir = tmp.path().to_path_buf();
     println!("vitalgate demo: working directory {}", dir.display());
 
@@ -115,14 +117,20 @@ seed = 7
     std::fs::write(&config_path, text)?;
     let cfg = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     vitalgate::store::StoreKey::init(&cfg.store.key_file).context("creating the store key")?;
-    println!("  store key created (0600); encrypted outbox in {}", cfg.gateway.data_dir.display());
+    println!(
+        "  store key created (0600); encrypted outbox in {}",
+        cfg.gateway.data_dir.display()
+    );
 
     // A BP cuff reading gives two observations (panel + pulse), a scale reading one.
     let expected = opts.count.max(1) as usize * 3;
     let (tx, mut rx) = broadcast::channel(1024);
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(vitalgate::app::run(cfg, shutdown.clone(), Some(tx)));
-    println!("  agent pipeline started: 2 simulated devices, {} measurements each\n", opts.count.max(1));
+    println!(
+        "  agent pipeline started: 2 simulated devices, {} measurements each\n",
+        opts.count.max(1)
+    );
 
     let mut accepted: HashSet<String> = HashSet::new();
     let mut stored = 0usize;
@@ -184,16 +192,31 @@ seed = 7
     let failures = server.schema_failures();
     println!("\nsummary");
     println!("  readings stored in the encrypted outbox : {stored}");
-    println!("  readings accepted by the FHIR server    : {}", accepted.len());
-    println!("  Observations on the server              : {}", observations.len());
-    println!("  Bundles failing FHIR R4 schema checks   : {}", failures.len());
-    println!("  pending in the outbox at exit           : {}", summary.pending_at_exit);
+    println!(
+        "  readings accepted by the FHIR server    : {}",
+        accepted.len()
+    );
+    println!(
+        "  Observations on the server              : {}",
+        observations.len()
+    );
+    println!(
+        "  Bundles failing FHIR R4 schema checks   : {}",
+        failures.len()
+    );
+    println!(
+        "  pending in the outbox at exit           : {}",
+        summary.pending_at_exit
+    );
     if opts.keep {
         let kept = tmp.keep();
         println!("  kept {}", kept.display());
     }
     if !failures.is_empty() || observations.len() != expected {
-        bail!("demo failed: schema failures {failures:?}, {} observations", observations.len());
+        bail!(
+            "demo failed: schema failures {failures:?}, {} observations",
+            observations.len()
+        );
     }
     Ok(())
 }

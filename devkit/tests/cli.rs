@@ -29,12 +29,19 @@ fn demo_runs_the_pipeline_end_to_end() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout.matches("\nstored ").count(), 3, "{stdout}");
     assert_eq!(stdout.matches("\naccepted ").count(), 3, "{stdout}");
     assert!(stdout.contains("server created Observation/"), "{stdout}");
     assert!(stdout.contains("\"resourceType\": \"Bundle\""), "{stdout}");
-    assert!(stdout.contains("Bundles failing FHIR R4 schema checks   : 0"), "{stdout}");
+    assert!(
+        stdout.contains("Bundles failing FHIR R4 schema checks   : 0"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -155,7 +155,9 @@ impl Harness {
             server_cfg.server_cert = pki.rogue_server_cert.clone();
             server_cfg.server_key = pki.rogue_server_key.clone();
         }
-        let fhir = FhirTestServer::start(server_cfg).await.expect("FHIR test server");
+        let fhir = FhirTestServer::start(server_cfg)
+            .await
+            .expect("FHIR test server");
         let config = dir.path().join("vitalgate.toml");
         let mqtt = match broker.port() {
             Some(port) => format!(

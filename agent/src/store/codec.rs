@@ -1,164 +1,300 @@
-//! The record codec (pure, no I/O): postcard bytes sealed with ChaCha20-Poly1305.
+//! Record sealing: pure functions over bytes, no file or database access.
+//!
+//! # Sealed record format (version 1)
 //!
 //! ```text
-//! sealed = version (1 byte, = 1) || nonce (12 bytes, random) || ciphertext || tag (16 bytes)
-//! AAD    = version || record key          (the sled key the value is stored under)
+//! +---------+-----------------+------------------------------+
+//! | version | nonce           | ciphertext || Poly1305 tag   |
+//! | 1 byte  | 12 bytes random | len(plaintext) + 16 bytes    |
+//! +---------+-----------------+------------------------------+
+//! AEAD = ChaCha20-Poly1305, key = HKDF-SHA256(master, "vitalgate-store/record-aead/v1")
+//! AAD  = version || record_key
 //! ```
 //!
-//! Binding the record key as associated data means a value copied or swapped to another key,
-//! or opened with another store's key, fails authentication instead of decoding as a different
-//! reading. Random 96-bit nonces are safe at this volume: the birthday bound for a collision
-//! is around 2^48 records per key, many orders of magnitude above a gateway's lifetime.
+//! The record key is where the record lives in the store (tree name, `0x00`, sled key), so a
+//! record copied to another key or tree, two records swapped, a record from another store (other
+//! key), a truncated record and any flipped bit all fail [`RecordCipher::open`] with
+//! [`CodecError::Authentication`]. There is no way to tell these cases apart, by design.
+//!
 //! ChaCha20-Poly1305 rather than AES-GCM: the Raspberry Pi 4's Cortex-A72 has no AES
-//! instructions, so software AES is slower and not constant-time.
+//! instructions, where ChaCha20 is fast in plain NEON code.
+//!
+//! Nonces are 96 random bits from the OS RNG. The collision bound for random nonces is about
+//! 2^-32 after 2^32 records under one key; a gateway writes perhaps 10^6 records a year, so the
+//! margin is many orders of magnitude. (A counter nonce would need its own durable state, which
+//! is a worse risk than this.)
+//!
+//! # Index keys
+//!
+//! Reading ids are SHA-256 digests of the reading's content. Reading content has low entropy (a
+//! patient id, a time, a few values), so a plain id on disk could be confirmed by guessing. The
+//! plaintext `index` and `acked` trees therefore use [`RecordCipher::index_key`], an
+//! HMAC-SHA256 of the id under a second key derived from the master key.
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, CHACHA20_POLY1305, NONCE_LEN};
+use ring::hkdf;
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::keyfile::StoreKey;
 
-pub const VERSION: u8 = 1;
-const TAG_LEN: usize = 16;
+/// The one sealed-record version this code writes and reads.
+pub const SEALED_VERSION: u8 = 1;
 
+/// Bytes a sealed record adds to its plaintext: version, nonce, tag.
+pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+
+const TAG_LEN: usize = 16;
+const HEADER_LEN: usize = 1 + NONCE_LEN;
+const HKDF_SALT: &[u8] = b"vitalgate-store";
+const AEAD_INFO: &[u8] = b"vitalgate-store/record-aead/v1";
+const INDEX_INFO: &[u8] = b"vitalgate-store/index-mac/v1";
+
+/// Why a sealed record could not be opened. None of the variants carry record content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
-    #[error("sealed record too short ({0} bytes)")]
-    TooShort(usize),
-    #[error("unknown record format version {0}")]
-    Version(u8),
-    #[error("record failed authentication (corrupt, truncated, moved, or another key)")]
+    #[error("sealed record too short: {len} bytes, at least {SEAL_OVERHEAD} needed")]
+    TooShort { len: usize },
+    #[error(
+        "sealed record has unknown version {found} (this build reads version {SEALED_VERSION})"
+    )]
+    UnknownVersion { found: u8 },
+    /// Bit flip, truncation, wrong key, or record moved to another key: indistinguishable.
+    #[error("sealed record failed authentication (corrupted, truncated, moved, or sealed with another key)")]
     Authentication,
-    #[error("no system randomness available")]
-    Random,
+    #[error("the system random number generator failed")]
+    Rng,
+    #[error("key derivation failed")]
+    KeyDerivation,
 }
 
-/// A sealing/opening context for one store key.
-pub struct Codec {
-    key: LessSafeKey,
+/// The keys derived from a [`StoreKey`], ready to seal and open records.
+pub struct RecordCipher {
+    aead: LessSafeKey,
+    index: hmac::Key,
     rng: SystemRandom,
 }
 
-impl Codec {
-    pub fn new(key: &StoreKey) -> Self {
-        // CHACHA20_POLY1305 takes exactly 32 bytes, which `StoreKey` guarantees.
-        let unbound = UnboundKey::new(&CHACHA20_POLY1305, key.bytes())
-            .unwrap_or_else(|_| unreachable!("32-byte key for a 32-byte algorithm"));
-        Self {
-            key: LessSafeKey::new(unbound),
+impl RecordCipher {
+    /// Derives the record and index keys from the master key.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::KeyDerivation`] only if ring rejects the fixed output lengths, which it
+    /// does not for these algorithms; kept as an error rather than a panic.
+    pub fn new(key: &StoreKey) -> Result<RecordCipher, CodecError> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(key.as_bytes());
+        let aead_info = [AEAD_INFO];
+        let unbound: aead::UnboundKey = prk
+            .expand(&aead_info, &CHACHA20_POLY1305)
+            .map_err(|_| CodecError::KeyDerivation)?
+            .into();
+        let index_info = [INDEX_INFO];
+        let index: hmac::Key = prk
+            .expand(&index_info, hmac::HMAC_SHA256)
+            .map_err(|_| CodecError::KeyDerivation)?
+            .into();
+        Ok(RecordCipher {
+            aead: LessSafeKey::new(unbound),
+            index,
             rng: SystemRandom::new(),
-        }
+        })
     }
 
-    fn aad(record_key: &[u8]) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(1 + record_key.len());
-        aad.push(VERSION);
-        aad.extend_from_slice(record_key);
-        aad
-    }
-
+    /// Seals `plaintext` for storage under `record_key`, with a fresh random nonce.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Rng`] if the OS RNG fails.
     pub fn seal(&self, record_key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CodecError> {
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| CodecError::Random)?;
-        let mut buf = plaintext.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(Self::aad(record_key)),
-                &mut buf,
-            )
-            .map_err(|_| CodecError::Authentication)?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + buf.len());
-        out.push(VERSION);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&buf);
-        Ok(out)
+        self.rng.fill(&mut nonce).map_err(|_| CodecError::Rng)?;
+        Ok(self.seal_with_nonce(nonce, record_key, plaintext))
     }
 
+    /// Opens a record sealed by [`RecordCipher::seal`] under the same `record_key`.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::TooShort`], [`CodecError::UnknownVersion`], [`CodecError::Authentication`].
     pub fn open(&self, record_key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CodecError> {
-        if sealed.len() < 1 + NONCE_LEN + TAG_LEN {
-            return Err(CodecError::TooShort(sealed.len()));
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(CodecError::TooShort { len: sealed.len() });
         }
-        let (version, rest) = sealed.split_at(1);
-        if version != [VERSION] {
-            return Err(CodecError::Version(version.first().copied().unwrap_or(0)));
+        let Some((&version, rest)) = sealed.split_first() else {
+            return Err(CodecError::TooShort { len: 0 });
+        };
+        if version != SEALED_VERSION {
+            return Err(CodecError::UnknownVersion { found: version });
         }
-        let (nonce, ct) = rest.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce
-            .try_into()
-            .map_err(|_| CodecError::TooShort(sealed.len()))?;
-        let mut buf = ct.to_vec();
-        let plain = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(Self::aad(record_key)),
-                &mut buf,
-            )
-            .map_err(|_| CodecError::Authentication)?;
-        Ok(plain.to_vec())
+        let Some((nonce, body)) = rest.split_at_checked(NONCE_LEN) else {
+            return Err(CodecError::TooShort { len: sealed.len() });
+        };
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| CodecError::Authentication)?;
+        let mut buf = body.to_vec();
+        let plaintext_len = self
+            .aead
+            .open_in_place(nonce, Aad::from(aad(record_key)), &mut buf)
+            .map_err(|_| CodecError::Authentication)?
+            .len();
+        buf.truncate(plaintext_len);
+        Ok(buf)
     }
+
+    /// The keyed hash under which a reading id is stored in the plaintext trees.
+    pub fn index_key(&self, id: &[u8; 32]) -> [u8; 32] {
+        let tag = hmac::sign(&self.index, id);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    fn seal_with_nonce(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        record_key: &[u8],
+        plaintext: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        out.push(SEALED_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = self.aead.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad(record_key)),
+            &mut out[HEADER_LEN..],
+        );
+        match tag {
+            Ok(tag) => out.extend_from_slice(tag.as_ref()),
+            // ring fails sealing only for inputs over ~256 GiB (ChaCha20 counter limit), which
+            // cannot reach here: record sizes are capped far below. Return a record that will
+            // never authenticate rather than panic.
+            Err(_) => out.truncate(HEADER_LEN),
+        }
+        out
+    }
+}
+
+fn aad(record_key: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(1 + record_key.len());
+    aad.push(SEALED_VERSION);
+    aad.extend_from_slice(record_key);
+    aad
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn codec() -> Codec {
-        Codec::new(&StoreKey::from_bytes([7; 32]))
+    fn cipher(byte: u8) -> RecordCipher {
+        RecordCipher::new(&StoreKey::from_bytes([byte; 32])).unwrap()
     }
+
+    const KEY: &[u8] = b"pending\0\0\0\0\0\0\0\0\x2a";
+    const PLAINTEXT: &[u8] = b"a reading, postcard-encoded";
 
     #[test]
     fn round_trip() {
-        let c = codec();
-        let s = c.seal(b"k1", b"hello reading").unwrap();
-        assert_eq!(c.open(b"k1", &s).unwrap(), b"hello reading");
+        let c = cipher(1);
+        let sealed = c.seal(KEY, PLAINTEXT).unwrap();
+        assert_eq!(sealed.len(), PLAINTEXT.len() + SEAL_OVERHEAD);
+        assert_eq!(sealed[0], SEALED_VERSION);
+        assert_eq!(c.open(KEY, &sealed).unwrap(), PLAINTEXT);
+        let empty = c.seal(KEY, b"").unwrap();
+        assert_eq!(c.open(KEY, &empty).unwrap(), b"");
+    }
+
+    #[test]
+    fn same_plaintext_seals_differently_each_time() {
+        let c = cipher(1);
         assert_ne!(
-            &s[13..26],
-            b"hello reading",
-            "ciphertext is not the plaintext"
+            c.seal(KEY, PLAINTEXT).unwrap(),
+            c.seal(KEY, PLAINTEXT).unwrap()
         );
     }
 
     #[test]
-    fn every_single_bit_flip_is_detected() {
-        let c = codec();
-        let s = c.seal(b"k1", b"systolic 128 mmHg").unwrap();
-        for i in 0..s.len() * 8 {
-            let mut t = s.clone();
-            t[i / 8] ^= 1 << (i % 8);
-            assert!(c.open(b"k1", &t).is_err(), "flip of bit {i} not detected");
+    fn plaintext_does_not_appear_in_the_sealed_record() {
+        let c = cipher(1);
+        let sealed = c.seal(KEY, PLAINTEXT).unwrap();
+        assert!(!sealed
+            .windows(8)
+            .any(|w| PLAINTEXT.windows(8).any(|p| p == w)));
+    }
+
+    #[test]
+    fn flipping_any_single_bit_fails_to_open() {
+        let c = cipher(1);
+        let sealed = c.seal(KEY, PLAINTEXT).unwrap();
+        for byte in 0..sealed.len() {
+            for bit in 0..8 {
+                let mut bad = sealed.clone();
+                bad[byte] ^= 1 << bit;
+                let err = c.open(KEY, &bad).unwrap_err();
+                if byte == 0 {
+                    assert!(matches!(err, CodecError::UnknownVersion { .. }), "{err:?}");
+                } else {
+                    assert_eq!(err, CodecError::Authentication, "byte {byte} bit {bit}");
+                }
+            }
         }
     }
 
     #[test]
-    fn a_record_moved_to_another_key_fails() {
-        let c = codec();
-        let s = c.seal(b"k1", b"x").unwrap();
-        assert_eq!(c.open(b"k2", &s), Err(CodecError::Authentication));
-    }
-
-    #[test]
-    fn another_store_key_fails() {
-        let s = codec().seal(b"k1", b"x").unwrap();
-        let other = Codec::new(&StoreKey::from_bytes([8; 32]));
-        assert_eq!(other.open(b"k1", &s), Err(CodecError::Authentication));
-    }
-
-    #[test]
-    fn truncation_fails() {
-        let c = codec();
-        let s = c.seal(b"k1", b"some bytes").unwrap();
-        for n in 0..s.len() {
-            assert!(
-                c.open(b"k1", &s[..n]).is_err(),
-                "truncation to {n} not detected"
-            );
+    fn other_record_key_fails_to_open() {
+        let c = cipher(1);
+        let sealed = c.seal(KEY, PLAINTEXT).unwrap();
+        for other in [
+            &b"pending\0\0\0\0\0\0\0\0\x2b"[..],
+            b"dead\0\0\0\0\0\0\0\0\0\x2a",
+            b"",
+        ] {
+            assert_eq!(c.open(other, &sealed), Err(CodecError::Authentication));
         }
     }
 
     #[test]
-    fn nonces_differ() {
-        let c = codec();
-        assert_ne!(c.seal(b"k", b"x").unwrap(), c.seal(b"k", b"x").unwrap());
+    fn swapped_records_fail_to_open() {
+        let c = cipher(1);
+        let (k1, k2) = (b"pending\0\x01", b"pending\0\x02");
+        let (r1, r2) = (c.seal(k1, b"one").unwrap(), c.seal(k2, b"two").unwrap());
+        assert_eq!(c.open(k1, &r2), Err(CodecError::Authentication));
+        assert_eq!(c.open(k2, &r1), Err(CodecError::Authentication));
+    }
+
+    #[test]
+    fn wrong_key_fails_to_open() {
+        let sealed = cipher(1).seal(KEY, PLAINTEXT).unwrap();
+        assert_eq!(
+            cipher(2).open(KEY, &sealed),
+            Err(CodecError::Authentication)
+        );
+    }
+
+    #[test]
+    fn every_truncation_fails_to_open() {
+        let c = cipher(1);
+        let sealed = c.seal(KEY, PLAINTEXT).unwrap();
+        for len in 0..sealed.len() {
+            let err = c.open(KEY, &sealed[..len]).unwrap_err();
+            if len < SEAL_OVERHEAD {
+                assert_eq!(err, CodecError::TooShort { len });
+            } else {
+                assert_eq!(err, CodecError::Authentication, "len {len}");
+            }
+        }
+        let mut longer = sealed.clone();
+        longer.push(0);
+        assert_eq!(c.open(KEY, &longer), Err(CodecError::Authentication));
+    }
+
+    #[test]
+    fn index_key_is_keyed_and_deterministic() {
+        let id = [7u8; 32];
+        assert_eq!(cipher(1).index_key(&id), cipher(1).index_key(&id));
+        assert_ne!(cipher(1).index_key(&id), cipher(2).index_key(&id));
+        assert_ne!(cipher(1).index_key(&id), id);
+        assert_ne!(cipher(1).index_key(&id), cipher(1).index_key(&[8u8; 32]));
     }
 }

@@ -1,190 +1,307 @@
-//! The store key file: 32 random bytes, hex-encoded on one line, mode 0600.
+//! The store's 32-byte master key and the file it lives in.
 //!
-//! `StoreKey::init` creates it atomically (`create_new`, mode 0600 from the first byte, fsync of
-//! the file and its directory) and never overwrites an existing file: overwriting would make the
-//! existing outbox unreadable. `StoreKey::load` refuses a file that group or others can read.
+//! # File format
+//!
+//! One line: the 32 key bytes as 64 lower-case hex digits, then `\n` (65 bytes). Text rather than
+//! raw bytes so a technician can check with `wc -c` and `stat` that the file is whole without
+//! printing the key, and so a backup tool or editor cannot silently mangle it. [`StoreKey::load`]
+//! also accepts upper-case digits and a missing final newline, nothing else (no spaces, no `\r`).
+//!
+//! # Invariants
+//!
+//! - [`StoreKey::init`] never overwrites: it creates the file with `O_CREAT|O_EXCL` and mode 0600
+//!   in one step (no window where the key is readable by others), fsyncs the file and its parent
+//!   directory, and removes the file again if writing fails half-way.
+//! - [`StoreKey::load`] refuses a file with any group or other permission bit set
+//!   (`mode & 0o077 != 0`), like ssh does for private keys. The check runs on the opened file
+//!   descriptor, not on the path, so the file checked is the file read.
+//! - Neither the key nor any part of the file content appears in `Debug` output or in errors.
 
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use ring::rand::SecureRandom;
+use ring::rand::{SecureRandom, SystemRandom};
 
-/// The 32-byte outbox key. `Debug` does not print it.
+/// Length of the key in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// Length of a well-formed key file: 64 hex digits and a newline.
+const FILE_LEN: usize = 2 * KEY_LEN + 1;
+
+/// The store's master key. `Debug` prints `StoreKey(<redacted>)`.
+///
+/// The outbox derives its record-encryption key and its index-hashing key from this one with
+/// HKDF (see [`crate::store::codec`]), so the master key itself never encrypts anything.
 #[derive(Clone)]
-pub struct StoreKey([u8; 32]);
+pub struct StoreKey([u8; KEY_LEN]);
 
-impl fmt::Debug for StoreKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StoreKey(<secret>)")
-    }
-}
-
+/// Why a key file could not be created or loaded. Carries paths and modes, never key material.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("{path} does not exist; create it with `vitalgate keys init --config <file>`")]
-    Missing { path: PathBuf },
-    #[error("{path} already exists; refusing to overwrite it (the outbox encrypted with it would become unreadable)")]
-    Exists { path: PathBuf },
-    #[error("{path} has mode {mode:04o}: group or others can read it; run `chmod 600 {path}`")]
+    #[error("key file {path} already exists; refusing to overwrite it (a new key would make the existing store unreadable)")]
+    AlreadyExists { path: PathBuf },
+    #[error("key file {path} does not exist; create it with `vitalgate keys init`")]
+    NotFound { path: PathBuf },
+    #[error("key file {path} has mode {mode:04o}, which lets group or others access it; run `chmod 600 {path}` (and check who could have copied it)")]
     TooOpen { path: PathBuf, mode: u32 },
-    #[error("{path} is not a store key (expected 64 hex digits on one line)")]
-    Malformed { path: PathBuf },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("no system randomness available")]
-    Random,
+    #[error("key file {path} is not a regular file")]
+    NotRegularFile { path: PathBuf },
+    #[error("key file {path} is malformed: {reason} (expected 64 hex digits and a newline, {FILE_LEN} bytes)")]
+    BadFormat { path: PathBuf, reason: &'static str },
+    #[error("I/O error on key file {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("the system random number generator failed")]
+    Rng,
 }
 
 impl StoreKey {
-    /// A key from raw bytes (tests, benchmarks).
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// A fresh random key (not written anywhere).
-    pub fn generate() -> Result<Self, KeyFileError> {
-        let mut k = [0u8; 32];
-        ring::rand::SystemRandom::new()
-            .fill(&mut k)
-            .map_err(|_| KeyFileError::Random)?;
-        Ok(Self(k))
-    }
-
-    pub(crate) fn bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Creates the key file (mode 0600). Never overwrites.
+    /// Creates a new key file at `path` with mode 0600 holding 32 random bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyFileError::AlreadyExists`] if anything exists at `path` (it is left untouched);
+    /// [`KeyFileError::Io`] if the parent directory is missing or not writable, or a write or
+    /// fsync fails (the partial file is removed); [`KeyFileError::Rng`] if the OS RNG fails.
     pub fn init(path: &Path) -> Result<(), KeyFileError> {
-        let io = |e: std::io::Error| KeyFileError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        };
-        let key = Self::generate()?;
-        let mut f = std::fs::OpenOptions::new()
+        let mut bytes = [0u8; KEY_LEN];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| KeyFileError::Rng)?;
+        let mut text = hex::encode(bytes);
+        text.push('\n');
+
+        let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    KeyFileError::Exists {
-                        path: path.to_path_buf(),
-                    }
-                } else {
-                    io(e)
-                }
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::AlreadyExists => KeyFileError::AlreadyExists {
+                    path: path.to_owned(),
+                },
+                _ => KeyFileError::Io {
+                    path: path.to_owned(),
+                    source,
+                },
             })?;
-        f.write_all(format!("{}\n", hex::encode(key.0)).as_bytes())
-            .map_err(io)?;
-        f.sync_all().map_err(io)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
+        let written = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_all());
+        if let Err(source) = written {
+            drop(file);
+            // Best effort: a half-written key file must not be mistaken for a key later.
+            let _ = std::fs::remove_file(path);
+            return Err(KeyFileError::Io {
+                path: path.to_owned(),
+                source,
+            });
         }
-        Ok(())
+        sync_parent_dir(path)
     }
 
-    /// Loads the key file, refusing one readable by group or others.
-    pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let meta = std::fs::metadata(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                KeyFileError::Missing {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                KeyFileError::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            }
+    /// Loads the key from `path`, refusing a file that group or others can access.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyFileError::NotFound`], [`KeyFileError::TooOpen`] (names the mode and the `chmod`
+    /// that fixes it), [`KeyFileError::NotRegularFile`], [`KeyFileError::BadFormat`] (wrong
+    /// length or not hex), [`KeyFileError::Io`].
+    pub fn load(path: &Path) -> Result<StoreKey, KeyFileError> {
+        let io_err = |source| KeyFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => KeyFileError::NotFound {
+                path: path.to_owned(),
+            },
+            _ => io_err(source),
         })?;
-        let mode = meta.mode() & 0o7777;
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(KeyFileError::NotRegularFile {
+                path: path.to_owned(),
+            });
+        }
+        let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
             return Err(KeyFileError::TooOpen {
-                path: path.to_path_buf(),
+                path: path.to_owned(),
                 mode,
             });
         }
-        let text = std::fs::read_to_string(path).map_err(|e| KeyFileError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        let malformed = || KeyFileError::Malformed {
-            path: path.to_path_buf(),
-        };
-        let bytes = hex::decode(text.trim()).map_err(|_| malformed())?;
-        let key: [u8; 32] = bytes.try_into().map_err(|_| malformed())?;
-        Ok(Self(key))
+        // Read at most one byte more than a valid file so a huge file cannot exhaust memory.
+        let mut text = Vec::with_capacity(FILE_LEN + 1);
+        file.take(FILE_LEN as u64 + 1)
+            .read_to_end(&mut text)
+            .map_err(io_err)?;
+        Self::parse(&text).map_err(|reason| KeyFileError::BadFormat {
+            path: path.to_owned(),
+            reason,
+        })
     }
+
+    /// Wraps raw key bytes (tests, tools that manage keys themselves).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> StoreKey {
+        StoreKey(bytes)
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    fn parse(text: &[u8]) -> Result<StoreKey, &'static str> {
+        let digits = text.strip_suffix(b"\n").unwrap_or(text);
+        if digits.len() != 2 * KEY_LEN {
+            return Err("wrong length");
+        }
+        let mut bytes = [0u8; KEY_LEN];
+        hex::decode_to_slice(digits, &mut bytes).map_err(|_| "not hexadecimal")?;
+        Ok(StoreKey(bytes))
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreKey(<redacted>)")
+    }
+}
+
+/// Makes the directory entry of a just-created file durable.
+fn sync_parent_dir(path: &Path) -> Result<(), KeyFileError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| KeyFileError::Io {
+            path: parent.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::fs;
 
-    #[test]
-    fn init_creates_0600_and_load_reads_it_back() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("k");
-        StoreKey::init(&p).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
-        StoreKey::load(&p).unwrap();
+    fn write_with_mode(path: &Path, content: &[u8], mode: u32) {
+        fs::write(path, content).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
     }
 
     #[test]
-    fn init_never_overwrites() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("k");
-        StoreKey::init(&p).unwrap();
-        let before = std::fs::read(&p).unwrap();
-        assert!(matches!(
-            StoreKey::init(&p),
-            Err(KeyFileError::Exists { .. })
-        ));
-        assert_eq!(std::fs::read(&p).unwrap(), before);
+    fn init_creates_a_0600_file_that_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.key");
+        StoreKey::init(&path).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), FILE_LEN as u64);
+        StoreKey::load(&path).unwrap();
     }
 
     #[test]
-    fn load_refuses_a_key_others_can_read() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("k");
-        StoreKey::init(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let e = StoreKey::load(&p).unwrap_err();
-        assert!(
-            matches!(e, KeyFileError::TooOpen { mode: 0o640, .. }),
-            "{e}"
+    fn init_makes_a_different_key_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        StoreKey::init(&a).unwrap();
+        StoreKey::init(&b).unwrap();
+        assert_ne!(
+            StoreKey::load(&a).unwrap().as_bytes(),
+            StoreKey::load(&b).unwrap().as_bytes()
         );
-        assert!(e.to_string().contains("chmod 600"));
     }
 
     #[test]
-    fn load_refuses_missing_and_malformed_files() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("k");
-        assert!(matches!(
-            StoreKey::load(&p),
-            Err(KeyFileError::Missing { .. })
-        ));
-        std::fs::write(&p, "abcd\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(matches!(
-            StoreKey::load(&p),
-            Err(KeyFileError::Malformed { .. })
-        ));
+    fn init_refuses_to_overwrite_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.key");
+        StoreKey::init(&path).unwrap();
+        let before = fs::read(&path).unwrap();
+        let err = StoreKey::init(&path).unwrap_err();
+        assert!(matches!(err, KeyFileError::AlreadyExists { .. }), "{err:?}");
+        assert_eq!(fs::read(&path).unwrap(), before);
     }
 
     #[test]
-    fn debug_does_not_print_the_key() {
-        let k = StoreKey::from_bytes([0xAB; 32]);
-        assert!(!format!("{k:?}").contains("ab"));
+    fn load_refuses_a_group_or_world_readable_file_and_says_how_to_fix_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.key");
+        StoreKey::init(&path).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o601] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = StoreKey::load(&path).unwrap_err();
+            assert!(
+                matches!(err, KeyFileError::TooOpen { mode: m, .. } if m == mode),
+                "{err:?}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("{mode:04o}")), "{msg}");
+            assert!(msg.contains("chmod 600"), "{msg}");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        StoreKey::load(&path).unwrap();
+    }
+
+    #[test]
+    fn load_refuses_wrong_length_and_non_hex() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.key");
+        let good = "ab".repeat(KEY_LEN);
+        let cases: [(Vec<u8>, &str); 5] = [
+            (good.as_bytes()[..62].to_vec(), "wrong length"),
+            (format!("{good}00\n").into_bytes(), "wrong length"),
+            (format!("{good}\n\n").into_bytes(), "wrong length"),
+            (Vec::new(), "wrong length"),
+            (
+                format!("{}zz\n", &good[..62]).into_bytes(),
+                "not hexadecimal",
+            ),
+        ];
+        for (content, want) in cases {
+            write_with_mode(&path, &content, 0o600);
+            match StoreKey::load(&path) {
+                Err(KeyFileError::BadFormat { reason, .. }) => assert_eq!(reason, want),
+                other => panic!("{content:?}: {other:?}"),
+            }
+        }
+        write_with_mode(&path, good.as_bytes(), 0o600);
+        StoreKey::load(&path).unwrap();
+        write_with_mode(&path, good.to_uppercase().as_bytes(), 0o600);
+        StoreKey::load(&path).unwrap();
+    }
+
+    #[test]
+    fn load_of_a_missing_file_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = StoreKey::load(&dir.path().join("nope")).unwrap_err();
+        assert!(matches!(err, KeyFileError::NotFound { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn load_of_a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("d");
+        fs::create_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o700)).unwrap();
+        let err = StoreKey::load(&sub).unwrap_err();
+        assert!(
+            matches!(err, KeyFileError::NotRegularFile { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn debug_and_errors_do_not_show_the_key() {
+        let key = StoreKey::from_bytes([0xab; KEY_LEN]);
+        let shown = format!("{key:?}");
+        assert_eq!(shown, "StoreKey(<redacted>)");
+        assert!(!shown.contains("abab"));
     }
 }

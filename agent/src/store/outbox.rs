@@ -1,0 +1,903 @@
+//! The outbox proper: sled trees, transactions and the flush-and-fsync that makes an `Ok` mean
+//! durable. The record format and its invariants are documented in [`crate::store`].
+//!
+//! All methods are blocking; call them from `tokio::task::spawn_blocking`. An `Outbox` is
+//! `Send + Sync` and may be shared (`Arc`) between threads.
+
+use std::collections::HashMap;
+use std::fs::{DirBuilder, File};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::digest;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{abort, ConflictableTransactionResult, TransactionResult};
+use sled::Transactional;
+
+use super::codec::RecordCipher;
+use super::keyfile::StoreKey;
+use super::{StoreError, FORMAT_VERSION};
+
+/// Largest encoded payload (postcard of `T`, or a raw dead-letter payload) stored in one record.
+///
+/// Keeps every sled leaf node (sled 0.34 splits leaves above 16 entries; ~30 at most during
+/// merges) under the 128 KiB at which sled moves a node out of its log into a blob file, which
+/// sled never fsyncs (we do, see invariant 4, but would rather not depend on it). A reading
+/// encodes to well under 1 KiB. Raw dead-letter payloads above this are truncated, keeping
+/// their length and SHA-256.
+pub const MAX_PAYLOAD_LEN: usize = 4 * 1024;
+
+/// Tree names (part of the on-disk format, see [`crate::store`]).
+pub const TREE_META: &str = "meta";
+pub const TREE_PENDING: &str = "pending";
+pub const TREE_INDEX: &str = "index";
+pub const TREE_ACKED: &str = "acked";
+pub const TREE_DEAD: &str = "dead";
+pub const TREE_QUARANTINE: &str = "quarantine";
+
+const META_FORMAT: &[u8] = b"format";
+const META_KEY_CHECK: &[u8] = b"key_check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"vitalgate-store key check v1";
+
+/// Tuning for [`Outbox::open`].
+#[derive(Clone, Debug)]
+pub struct OutboxOptions {
+    /// sled page cache size in bytes. Default 16 MiB: the outbox is read sequentially and
+    /// rarely, and the gateway has little RAM to spare (sled's default is 1 GiB).
+    pub cache_capacity: u64,
+    /// How long an acked or dead-lettered id keeps being recognised as a duplicate. Must exceed
+    /// the longest time an upstream (MQTT broker session, device memory) may redeliver a reading
+    /// it already delivered. Default 30 days.
+    pub tombstone_retention: Duration,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        OutboxOptions {
+            cache_capacity: 16 * 1024 * 1024,
+            tombstone_retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// What [`Outbox::insert`] did. Both outcomes are durable: acknowledge upstream in both cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insert {
+    Stored,
+    /// The id is pending, or was acked or dead-lettered within the tombstone retention.
+    Duplicate,
+}
+
+/// One record waiting for upload, in FIFO order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingRecord<T> {
+    pub seq: u64,
+    pub id: [u8; 32],
+    pub enqueued_at: SystemTime,
+    pub value: T,
+}
+
+/// A dead letter as listed for a technician: everything but the payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterInfo {
+    pub seq: u64,
+    pub time: SystemTime,
+    /// `"outbox"` for a record the server rejected, else the label given to
+    /// [`Outbox::put_dead_letter_raw`] (e.g. the MQTT topic filter).
+    pub source: String,
+    pub reason: String,
+    /// The reading id, for a record that came from `pending`.
+    pub id: Option<[u8; 32]>,
+    /// Size of the payload as received.
+    pub size: u64,
+    /// SHA-256 of the payload as received (lets a technician match a truncated record).
+    pub sha256: [u8; 32],
+    /// The payload was longer than [`MAX_PAYLOAD_LEN`] and only its first bytes were kept.
+    pub truncated: bool,
+}
+
+impl std::fmt::Display for DeadLetterInfo {
+    /// One line for `vitalgate dead-letters`: no payload, no PHI beyond the reason text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self
+            .time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let when = chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(0), 0)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        write!(
+            f,
+            "seq={} time={} source={} bytes={}{} reason={}",
+            self.seq,
+            when,
+            self.source,
+            self.size,
+            if self.truncated { " (truncated)" } else { "" },
+            self.reason
+        )
+    }
+}
+
+/// Counts for metrics and `vitalgate status`. Tree sizes are counted on call (O(n)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub pending: u64,
+    pub dead: u64,
+    pub quarantined: u64,
+    pub acked_tombstones: u64,
+    /// Since open: records stored, duplicates refused, records quarantined.
+    pub inserts: u64,
+    pub duplicates: u64,
+    pub corrupt_records: u64,
+}
+
+/// The encrypted outbox. See [`crate::store`] for the format and invariants.
+pub struct Outbox {
+    dir: PathBuf,
+    db: sled::Db,
+    /// Our own handle on `<dir>/db`, for `fdatasync` after sled's flush.
+    db_file: File,
+    meta: sled::Tree,
+    pending: sled::Tree,
+    index: sled::Tree,
+    acked: sled::Tree,
+    dead: sled::Tree,
+    quarantine: sled::Tree,
+    cipher: RecordCipher,
+    opts: OutboxOptions,
+    /// Blob files already fsynced, with the length synced (a blob may be mid-write).
+    synced_blobs: Mutex<HashMap<std::ffi::OsString, u64>>,
+    inserts: AtomicU64,
+    duplicates: AtomicU64,
+    corrupt_records: AtomicU64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PendingEnvelope {
+    id: [u8; 32],
+    enqueued_at_ms: u64,
+    payload: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeadEnvelope {
+    time_ms: u64,
+    source: String,
+    reason: String,
+    id: Option<[u8; 32]>,
+    original_len: u64,
+    payload_sha256: [u8; 32],
+    truncated: bool,
+    payload: Vec<u8>,
+}
+
+impl Outbox {
+    /// Opens (or creates) the store in `dir`, checks the key and format, and prunes expired
+    /// tombstones.
+    ///
+    /// sled runs in `Mode::LowSpace`: the outbox grows during an outage and shrinks after it,
+    /// and on a small SD card giving that space back matters more than write throughput, which
+    /// at a few readings a minute is bounded by fsync, not by sled.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::WrongKey`] if the store was created with another key;
+    /// [`StoreError::UnsupportedFormat`] for another format version or a non-empty directory
+    /// without one; [`StoreError::Sled`] / [`StoreError::Io`] if sled cannot open its files (it
+    /// also refuses a store another process has open).
+    pub fn open(dir: &Path, key: StoreKey, opts: OutboxOptions) -> Result<Outbox, StoreError> {
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        let created = !dir.exists();
+        if created {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(dir))?;
+        }
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(opts.cache_capacity)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let db_path = dir.join("db");
+        let db_file = File::open(&db_path).map_err(io_err(&db_path))?;
+        let cipher = RecordCipher::new(&key)?;
+        let outbox = Outbox {
+            dir: dir.to_owned(),
+            meta: db.open_tree(TREE_META)?,
+            pending: db.open_tree(TREE_PENDING)?,
+            index: db.open_tree(TREE_INDEX)?,
+            acked: db.open_tree(TREE_ACKED)?,
+            dead: db.open_tree(TREE_DEAD)?,
+            quarantine: db.open_tree(TREE_QUARANTINE)?,
+            db,
+            db_file,
+            cipher,
+            opts,
+            synced_blobs: Mutex::new(HashMap::new()),
+            inserts: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            corrupt_records: AtomicU64::new(0),
+        };
+        outbox.check_or_init_meta()?;
+        // The directory entries of sled's files (and of the directory itself, if new).
+        for d in [Some(dir), created.then(|| dir.parent()).flatten()]
+            .into_iter()
+            .flatten()
+        {
+            let d = if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            };
+            File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(d))?;
+        }
+        let pruned = outbox.prune_tombstones(SystemTime::now())?;
+        let stats = outbox.stats()?;
+        tracing::info!(
+            store = %outbox.dir.display(),
+            pending = stats.pending,
+            dead = stats.dead,
+            quarantined = stats.quarantined,
+            tombstones = stats.acked_tombstones,
+            pruned,
+            "outbox opened"
+        );
+        Ok(outbox)
+    }
+
+    /// Stores `value` under `id` unless the id is already known. On `Ok` the record is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::TooLarge`] if `value` encodes to more than [`MAX_PAYLOAD_LEN`];
+    /// [`StoreError::Encode`], [`StoreError::Sled`], [`StoreError::Io`]. On error nothing may be
+    /// acknowledged upstream (the record may or may not be stored; a retry is safe).
+    pub fn insert<T: Serialize>(&self, id: [u8; 32], value: &T) -> Result<Insert, StoreError> {
+        let outcomes = self.insert_many([(id, value)])?;
+        Ok(outcomes.first().copied().unwrap_or(Insert::Duplicate))
+    }
+
+    /// Stores a batch with one transaction and one flush+fsync. Returns one outcome per item, in
+    /// order; an id repeated within the batch is a [`Insert::Duplicate`] after its first use.
+    ///
+    /// # Errors
+    ///
+    /// As [`Outbox::insert`]; the batch is all-or-nothing.
+    pub fn insert_many<'a, T, I>(&self, items: I) -> Result<Vec<Insert>, StoreError>
+    where
+        T: Serialize + 'a,
+        I: IntoIterator<Item = ([u8; 32], &'a T)>,
+    {
+        let now = now_ms(SystemTime::now());
+        let mut prepared = Vec::new();
+        for (id, value) in items {
+            let payload = postcard::to_stdvec(value).map_err(StoreError::Encode)?;
+            check_len(payload.len())?;
+            let seq = self.db.generate_id()?;
+            let envelope = PendingEnvelope {
+                id,
+                enqueued_at_ms: now,
+                payload,
+            };
+            let plain = postcard::to_stdvec(&envelope).map_err(StoreError::Encode)?;
+            let sealed = self
+                .cipher
+                .seal(&record_key(TREE_PENDING, &seq.to_be_bytes()), &plain)?;
+            prepared.push((self.cipher.index_key(&id), seq.to_be_bytes(), sealed));
+        }
+        let result: TransactionResult<Vec<Insert>, StoreError> =
+            (&self.pending, &self.index, &self.acked).transaction(|(pending, index, acked)| {
+                let mut outcomes = Vec::with_capacity(prepared.len());
+                for (mac, seq, sealed) in &prepared {
+                    if index.get(mac)?.is_some() || acked.get(mac)?.is_some() {
+                        outcomes.push(Insert::Duplicate);
+                    } else {
+                        pending.insert(&seq[..], &sealed[..])?;
+                        index.insert(&mac[..], &seq[..])?;
+                        outcomes.push(Insert::Stored);
+                    }
+                }
+                Ok(outcomes)
+            });
+        let outcomes = result?;
+        // Also for duplicates: the first copy may belong to a thread that has not synced yet.
+        self.make_durable()?;
+        let stored = outcomes.iter().filter(|o| **o == Insert::Stored).count() as u64;
+        self.inserts.fetch_add(stored, Ordering::Relaxed);
+        self.duplicates
+            .fetch_add(outcomes.len() as u64 - stored, Ordering::Relaxed);
+        Ok(outcomes)
+    }
+
+    /// Up to `limit` pending records, oldest first. Records that do not open or decode are
+    /// moved to `quarantine` (see [`crate::store`], invariant 1) and skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`] / [`StoreError::Io`] only; a bad record is never an error here.
+    pub fn pending<T: DeserializeOwned>(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<PendingRecord<T>>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for item in self.pending.iter() {
+            let (key, raw) = item?;
+            match self.decode_pending::<T>(&key, &raw) {
+                Ok(record) => {
+                    out.push(record);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                Err(reason) => self.quarantine_record(TREE_PENDING, &key, &raw, reason)?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes uploaded records (server 2xx and per-entry success) and remembers their ids as
+    /// tombstones. Ids that are not pending (already acked, or unknown) are ignored. Returns how
+    /// many records were removed; on `Ok` the removal is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`] / [`StoreError::Io`]; then the records may still be pending and
+    /// will be uploaded again (the server's conditional create makes that harmless).
+    pub fn ack(&self, ids: &[[u8; 32]]) -> Result<usize, StoreError> {
+        let mut plan = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mac = self.cipher.index_key(id);
+            if let Some(seq) = self.verified_seq(id, &mac)? {
+                plan.push((mac, seq));
+            }
+        }
+        if plan.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms(SystemTime::now()).to_be_bytes();
+        let result: TransactionResult<usize, StoreError> =
+            (&self.pending, &self.index, &self.acked).transaction(|(pending, index, acked)| {
+                let mut removed = 0;
+                for (mac, seq) in &plan {
+                    let seq = seq.to_be_bytes();
+                    if index.get(mac)?.as_deref() == Some(&seq[..]) {
+                        pending.remove(&seq[..])?;
+                        index.remove(&mac[..])?;
+                        acked.insert(&mac[..], &now[..])?;
+                        removed += 1;
+                    }
+                }
+                Ok(removed)
+            });
+        let removed = result?;
+        self.make_durable()?;
+        Ok(removed)
+    }
+
+    /// Moves the pending record `id` to the dead-letter tree with `reason` (the server rejected
+    /// it). The data is kept; the id becomes a tombstone so a redelivery is not stored again.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotPending`] if `id` is not pending; [`StoreError::Corrupt`] if its record
+    /// does not open (it stays where it is, and the next [`Outbox::pending`] quarantines it).
+    pub fn dead_letter(&self, id: &[u8; 32], reason: &str) -> Result<(), StoreError> {
+        let mac = self.cipher.index_key(id);
+        let Some(seq) = self.index_seq(&mac)? else {
+            return Err(StoreError::NotPending);
+        };
+        let raw = self
+            .pending
+            .get(seq.to_be_bytes())?
+            .ok_or(StoreError::NotPending)?;
+        let envelope =
+            self.open_pending_envelope(seq, &raw)
+                .map_err(|reason| StoreError::Corrupt {
+                    tree: TREE_PENDING,
+                    seq,
+                    reason,
+                })?;
+        if envelope.id != *id {
+            IndexMismatch { seq }.emit(&self.corrupt_records);
+            return Err(StoreError::Corrupt {
+                tree: TREE_INDEX,
+                seq,
+                reason: "index entry points at a record with another id",
+            });
+        }
+        let now = SystemTime::now();
+        let dead_seq = self.db.generate_id()?;
+        let sealed = self.seal_dead(
+            dead_seq,
+            DeadEnvelope {
+                time_ms: now_ms(now),
+                source: "outbox".to_owned(),
+                reason: reason.to_owned(),
+                id: Some(*id),
+                original_len: envelope.payload.len() as u64,
+                payload_sha256: sha256(&envelope.payload),
+                truncated: false,
+                payload: envelope.payload,
+            },
+        )?;
+        let seq_key = seq.to_be_bytes();
+        let dead_key = dead_seq.to_be_bytes();
+        let tomb = now_ms(now).to_be_bytes();
+        let result: TransactionResult<(), StoreError> =
+            (&self.pending, &self.index, &self.acked, &self.dead).transaction(
+                |(pending, index, acked, dead)| -> ConflictableTransactionResult<(), StoreError> {
+                    if index.get(mac)?.as_deref() != Some(&seq_key[..]) {
+                        return abort(StoreError::NotPending);
+                    }
+                    pending.remove(&seq_key[..])?;
+                    index.remove(&mac[..])?;
+                    acked.insert(&mac[..], &tomb[..])?;
+                    dead.insert(&dead_key[..], &sealed[..])?;
+                    Ok(())
+                },
+            );
+        result?;
+        self.make_durable()?;
+        tracing::warn!(seq, dead_seq, "reading moved to dead letters");
+        Ok(())
+    }
+
+    /// Keeps a payload that could not be turned into a reading (not JSON, unknown schema) for a
+    /// technician, sealed like any record (it may contain PHI). Durable on `Ok`. A payload
+    /// longer than [`MAX_PAYLOAD_LEN`] keeps its first bytes, its length and its SHA-256.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`], [`StoreError::Io`], [`StoreError::Encode`], [`StoreError::Codec`].
+    pub fn put_dead_letter_raw(
+        &self,
+        source: &str,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let truncated = payload.len() > MAX_PAYLOAD_LEN;
+        let kept = payload.get(..MAX_PAYLOAD_LEN).unwrap_or(payload);
+        let seq = self.db.generate_id()?;
+        let sealed = self.seal_dead(
+            seq,
+            DeadEnvelope {
+                time_ms: now_ms(SystemTime::now()),
+                source: truncate_str(source, 256),
+                reason: truncate_str(reason, 1024),
+                id: None,
+                original_len: payload.len() as u64,
+                payload_sha256: sha256(payload),
+                truncated,
+                payload: kept.to_vec(),
+            },
+        )?;
+        self.dead.insert(seq.to_be_bytes(), sealed)?;
+        self.make_durable()?;
+        tracing::warn!(
+            seq,
+            size = payload.len(),
+            truncated,
+            "payload kept as dead letter"
+        );
+        Ok(seq)
+    }
+
+    /// Lists dead letters without their payloads. Records that do not open are quarantined.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`] / [`StoreError::Io`].
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetterInfo>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.dead.iter() {
+            let (key, raw) = item?;
+            match self.open_dead(&key, &raw) {
+                Ok((seq, d)) => out.push(DeadLetterInfo {
+                    seq,
+                    time: from_ms(d.time_ms),
+                    source: d.source,
+                    reason: d.reason,
+                    id: d.id,
+                    size: d.original_len,
+                    sha256: d.payload_sha256,
+                    truncated: d.truncated,
+                }),
+                Err(reason) => self.quarantine_record(TREE_DEAD, &key, &raw, reason)?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The payload of dead letter `seq`, for a technician who asked for it: the raw bytes for a
+    /// [`Outbox::put_dead_letter_raw`] record, the postcard encoding of `T` for a rejected
+    /// reading.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NoSuchDeadLetter`]; [`StoreError::Corrupt`] if it does not open.
+    pub fn dead_letter_payload(&self, seq: u64) -> Result<Vec<u8>, StoreError> {
+        let key = seq.to_be_bytes();
+        let raw = self
+            .dead
+            .get(key)?
+            .ok_or(StoreError::NoSuchDeadLetter { seq })?;
+        self.open_dead(&key, &raw)
+            .map(|(_, d)| d.payload)
+            .map_err(|reason| StoreError::Corrupt {
+                tree: TREE_DEAD,
+                seq,
+                reason,
+            })
+    }
+
+    /// Forgets tombstones older than the retention at `now`. Called by [`Outbox::open`]; call
+    /// it daily. Returns how many were removed. Not fsynced: a lost prune is redone next time.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`].
+    pub fn prune_tombstones(&self, now: SystemTime) -> Result<usize, StoreError> {
+        let now = now_ms(now);
+        let retention =
+            u64::try_from(self.opts.tombstone_retention.as_millis()).unwrap_or(u64::MAX);
+        let mut batch = sled::Batch::default();
+        let mut count = 0;
+        for item in self.acked.iter() {
+            let (key, value) = item?;
+            // A malformed time (bit flip) counts as old: a tombstone only prevents duplicates,
+            // which the server's conditional create also prevents.
+            let at = <[u8; 8]>::try_from(&value[..]).map_or(0, u64::from_be_bytes);
+            if now.saturating_sub(at) > retention {
+                batch.remove(key);
+                count += 1;
+            }
+        }
+        if count > 0 {
+            self.acked.apply_batch(batch)?;
+            self.db.flush()?;
+        }
+        Ok(count)
+    }
+
+    /// Current counts. Tree sizes are counted by iteration.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`].
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        Ok(Stats {
+            pending: self.pending.len() as u64,
+            dead: self.dead.len() as u64,
+            quarantined: self.quarantine.len() as u64,
+            acked_tombstones: self.acked.len() as u64,
+            inserts: self.inserts.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            corrupt_records: self.corrupt_records.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    // ---- helpers ----
+
+    fn check_or_init_meta(&self) -> Result<(), StoreError> {
+        let check_key = record_key(TREE_META, META_KEY_CHECK);
+        match self.meta.get(META_FORMAT)? {
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => {
+                let sealed = self.meta.get(META_KEY_CHECK)?;
+                let ok = sealed
+                    .and_then(|s| self.cipher.open(&check_key, &s).ok())
+                    .is_some_and(|p| p == KEY_CHECK_PLAINTEXT);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(StoreError::WrongKey {
+                        path: self.dir.clone(),
+                    })
+                }
+            }
+            Some(v) => Err(StoreError::UnsupportedFormat {
+                path: self.dir.clone(),
+                found: v.first().copied(),
+            }),
+            None => {
+                let empty = [
+                    &self.pending,
+                    &self.index,
+                    &self.acked,
+                    &self.dead,
+                    &self.quarantine,
+                ]
+                .iter()
+                .all(|t| t.is_empty());
+                if !empty {
+                    return Err(StoreError::UnsupportedFormat {
+                        path: self.dir.clone(),
+                        found: None,
+                    });
+                }
+                let sealed = self.cipher.seal(&check_key, KEY_CHECK_PLAINTEXT)?;
+                let mut batch = sled::Batch::default();
+                batch.insert(META_KEY_CHECK, sealed);
+                batch.insert(META_FORMAT, &[FORMAT_VERSION][..]);
+                self.meta.apply_batch(batch)?;
+                self.make_durable()
+            }
+        }
+    }
+
+    /// sled flush, then fdatasync of the data file and fsync of new blob files (module doc,
+    /// invariant 4).
+    fn make_durable(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.db_file.sync_data().map_err(|source| StoreError::Io {
+            path: self.dir.join("db"),
+            source,
+        })?;
+        self.sync_new_blobs()
+    }
+
+    fn sync_new_blobs(&self) -> Result<(), StoreError> {
+        let blobs = self.dir.join("blobs");
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        let entries = match std::fs::read_dir(&blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&blobs)(e)),
+        };
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = HashMap::new();
+        let mut any_new = false;
+        for entry in entries {
+            let entry = entry.map_err(io_err(&blobs))?;
+            let path = entry.path();
+            let len = match entry.metadata() {
+                Ok(m) => m.len(),
+                // sled garbage-collected it meanwhile
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            let name = entry.file_name();
+            if synced.get(&name) != Some(&len) {
+                match File::open(&path).and_then(|f| f.sync_all()) {
+                    Ok(()) => any_new = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&path)(e)),
+                }
+            }
+            seen.insert(name, len);
+        }
+        if any_new {
+            File::open(&blobs)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&blobs))?;
+        }
+        *synced = seen;
+        Ok(())
+    }
+
+    fn index_seq(&self, mac: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        Ok(self.index.get(mac)?.and_then(|v| parse_seq(&v)))
+    }
+
+    /// The seq of `id`'s pending record, after checking that the record there is `id`'s.
+    fn verified_seq(&self, id: &[u8; 32], mac: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        let Some(seq) = self.index_seq(mac)? else {
+            return Ok(None);
+        };
+        let Some(raw) = self.pending.get(seq.to_be_bytes())? else {
+            return Ok(None);
+        };
+        match self.open_pending_envelope(seq, &raw) {
+            Ok(envelope) if envelope.id == *id => Ok(Some(seq)),
+            Ok(_) => {
+                IndexMismatch { seq }.emit(&self.corrupt_records);
+                Ok(None)
+            }
+            // Left in place: the next `pending` call quarantines it with a log line.
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn open_pending_envelope(&self, seq: u64, raw: &[u8]) -> Result<PendingEnvelope, &'static str> {
+        let plain = self
+            .cipher
+            .open(&record_key(TREE_PENDING, &seq.to_be_bytes()), raw)
+            .map_err(|_| "does not authenticate")?;
+        postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")
+    }
+
+    fn decode_pending<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+        raw: &[u8],
+    ) -> Result<PendingRecord<T>, &'static str> {
+        let seq = parse_seq(key).ok_or("key is not a sequence number")?;
+        let envelope = self.open_pending_envelope(seq, raw)?;
+        let value = postcard::from_bytes(&envelope.payload)
+            .map_err(|_| "payload does not decode as the requested type")?;
+        Ok(PendingRecord {
+            seq,
+            id: envelope.id,
+            enqueued_at: from_ms(envelope.enqueued_at_ms),
+            value,
+        })
+    }
+
+    fn seal_dead(&self, seq: u64, envelope: DeadEnvelope) -> Result<Vec<u8>, StoreError> {
+        let plain = postcard::to_stdvec(&envelope).map_err(StoreError::Encode)?;
+        Ok(self
+            .cipher
+            .seal(&record_key(TREE_DEAD, &seq.to_be_bytes()), &plain)?)
+    }
+
+    fn open_dead(&self, key: &[u8], raw: &[u8]) -> Result<(u64, DeadEnvelope), &'static str> {
+        let seq = parse_seq(key).ok_or("key is not a sequence number")?;
+        let plain = self
+            .cipher
+            .open(&record_key(TREE_DEAD, &seq.to_be_bytes()), raw)
+            .map_err(|_| "does not authenticate")?;
+        let d = postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")?;
+        Ok((seq, d))
+    }
+
+    /// Moves `tree[key]` (still equal to `raw`) to `quarantine`, byte for byte, and drops index
+    /// entries that point at it (so a redelivered copy of the reading is stored again).
+    fn quarantine_record(
+        &self,
+        tree_name: &'static str,
+        key: &[u8],
+        raw: &[u8],
+        reason: &'static str,
+    ) -> Result<(), StoreError> {
+        let tree = if tree_name == TREE_DEAD {
+            &self.dead
+        } else {
+            &self.pending
+        };
+        let mut stale_index = Vec::new();
+        if tree_name == TREE_PENDING {
+            for item in self.index.iter() {
+                let (k, v) = item?;
+                if v.as_ref() == key {
+                    stale_index.push(k);
+                }
+            }
+        }
+        let qkey = record_key(tree_name, key);
+        let result: TransactionResult<bool, StoreError> = (tree, &self.index, &self.quarantine)
+            .transaction(|(src, index, quarantine)| {
+                if src.get(key)?.as_deref() != Some(raw) {
+                    return Ok(false); // changed meanwhile (acked, or already moved)
+                }
+                src.remove(key)?;
+                for k in &stale_index {
+                    if index.get(k)?.as_deref() == Some(key) {
+                        index.remove(k)?;
+                    }
+                }
+                quarantine.insert(&qkey[..], raw)?;
+                Ok(true)
+            });
+        if result? {
+            self.make_durable()?;
+            RecordQuarantined {
+                tree: tree_name,
+                seq: parse_seq(key),
+                size: raw.len(),
+                reason,
+            }
+            .emit(&self.corrupt_records);
+        }
+        Ok(())
+    }
+}
+
+// ---- telemetry events: one struct per condition, no record content by construction ----
+
+/// A record that does not open or decode was moved to `quarantine`.
+struct RecordQuarantined {
+    tree: &'static str,
+    seq: Option<u64>,
+    size: usize,
+    reason: &'static str,
+}
+
+impl RecordQuarantined {
+    fn emit(&self, corrupt_records: &AtomicU64) {
+        corrupt_records.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            tree = self.tree,
+            seq = self.seq,
+            size = self.size,
+            reason = self.reason,
+            "corrupt store record moved to quarantine; raw bytes kept"
+        );
+    }
+}
+
+/// An `index` entry points at a pending record that holds another id.
+struct IndexMismatch {
+    seq: u64,
+}
+
+impl IndexMismatch {
+    fn emit(&self, corrupt_records: &AtomicU64) {
+        corrupt_records.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            seq = self.seq,
+            "store index entry points at a record with another id; record left pending"
+        );
+    }
+}
+
+/// The key a record is sealed under: tree name, `0x00`, sled key (module doc of [`crate::store`]).
+fn record_key(tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tree.len() + 1 + key.len());
+    k.extend_from_slice(tree.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+fn parse_seq(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+fn check_len(len: usize) -> Result<(), StoreError> {
+    if len > MAX_PAYLOAD_LEN {
+        return Err(StoreError::TooLarge {
+            len,
+            max: MAX_PAYLOAD_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn now_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+    out
+}
+
+fn truncate_str(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
