@@ -54,9 +54,9 @@ async fn outage_and_restart_scenario(broker: Broker) {
     assert_eq!(dedup.len(), 9, "no Observation stored twice");
     assert_eq!(h.fhir.schema_failures(), Vec::<String>::new());
     h.assert_all_observations_valid();
+    agent.terminate();
     let status = h.vitalgate(&["status"]);
     assert!(status.contains("pending=0"), "{status}");
-    agent.terminate();
     assert!(
         !agent.stderr().contains("MRN-0001"),
         "patient identifier leaked into the log"

@@ -204,9 +204,18 @@ fn status(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("vitalgate: status: {e}");
+            eprintln!("vitalgate: status: {e}{}", in_use_hint(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The outbox is single-process (sled): say so when a running daemon holds it.
+fn in_use_hint(e: &crate::app::StartError) -> &'static str {
+    if e.to_string().contains("could not acquire lock") {
+        " (the outbox is in use: is `vitalgate run` active? stop the service first)"
+    } else {
+        ""
     }
 }
 
@@ -218,7 +227,7 @@ fn dead_letters(path: &Path, show: Option<u64>) -> ExitCode {
     let store = match crate::app::open_store(&cfg) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("vitalgate: dead-letters: {e}");
+            eprintln!("vitalgate: dead-letters: {e}{}", in_use_hint(&e));
             return ExitCode::FAILURE;
         }
     };
