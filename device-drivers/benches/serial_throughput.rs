@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use device_drivers::serial::{self, generic::DeviceConfig, Decoder, Event};
 
+/// Creates a fresh decoder for one run.
+type MakeDecoder = Box<dyn Fn() -> Box<dyn Decoder>>;
+
 const TARGET_BYTES: usize = 4 << 20;
 const READ_SIZE: usize = 4096;
 const RUNS: usize = 7;
@@ -94,21 +97,21 @@ fn mb_per_s(bytes: usize, t: Duration) -> f64 {
 }
 
 fn main() {
-    let generic = |toml: &'static str| -> Box<dyn Fn() -> Box<dyn Decoder>> {
+    let generic = |toml: &'static str| -> MakeDecoder {
         let cfg = DeviceConfig::from_toml_str(toml, Path::new("bench.toml"));
         Box::new(move || match &cfg {
             Ok(c) => c.decoder(),
             Err(_) => serial::builtin("masimo-ascii1").unwrap_or_else(|| unreachable!()),
         })
     };
-    let builtin = |name: &'static str| -> Box<dyn Fn() -> Box<dyn Decoder>> {
+    let builtin = |name: &'static str| -> MakeDecoder {
         Box::new(move || serial::builtin(name).unwrap_or_else(|| unreachable!()))
     };
     let nonin_ascii = include_str!("../../config/devices/nonin-realtime-ascii.toml");
     let and_scale = include_str!("../../config/devices/and-standard-format.toml");
     let tanita_generic = include_str!("../../config/devices/tanita-kv-generic.toml");
 
-    let cases: Vec<(&str, Box<dyn Fn() -> Box<dyn Decoder>>, Vec<u8>)> = vec![
+    let cases: Vec<(&str, MakeDecoder, Vec<u8>)> = vec![
         (
             "nonin-df2",
             builtin("nonin-df2"),

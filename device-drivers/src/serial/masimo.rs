@@ -149,7 +149,10 @@ fn parse_line(line: &[u8]) -> Result<Record, ErrorKind> {
                 if value.is_empty() {
                     return Err(ErrorKind::MalformedField);
                 }
-                r.device_id = Some(value.to_string());
+                // A dashed serial ("----------") is "no serial", not an id.
+                if !is_missing(value) {
+                    r.device_id = Some(value.to_string());
+                }
             }
             "DESAT" => {
                 let v = parse_int(value)?.map(|d| json!(d.mantissa));
@@ -275,6 +278,12 @@ mod tests {
     fn spo2_above_100_is_rejected() {
         let line = b"02/22/16 22:47:45 SPO2=101% BPM=097";
         assert_eq!(parse_line(line), Err(ErrorKind::OutOfRange));
+    }
+
+    #[test]
+    fn dashed_serial_is_no_device_id() {
+        let r = parse_line(b"02/22/16 22:47:45 SN=---------- SPO2=098%").unwrap();
+        assert_eq!(r.device_id, None);
     }
 
     #[test]

@@ -11,9 +11,29 @@
 //!
 //! Reading policy (the vectors'): `spo2` = SpO2-D, `pulse_rate` = HR-D; 127 / 511 are "missing".
 //!
+//! Flags (DF2/DF7): the union over the 25 status bytes of bit 6 `sensor_disconnect` (SNSD on the
+//! OEM III / Xpod; reserved and always 0 on the 9560), bit 5 `artifact`, bit 4 `out_of_track`,
+//! bit 3 `sensor_alarm`, plus STAT2 `smartpoint` / `low_battery`. Perfusion (bits 2/1) is not a
+//! flag: the last indication of the packet goes to `fields.perfusion` (green/yellow/red/null).
+//! DF8 byte-1 bit 6 (reserved on the 9560, "sensor disconnected" on other models) is ignored,
+//! as §1.3 asks (only bits documented for the 9560 become flags).
+//!
+//! Known limitation of the normative DF2/DF7 algorithm (kept because the vectors' counters encode
+//! it): when garbage (e.g. the port opened mid-stream) ends so that its last bytes plus the first
+//! byte(s) of a real packet form a valid SYNC frame (bit 7 + checksum + SYNC, roughly 1 in 500
+//! garbage→packet boundaries), the decoder locks on that false frame, consumes the real start
+//! byte, fails on the next window and hunts on; that one packet (1/3 s of data) is lost and the
+//! next one decodes. Re-scanning the bytes of a failed lock would avoid it but changes
+//! `bytes_discarded`/`frames_ok` for the public vectors (`nonin-df2-pufferfish-checksum-error`).
+//!
 //! Departure from serial-protocols.md: §1.2 asks for a range check only for DF8 (no checksum).
 //! Following §0 ("a value outside the device's range is rejected"), DF2/DF7/DF13 apply the same
 //! check (SpO2 ≤ 100, HR ≤ 321 unless missing) and report the packet as `out_of_range`.
+//! Choices where §1 is silent: a DF13 packet whose byte after CHK is not ETX `03` is
+//! `length_mismatch` (LEN does not match where the packet ends); LEN < 14 or > 256 is
+//! `bad_length`; after any DF13 error one byte is discarded and the hunt restarts inside the
+//! rejected bytes (so a packet hidden behind a false header is still found). A DF2/DF7 frame that
+//! fails the sync rule (`sync_missing`) is not counted in `frames_ok`.
 
 use serde_json::{json, Map, Value};
 

@@ -11,7 +11,8 @@
 //! vectors use). Decoding the ROSE/CMIP data layer is a later issue.
 //!
 //! Errors: `7D C1` → `frame_aborted`; a `C0` inside a frame → `truncated` for the partial frame
-//! (a new frame starts); fewer than 6 unescaped bytes → `truncated`; protocol id ≠ 0x11 →
+//! (a new frame starts; a repeated `C0` with nothing between is skipped silently); fewer than 6
+//! unescaped bytes → `truncated`; protocol id ≠ 0x11 →
 //! `bad_header`; LEN not matching the frame → `length_mismatch`; FCS → `checksum_mismatch`;
 //! more than 8192 unescaped bytes → `frame_too_long` (then hunt for the next `C0`).
 //! Bytes outside frames and bytes of rejected frames count as discarded.
@@ -113,9 +114,14 @@ impl Decoder for MibDecoder {
                     self.raw_len += 1;
                     match b {
                         BOF => {
-                            // A new frame starts before the previous one ended.
+                            // A new frame starts before the previous one ended. A lone BOF
+                            // (`C0 C0`) is just skipped; a partial frame is `truncated`.
                             let raw = self.raw_len - 1;
-                            self.reject(ErrorKind::Truncated, raw);
+                            if self.frame.is_empty() && raw <= 1 {
+                                self.out.discard(raw);
+                            } else {
+                                self.reject(ErrorKind::Truncated, raw);
+                            }
                             self.raw_len = 1;
                         }
                         EOF => self.end_frame(),
