@@ -2,7 +2,6 @@
 //! `expected` form).
 //! The matching rules are the same code the library tests use.
 
-#[allow(dead_code)]
 #[path = "../device-drivers/tests/serial_support/mod.rs"]
 mod serial_support;
 

@@ -153,21 +153,19 @@ seed = 7
         match ev {
             AgentEvent::Stored(r) => {
                 stored += 1;
-                println!("stored    {}  {}", &r.id[..12], describe(&r));
+                println!("stored    {}  {}", r.short_id(), describe(&r));
             }
             AgentEvent::Accepted {
                 reading_id,
                 location,
                 created,
-            } => {
-                if accepted.insert(reading_id.clone()) {
-                    println!(
-                        "accepted  {}  server {} {}",
-                        &reading_id[..12.min(reading_id.len())],
-                        if created { "created" } else { "already had" },
-                        location.as_deref().unwrap_or("(no location)")
-                    );
-                }
+            } if accepted.insert(reading_id.clone()) => {
+                println!(
+                    "accepted  {}  server {} {}",
+                    reading_id.get(..12).unwrap_or(&reading_id),
+                    if created { "created" } else { "already had" },
+                    location.as_deref().unwrap_or("(no location)")
+                );
             }
             AgentEvent::BundleSent { bundle } if !printed_bundle => {
                 printed_bundle = true;
