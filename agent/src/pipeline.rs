@@ -137,6 +137,9 @@ pub enum Rejection {
 const UNRELIABLE_FLAGS: &[&str] = &[
     "sensor_alarm",
     "sensor_disconnect",
+    "sensor_off",
+    "no_sensor",
+    "no_measurement",
     "test_data",
     "control_solution",
 ];
