@@ -93,7 +93,11 @@ impl Decimal {
         let m = i128::from(self.mantissa);
         let q = m / div;
         let r = m % div;
-        let q = if r.abs() * 2 >= div { q + m.signum() } else { q };
+        let q = if r.abs() * 2 >= div {
+            q + m.signum()
+        } else {
+            q
+        };
         Self::new(i64::try_from(q).unwrap_or(0), target)
     }
 
@@ -164,7 +168,9 @@ impl FromStr for Decimal {
             None => (body, ""),
         };
         if int.is_empty() && frac.is_empty() {
-            return Err(ParseDecimalError { reason: "no digits" });
+            return Err(ParseDecimalError {
+                reason: "no digits",
+            });
         }
         if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
             return Err(ParseDecimalError {
@@ -176,7 +182,9 @@ impl FromStr for Decimal {
             mantissa = mantissa
                 .checked_mul(10)
                 .and_then(|m| m.checked_add(i64::from(b - b'0')))
-                .ok_or(ParseDecimalError { reason: "too many digits" })?;
+                .ok_or(ParseDecimalError {
+                    reason: "too many digits",
+                })?;
         }
         let frac_len = i16::try_from(frac.len()).map_err(|_| ParseDecimalError {
             reason: "too many digits",

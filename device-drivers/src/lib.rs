@@ -16,7 +16,10 @@
 //! - [`serial`]: serial framers (Nonin, Masimo, Tanita, Philips MIB) and the configurable line parser.
 //! - [`omh`]: Open mHealth / IEEE 1752.1 data points as published on MQTT by other hubs.
 #![forbid(unsafe_code)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod decimal;
 pub mod gatt;
