@@ -201,14 +201,25 @@ fn fit_exact(d: Decimal, lo: i64, hi: i64, emin: i64, emax: i64) -> Option<(i64,
 }
 
 fn fit_rounded(d: Decimal, max: i64, emin: i64, emax: i64) -> Option<(i64, i64)> {
-    let mut m = i128::from(d.mantissa);
-    let mut e = i64::from(d.exponent);
+    let m0 = i128::from(d.mantissa);
+    let e0 = i64::from(d.exponent);
     let max = i128::from(max);
+    // Round once, by the smallest number of dropped digits that fits (no double rounding:
+    // 682445 -> 682e3, not 683e3).
+    let mut m = m0;
+    let mut e = e0;
+    let mut k: u32 = 0;
     while m != 0 && (m.abs() > max || e < emin) {
-        let q = m / 10;
-        let r = m % 10;
-        m = if r.abs() >= 5 { q + m.signum() } else { q };
-        e += 1;
+        k += 1;
+        let div = 10i128.checked_pow(k)?;
+        let q = m0 / div;
+        let r = m0 % div;
+        m = if r.abs() * 2 >= div {
+            q + m0.signum()
+        } else {
+            q
+        };
+        e = e0 + i64::from(k);
     }
     if m == 0 {
         return Some((0, e.clamp(emin, emax)));
@@ -265,5 +276,10 @@ mod tests {
     fn rounded_encoder_matches_nordic() {
         assert_eq!(encode_sfloat_rounded(Decimal::new(12345, -2)), Some(0xF4D3));
         assert_eq!(encode_sfloat_rounded(Decimal::new(2047, 0)), Some(0x10CD));
+        // Rounded once, not digit by digit (found by the property test): 682445 -> 682e3.
+        assert_eq!(
+            Float11073::from_sfloat(encode_sfloat_rounded(Decimal::new(682_445, 0)).unwrap()),
+            Float11073::Value(Decimal::new(682, 3))
+        );
     }
 }
