@@ -1,7 +1,10 @@
-//! `vitalgate decode` through the real binary, over every public serial vector (the vectors'
-//! `expected` form).
+//! `vitalgate decode` through the real binary, over every public vector: the GATT vectors
+//! (gatt-profiles.md section-0 form) and the serial vectors (the vectors' `expected` form).
+//! The matching rules are the same code the library tests use.
 //! The matching rules are the same code the library tests use.
 
+#[path = "../device-drivers/tests/support/mod.rs"]
+mod gatt_support;
 #[path = "../device-drivers/tests/serial_support/mod.rs"]
 mod serial_support;
 
@@ -25,6 +28,30 @@ fn json_stdout(out: &std::process::Output) -> Value {
         "exactly one JSON line: {text}"
     );
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn every_gatt_vector_decodes_through_the_cli() {
+    let doc: Value =
+        serde_json::from_str(include_str!("../device-drivers/testdata/gatt-vectors.json")).unwrap();
+    let vectors = doc.as_array().or_else(|| doc["vectors"].as_array()).unwrap();
+    assert_eq!(vectors.len(), 75);
+    let mut failures = Vec::new();
+    for v in vectors {
+        let id = v["id"].as_str().unwrap();
+        let out = vitalgate(&[
+            "decode",
+            "--characteristic",
+            v["characteristic"].as_str().unwrap(),
+            "--hex",
+            v["hex"].as_str().unwrap(),
+        ]);
+        let actual = json_stdout(&out);
+        if let Err(e) = gatt_support::match_expected(&v["expected"], &actual) {
+            failures.push(format!("{id}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -76,6 +103,13 @@ fn every_serial_vector_decodes_through_the_cli() {
 }
 
 #[test]
+fn malformed_gatt_payloads_are_output_not_errors() {
+    let out = vitalgate(&["decode", "--characteristic", "0x2A35", "--hex", "1e8a"]);
+    let v = json_stdout(&out);
+    assert_eq!(v["error"], "truncated");
+}
+
+#[test]
 fn malformed_serial_input_is_output_not_an_error() {
     let out = vitalgate(&["decode", "--protocol", "nonin-df2", "--hex", "ff00ff00"]);
     let v = json_stdout(&out);
@@ -97,6 +131,9 @@ fn a_bad_device_file_exits_64_naming_the_line() {
 fn bad_arguments_exit_non_zero() {
     for args in [
         vec!["decode", "--protocol", "nonin-df2", "--hex", "zz"],
+        vec!["decode", "--characteristic", "0x2A35", "--hex", "zz"],
+        vec!["decode", "--characteristic", "0xFFFF", "--hex", "00"],
+        vec!["decode", "--characteristic", "0x12345", "--hex", "00"],
         vec!["decode", "--protocol", "no-such-protocol", "--hex", "00"],
         vec!["decode", "--hex", "00"],
     ] {
