@@ -26,6 +26,9 @@ export "CC_${target//-/_}=$gcc"
 # The mosquitto variant of the e2e test needs a native mosquitto; under qemu the embedded
 # rumqttd broker variant runs instead.
 unset VITALGATE_REQUIRE_MOSQUITTO
+# Property tests run their full case counts natively; under emulation fewer cases keep the
+# run short while still exercising the ARM code paths.
+export PROPTEST_CASES="${PROPTEST_CASES:-16}"
 echo "cross/test.sh: building and running the workspace tests for $target under $qemu"
 nice -n 10 cargo test --workspace --target "$target" -j 2 2>&1 | tee /tmp/vitalgate-cross-test.log | grep -E '^(test result|running|error|warning: unused)|FAILED|panicked' || true
 status=${PIPESTATUS[0]}

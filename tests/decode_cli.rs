@@ -34,7 +34,10 @@ fn json_stdout(out: &std::process::Output) -> Value {
 fn every_gatt_vector_decodes_through_the_cli() {
     let doc: Value =
         serde_json::from_str(include_str!("../device-drivers/testdata/gatt-vectors.json")).unwrap();
-    let vectors = doc.as_array().or_else(|| doc["vectors"].as_array()).unwrap();
+    let vectors = doc
+        .as_array()
+        .or_else(|| doc["vectors"].as_array())
+        .unwrap();
     assert_eq!(vectors.len(), 75);
     let mut failures = Vec::new();
     for v in vectors {
@@ -51,7 +54,12 @@ fn every_gatt_vector_decodes_through_the_cli() {
             failures.push(format!("{id}: {e}"));
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

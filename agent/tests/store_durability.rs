@@ -587,7 +587,7 @@ fn check(outbox: &Outbox, model: &Model) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases_or(24)))]
 
     #[test]
     fn outbox_matches_a_simple_model(ops in prop::collection::vec(op(), 1..25)) {
@@ -629,4 +629,12 @@ proptest! {
             check(&outbox, &model)?;
         }
     }
+}
+
+/// Case count: `PROPTEST_CASES` when set (cross/test.sh lowers it under qemu), else the default.
+fn cases_or(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

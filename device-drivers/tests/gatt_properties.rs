@@ -89,7 +89,7 @@ fn dt_bytes() -> impl Strategy<Value = [u8; 7]> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(cases_or(2000)))]
 
     #[test]
     fn float_random_words(w in any::<u32>()) {
@@ -271,4 +271,12 @@ fn cccd_round_trip() {
         assert_eq!(Cccd::decode(&c.encode()), Some(c));
     }
     assert_eq!(Cccd::decode(&[3, 0]), None);
+}
+
+/// Case count: `PROPTEST_CASES` when set (cross/test.sh lowers it under qemu), else the default.
+fn cases_or(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -106,7 +106,7 @@ fn is_subsequence(needle: &[serde_json::Value], hay: &[serde_json::Value]) -> bo
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases_or(96)))]
 
     #[test]
     fn random_bytes_never_panic_stay_bounded_and_ignore_chunking(
@@ -193,4 +193,12 @@ fn over_long_input_without_terminator_is_capped() {
         let s = d.stats();
         assert!(s.bytes_discarded > 90_000, "{name}: {s:?}");
     }
+}
+
+/// Case count: `PROPTEST_CASES` when set (cross/test.sh lowers it under qemu), else the default.
+fn cases_or(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
