@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CROSS_TARGET:-aarch64-unknown-linux-gnu}"
 case "$target" in
-  aarch64-unknown-linux-gnu)     gcc=aarch64-linux-gnu-gcc;   qemu=qemu-aarch64-static; pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static" ;;
-  armv7-unknown-linux-gnueabihf) gcc=arm-linux-gnueabihf-gcc; qemu=qemu-arm-static;     pkgs="gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user-static" ;;
+  aarch64-unknown-linux-gnu)     gcc=aarch64-linux-gnu-gcc;   qemu=qemu-aarch64-static; sysroot=/usr/aarch64-linux-gnu; pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static" ;;
+  armv7-unknown-linux-gnueabihf) gcc=arm-linux-gnueabihf-gcc; qemu=qemu-arm-static;     sysroot=/usr/arm-linux-gnueabihf; pkgs="gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user-static" ;;
   *) echo "cross/test.sh: unsupported CROSS_TARGET $target" >&2; exit 2 ;;
 esac
 missing=0
@@ -26,6 +26,10 @@ export "CC_${target//-/_}=$gcc"
 # The mosquitto variant of the e2e test needs a native mosquitto; under qemu the embedded
 # rumqttd broker variant runs instead.
 unset VITALGATE_REQUIRE_MOSQUITTO
+# Tests that spawn the vitalgate binary run it through qemu too (tests/common/mod.rs), and a
+# binfmt-launched child finds the target's libraries through QEMU_LD_PREFIX.
+export VITALGATE_EXEC_WRAPPER="$qemu -L $sysroot"
+export QEMU_LD_PREFIX="$sysroot"
 # Property tests run their full case counts natively; under emulation fewer cases keep the
 # run short while still exercising the ARM code paths.
 export PROPTEST_CASES="${PROPTEST_CASES:-16}"

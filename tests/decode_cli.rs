@@ -3,17 +3,16 @@
 //! The matching rules are the same code the library tests use.
 //! The matching rules are the same code the library tests use.
 
+mod common;
 #[path = "../device-drivers/tests/support/mod.rs"]
 mod gatt_support;
 #[path = "../device-drivers/tests/serial_support/mod.rs"]
 mod serial_support;
 
-use std::process::Command;
-
 use serde_json::Value;
 
 fn vitalgate(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+    common::vitalgate()
         .args(args)
         .output()
         .expect("run vitalgate")

@@ -5,6 +5,7 @@
 //! These tests start processes and servers on 127.0.0.1 ports picked at run time, and poll
 //! with deadlines instead of sleeping blindly.
 
+mod common;
 mod harness;
 
 use std::time::Duration;
@@ -179,7 +180,7 @@ fn check_config_exits_64_and_names_the_line() {
         "[gateway]\nid = \"gw\"\ndata_dir = \"d\"\nflavour = 1\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+    let out = common::vitalgate()
         .args(["check-config", "--config"])
         .arg(&path)
         .output()
@@ -189,7 +190,7 @@ fn check_config_exits_64_and_names_the_line() {
     assert!(err.contains("bad.toml:4:1"), "{err}");
     assert!(err.contains("flavour"), "{err}");
 
-    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+    let missing = common::vitalgate()
         .args(["check-config", "--config", "/nonexistent/vitalgate.toml"])
         .output()
         .unwrap();
@@ -199,10 +200,7 @@ fn check_config_exits_64_and_names_the_line() {
 
 #[test]
 fn version_flag_prints_the_version() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
-        .arg("--version")
-        .output()
-        .unwrap();
+    let out = common::vitalgate().arg("--version").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }

@@ -24,7 +24,7 @@ impl Drop for KillOnDrop {
 /// agent pipeline, the encrypted store and the mTLS uplink, end to end.
 #[test]
 fn demo_runs_the_pipeline_end_to_end() {
-    let out = Command::new(BIN)
+    let out = bin_command()
         .args(["demo", "--count", "1"])
         .output()
         .unwrap();
@@ -48,7 +48,7 @@ fn demo_runs_the_pipeline_end_to_end() {
 fn pki_then_serve_prints_one_line_per_entry() {
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
-    let out = Command::new(BIN)
+    let out = bin_command()
         .args(["pki", "--out"])
         .arg(&pki_dir)
         .output()
@@ -59,7 +59,7 @@ fn pki_then_serve_prints_one_line_per_entry() {
 
     let state_file = dir.path().join("state.json");
     let mut child = KillOnDrop(
-        Command::new(BIN)
+        bin_command()
             .args([
                 "serve",
                 "--listen",
@@ -124,4 +124,18 @@ fn pki_then_serve_prints_one_line_per_entry() {
         ]
     );
     assert!(state_file.exists());
+}
+
+/// The devkit binary, through `VITALGATE_EXEC_WRAPPER` (qemu) when cross/test.sh sets it.
+fn bin_command() -> Command {
+    match std::env::var("VITALGATE_EXEC_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or_default());
+            c.args(parts);
+            c.arg(BIN);
+            c
+        }
+        _ => Command::new(BIN),
+    }
 }

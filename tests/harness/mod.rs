@@ -203,7 +203,7 @@ backoff_max_secs = 1
     }
 
     pub fn vitalgate_output(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        crate::common::vitalgate()
             .args(args)
             .arg("--config")
             .arg(&self.config)
@@ -221,7 +221,7 @@ backoff_max_secs = 1
     pub fn spawn_agent(&self) -> Agent {
         let log = self.dir.path().join(format!("agent-{}.log", free_port()));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        let child = crate::common::vitalgate()
             .arg("run")
             .arg("--config")
             .arg(&self.config)
