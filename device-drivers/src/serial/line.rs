@@ -7,7 +7,47 @@
 //! (content plus a CR not yet known to be the terminator's). The error's byte count is
 //! `max_line_bytes + 1` ("more than the cap"), so that it does not depend on the chunking.
 
-use super::{ErrorKind, Out};
+use super::{Decoder, ErrorKind, Event, Out, Stats};
+use crate::Record;
+
+/// A decoder for the "one record per text line" protocols (Masimo, Tanita): the shared framer
+/// and counters around a pure per-line parser.
+#[derive(Debug)]
+pub struct LineDecoder {
+    lines: LineFramer,
+    out: Out,
+    parse: fn(&[u8]) -> Result<Record, ErrorKind>,
+}
+
+impl LineDecoder {
+    pub fn new(max_line_bytes: usize, parse: fn(&[u8]) -> Result<Record, ErrorKind>) -> Self {
+        let lines = LineFramer::new(max_line_bytes);
+        let out = Out::new(lines.cap());
+        Self { lines, out, parse }
+    }
+}
+
+impl Decoder for LineDecoder {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
+        self.out.stats.bytes_in += bytes.len() as u64;
+        let parse = self.parse;
+        self.lines
+            .feed(bytes, &mut self.out, |line, out| match parse(line) {
+                Ok(r) => {
+                    out.frame_ok();
+                    out.record(r);
+                }
+                Err(kind) => out.error(kind, line.len()),
+            });
+        self.out.take()
+    }
+
+    fn stats(&self) -> Stats {
+        let mut s = self.out.stats.clone();
+        s.buffered = self.lines.buffered();
+        s
+    }
+}
 
 /// Splits a byte stream into bounded lines.
 #[derive(Debug, Clone)]

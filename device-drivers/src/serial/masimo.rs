@@ -11,52 +11,20 @@
 
 use serde_json::{json, Value};
 
-use super::line::LineFramer;
-use super::{Decoder, ErrorKind, Event, Out, Stats};
+use super::line::LineDecoder;
+use super::ErrorKind;
 use crate::{Decimal, DeviceTime, Reading, ReadingType, Record};
 
 /// Longest accepted line (CR LF excluded).
 pub const MAX_LINE_BYTES: usize = 512;
 
-/// `masimo-ascii1` decoder.
-#[derive(Debug)]
-pub struct MasimoDecoder {
-    lines: LineFramer,
-    out: Out,
-}
-
-impl Default for MasimoDecoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// `masimo-ascii1` decoder: [`LineDecoder`] around this module's pure line parser.
+pub struct MasimoDecoder;
 
 impl MasimoDecoder {
-    pub fn new() -> Self {
-        let lines = LineFramer::new(MAX_LINE_BYTES);
-        let out = Out::new(lines.cap());
-        Self { lines, out }
-    }
-}
-
-impl Decoder for MasimoDecoder {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
-        self.out.stats.bytes_in += bytes.len() as u64;
-        self.lines
-            .feed(bytes, &mut self.out, |line, out| match parse_line(line) {
-                Ok(r) => {
-                    out.frame_ok();
-                    out.record(r);
-                }
-                Err(kind) => out.error(kind, line.len()),
-            });
-        self.out.take()
-    }
-
-    fn stats(&self) -> Stats {
-        let mut s = self.out.stats.clone();
-        s.buffered = self.lines.buffered();
-        s
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> LineDecoder {
+        LineDecoder::new(MAX_LINE_BYTES, parse_line)
     }
 }
 

@@ -20,52 +20,20 @@
 //! Departure (tolerance): one third-party sample ends with `}` after the checksum; the decoder
 //! accepts a single trailing `}` (the manuals show none; no vector covers it).
 
-use super::line::LineFramer;
-use super::{Decoder, ErrorKind, Event, Out, Stats};
+use super::line::LineDecoder;
+use super::ErrorKind;
 use crate::{Decimal, Reading, ReadingType, Record};
 
 /// Longest accepted line (CR LF excluded). The MC-780 sends ~1.3 kB.
 pub const MAX_LINE_BYTES: usize = 2048;
 
-/// `tanita-kv` decoder.
-#[derive(Debug)]
-pub struct TanitaDecoder {
-    lines: LineFramer,
-    out: Out,
-}
-
-impl Default for TanitaDecoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// `tanita-kv` decoder: [`LineDecoder`] around this module's pure line parser.
+pub struct TanitaDecoder;
 
 impl TanitaDecoder {
-    pub fn new() -> Self {
-        let lines = LineFramer::new(MAX_LINE_BYTES);
-        let out = Out::new(lines.cap());
-        Self { lines, out }
-    }
-}
-
-impl Decoder for TanitaDecoder {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
-        self.out.stats.bytes_in += bytes.len() as u64;
-        self.lines
-            .feed(bytes, &mut self.out, |line, out| match parse_line(line) {
-                Ok(r) => {
-                    out.frame_ok();
-                    out.record(r);
-                }
-                Err(kind) => out.error(kind, line.len()),
-            });
-        self.out.take()
-    }
-
-    fn stats(&self) -> Stats {
-        let mut s = self.out.stats.clone();
-        s.buffered = self.lines.buffered();
-        s
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> LineDecoder {
+        LineDecoder::new(MAX_LINE_BYTES, parse_line)
     }
 }
 
