@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(m) = PlxContinuous::decode(data) {
         if m.trailing_octets == 0 && data.first().is_some_and(|f| f & 0xE0 == 0) {
-            assert_eq!(m.encode().as_deref(), Some(data), "PLX continuous round trip");
+            assert_eq!(
+                m.encode().as_deref(),
+                Some(data),
+                "PLX continuous round trip"
+            );
         }
     }
 });

@@ -2,7 +2,9 @@
 #![no_main]
 
 use device_drivers::gatt::sfloat::{encode_sfloat_rounded, Float11073};
-use device_drivers::gatt::{decode_measurement, decode_to_json, thermometer::TemperatureMeasurement};
+use device_drivers::gatt::{
+    decode_measurement, decode_to_json, thermometer::TemperatureMeasurement,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,9 @@ use device_drivers::gatt::{datetime::CurrentTime, decode_to_json, SUPPORTED_CHAR
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    for ch in [0x2A08u16, 0x2A2B, 0x2A0F, 0x2A23, 0x2A24, 0x2A25, 0x2A29, 0x2A50] {
+    for ch in [
+        0x2A08u16, 0x2A2B, 0x2A0F, 0x2A23, 0x2A24, 0x2A25, 0x2A29, 0x2A50,
+    ] {
         let _ = decode_to_json(ch, data);
     }
     // The first octet picks any supported characteristic for the rest.
