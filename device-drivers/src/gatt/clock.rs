@@ -246,4 +246,70 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn no_timestamp_unreadable_clock_and_future_times() {
+        let gw = unix(t(2026, 3, 1, 10, 0, 0));
+        let p = ClockPolicy::default();
+        let base = ClockInputs {
+            measurement: None,
+            device_now: None,
+            gateway_at_read_unix_s: gw,
+            receive_unix_s: gw + 5,
+            zone_offset_s: -3600,
+        };
+        let c = correct(&base, &p);
+        assert_eq!(c.unix_s, gw + 5);
+        assert_eq!(
+            c.quality,
+            TimeQuality::Unknown {
+                reason: UnknownReason::NoDeviceTimestamp
+            }
+        );
+        assert_eq!(c.local, Some(t(2026, 3, 1, 9, 0, 5)));
+        // No CTS: the raw local time is used, converted with the device's zone.
+        let i = ClockInputs {
+            measurement: Some(t(2026, 3, 1, 8, 30, 0)),
+            ..base
+        };
+        let c = correct(&i, &p);
+        assert_eq!(c.quality, TimeQuality::DeviceUnverified);
+        assert_eq!(c.unix_s, unix(t(2026, 3, 1, 9, 30, 0)));
+        // A raw time an hour ahead of the receive time is not believed.
+        let f = ClockInputs {
+            measurement: Some(t(2026, 3, 1, 10, 0, 0)),
+            ..base
+        };
+        assert_eq!(
+            correct(&f, &p).quality,
+            TimeQuality::Unknown {
+                reason: UnknownReason::InFuture
+            }
+        );
+    }
+
+    #[test]
+    fn clock_set_decision() {
+        let p = ClockPolicy::default();
+        let gw = unix(t(2026, 3, 1, 10, 0, 0));
+        assert!(needs_clock_set(None, gw, 0, 2, &p));
+        assert!(needs_clock_set(Some(t(2000, 1, 1, 0, 0, 0)), gw, 0, 2, &p));
+        assert!(!needs_clock_set(
+            Some(t(2026, 3, 1, 10, 0, 1)),
+            gw,
+            0,
+            2,
+            &p
+        ));
+        assert!(needs_clock_set(Some(t(2026, 3, 1, 10, 0, 2)), gw, 0, 2, &p));
+        // Omron: only when more than 10 min off.
+        assert!(!needs_clock_set(
+            Some(t(2026, 3, 1, 10, 5, 0)),
+            gw,
+            0,
+            600,
+            &p
+        ));
+        assert_eq!(gateway_local_time(gw, 3600), Some(t(2026, 3, 1, 11, 0, 0)));
+    }
 }

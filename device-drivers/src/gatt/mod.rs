@@ -27,12 +27,24 @@
 //! 0x2A1D, 0x2A1E), [`plx`] (0x2A5E, 0x2A5F, 0x2A60), [`glucose`] (0x2A18, 0x2A34), [`racp`]
 //! (0x2A52), [`heart_rate`] (0x2A37), [`device_info`] (0x2A23, 0x2A24..0x2A29, 0x2A50).
 //!
-//! # Departures from gatt-profiles.md
-//! None in the decoded form. Choices where the document is silent are documented in the module
-//! concerned: RACP unknown operators decode as `"reserved"` (only unknown op codes and non-Null
-//! operators on responses/abort are `invalid`), Local Time Information reserved codes are
-//! `null` like "unknown", and the Temperature Type names for codes without a vector
-//! (`body`, `gastro_intestinal_tract`, ...) are our snake_case of the SIG names.
+//! # Departures from gatt-profiles.md and choices where it is silent
+//! The decoded form follows section 0 for all 75 vectors; nothing in it departs. Where the
+//! document is silent we chose, and say so in the module concerned:
+//! - [`racp`]: unknown *operators* and *filter types* decode as `"reserved"` (section 0's
+//!   enumeration rule); only unknown op codes and a non-Null operator on abort/responses are
+//!   `invalid`. A response echoing an unknown request op code is valid (`"reserved"`).
+//! - [`datetime`]: Local Time Information reserved codes (zone outside -48..=56, DST not in
+//!   {0,2,4,8}) are `null` like "unknown".
+//! - [`thermometer`]: Temperature Type names without a vector are our snake_case of the SIG
+//!   names (`body` for "body (general)", `gastro_intestinal_tract`, ...).
+//! - [`device_info`]: PnP ID 0x2A50 keys are not in the section-0 table (our snake_case).
+//! - [`quirks`]: the Beurer BM85 quirk decoder reports its MAP of 0 as missing (the device
+//!   computes none); the document only describes pulse, user id and status.
+//! - [`clock`]: besides the three labels of the issue (trusted / corrected / unknown) there is
+//!   `DeviceUnverified` for a device whose clock cannot be read at connect (no CTS): its
+//!   timestamp is used as sent unless it looks never-set or lies in the future.
+//! - Records: SI heights become `cm` (exact exponent shift) because FHIR `bodyheight` uses
+//!   cm / `[in_i]` (fhir-mapping.md §1); the decoded JSON keeps metres as sent.
 
 pub mod blood_pressure;
 pub mod body_composition;

@@ -7,8 +7,8 @@
 //!   PR SFLOAT /min, [timestamp 7], [measurement status u16], [device & sensor status **u24**],
 //!   [PAI SFLOAT %].
 //! - **Continuous**: flags (bit0 SpO2PR-Fast, bit1 SpO2PR-Slow, bit2 measurement status, bit3
-//!   device & sensor status, bit4 PAI), SpO2PR-Normal (2 SFLOAT), [Fast], [Slow], [status],
-//!   [D&S status], [PAI]. No timestamp: the agent stamps it on receipt.
+//!   device & sensor status, bit4 PAI), SpO2PR-Normal (2 SFLOAT), \[Fast\], \[Slow\], \[status\],
+//!   [D&S status], \[PAI\]. No timestamp: the agent stamps it on receipt.
 //! - **Features**: supported features u16, then measurement status support u16 if bit0, then
 //!   D&S status support u24 if bit1.
 //!
