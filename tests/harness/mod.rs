@@ -233,6 +233,16 @@ backoff_max_secs = 1
         let agent = Agent { child, log };
         // Ready when it says so (it logs after the store, uplink and sources are set up).
         self.wait_for_log(&agent, "vitalgate running", 1, Duration::from_secs(30));
+        if self.broker.port().is_some() {
+            // A message published before the first SUBSCRIBE reaches the broker is dropped
+            // (MQTT semantics): wait until the agent's subscription is in place.
+            self.wait_for_log(
+                &agent,
+                "MQTT subscriptions acknowledged",
+                1,
+                Duration::from_secs(30),
+            );
+        }
         agent
     }
 

@@ -132,6 +132,21 @@ pub async fn run(
                     }
                 }
             }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    .count();
+                if refused > 0 {
+                    tracing::error!(
+                        refused,
+                        "MQTT broker refused a subscription (check its ACLs)"
+                    );
+                } else {
+                    tracing::info!("MQTT subscriptions acknowledged");
+                }
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if !handle_publish(p, &subs, &tx, &ack_tx).await {
                     break;
