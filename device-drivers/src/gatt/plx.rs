@@ -26,6 +26,40 @@ use super::sfloat::Float11073;
 use super::{new_record, push_value, set_time, set_trailing, uuid, BitFlags, GattError};
 use crate::record::{ReadingType, Record};
 
+/// The optional fields both PLX measurements end with (Measurement Status, Device and Sensor
+/// Status, Pulse Amplitude Index), each present when its flag bit (`bits`, in that order) is set.
+#[allow(clippy::type_complexity)]
+fn read_status_tail(
+    r: &mut Reader<'_>,
+    flags: u8,
+    bits: [u8; 3],
+) -> Result<(Option<BitFlags>, Option<BitFlags>, Option<Float11073>), GattError> {
+    let [ms, ds, pai] = bits;
+    let measurement_status = if flags & ms != 0 {
+        Some(BitFlags::new(
+            u32::from(r.u16()?),
+            &MEASUREMENT_STATUS_NAMES,
+        ))
+    } else {
+        None
+    };
+    let device_and_sensor_status = if flags & ds != 0 {
+        Some(BitFlags::new(r.u24()?, &DEVICE_SENSOR_STATUS_NAMES))
+    } else {
+        None
+    };
+    let pulse_amplitude_index = if flags & pai != 0 {
+        Some(r.sfloat()?)
+    } else {
+        None
+    };
+    Ok((
+        measurement_status,
+        device_and_sensor_status,
+        pulse_amplitude_index,
+    ))
+}
+
 /// Measurement Status bit names (bits 0-4 RFU).
 pub const MEASUREMENT_STATUS_NAMES: [&str; 16] = [
     "",
@@ -109,24 +143,8 @@ impl PlxSpotCheck {
         } else {
             None
         };
-        let measurement_status = if flags & 0x02 != 0 {
-            Some(BitFlags::new(
-                u32::from(r.u16()?),
-                &MEASUREMENT_STATUS_NAMES,
-            ))
-        } else {
-            None
-        };
-        let device_and_sensor_status = if flags & 0x04 != 0 {
-            Some(BitFlags::new(r.u24()?, &DEVICE_SENSOR_STATUS_NAMES))
-        } else {
-            None
-        };
-        let pulse_amplitude_index = if flags & 0x08 != 0 {
-            Some(r.sfloat()?)
-        } else {
-            None
-        };
+        let (measurement_status, device_and_sensor_status, pulse_amplitude_index) =
+            read_status_tail(&mut r, flags, [0x02, 0x04, 0x08])?;
         Ok(Self {
             spo2,
             pulse_rate,
@@ -207,24 +225,8 @@ impl PlxContinuous {
         } else {
             (None, None)
         };
-        let measurement_status = if flags & 0x04 != 0 {
-            Some(BitFlags::new(
-                u32::from(r.u16()?),
-                &MEASUREMENT_STATUS_NAMES,
-            ))
-        } else {
-            None
-        };
-        let device_and_sensor_status = if flags & 0x08 != 0 {
-            Some(BitFlags::new(r.u24()?, &DEVICE_SENSOR_STATUS_NAMES))
-        } else {
-            None
-        };
-        let pulse_amplitude_index = if flags & 0x10 != 0 {
-            Some(r.sfloat()?)
-        } else {
-            None
-        };
+        let (measurement_status, device_and_sensor_status, pulse_amplitude_index) =
+            read_status_tail(&mut r, flags, [0x04, 0x08, 0x10])?;
         Ok(Self {
             spo2,
             pulse_rate,
