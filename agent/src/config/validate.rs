@@ -1,271 +1,17 @@
-//! Configuration: TOML in, types that cannot be wrong out.
-//!
-//! The file (default `/etc/vitalgate/vitalgate.toml`) is parsed into `Raw*` structs that mirror
-//! it (`deny_unknown_fields`, spans kept), then checked into [`Config`]. Every error names the
-//! file, line and column and says what was expected:
-//!
-//! ```text
-//! /etc/vitalgate/vitalgate.toml:12:11: devices[0].patient: expected "Patient/<id>" or "<system>|<value>"
-//! ```
-//!
-//! All checks happen here, before any device, socket or store is opened. Relative paths in the
-//! file are resolved against the directory of the config file. `config/vitalgate.example.toml`
-//! documents every key.
+//! Raw file form → validated [`Config`]. Every check lives here and runs before anything is
+//! opened; every error names `file:line:column` and what was expected.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::FixedOffset;
-use serde::Deserialize;
 use toml::Spanned;
 
+use super::raw::*;
+use super::*;
 use crate::reading::PatientRef;
-
-/// The default config path.
-pub const DEFAULT_PATH: &str = "/etc/vitalgate/vitalgate.toml";
-
-/// A config error with its position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: PathBuf,
-    /// 1-based line and column, when the error has a position in the file.
-    pub position: Option<(usize, usize)>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.position {
-            Some((line, col)) => write!(
-                f,
-                "{}:{}:{}: {}",
-                self.path.display(),
-                line,
-                col,
-                self.message
-            ),
-            None => write!(f, "{}: {}", self.path.display(), self.message),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Converts a byte offset into a 1-based (line, column) pair (column counts characters).
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or("");
-    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-    (line, col)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The validated configuration.
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The file this was loaded from.
-    pub path: PathBuf,
-    pub gateway: GatewayConfig,
-    pub store: StoreConfig,
-    pub uplink: UplinkConfig,
-    pub mqtt: Option<MqttConfig>,
-    pub devices: Vec<DeviceConfig>,
-    pub simulators: Vec<SimulatorConfig>,
-}
-
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    pub id: String,
-    pub data_dir: PathBuf,
-    /// The zone offset of device clocks that do not report one (BLE/serial wall clocks).
-    pub device_utc_offset: FixedOffset,
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub key_file: PathBuf,
-    pub cache_capacity_bytes: u64,
-    pub acked_retention: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct UplinkConfig {
-    pub fhir_base: url::Url,
-    pub ca_file: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-    pub allow_insecure_http: bool,
-    pub timeout: Duration,
-    /// Readings per transaction Bundle (Device entries come on top; at most 50 entries total).
-    pub batch_size: usize,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub keep_alive: Duration,
-    /// `false` (default): the broker keeps QoS 1 messages for us while the agent is down.
-    pub clean_session: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct DeviceConfig {
-    pub name: String,
-    pub kind: DeviceKind,
-    pub attribution: Attribution,
-    /// Overrides `gateway.device_utc_offset` for this device's clock.
-    pub utc_offset: Option<FixedOffset>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceKind {
-    /// A hub publishing Open mHealth data points on `topic`.
-    Mqtt { topic: String },
-    /// A BLE device (transport in a later release).
-    Ble { address: String, profile: String },
-    /// A serial device (transport in a later release).
-    Serial { port: String, protocol: String },
-}
-
-/// Which patient a device's readings belong to.
-#[derive(Clone)]
-pub enum Attribution {
-    /// One patient for every reading.
-    Single(PatientRef),
-    /// Multi-user devices: the device's user index → patient. Readings from an unmapped user
-    /// (or user 255, "unknown") are not attributed and are kept as dead letters.
-    PerUser(BTreeMap<u8, PatientRef>),
-}
-
-impl fmt::Debug for Attribution {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Single(_) => f.write_str("Single(<redacted>)"),
-            Self::PerUser(m) => write!(f, "PerUser({} users, <redacted>)", m.len()),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct SimulatorConfig {
-    pub name: String,
-    pub kind: SimulatorKind,
-    pub patient: PatientRef,
-    pub interval: Duration,
-    /// Stop after this many readings (`None`: run until shutdown).
-    pub count: Option<u64>,
-    pub seed: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SimulatorKind {
-    BloodPressure,
-    Scale,
-}
-
-// ---------------------------------------------------------------------------------------------
-// The raw file form.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    gateway: RawGateway,
-    store: RawStore,
-    uplink: RawUplink,
-    mqtt: Option<RawMqtt>,
-    #[serde(default)]
-    devices: Vec<RawDevice>,
-    #[serde(default)]
-    simulators: Vec<RawSimulator>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGateway {
-    id: Spanned<String>,
-    data_dir: Spanned<String>,
-    device_utc_offset: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    key_file: Spanned<String>,
-    cache_capacity_mib: Option<Spanned<i64>>,
-    acked_retention_days: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUplink {
-    fhir_base: Spanned<String>,
-    ca_file: Spanned<String>,
-    client_cert: Spanned<String>,
-    client_key: Spanned<String>,
-    #[serde(default)]
-    allow_insecure_http: bool,
-    timeout_secs: Option<Spanned<i64>>,
-    batch_size: Option<Spanned<i64>>,
-    backoff_initial_ms: Option<Spanned<i64>>,
-    backoff_max_secs: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMqtt {
-    broker: Spanned<String>,
-    client_id: Option<Spanned<String>>,
-    username: Option<Spanned<String>>,
-    password_file: Option<Spanned<String>>,
-    ca_file: Option<Spanned<String>>,
-    client_cert: Option<Spanned<String>>,
-    client_key: Option<Spanned<String>>,
-    keep_alive_secs: Option<Spanned<i64>>,
-    #[serde(default)]
-    clean_session: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDevice {
-    name: Spanned<String>,
-    kind: Spanned<String>,
-    topic: Option<Spanned<String>>,
-    address: Option<Spanned<String>>,
-    profile: Option<Spanned<String>>,
-    port: Option<Spanned<String>>,
-    protocol: Option<Spanned<String>>,
-    patient: Option<Spanned<String>>,
-    patients: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
-    utc_offset: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSimulator {
-    name: Spanned<String>,
-    kind: Spanned<String>,
-    patient: Spanned<String>,
-    interval_ms: Option<Spanned<i64>>,
-    count: Option<Spanned<i64>>,
-    seed: Option<Spanned<i64>>,
-}
 
 /// BLE profiles the config accepts (the GATT decoders in device-drivers).
 pub const BLE_PROFILES: &[&str] = &[
@@ -278,45 +24,10 @@ pub const BLE_PROFILES: &[&str] = &[
     "heart-rate",
 ];
 
-// ---------------------------------------------------------------------------------------------
-// Loading.
-
-impl Config {
-    /// Reads and checks a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_path_buf(),
-            position: None,
-            message: format!("cannot read config file: {e}"),
-        })?;
-        Self::from_str_at(&text, path)
-    }
-
-    /// Parses config text as if it were the file at `path` (tests, and `check-config`).
-    pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            path: path.to_path_buf(),
-            position: e.span().map(|s| line_col(text, s.start)),
-            message: e.message().trim().to_string(),
-        })?;
-        let v = Validator {
-            text,
-            path,
-            base: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-        };
-        v.config(raw)
-    }
-
-    /// The device config by name.
-    pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
-        self.devices.iter().find(|d| d.name == name)
-    }
-}
-
-struct Validator<'a> {
-    text: &'a str,
-    path: &'a Path,
-    base: PathBuf,
+pub(super) struct Validator<'a> {
+    pub(super) text: &'a str,
+    pub(super) path: &'a Path,
+    pub(super) base: PathBuf,
 }
 
 type R<T> = Result<T, ConfigError>;
@@ -380,18 +91,20 @@ impl Validator<'_> {
             .map_err(|e| self.err(s.span(), format!("{key}: {e}")))
     }
 
-    fn config(&self, raw: RawConfig) -> R<Config> {
+    pub(super) fn config(&self, raw: RawConfig) -> R<Config> {
         let gateway = self.gateway(raw.gateway)?;
         let store = self.store(raw.store)?;
         let uplink = self.uplink(raw.uplink)?;
         let mqtt = raw.mqtt.map(|m| self.mqtt(m, &gateway.id)).transpose()?;
         let mut devices = Vec::new();
         let mut names = HashSet::new();
-        let mut topics = HashSet::new();
+        // (topic filter, index, span of `topic`) of every MQTT device, for the overlap check.
+        let mut filters: Vec<(String, usize, Range<usize>)> = Vec::new();
         let mut mqtt_device_span = None;
         for (i, d) in raw.devices.into_iter().enumerate() {
             let name_span = d.name.span();
             let kind_span = d.kind.span();
+            let topic_span = d.topic.as_ref().map_or(kind_span.clone(), Spanned::span);
             let dev = self.device(i, d)?;
             if !names.insert(dev.name.clone()) {
                 return Err(self.err(
@@ -404,12 +117,7 @@ impl Validator<'_> {
             }
             if let DeviceKind::Mqtt { topic } = &dev.kind {
                 mqtt_device_span.get_or_insert(kind_span.clone());
-                if !topics.insert(topic.clone()) {
-                    return Err(self.err(
-                        kind_span,
-                        format!("devices[{i}].topic: topic \"{topic}\" is used by another device"),
-                    ));
-                }
+                filters.push((topic.clone(), i, topic_span));
             }
             devices.push(dev);
         }
@@ -419,6 +127,7 @@ impl Validator<'_> {
                 "an MQTT device needs an [mqtt] section with at least `broker`",
             ));
         }
+        self.check_topic_overlaps(&filters, &devices)?;
         let mut simulators = Vec::new();
         for (i, s) in raw.simulators.into_iter().enumerate() {
             let name_span = s.name.span();
@@ -443,6 +152,37 @@ impl Validator<'_> {
             devices,
             simulators,
         })
+    }
+
+    /// Two MQTT devices whose topic filters can match the same topic would make attribution
+    /// depend on the order of the file: refused unless both bind the same patient(s).
+    fn check_topic_overlaps(
+        &self,
+        filters: &[(String, usize, Range<usize>)],
+        devices: &[DeviceConfig],
+    ) -> R<()> {
+        for (n, (fa, ia, sa)) in filters.iter().enumerate() {
+            for (fb, ib, sb) in filters.iter().skip(n + 1) {
+                if !filters_overlap(fa, fb) {
+                    continue;
+                }
+                let same_binding = match (devices.get(*ia), devices.get(*ib)) {
+                    (Some(a), Some(b)) => a.attribution == b.attribution,
+                    _ => false,
+                };
+                if fa == fb || !same_binding {
+                    let (la, ca) = line_col(self.text, sa.start);
+                    return Err(self.err(
+                        sb.clone(),
+                        format!(
+                            "devices[{ib}].topic: topic filter \"{fb}\" overlaps \"{fa}\" of devices[{ia}] at {}:{la}:{ca}; a reading on a topic both match could go to the wrong patient (make the filters disjoint)",
+                            self.path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn gateway(&self, g: RawGateway) -> R<GatewayConfig> {
@@ -619,6 +359,12 @@ impl Validator<'_> {
                 .map(Spanned::span)
                 .unwrap_or(m.broker.span());
             return Err(self.err(s, "mqtt.password_file needs mqtt.username"));
+        }
+        if !tls && m.username.is_some() && !m.allow_plaintext && !is_loopback_host(&host) {
+            return Err(self.err(
+                m.broker.span(),
+                format!("mqtt.broker: credentials would travel in plaintext to {host}; use mqtts:// (or set mqtt.allow_plaintext = true for a trusted network)"),
+            ));
         }
         let keep_alive = self.int_in(&m.keep_alive_secs, "mqtt.keep_alive_secs", 5..3601, 30)?;
         Ok(MqttConfig {
@@ -831,6 +577,31 @@ impl Validator<'_> {
     }
 }
 
+/// Does the broker host name a loopback address (`localhost`, `127.0.0.0/8`, `::1`)?
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Can some topic match both MQTT topic filters? (`+` one level, `#` this level and every level
+/// below, including none: `a/#` matches `a`.) Topics starting with `$` are not considered.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some(_), None) | (None, Some(_)) => return false,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(p), Some(q)) if p == q => {}
+            _ => return false,
+        }
+    }
+}
+
 /// Parses `Z`, `+HH:MM`, `-HH:MM`.
 pub fn parse_utc_offset(s: &str) -> Option<FixedOffset> {
     if s == "Z" || s == "UTC" {
@@ -852,7 +623,7 @@ pub fn parse_utc_offset(s: &str) -> Option<FixedOffset> {
     FixedOffset::east_opt(sign * (h * 3600 + m * 60))
 }
 
-fn valid_topic_filter(t: &str) -> bool {
+pub(super) fn valid_topic_filter(t: &str) -> bool {
     if t.is_empty() || t.len() > 1024 || t.contains('\0') {
         return false;
     }
@@ -865,7 +636,7 @@ fn valid_topic_filter(t: &str) -> bool {
     })
 }
 
-fn valid_bt_address(a: &str) -> bool {
+pub(super) fn valid_bt_address(a: &str) -> bool {
     let parts: Vec<&str> = a.split(':').collect();
     parts.len() == 6
         && parts
@@ -873,141 +644,3 @@ fn valid_bt_address(a: &str) -> bool {
             .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) const MINIMAL: &str = r#"
-[gateway]
-id = "gw-1"
-data_dir = "data"
-
-[store]
-key_file = "store.key"
-
-[uplink]
-fhir_base = "https://fhir.example.org/r4"
-ca_file = "tls/ca.crt"
-client_cert = "tls/gw.crt"
-client_key = "tls/gw.key"
-"#;
-
-    fn load(text: &str) -> Result<Config, ConfigError> {
-        Config::from_str_at(text, Path::new("/etc/vitalgate/test.toml"))
-    }
-
-    #[test]
-    fn minimal_config_loads_with_defaults_and_relative_paths() {
-        let c = load(MINIMAL).unwrap();
-        assert_eq!(c.gateway.id, "gw-1");
-        assert_eq!(c.gateway.data_dir, PathBuf::from("/etc/vitalgate/data"));
-        assert_eq!(c.store.cache_capacity_bytes, 16 * 1024 * 1024);
-        assert_eq!(c.uplink.batch_size, 20);
-        assert!(c.mqtt.is_none());
-    }
-
-    #[test]
-    fn unknown_key_names_line_and_column() {
-        let text = MINIMAL.replace("[store]\n", "[store]\ncolour = 3\n");
-        let e = load(&text).unwrap_err();
-        assert_eq!(e.position.map(|p| p.0), Some(7), "{e}");
-        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
-        assert!(
-            e.to_string().starts_with("/etc/vitalgate/test.toml:7:"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn wrong_type_names_line() {
-        let text = MINIMAL.replace("[uplink]\n", "[uplink]\ntimeout_secs = \"ten\"\n");
-        let e = load(&text).unwrap_err();
-        assert_eq!(e.position.map(|p| p.0), Some(10), "{e}");
-        assert!(e.message.contains("invalid type"), "{e}");
-    }
-
-    #[test]
-    fn bad_patient_reference_names_line() {
-        let text = format!(
-            "{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:1883\"\n\n[[devices]]\nname = \"hub\"\nkind = \"mqtt\"\ntopic = \"t/1\"\npatient = \"MRN-0001\"\n"
-        );
-        let e = load(&text).unwrap_err();
-        assert_eq!(e.position, Some((22, 11)), "{e}");
-        assert!(e.message.contains("devices[0].patient"), "{e}");
-    }
-
-    #[test]
-    fn plaintext_http_is_refused_unless_allowed() {
-        let text = MINIMAL.replace("https://fhir", "http://fhir");
-        assert!(load(&text).unwrap_err().message.contains("plaintext"));
-        let text = text.replace("[uplink]\n", "[uplink]\nallow_insecure_http = true\n");
-        assert!(load(&text).is_ok());
-    }
-
-    #[test]
-    fn multi_user_device_map() {
-        let text = format!(
-            "{MINIMAL}\n[[devices]]\nname = \"cuff\"\nkind = \"ble\"\naddress = \"00:09:1f:aa:bb:cc\"\nprofile = \"blood-pressure\"\npatients = {{ 1 = \"urn:oid:2.16.840.1.113883.19.5|MRN-0001\", 2 = \"Patient/abc\" }}\n"
-        );
-        let c = load(&text).unwrap();
-        match &c.devices[0].attribution {
-            Attribution::PerUser(m) => assert_eq!(m.len(), 2),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            c.devices[0].kind,
-            DeviceKind::Ble {
-                address: "00:09:1F:AA:BB:CC".into(),
-                profile: "blood-pressure".into()
-            }
-        );
-        let bad = text.replace("2 = ", "255 = ");
-        assert!(load(&bad).unwrap_err().message.contains("255"));
-    }
-
-    #[test]
-    fn mqtt_device_without_mqtt_section_is_an_error() {
-        let text = format!("{MINIMAL}\n[[devices]]\nname = \"hub\"\nkind = \"mqtt\"\ntopic = \"a/b\"\npatient = \"Patient/1\"\n");
-        let e = load(&text).unwrap_err();
-        assert!(e.message.contains("[mqtt]"), "{e}");
-    }
-
-    #[test]
-    fn line_col_counts_characters() {
-        assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
-        assert_eq!(line_col("é\nx", 3), (2, 1));
-    }
-
-    #[test]
-    fn utc_offsets() {
-        assert_eq!(parse_utc_offset("+01:00").unwrap().local_minus_utc(), 3600);
-        assert_eq!(
-            parse_utc_offset("-05:30").unwrap().local_minus_utc(),
-            -19800
-        );
-        assert!(parse_utc_offset("01:00").is_none());
-        assert!(parse_utc_offset("+25:00").is_none());
-    }
-
-    #[test]
-    fn topic_filters() {
-        assert!(valid_topic_filter("a/+/c"));
-        assert!(valid_topic_filter("a/#"));
-        assert!(!valid_topic_filter("a/#/c"));
-        assert!(!valid_topic_filter("a/b+"));
-    }
-}
-
-#[cfg(test)]
-mod example_tests {
-    use super::*;
-
-    #[test]
-    fn the_shipped_example_config_is_valid() {
-        let text = include_str!("../../config/vitalgate.example.toml");
-        let c = Config::from_str_at(text, Path::new("/etc/vitalgate/vitalgate.toml"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.devices.len(), 3);
-        assert!(c.mqtt.is_some());
-    }
-}

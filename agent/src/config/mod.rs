@@ -1,0 +1,425 @@
+//! Configuration: TOML in, types that cannot be wrong out.
+//!
+//! The file (default `/etc/vitalgate/vitalgate.toml`) is parsed into `Raw*` structs that mirror
+//! it (`deny_unknown_fields`, spans kept), then checked into [`Config`]. Every error names the
+//! file, line and column and says what was expected:
+//!
+//! ```text
+//! /etc/vitalgate/vitalgate.toml:12:11: devices[0].patient: expected "Patient/<id>" or "<system>|<value>"
+//! ```
+//!
+//! Layout: [`raw`] mirrors the file; [`validate`] turns it into the types below, with every
+//! check; this module holds the validated types and the loading entry points.
+//!
+//! All checks happen here, before any device, socket or store is opened. Relative paths in the
+//! file are resolved against the directory of the config file. `config/vitalgate.example.toml`
+//! documents every key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::FixedOffset;
+
+use crate::reading::PatientRef;
+
+mod raw;
+mod validate;
+
+pub use validate::{filters_overlap, parse_utc_offset, BLE_PROFILES};
+
+/// The default config path.
+pub const DEFAULT_PATH: &str = "/etc/vitalgate/vitalgate.toml";
+
+/// A config error with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line and column, when the error has a position in the file.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path.display(),
+                line,
+                col,
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Converts a byte offset into a 1-based (line, column) pair (column counts characters).
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or("");
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, col)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub path: PathBuf,
+    pub gateway: GatewayConfig,
+    pub store: StoreConfig,
+    pub uplink: UplinkConfig,
+    pub mqtt: Option<MqttConfig>,
+    pub devices: Vec<DeviceConfig>,
+    pub simulators: Vec<SimulatorConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub id: String,
+    pub data_dir: PathBuf,
+    /// The zone offset of device clocks that do not report one (BLE/serial wall clocks).
+    pub device_utc_offset: FixedOffset,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub key_file: PathBuf,
+    pub cache_capacity_bytes: u64,
+    pub acked_retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    pub fhir_base: url::Url,
+    pub ca_file: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub allow_insecure_http: bool,
+    pub timeout: Duration,
+    /// Readings per transaction Bundle (Device entries come on top; at most 50 entries total).
+    pub batch_size: usize,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub keep_alive: Duration,
+    /// `false` (default): the broker keeps QoS 1 messages for us while the agent is down.
+    pub clean_session: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub name: String,
+    pub kind: DeviceKind,
+    pub attribution: Attribution,
+    /// Overrides `gateway.device_utc_offset` for this device's clock.
+    pub utc_offset: Option<FixedOffset>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A hub publishing Open mHealth data points on `topic`.
+    Mqtt { topic: String },
+    /// A BLE device (transport in a later release).
+    Ble { address: String, profile: String },
+    /// A serial device (transport in a later release).
+    Serial { port: String, protocol: String },
+}
+
+/// Which patient a device's readings belong to.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Attribution {
+    /// One patient for every reading.
+    Single(PatientRef),
+    /// Multi-user devices: the device's user index → patient. Readings from an unmapped user
+    /// (or user 255, "unknown") are not attributed and are kept as dead letters.
+    PerUser(BTreeMap<u8, PatientRef>),
+}
+
+impl fmt::Debug for Attribution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Single(_) => f.write_str("Single(<redacted>)"),
+            Self::PerUser(m) => write!(f, "PerUser({} users, <redacted>)", m.len()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    pub name: String,
+    pub kind: SimulatorKind,
+    pub patient: PatientRef,
+    pub interval: Duration,
+    /// Stop after this many readings (`None`: run until shutdown).
+    pub count: Option<u64>,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimulatorKind {
+    BloodPressure,
+    Scale,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            position: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Self::from_str_at(&text, path)
+    }
+
+    /// Parses config text as if it were the file at `path` (tests, and `check-config`).
+    pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            position: e.span().map(|s| line_col(text, s.start)),
+            message: e.message().trim().to_string(),
+        })?;
+        let v = validate::Validator {
+            text,
+            path,
+            base: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        };
+        v.config(raw)
+    }
+
+    /// The device config by name.
+    pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate::valid_topic_filter;
+    use super::*;
+
+    pub(crate) const MINIMAL: &str = r#"
+[gateway]
+id = "gw-1"
+data_dir = "data"
+
+[store]
+key_file = "store.key"
+
+[uplink]
+fhir_base = "https://fhir.example.org/r4"
+ca_file = "tls/ca.crt"
+client_cert = "tls/gw.crt"
+client_key = "tls/gw.key"
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str_at(text, Path::new("/etc/vitalgate/test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults_and_relative_paths() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.gateway.id, "gw-1");
+        assert_eq!(c.gateway.data_dir, PathBuf::from("/etc/vitalgate/data"));
+        assert_eq!(c.store.cache_capacity_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.uplink.batch_size, 20);
+        assert!(c.mqtt.is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let text = MINIMAL.replace("[store]\n", "[store]\ncolour = 3\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(7), "{e}");
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/vitalgate/test.toml:7:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let text = MINIMAL.replace("[uplink]\n", "[uplink]\ntimeout_secs = \"ten\"\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(10), "{e}");
+        assert!(e.message.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn bad_patient_reference_names_line() {
+        let text = format!(
+            "{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:1883\"\n\n[[devices]]\nname = \"hub\"\nkind = \"mqtt\"\ntopic = \"t/1\"\npatient = \"MRN-0001\"\n"
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.position, Some((22, 11)), "{e}");
+        assert!(e.message.contains("devices[0].patient"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_http_is_refused_unless_allowed() {
+        let text = MINIMAL.replace("https://fhir", "http://fhir");
+        assert!(load(&text).unwrap_err().message.contains("plaintext"));
+        let text = text.replace("[uplink]\n", "[uplink]\nallow_insecure_http = true\n");
+        assert!(load(&text).is_ok());
+    }
+
+    #[test]
+    fn multi_user_device_map() {
+        let text = format!(
+            "{MINIMAL}\n[[devices]]\nname = \"cuff\"\nkind = \"ble\"\naddress = \"00:09:1f:aa:bb:cc\"\nprofile = \"blood-pressure\"\npatients = {{ 1 = \"urn:oid:2.16.840.1.113883.19.5|MRN-0001\", 2 = \"Patient/abc\" }}\n"
+        );
+        let c = load(&text).unwrap();
+        match &c.devices[0].attribution {
+            Attribution::PerUser(m) => assert_eq!(m.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            c.devices[0].kind,
+            DeviceKind::Ble {
+                address: "00:09:1F:AA:BB:CC".into(),
+                profile: "blood-pressure".into()
+            }
+        );
+        let bad = text.replace("2 = ", "255 = ");
+        assert!(load(&bad).unwrap_err().message.contains("255"));
+    }
+
+    #[test]
+    fn mqtt_device_without_mqtt_section_is_an_error() {
+        let text = format!("{MINIMAL}\n[[devices]]\nname = \"hub\"\nkind = \"mqtt\"\ntopic = \"a/b\"\npatient = \"Patient/1\"\n");
+        let e = load(&text).unwrap_err();
+        assert!(e.message.contains("[mqtt]"), "{e}");
+    }
+
+    fn mqtt_devices(devs: &[(&str, &str, &str)]) -> String {
+        let mut s = format!("{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:1883\"\n");
+        for (name, topic, patient) in devs {
+            s.push_str(&format!(
+                "\n[[devices]]\nname = \"{name}\"\nkind = \"mqtt\"\ntopic = \"{topic}\"\npatient = \"{patient}\"\n"
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn overlapping_topic_filters_for_different_patients_are_refused_naming_both_positions() {
+        let text = mqtt_devices(&[
+            ("hub", "hub/#", "Patient/alice"),
+            ("bp", "hub/alice/bp", "Patient/bob"),
+        ]);
+        let e = load(&text).unwrap_err();
+        let s = e.to_string();
+        // The second filter's position, then the first one's (`topic = ` is 8 characters).
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        let (first, second) = (line_of("\"hub/#\""), line_of("\"hub/alice/bp\""));
+        let at = |line: usize| format!("/etc/vitalgate/test.toml:{line}:9");
+        assert!(s.starts_with(&format!("{}: devices[1].topic", at(second))), "{s}");
+        assert!(s.contains(&at(first)), "{s}");
+        assert!(s.contains("hub/#") && s.contains("hub/alice/bp"), "{s}");
+    }
+
+    #[test]
+    fn disjoint_filters_and_same_patient_overlaps_are_accepted() {
+        let ok = mqtt_devices(&[
+            ("a", "hub/alice/+", "Patient/alice"),
+            ("b", "hub/bob/+", "Patient/bob"),
+            ("c", "hub/bob/#", "Patient/bob"),
+        ]);
+        assert!(load(&ok).is_ok());
+        let same_topic = mqtt_devices(&[("a", "t/1", "Patient/x"), ("b", "t/1", "Patient/x")]);
+        assert!(load(&same_topic).is_err());
+    }
+
+    #[test]
+    fn filter_overlap_rules() {
+        assert!(filters_overlap("hub/#", "hub/alice/bp"));
+        assert!(filters_overlap("hub/#", "hub"));
+        assert!(filters_overlap("hub/+/bp", "hub/alice/+"));
+        assert!(filters_overlap("#", "x/y"));
+        assert!(!filters_overlap("hub/+/bp", "hub/alice/wt"));
+        assert!(!filters_overlap("hub/a", "hub/a/b"));
+        assert!(!filters_overlap("a/+", "a"));
+    }
+
+    #[test]
+    fn plaintext_mqtt_credentials_to_a_remote_host_are_refused_unless_allowed() {
+        let remote = format!(
+            "{MINIMAL}\n[mqtt]\nbroker = \"mqtt://broker.clinic.example:1883\"\nusername = \"gw\"\n"
+        );
+        let e = load(&remote).unwrap_err();
+        assert!(e.message.contains("plaintext"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(16), "{e}");
+        assert!(load(&remote.replace("username", "allow_plaintext = true\nusername")).is_ok());
+        assert!(load(&remote.replace("mqtt://broker.clinic.example", "mqtt://127.0.0.1")).is_ok());
+        assert!(load(&remote.replace("mqtt://broker.clinic.example", "mqtt://[::1]")).is_ok());
+        // No credentials: nothing secret travels (the readings themselves are the hub's choice).
+        assert!(load(&remote.replace("username = \"gw\"\n", "")).is_ok());
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
+        assert_eq!(line_col("é\nx", 3), (2, 1));
+    }
+
+    #[test]
+    fn utc_offsets() {
+        assert_eq!(parse_utc_offset("+01:00").unwrap().local_minus_utc(), 3600);
+        assert_eq!(
+            parse_utc_offset("-05:30").unwrap().local_minus_utc(),
+            -19800
+        );
+        assert!(parse_utc_offset("01:00").is_none());
+        assert!(parse_utc_offset("+25:00").is_none());
+    }
+
+    #[test]
+    fn topic_filters() {
+        assert!(valid_topic_filter("a/+/c"));
+        assert!(valid_topic_filter("a/#"));
+        assert!(!valid_topic_filter("a/#/c"));
+        assert!(!valid_topic_filter("a/b+"));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../../../config/vitalgate.example.toml");
+        let c = Config::from_str_at(text, Path::new("/etc/vitalgate/vitalgate.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.devices.len(), 3);
+        assert!(c.mqtt.is_some());
+    }
+}

@@ -1,0 +1,97 @@
+//! The raw file form: structs that mirror the TOML file (`deny_unknown_fields`, spans kept for
+//! `file:line:column` errors). Nothing here is checked beyond TOML types; see
+//! [`super::validate`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) gateway: RawGateway,
+    pub(super) store: RawStore,
+    pub(super) uplink: RawUplink,
+    pub(super) mqtt: Option<RawMqtt>,
+    #[serde(default)]
+    pub(super) devices: Vec<RawDevice>,
+    #[serde(default)]
+    pub(super) simulators: Vec<RawSimulator>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGateway {
+    pub(super) id: Spanned<String>,
+    pub(super) data_dir: Spanned<String>,
+    pub(super) device_utc_offset: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) key_file: Spanned<String>,
+    pub(super) cache_capacity_mib: Option<Spanned<i64>>,
+    pub(super) acked_retention_days: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUplink {
+    pub(super) fhir_base: Spanned<String>,
+    pub(super) ca_file: Spanned<String>,
+    pub(super) client_cert: Spanned<String>,
+    pub(super) client_key: Spanned<String>,
+    #[serde(default)]
+    pub(super) allow_insecure_http: bool,
+    pub(super) timeout_secs: Option<Spanned<i64>>,
+    pub(super) batch_size: Option<Spanned<i64>>,
+    pub(super) backoff_initial_ms: Option<Spanned<i64>>,
+    pub(super) backoff_max_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMqtt {
+    pub(super) broker: Spanned<String>,
+    pub(super) client_id: Option<Spanned<String>>,
+    pub(super) username: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) client_cert: Option<Spanned<String>>,
+    pub(super) client_key: Option<Spanned<String>>,
+    pub(super) keep_alive_secs: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) clean_session: bool,
+    #[serde(default)]
+    pub(super) allow_plaintext: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDevice {
+    pub(super) name: Spanned<String>,
+    pub(super) kind: Spanned<String>,
+    pub(super) topic: Option<Spanned<String>>,
+    pub(super) address: Option<Spanned<String>>,
+    pub(super) profile: Option<Spanned<String>>,
+    pub(super) port: Option<Spanned<String>>,
+    pub(super) protocol: Option<Spanned<String>>,
+    pub(super) patient: Option<Spanned<String>>,
+    pub(super) patients: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub(super) utc_offset: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSimulator {
+    pub(super) name: Spanned<String>,
+    pub(super) kind: Spanned<String>,
+    pub(super) patient: Spanned<String>,
+    pub(super) interval_ms: Option<Spanned<i64>>,
+    pub(super) count: Option<Spanned<i64>>,
+    pub(super) seed: Option<Spanned<i64>>,
+}
+
+
