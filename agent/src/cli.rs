@@ -1,7 +1,8 @@
 //! The command line. `main.rs` only calls [`main`].
 //!
 //! Exit codes: 0 success; 64 bad configuration or bad device file (one-line reason on stderr);
-//! 2 bad arguments (clap's convention); 1 a runtime failure at start (store, key, TLS files).
+//! 2 bad arguments (clap's convention); 1 a runtime failure at start (store, key, TLS files);
+//! 70 a task the daemon needs (pipeline, uploader, a source) ended or panicked while running.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ use crate::config::{Config, DEFAULT_PATH};
 
 pub const EXIT_CONFIG: u8 = 64;
 pub const EXIT_USAGE: u8 = 2;
+/// A task the daemon needs ended while running (sysexits EX_SOFTWARE): systemd restarts it.
+pub const EXIT_SOFTWARE: u8 = 70;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -142,6 +145,15 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     rt.block_on(async {
+        // Start-up checklist: every file and check, the store last; nothing runs yet.
+        let app = match crate::app::App::build(cfg) {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "vitalgate cannot start");
+                eprintln!("vitalgate: cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let shutdown = CancellationToken::new();
         let signal = {
             let shutdown = shutdown.clone();
@@ -150,14 +162,14 @@ fn run(path: &Path) -> ExitCode {
                 shutdown.cancel();
             })
         };
-        let result = crate::app::run(cfg, shutdown, None).await;
+        let result = app.run(shutdown).await;
         signal.abort();
         match result {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = %e, "vitalgate cannot start");
-                eprintln!("vitalgate: cannot start: {e}");
-                ExitCode::FAILURE
+                // systemd restarts the daemon (Restart=on-failure).
+                eprintln!("vitalgate: {e}");
+                ExitCode::from(EXIT_SOFTWARE)
             }
         }
     })

@@ -1,9 +1,11 @@
-//! In-process events for embedders (the devkit demo, tests).
+//! In-process events for embedders (the devkit demo, tests), delivered by
+//! [`crate::telemetry::observe`].
 //!
 //! Unlike log lines, events may carry PHI (a stored reading's values): they never leave the
-//! process and are only delivered to a subscriber that asked for them
-//! (`app::run(.., Some(sender))`). The daemon itself subscribes nothing.
+//! process and are only built when a subscriber asked for them. Every event is sent by the
+//! `emit()` of a telemetry struct, never directly. The daemon itself subscribes nothing.
 
+use crate::identity::ReadingId;
 use crate::reading::Reading;
 
 #[derive(Debug, Clone)]
@@ -11,17 +13,21 @@ pub enum AgentEvent {
     /// A new reading is durable in the outbox.
     Stored(Box<Reading>),
     /// A reading already in the outbox (or already uploaded) arrived again.
-    Duplicate { reading_id: String },
+    Duplicate { reading_id: ReadingId },
     /// A record produced no reading (reason carries no PHI).
     Rejected { device: String, reason: String },
     /// The server accepted a reading; `location` is the server's Observation location.
     Accepted {
-        reading_id: String,
+        reading_id: ReadingId,
         location: Option<String>,
         created: bool,
     },
-    /// The server rejected a reading for good; it was moved to the dead letters.
-    DeadLettered { reading_id: String, reason: String },
+    /// A reading was kept as a dead letter (rejected by the server, identifier collision, too
+    /// large); it needs a technician.
+    DeadLettered {
+        reading_id: ReadingId,
+        reason: String,
+    },
     /// A Bundle that was sent (for the demo's printout).
     BundleSent { bundle: serde_json::Value },
     /// An upload attempt failed and will be retried.

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod identity;
 pub mod pipeline;
 pub mod reading;
 pub mod sources;

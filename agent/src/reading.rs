@@ -20,6 +20,8 @@ use chrono::{DateTime, FixedOffset, Utc};
 use device_drivers::{Decimal, DeviceTime, ReadingType};
 use serde::{Deserialize, Serialize};
 
+use crate::identity::ReadingId;
+
 /// What one Observation measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -222,8 +224,8 @@ pub type Component = device_drivers::Reading;
 /// The canonical reading. See the module docs.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
-    /// Content-derived id (hex SHA-256), the store's dedup key.
-    pub id: String,
+    /// Content-derived id, the store's dedup key ([`crate::identity`]).
+    pub id: ReadingId,
     /// FHIR Observation identifier value (fhir-mapping.md §5.1), fixed at capture.
     pub observation_identifier: String,
     pub kind: ReadingKind,
@@ -256,8 +258,8 @@ impl fmt::Debug for Reading {
 
 impl Reading {
     /// Short id for logs (first 12 hex digits of the content id; not PHI).
-    pub fn short_id(&self) -> &str {
-        self.id.get(..12).unwrap_or(&self.id)
+    pub fn short_id(&self) -> String {
+        self.id.short()
     }
 
     /// The first component of a given type, if any.

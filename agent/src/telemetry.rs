@@ -1,62 +1,100 @@
-//! Telemetry events as types: one struct per notable condition; `emit()` writes one structured
-//! log line and bumps one counter. The structs hold no patient fields and no values, which keeps
-//! PHI out of the logs by construction (STYLE.md, practice 5).
+//! Telemetry: the one route for notable conditions (STYLE.md, practice 5).
+//!
+//! Each condition is a struct; its `emit()` writes one structured log line, bumps one counter
+//! and, where an embedder asked for it, tells the in-process observer ([`observe`]). Callers
+//! never log a condition another way, so the log, the counters and the observer cannot drift.
+//!
+//! The structs hold no patient fields and no values, which keeps PHI out of the logs by
+//! construction; a [`Reading`] passed to an event is used for its short id, kind and device
+//! name only (the observer, in-process, receives the reading itself: see
+//! [`crate::events`]).
+//!
+//! Counters are process-wide atomics, readable at any time with [`Counters::snapshot`].
 
+use std::fmt::Display;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
-use crate::pipeline::Rejection;
+use tokio::sync::broadcast;
+
+use crate::events::AgentEvent;
+use crate::identity::ReadingId;
 use crate::reading::Reading;
 
-/// Process-wide counters (read by `Counters::snapshot`, printed at shutdown).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub readings_stored: AtomicU64,
-    pub readings_duplicate: AtomicU64,
-    pub records_rejected: AtomicU64,
-    pub payloads_undecodable: AtomicU64,
-    pub store_write_failures: AtomicU64,
-    pub uplink_accepted: AtomicU64,
-    pub uplink_retries: AtomicU64,
-    pub uplink_dead_lettered: AtomicU64,
-    pub uplink_tls_failures: AtomicU64,
-    pub mqtt_connection_errors: AtomicU64,
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Process-wide counters, one per telemetry event kind.
+        #[derive(Debug)]
+        pub struct Counters {
+            $(pub $name: AtomicU64,)*
+        }
+
+        /// The counters.
+        pub static COUNTERS: Counters = Counters {
+            $($name: AtomicU64::new(0),)*
+        };
+
+        impl Counters {
+            /// `(name, value)` pairs, in declaration order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
 }
 
-pub static COUNTERS: Counters = Counters {
-    readings_stored: AtomicU64::new(0),
-    readings_duplicate: AtomicU64::new(0),
-    records_rejected: AtomicU64::new(0),
-    payloads_undecodable: AtomicU64::new(0),
-    store_write_failures: AtomicU64::new(0),
-    uplink_accepted: AtomicU64::new(0),
-    uplink_retries: AtomicU64::new(0),
-    uplink_dead_lettered: AtomicU64::new(0),
-    uplink_tls_failures: AtomicU64::new(0),
-    mqtt_connection_errors: AtomicU64::new(0),
-};
+counters!(
+    readings_stored,
+    readings_duplicate,
+    readings_dead_lettered,
+    identifier_collisions,
+    records_rejected,
+    payloads_undecodable,
+    store_write_failures,
+    store_records_quarantined,
+    store_index_mismatches,
+    uplink_bundles_sent,
+    uplink_accepted,
+    uplink_retries,
+    uplink_dead_lettered,
+    uplink_tls_failures,
+    mqtt_connection_errors,
+    tasks_failed,
+);
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-impl Counters {
-    /// `name=value` pairs for a log line or a status command.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("readings_stored", g(&self.readings_stored)),
-            ("readings_duplicate", g(&self.readings_duplicate)),
-            ("records_rejected", g(&self.records_rejected)),
-            ("payloads_undecodable", g(&self.payloads_undecodable)),
-            ("store_write_failures", g(&self.store_write_failures)),
-            ("uplink_accepted", g(&self.uplink_accepted)),
-            ("uplink_retries", g(&self.uplink_retries)),
-            ("uplink_dead_lettered", g(&self.uplink_dead_lettered)),
-            ("uplink_tls_failures", g(&self.uplink_tls_failures)),
-            ("mqtt_connection_errors", g(&self.mqtt_connection_errors)),
-        ]
+// ---- the in-process observer (embedders: the devkit demo, tests) ----
+
+static OBSERVER: Mutex<Option<broadcast::Sender<AgentEvent>>> = Mutex::new(None);
+
+/// Subscribes to [`AgentEvent`]s of this process. Events may carry PHI: they never leave the
+/// process. The daemon itself never calls this, so by default no event is even built.
+pub fn observe() -> broadcast::Receiver<AgentEvent> {
+    let mut slot = OBSERVER.lock().unwrap_or_else(PoisonError::into_inner);
+    match slot.as_ref() {
+        Some(tx) => tx.subscribe(),
+        None => {
+            let (tx, rx) = broadcast::channel(4096);
+            *slot = Some(tx);
+            rx
+        }
     }
 }
+
+/// Builds and sends an event only if someone observes.
+fn notify(make: impl FnOnce() -> AgentEvent) {
+    let slot = OBSERVER.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(tx) = slot.as_ref() {
+        if tx.receiver_count() > 0 {
+            let _ = tx.send(make());
+        }
+    }
+}
+
+// ---- pipeline ----
 
 pub struct ReadingStored<'a> {
     pub reading: &'a Reading,
@@ -65,11 +103,12 @@ impl ReadingStored<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.readings_stored);
         tracing::info!(
-            reading = self.reading.short_id(),
+            reading = %self.reading.short_id(),
             kind = self.reading.kind.as_str(),
             device = %self.reading.device.name,
             "reading stored"
         );
+        notify(|| AgentEvent::Stored(Box::new(self.reading.clone())));
     }
 }
 
@@ -80,21 +119,74 @@ impl ReadingDuplicate<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.readings_duplicate);
         tracing::info!(
-            reading = self.reading.short_id(),
+            reading = %self.reading.short_id(),
             device = %self.reading.device.name,
             "duplicate reading ignored (already stored or uploaded)"
         );
+        notify(|| AgentEvent::Duplicate {
+            reading_id: self.reading.id,
+        });
+    }
+}
+
+/// Two readings with one FHIR identifier and different content: the later one is a dead
+/// letter. An alarm condition: the server would have merged them.
+pub struct IdentifierCollision<'a> {
+    pub reading: &'a Reading,
+    pub dead_seq: u64,
+}
+impl IdentifierCollision<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.identifier_collisions);
+        bump(&COUNTERS.readings_dead_lettered);
+        tracing::error!(
+            alarm = "identifier_collision",
+            reading = %self.reading.short_id(),
+            kind = self.reading.kind.as_str(),
+            device = %self.reading.device.name,
+            dead_seq = self.dead_seq,
+            "ALARM: another reading already holds this reading's FHIR identifier; kept as dead letter (identifier_collision), not uploaded"
+        );
+        notify(|| AgentEvent::DeadLettered {
+            reading_id: self.reading.id,
+            reason: "identifier_collision".into(),
+        });
+    }
+}
+
+/// A reading too large for the store's record format, kept (truncated) as a dead letter.
+pub struct ReadingTooLarge<'a> {
+    pub reading: &'a Reading,
+    pub dead_seq: u64,
+}
+impl ReadingTooLarge<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.readings_dead_lettered);
+        tracing::error!(
+            reading = %self.reading.short_id(),
+            device = %self.reading.device.name,
+            dead_seq = self.dead_seq,
+            "reading too large for the store; kept as dead letter (record_too_large)"
+        );
+        notify(|| AgentEvent::DeadLettered {
+            reading_id: self.reading.id,
+            reason: "record_too_large".into(),
+        });
     }
 }
 
 pub struct RecordRejected<'a> {
     pub device: &'a str,
-    pub reason: &'a Rejection,
+    pub reason: &'a dyn Display,
 }
 impl RecordRejected<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.records_rejected);
         tracing::warn!(device = %self.device, reason = %self.reason, "record not turned into readings");
+        notify(|| AgentEvent::Rejected {
+            device: self.device.to_string(),
+            reason: self.reason.to_string(),
+        });
     }
 }
 
@@ -121,18 +213,77 @@ impl StoreWriteFailed<'_> {
     }
 }
 
+// ---- store ----
+
+/// A record that does not open or decode was moved to `quarantine`.
+pub struct RecordQuarantined {
+    pub tree: &'static str,
+    pub seq: Option<u64>,
+    pub size: usize,
+    pub reason: &'static str,
+}
+impl RecordQuarantined {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_records_quarantined);
+        tracing::warn!(
+            tree = self.tree,
+            seq = self.seq,
+            size = self.size,
+            reason = self.reason,
+            "corrupt store record moved to quarantine; raw bytes kept"
+        );
+    }
+}
+
+/// An `index` entry points at a pending record that holds another id.
+pub struct IndexMismatch {
+    pub seq: u64,
+}
+impl IndexMismatch {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_index_mismatches);
+        tracing::warn!(
+            seq = self.seq,
+            "store index entry points at a record with another id; record left pending"
+        );
+    }
+}
+
+// ---- uplink ----
+
+/// A transaction Bundle goes out (debug level: one per upload attempt).
+pub struct BundleSent<'a> {
+    pub bundle: &'a serde_json::Value,
+    pub entries: usize,
+}
+impl BundleSent<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_bundles_sent);
+        tracing::debug!(entries = self.entries, "sending transaction Bundle");
+        notify(|| AgentEvent::BundleSent {
+            bundle: self.bundle.clone(),
+        });
+    }
+}
+
 pub struct UplinkAccepted<'a> {
-    pub reading_id: &'a str,
+    pub reading_id: &'a ReadingId,
     pub created: bool,
+    pub location: Option<&'a str>,
 }
 impl UplinkAccepted<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_accepted);
         tracing::info!(
-            reading = self.reading_id.get(..12).unwrap_or(self.reading_id),
+            reading = %self.reading_id.short(),
             created = self.created,
             "reading accepted by FHIR server"
         );
+        notify(|| AgentEvent::Accepted {
+            reading_id: *self.reading_id,
+            location: self.location.map(str::to_string),
+            created: self.created,
+        });
     }
 }
 
@@ -150,23 +301,35 @@ impl UplinkRetry<'_> {
         } else {
             tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, "upload failed, will retry");
         }
+        notify(|| AgentEvent::UplinkRetry {
+            reason: self.reason.to_string(),
+            after_ms: self.after_ms,
+        });
     }
 }
 
 pub struct UplinkDeadLettered<'a> {
-    pub reading_id: &'a str,
+    pub reading_id: &'a ReadingId,
     pub status: u16,
+    pub reason: &'a str,
 }
 impl UplinkDeadLettered<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_dead_lettered);
+        bump(&COUNTERS.readings_dead_lettered);
         tracing::error!(
-            reading = self.reading_id.get(..12).unwrap_or(self.reading_id),
+            reading = %self.reading_id.short(),
             status = self.status,
             "FHIR server rejected a reading; kept as dead letter, needs a technician"
         );
+        notify(|| AgentEvent::DeadLettered {
+            reading_id: *self.reading_id,
+            reason: self.reason.to_string(),
+        });
     }
 }
+
+// ---- sources ----
 
 pub struct MqttConnectionError<'a> {
     pub error: &'a str,
@@ -176,5 +339,19 @@ impl MqttConnectionError<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.mqtt_connection_errors);
         tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, "MQTT connection error");
+    }
+}
+
+// ---- supervision ----
+
+/// A task the daemon cannot run without ended or panicked.
+pub struct TaskFailed<'a> {
+    pub task: &'a str,
+    pub error: &'a dyn Display,
+}
+impl TaskFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.tasks_failed);
+        tracing::error!(task = %self.task, error = %self.error, "task failed");
     }
 }

@@ -19,11 +19,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::AgentEvent;
-use crate::pipeline::id_bytes;
 use crate::reading::Reading;
 use crate::store::Outbox;
 use crate::telemetry;
@@ -42,16 +40,9 @@ pub struct Uploader {
     pub batch_size: usize,
     pub backoff: Backoff,
     pub wake: Arc<Notify>,
-    pub events: Option<broadcast::Sender<AgentEvent>>,
 }
 
 impl Uploader {
-    fn emit(&self, e: AgentEvent) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send(e);
-        }
-    }
-
     async fn pending(&self) -> Vec<Reading> {
         let store = Arc::clone(&self.store);
         let n = self.batch_size;
@@ -98,10 +89,6 @@ impl Uploader {
                             tls,
                         }
                         .emit();
-                        self.emit(AgentEvent::UplinkRetry {
-                            reason,
-                            after_ms: wait.as_millis() as u64,
-                        });
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             _ = shutdown.cancelled() => return,
@@ -129,7 +116,7 @@ impl Uploader {
 
     async fn dead_letter(&self, r: &Reading, status: u16, detail: &str) {
         let store = Arc::clone(&self.store);
-        let id = id_bytes(&r.id);
+        let id = *r.id.as_bytes();
         let reason = format!("FHIR server answered {status}: {detail}");
         let reason2 = reason.clone();
         let res = tokio::task::spawn_blocking(move || store.dead_letter(&id, &reason2)).await;
@@ -138,12 +125,9 @@ impl Uploader {
                 telemetry::UplinkDeadLettered {
                     reading_id: &r.id,
                     status,
+                    reason: &reason,
                 }
                 .emit();
-                self.emit(AgentEvent::DeadLettered {
-                    reading_id: r.id.clone(),
-                    reason,
-                });
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot move a rejected reading to the dead letters; it stays pending")
@@ -163,9 +147,11 @@ impl Uploader {
                 };
             }
         };
-        self.emit(AgentEvent::BundleSent {
-            bundle: bundle.clone(),
-        });
+        telemetry::BundleSent {
+            bundle: &bundle,
+            entries: bundle["entry"].as_array().map_or(0, Vec::len),
+        }
+        .emit();
         let resp = match self.client.send_bundle(&bundle).await {
             Ok(r) => r,
             Err(e) => {
@@ -185,7 +171,8 @@ impl Uploader {
             &entries,
         ) {
             Outcome::Accepted(accepted) => {
-                let ids: Vec<[u8; 32]> = accepted.iter().map(|a| id_bytes(&a.reading_id)).collect();
+                let ids: Vec<[u8; 32]> =
+                    accepted.iter().map(|a| *a.reading_id.as_bytes()).collect();
                 let store = Arc::clone(&self.store);
                 match tokio::task::spawn_blocking(move || store.ack(&ids)).await {
                     Ok(Ok(_)) => {}
@@ -200,13 +187,9 @@ impl Uploader {
                     telemetry::UplinkAccepted {
                         reading_id: &a.reading_id,
                         created,
+                        location: a.location.as_deref(),
                     }
                     .emit();
-                    self.emit(AgentEvent::Accepted {
-                        reading_id: a.reading_id,
-                        location: a.location,
-                        created,
-                    });
                 }
                 Step::Done
             }

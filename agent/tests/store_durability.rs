@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use vitalgate::store::{
-    Insert, Outbox, OutboxOptions, StoreError, StoreKey, MAX_PAYLOAD_LEN, TREE_DEAD, TREE_INDEX,
-    TREE_PENDING, TREE_QUARANTINE,
+    DeadReason, Insert, NewRecord, Outbox, OutboxOptions, StoreError, StoreKey, MAX_PAYLOAD_LEN,
+    TREE_DEAD, TREE_INDEX, TREE_PENDING, TREE_QUARANTINE,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -262,18 +262,123 @@ fn plaintext_never_reaches_the_disk() {
 }
 
 #[test]
-fn too_large_a_record_is_refused() {
+fn a_too_large_record_is_dead_lettered_alone_and_the_rest_of_its_batch_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open(dir.path());
     let big = Sample {
         n: 0,
         note: "x".repeat(MAX_PAYLOAD_LEN),
     };
+    let batch = [(id(1), &sample(1)), (id(2), &big), (id(3), &sample(3))];
+    let out = outbox.insert_many(batch).unwrap();
+    assert_eq!(out[0], Insert::Stored);
     assert!(matches!(
-        outbox.insert(id(1), &big),
-        Err(StoreError::TooLarge { .. })
+        out[1],
+        Insert::DeadLettered {
+            reason: DeadReason::TooLarge,
+            ..
+        }
     ));
-    assert_eq!(outbox.stats().unwrap().pending, 0);
+    assert_eq!(out[2], Insert::Stored);
+    assert_eq!(pending_ns(&outbox), vec![1, 3]);
+    let dead = outbox.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "record_too_large");
+    assert_eq!(dead[0].id, Some(id(2)));
+    assert!(dead[0].truncated);
+    // Redelivered: recognised, not dead-lettered twice.
+    assert_eq!(outbox.insert(id(2), &big).unwrap(), Insert::Duplicate);
+    assert_eq!(outbox.dead_letters().unwrap().len(), 1);
+}
+
+fn with_identity<'a>(n: u8, identity: &'a str, value: &'a Sample) -> NewRecord<'a, Sample> {
+    NewRecord {
+        id: id(n),
+        identity: Some(identity),
+        value,
+    }
+}
+
+#[test]
+fn a_second_reading_under_the_same_identity_is_kept_as_a_collision_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("outbox");
+    let (a, b) = (sample(120), sample(140));
+    {
+        let outbox = open(&store);
+        let out = outbox
+            .insert_records(&[with_identity(1, "dev-p-150020-1", &a)])
+            .unwrap();
+        assert_eq!(out, vec![Insert::Stored]);
+        // Same identity, other content: never stored as pending, never dropped.
+        let out = outbox
+            .insert_records(&[
+                with_identity(2, "dev-p-150020-1", &b),
+                with_identity(3, "dev-p-150020-2", &b),
+            ])
+            .unwrap();
+        assert!(matches!(
+            out[0],
+            Insert::DeadLettered {
+                reason: DeadReason::IdentifierCollision,
+                ..
+            }
+        ));
+        assert_eq!(out[1], Insert::Stored);
+        // The same reading again is a duplicate, not a collision.
+        let out = outbox
+            .insert_records(&[with_identity(1, "dev-p-150020-1", &a)])
+            .unwrap();
+        assert_eq!(out, vec![Insert::Duplicate]);
+        assert_eq!(pending_ns(&outbox), vec![120, 140]);
+        // The identity outlives the upload: a later colliding reading is still caught.
+        outbox.ack(&[id(1)]).unwrap();
+    }
+    let outbox = open(&store);
+    let out = outbox
+        .insert_records(&[with_identity(4, "dev-p-150020-1", &sample(99))])
+        .unwrap();
+    assert!(matches!(out[0], Insert::DeadLettered { .. }));
+    let dead = outbox.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead.iter().all(|d| d.reason == "identifier_collision"));
+    let kept: Sample =
+        postcard::from_bytes(&outbox.dead_letter_payload(dead[0].seq).unwrap()).unwrap();
+    assert_eq!(kept, b);
+}
+
+#[test]
+fn two_colliding_readings_in_one_batch_keep_the_first_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    let (a, b) = (sample(1), sample(2));
+    let out = outbox
+        .insert_records(&[with_identity(1, "x", &a), with_identity(2, "x", &b)])
+        .unwrap();
+    assert_eq!(out[0], Insert::Stored);
+    assert!(matches!(out[1], Insert::DeadLettered { .. }));
+    assert_eq!(pending_ns(&outbox), vec![1]);
+}
+
+#[test]
+fn identities_are_not_written_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("outbox");
+    {
+        let outbox = open(&store);
+        let canary = "CANARY-MRN-998877-150020-1";
+        outbox
+            .insert_records(&[with_identity(1, canary, &sample(1))])
+            .unwrap();
+    }
+    for entry in walk(&store) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(12).any(|w| w == b"CANARY-MRN-9"),
+            "{} holds the identity in clear",
+            entry.display()
+        );
+    }
 }
 
 #[test]

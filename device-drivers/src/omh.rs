@@ -45,6 +45,9 @@ pub struct DataPoint {
     pub utc_offset_minutes: Option<i16>,
     /// `sensed` / `self-reported`, when the header says.
     pub modality: Option<String>,
+    /// The fractional-second digits of the effective time, exactly as sent (`"250"`), if any:
+    /// part of the reading's identity at the source's own resolution.
+    pub time_fraction: Option<String>,
 }
 
 /// Why a payload is not an acceptable data point. Carries no payload content.
@@ -204,7 +207,7 @@ pub fn parse_value(v: &Value) -> Result<DataPoint, OmhError> {
         _ => return Err(OmhError::UnknownSchema(safe_name(&schema))),
     }
 
-    let (time, offset) = effective_time(body)?;
+    let (time, time_fraction, offset) = effective_time(body)?;
     record.device_time = Some(time);
     Ok(DataPoint {
         source_id,
@@ -212,6 +215,7 @@ pub fn parse_value(v: &Value) -> Result<DataPoint, OmhError> {
         record,
         utc_offset_minutes: Some(offset),
         modality,
+        time_fraction,
     })
 }
 
@@ -247,7 +251,7 @@ fn pressure_unit(u: &str, field: &'static str) -> Result<&'static str, OmhError>
     }
 }
 
-fn effective_time(body: &Value) -> Result<(DeviceTime, i16), OmhError> {
+fn effective_time(body: &Value) -> Result<(DeviceTime, Option<String>, i16), OmhError> {
     let etf = body.get("effective_time_frame").ok_or(OmhError::BadTime)?;
     let text = etf
         .get("date_time")
@@ -259,21 +263,28 @@ fn effective_time(body: &Value) -> Result<(DeviceTime, i16), OmhError> {
         })
         .and_then(Value::as_str)
         .ok_or(OmhError::BadTime)?;
-    parse_rfc3339(text).ok_or(OmhError::BadTime)
+    parse_rfc3339_with_fraction(text).ok_or(OmhError::BadTime)
 }
 
 /// Parses RFC 3339 `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into wall-clock time and offset
-/// (minutes). Fractional seconds are truncated (the FHIR identifier uses whole seconds for
-/// sources without a sub-second clock).
+/// (minutes), dropping fractional seconds (see [`parse_rfc3339_with_fraction`]).
 pub fn parse_rfc3339(s: &str) -> Option<(DeviceTime, i16)> {
+    parse_rfc3339_with_fraction(s).map(|(t, _, o)| (t, o))
+}
+
+/// Parses RFC 3339 into wall-clock time (whole seconds), the fractional-second digits exactly
+/// as written (at most 9), and the offset in minutes east of UTC.
+pub fn parse_rfc3339_with_fraction(s: &str) -> Option<(DeviceTime, Option<String>, i16)> {
     let base = s.get(..19)?;
     let time = crate::record::parse_iso_local(base)?;
     let mut rest = s.get(19..)?;
+    let mut fraction = None;
     if let Some(r) = rest.strip_prefix('.') {
         let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
+        if digits == 0 || digits > 9 {
             return None;
         }
+        fraction = Some(r.get(..digits)?.to_string());
         rest = r.get(digits..)?;
     }
     let offset = match rest {
@@ -295,7 +306,7 @@ pub fn parse_rfc3339(s: &str) -> Option<(DeviceTime, i16)> {
             sign * (hh * 60 + mm)
         }
     };
-    Some((time, offset))
+    Some((time, fraction, offset))
 }
 
 #[cfg(test)]
@@ -366,6 +377,14 @@ mod tests {
     #[test]
     fn rfc3339_variants() {
         assert_eq!(parse_rfc3339("2026-11-01T08:00:00.123Z").unwrap().1, 0);
+        assert_eq!(
+            parse_rfc3339_with_fraction("2026-11-01T08:00:00.120-05:00")
+                .unwrap()
+                .1
+                .as_deref(),
+            Some("120")
+        );
+        assert!(parse_rfc3339("2026-11-01T08:00:00.1234567890Z").is_none());
         assert_eq!(parse_rfc3339("2026-11-01T08:00:00+05:30").unwrap().1, 330);
         assert!(parse_rfc3339("2026-11-01T08:00:00").is_none());
         assert!(parse_rfc3339("2026-02-30T08:00:00Z").is_none());

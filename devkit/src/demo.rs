@@ -5,7 +5,7 @@
 //!    validates every Bundle against the official FHIR R4 JSON schema;
 //! 3. a config for the real agent: a simulated BP cuff and a simulated scale, an encrypted
 //!    store in the temp dir, the mTLS uplink to the receiver;
-//! 4. `vitalgate::app::run`, the very function `vitalgate run` calls, with an event
+//! 4. `vitalgate::app::App::build` + `run`, the very code `vitalgate run` runs, with an event
 //!    subscriber that prints each reading as it is stored and as the server accepts it.
 //!
 //! It stops when every simulated reading was accepted, then prints a summary.
@@ -124,15 +124,16 @@ seed = 7
 
     // A BP cuff reading gives two observations (panel + pulse), a scale reading one.
     let expected = opts.count.max(1) as usize * 3;
-    let (tx, mut rx) = broadcast::channel(1024);
+    let mut rx = vitalgate::telemetry::observe();
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(vitalgate::app::run(cfg, shutdown.clone(), Some(tx)));
+    let app = tokio::task::spawn_blocking(move || vitalgate::app::App::build(cfg)).await??;
+    let agent = tokio::spawn(app.run(shutdown.clone()));
     println!(
         "  agent pipeline started: 2 simulated devices, {} measurements each\n",
         opts.count.max(1)
     );
 
-    let mut accepted: HashSet<String> = HashSet::new();
+    let mut accepted: HashSet<vitalgate::identity::ReadingId> = HashSet::new();
     let mut stored = 0usize;
     let mut printed_bundle = false;
     let deadline = tokio::time::Instant::now()
@@ -159,10 +160,10 @@ seed = 7
                 reading_id,
                 location,
                 created,
-            } if accepted.insert(reading_id.clone()) => {
+            } if accepted.insert(reading_id) => {
                 println!(
                     "accepted  {}  server {} {}",
-                    reading_id.get(..12).unwrap_or(&reading_id),
+                    reading_id.short(),
                     if created { "created" } else { "already had" },
                     location.as_deref().unwrap_or("(no location)")
                 );

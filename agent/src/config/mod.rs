@@ -341,7 +341,10 @@ client_key = "tls/gw.key"
         let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
         let (first, second) = (line_of("\"hub/#\""), line_of("\"hub/alice/bp\""));
         let at = |line: usize| format!("/etc/vitalgate/test.toml:{line}:9");
-        assert!(s.starts_with(&format!("{}: devices[1].topic", at(second))), "{s}");
+        assert!(
+            s.starts_with(&format!("{}: devices[1].topic", at(second))),
+            "{s}"
+        );
         assert!(s.contains(&at(first)), "{s}");
         assert!(s.contains("hub/#") && s.contains("hub/alice/bp"), "{s}");
     }

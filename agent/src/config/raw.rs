@@ -93,5 +93,3 @@ pub(super) struct RawSimulator {
     pub(super) count: Option<Spanned<i64>>,
     pub(super) seed: Option<Spanned<i64>>,
 }
-
-

@@ -643,4 +643,3 @@ pub(super) fn valid_bt_address(a: &str) -> bool {
             .iter()
             .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
-

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
-use crate::pipeline::{DeviceContext, Ingest, Outcome};
+use crate::pipeline::{CaptureClock, DeviceContext, Ingest, Outcome};
 use crate::reading::Source;
 use crate::telemetry;
 
@@ -207,7 +207,10 @@ async fn handle_publish(
                     topic: p.topic.clone(),
                     source_id: dp.source_id,
                 },
-                utc_offset_minutes: dp.utc_offset_minutes,
+                clock: CaptureClock {
+                    utc_offset_minutes: dp.utc_offset_minutes,
+                    fraction: dp.time_fraction,
+                },
                 received_at,
                 done: Some(done_tx),
             },

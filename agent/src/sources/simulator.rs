@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SimulatorConfig, SimulatorKind};
-use crate::pipeline::{DeviceContext, Ingest};
+use crate::pipeline::{CaptureClock, DeviceContext, Ingest};
 use crate::reading::Source;
 
 /// One simulated measurement.
@@ -94,7 +94,10 @@ pub async fn run(
             source: Source::Simulator {
                 name: cfg.name.clone(),
             },
-            utc_offset_minutes: Some(0),
+            clock: CaptureClock {
+                utc_offset_minutes: Some(0),
+                fraction: None,
+            },
             received_at: Utc::now(),
             done: None,
         };

@@ -1,6 +1,6 @@
 //! The encrypted outbox: readings wait here, sealed, until the FHIR server has them.
 //!
-//! # On-disk format (store format version 1)
+//! # On-disk format (store format version 2)
 //!
 //! A store is one directory (mode 0700) holding a sled 0.34.7 database (`<dir>/db` is the data
 //! file, `<dir>/conf` sled's parameters, `<dir>/snap.*` its snapshots, `<dir>/blobs/` values too
@@ -8,13 +8,14 @@
 //!
 //! | tree         | key                           | value                                        |
 //! |--------------|-------------------------------|----------------------------------------------|
-//! | `meta`       | `format`                      | `[1]`: the store format version              |
+//! | `meta`       | `format`                      | `[2]`: the store format version              |
 //! | `meta`       | `key_check`                   | sealed constant: proves the key is the right one |
 //! | `pending`    | seq: u64 big-endian           | sealed postcard `PendingEnvelope { id, enqueued_at_ms, payload }`, `payload` = postcard of the caller's `T` |
 //! | `index`      | `index_key(id)`: 32 bytes     | seq: u64 big-endian, the `pending` entry holding `id` |
 //! | `acked`      | `index_key(id)`: 32 bytes     | time of ack / dead-lettering, ms since Unix epoch, u64 big-endian |
 //! | `dead`       | seq: u64 big-endian           | sealed postcard `DeadEnvelope { time_ms, source, reason, id, original_len, payload_sha256, truncated, payload }` |
 //! | `quarantine` | tree name, `0x00`, original key | the original value, byte for byte, never opened |
+//! | `idents`     | `index_key(sha256("identity\0" ‖ identity))` | `index_key(id)` ‖ time of insert, ms, u64 big-endian: which record holds an upstream identity (FHIR Observation identifier) |
 //!
 //! "Sealed" is the [`codec`] format: version byte, 12-byte random nonce, ChaCha20-Poly1305
 //! ciphertext and tag, with AAD = version byte ‖ tree name ‖ `0x00` ‖ sled key. `index_key` is
@@ -35,16 +36,23 @@
 //!    a corrupted index entry cannot remove the wrong reading.
 //! 3. **Dedup.** An id is a duplicate while it is in `index` (pending) or `acked` (uploaded or
 //!    dead-lettered less than the tombstone retention ago, default 30 days).
-//! 4. **Durable before Ok.** Every method that changes `pending`, `index`, `acked` or `dead`
+//! 4. **One record per identity.** A new record whose upstream identity is already held by a
+//!    record with another id (same FHIR identifier, different content) is never stored as
+//!    pending: it goes to `dead` with reason `identifier_collision` (and its id becomes a
+//!    tombstone), so the server never merges two readings into one Observation. `idents`
+//!    entries are pruned with tombstones, never while their record is pending.
+//! 5. **Durable before Ok.** Every method that changes `pending`, `index`, `acked` or `dead`
 //!    (except `prune_tombstones`, whose loss is harmless) returns `Ok` only after `Db::flush`
 //!    **and** our own `fdatasync` of `<dir>/db` (sled 0.34's flush uses `sync_file_range` on
 //!    Linux, which neither flushes the drive's write cache nor file-size metadata: sled issues
 //!    #1452, #1351) and an fsync of any new file under `blobs/` (sled does not fsync blob files
 //!    at all). This holds for [`Insert::Duplicate`] too: the earlier copy may have been written
 //!    by another thread that has not synced yet.
-//! 5. **Bounded records.** An encoded payload is at most [`MAX_PAYLOAD_LEN`] bytes, so records
-//!    stay inline in sled's log segments instead of becoming blob files (see 4).
-//! 6. **No PHI outside sealed values.** Keys are sequence numbers and keyed hashes; errors and
+//! 6. **Bounded records.** An encoded payload is at most [`MAX_PAYLOAD_LEN`] bytes, so records
+//!    stay inline in sled's log segments instead of becoming blob files (see 5).
+//! 7. **One record is refused alone.** A record too large for the format is kept as a dead
+//!    letter (its first bytes, length and SHA-256); the rest of its batch is stored.
+//! 8. **No PHI outside sealed values.** Keys are sequence numbers and keyed hashes; errors and
 //!    logs carry tree names, sequence numbers and sizes, never content.
 //!
 //! # Durability: what is and is not shown here
@@ -69,14 +77,15 @@ mod outbox;
 pub use codec::{CodecError, RecordCipher};
 pub use keyfile::{KeyFileError, StoreKey};
 pub use outbox::{
-    DeadLetterInfo, Insert, Outbox, OutboxOptions, PendingRecord, Stats, MAX_PAYLOAD_LEN,
-    TREE_ACKED, TREE_DEAD, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
+    DeadLetterInfo, DeadReason, Insert, NewRecord, Outbox, OutboxOptions, PendingRecord, Stats,
+    MAX_PAYLOAD_LEN, TREE_ACKED, TREE_DEAD, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING,
+    TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;
 
 /// The store format version written to `meta/format`.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Everything that can go wrong in the store. Carries paths, tree names, sequence numbers and
 /// sizes; never record content.

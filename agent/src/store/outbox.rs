@@ -21,12 +21,13 @@ use sled::Transactional;
 use super::codec::RecordCipher;
 use super::keyfile::StoreKey;
 use super::{StoreError, FORMAT_VERSION};
+use crate::telemetry;
 
 /// Largest encoded payload (postcard of `T`, or a raw dead-letter payload) stored in one record.
 ///
 /// Keeps every sled leaf node (sled 0.34 splits leaves above 16 entries; ~30 at most during
 /// merges) under the 128 KiB at which sled moves a node out of its log into a blob file, which
-/// sled never fsyncs (we do, see invariant 4, but would rather not depend on it). A reading
+/// sled never fsyncs (we do, see invariant 5, but would rather not depend on it). A reading
 /// encodes to well under 1 KiB. Raw dead-letter payloads above this are truncated, keeping
 /// their length and SHA-256.
 pub const MAX_PAYLOAD_LEN: usize = 4 * 1024;
@@ -38,6 +39,7 @@ pub const TREE_INDEX: &str = "index";
 pub const TREE_ACKED: &str = "acked";
 pub const TREE_DEAD: &str = "dead";
 pub const TREE_QUARANTINE: &str = "quarantine";
+pub const TREE_IDENTS: &str = "idents";
 
 const META_FORMAT: &[u8] = b"format";
 const META_KEY_CHECK: &[u8] = b"key_check";
@@ -64,12 +66,50 @@ impl Default for OutboxOptions {
     }
 }
 
-/// What [`Outbox::insert`] did. Both outcomes are durable: acknowledge upstream in both cases.
+/// What [`Outbox::insert`] did. Every outcome is durable: acknowledge upstream in each case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Insert {
     Stored,
     /// The id is pending, or was acked or dead-lettered within the tombstone retention.
     Duplicate,
+    /// Kept, but as a dead letter (`seq` in the dead-letter tree), never uploaded: see
+    /// [`DeadReason`]. Its id became a tombstone, so a redelivery is a [`Insert::Duplicate`].
+    DeadLettered {
+        seq: u64,
+        reason: DeadReason,
+    },
+}
+
+/// Why [`Outbox::insert_records`] kept a record as a dead letter instead of pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadReason {
+    /// Another record with a different id (different content) already holds the same identity
+    /// (FHIR Observation identifier): uploading both would make the server merge them.
+    IdentifierCollision,
+    /// The record encodes to more than [`MAX_PAYLOAD_LEN`]; its first bytes, length and SHA-256
+    /// are kept.
+    TooLarge,
+}
+
+impl DeadReason {
+    /// The reason code written into the dead letter (and shown by `vitalgate dead-letters`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::IdentifierCollision => "identifier_collision",
+            DeadReason::TooLarge => "record_too_large",
+        }
+    }
+}
+
+/// One record for [`Outbox::insert_records`].
+#[derive(Clone, Copy, Debug)]
+pub struct NewRecord<'a, T> {
+    /// Content id: the dedup key.
+    pub id: [u8; 32],
+    /// The identity the record will have upstream (the FHIR Observation identifier), if any:
+    /// two records with one identity and different ids are a collision.
+    pub identity: Option<&'a str>,
+    pub value: &'a T,
 }
 
 /// One record waiting for upload, in FIFO order.
@@ -148,6 +188,7 @@ pub struct Outbox {
     acked: sled::Tree,
     dead: sled::Tree,
     quarantine: sled::Tree,
+    idents: sled::Tree,
     cipher: RecordCipher,
     opts: OutboxOptions,
     /// Blob files already fsynced, with the length synced (a blob may be mid-write).
@@ -219,6 +260,7 @@ impl Outbox {
             acked: db.open_tree(TREE_ACKED)?,
             dead: db.open_tree(TREE_DEAD)?,
             quarantine: db.open_tree(TREE_QUARANTINE)?,
+            idents: db.open_tree(TREE_IDENTS)?,
             db,
             db_file,
             cipher,
@@ -261,64 +303,176 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// [`StoreError::TooLarge`] if `value` encodes to more than [`MAX_PAYLOAD_LEN`];
-    /// [`StoreError::Encode`], [`StoreError::Sled`], [`StoreError::Io`]. On error nothing may be
-    /// acknowledged upstream (the record may or may not be stored; a retry is safe).
+    /// As [`Outbox::insert_records`].
     pub fn insert<T: Serialize>(&self, id: [u8; 32], value: &T) -> Result<Insert, StoreError> {
         let outcomes = self.insert_many([(id, value)])?;
         Ok(outcomes.first().copied().unwrap_or(Insert::Duplicate))
     }
 
-    /// Stores a batch with one transaction and one flush+fsync. Returns one outcome per item, in
-    /// order; an id repeated within the batch is a [`Insert::Duplicate`] after its first use.
+    /// [`Outbox::insert_records`] for records without an upstream identity.
     ///
     /// # Errors
     ///
-    /// As [`Outbox::insert`]; the batch is all-or-nothing.
+    /// As [`Outbox::insert_records`].
     pub fn insert_many<'a, T, I>(&self, items: I) -> Result<Vec<Insert>, StoreError>
     where
         T: Serialize + 'a,
         I: IntoIterator<Item = ([u8; 32], &'a T)>,
     {
-        let now = now_ms(SystemTime::now());
-        let mut prepared = Vec::new();
-        for (id, value) in items {
-            let payload = postcard::to_stdvec(value).map_err(StoreError::Encode)?;
-            check_len(payload.len())?;
-            let seq = self.db.generate_id()?;
-            let envelope = PendingEnvelope {
+        let records: Vec<NewRecord<'a, T>> = items
+            .into_iter()
+            .map(|(id, value)| NewRecord {
                 id,
-                enqueued_at_ms: now,
-                payload,
-            };
-            let plain = postcard::to_stdvec(&envelope).map_err(StoreError::Encode)?;
-            let sealed = self
-                .cipher
-                .seal(&record_key(TREE_PENDING, &seq.to_be_bytes()), &plain)?;
-            prepared.push((self.cipher.index_key(&id), seq.to_be_bytes(), sealed));
+                identity: None,
+                value,
+            })
+            .collect();
+        self.insert_records(&records)
+    }
+
+    /// Stores a batch with one transaction and one flush+fsync. Returns one outcome per item, in
+    /// order; an id repeated within the batch is a [`Insert::Duplicate`] after its first use.
+    ///
+    /// A record is never refused alone: one that is too large, or whose identity another record
+    /// already holds, is kept as a dead letter ([`Insert::DeadLettered`]) and the others of the
+    /// batch are stored.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Encode`], [`StoreError::Codec`], [`StoreError::Sled`], [`StoreError::Io`].
+    /// The batch is all-or-nothing; on error nothing may be acknowledged upstream (a retry is
+    /// safe).
+    pub fn insert_records<T: Serialize>(
+        &self,
+        records: &[NewRecord<'_, T>],
+    ) -> Result<Vec<Insert>, StoreError> {
+        let now = now_ms(SystemTime::now());
+        // Items that need a dead-letter record (too large; collisions found by a first pass).
+        let mut dead_for: HashMap<usize, DeadReason> = HashMap::new();
+        let mut encoded = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let payload = postcard::to_stdvec(r.value).map_err(StoreError::Encode)?;
+            if payload.len() > MAX_PAYLOAD_LEN {
+                dead_for.insert(i, DeadReason::TooLarge);
+            }
+            encoded.push(payload);
         }
-        let result: TransactionResult<Vec<Insert>, StoreError> =
-            (&self.pending, &self.index, &self.acked).transaction(|(pending, index, acked)| {
-                let mut outcomes = Vec::with_capacity(prepared.len());
-                for (mac, seq, sealed) in &prepared {
-                    if index.get(mac)?.is_some() || acked.get(mac)?.is_some() {
-                        outcomes.push(Insert::Duplicate);
-                    } else {
-                        pending.insert(&seq[..], &sealed[..])?;
-                        index.insert(&mac[..], &seq[..])?;
-                        outcomes.push(Insert::Stored);
+        // At most two rounds: the first finds collisions, the second has their dead letters.
+        for _round in 0..3 {
+            let mut prepared = Vec::with_capacity(records.len());
+            for (i, (r, payload)) in records.iter().zip(&encoded).enumerate() {
+                let mac = self.cipher.index_key(&r.id);
+                let ident = r.identity.map(|s| self.identity_key(s));
+                let sealed = match dead_for.get(&i) {
+                    Some(reason) => {
+                        let seq = self.db.generate_id()?;
+                        let kept = payload.get(..MAX_PAYLOAD_LEN).unwrap_or(payload);
+                        let sealed = self.seal_dead(
+                            seq,
+                            DeadEnvelope {
+                                time_ms: now,
+                                source: "pipeline".to_owned(),
+                                reason: reason.as_str().to_owned(),
+                                id: Some(r.id),
+                                original_len: payload.len() as u64,
+                                payload_sha256: sha256(payload),
+                                truncated: payload.len() > kept.len(),
+                                payload: kept.to_vec(),
+                            },
+                        )?;
+                        Prepared::Dead(seq, *reason, sealed)
                     }
+                    None => {
+                        let seq = self.db.generate_id()?;
+                        let plain = postcard::to_stdvec(&PendingEnvelope {
+                            id: r.id,
+                            enqueued_at_ms: now,
+                            payload: payload.clone(),
+                        })
+                        .map_err(StoreError::Encode)?;
+                        let sealed = self
+                            .cipher
+                            .seal(&record_key(TREE_PENDING, &seq.to_be_bytes()), &plain)?;
+                        Prepared::Pending(seq, sealed)
+                    }
+                };
+                prepared.push((mac, ident, sealed));
+            }
+            let tomb = now.to_be_bytes();
+            let result: TransactionResult<Vec<Insert>, NeedsDeadLetter> = (
+                &self.pending,
+                &self.index,
+                &self.acked,
+                &self.dead,
+                &self.idents,
+            )
+                .transaction(|(pending, index, acked, dead, idents)| {
+                    let mut outcomes = Vec::with_capacity(prepared.len());
+                    for (i, (mac, ident, item)) in prepared.iter().enumerate() {
+                        if index.get(mac)?.is_some() || acked.get(mac)?.is_some() {
+                            outcomes.push(Insert::Duplicate);
+                            continue;
+                        }
+                        let collides = match ident {
+                            Some(k) => idents
+                                .get(k)?
+                                .is_some_and(|v| v.get(..32) != Some(&mac[..])),
+                            None => false,
+                        };
+                        match item {
+                            Prepared::Dead(seq, reason, sealed) => {
+                                dead.insert(&seq.to_be_bytes()[..], &sealed[..])?;
+                                acked.insert(&mac[..], &tomb[..])?;
+                                outcomes.push(Insert::DeadLettered {
+                                    seq: *seq,
+                                    reason: *reason,
+                                });
+                            }
+                            Prepared::Pending(..) if collides => {
+                                return abort(NeedsDeadLetter(i));
+                            }
+                            Prepared::Pending(seq, sealed) => {
+                                let seq = seq.to_be_bytes();
+                                pending.insert(&seq[..], &sealed[..])?;
+                                index.insert(&mac[..], &seq[..])?;
+                                if let Some(k) = ident {
+                                    let mut v = mac.to_vec();
+                                    v.extend_from_slice(&tomb);
+                                    idents.insert(&k[..], v)?;
+                                }
+                                outcomes.push(Insert::Stored);
+                            }
+                        }
+                    }
+                    Ok(outcomes)
+                });
+            match result {
+                Ok(outcomes) => {
+                    // Also for duplicates: the first copy may belong to a thread that has not
+                    // synced yet.
+                    self.make_durable()?;
+                    let count = |f: fn(&Insert) -> bool| outcomes.iter().filter(|o| f(o)).count();
+                    self.inserts
+                        .fetch_add(count(|o| *o == Insert::Stored) as u64, Ordering::Relaxed);
+                    self.duplicates
+                        .fetch_add(count(|o| *o == Insert::Duplicate) as u64, Ordering::Relaxed);
+                    return Ok(outcomes);
                 }
-                Ok(outcomes)
-            });
-        let outcomes = result?;
-        // Also for duplicates: the first copy may belong to a thread that has not synced yet.
-        self.make_durable()?;
-        let stored = outcomes.iter().filter(|o| **o == Insert::Stored).count() as u64;
-        self.inserts.fetch_add(stored, Ordering::Relaxed);
-        self.duplicates
-            .fetch_add(outcomes.len() as u64 - stored, Ordering::Relaxed);
-        Ok(outcomes)
+                Err(sled::transaction::TransactionError::Abort(NeedsDeadLetter(i))) => {
+                    dead_for.insert(i, DeadReason::IdentifierCollision);
+                }
+                Err(sled::transaction::TransactionError::Storage(e)) => {
+                    return Err(StoreError::Sled(e))
+                }
+            }
+        }
+        // Each round adds at least one collision; the batch is small, so this is unreachable in
+        // practice. Report it rather than loop.
+        Err(StoreError::Corrupt {
+            tree: TREE_IDENTS,
+            seq: 0,
+            reason: "identity collisions did not settle",
+        })
     }
 
     /// Up to `limit` pending records, oldest first. Records that do not open or decode are
@@ -413,7 +567,8 @@ impl Outbox {
                     reason,
                 })?;
         if envelope.id != *id {
-            IndexMismatch { seq }.emit(&self.corrupt_records);
+            self.corrupt_records.fetch_add(1, Ordering::Relaxed);
+            telemetry::IndexMismatch { seq }.emit();
             return Err(StoreError::Corrupt {
                 tree: TREE_INDEX,
                 seq,
@@ -567,7 +722,29 @@ impl Outbox {
                 count += 1;
             }
         }
-        if count > 0 {
+        // Identities live as long as tombstones do: a late redelivery must still be recognised,
+        // and a pending record's identity is never forgotten.
+        let mut ident_batch = sled::Batch::default();
+        let mut idents_removed = 0;
+        for item in self.idents.iter() {
+            let (key, value) = item?;
+            let at = value
+                .get(32..40)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes);
+            let pending = match value.get(..32) {
+                Some(mac) => self.index.contains_key(mac)?,
+                None => false,
+            };
+            if !pending && now.saturating_sub(at) > retention {
+                ident_batch.remove(key);
+                idents_removed += 1;
+            }
+        }
+        if idents_removed > 0 {
+            self.idents.apply_batch(ident_batch)?;
+        }
+        if count > 0 || idents_removed > 0 {
             self.acked.apply_batch(batch)?;
             self.db.flush()?;
         }
@@ -645,7 +822,7 @@ impl Outbox {
     }
 
     /// sled flush, then fdatasync of the data file and fsync of new blob files (module doc,
-    /// invariant 4).
+    /// invariant 5).
     fn make_durable(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         self.db_file.sync_data().map_err(|source| StoreError::Io {
@@ -700,6 +877,15 @@ impl Outbox {
         Ok(())
     }
 
+    /// The `idents` key of an upstream identity: a keyed hash, like `index` keys (identities
+    /// contain patient identifiers and are never written in clear).
+    fn identity_key(&self, identity: &str) -> [u8; 32] {
+        let mut pre = Vec::with_capacity(identity.len() + 9);
+        pre.extend_from_slice(b"identity\0");
+        pre.extend_from_slice(identity.as_bytes());
+        self.cipher.index_key(&sha256(&pre))
+    }
+
     fn index_seq(&self, mac: &[u8; 32]) -> Result<Option<u64>, StoreError> {
         Ok(self.index.get(mac)?.and_then(|v| parse_seq(&v)))
     }
@@ -715,7 +901,8 @@ impl Outbox {
         match self.open_pending_envelope(seq, &raw) {
             Ok(envelope) if envelope.id == *id => Ok(Some(seq)),
             Ok(_) => {
-                IndexMismatch { seq }.emit(&self.corrupt_records);
+                self.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                telemetry::IndexMismatch { seq }.emit();
                 Ok(None)
             }
             // Left in place: the next `pending` call quarantines it with a log line.
@@ -805,55 +992,28 @@ impl Outbox {
             });
         if result? {
             self.make_durable()?;
-            RecordQuarantined {
+            self.corrupt_records.fetch_add(1, Ordering::Relaxed);
+            telemetry::RecordQuarantined {
                 tree: tree_name,
                 seq: parse_seq(key),
                 size: raw.len(),
                 reason,
             }
-            .emit(&self.corrupt_records);
+            .emit();
         }
         Ok(())
     }
 }
 
-// ---- telemetry events: one struct per condition, no record content by construction ----
-
-/// A record that does not open or decode was moved to `quarantine`.
-struct RecordQuarantined {
-    tree: &'static str,
-    seq: Option<u64>,
-    size: usize,
-    reason: &'static str,
+/// A record prepared for [`Outbox::insert_records`]: sealed for `pending`, or for `dead`.
+enum Prepared {
+    Pending(u64, Vec<u8>),
+    Dead(u64, DeadReason, Vec<u8>),
 }
 
-impl RecordQuarantined {
-    fn emit(&self, corrupt_records: &AtomicU64) {
-        corrupt_records.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            tree = self.tree,
-            seq = self.seq,
-            size = self.size,
-            reason = self.reason,
-            "corrupt store record moved to quarantine; raw bytes kept"
-        );
-    }
-}
-
-/// An `index` entry points at a pending record that holds another id.
-struct IndexMismatch {
-    seq: u64,
-}
-
-impl IndexMismatch {
-    fn emit(&self, corrupt_records: &AtomicU64) {
-        corrupt_records.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            seq = self.seq,
-            "store index entry points at a record with another id; record left pending"
-        );
-    }
-}
+/// Transaction abort: item `.0` collides and needs a sealed dead letter first.
+#[derive(Debug)]
+struct NeedsDeadLetter(usize);
 
 /// The key a record is sealed under: tree name, `0x00`, sled key (module doc of [`crate::store`]).
 fn record_key(tree: &str, key: &[u8]) -> Vec<u8> {
@@ -866,16 +1026,6 @@ fn record_key(tree: &str, key: &[u8]) -> Vec<u8> {
 
 fn parse_seq(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
-}
-
-fn check_len(len: usize) -> Result<(), StoreError> {
-    if len > MAX_PAYLOAD_LEN {
-        return Err(StoreError::TooLarge {
-            len,
-            max: MAX_PAYLOAD_LEN,
-        });
-    }
-    Ok(())
 }
 
 fn now_ms(t: SystemTime) -> u64 {

@@ -21,8 +21,8 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use device_drivers::{Decimal, DeviceTime, ReadingType};
+use chrono::SecondsFormat;
+use device_drivers::{Decimal, ReadingType};
 use serde_json::{json, Map, Number, Value};
 
 use crate::reading::{DeviceClass, DeviceIdentifier, PatientRef, Reading, ReadingKind};
@@ -69,6 +69,11 @@ pub enum MappingError {
     TooManyEntries(usize),
     #[error("no readings")]
     Empty,
+    /// Two readings with one Observation identifier and different content: the server would
+    /// merge them. The store never lets this happen (see `crate::store`, invariant 3b); if it
+    /// does, the reading is isolated and dead-lettered, never acked on the other's entry.
+    #[error("identifier_collision: two different readings share one Observation identifier")]
+    IdentifierCollision,
 }
 
 /// Maps an observation entry back to the readings it carries (a duplicate reading dropped from
@@ -76,7 +81,7 @@ pub enum MappingError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryRef {
     pub entry_index: usize,
-    pub reading_ids: Vec<String>,
+    pub reading_ids: Vec<crate::identity::ReadingId>,
 }
 
 struct Code {
@@ -184,44 +189,6 @@ fn code(kind: ReadingKind) -> Code {
 /// The MDC code of an observation kind (the `<type>` of the identifier).
 pub fn mdc_code(kind: ReadingKind) -> u32 {
     code(kind).mdc
-}
-
-/// The idempotency identifier value of fhir-mapping.md §5.1:
-/// `<device>-<patient>-<type>-<timestamp>`, `G` + reception time when the device sent no time,
-/// `sha256-<hex>` when longer than 128 characters.
-pub fn observation_identifier(
-    device: &DeviceIdentifier,
-    patient: &PatientRef,
-    mdc_code: u32,
-    device_time: Option<DeviceTime>,
-    received_at: DateTime<Utc>,
-) -> String {
-    let timestamp = match device_time {
-        Some(t) => t.seconds_since_2000().to_string(),
-        None => {
-            let epoch2000 = 946_684_800i64;
-            let secs = received_at.timestamp() - epoch2000;
-            let millis = received_at.timestamp_subsec_millis();
-            if millis == 0 {
-                format!("G{secs}")
-            } else {
-                format!("G{secs}.{millis:03}")
-            }
-        }
-    };
-    let value = format!(
-        "{}-{}-{}-{}",
-        device.id_component(),
-        patient.id_component(),
-        mdc_code,
-        timestamp
-    );
-    if value.chars().count() > 128 {
-        let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
-        format!("sha256-{}", hex::encode(digest.as_ref()))
-    } else {
-        value
-    }
 }
 
 /// The display text of a UCUM code (fhir-mapping.md §2).
@@ -561,9 +528,14 @@ pub fn build_transaction_bundle(
     let mut refs: Vec<EntryRef> = Vec::new();
     for r in readings {
         if let Some(&i) = obs_index.get(r.observation_identifier.as_str()) {
-            // Same identity already in this Bundle: drop the duplicate, ack both with it.
-            if let Some(er) = refs.iter_mut().find(|e| e.entry_index == i) {
-                er.reading_ids.push(r.id.clone());
+            // Same identity already in this Bundle: the same reading twice rides on one entry;
+            // a different reading under the same identity is a collision, never merged.
+            let er = refs
+                .iter_mut()
+                .find(|e| e.entry_index == i)
+                .ok_or(MappingError::IdentifierCollision)?;
+            if !er.reading_ids.contains(&r.id) {
+                return Err(MappingError::IdentifierCollision);
             }
             continue;
         }
@@ -592,7 +564,7 @@ pub fn build_transaction_bundle(
         obs_index.insert(r.observation_identifier.as_str(), entries.len() - 1);
         refs.push(EntryRef {
             entry_index: entries.len() - 1,
-            reading_ids: vec![r.id.clone()],
+            reading_ids: vec![r.id],
         });
     }
     let bundle = json!({
@@ -607,7 +579,8 @@ pub fn build_transaction_bundle(
 pub(crate) mod tests {
     use super::*;
     use crate::reading::{DeviceInfo, Source, TimeQuality};
-    use chrono::{FixedOffset, TimeZone};
+    use chrono::{FixedOffset, TimeZone, Utc};
+    use device_drivers::DeviceTime;
 
     pub(crate) fn reading(
         kind: ReadingKind,
@@ -621,9 +594,18 @@ pub(crate) mod tests {
             value: "RPM-000123".into(),
         };
         let received = Utc.with_ymd_and_hms(2025, 3, 14, 7, 15, 31).unwrap();
-        let oid = observation_identifier(&dev, &patient, mdc_code(kind), Some(t), received);
+        let oid = crate::identity::observation_identifier(
+            dev.id_component(),
+            &patient,
+            mdc_code(kind),
+            &crate::identity::IdTimestamp::Device {
+                seconds_since_2000: t.seconds_since_2000(),
+                fraction: None,
+                utc_offset_minutes: None,
+            },
+        );
         Reading {
-            id: format!("{n:064x}"),
+            id: test_id(n),
             observation_identifier: oid,
             kind,
             components: comps
@@ -652,6 +634,12 @@ pub(crate) mod tests {
                 address: "00:09:1F:80:12:34".into(),
             },
         }
+    }
+
+    pub(crate) fn test_id(n: i64) -> crate::identity::ReadingId {
+        let mut b = [0u8; 32];
+        b[24..].copy_from_slice(&n.to_be_bytes());
+        crate::identity::ReadingId::from_bytes(b)
     }
 
     pub(crate) fn bp() -> Reading {
@@ -684,30 +672,6 @@ pub(crate) mod tests {
             bp().observation_identifier,
             "00091FFFFE801234-RPM-000123-https://rpm.example.org/fhir/sid/patient-mrn-150020-795255330"
         );
-    }
-
-    #[test]
-    fn identifier_without_device_time_uses_reception_time_with_g() {
-        let id = observation_identifier(
-            &DeviceIdentifier::Bluetooth("00091F801234".into()),
-            &PatientRef::Literal { id: "p1".into() },
-            188736,
-            None,
-            Utc.with_ymd_and_hms(2025, 3, 14, 8, 15, 30).unwrap(),
-        );
-        assert_eq!(id, "00091F801234-p1-188736-G795255330");
-    }
-
-    #[test]
-    fn long_identifiers_are_hashed() {
-        let id = observation_identifier(
-            &DeviceIdentifier::Local("gw/".to_string() + &"x".repeat(120)),
-            &PatientRef::Literal { id: "p1".into() },
-            188736,
-            None,
-            Utc::now(),
-        );
-        assert!(id.starts_with("sha256-") && id.len() == 7 + 64, "{id}");
     }
 
     #[test]
@@ -798,8 +762,7 @@ pub(crate) mod tests {
     #[test]
     fn duplicate_readings_share_one_entry_and_devices_appear_once() {
         let a = bp();
-        let mut b = bp();
-        b.id = format!("{:064x}", 9);
+        let b = bp();
         let mut pulse = reading(
             ReadingKind::PulseRateCuff,
             vec![(ReadingType::PulseRate, Decimal::from_int(60), "/min")],
@@ -810,8 +773,20 @@ pub(crate) mod tests {
             build_transaction_bundle(&GatewayInfo::new("gw", "0"), &[a.clone(), b.clone(), pulse])
                 .unwrap();
         assert_eq!(bundle["entry"].as_array().unwrap().len(), 4);
-        assert_eq!(refs[0].reading_ids, vec![a.id, b.id]);
+        assert_eq!(refs[0].reading_ids, vec![a.id]);
         assert_eq!(refs.len(), 2);
+    }
+
+    #[test]
+    fn two_different_readings_under_one_identifier_are_never_merged() {
+        let a = bp();
+        let mut b = bp();
+        b.id = test_id(9);
+        b.components[0].value = Decimal::from_int(140);
+        assert!(matches!(
+            build_transaction_bundle(&GatewayInfo::new("gw", "0"), &[a, b]),
+            Err(MappingError::IdentifierCollision)
+        ));
     }
 
     #[test]
@@ -819,7 +794,7 @@ pub(crate) mod tests {
         let mut many = Vec::new();
         for i in 0..60 {
             let mut r = bp();
-            r.id = format!("{i:064x}");
+            r.id = test_id(i);
             r.observation_identifier = format!("obs-{i}");
             r.device.identifier = DeviceIdentifier::Local(format!("gw/dev{i}"));
             many.push(r);

@@ -29,7 +29,7 @@ pub enum EntryStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
-    pub reading_id: String,
+    pub reading_id: crate::identity::ReadingId,
     pub status: EntryStatus,
     pub location: Option<String>,
 }
@@ -135,7 +135,7 @@ fn classify_success(body: &[u8], total_entries: usize, entries: &[EntryRef]) -> 
                 .iter()
                 .flat_map(|e| e.reading_ids.iter())
                 .map(|id| Accepted {
-                    reading_id: id.clone(),
+                    reading_id: *id,
                     status: EntryStatus::Unknown,
                     location: None,
                 })
@@ -190,7 +190,7 @@ fn classify_success(body: &[u8], total_entries: usize, entries: &[EntryRef]) -> 
             .map(|s| s.chars().take(256).collect::<String>());
         for id in &er.reading_ids {
             out.push(Accepted {
-                reading_id: id.clone(),
+                reading_id: *id,
                 status: status.clone(),
                 location: location.clone(),
             });
@@ -202,17 +202,18 @@ fn classify_success(body: &[u8], total_entries: usize, entries: &[EntryRef]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uplink::fhir::tests::test_id;
     use serde_json::json;
 
     fn refs() -> Vec<EntryRef> {
         vec![
             EntryRef {
                 entry_index: 1,
-                reading_ids: vec!["a".into()],
+                reading_ids: vec![test_id(1)],
             },
             EntryRef {
                 entry_index: 2,
-                reading_ids: vec!["b".into(), "b2".into()],
+                reading_ids: vec![test_id(2), test_id(3)],
             },
         ]
     }
@@ -238,7 +239,7 @@ mod tests {
                 assert_eq!(a[0].status, EntryStatus::Created);
                 assert_eq!(a[0].location.as_deref(), Some("Observation/1/_history/1"));
                 assert_eq!(a[1].status, EntryStatus::Existing);
-                assert_eq!(a[2].reading_id, "b2");
+                assert_eq!(a[2].reading_id, test_id(3));
             }
             other => panic!("{other:?}"),
         }

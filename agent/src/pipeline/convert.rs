@@ -1,0 +1,389 @@
+//! The pure step: one driver [`Record`] → zero or more canonical [`Reading`]s.
+//!
+//! It attributes the record to a patient (single patient, or by the device's user index), picks
+//! the observation kind per value (a BP cuff's pulse is not an oximeter's), fixes the effective
+//! time and its quality, and computes the two identities that never change afterwards (see
+//! [`crate::identity`]). No I/O, no clock: the reception time is an argument.
+
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use device_drivers::{ReadingType, Record};
+
+use super::devices::DeviceContext;
+use crate::config::Attribution;
+use crate::identity::{self, IdTimestamp, ReadingId};
+use crate::reading::{DeviceClass, Reading, ReadingKind, Source, TimeQuality};
+use crate::uplink::fhir;
+
+/// What the source knows about the device's clock beyond the record's wall-clock time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureClock {
+    /// The offset the device reported with its time, minutes east of UTC.
+    pub utc_offset_minutes: Option<i16>,
+    /// Fractional-second digits of the device time, as the device sent them.
+    pub fraction: Option<String>,
+}
+
+/// Why a record produced no reading. Carries no PHI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("record carries user index {0:?}, which is not mapped to a patient")]
+    Unattributed(Option<u8>),
+    #[error("record has no value that maps to a FHIR observation")]
+    NothingToUpload,
+    #[error("record is flagged {0}: values are not trustworthy")]
+    Unreliable(String),
+}
+
+impl Rejection {
+    /// Is the record a real measurement that must be kept (as a dead letter) rather than only
+    /// counted? An unattributed reading is; a record with nothing to upload or flagged invalid
+    /// by its own device is not (a streaming oximeter sends several such records a second).
+    pub fn keeps_record(&self) -> bool {
+        matches!(self, Rejection::Unattributed(_))
+    }
+}
+
+/// Flags that mean "do not turn this into an observation" (serial-protocols.md §1.2 policy).
+const UNRELIABLE_FLAGS: &[&str] = &[
+    "sensor_alarm",
+    "sensor_disconnect",
+    "sensor_off",
+    "no_sensor",
+    "no_measurement",
+    "test_data",
+    "control_solution",
+];
+
+/// Turns one driver record into canonical readings. Pure.
+pub fn readings_from_record(
+    device: &DeviceContext,
+    record: &Record,
+    source: &Source,
+    clock: &CaptureClock,
+    received_at: DateTime<Utc>,
+) -> Result<Vec<Reading>, Rejection> {
+    let utc_offset_minutes = clock.utc_offset_minutes;
+    if let Some(f) = record
+        .flags
+        .iter()
+        .find(|f| UNRELIABLE_FLAGS.contains(&f.as_str()))
+    {
+        return Err(Rejection::Unreliable(f.clone()));
+    }
+    let patient = match &device.attribution {
+        Attribution::Single(p) => p.clone(),
+        Attribution::PerUser(map) => record
+            .user_index
+            .and_then(|u| map.get(&u))
+            .cloned()
+            .ok_or(Rejection::Unattributed(record.user_index))?,
+    };
+
+    // Effective time and its quality.
+    let offset = utc_offset_minutes
+        .and_then(|m| FixedOffset::east_opt(i32::from(m) * 60))
+        .unwrap_or(device.utc_offset);
+    let device_effective = record.device_time.and_then(|t| {
+        offset
+            .timestamp_opt(
+                t.naive_unix_seconds() - i64::from(offset.local_minus_utc()),
+                0,
+            )
+            .single()
+    });
+    let (effective, time_quality) = match device_effective {
+        Some(e) if !device.clock_is_provenance_only => (e, TimeQuality::DeviceTrusted),
+        _ => (
+            received_at.with_timezone(&chrono::Offset::fix(&Utc)),
+            TimeQuality::GatewayReceiveTime,
+        ),
+    };
+
+    // Group the values into observations.
+    let mut groups: Vec<(ReadingKind, Vec<device_drivers::Reading>)> = Vec::new();
+    let mut push = |kind: ReadingKind, r: &device_drivers::Reading| match groups
+        .iter_mut()
+        .find(|(k, _)| *k == kind)
+    {
+        Some((_, v)) => v.push(r.clone()),
+        None => groups.push((kind, vec![r.clone()])),
+    };
+    for r in &record.readings {
+        let kind = match r.kind {
+            ReadingType::SystolicPressure
+            | ReadingType::DiastolicPressure
+            | ReadingType::MeanArterialPressure => ReadingKind::BloodPressure,
+            ReadingType::PulseRate => match device.class {
+                DeviceClass::BloodPressureCuff => ReadingKind::PulseRateCuff,
+                DeviceClass::PulseOximeter => ReadingKind::PulseRateOximeter,
+                _ => ReadingKind::HeartRate,
+            },
+            ReadingType::HeartRate => ReadingKind::HeartRate,
+            ReadingType::Spo2 => ReadingKind::OxygenSaturation,
+            ReadingType::BodyWeight => ReadingKind::BodyWeight,
+            ReadingType::BodyHeight => ReadingKind::BodyHeight,
+            ReadingType::Bmi => ReadingKind::Bmi,
+            ReadingType::BodyTemperature => ReadingKind::BodyTemperature,
+            ReadingType::BloodGlucose => ReadingKind::BloodGlucose,
+            // No FHIR mapping in fhir-mapping.md yet (PI, SpCO, SpMet, SpHb, PVI, body fat):
+            // counted by the caller, kept out of the outbox.
+            _ => continue,
+        };
+        push(kind, r);
+    }
+    // A BP panel needs both systolic and diastolic.
+    groups.retain(|(k, v)| {
+        *k != ReadingKind::BloodPressure
+            || (v.iter().any(|c| c.kind == ReadingType::SystolicPressure)
+                && v.iter().any(|c| c.kind == ReadingType::DiastolicPressure))
+    });
+    if groups.is_empty() {
+        return Err(Rejection::NothingToUpload);
+    }
+
+    let info = device.info(record);
+    // fhir-mapping.md §5.1: an Open mHealth data point is identified by its header.uuid, not
+    // by the hub that relayed it.
+    let device_part = match source {
+        Source::Mqtt { source_id, .. } => source_id.as_str(),
+        _ => device.identifier.id_component(),
+    };
+    let timestamp = match record.device_time {
+        Some(t) => IdTimestamp::Device {
+            seconds_since_2000: t.seconds_since_2000(),
+            fraction: clock.fraction.clone(),
+            utc_offset_minutes: clock.utc_offset_minutes,
+        },
+        None => IdTimestamp::Gateway(received_at),
+    };
+    Ok(groups
+        .into_iter()
+        .map(|(kind, components)| {
+            let observation_identifier = identity::observation_identifier(
+                device_part,
+                &patient,
+                fhir::mdc_code(kind),
+                &timestamp,
+            );
+            let id = ReadingId::of_content(
+                &observation_identifier,
+                &components,
+                record.flags.iter().map(String::as_str),
+            );
+            Reading {
+                id,
+                observation_identifier,
+                kind,
+                components,
+                device: info.clone(),
+                patient: patient.clone(),
+                device_time: record.device_time,
+                effective,
+                time_quality,
+                received_at,
+                flags: record.flags.clone(),
+                source: source.clone(),
+            }
+        })
+        .collect())
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::{DeviceIdentifier, PatientRef};
+    use device_drivers::{Decimal, DeviceTime};
+    use std::collections::BTreeMap;
+
+    fn cuff() -> DeviceContext {
+        DeviceContext {
+            name: "cuff".into(),
+            class: DeviceClass::BloodPressureCuff,
+            identifier: DeviceIdentifier::Bluetooth("00091FAABBCC".into()),
+            attribution: Attribution::Single("Patient/p1".parse().unwrap()),
+            utc_offset: FixedOffset::east_opt(3600).unwrap(),
+            clock_is_provenance_only: false,
+        }
+    }
+
+    fn bp_record() -> Record {
+        Record {
+            readings: vec![
+                device_drivers::Reading::new(
+                    ReadingType::SystolicPressure,
+                    Decimal::from_int(128),
+                    "mm[Hg]",
+                ),
+                device_drivers::Reading::new(
+                    ReadingType::DiastolicPressure,
+                    Decimal::from_int(82),
+                    "mm[Hg]",
+                ),
+                device_drivers::Reading::new(
+                    ReadingType::MeanArterialPressure,
+                    Decimal::from_int(97),
+                    "mm[Hg]",
+                ),
+                device_drivers::Reading::new(ReadingType::PulseRate, Decimal::from_int(60), "/min"),
+            ],
+            device_time: DeviceTime::new(2025, 3, 14, 8, 15, 30),
+            ..Record::default()
+        }
+    }
+
+    fn mqtt_src(uuid: &str) -> Source {
+        Source::Mqtt {
+            topic: "hub/1".into(),
+            source_id: uuid.into(),
+        }
+    }
+
+    #[test]
+    fn a_data_point_is_identified_by_its_uuid_not_by_the_hub() {
+        let hub = DeviceContext {
+            class: DeviceClass::Generic,
+            identifier: DeviceIdentifier::Local("gw/hub".into()),
+            ..cuff()
+        };
+        let mut rec = bp_record();
+        rec.readings.truncate(2);
+        let clock = CaptureClock {
+            utc_offset_minutes: Some(-300),
+            fraction: Some("250".into()),
+        };
+        let now = Utc::now();
+        let a = readings_from_record(&hub, &rec, &mqtt_src("uuid-a"), &clock, now).unwrap();
+        let b = readings_from_record(&hub, &rec, &mqtt_src("uuid-b"), &clock, now).unwrap();
+        assert_eq!(
+            a[0].observation_identifier,
+            "uuid-a-p1-150020-795255330.250-300"
+        );
+        // Two data points with the same time and values on one topic do not share an identity.
+        assert_ne!(a[0].observation_identifier, b[0].observation_identifier);
+        assert_ne!(a[0].id, b[0].id);
+        assert!(!a[0].observation_identifier.contains("gw/hub"));
+    }
+
+    fn src() -> Source {
+        Source::Ble {
+            address: "00:09:1F:AA:BB:CC".into(),
+        }
+    }
+
+    #[test]
+    fn a_cuff_record_becomes_a_bp_panel_and_a_cuff_pulse() {
+        let now = Utc::now();
+        let rs = readings_from_record(&cuff(), &bp_record(), &src(), &CaptureClock::default(), now)
+            .unwrap();
+        assert_eq!(rs.len(), 2);
+        assert_eq!(rs[0].kind, ReadingKind::BloodPressure);
+        assert_eq!(rs[0].components.len(), 3);
+        assert_eq!(rs[1].kind, ReadingKind::PulseRateCuff);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2025-03-14T08:15:30+01:00");
+        assert_eq!(rs[0].time_quality, TimeQuality::DeviceTrusted);
+        assert!(
+            rs[0].observation_identifier.ends_with("-150020-795255330"),
+            "{}",
+            rs[0].observation_identifier
+        );
+        assert_ne!(rs[0].id, rs[1].id);
+    }
+
+    #[test]
+    fn the_same_reading_delivered_twice_has_the_same_id() {
+        let a = readings_from_record(
+            &cuff(),
+            &bp_record(),
+            &src(),
+            &CaptureClock::default(),
+            Utc::now(),
+        )
+        .unwrap();
+        let later = Utc::now() + chrono::Duration::seconds(90);
+        let b = readings_from_record(
+            &cuff(),
+            &bp_record(),
+            &src(),
+            &CaptureClock::default(),
+            later,
+        )
+        .unwrap();
+        assert_eq!(a[0].id, b[0].id);
+        assert_eq!(a[0].observation_identifier, b[0].observation_identifier);
+    }
+
+    #[test]
+    fn a_different_value_gives_a_different_id() {
+        let mut r2 = bp_record();
+        r2.readings[0].value = Decimal::from_int(129);
+        let a = readings_from_record(
+            &cuff(),
+            &bp_record(),
+            &src(),
+            &CaptureClock::default(),
+            Utc::now(),
+        )
+        .unwrap();
+        let b = readings_from_record(&cuff(), &r2, &src(), &CaptureClock::default(), Utc::now())
+            .unwrap();
+        assert_ne!(a[0].id, b[0].id);
+    }
+
+    #[test]
+    fn multi_user_devices_attribute_by_user_index_and_refuse_unknown_users() {
+        let mut dev = cuff();
+        let mut map = BTreeMap::new();
+        map.insert(1u8, "Patient/one".parse::<PatientRef>().unwrap());
+        dev.attribution = Attribution::PerUser(map);
+        let mut rec = bp_record();
+        rec.user_index = Some(1);
+        let rs =
+            readings_from_record(&dev, &rec, &src(), &CaptureClock::default(), Utc::now()).unwrap();
+        assert_eq!(rs[0].patient, "Patient/one".parse().unwrap());
+        rec.user_index = Some(2);
+        assert_eq!(
+            readings_from_record(&dev, &rec, &src(), &CaptureClock::default(), Utc::now()),
+            Err(Rejection::Unattributed(Some(2)))
+        );
+        rec.user_index = None;
+        assert!(
+            readings_from_record(&dev, &rec, &src(), &CaptureClock::default(), Utc::now()).is_err()
+        );
+    }
+
+    #[test]
+    fn no_device_time_uses_the_gateway_receive_time() {
+        let mut rec = bp_record();
+        rec.device_time = None;
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), now).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::GatewayReceiveTime);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T10:00:00+00:00");
+        assert!(
+            rs[0].observation_identifier.contains("-G"),
+            "{}",
+            rs[0].observation_identifier
+        );
+    }
+
+    #[test]
+    fn sensor_alarm_records_are_not_uploaded() {
+        let mut rec = bp_record();
+        rec.add_flag("sensor_alarm");
+        assert!(matches!(
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), Utc::now()),
+            Err(Rejection::Unreliable(_))
+        ));
+    }
+
+    #[test]
+    fn a_lone_systolic_is_not_a_panel() {
+        let mut rec = bp_record();
+        rec.readings
+            .retain(|r| r.kind == ReadingType::SystolicPressure);
+        assert_eq!(
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), Utc::now()),
+            Err(Rejection::NothingToUpload)
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! Config → the runtime device table: what each source needs to know about a device, resolved
+//! once at start-up (class, identity, patient binding, clock zone).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{FixedOffset, Utc};
+use device_drivers::Record;
+
+use crate::config::{
+    Attribution, Config, DeviceConfig, DeviceKind, SimulatorConfig, SimulatorKind,
+};
+use crate::reading::{DeviceClass, DeviceIdentifier, DeviceInfo};
+
+/// What a source knows about a device, resolved once from config.
+#[derive(Debug, Clone)]
+pub struct DeviceContext {
+    pub name: String,
+    pub class: DeviceClass,
+    pub identifier: DeviceIdentifier,
+    pub attribution: Attribution,
+    /// Zone of the device's wall clock when the protocol does not carry one.
+    pub utc_offset: FixedOffset,
+    /// Serial protocols: the device clock is provenance only, the gateway time is used.
+    pub clock_is_provenance_only: bool,
+}
+
+impl DeviceContext {
+    pub fn from_device(gateway_id: &str, default_offset: FixedOffset, d: &DeviceConfig) -> Self {
+        let (class, identifier, provenance_only) = match &d.kind {
+            DeviceKind::Mqtt { .. } => (
+                DeviceClass::Generic,
+                DeviceIdentifier::Local(format!("{gateway_id}/{}", d.name)),
+                false,
+            ),
+            DeviceKind::Ble { address, profile } => (
+                match profile.as_str() {
+                    "blood-pressure" => DeviceClass::BloodPressureCuff,
+                    "weight-scale" | "body-composition" => DeviceClass::Scale,
+                    "thermometer" => DeviceClass::Thermometer,
+                    "pulse-oximeter" => DeviceClass::PulseOximeter,
+                    "glucose" => DeviceClass::GlucoseMeter,
+                    _ => DeviceClass::HeartRateSensor,
+                },
+                DeviceIdentifier::Bluetooth(address.replace(':', "").to_ascii_uppercase()),
+                false,
+            ),
+            DeviceKind::Serial { protocol, .. } => (
+                if protocol.starts_with("tanita") {
+                    DeviceClass::Scale
+                } else if protocol.starts_with("nonin") || protocol.starts_with("masimo") {
+                    DeviceClass::PulseOximeter
+                } else {
+                    DeviceClass::Generic
+                },
+                DeviceIdentifier::Local(format!("{gateway_id}/{}", d.name)),
+                true,
+            ),
+        };
+        Self {
+            name: d.name.clone(),
+            class,
+            identifier,
+            attribution: d.attribution.clone(),
+            utc_offset: d.utc_offset.unwrap_or(default_offset),
+            clock_is_provenance_only: provenance_only,
+        }
+    }
+
+    pub fn from_simulator(gateway_id: &str, s: &SimulatorConfig) -> Self {
+        Self {
+            name: s.name.clone(),
+            class: match s.kind {
+                SimulatorKind::BloodPressure => DeviceClass::BloodPressureCuff,
+                SimulatorKind::Scale => DeviceClass::Scale,
+            },
+            identifier: DeviceIdentifier::Local(format!("{gateway_id}/{}", s.name)),
+            attribution: Attribution::Single(s.patient.clone()),
+            utc_offset: chrono::Offset::fix(&Utc),
+            clock_is_provenance_only: false,
+        }
+    }
+
+    /// The device as the uplink describes it, with what this record adds (model, serial).
+    pub fn info(&self, record: &Record) -> DeviceInfo {
+        DeviceInfo {
+            name: self.name.clone(),
+            class: self.class,
+            identifier: self.identifier.clone(),
+            manufacturer: None,
+            model: record.device_model.clone(),
+            serial: record.device_id.clone(),
+            firmware: None,
+        }
+    }
+}
+
+/// Every configured device and simulator, by kind, ready for the sources.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceTable {
+    pub by_name: HashMap<String, Arc<DeviceContext>>,
+    /// MQTT topic filter → device, in config order.
+    pub mqtt: Vec<(String, Arc<DeviceContext>)>,
+    /// BLE and serial devices (their transports come in later releases).
+    pub ble: Vec<Arc<DeviceContext>>,
+    pub serial: Vec<Arc<DeviceContext>>,
+    pub simulators: Vec<(SimulatorConfig, Arc<DeviceContext>)>,
+}
+
+impl DeviceTable {
+    pub fn from_config(cfg: &Config) -> Self {
+        let gw = &cfg.gateway;
+        let mut t = DeviceTable::default();
+        for d in &cfg.devices {
+            let ctx = Arc::new(DeviceContext::from_device(&gw.id, gw.device_utc_offset, d));
+            t.by_name.insert(d.name.clone(), Arc::clone(&ctx));
+            match &d.kind {
+                DeviceKind::Mqtt { topic } => t.mqtt.push((topic.clone(), ctx)),
+                DeviceKind::Ble { .. } => t.ble.push(ctx),
+                DeviceKind::Serial { .. } => t.serial.push(ctx),
+            }
+        }
+        for s in &cfg.simulators {
+            let ctx = Arc::new(DeviceContext::from_simulator(&gw.id, s));
+            t.by_name.insert(s.name.clone(), Arc::clone(&ctx));
+            t.simulators.push((s.clone(), ctx));
+        }
+        t
+    }
+}

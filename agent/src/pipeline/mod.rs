@@ -1,0 +1,16 @@
+//! The pipeline: driver records in, canonical readings durable in the outbox out.
+//!
+//! One file per job:
+//! - [`devices`]: config → the runtime device table ([`DeviceContext`], [`DeviceTable`]);
+//! - [`convert`] (pure): one driver record → readings (attribution, observation kind, effective
+//!   time, identities from [`crate::identity`]);
+//! - [`task`]: the task that batches requests into one durable store write and answers the
+//!   sources ([`Ingest`], [`Outcome`]).
+
+pub mod convert;
+pub mod devices;
+pub mod task;
+
+pub use convert::{readings_from_record, CaptureClock, Rejection};
+pub use devices::{DeviceContext, DeviceTable};
+pub use task::{run, Ingest, Outcome, MAX_BATCH};
