@@ -127,6 +127,57 @@ async fn agent_refuses_a_server_whose_certificate_is_not_from_the_configured_ca(
     );
 }
 
+/// Issue: SIGTERM took 20 s and ended with "pipeline did not drain". An idle agent with a broker
+/// connection, an uplink and an open store must exit 0 within 2 s (a deadline on behaviour:
+/// nothing may wait for a timer on the way out; scaled under an emulator).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_exits_0_within_2_s_of_sigterm() {
+    let h = Harness::new(Broker::embedded()).await;
+    let mut agent = h.spawn_agent();
+    // Idle, with a reading already delivered (the uploader is waiting for work).
+    h.publish(&[bp_point(1, 121, 79)]).await;
+    h.wait_for_observations(1, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (took, status) = agent.terminate_timed();
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr());
+    let limit = Duration::from_secs(2) * emulation_factor();
+    assert!(took < limit, "took {took:?} to stop:\n{}", agent.stderr());
+    let log = agent.stderr();
+    assert!(!log.contains("did not"), "{log}");
+    eprintln!("SIGTERM to exit: {took:?}");
+}
+
+/// fhir-mapping.md §5.1: two readings with one identifier and different content (a hub that
+/// reuses a data point's uuid) are a collision. The first is delivered; the second is kept as a
+/// dead letter `identifier_collision` with an alarm, never merged into the first, never dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_colliding_readings_deliver_the_first_and_dead_letter_the_second() {
+    let h = Harness::new(Broker::embedded()).await;
+    let mut agent = h.spawn_agent();
+    let first = bp_point(7, 128, 82);
+    let second = first.replace("\"value\":128", "\"value\":151");
+    assert_ne!(first, second);
+    h.publish(&[first]).await;
+    h.wait_for_observations(1, Duration::from_secs(60)).await;
+    h.publish(&[second, bp_point(8, 119, 77)]).await;
+    h.wait_for_observations(2, Duration::from_secs(60)).await;
+    h.wait_for_log(&agent, "ALARM", 1, Duration::from_secs(10));
+    agent.terminate();
+    let obs = h.fhir.stored_observations();
+    assert_eq!(obs.len(), 2, "{obs:#?}");
+    let systolics: Vec<String> = obs
+        .iter()
+        .map(|o| o["component"][0]["valueQuantity"]["value"].to_string())
+        .collect();
+    assert!(systolics.contains(&"128".to_string()), "{systolics:?}");
+    assert!(!systolics.contains(&"151".to_string()), "{systolics:?}");
+    let dead = h.vitalgate(&["dead-letters"]);
+    assert_eq!(dead.lines().count(), 1, "{dead}");
+    assert!(dead.contains("identifier_collision"), "{dead}");
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=0"), "{status}");
+}
+
 #[test]
 fn agent_refuses_to_start_without_its_client_key() {
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -4,6 +4,8 @@
 //! unoptimised run). The store lives under `VITALGATE_BENCH_DIR` if set (point it at the SD
 //! card to measure the card), else under Cargo's target tmp dir. Numbers depend entirely on the
 //! device's fsync latency; compare rows within one run only.
+// These exercise sled directly (raw writes, as a baseline or to corrupt files on purpose).
+#![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
 use std::time::Instant;

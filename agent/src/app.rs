@@ -269,6 +269,7 @@ impl App {
         let mut pipeline_done = false;
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 r = &mut pipeline_task => {
                     pipeline_done = true;
@@ -281,6 +282,10 @@ impl App {
                         Err(e) => (e.id(), Some(e)),
                     };
                     let (name, critical) = names.get(&id).copied().unwrap_or(("task", true));
+                    // A task ending because shutdown was requested meanwhile is the normal path.
+                    if shutdown.is_cancelled() && err.is_none() {
+                        break;
+                    }
                     if critical || err.is_some() {
                         failure = Some(task_ended(name, err));
                         break;

@@ -5,6 +5,10 @@
 //! mTLS). `app` wires them; `cli` is the command line; `config` checks the file before anything
 //! opens.
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod app;
 pub mod cli;

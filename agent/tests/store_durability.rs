@@ -1,6 +1,8 @@
 //! The outbox across restarts, duplicates, acks, dead letters and on-disk corruption, plus a
 //! model-based property test. Restarts here are drop-and-reopen in one process; real power loss
 //! is out of reach of a test (see the `vitalgate::store` module doc).
+// These exercise sled directly (raw writes, as a baseline or to corrupt files on purpose).
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -348,6 +348,37 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// SIGTERM; returns how long the process took to exit and its exit status. Panics after 30 s.
+    pub fn terminate_timed(&mut self) -> (Duration, std::process::ExitStatus) {
+        let start = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (start.elapsed(), status);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "agent did not stop on SIGTERM:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Deadlines for behaviour (not speed) scale under an emulator (`VITALGATE_EXEC_WRAPPER`,
+/// qemu-user in `cross/test.sh`), where everything runs several times slower.
+pub fn emulation_factor() -> u32 {
+    match std::env::var("VITALGATE_EXEC_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => 5,
+        _ => 1,
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -355,7 +386,7 @@ impl Drop for Agent {
     }
 }
 
-fn data_point(i: usize, schema: &str, version: &str, body: String) -> String {
+pub fn data_point(i: usize, schema: &str, version: &str, body: String) -> String {
     format!(
         r#"{{"header":{{"uuid":"00000000-0000-4000-8000-{i:012}","schema_id":{{"namespace":"omh","name":"{schema}","version":"{version}"}},"source_creation_date_time":"2026-11-01T08:{m:02}:00Z","modality":"sensed"}},"body":{body}}}"#,
         m = i % 60

@@ -250,7 +250,7 @@ mod tests {
             utc_offset_minutes: Some(-300),
             fraction: Some("250".into()),
         };
-        let now = Utc::now();
+        let now = t0();
         let a = readings_from_record(&hub, &rec, &mqtt_src("uuid-a"), &clock, now).unwrap();
         let b = readings_from_record(&hub, &rec, &mqtt_src("uuid-b"), &clock, now).unwrap();
         assert_eq!(
@@ -263,6 +263,11 @@ mod tests {
         assert!(!a[0].observation_identifier.contains("gw/hub"));
     }
 
+    /// A fixed reception time: these tests never read the clock.
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap()
+    }
+
     fn src() -> Source {
         Source::Ble {
             address: "00:09:1F:AA:BB:CC".into(),
@@ -271,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_cuff_record_becomes_a_bp_panel_and_a_cuff_pulse() {
-        let now = Utc::now();
+        let now = t0();
         let rs = readings_from_record(&cuff(), &bp_record(), &src(), &CaptureClock::default(), now)
             .unwrap();
         assert_eq!(rs.len(), 2);
@@ -295,10 +300,10 @@ mod tests {
             &bp_record(),
             &src(),
             &CaptureClock::default(),
-            Utc::now(),
+            t0(),
         )
         .unwrap();
-        let later = Utc::now() + chrono::Duration::seconds(90);
+        let later = t0() + chrono::Duration::seconds(90);
         let b = readings_from_record(
             &cuff(),
             &bp_record(),
@@ -320,11 +325,10 @@ mod tests {
             &bp_record(),
             &src(),
             &CaptureClock::default(),
-            Utc::now(),
+            t0(),
         )
         .unwrap();
-        let b = readings_from_record(&cuff(), &r2, &src(), &CaptureClock::default(), Utc::now())
-            .unwrap();
+        let b = readings_from_record(&cuff(), &r2, &src(), &CaptureClock::default(), t0()).unwrap();
         assert_ne!(a[0].id, b[0].id);
     }
 
@@ -336,18 +340,15 @@ mod tests {
         dev.attribution = Attribution::PerUser(map);
         let mut rec = bp_record();
         rec.user_index = Some(1);
-        let rs =
-            readings_from_record(&dev, &rec, &src(), &CaptureClock::default(), Utc::now()).unwrap();
+        let rs = readings_from_record(&dev, &rec, &src(), &CaptureClock::default(), t0()).unwrap();
         assert_eq!(rs[0].patient, "Patient/one".parse().unwrap());
         rec.user_index = Some(2);
         assert_eq!(
-            readings_from_record(&dev, &rec, &src(), &CaptureClock::default(), Utc::now()),
+            readings_from_record(&dev, &rec, &src(), &CaptureClock::default(), t0()),
             Err(Rejection::Unattributed(Some(2)))
         );
         rec.user_index = None;
-        assert!(
-            readings_from_record(&dev, &rec, &src(), &CaptureClock::default(), Utc::now()).is_err()
-        );
+        assert!(readings_from_record(&dev, &rec, &src(), &CaptureClock::default(), t0()).is_err());
     }
 
     #[test]
@@ -371,7 +372,7 @@ mod tests {
         let mut rec = bp_record();
         rec.add_flag("sensor_alarm");
         assert!(matches!(
-            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), Utc::now()),
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()),
             Err(Rejection::Unreliable(_))
         ));
     }
@@ -382,7 +383,7 @@ mod tests {
         rec.readings
             .retain(|r| r.kind == ReadingType::SystolicPressure);
         assert_eq!(
-            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), Utc::now()),
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()),
             Err(Rejection::NothingToUpload)
         );
     }

@@ -57,6 +57,8 @@ pub fn simulate(kind: SimulatorKind, rng: &mut impl Rng, base_weight_centi_kg: i
 }
 
 fn now_device_time() -> Option<DeviceTime> {
+    // A simulated device reads its own clock.
+    #[allow(clippy::disallowed_methods)]
     let n = Utc::now();
     DeviceTime::new(
         u16::try_from(n.year()).ok()?,
@@ -98,6 +100,7 @@ pub async fn run(
                 utc_offset_minutes: Some(0),
                 fraction: None,
             },
+            #[allow(clippy::disallowed_methods)] // the edge: the reading arrives now
             received_at: Utc::now(),
             done: None,
         };

@@ -104,6 +104,8 @@ pub fn classify(
     total_entries: usize,
     entries: &[EntryRef],
 ) -> Outcome {
+    // TODO(core-uplink branch): `now` becomes an argument.
+    #[allow(clippy::disallowed_methods)]
     let after = retry_after.and_then(|v| parse_retry_after(v, chrono::Utc::now()));
     match status {
         200..=299 => classify_success(body, total_entries, entries),
