@@ -6,7 +6,7 @@
 //! [`crate::identity`]). No I/O, no clock: the reception time is an argument.
 
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
-use device_drivers::{ReadingType, Record};
+use device_drivers::{ReadingType, Record, Status, StatusClass};
 
 use super::devices::DeviceContext;
 use crate::config::Attribution;
@@ -30,8 +30,9 @@ pub enum Rejection {
     Unattributed(Option<u8>),
     #[error("record has no value that maps to a FHIR observation")]
     NothingToUpload,
-    #[error("record is flagged {0}: values are not trustworthy")]
-    Unreliable(String),
+    /// A status whose class is `Invalid` or `NotForUpload` (see [`unreliable_status`]).
+    #[error("record is flagged {0}: not a valid patient measurement")]
+    Unreliable(Status),
 }
 
 impl Rejection {
@@ -43,16 +44,20 @@ impl Rejection {
     }
 }
 
-/// Flags that mean "do not turn this into an observation" (serial-protocols.md §1.2 policy).
-const UNRELIABLE_FLAGS: &[&str] = &[
-    "sensor_alarm",
-    "sensor_disconnect",
-    "sensor_off",
-    "no_sensor",
-    "no_measurement",
-    "test_data",
-    "control_solution",
-];
+/// The first status that keeps the record from becoming readings: the value is not a valid
+/// measurement ([`StatusClass::Invalid`]: sensor off, artifact, invalid measurement...) or not
+/// patient data ([`StatusClass::NotForUpload`]: test / demonstration data, control solution).
+/// The classes are decided in `device_drivers::status`; every other class passes for now.
+pub fn unreliable_status(record: &Record) -> Option<Status> {
+    record.flags.iter().copied().find(|s| match s.class() {
+        StatusClass::Invalid | StatusClass::NotForUpload => true,
+        StatusClass::Interpretation(_)
+        | StatusClass::BpMeasurementStatus(_)
+        | StatusClass::ClockUnreliable
+        | StatusClass::FromMemory
+        | StatusClass::Informational => false,
+    })
+}
 
 /// Turns one driver record into canonical readings. Pure.
 pub fn readings_from_record(
@@ -63,12 +68,8 @@ pub fn readings_from_record(
     received_at: DateTime<Utc>,
 ) -> Result<Vec<Reading>, Rejection> {
     let utc_offset_minutes = clock.utc_offset_minutes;
-    if let Some(f) = record
-        .flags
-        .iter()
-        .find(|f| UNRELIABLE_FLAGS.contains(&f.as_str()))
-    {
-        return Err(Rejection::Unreliable(f.clone()));
+    if let Some(status) = unreliable_status(record) {
+        return Err(Rejection::Unreliable(status));
     }
     let patient = match &device.attribution {
         Attribution::Single(p) => p.clone(),
@@ -156,6 +157,8 @@ pub fn readings_from_record(
         },
         None => IdTimestamp::Gateway(received_at),
     };
+    // The content id hashes the status names (the strings of before `Status`: ids unchanged).
+    let status_names: Vec<_> = record.flags.iter().map(|s| s.name()).collect();
     Ok(groups
         .into_iter()
         .map(|(kind, components)| {
@@ -168,7 +171,7 @@ pub fn readings_from_record(
             let id = ReadingId::of_content(
                 &observation_identifier,
                 &components,
-                record.flags.iter().map(String::as_str),
+                status_names.iter().map(|n| n.as_ref()),
             );
             Reading {
                 id,
@@ -370,11 +373,74 @@ mod tests {
     #[test]
     fn sensor_alarm_records_are_not_uploaded() {
         let mut rec = bp_record();
-        rec.add_flag("sensor_alarm");
-        assert!(matches!(
+        rec.add_flag(Status::SensorAlarm);
+        assert_eq!(
             readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()),
-            Err(Rejection::Unreliable(_))
-        ));
+            Err(Rejection::Unreliable(Status::SensorAlarm))
+        );
+    }
+
+    /// The statuses that used to reach the FHIR server as `final` Observations because the
+    /// pipeline compared strings the drivers did not produce.
+    #[test]
+    fn each_invalid_or_test_data_status_stops_the_record() {
+        for name in [
+            "data_for_testing",
+            "invalid_measurement_detected",
+            "sensor_disconnected",
+            "sensor_malfunction",
+            "result_higher_than_device_can_process",
+            "measurement_unsuccessful",
+            "defective_sensor",
+            "out_of_track",
+            "artifact",
+        ] {
+            let status: Status = name.parse().unwrap();
+            let mut rec = bp_record();
+            rec.add_flag(status);
+            assert_eq!(
+                readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()),
+                Err(Rejection::Unreliable(status)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_blocking_status_is_found_among_informational_ones() {
+        let mut rec = bp_record();
+        rec.add_flag(Status::LowBattery);
+        rec.add_flag(Status::IrregularPulse);
+        rec.add_flag(Status::ControlSolution);
+        assert_eq!(
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()),
+            Err(Rejection::Unreliable(Status::ControlSolution))
+        );
+    }
+
+    #[test]
+    fn an_informational_status_does_not_stop_the_record() {
+        let mut rec = bp_record();
+        rec.add_flag(Status::LowBattery);
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()).unwrap();
+        assert_eq!(rs.len(), 2);
+        assert!(rs.iter().all(|r| r.flags == vec![Status::LowBattery]));
+    }
+
+    #[test]
+    fn statuses_enter_the_content_id_by_their_names() {
+        let mut rec = bp_record();
+        rec.add_flag(Status::LowBattery);
+        rec.add_flag(Status::Implausible(ReadingType::PulseRate));
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()).unwrap();
+        let expected = ReadingId::of_content(
+            &rs[0].observation_identifier,
+            &rs[0].components,
+            ["implausible_pulse_rate", "low_battery"],
+        );
+        assert_eq!(rs[0].id, expected);
     }
 
     #[test]
