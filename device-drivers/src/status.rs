@@ -813,6 +813,47 @@ mod tests {
         }
     }
 
+    /// The table in the module doc is the reviewed decision: it must say what the code does.
+    #[test]
+    fn the_module_doc_table_matches_the_code() {
+        let mut seen = BTreeSet::new();
+        for row in include_str!("status.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | `"))
+        {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let name = cells[0].trim_end_matches('`');
+            let status = match name {
+                "implausible_<type>" => Status::Implausible(ReadingType::Spo2),
+                "quirk_<id>" => Status::Quirk(QuirkId::BeurerBm85),
+                _ => name.parse().unwrap_or_else(|e| panic!("{e}")),
+            };
+            let variant = format!("{status:?}");
+            let documented_variant = cells[1].trim_matches('`');
+            assert!(
+                documented_variant.starts_with(variant.split('(').next().unwrap()),
+                "{name}: {documented_variant} vs {variant}"
+            );
+            let (class, code) = match status.class() {
+                StatusClass::Invalid => ("Invalid", String::new()),
+                StatusClass::NotForUpload => ("NotForUpload", String::new()),
+                StatusClass::Interpretation(m) => ("Interpretation", format!("`{}`", m.code())),
+                StatusClass::BpMeasurementStatus(b) => (
+                    "BpMeasurementStatus",
+                    format!("{} {}", b.code(), b.display()),
+                ),
+                StatusClass::ClockUnreliable => ("ClockUnreliable", String::new()),
+                StatusClass::FromMemory => ("FromMemory", String::new()),
+                StatusClass::Informational => ("Informational", String::new()),
+            };
+            assert_eq!(cells[2], class, "{name}");
+            let documented_code = cells[3].trim_start_matches("no code").trim();
+            assert_eq!(documented_code, code, "{name}");
+            assert!(seen.insert(name.to_string()), "{name} twice");
+        }
+        assert_eq!(seen.len(), Status::FIXED.len() + 2);
+    }
+
     #[test]
     fn bp_status_bits_follow_mdc_8410608() {
         let bits = [
