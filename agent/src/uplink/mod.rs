@@ -15,3 +15,4 @@ pub mod backoff;
 pub mod client;
 pub mod fhir;
 pub mod outcome;
+pub mod scheduler;
