@@ -15,7 +15,7 @@
 //! | `Rejected` (400, 412, 422, other 4xx), `TooLarge` (413) on several readings | bisect: both halves go to the front of the queue | bisect; next probe later |
 //! | `Rejected` on one reading | `DeadLetter` it, count it in the streak; the `rejection_streak_limit`-th in a row starts an episode instead (`Paused`, nothing dead-lettered) | set it aside for this episode (never dead-lettered); next probe later |
 //! | `EntriesFailed` (a 200 naming failed entries) | the suspects and the others go to the front as two batches, the others first | the same; next probe later |
-//! | `Unmappable` (the Bundle cannot be built) | bisect; a single reading is `DeadLetter`ed (local, not the server's fault: no streak, no wait) | the same |
+//! | `Unmappable` (the Bundle cannot be built) | the culprit, if named (an identifier collision), or else a single reading after bisection, is `DeadLetter`ed; local, not the server's fault: no streak, no wait | the same |
 //!
 //! A pause ends only when a Bundle is `Delivered`. While paused, one Bundle goes out per probe
 //! slot and nothing is dead-lettered. A reading rejected alone during an episode is set aside so
@@ -75,8 +75,10 @@ pub enum Verdict {
     EntriesFailed { suspects: Vec<usize>, status: u16 },
     /// 413.
     TooLarge,
-    /// The Bundle could not be built (a mapping error); nothing was sent.
-    Unmappable,
+    /// The Bundle could not be built (a mapping error); nothing was sent. `culprit`: the
+    /// position of the reading at fault when the mapping can tell (an identifier collision,
+    /// which bisection cannot isolate); otherwise the batch is bisected.
+    Unmappable { culprit: Option<usize> },
 }
 
 /// Why uploads are paused.
@@ -235,23 +237,33 @@ impl<T: Clone> UploadScheduler<T> {
             Verdict::Rejected { status } => self.rejected(front, status, now),
             Verdict::TooLarge => self.rejected(front, 413, now),
             Verdict::EntriesFailed { suspects, status } => {
-                let (bad, good): (Vec<(usize, T)>, Vec<(usize, T)>) = front
-                    .iter()
-                    .cloned()
-                    .enumerate()
-                    .partition(|(i, _)| suspects.contains(i));
+                let mut bad = Vec::new();
+                let mut good = Vec::new();
+                for (i, t) in front.iter().enumerate() {
+                    if suspects.contains(&i) {
+                        bad.push(t.clone());
+                    } else {
+                        good.push(t.clone());
+                    }
+                }
                 if bad.is_empty() || good.is_empty() {
                     // Cannot narrow it down: a rejection of the whole Bundle.
                     return self.rejected(front, status, now);
                 }
                 self.retry_attempt = 0;
-                self.queue
-                    .push_front(bad.into_iter().map(|(_, t)| t).collect());
-                self.queue
-                    .push_front(good.into_iter().map(|(_, t)| t).collect());
+                self.queue.push_front(bad);
+                self.queue.push_front(good);
                 self.probe_later(now, None)
             }
-            Verdict::Unmappable => {
+            Verdict::Unmappable { culprit: Some(i) } if i < front.len() => {
+                let mut rest = front;
+                let bad = rest.remove(i);
+                if !rest.is_empty() {
+                    self.queue.push_front(rest);
+                }
+                Some(Effect::DeadLetter(bad))
+            }
+            Verdict::Unmappable { .. } => {
                 if front.len() > 1 {
                     self.bisect(front);
                     None
@@ -703,7 +715,7 @@ mod tests {
         let mut sim = Sim::new(0..8, 8);
         let mut server = |b: &[u32], _: Duration| {
             if b.contains(&3) {
-                Verdict::Unmappable
+                Verdict::Unmappable { culprit: None }
             } else {
                 Verdict::Delivered
             }
@@ -715,6 +727,25 @@ mod tests {
             sim.elapsed() < Duration::from_secs(1),
             "no backoff for a local error"
         );
+    }
+
+    #[test]
+    fn a_named_culprit_is_dead_lettered_at_once_and_the_others_sent() {
+        let mut s = scheduler();
+        let now = Instant::now();
+        s.load(vec![1, 2, 3, 4]);
+        assert_eq!(
+            s.on_verdict(Verdict::Unmappable { culprit: Some(2) }, now),
+            Some(Effect::DeadLetter(3))
+        );
+        assert_eq!(s.next(now), Next::Send(vec![1, 2, 4]));
+        s.on_verdict(Verdict::Delivered, now);
+        s.load(vec![5]);
+        assert_eq!(
+            s.on_verdict(Verdict::Unmappable { culprit: Some(0) }, now),
+            Some(Effect::DeadLetter(5))
+        );
+        assert_eq!(s.next(now), Next::Fetch);
     }
 
     #[test]
