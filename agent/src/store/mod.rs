@@ -41,7 +41,8 @@
 //!    pending: it goes to `dead` with reason `identifier_collision` (and its id becomes a
 //!    tombstone), so the server never merges two readings into one Observation. `idents`
 //!    entries are pruned with tombstones, never while their record is pending.
-//! 4b. **Dead letters are recoverable, never silently lost.** A dead letter leaves `dead` only
+//!
+//!    **Dead letters are recoverable, never silently lost.** A dead letter leaves `dead` only
 //!    through [`Outbox::requeue_dead_letter`], which in one transaction puts the reading back in
 //!    `pending` and `index` under its original id, removes its tombstone from `acked` and makes
 //!    it the holder of its identity in `idents` again. Raw payloads (no reading id), identifier
