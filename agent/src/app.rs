@@ -37,6 +37,7 @@ use crate::telemetry;
 use crate::uplink::backoff::Backoff;
 use crate::uplink::client::{UplinkClient, UplinkTls};
 use crate::uplink::fhir::GatewayInfo;
+use crate::uplink::scheduler::{SchedulerConfig, REJECTION_STREAK_LIMIT};
 use crate::uploader::Uploader;
 
 /// How long the pipeline gets to drain after shutdown is requested, and then how long the other
@@ -219,11 +220,16 @@ impl App {
         ));
         let uploader = Uploader {
             store: Arc::clone(&store),
-            client,
+            sender: client,
             gateway: GatewayInfo::new(&cfg.gateway.id, env!("CARGO_PKG_VERSION")),
             batch_size: cfg.uplink.batch_size,
-            backoff: Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max),
+            schedule: SchedulerConfig {
+                retry: Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max),
+                pause: Backoff::new(cfg.uplink.pause_initial, cfg.uplink.pause_max),
+                rejection_streak_limit: REJECTION_STREAK_LIMIT,
+            },
             wake: Arc::clone(&wake),
+            seed: rand::random(),
         };
         spawn("uploader", true, Box::pin(uploader.run(shutdown.clone())));
         if let Some((m, subs)) = mqtt {

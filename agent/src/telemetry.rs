@@ -20,6 +20,9 @@ use tokio::sync::broadcast;
 use crate::events::AgentEvent;
 use crate::identity::ReadingId;
 use crate::reading::Reading;
+use crate::uplink::client::SendError;
+use crate::uplink::outcome::RetryReason;
+use crate::uplink::scheduler::PauseCause;
 
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
@@ -56,8 +59,12 @@ counters!(
     uplink_bundles_sent,
     uplink_accepted,
     uplink_retries,
+    uplink_send_failures,
     uplink_dead_lettered,
     uplink_tls_failures,
+    uplink_pauses,
+    uplink_probes_failed,
+    uplink_resumes,
     mqtt_connection_errors,
     tasks_failed,
 );
@@ -287,20 +294,16 @@ impl UplinkAccepted<'_> {
     }
 }
 
+/// The server answered, but not with a confirmation (a transient status such as 503, or a 2xx
+/// that confirms nothing); the same readings go again after `after_ms`.
 pub struct UplinkRetry<'a> {
-    pub reason: &'a str,
+    pub reason: &'a RetryReason,
     pub after_ms: u64,
-    pub tls: bool,
 }
 impl UplinkRetry<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_retries);
-        if self.tls {
-            bump(&COUNTERS.uplink_tls_failures);
-            tracing::error!(reason = %self.reason, retry_in_ms = self.after_ms, "TLS handshake with FHIR server failed (check uplink.ca_file and the server certificate)");
-        } else {
-            tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, "upload failed, will retry");
-        }
+        tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, "upload not confirmed, will retry");
         notify(|| AgentEvent::UplinkRetry {
             reason: self.reason.to_string(),
             after_ms: self.after_ms,
@@ -308,20 +311,163 @@ impl UplinkRetry<'_> {
     }
 }
 
+/// No HTTP answer at all. One log line per class of failure, each with its fix hint; TLS
+/// failures are errors (they do not heal by themselves), the others warnings.
+pub struct UplinkSendFailed<'a> {
+    pub error: &'a SendError,
+    pub retry_in_ms: u64,
+}
+impl UplinkSendFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_send_failures);
+        let (e, hint, retry_in_ms) = (self.error, self.error.hint(), self.retry_in_ms);
+        let class = e.class();
+        match e {
+            SendError::Tls(problem) => {
+                bump(&COUNTERS.uplink_tls_failures);
+                tracing::error!(class, %problem, hint, retry_in_ms, "TLS with the FHIR server failed");
+            }
+            SendError::Dns { host } => {
+                tracing::warn!(class, %host, hint, retry_in_ms, "cannot resolve the FHIR server's host name");
+            }
+            SendError::Refused { host, port } => {
+                tracing::warn!(class, %host, port, hint, retry_in_ms, "the FHIR server refused the connection");
+            }
+            SendError::Timeout(limit) => {
+                tracing::warn!(
+                    class,
+                    timeout_ms = limit.as_millis() as u64,
+                    hint,
+                    retry_in_ms,
+                    "the FHIR server did not answer in time"
+                );
+            }
+            SendError::Closed => {
+                tracing::warn!(
+                    class,
+                    hint,
+                    retry_in_ms,
+                    "the connection closed before the FHIR server answered"
+                );
+            }
+            SendError::Connect(error) => {
+                tracing::warn!(class, %error, hint, retry_in_ms, "cannot connect to the FHIR server");
+            }
+            SendError::ResponseTooLarge | SendError::Other(_) => {
+                tracing::warn!(class, error = %e, hint, retry_in_ms, "request to the FHIR server failed");
+            }
+        }
+        notify(|| AgentEvent::UplinkRetry {
+            reason: e.to_string(),
+            after_ms: retry_in_ms,
+        });
+    }
+}
+
+/// Uploads are paused: the server refuses the gateway as a whole (401, 403, 404, 405, 406,
+/// 415), or rejected `REJECTION_STREAK_LIMIT` readings in a row, each alone. The alarm of a
+/// pause episode: emitted once when it begins; [`UplinkResumed`] when it ends.
+pub struct UplinkPaused {
+    pub cause: PauseCause,
+    pub next_probe_ms: u64,
+}
+impl UplinkPaused {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_pauses);
+        let next_probe_in_ms = self.next_probe_ms;
+        match self.cause {
+            PauseCause::Refused { status } => {
+                let hint = refusal_hint(status);
+                tracing::error!(alarm = "uplink_paused", status, hint, next_probe_in_ms, "ALARM: the FHIR server refuses this gateway; uploads paused, every reading kept pending");
+            }
+            PauseCause::RejectionStreak {
+                rejections,
+                last_status,
+            } => {
+                tracing::error!(alarm = "uplink_paused", status = last_status, rejections, hint = "the server's validation rejects every reading: check its profiles and terminology, and the dead letters (`vitalgate dead-letters`; requeue them once fixed)", next_probe_in_ms, "ALARM: the FHIR server rejected every reading sent alone; taken as server-wide: uploads paused, no more dead letters");
+            }
+        }
+        notify(|| AgentEvent::UplinkPaused {
+            status: self.cause.status(),
+        });
+    }
+}
+
+fn refusal_hint(status: u16) -> &'static str {
+    match status {
+        401 => "the server does not accept the gateway's credentials: check uplink.client_cert and the server's access policy for this gateway",
+        403 => "the gateway is not authorised on the server: check the server's access policy for this gateway's certificate",
+        404 => "no FHIR endpoint at uplink.fhir_base: check the base URL (transactions go to [base] itself)",
+        405 => "the server does not accept POST at uplink.fhir_base: check the base URL",
+        406 | 415 => "the server does not accept application/fhir+json at uplink.fhir_base: check the URL and the server's FHIR version",
+        _ => "check uplink.fhir_base and the gateway's authorisation on the server",
+    }
+}
+
+/// A probe during a pause was refused again (debug level: the episode already raised its
+/// alarm).
+pub struct UplinkProbeFailed {
+    pub probes: u32,
+    pub next_probe_ms: u64,
+}
+impl UplinkProbeFailed {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_probes_failed);
+        tracing::debug!(
+            probes = self.probes,
+            next_probe_in_ms = self.next_probe_ms,
+            "uploads still paused"
+        );
+    }
+}
+
+/// A pause episode ended: a Bundle was delivered again.
+pub struct UplinkResumed {
+    pub cause: PauseCause,
+    pub paused_for_ms: u64,
+    pub probes: u32,
+}
+impl UplinkResumed {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_resumes);
+        tracing::warn!(
+            alarm_cleared = "uplink_paused",
+            status = self.cause.status(),
+            paused_for_secs = self.paused_for_ms / 1000,
+            probes = self.probes,
+            "FHIR server accepts uploads again; pause ended"
+        );
+        notify(|| AgentEvent::UplinkResumed {
+            status: self.cause.status(),
+            paused_for_ms: self.paused_for_ms,
+        });
+    }
+}
+
+/// A reading rejected alone (by the server, or because it cannot be mapped to FHIR) was moved
+/// to the dead letters. The reason (an OperationOutcome summary, which may quote values) is kept
+/// in the sealed dead letter and given to the observer, never logged.
 pub struct UplinkDeadLettered<'a> {
     pub reading_id: &'a ReadingId,
-    pub status: u16,
+    /// The HTTP status, `None` when the reading could not be mapped (nothing was sent).
+    pub status: Option<u16>,
     pub reason: &'a str,
 }
 impl UplinkDeadLettered<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_dead_lettered);
         bump(&COUNTERS.readings_dead_lettered);
-        tracing::error!(
-            reading = %self.reading_id.short(),
-            status = self.status,
-            "FHIR server rejected a reading; kept as dead letter, needs a technician"
-        );
+        match self.status {
+            Some(status) => tracing::error!(
+                reading = %self.reading_id.short(),
+                status,
+                "FHIR server rejected a reading sent alone; kept as dead letter, needs a technician"
+            ),
+            None => tracing::error!(
+                reading = %self.reading_id.short(),
+                "reading cannot be mapped to FHIR; kept as dead letter, needs a technician"
+            ),
+        }
         notify(|| AgentEvent::DeadLettered {
             reading_id: *self.reading_id,
             reason: self.reason.to_string(),

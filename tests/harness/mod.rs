@@ -139,15 +139,20 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(broker: Broker) -> Harness {
-        Self::build(broker, false).await
+        Self::build(broker, false, "").await
     }
 
     /// The FHIR server presents a certificate from a CA the agent does not trust.
     pub async fn with_rogue_server(broker: Broker) -> Harness {
-        Self::build(broker, true).await
+        Self::build(broker, true, "").await
     }
 
-    async fn build(broker: Broker, rogue: bool) -> Harness {
+    /// Like [`Harness::new`], with `extra` lines appended to the `[uplink]` section.
+    pub async fn with_uplink_settings(broker: Broker, extra: &str) -> Harness {
+        Self::build(broker, false, extra).await
+    }
+
+    async fn build(broker: Broker, rogue: bool, extra_uplink: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::generate(&dir.path().join("pki")).unwrap();
         let mut server_cfg = ServerConfig::for_pki(&pki);
@@ -182,7 +187,7 @@ timeout_secs = 5
 batch_size = 4
 backoff_initial_ms = 100
 backoff_max_secs = 1
-
+{extra_uplink}
 {mqtt}"#,
             base = fhir.base_url(),
             ca = pki.ca_cert.display(),

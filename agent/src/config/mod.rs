@@ -111,6 +111,10 @@ pub struct UplinkConfig {
     pub batch_size: usize,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// While the server refuses the gateway (401, 403, 404, 405, 406, 415), probes start this
+    /// far apart and double up to `pause_max` (at most 300 s).
+    pub pause_initial: Duration,
+    pub pause_max: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +285,26 @@ client_key = "tls/gw.key"
         let e = load(&text).unwrap_err();
         assert_eq!(e.position, Some((22, 11)), "{e}");
         assert!(e.message.contains("devices[0].patient"), "{e}");
+    }
+
+    #[test]
+    fn the_pause_schedule_defaults_to_10_s_up_to_5_min_and_is_capped_at_5_min() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.uplink.pause_initial, Duration::from_secs(10));
+        assert_eq!(c.uplink.pause_max, Duration::from_secs(300));
+        let with = |extra: &str| MINIMAL.replace("[uplink]\n", &format!("[uplink]\n{extra}\n"));
+        // A cap below the default start pulls the start down with it.
+        let c = load(&with("pause_max_secs = 5")).unwrap();
+        assert_eq!(c.uplink.pause_initial, Duration::from_secs(5));
+        assert_eq!(c.uplink.pause_max, Duration::from_secs(5));
+        let e = load(&with("pause_max_secs = 301")).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(10), "{e}");
+        assert!(e.message.contains("uplink.pause_max_secs"), "{e}");
+        assert!(e.message.contains("1 to 300"), "{e}");
+        let e = load(&with("pause_initial_secs = 60\npause_max_secs = 30")).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(10), "{e}");
+        assert!(e.message.contains("more than uplink.pause_max_secs"), "{e}");
+        assert!(load(&with("pause_initial_secs = 0")).is_err());
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub(super) struct RawUplink {
     pub(super) batch_size: Option<Spanned<i64>>,
     pub(super) backoff_initial_ms: Option<Spanned<i64>>,
     pub(super) backoff_max_secs: Option<Spanned<i64>>,
+    pub(super) pause_initial_secs: Option<Spanned<i64>>,
+    pub(super) pause_max_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -271,6 +271,22 @@ impl Validator<'_> {
             1..86_401,
             300,
         )?;
+        let pause_max = self.int_in(&u.pause_max_secs, "uplink.pause_max_secs", 1..301, 300)?;
+        // Unset, the first probe waits 10 s, or the cap if that is shorter.
+        let pause_initial = self.int_in(
+            &u.pause_initial_secs,
+            "uplink.pause_initial_secs",
+            1..301,
+            10.min(pause_max),
+        )?;
+        if let Some(initial) = &u.pause_initial_secs {
+            if pause_initial > pause_max {
+                return Err(self.err(
+                    initial.span(),
+                    format!("uplink.pause_initial_secs: {pause_initial} is more than uplink.pause_max_secs ({pause_max})"),
+                ));
+            }
+        }
         Ok(UplinkConfig {
             fhir_base: base,
             ca_file: self.path_value(&u.ca_file, "uplink.ca_file")?,
@@ -281,6 +297,8 @@ impl Validator<'_> {
             batch_size: usize::try_from(batch).unwrap_or(20),
             backoff_initial: Duration::from_millis(initial.unsigned_abs()),
             backoff_max: Duration::from_secs(max.unsigned_abs()),
+            pause_initial: Duration::from_secs(pause_initial.unsigned_abs()),
+            pause_max: Duration::from_secs(pause_max.unsigned_abs()),
         })
     }
 
