@@ -113,6 +113,13 @@ pub struct UplinkConfig {
     pub backoff_max: Duration,
 }
 
+/// The largest MQTT packet: the remaining length is at most 268,435,455 bytes (MQTT 3.1.1 §2.2.3).
+pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
+
+/// The smallest `mqtt.max_packet_bytes` accepted: a 64 KiB payload (the largest data point the
+/// source decodes) with the longest topic MQTT allows still fits.
+pub const MQTT_MIN_PACKET_BYTES: usize = 131_072;
+
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
     pub host: String,
@@ -127,6 +134,8 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// `false` (default): the broker keeps QoS 1 messages for us while the agent is down.
     pub clean_session: bool,
+    /// Largest packet read from the broker (default [`MQTT_MAX_PACKET_BYTES`], all MQTT allows).
+    pub max_packet_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
