@@ -283,6 +283,19 @@ fn start_source(h: &Harness) -> Source {
     Source { token, task, rx }
 }
 
+/// Adds an `[mqtt]` section and the default device, for a broker on `port` the harness does
+/// not manage.
+fn point_at(h: &Harness, port: u16) {
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(
+        &h.config,
+        format!(
+            "{text}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"scripted\"\nkeep_alive_secs = 5\n\n[[devices]]\nname = \"hub-1\"\nkind = \"mqtt\"\ntopic = \"{TOPIC}\"\npatient = \"{PATIENT}\"\n"
+        ),
+    )
+    .unwrap();
+}
+
 fn answer(msg: Ingest, outcome: Outcome) {
     let done = match msg {
         Ingest::Record { done, .. } | Ingest::Undecodable { done, .. } => done,
@@ -400,15 +413,7 @@ async fn the_source_outlives_a_silent_broker_and_ends_promptly_on_shutdown() {
         }
     });
     let h = Harness::new(Broker::None).await;
-    // Point the agent's config at the silent broker.
-    let text = std::fs::read_to_string(&h.config).unwrap();
-    std::fs::write(
-        &h.config,
-        format!(
-            "{text}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"silent\"\nkeep_alive_secs = 5\n\n[[devices]]\nname = \"hub-1\"\nkind = \"mqtt\"\ntopic = \"{TOPIC}\"\npatient = \"{PATIENT}\"\n"
-        ),
-    )
-    .unwrap();
+    point_at(&h, port);
     let src = start_source(&h);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!src.task.is_finished(), "the source gave up on a silent broker");
@@ -422,3 +427,167 @@ async fn the_source_outlives_a_silent_broker_and_ends_promptly_on_shutdown() {
     eprintln!("source ended {:?} after shutdown", cancelled.elapsed());
     silent.abort();
 }
+
+/// Just enough of an MQTT 3.1.1 broker to play a scenario byte by byte.
+mod scripted {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub async fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+        let header = s.read_u8().await?;
+        let mut len = 0usize;
+        for shift in [0, 7, 14, 21] {
+            let b = s.read_u8().await?;
+            len |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).await?;
+        Ok((header, body))
+    }
+
+    fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![header];
+        let mut n = body.len();
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    pub fn publish_qos1(topic: &str, pkid: u16, payload: &[u8]) -> Vec<u8> {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.extend_from_slice(payload);
+        packet(0x32, &body)
+    }
+
+    /// CONNECT → CONNACK (no session), SUBSCRIBE → SUBACK granting everything.
+    pub async fn accept_session(s: &mut TcpStream) {
+        let (h, _) = read_packet(s).await.expect("CONNECT");
+        assert_eq!(h, 0x10, "CONNECT");
+        s.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+        let (h, body) = read_packet(s).await.expect("SUBSCRIBE");
+        assert_eq!(h, 0x82, "SUBSCRIBE");
+        // Packet id, then (length, filter, QoS) per filter.
+        let mut filters = 0;
+        let mut i = 2;
+        while i + 2 <= body.len() {
+            let len = usize::from(u16::from_be_bytes([body[i], body[i + 1]]));
+            i += 2 + len + 1;
+            filters += 1;
+        }
+        let mut ack = body[..2].to_vec();
+        ack.extend(std::iter::repeat_n(0x01, filters));
+        s.write_all(&packet(0x90, &ack)).await.unwrap();
+    }
+
+    /// Collects the PUBACK packet ids the client sends for `window`, answering pings.
+    pub async fn pubacks_for(s: &mut TcpStream, window: std::time::Duration) -> Vec<u16> {
+        let mut acks = Vec::new();
+        let until = tokio::time::Instant::now() + window;
+        while let Ok(r) = tokio::time::timeout_at(until, read_packet(s)).await {
+            match r {
+                Ok((0x40, body)) => acks.push(u16::from_be_bytes([body[0], body[1]])),
+                Ok((0xc0, _)) => s.write_all(&[0xd0, 0x00]).await.unwrap(),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        acks
+    }
+}
+
+/// Packet ids belong to one connection. rumqttc keeps packets it had read but not returned when
+/// a connection fails, and returns them after the next CONNACK; acknowledged there, their ids
+/// would acknowledge whatever the broker now numbers so (here, a message the pipeline has not
+/// made durable). A scripted broker sends two messages and a malformed packet in one write,
+/// then, on the next connection (session lost), a third message under packet id 1: no PUBACK
+/// may come until that third message is durable, and then exactly one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_puback_on_a_new_connection_for_a_message_received_on_an_old_one() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = Harness::new(Broker::None).await;
+    point_at(&h, port);
+    let Source {
+        token,
+        task,
+        mut rx,
+    } = start_source(&h);
+
+    let (mut c1, _) = listener.accept().await.unwrap();
+    scripted::accept_session(&mut c1).await;
+    let mut burst = scripted::publish_qos1(TOPIC, 1, b"A-payload");
+    burst.extend(scripted::publish_qos1(TOPIC, 2, b"B-payload"));
+    burst.extend([0x00, 0x00]); // packet type 0 is reserved: a protocol error
+    c1.write_all(&burst).await.unwrap();
+
+    // Whatever reaches the pipeline from the first connection is answered "safe to ack".
+    let (held_tx, mut held_rx) = mpsc::unbounded_channel();
+    let pipeline = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(msg) = rx.recv().await {
+            let payload = match &msg {
+                Ingest::Undecodable { payload, .. } => payload.clone(),
+                Ingest::Record { .. } => b"record".to_vec(),
+            };
+            seen.push(String::from_utf8_lossy(&payload).into_owned());
+            if payload == b"C-payload" {
+                let _ = held_tx.send(msg);
+            } else {
+                answer(msg, Outcome::Rejected("test".into()));
+            }
+        }
+        seen
+    });
+
+    let (mut c2, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+        .await
+        .expect("the source reconnects")
+        .unwrap();
+    drop(c1);
+    scripted::accept_session(&mut c2).await;
+    c2.write_all(&scripted::publish_qos1(TOPIC, 1, b"C-payload"))
+        .await
+        .unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(10), held_rx.recv())
+        .await
+        .expect("C reaches the pipeline")
+        .unwrap();
+    let early = scripted::pubacks_for(&mut c2, Duration::from_millis(1500)).await;
+    assert_eq!(early, Vec::<u16>::new(), "PUBACK before C is durable");
+    answer(
+        c,
+        Outcome::Durable {
+            stored: 1,
+            duplicates: 0,
+            dead_lettered: 0,
+        },
+    );
+    let acks = scripted::pubacks_for(&mut c2, Duration::from_millis(1500)).await;
+    assert_eq!(acks, vec![1], "C acknowledged once");
+
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("source ends on shutdown")
+        .unwrap()
+        .unwrap();
+    let seen = pipeline.await.unwrap();
+    assert_eq!(seen.last().map(String::as_str), Some("C-payload"), "{seen:?}");
+}
+

@@ -142,6 +142,11 @@ next_connection_delay_ms = 1
         if std::fs::metadata(dir.path()).map(|m| m.uid()).ok() == Some(0) {
             text.push_str("user root\n");
         }
+        // mosquitto queues at most 1,000 QoS 1 messages per client beyond its inflight window
+        // by default and silently drops the rest ("Outgoing messages are being dropped"),
+        // while still acknowledging them to the publisher: a burst test would measure the
+        // broker's queue limit, not the agent. No limit here.
+        text.push_str("max_queued_messages 0\n");
         if opts.persistence {
             text.push_str(&format!(
                 "persistence true\npersistence_location {}/\n",
