@@ -190,7 +190,6 @@ next_connection_delay_ms = 1
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        if let Some(l) = &self.log { let _ = std::fs::copy(l, "/tmp/dbg-mosq.log"); } // DBGTMP
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -455,7 +454,6 @@ backoff_max_secs = 1
                 last = have;
                 last_change = Instant::now();
             }
-            if last_change.elapsed() >= stall { let _ = std::fs::write("/tmp/dbg-agent.log", agent.stderr()); } // DBGTMP
             assert!(
                 last_change.elapsed() < stall,
                 "{needle:?}: stuck at {have} of {count} for {stall:?}; agent log tail:\n{}",
