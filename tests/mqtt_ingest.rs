@@ -148,7 +148,10 @@ async fn a_20000_reading_burst_across_a_broker_restart_is_stored_once_and_acked_
             confirmed[i] |= ok;
         }
     }
-    assert!(confirmed.iter().all(|&c| c), "the broker confirmed every reading");
+    assert!(
+        confirmed.iter().all(|&c| c),
+        "the broker confirmed every reading"
+    );
 
     let stored = h.wait_for_log_progress(&agent, "reading stored", n, Duration::from_secs(30));
     let took = started.elapsed();
@@ -181,7 +184,10 @@ async fn a_20000_reading_burst_across_a_broker_restart_is_stored_once_and_acked_
     assert!(status.contains(&format!("pending={n}")), "{status}");
     let log = h.broker.as_mosquitto().unwrap().log();
     let t = ClientTrace::from_log(&log, &client);
-    assert_eq!(t.keepalive_timeouts, 0, "the broker dropped the agent for keep-alive");
+    assert_eq!(
+        t.keepalive_timeouts, 0,
+        "the broker dropped the agent for keep-alive"
+    );
     assert!(
         t.connections.len() >= 2,
         "the agent reconnected after the restart"
@@ -246,7 +252,10 @@ async fn a_1_mib_payload_is_dead_lettered_alone_and_the_reading_behind_it_arrive
     agent.terminate();
 
     let log = agent.stderr();
-    assert!(!log.contains("ZZZZZZZZ"), "payload content must not be logged");
+    assert!(
+        !log.contains("ZZZZZZZZ"),
+        "payload content must not be logged"
+    );
     assert!(!log.contains("MQTT connection error"), "{}", tail(&log, 20));
     let dead = h.vitalgate(&["dead-letters"]);
     assert_eq!(dead.lines().count(), 1, "{dead}");
@@ -392,7 +401,11 @@ async fn a_store_failure_withholds_the_ack_and_the_redelivery_is_acked_on_a_new_
     assert_eq!(t.connections.len(), 2, "{t:?}");
     let (first, second) = (&t.connections[0], &t.connections[1]);
     assert_eq!(first.published.len(), 3, "{t:?}");
-    assert_eq!(first.acked, vec![first.published[0].0], "only the first: {t:?}");
+    assert_eq!(
+        first.acked,
+        vec![first.published[0].0],
+        "only the first: {t:?}"
+    );
     assert_eq!(second.published.len(), 2, "{t:?}");
     assert!(second.acks_are_an_in_order_prefix(), "{t:?}");
     assert_eq!(second.acked.len(), 2, "{t:?}");
@@ -416,7 +429,10 @@ async fn the_source_outlives_a_silent_broker_and_ends_promptly_on_shutdown() {
     point_at(&h, port);
     let src = start_source(&h);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!src.task.is_finished(), "the source gave up on a silent broker");
+    assert!(
+        !src.task.is_finished(),
+        "the source gave up on a silent broker"
+    );
     let cancelled = Instant::now();
     src.token.cancel();
     tokio::time::timeout(Duration::from_secs(2) * emulation_factor(), src.task)
@@ -588,6 +604,9 @@ async fn no_puback_on_a_new_connection_for_a_message_received_on_an_old_one() {
         .unwrap()
         .unwrap();
     let seen = pipeline.await.unwrap();
-    assert_eq!(seen.last().map(String::as_str), Some("C-payload"), "{seen:?}");
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("C-payload"),
+        "{seen:?}"
+    );
 }
-

@@ -24,9 +24,7 @@ pub fn free_port() -> u16 {
 
 pub enum Broker {
     None,
-    Embedded {
-        port: u16,
-    },
+    Embedded { port: u16 },
     Mosquitto(Mosquitto),
 }
 
@@ -57,7 +55,10 @@ impl Mosquitto {
             signal(child.id(), "TERM");
             let deadline = Instant::now() + Duration::from_secs(20);
             while child.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "mosquitto did not stop on SIGTERM");
+                assert!(
+                    Instant::now() < deadline,
+                    "mosquitto did not stop on SIGTERM"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -738,8 +739,7 @@ impl ClientTrace {
                     .next()
                     .and_then(|b| b.split(' ').next())
                     .and_then(|b| b.parse().ok());
-                if let (Some(mid), Some(bytes), Some(c)) = (mid, bytes, t.connections.last_mut())
-                {
+                if let (Some(mid), Some(bytes), Some(c)) = (mid, bytes, t.connections.last_mut()) {
                     c.published.push((mid, bytes));
                 }
             } else if let (true, Some(rest)) = (open, line.split(&puback).nth(1)) {

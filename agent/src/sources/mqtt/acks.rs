@@ -262,7 +262,11 @@ mod tests {
         assert_eq!(drain(&mut s), vec![1]);
         let b = s.received(2).unwrap();
         let c = s.received(3).unwrap();
-        assert_eq!(s.answered(a, Verdict::Withhold), Answered::Stale, "already acked");
+        assert_eq!(
+            s.answered(a, Verdict::Withhold),
+            Answered::Stale,
+            "already acked"
+        );
         s.answered(c, Verdict::Withhold);
         s.answered(b, Verdict::Ack);
         assert_eq!(drain(&mut s), vec![2]);

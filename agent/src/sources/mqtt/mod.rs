@@ -29,13 +29,19 @@
 //! so a QoS 1 broker has at most its window (mosquitto: `max_inflight_messages`, 20) of
 //! unacknowledged messages out to us and sends the next only after a PUBACK. The messages we
 //! hold between the poll and the pipeline channel are bounded explicitly by [`MAX_HELD`]
-//! messages and [`MAX_HELD_BYTES`] of raw payload (a broker that honours its window never gets
-//! near either). If a broker ignores its window, the next QoS 1 message over the bound is not
-//! taken: the source drops the connection (nothing acknowledged, nothing lost: with a
-//! persistent session the broker redelivers) and reconnects after a backoff, during which the
-//! held messages drain into the pipeline. QoS 0 messages (which a hub may send despite our QoS 1
-//! subscription) have no window and no redelivery: over the bound they are dropped, counted and
-//! logged, as the broker itself would under load.
+//! messages and [`MAX_HELD_BYTES`] of raw payload.
+//!
+//! Brokers do not always honour their window (mosquitto 2.0.11 sent one client 1,700
+//! unacknowledged messages of a burst, and resends everything unacknowledged at once after a
+//! reconnect). When a QoS 1 message arrives over the bound, the source does not take it nor
+//! anything after it on that connection (none of them could be acknowledged before it):
+//! they are withheld, the broker keeps them, the held messages drain into the pipeline and are
+//! acknowledged, and then the source reconnects at once and the broker redelivers the rest.
+//! Each such cycle makes at least [`MAX_HELD`] messages durable; memory stays bounded; nothing
+//! is lost with a persistent session (with `clean_session = true` the broker discards
+//! unacknowledged messages at every disconnect anyway). QoS 0 messages (which a hub may send
+//! despite our QoS 1 subscription) have no window and no redelivery: over the bound they are
+//! dropped, counted and logged, as the broker itself would under load.
 //!
 //! # Acknowledgements
 //!
@@ -89,12 +95,12 @@ pub use session::run;
 /// dead letter without being decoded.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 
-/// Messages held between the event loop and the pipeline channel, at most. Brokers' inflight
-/// windows are tens of messages (mosquitto 20, EMQX 32, HiveMQ 10 by default), and the
-/// pipeline channel (256 requests) sits behind this; 1,024 leaves a
-/// generously configured broker room while bounding memory (a decoded data point is about
-/// 1 KiB held).
-pub const MAX_HELD: usize = 1024;
+/// Messages held between the event loop and the pipeline channel, at most. A broker that
+/// honours its inflight window (mosquitto's `max_inflight_messages` is 20, EMQX 32) never gets
+/// near it; one that does not (mosquitto 2.0.11 was seen sending 1,700 unacknowledged messages
+/// to one client in a burst) fills it, and then the rest waits at the broker (module docs).
+/// A decoded data point held is about 1 KiB, so this bounds the queue near 4 MiB.
+pub const MAX_HELD: usize = 4096;
 
 /// Raw payload bytes held (undecodable and oversized payloads travel whole to the store), at
 /// most; a single message is always taken when nothing else is held.
@@ -178,4 +184,3 @@ pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, MqttSetupError> {
     }
     Ok(o)
 }
-

@@ -44,7 +44,10 @@ impl Router {
         let mut exact = HashMap::new();
         let mut wildcard = Vec::new();
         for (i, s) in subs.iter().enumerate() {
-            if s.filter.split('/').any(|level| level == "+" || level == "#") {
+            if s.filter
+                .split('/')
+                .any(|level| level == "+" || level == "#")
+            {
                 wildcard.push(i);
             } else {
                 exact.entry(s.filter.clone()).or_insert(i);

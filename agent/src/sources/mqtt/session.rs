@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::acks::{AckSequencer, Next, Ticket, Verdict};
+use super::acks::{AckSequencer, Answered, Next, Ticket, Verdict};
 use super::router::Router;
 use super::subscribe::{SubAckProgress, SubscribeRound};
 use super::{
@@ -63,6 +63,7 @@ pub async fn run(
         acks_in_channel: 0,
         round: None,
         overrun: false,
+        store_failed: false,
         reconnects: 0,
         not_durable_streak: 0,
         closing: None,
@@ -208,8 +209,11 @@ struct Session {
     acks_in_channel: usize,
     /// This connection's subscriptions (None until CONNACK).
     round: Option<SubscribeRound>,
-    /// A QoS 1 message arrived with no room to hold it: the broker ignores its window.
+    /// A QoS 1 message arrived with no room to hold it (the broker ignores its window): from
+    /// it on, nothing more is taken on this connection.
     overrun: bool,
+    /// The pipeline did not make a message of this connection durable.
+    store_failed: bool,
     /// Consecutive connection attempts without a CONNACK (the backoff exponent).
     reconnects: u32,
     /// Consecutive reconnects forced by a store failure with no ack sent in between (keeps a
@@ -274,7 +278,9 @@ impl Session {
                     round.sent(pkid);
                 }
             }
-            Event::Outgoing(Outgoing::PubAck(pkid)) => {
+            // A QoS 2 message's acknowledgement is its PUBREC (we subscribe with QoS 1, so a
+            // broker should never send QoS 2; counted the same way if one does).
+            Event::Outgoing(Outgoing::PubAck(pkid) | Outgoing::PubRec(pkid)) => {
                 self.acks_in_channel = self.acks_in_channel.saturating_sub(1);
                 self.not_durable_streak = 0;
                 telemetry::MqttAckSent { pkid }.emit();
@@ -296,14 +302,29 @@ impl Session {
         }
         let payload = std::mem::take(&mut p.payload);
         let topic = std::mem::take(&mut p.topic);
-        if !self.held.has_room(payload.len()) {
-            if p.qos == QoS::AtMostOnce {
-                telemetry::MqttQos0Dropped {
-                    bytes: payload.len(),
+        if p.qos == QoS::AtMostOnce && !self.held.has_room(payload.len()) {
+            telemetry::MqttQos0Dropped {
+                bytes: payload.len(),
+            }
+            .emit();
+            return;
+        }
+        if p.qos != QoS::AtMostOnce && (self.overrun || !self.held.has_room(payload.len())) {
+            // Over the bound: the broker sends beyond its inflight window. Do not take this
+            // message, nor any after it on this connection (none of them could be acknowledged
+            // before this one): they are withheld, and once everything before them is durable
+            // and acknowledged the source reconnects and the broker redelivers them.
+            if !self.overrun {
+                self.overrun = true;
+                telemetry::MqttWindowOverrun {
+                    held: self.held.queue.len(),
+                    held_bytes: self.held.bytes,
+                    owed: self.acks.owed(),
                 }
                 .emit();
-            } else {
-                self.overrun = true;
+            }
+            if let Some(ticket) = self.acks.received(p) {
+                self.acks.answered(ticket, Verdict::Withhold);
             }
             return;
         }
@@ -325,10 +346,14 @@ impl Session {
     /// Records the pipeline's answer for the oldest waiting message, and any further answers
     /// already there.
     fn answered(&mut self, first: (Ticket, Verdict)) {
-        let (ticket, verdict) = first;
-        self.acks.answered(ticket, verdict);
-        while let Some((ticket, verdict)) = self.answers.try_next() {
-            self.acks.answered(ticket, verdict);
+        let mut next = Some(first);
+        while let Some((ticket, verdict)) = next {
+            if self.acks.answered(ticket, verdict) == Answered::Recorded
+                && verdict == Verdict::Withhold
+            {
+                self.store_failed = true;
+            }
+            next = self.answers.try_next();
         }
     }
 
@@ -377,13 +402,14 @@ impl Session {
         if self.closing.is_some() {
             return None;
         }
-        if std::mem::take(&mut self.overrun) {
-            return Some(Lost::WindowOverrun);
-        }
         // Withheld at the head: nothing more can be acknowledged on this connection. Wait
         // until the acks before it are written, so they are not redelivered needlessly.
         if self.acks.next() == Next::Withheld && self.acks_in_channel == 0 {
-            return Some(Lost::NotDurable);
+            return Some(if self.store_failed {
+                Lost::NotDurable
+            } else {
+                Lost::WindowOverrun
+            });
         }
         None
     }
@@ -391,16 +417,22 @@ impl Session {
     /// The connection is gone (or being dropped): forget what was owed on it, count, log, and
     /// say how long to wait before the next attempt.
     fn connection_lost(&mut self, why: Lost<'_>) -> Duration {
-        let dropped = self.acks.disconnected();
+        // Owed on the connection, plus handed to rumqttc's channel but not seen written: its
+        // clean() throws those PUBACKs away (their packet ids mean nothing on the next one).
+        let dropped = self.acks.disconnected() + self.acks_in_channel;
         self.answers.waiting.clear();
         self.acks_in_channel = 0;
         self.round = None;
+        self.overrun = false;
+        self.store_failed = false;
         let delay = match why {
             Lost::NotDurable => {
                 self.not_durable_streak += 1;
                 RECONNECT.delay(self.not_durable_streak - 1, None, &mut rand::rng())
             }
-            _ => {
+            // Everything taken is durable and acknowledged: come back for the rest at once.
+            Lost::WindowOverrun => Duration::ZERO,
+            Lost::Error(_) => {
                 self.reconnects = self.reconnects.saturating_add(1);
                 RECONNECT.delay(self.reconnects - 1, None, &mut rand::rng())
             }
@@ -414,11 +446,8 @@ impl Session {
             }
             .emit(),
             Lost::NotDurable => telemetry::MqttNotDurable { retry_in_ms }.emit(),
-            Lost::WindowOverrun => telemetry::MqttWindowOverrun {
-                held: self.held.queue.len(),
-                held_bytes: self.held.bytes,
-            }
-            .emit(),
+            // Logged when it began (MqttWindowOverrun); the withheld messages are counted below.
+            Lost::WindowOverrun => {}
         }
         if dropped > 0 {
             telemetry::MqttAcksDropped { count: dropped }.emit();
@@ -495,7 +524,7 @@ impl Held {
         let bytes = raw_bytes(&msg);
         if self.queue.is_empty() {
             match self.tx.try_send(msg) {
-                Ok(()) => return,
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(msg)) => {
                     self.queue.push_back((msg, bytes));
                     self.bytes += bytes;
