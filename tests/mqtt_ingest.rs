@@ -57,6 +57,7 @@ async fn a_reading_on_the_last_of_1000_topics_arrives_before_and_after_a_broker_
     let Some(broker) = mosquitto(MosquittoOptions {
         persistence: false,
         log_all: false,
+        inflight_window: None,
     }) else {
         return;
     };
@@ -117,6 +118,7 @@ async fn a_20000_reading_burst_across_a_broker_restart_is_stored_once_and_acked_
     let Some(broker) = mosquitto(MosquittoOptions {
         persistence: true,
         log_all: true,
+        inflight_window: None,
     }) else {
         return;
     };
@@ -132,8 +134,16 @@ async fn a_20000_reading_burst_across_a_broker_restart_is_stored_once_and_acked_
 
     let started = Instant::now();
     let publisher = MosquittoPub::spawn(port, TOPIC, &lines, h.dir.path());
-    // Restart the broker while the agent is in the middle of the burst.
-    h.wait_for_log_progress(&agent, "reading stored", n / 4, Duration::from_secs(30));
+    // Restart the broker in the middle of the burst: the publisher is cut off half-way (what
+    // it could not confirm is published again below) while the agent is busy ingesting.
+    let deadline = Instant::now() + Duration::from_secs(60) * emulation_factor();
+    while publisher.confirmed_so_far() < n / 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the publisher never got half way"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     h.broker.as_mosquitto().unwrap().restart();
     let mut confirmed = publisher.wait();
     for _round in 0..5 {
@@ -224,6 +234,7 @@ async fn a_1_mib_payload_is_dead_lettered_alone_and_the_reading_behind_it_arrive
     let Some(broker) = mosquitto(MosquittoOptions {
         persistence: false,
         log_all: true,
+        inflight_window: None,
     }) else {
         return;
     };
@@ -330,6 +341,7 @@ async fn a_store_failure_withholds_the_ack_and_the_redelivery_is_acked_on_a_new_
     let Some(broker) = mosquitto(MosquittoOptions {
         persistence: false,
         log_all: true,
+        inflight_window: None,
     }) else {
         return;
     };
@@ -608,5 +620,115 @@ async fn no_puback_on_a_new_connection_for_a_message_received_on_an_old_one() {
         seen.last().map(String::as_str),
         Some("C-payload"),
         "{seen:?}"
+    );
+}
+
+/// A broker that ignores its inflight window must not make the source buffer without bound,
+/// lose a message or stall. A scripted broker sends 6,000 QoS 1 messages at once while the
+/// pipeline is busy: the source takes at most `MAX_HELD` (plus what the pipeline channel holds),
+/// withholds the rest, acknowledges what it took once durable, in order, then reconnects; the
+/// broker redelivers the rest on the new connection, and every message reaches the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_ignoring_its_inflight_window_gets_the_rest_after_a_reconnect() {
+    use tokio::io::AsyncWriteExt;
+    const N: u16 = 6000;
+    let max_held = vitalgate::sources::mqtt::MAX_HELD;
+    assert!(usize::from(N) > max_held + 16);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = Harness::new(Broker::None).await;
+    point_at(&h, port);
+    let Source {
+        token,
+        task,
+        mut rx,
+    } = start_source(&h);
+
+    let msg = |i: u16| format!("m-{i}").into_bytes();
+    let (mut c1, _) = listener.accept().await.unwrap();
+    scripted::accept_session(&mut c1).await;
+    let mut all = Vec::new();
+    for i in 1..=N {
+        all.extend(scripted::publish_qos1(TOPIC, i, &msg(i)));
+    }
+    c1.write_all(&all).await.unwrap();
+    // The pipeline is busy for a while: nothing is answered yet.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pipeline = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(m) = rx.recv().await {
+            if let Ingest::Undecodable { payload, .. } = &m {
+                seen.insert(String::from_utf8_lossy(payload).into_owned());
+            }
+            answer(
+                m,
+                Outcome::Durable {
+                    stored: 1,
+                    duplicates: 0,
+                    dead_lettered: 0,
+                },
+            );
+        }
+        seen
+    });
+
+    // The first connection: a prefix acknowledged in order, then the source leaves.
+    let mut acked1 = Vec::new();
+    while let Ok(Ok((h, body))) =
+        tokio::time::timeout(Duration::from_secs(30), scripted::read_packet(&mut c1)).await
+    {
+        match h {
+            0x40 => acked1.push(u16::from_be_bytes([body[0], body[1]])),
+            0xc0 => c1.write_all(&[0xd0, 0x00]).await.unwrap(),
+            _ => {}
+        }
+    }
+    let k = acked1.len();
+    assert_eq!(
+        acked1,
+        (1..=k as u16).collect::<Vec<_>>(),
+        "in order, once each"
+    );
+    assert!(k >= max_held, "took {k}");
+    assert!(
+        k < usize::from(N),
+        "took everything: the bound did not hold"
+    );
+
+    // The second connection: the broker redelivers the rest (new packet ids, as after a lost
+    // session), all acknowledged.
+    let (mut c2, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the source reconnects for the rest")
+        .unwrap();
+    scripted::accept_session(&mut c2).await;
+    let rest: Vec<u16> = (k as u16 + 1..=N).collect();
+    let mut again = Vec::new();
+    for (j, &i) in rest.iter().enumerate() {
+        again.extend(scripted::publish_qos1(TOPIC, j as u16 + 1, &msg(i)));
+    }
+    c2.write_all(&again).await.unwrap();
+    let mut acked2 = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked2.len() < rest.len() && tokio::time::Instant::now() < until {
+        acked2.extend(scripted::pubacks_for(&mut c2, Duration::from_millis(500)).await);
+    }
+    assert_eq!(
+        acked2,
+        (1..=rest.len() as u16).collect::<Vec<_>>(),
+        "the rest acknowledged in order on the new connection"
+    );
+
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("source ends on shutdown")
+        .unwrap()
+        .unwrap();
+    let seen = pipeline.await.unwrap();
+    assert_eq!(
+        seen.len(),
+        usize::from(N),
+        "every message reached the pipeline"
     );
 }

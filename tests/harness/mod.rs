@@ -35,6 +35,9 @@ pub struct MosquittoOptions {
     pub persistence: bool,
     /// Log everything (`log_type all`) to a file, read with [`Mosquitto::log`].
     pub log_all: bool,
+    /// The broker's QoS 1 window per client (`max_inflight_messages`); `None`: mosquitto's
+    /// default (20).
+    pub inflight_window: Option<u16>,
 }
 
 /// A mosquitto process on a free port, with its config, data and log in a temp dir.
@@ -148,6 +151,9 @@ next_connection_delay_ms = 1
         // while still acknowledging them to the publisher: a burst test would measure the
         // broker's queue limit, not the agent. No limit here.
         text.push_str("max_queued_messages 0\n");
+        if let Some(w) = opts.inflight_window {
+            text.push_str(&format!("max_inflight_messages {w}\n"));
+        }
         if opts.persistence {
             text.push_str(&format!(
                 "persistence true\npersistence_location {}/\n",
@@ -530,6 +536,14 @@ impl MosquittoPub {
             out,
             lines: lines.len(),
         }
+    }
+
+    /// How many messages the broker has confirmed so far (the process may still be running).
+    pub fn confirmed_so_far(&self) -> usize {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .matches("received PUBACK")
+            .count()
     }
 
     /// Waits for the publisher to exit; returns, per line, whether the broker confirmed it
