@@ -355,6 +355,12 @@ backoff_max_secs = 1
     }
 
     pub fn spawn_agent(&self) -> Agent {
+        self.spawn_agent_with(true)
+    }
+
+    /// Starts the agent and waits until it runs; with `wait_subscribed`, also until its MQTT
+    /// subscriptions are acknowledged (the bench measures builds that never get there).
+    pub fn spawn_agent_with(&self, wait_subscribed: bool) -> Agent {
         let log = self.dir.path().join(format!("agent-{}.log", free_port()));
         let file = std::fs::File::create(&log).unwrap();
         let child = crate::common::vitalgate()
@@ -369,7 +375,7 @@ backoff_max_secs = 1
         let agent = Agent { child, log };
         // Ready when it says so (it logs after the store, uplink and sources are set up).
         self.wait_for_log(&agent, "vitalgate running", 1, Duration::from_secs(30));
-        if self.broker.port().is_some() {
+        if wait_subscribed && self.broker.port().is_some() {
             // A message published before the first SUBSCRIBE reaches the broker is dropped
             // (MQTT semantics): wait until the agent's subscription is in place.
             self.wait_for_log(
@@ -389,14 +395,24 @@ backoff_max_secs = 1
 
     /// Publishes payloads to `topic` with QoS 1 and waits for every PUBACK.
     pub async fn publish_to(&self, topic: &str, payloads: &[String]) {
+        let messages: Vec<(String, String)> = payloads
+            .iter()
+            .map(|p| (topic.to_string(), p.clone()))
+            .collect();
+        self.publish_messages(&messages).await;
+    }
+
+    /// Publishes `(topic, payload)` pairs with QoS 1 on one connection and waits for every
+    /// PUBACK.
+    pub async fn publish_messages(&self, messages: &[(String, String)]) {
         let port = self.broker.port().expect("a broker");
         let mut opts = MqttOptions::new(publisher_id(), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
         // Room for the 1 MiB poison-message test.
         opts.set_max_packet_size(16 * 1024, 4 * 1024 * 1024);
         // Every request fits the channel: nothing awaits the (not yet polled) event loop.
-        let (client, mut el) = AsyncClient::new(opts, payloads.len() + 8);
-        for p in payloads {
+        let (client, mut el) = AsyncClient::new(opts, messages.len() + 8);
+        for (topic, p) in messages {
             client
                 .publish(topic, QoS::AtLeastOnce, false, p.clone().into_bytes())
                 .await
@@ -404,7 +420,7 @@ backoff_max_secs = 1
         }
         let mut acked = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while acked < payloads.len() {
+        while acked < messages.len() {
             let ev = tokio::time::timeout_at(deadline, el.poll())
                 .await
                 .expect("PUBACKs in time")

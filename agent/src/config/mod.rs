@@ -322,6 +322,20 @@ client_key = "tls/gw.key"
     }
 
     #[test]
+    fn mqtt_max_packet_bytes_defaults_to_what_mqtt_allows_and_refuses_too_small() {
+        let base = format!("{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:1883\"\n");
+        let c = load(&base).unwrap();
+        assert_eq!(c.mqtt.unwrap().max_packet_bytes, MQTT_MAX_PACKET_BYTES);
+        let c = load(&format!("{base}max_packet_bytes = 1048576\n")).unwrap();
+        assert_eq!(c.mqtt.unwrap().max_packet_bytes, 1 << 20);
+        for bad in ["65536", "268435456"] {
+            let e = load(&format!("{base}max_packet_bytes = {bad}\n")).unwrap_err();
+            assert!(e.message.contains("mqtt.max_packet_bytes"), "{e}");
+            assert!(e.position.is_some(), "{e}");
+        }
+    }
+
+    #[test]
     fn mqtt_device_without_mqtt_section_is_an_error() {
         let text = format!("{MINIMAL}\n[[devices]]\nname = \"hub\"\nkind = \"mqtt\"\ntopic = \"a/b\"\npatient = \"Patient/1\"\n");
         let e = load(&text).unwrap_err();
