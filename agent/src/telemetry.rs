@@ -65,12 +65,25 @@ counters!(
     uplink_pauses,
     uplink_probes_failed,
     uplink_resumes,
+    mqtt_connects,
     mqtt_connection_errors,
+    mqtt_subscriptions_refused,
+    mqtt_acks_sent,
+    mqtt_acks_dropped,
+    mqtt_not_durable_reconnects,
+    mqtt_window_overruns,
+    mqtt_qos0_dropped,
+    mqtt_payloads_oversized,
     tasks_failed,
 );
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// For events that report a number of things (acks dropped, subscriptions refused).
+fn bump_by(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 // ---- the in-process observer (embedders: the devkit demo, tests) ----
@@ -477,14 +490,164 @@ impl UplinkDeadLettered<'_> {
 
 // ---- sources ----
 
+/// A broker connection is up (CONNACK accepted).
+pub struct MqttConnected {
+    pub session_present: bool,
+}
+impl MqttConnected {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_connects);
+        tracing::info!(session_present = self.session_present, "MQTT connected");
+    }
+}
+
+/// The connection failed or dropped; the source reconnects after `retry_in_ms`.
 pub struct MqttConnectionError<'a> {
-    pub error: &'a str,
+    pub error: &'a dyn Display,
     pub retry_in_ms: u64,
+    /// What a technician can do, when the error type says so.
+    pub hint: Option<&'static str>,
 }
 impl MqttConnectionError<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.mqtt_connection_errors);
-        tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, "MQTT connection error");
+        match self.hint {
+            Some(hint) => {
+                tracing::error!(error = %self.error, retry_in_ms = self.retry_in_ms, hint, "MQTT connection error")
+            }
+            None => {
+                tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, "MQTT connection error")
+            }
+        }
+    }
+}
+
+/// Every SUBACK of a connection's subscription round is in. Refused filters (broker ACLs) are
+/// named by device (config names, never topics or patients) and counted.
+pub struct MqttSubscriptionsAcknowledged<'a> {
+    pub granted: usize,
+    pub refused: &'a [&'a str],
+}
+impl MqttSubscriptionsAcknowledged<'_> {
+    pub fn emit(self) {
+        bump_by(&COUNTERS.mqtt_subscriptions_refused, self.refused.len());
+        if self.refused.is_empty() {
+            tracing::info!(
+                granted = self.granted,
+                refused = 0,
+                "MQTT subscriptions acknowledged"
+            );
+        } else {
+            const NAMED: usize = 10;
+            let mut devices = self.refused[..self.refused.len().min(NAMED)].join(",");
+            if self.refused.len() > NAMED {
+                devices.push_str(",...");
+            }
+            tracing::error!(
+                granted = self.granted,
+                refused = self.refused.len(),
+                devices = %devices,
+                "MQTT subscriptions acknowledged, but the broker REFUSED some: their devices receive nothing (check the broker's ACLs)"
+            );
+        }
+    }
+}
+
+/// A PUBACK was written to the broker connection (debug level: one per message).
+pub struct MqttAckSent {
+    pub pkid: u16,
+}
+impl MqttAckSent {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_acks_sent);
+        tracing::debug!(pkid = self.pkid, "MQTT PUBACK sent");
+    }
+}
+
+/// A connection ended with acknowledgements still owed on it. Its packet ids mean nothing on
+/// the next connection, so they are dropped; the broker redelivers those messages, which the
+/// pipeline recognises as duplicates and the source acknowledges on the new connection.
+pub struct MqttAcksDropped {
+    pub count: usize,
+}
+impl MqttAcksDropped {
+    pub fn emit(self) {
+        bump_by(&COUNTERS.mqtt_acks_dropped, self.count);
+        tracing::info!(
+            count = self.count,
+            "MQTT connection lost with acknowledgements owed; the broker redelivers those messages"
+        );
+    }
+}
+
+/// The pipeline could not make a message durable: nothing from it on is acknowledged, and the
+/// source reconnects so that the broker redelivers.
+pub struct MqttNotDurable {
+    pub retry_in_ms: u64,
+}
+impl MqttNotDurable {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_not_durable_reconnects);
+        tracing::error!(
+            retry_in_ms = self.retry_in_ms,
+            "reading not durable; MQTT message left unacknowledged, reconnecting for redelivery"
+        );
+    }
+}
+
+/// The broker sent more unacknowledged messages than the source holds: it ignores its inflight
+/// window (mosquitto 2.0.11 was seen sending 1,700 to one client, max_inflight_messages 20).
+/// The source takes nothing more on this connection; once what it took is durable and
+/// acknowledged it reconnects and the broker redelivers the rest. Nothing is lost, nothing is
+/// buffered without bound.
+pub struct MqttWindowOverrun {
+    pub held: usize,
+    pub held_bytes: usize,
+    /// Messages of the connection not yet acknowledged.
+    pub owed: usize,
+}
+impl MqttWindowOverrun {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_window_overruns);
+        tracing::warn!(
+            held = self.held,
+            held_bytes = self.held_bytes,
+            owed = self.owed,
+            "MQTT broker exceeded its inflight window; taking no more until what it sent is durable, then reconnecting for the rest"
+        );
+    }
+}
+
+/// A QoS 0 message arrived while the source's queue to the pipeline was full. QoS 0 is "at most
+/// once" (the broker itself drops such messages under load): it is dropped, counted, logged.
+pub struct MqttQos0Dropped {
+    pub bytes: usize,
+}
+impl MqttQos0Dropped {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_qos0_dropped);
+        tracing::warn!(
+            bytes = self.bytes,
+            "QoS 0 MQTT message dropped: ingest queue full (publish with QoS 1 to be sure of delivery)"
+        );
+    }
+}
+
+/// A payload larger than any data point: kept as a dead letter without being decoded.
+pub struct MqttPayloadOversized<'a> {
+    pub device: &'a str,
+    pub bytes: usize,
+    pub limit: usize,
+}
+impl MqttPayloadOversized<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_payloads_oversized);
+        tracing::warn!(
+            device = %self.device,
+            bytes = self.bytes,
+            limit = self.limit,
+            "oversized MQTT payload kept as dead letter (not decoded)"
+        );
     }
 }
 

@@ -21,7 +21,11 @@ pub fn command(bin: impl AsRef<Path>) -> Command {
     }
 }
 
-/// The `vitalgate` binary of this build.
+/// The `vitalgate` binary of this build, or the one `VITALGATE_BIN_UNDER_TEST` names (the MQTT
+/// bench uses it to measure another build, e.g. an older commit, with the same harness).
 pub fn vitalgate() -> Command {
-    command(env!("CARGO_BIN_EXE_vitalgate"))
+    match std::env::var_os("VITALGATE_BIN_UNDER_TEST") {
+        Some(bin) if !bin.is_empty() => command(bin),
+        _ => command(env!("CARGO_BIN_EXE_vitalgate")),
+    }
 }

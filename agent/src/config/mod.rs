@@ -117,6 +117,13 @@ pub struct UplinkConfig {
     pub pause_max: Duration,
 }
 
+/// The largest MQTT packet: the remaining length is at most 268,435,455 bytes (MQTT 3.1.1 §2.2.3).
+pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
+
+/// The smallest `mqtt.max_packet_bytes` accepted: a 64 KiB payload (the largest data point the
+/// source decodes) with the longest topic MQTT allows still fits.
+pub const MQTT_MIN_PACKET_BYTES: usize = 131_072;
+
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
     pub host: String,
@@ -131,6 +138,8 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// `false` (default): the broker keeps QoS 1 messages for us while the agent is down.
     pub clean_session: bool,
+    /// Largest packet read from the broker (default [`MQTT_MAX_PACKET_BYTES`], all MQTT allows).
+    pub max_packet_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +343,20 @@ client_key = "tls/gw.key"
         );
         let bad = text.replace("2 = ", "255 = ");
         assert!(load(&bad).unwrap_err().message.contains("255"));
+    }
+
+    #[test]
+    fn mqtt_max_packet_bytes_defaults_to_what_mqtt_allows_and_refuses_too_small() {
+        let base = format!("{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:1883\"\n");
+        let c = load(&base).unwrap();
+        assert_eq!(c.mqtt.unwrap().max_packet_bytes, MQTT_MAX_PACKET_BYTES);
+        let c = load(&format!("{base}max_packet_bytes = 1048576\n")).unwrap();
+        assert_eq!(c.mqtt.unwrap().max_packet_bytes, 1 << 20);
+        for bad in ["65536", "268435456"] {
+            let e = load(&format!("{base}max_packet_bytes = {bad}\n")).unwrap_err();
+            assert!(e.message.contains("mqtt.max_packet_bytes"), "{e}");
+            assert!(e.position.is_some(), "{e}");
+        }
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub(super) struct RawMqtt {
     pub(super) client_cert: Option<Spanned<String>>,
     pub(super) client_key: Option<Spanned<String>>,
     pub(super) keep_alive_secs: Option<Spanned<i64>>,
+    pub(super) max_packet_bytes: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) clean_session: bool,
     #[serde(default)]

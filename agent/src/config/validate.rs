@@ -385,6 +385,12 @@ impl Validator<'_> {
             ));
         }
         let keep_alive = self.int_in(&m.keep_alive_secs, "mqtt.keep_alive_secs", 5..3601, 30)?;
+        let max_packet = self.int_in(
+            &m.max_packet_bytes,
+            "mqtt.max_packet_bytes",
+            MQTT_MIN_PACKET_BYTES as i64..MQTT_MAX_PACKET_BYTES as i64 + 1,
+            MQTT_MAX_PACKET_BYTES as i64,
+        )?;
         Ok(MqttConfig {
             host,
             port,
@@ -397,6 +403,7 @@ impl Validator<'_> {
             client_key,
             keep_alive: Duration::from_secs(keep_alive.unsigned_abs()),
             clean_session: m.clean_session,
+            max_packet_bytes: usize::try_from(max_packet).unwrap_or(MQTT_MAX_PACKET_BYTES),
         })
     }
 
