@@ -201,8 +201,11 @@ impl App {
         if cfg.uplink.allow_insecure_http && cfg.uplink.fhir_base.scheme() == "http" {
             tracing::warn!("INSECURE: uplink.allow_insecure_http is set and fhir_base is http://; readings (PHI) travel unencrypted. Never use this outside a lab.");
         }
-        for d in devices.ble.iter().chain(&devices.serial) {
-            tracing::warn!(device = %d.name, "BLE and serial transports are not available in this version; device ignored");
+        for w in cfg.warnings() {
+            tracing::warn!("config: {w}");
+        }
+        for d in &devices.ble {
+            tracing::warn!(device = %d.name, "BLE transport is not available in this version; device ignored");
         }
 
         let wake = Arc::new(Notify::new());

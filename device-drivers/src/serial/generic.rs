@@ -382,6 +382,22 @@ impl DeviceConfig {
         self.inner.cadence
     }
 
+    /// Every reading type a rule of the file can produce, in file order, without repeats.
+    pub fn reading_types(&self) -> Vec<ReadingType> {
+        let mut out = Vec::new();
+        for t in self
+            .inner
+            .rules
+            .iter()
+            .flat_map(|r| r.readings.iter().map(|x| x.kind))
+        {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out
+    }
+
     /// `device.id`.
     pub fn id(&self) -> &str {
         &self.inner.id
