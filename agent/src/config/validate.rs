@@ -643,19 +643,20 @@ impl Validator<'_> {
             };
         }
         if let Some(v) = &d.flow_control {
-            settings.flow_control =
-                match v.get_ref().as_str() {
-                    "none" => FlowControl::None,
-                    "rtscts" => FlowControl::Rtscts,
-                    "xonxoff" => FlowControl::Xonxoff,
-                    other => return Err(self.err(
+            settings.flow_control = match v.get_ref().as_str() {
+                "none" => FlowControl::None,
+                "rtscts" => FlowControl::Rtscts,
+                "xonxoff" => FlowControl::Xonxoff,
+                other => {
+                    return Err(self.err(
                         v.span(),
                         format!(
                             "{}: expected \"none\", \"rtscts\" or \"xonxoff\", found \"{other}\"",
                             key("flow_control")
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
         }
         let stream = protocol.cadence() == Cadence::Stream;
         let silence = self.int_in(
