@@ -219,9 +219,15 @@ backoff_max_secs = 1
     }
 
     pub fn spawn_agent(&self) -> Agent {
+        self.spawn_agent_with(crate::common::vitalgate())
+    }
+
+    /// Spawns `vitalgate run` from `cmd` (e.g. the binary behind `setpriv`), waits until it is
+    /// running.
+    pub fn spawn_agent_with(&self, mut cmd: Command) -> Agent {
         let log = self.dir.path().join(format!("agent-{}.log", free_port()));
         let file = std::fs::File::create(&log).unwrap();
-        let child = crate::common::vitalgate()
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -319,6 +325,16 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// `kill -9`: no shutdown path at all.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {

@@ -17,11 +17,11 @@ pub enum OpenError {
     #[error("{} does not exist (device unplugged or not yet detected?)", .0.display())]
     NotFound(PathBuf),
     /// The agent's user may not open the port.
-    #[error("{}", permission_message(.port, .owner_group.as_deref(), *.uid))]
+    #[error("{}", permission_message(.port, .owner.as_ref(), *.uid))]
     PermissionDenied {
         port: PathBuf,
-        /// The group owning the device node, if it could be read.
-        owner_group: Option<String>,
+        /// The device node's group and mode, if they could be read.
+        owner: Option<NodeOwner>,
         uid: Option<u32>,
     },
     /// Another program holds the port (vitalgate opens ports exclusively).
@@ -44,13 +44,37 @@ impl OpenError {
     }
 }
 
-fn permission_message(port: &Path, group: Option<&str>, uid: Option<u32>) -> String {
-    let group = group.unwrap_or("dialout");
+/// Who may open a device node besides its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeOwner {
+    /// The group's name, or its number if `/etc/group` does not list it.
+    pub group: String,
+    pub gid: u32,
+    /// Permission bits (e.g. 0o660).
+    pub mode: u32,
+}
+
+fn permission_message(port: &Path, owner: Option<&NodeOwner>, uid: Option<u32>) -> String {
     let user = uid.map_or_else(String::new, |u| format!(" (uid {u})"));
-    format!(
-        "permission denied opening serial port {}: the user running vitalgate{user} is not allowed to read it. Fix: add that user to the port's group `{group}` (sudo usermod -aG {group} vitalgate; the systemd unit's SupplementaryGroups=dialout does the same for the service) and restart the service",
+    let head = format!(
+        "permission denied opening serial port {}: the user running vitalgate{user} may not read it",
         port.display()
-    )
+    );
+    match owner {
+        // A group with read/write access: join it.
+        Some(o) if o.gid != 0 && o.mode & 0o060 == 0o060 => format!(
+            "{head}. Fix: add that user to the port's group `{g}` (sudo usermod -aG {g} vitalgate; for the service, the unit's SupplementaryGroups={g}) and restart the service",
+            g = o.group
+        ),
+        // Owned by root, or no group access: no group to join; the node must change.
+        Some(o) => format!(
+            "{head}. The port is group `{}` with mode {:04o}: no group gives access. Fix: a udev rule giving the device GROUP=\"dialout\", MODE=\"0660\" (example: config/udev/99-vitalgate-serial.rules), with the vitalgate user in `dialout` (sudo usermod -aG dialout vitalgate), then replug the device",
+            o.group, o.mode & 0o7777
+        ),
+        None => format!(
+            "{head}. Fix: add that user to the port's group, usually `dialout` (sudo usermod -aG dialout vitalgate), and restart the service"
+        ),
+    }
 }
 
 /// Opens `port` with `settings`, exclusively (TIOCEXCL + flock: a second reader would steal
@@ -94,9 +118,11 @@ fn classify(port: &Path, settings: &PortSettings, e: &tokio_serial::Error) -> Op
         K::Io(io::ErrorKind::NotFound) => OpenError::NotFound(port.to_path_buf()),
         K::Io(io::ErrorKind::PermissionDenied) => OpenError::PermissionDenied {
             port: port.to_path_buf(),
-            owner_group: std::fs::metadata(port)
-                .ok()
-                .and_then(|m| group_name(m.gid()).or_else(|| Some(m.gid().to_string()))),
+            owner: std::fs::metadata(port).ok().map(|m| NodeOwner {
+                group: group_name(m.gid()).unwrap_or_else(|| m.gid().to_string()),
+                gid: m.gid(),
+                mode: m.mode(),
+            }),
             uid: std::fs::metadata("/proc/self").ok().map(|m| m.uid()),
         },
         // serialport reports EBUSY (TIOCEXCL) and a held flock as NoDevice.
@@ -161,7 +187,11 @@ mod tests {
     fn the_permission_message_names_the_group_and_the_fix() {
         let e = OpenError::PermissionDenied {
             port: "/dev/ttyUSB0".into(),
-            owner_group: Some("dialout".into()),
+            owner: Some(NodeOwner {
+                group: "dialout".into(),
+                gid: 20,
+                mode: 0o20660,
+            }),
             uid: Some(998),
         };
         let m = e.to_string();
@@ -169,6 +199,23 @@ mod tests {
         assert!(m.contains("usermod -aG dialout vitalgate"), "{m}");
         assert!(m.contains("uid 998"), "{m}");
         assert!(e.is_permission());
+    }
+
+    #[test]
+    fn a_port_no_group_can_open_needs_a_udev_rule_not_a_group() {
+        let e = OpenError::PermissionDenied {
+            port: "/dev/ttyS1".into(),
+            owner: Some(NodeOwner {
+                group: "root".into(),
+                gid: 0,
+                mode: 0o20600,
+            }),
+            uid: None,
+        };
+        let m = e.to_string();
+        assert!(m.contains("udev rule"), "{m}");
+        assert!(m.contains("0600"), "{m}");
+        assert!(!m.contains("usermod -aG root"), "{m}");
     }
 
     #[tokio::test]
