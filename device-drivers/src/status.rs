@@ -20,7 +20,7 @@
 //! postcard in the agent's store), as exactly the snake_case string decoders emitted before this
 //! type existed (`"sensor_off"`, `"implausible_spo2"`, `"quirk_beurer_bm85"`), and sorts by that
 //! string, so the decoded JSON of every vector and the agent's content ids are unchanged. Parsing
-//! ([`str::parse`], serde) accepts exactly the strings [`Status::name`] produces; anything else
+//! ([`str::parse`], serde) accepts exactly the strings [`Status::as_str`] produces; anything else
 //! is an [`UnknownStatus`] error.
 //!
 //! # Generic device files: only known statuses
@@ -128,7 +128,6 @@
 //! | `implausible_<type>` | `Implausible(ReadingType)` | Interpretation | `questionable` | `gatt::plausibility`: outside the configured physiological range; kept, qualified |
 //! | `quirk_<id>` | `Quirk(QuirkId)` | Informational | | `gatt::quirks`: decoded by a vendor-quirk decoder |
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
@@ -159,10 +158,14 @@ macro_rules! statuses {
             /// [`Status::Quirk`]), in declaration order.
             pub const FIXED: &'static [Status] = &[ $( Status::$variant, )* ];
 
-            fn fixed_name(self) -> Option<&'static str> {
+            /// The snake_case name: exactly the string decoders emitted before this type
+            /// existed. It is the wire form (JSON, postcard), the [`Display`](fmt::Display) form
+            /// and the sort key.
+            pub fn as_str(self) -> &'static str {
                 match self {
-                    $( Status::$variant => Some($name), )*
-                    Status::Implausible(_) | Status::Quirk(_) => None,
+                    $( Status::$variant => $name, )*
+                    Status::Implausible(t) => implausible_name(t),
+                    Status::Quirk(q) => quirk_name(q),
                 }
             }
         }
@@ -343,14 +346,6 @@ statuses! {
 }
 
 impl Status {
-    /// The snake_case name: the wire form and the sort key.
-    pub fn name(self) -> Cow<'static, str> {
-        match self.fixed_name() {
-            Some(n) => Cow::Borrowed(n),
-            None => Cow::Owned(self.to_string()),
-        }
-    }
-
     /// Every status: the fixed ones, then `implausible_<type>` for every reading type, then
     /// `quirk_<id>` for every quirk profile.
     pub fn all() -> impl Iterator<Item = Status> {
@@ -459,18 +454,14 @@ impl Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Status::Implausible(t) => write!(f, "implausible_{}", t.as_str()),
-            Status::Quirk(q) => write!(f, "quirk_{}", q.as_str()),
-            fixed => f.write_str(fixed.fixed_name().unwrap_or_default()),
-        }
+        f.write_str(self.as_str())
     }
 }
 
 /// Sorted by name, so `Record::flags` keeps the order (and JSON) of the strings it replaced.
 impl Ord for Status {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.name().cmp(&other.name())
+        self.as_str().cmp(other.as_str())
     }
 }
 
@@ -489,7 +480,7 @@ impl FromStr for Status {
     type Err = UnknownStatus;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(st) = Self::FIXED.iter().find(|st| st.fixed_name() == Some(s)) {
+        if let Some(st) = Self::FIXED.iter().find(|st| st.as_str() == s) {
             return Ok(*st);
         }
         if let Some(t) = s
@@ -509,7 +500,7 @@ impl FromStr for Status {
 /// stay readable when variants are added or reordered.
 impl Serialize for Status {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.name())
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -526,6 +517,43 @@ impl<'de> Deserialize<'de> for Status {
             }
         }
         d.deserialize_str(Visitor)
+    }
+}
+
+/// `implausible_<type>` as a `&'static str` (so [`Status::as_str`] borrows nothing). The match is
+/// exhaustive: a new [`ReadingType`] does not compile until it has its name here, and
+/// `implausible_and_quirk_names_are_prefix_and_id` checks every spelling.
+fn implausible_name(t: ReadingType) -> &'static str {
+    match t {
+        ReadingType::SystolicPressure => "implausible_systolic_pressure",
+        ReadingType::DiastolicPressure => "implausible_diastolic_pressure",
+        ReadingType::MeanArterialPressure => "implausible_mean_arterial_pressure",
+        ReadingType::PulseRate => "implausible_pulse_rate",
+        ReadingType::HeartRate => "implausible_heart_rate",
+        ReadingType::Spo2 => "implausible_spo2",
+        ReadingType::PerfusionIndex => "implausible_perfusion_index",
+        ReadingType::Spco => "implausible_spco",
+        ReadingType::Spmet => "implausible_spmet",
+        ReadingType::Sphb => "implausible_sphb",
+        ReadingType::Pvi => "implausible_pvi",
+        ReadingType::BodyWeight => "implausible_body_weight",
+        ReadingType::BodyHeight => "implausible_body_height",
+        ReadingType::Bmi => "implausible_bmi",
+        ReadingType::BodyFatPercentage => "implausible_body_fat_percentage",
+        ReadingType::BodyTemperature => "implausible_body_temperature",
+        ReadingType::BloodGlucose => "implausible_blood_glucose",
+    }
+}
+
+/// `quirk_<id>` as a `&'static str`; exhaustive like [`implausible_name`].
+fn quirk_name(q: QuirkId) -> &'static str {
+    match q {
+        QuirkId::Standard => "quirk_standard",
+        QuirkId::BeurerBm85 => "quirk_beurer_bm85",
+        QuirkId::OmronBpm => "quirk_omron_bpm",
+        QuirkId::AndMedical => "quirk_and_medical",
+        QuirkId::XiaomiMibfs => "quirk_xiaomi_mibfs",
+        QuirkId::AscensiaContour => "quirk_ascensia_contour",
     }
 }
 
@@ -654,7 +682,7 @@ mod tests {
     fn every_status_round_trips_through_its_name() {
         let mut n = 0;
         for s in Status::all() {
-            let name = s.name();
+            let name = s.as_str();
             assert_eq!(name, s.to_string());
             assert_eq!(name.parse::<Status>(), Ok(s), "{name}");
             let json = serde_json::to_string(&s).unwrap();
@@ -666,6 +694,17 @@ mod tests {
             n,
             Status::FIXED.len() + ReadingType::ALL.len() + QuirkId::ALL.len()
         );
+    }
+
+    #[test]
+    fn implausible_and_quirk_names_are_prefix_and_id() {
+        for t in ReadingType::ALL {
+            let s = Status::Implausible(t);
+            assert_eq!(s.as_str(), format!("implausible_{}", t.as_str()));
+        }
+        for q in QuirkId::ALL {
+            assert_eq!(Status::Quirk(q).as_str(), format!("quirk_{}", q.as_str()));
+        }
     }
 
     #[test]

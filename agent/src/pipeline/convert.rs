@@ -33,14 +33,26 @@ pub enum Rejection {
     /// A status whose class is `Invalid` or `NotForUpload` (see [`unreliable_status`]).
     #[error("record is flagged {0}: not a valid patient measurement")]
     Unreliable(Status),
+    /// The record may only be dated by the device and the device gave no time we may use: the
+    /// device says its clock is wrong ([`StatusClass::ClockUnreliable`]), or the device stored
+    /// the record and sent it later ([`StatusClass::FromMemory`]) and its time is missing or not
+    /// used for this device. Uploading it with the gateway's reception time would misdate a
+    /// measurement (fhir-mapping.md §4: "No usable time → do not upload; keep it locally"), so
+    /// it is held as a dead letter and reported. Carries the status that demanded a device time.
+    #[error("record is flagged {0} and has no valid device time: held, not dated with the reception time")]
+    NoValidDeviceTime(Status),
 }
 
 impl Rejection {
     /// Is the record a real measurement that must be kept (as a dead letter) rather than only
-    /// counted? An unattributed reading is; a record with nothing to upload or flagged invalid
-    /// by its own device is not (a streaming oximeter sends several such records a second).
+    /// counted? An unattributed reading is, and so is one without a valid device time; a record
+    /// with nothing to upload or flagged invalid by its own device is not (a streaming oximeter
+    /// sends several such records a second).
     pub fn keeps_record(&self) -> bool {
-        matches!(self, Rejection::Unattributed(_))
+        match self {
+            Rejection::Unattributed(_) | Rejection::NoValidDeviceTime(_) => true,
+            Rejection::NothingToUpload | Rejection::Unreliable(_) => false,
+        }
     }
 }
 
@@ -59,7 +71,20 @@ pub fn unreliable_status(record: &Record) -> Option<Status> {
     })
 }
 
+/// The first status of the given class, if any.
+fn first_of_class(record: &Record, class: StatusClass) -> Option<Status> {
+    record.flags.iter().copied().find(|s| s.class() == class)
+}
+
 /// Turns one driver record into canonical readings. Pure.
+///
+/// # Errors
+/// In this order: a record flagged [`StatusClass::Invalid`] or [`StatusClass::NotForUpload`] is
+/// [`Rejection::Unreliable`]; one flagged [`StatusClass::ClockUnreliable`] is
+/// [`Rejection::NoValidDeviceTime`]; then [`Rejection::Unattributed`]; a
+/// [`StatusClass::FromMemory`] record that would be dated with the reception time (no device
+/// time, or a device whose clock is provenance only) is [`Rejection::NoValidDeviceTime`]; a
+/// record with no value that maps to an Observation is [`Rejection::NothingToUpload`].
 pub fn readings_from_record(
     device: &DeviceContext,
     record: &Record,
@@ -70,6 +95,10 @@ pub fn readings_from_record(
     let utc_offset_minutes = clock.utc_offset_minutes;
     if let Some(status) = unreliable_status(record) {
         return Err(Rejection::Unreliable(status));
+    }
+    // The device says its clock (and so the record's time, present or not) is wrong.
+    if let Some(status) = first_of_class(record, StatusClass::ClockUnreliable) {
+        return Err(Rejection::NoValidDeviceTime(status));
     }
     let patient = match &device.attribution {
         Attribution::Single(p) => p.clone(),
@@ -99,6 +128,12 @@ pub fn readings_from_record(
             TimeQuality::GatewayReceiveTime,
         ),
     };
+    // The reception time dates live readings only; a stored one would be misdated.
+    if time_quality == TimeQuality::GatewayReceiveTime {
+        if let Some(status) = first_of_class(record, StatusClass::FromMemory) {
+            return Err(Rejection::NoValidDeviceTime(status));
+        }
+    }
 
     // Group the values into observations.
     let mut groups: Vec<(ReadingKind, Vec<device_drivers::Reading>)> = Vec::new();
@@ -157,8 +192,6 @@ pub fn readings_from_record(
         },
         None => IdTimestamp::Gateway(received_at),
     };
-    // The content id hashes the status names (the strings of before `Status`: ids unchanged).
-    let status_names: Vec<_> = record.flags.iter().map(|s| s.name()).collect();
     Ok(groups
         .into_iter()
         .map(|(kind, components)| {
@@ -171,7 +204,8 @@ pub fn readings_from_record(
             let id = ReadingId::of_content(
                 &observation_identifier,
                 &components,
-                status_names.iter().map(|n| n.as_ref()),
+                // The status names, the strings of before `Status`: content ids are unchanged.
+                record.flags.iter().map(|s| s.as_str()),
             );
             Reading {
                 id,
@@ -441,6 +475,106 @@ mod tests {
             ["implausible_pulse_rate", "low_battery"],
         );
         assert_eq!(rs[0].id, expected);
+    }
+
+    /// A PLX spot-check from a device whose clock is not set: the decoder drops the time (it is
+    /// not a time) and the record must not take the gateway's reception time instead.
+    #[test]
+    fn a_clock_not_set_record_is_held_not_dated_with_the_reception_time() {
+        let mut rec = bp_record();
+        rec.device_time = None;
+        rec.add_flag(Status::DeviceClockNotSet);
+        let rej = readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0())
+            .unwrap_err();
+        assert_eq!(rej, Rejection::NoValidDeviceTime(Status::DeviceClockNotSet));
+        assert!(
+            rej.keeps_record(),
+            "held as a dead letter, not only counted"
+        );
+    }
+
+    /// A clock the device itself calls wrong is not used either, even when it gave a time.
+    #[test]
+    fn every_clock_unreliable_status_holds_the_record_even_with_a_device_time() {
+        for status in [
+            Status::DeviceClockNotSet,
+            Status::DeviceTimeInvalid,
+            Status::TimeFault,
+        ] {
+            let mut rec = bp_record();
+            assert!(rec.device_time.is_some());
+            rec.add_flag(status);
+            assert_eq!(
+                readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()),
+                Err(Rejection::NoValidDeviceTime(status)),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_from_memory_record_without_a_device_time_is_held() {
+        for status in [Status::FromMemory, Status::DataFromMeasurementStorage] {
+            let mut rec = bp_record();
+            rec.device_time = None;
+            rec.add_flag(status);
+            let rej = readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0())
+                .unwrap_err();
+            assert_eq!(rej, Rejection::NoValidDeviceTime(status), "{status}");
+            assert!(rej.keeps_record());
+        }
+    }
+
+    /// Serial devices' clocks are provenance only (the reception time dates their live
+    /// readings): a stored record from one would be dated with the reception time, so it is held.
+    #[test]
+    fn a_from_memory_record_whose_device_clock_is_not_used_is_held() {
+        let mut oximeter = cuff();
+        oximeter.clock_is_provenance_only = true;
+        let mut rec = bp_record();
+        rec.add_flag(Status::FromMemory);
+        assert_eq!(
+            readings_from_record(&oximeter, &rec, &src(), &CaptureClock::default(), t0()),
+            Err(Rejection::NoValidDeviceTime(Status::FromMemory))
+        );
+        // The same record live (no from-memory status) takes the reception time.
+        rec.flags.clear();
+        let rs =
+            readings_from_record(&oximeter, &rec, &src(), &CaptureClock::default(), t0()).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::GatewayReceiveTime);
+    }
+
+    #[test]
+    fn a_from_memory_record_with_its_device_time_passes_dated_by_the_device() {
+        let mut rec = bp_record();
+        rec.add_flag(Status::DataFromMeasurementStorage);
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::DeviceTrusted);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2025-03-14T08:15:30+01:00");
+        assert_eq!(rs[0].flags, vec![Status::DataFromMeasurementStorage]);
+    }
+
+    /// Invalid data is dropped (counted) before the time is looked at: test data from memory
+    /// without a time is not kept as a dead letter.
+    #[test]
+    fn an_invalid_status_wins_over_a_missing_device_time() {
+        let mut rec = bp_record();
+        rec.device_time = None;
+        rec.add_flag(Status::FromMemory);
+        rec.add_flag(Status::DataForTesting);
+        let rej = readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0())
+            .unwrap_err();
+        assert_eq!(rej, Rejection::Unreliable(Status::DataForTesting));
+        assert!(!rej.keeps_record());
+    }
+
+    #[test]
+    fn only_unattributed_and_undated_records_are_kept() {
+        assert!(Rejection::Unattributed(Some(3)).keeps_record());
+        assert!(Rejection::NoValidDeviceTime(Status::TimeFault).keeps_record());
+        assert!(!Rejection::Unreliable(Status::Artifact).keeps_record());
+        assert!(!Rejection::NothingToUpload.keeps_record());
     }
 
     #[test]
