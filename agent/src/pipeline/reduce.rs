@@ -35,6 +35,10 @@
 //!   the middle of a window cannot produce a second Observation for a window that was already
 //!   sent; what a crash loses is the window in progress (and a reduced record the store had not
 //!   yet made durable).
+//! - A record stored by the device and sent later, or one whose device says its clock is wrong
+//!   ([`StatusClass::FromMemory`], [`StatusClass::ClockUnreliable`]), is not a sample of *now*:
+//!   it is passed on as it is, unreduced, for the pipeline to date or hold (it does not belong
+//!   in a window of live values).
 //! - A signal is *lost* after [`SIGNAL_GAP`] without a valid record; the next valid record is a
 //!   new application (spot check: a new window; on change: sent whatever its value).
 
@@ -42,7 +46,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use device_drivers::{Decimal, Reading, ReadingType, Record, Status};
+use device_drivers::{Decimal, Reading, ReadingType, Record, Status, StatusClass};
 
 use super::convert::unreliable_status;
 
@@ -235,6 +239,17 @@ impl Reducer {
                 }
                 _ => {}
             }
+            return step;
+        }
+        if record.flags.iter().any(|s| {
+            matches!(
+                s.class(),
+                StatusClass::FromMemory | StatusClass::ClockUnreliable
+            )
+        }) {
+            let at = self.next_time(at);
+            step.out.push(Reduced { record, at });
+            step.counts.passed += 1;
             return step;
         }
         let new_application = self
@@ -764,6 +779,18 @@ mod tests {
         // 10 values 2.50..2.59: the lower median is 2.54, two decimals as the device sent.
         assert_eq!(r.readings[0].value, Decimal::new(254, -2));
         assert_eq!(r.flags, vec![Status::LowSignalIq]);
+    }
+
+    #[test]
+    fn a_stored_record_is_passed_on_not_folded_into_a_live_window() {
+        let mut red = Reducer::new(spot(10, None), t(0));
+        red.push(ox(97, 70), t(0));
+        let s = red.push(flagged(ox(80, 50), Status::FromMemory), t(1000));
+        assert_eq!(s.out.len(), 1);
+        assert_eq!(s.out[0].record.flags, vec![Status::FromMemory]);
+        assert_eq!(s.counts.passed, 1);
+        let (out, _) = feed(&mut red, 2000, 11_000, 1000, |_| ox(97, 70));
+        assert_eq!(value(&out[0].record, ReadingType::Spo2), 97);
     }
 
     #[test]
