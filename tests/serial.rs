@@ -720,7 +720,7 @@ mod on_pty {
             );
         }
         // Nothing attributed to the wrong patient.
-        assert!(obs.iter().all(|o| subject(&o) == pa || subject(&o) == pb));
+        assert!(obs.iter().all(|o| subject(o) == pa || subject(o) == pb));
         // Nothing was refused by the store (no identifier collision across the restart).
         let dead = h.vitalgate(&["dead-letters"]);
         assert!(dead.trim().is_empty(), "{dead}");
