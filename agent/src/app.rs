@@ -217,6 +217,7 @@ impl App {
             ingest_rx,
             Arc::clone(&store),
             Arc::clone(&wake),
+            cfg.store.max_bytes,
         ));
         let uploader = Uploader {
             store: Arc::clone(&store),
@@ -331,7 +332,12 @@ impl App {
             .filter(|(_, v)| *v > 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        tracing::info!(pending = stats.pending, dead_letters = stats.dead, counters = %counters.join(" "), "stopped");
+        let gauges: Vec<String> = telemetry::GAUGES
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        tracing::info!(pending = stats.pending, dead_letters = stats.dead, counters = %counters.join(" "), gauges = %gauges.join(" "), "stopped");
         match failure {
             Some(e) => Err(e),
             None => Ok(RunSummary {

@@ -81,6 +81,7 @@
 pub mod codec;
 pub mod keyfile;
 mod outbox;
+pub mod pressure;
 
 pub use codec::{CodecError, RecordCipher};
 pub use keyfile::{KeyFileError, StoreKey};
