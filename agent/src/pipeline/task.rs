@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::convert::{readings_from_record, CaptureClock};
 use super::devices::DeviceContext;
 use crate::reading::{Reading, Source};
-use crate::store::pressure::Pressure;
+use crate::store::pressure::{Level, Pressure};
 use crate::store::{DeadReason, Insert, NewRecord, Outbox, StoreError};
 use crate::telemetry::{self, GAUGES};
 
@@ -169,14 +169,22 @@ async fn check_pressure(store: &Arc<Outbox>, pressure: &mut Pressure) {
     }
     GAUGES.store_held_bytes.store(held, Ordering::Relaxed);
     if let Some((from, to)) = pressure.observe(held) {
-        telemetry::StorePressureChanged {
-            from,
-            to,
-            held_bytes: held,
-            max_bytes: pressure.max_bytes(),
-            percent: pressure.percent(held),
+        // One batch can jump from below 80% past 90%: both alarms are raised, in order.
+        let steps: &[(Level, Level)] = if from == Level::Normal && to == Level::Critical {
+            &[(Level::Normal, Level::High), (Level::High, Level::Critical)]
+        } else {
+            &[(from, to)]
+        };
+        for &(from, to) in steps {
+            telemetry::StorePressureChanged {
+                from,
+                to,
+                held_bytes: held,
+                max_bytes: pressure.max_bytes(),
+                percent: pressure.percent(held),
+            }
+            .emit();
         }
-        .emit();
     }
 }
 
