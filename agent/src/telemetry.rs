@@ -60,6 +60,7 @@ counters!(
     store_pressure_critical,
     store_pressure_resumed,
     store_usage_probe_failures,
+    store_quarantined_on_open,
     uplink_bundles_sent,
     uplink_accepted,
     uplink_retries,
@@ -363,6 +364,25 @@ impl StorePressureChanged {
                 );
             }
         }
+    }
+}
+
+/// The store's files were damaged on open: the directory was moved to quarantine and a fresh
+/// store started. The readings in it are not lost: `vitalgate store salvage PATH` recovers
+/// every record that still authenticates.
+pub struct StoreQuarantinedOnOpen<'a> {
+    pub path: &'a std::path::Path,
+    pub cause: &'a str,
+}
+impl StoreQuarantinedOnOpen<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_quarantined_on_open);
+        tracing::error!(
+            quarantined = %self.path.display(),
+            cause = self.cause,
+            "ALARM store damaged: moved aside (not deleted) and started with an empty store; recover its readings with `vitalgate store salvage {}`",
+            self.path.display()
+        );
     }
 }
 

@@ -79,16 +79,18 @@
 //! agent must refuse to start rather than create an empty store.
 
 pub mod codec;
+pub mod guard;
 pub mod keyfile;
 mod outbox;
 pub mod pressure;
 
 pub use codec::{CodecError, RecordCipher};
+pub use guard::{open_or_quarantine, salvage, QuarantinedStore, SalvageReport};
 pub use keyfile::{KeyFileError, StoreKey};
 pub use outbox::{
     DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, Outbox, OutboxOptions,
-    PendingRecord, Requeue, RequeueSummary, Stats, MAX_PAYLOAD_LEN, TREE_ACKED, TREE_DEAD,
-    TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
+    PendingRecord, Requeue, RequeueSummary, Stats, MARKER_FILE, MAX_PAYLOAD_LEN, TREE_ACKED,
+    TREE_DEAD, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;
@@ -133,6 +135,30 @@ pub enum StoreError {
         seq: u64,
         reason: &'static str,
     },
+    #[error(
+        "store {path} is locked by another process (another vitalgate process holds the store?)"
+    )]
+    Locked { path: PathBuf },
+    #[error("store {path} lost its records: sled opens it as an empty database, but it held a vitalgate store")]
+    Lost { path: PathBuf },
+    #[error("sled panicked while opening store {path}")]
+    Panicked { path: PathBuf },
+}
+
+impl StoreError {
+    /// Does this error on open mean the store's files are damaged (so the store is moved to
+    /// quarantine and a fresh one started), rather than a problem to fix and retry (a lock, a
+    /// wrong key, a newer format, permissions, a full disk)?
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
+                | StoreError::Lost { .. }
+                | StoreError::Panicked { .. }
+                // sled holds data but no format record: the meta tree was lost.
+                | StoreError::UnsupportedFormat { found: None, .. }
+        )
+    }
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {

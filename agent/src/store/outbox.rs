@@ -55,6 +55,11 @@ pub struct OutboxOptions {
     /// the longest time an upstream (MQTT broker session, device memory) may redeliver a reading
     /// it already delivered. Default 30 days.
     pub tombstone_retention: Duration,
+    /// How long [`Outbox::open`] waits for the store's lock (sled's `flock` on `<dir>/db`)
+    /// before giving up with [`StoreError::Locked`]. sled's background threads keep the file,
+    /// and its lock, a moment after a `Db` is dropped, so a reopen right after a drop can find it
+    /// locked. Default 5 s.
+    pub lock_wait: Duration,
 }
 
 impl Default for OutboxOptions {
@@ -62,6 +67,7 @@ impl Default for OutboxOptions {
         OutboxOptions {
             cache_capacity: 16 * 1024 * 1024,
             tombstone_retention: Duration::from_secs(30 * 24 * 3600),
+            lock_wait: Duration::from_secs(5),
         }
     }
 }
@@ -307,6 +313,7 @@ impl Outbox {
                 .create(dir)
                 .map_err(io_err(dir))?;
         }
+        wait_for_lock(&dir.join("db"), opts.lock_wait)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_capacity)
@@ -335,6 +342,12 @@ impl Outbox {
             held: AtomicU64::new(0),
         };
         outbox.check_or_init_meta()?;
+        let marker = dir.join(MARKER_FILE);
+        if !marker.exists() {
+            std::fs::write(&marker, MARKER_TEXT)
+                .and_then(|()| File::open(&marker)?.sync_all())
+                .map_err(io_err(&marker))?;
+        }
         // The directory entries of sled's files (and of the directory itself, if new).
         for d in [Some(dir), created.then(|| dir.parent()).flatten()]
             .into_iter()
@@ -1039,6 +1052,35 @@ impl Outbox {
         })
     }
 
+    /// For salvage ([`super::guard`]): opens a `pending` record of another store sealed under
+    /// this store's key; returns its reading id and payload.
+    pub(super) fn open_foreign_pending(
+        &self,
+        key: &[u8],
+        raw: &[u8],
+    ) -> Result<([u8; 32], Vec<u8>), &'static str> {
+        let seq = parse_seq(key).ok_or("key is not a sequence number")?;
+        let envelope = self.open_pending_envelope(seq, raw)?;
+        Ok((envelope.id, envelope.payload))
+    }
+
+    /// For salvage: opens a `dead` record of another store; returns source, reason, payload.
+    pub(super) fn open_foreign_dead(
+        &self,
+        key: &[u8],
+        raw: &[u8],
+    ) -> Result<(String, String, Vec<u8>), &'static str> {
+        let (_, d) = self.open_dead(key, raw)?;
+        Ok((d.source, d.reason, d.payload))
+    }
+
+    /// For salvage: does another store's `meta/key_check` open under this store's key?
+    pub(super) fn key_check_opens(&self, sealed: &[u8]) -> bool {
+        self.cipher
+            .open(&record_key(TREE_META, META_KEY_CHECK), sealed)
+            .is_ok_and(|p| p == KEY_CHECK_PLAINTEXT)
+    }
+
     fn release_held(&self, bytes: u64) {
         // Saturating: an estimate must never wrap to "full".
         let _ = self
@@ -1070,6 +1112,14 @@ impl Outbox {
                 path: self.dir.clone(),
                 found: v.first().copied(),
             }),
+            None if self.dir.join(MARKER_FILE).exists() => {
+                // The store existed (we wrote the marker after its first open) and sled now
+                // shows no format record: sled lost its records (a truncated or overwritten
+                // data file opens as an empty database).
+                Err(StoreError::Lost {
+                    path: self.dir.clone(),
+                })
+            }
             None => {
                 let empty = [
                     &self.pending,
@@ -1291,6 +1341,51 @@ enum Prepared {
 /// Transaction abort: item `.0` collides and needs a sealed dead letter first.
 #[derive(Debug)]
 struct NeedsDeadLetter(usize);
+
+/// A file of ours in the store directory (sled ignores it), written after the store's first
+/// successful open: a store that has it but no format record lost its records.
+pub const MARKER_FILE: &str = "vitalgate-store";
+const MARKER_TEXT: &str =
+    "vitalgate outbox: sled database and sealed records; see `vitalgate status`\n";
+
+/// Waits until nobody holds the `flock` sled takes on `db` (or `wait` passed). A missing file is
+/// fine (a new store). The lock is released again at once: sled takes it itself.
+fn wait_for_lock(db: &Path, wait: Duration) -> Result<(), StoreError> {
+    use fs2::FileExt;
+    let file = match File::open(db) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: db.to_owned(),
+                source,
+            })
+        }
+    };
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock_exclusive() {
+            Ok(()) => {
+                let _ = FileExt::unlock(&file);
+                return Ok(());
+            }
+            Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Locked {
+                        path: db.parent().unwrap_or(db).to_owned(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: db.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+}
 
 /// Held bytes of a pending record besides its sealed value: its 8-byte key and its `index`
 /// entry (32-byte key, 8-byte seq).
