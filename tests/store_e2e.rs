@@ -32,7 +32,7 @@ fn counter(log: &str, name: &str) -> Option<u64> {
     let line = log.lines().rev().find(|l| l.contains("stopped"))?;
     let key = format!("{name}=");
     line.split(|c: char| c.is_whitespace() || c == '"')
-        .find_map(|w| w.strip_prefix(&key))
+        .find_map(|w| w.strip_prefix("counters=").unwrap_or(w).strip_prefix(&key))
         .and_then(|v| v.parse().ok())
 }
 
@@ -133,4 +133,96 @@ async fn a_full_store_stops_acknowledging_mqtt_and_resumes_when_the_uplink_drain
     );
     assert!(counter(&log, "store_pressure_resumed").unwrap_or(0) >= 1);
     assert!(!log.contains("MRN-0001"), "patient identifier in the log");
+}
+
+/// Issue #11, guarded open: readings are stored (uplink down), the agent stops, sled's files
+/// are damaged (its `conf` scribbled over: sled then refuses to open with `Corruption`). The
+/// agent starts anyway, with an alarm naming the quarantine folder and a fresh store; `vitalgate
+/// store salvage` recovers every reading from the quarantined store; the agent delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_quarantined_the_agent_starts_and_salvage_recovers_its_readings() {
+    let Some(broker) = mosquitto(MosquittoOptions::default()) else {
+        return;
+    };
+    let n = 20;
+    let mut h = Harness::new(broker).await;
+    h.fhir.stop().await;
+    let patience = Duration::from_secs(60) * emulation_factor();
+    let mut agent = h.spawn_agent();
+    let lines: Vec<String> = (0..n).map(|i| bp_point(i, 100 + i as i64, 70)).collect();
+    h.publish(&lines).await;
+    h.wait_for_log(&agent, "reading stored", n, patience);
+    agent.terminate();
+    assert!(h.vitalgate(&["status"]).contains(&format!("pending={n}")));
+
+    let outbox = h.dir.path().join("data/outbox");
+    std::fs::write(outbox.join("conf"), b"scribbled over by a bad SD card").unwrap();
+    // The CLI refuses a damaged store (it never moves it)...
+    let out = h.vitalgate_output(&["status"]);
+    assert!(!out.status.success(), "{out:?}");
+
+    // ...the daemon moves it aside and starts.
+    let mut agent = h.spawn_agent();
+    let log = agent.stderr();
+    assert!(log.contains("ALARM store damaged"), "{}", tail(&log, 20));
+    let quarantine = h.dir.path().join("data/quarantine");
+    let moved: Vec<_> = std::fs::read_dir(&quarantine)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let moved = &moved[0];
+    assert!(moved
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("store-"));
+    assert!(moved.join("db").exists(), "moved, not deleted");
+    assert!(
+        log.contains(&moved.display().to_string()),
+        "the alarm names the folder"
+    );
+    agent.terminate();
+    assert!(
+        counter(&agent.stderr(), "store_quarantined_on_open") == Some(1),
+        "{}",
+        tail(&agent.stderr(), 3)
+    );
+    assert!(h.vitalgate(&["status"]).contains("pending=0"));
+
+    let out = h.vitalgate(&["store", "salvage", moved.to_str().unwrap()]);
+    assert!(out.contains(&format!("pending recovered={n} ")), "{out}");
+    assert!(h.vitalgate(&["status"]).contains(&format!("pending={n}")));
+    // Salvage is safe to repeat.
+    let out = h.vitalgate(&["store", "salvage", moved.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!("pending recovered=0 already_known={n} ")),
+        "{out}"
+    );
+
+    h.fhir.restart().await.unwrap();
+    let mut agent = h.spawn_agent();
+    h.wait_for_observations(n, patience).await;
+    agent.terminate();
+    let ids = h.fhir.observation_identifiers();
+    assert_eq!(ids.len(), n, "each salvaged reading delivered once");
+    assert!(
+        !agent.stderr().contains("ALARM store damaged"),
+        "the new store is healthy"
+    );
+
+    // A data file cut to nothing: with a snapshot left, sled reports corruption (the snapshot
+    // points into the missing file); without one it would open it as a new, empty database,
+    // which our marker file catches (store_recovery.rs). Either way: quarantined, alarm.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(outbox.join("db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut agent = h.spawn_agent();
+    let log = agent.stderr();
+    agent.terminate();
+    assert!(log.contains("ALARM store damaged"), "{}", tail(&log, 20));
+    assert_eq!(std::fs::read_dir(&quarantine).unwrap().count(), 2);
 }
