@@ -4,7 +4,9 @@
 //!
 //! A store is one directory (mode 0700) holding a sled 0.34.7 database (`<dir>/db` is the data
 //! file, `<dir>/conf` sled's parameters, `<dir>/snap.*` its snapshots, `<dir>/blobs/` values too
-//! large for a log segment). Inside it, these trees:
+//! large for a log segment) and our marker file `vitalgate-store` ([`MARKER_FILE`], written after
+//! the store's first open: a store that has it but no format record has lost its records).
+//! Inside sled, these trees:
 //!
 //! | tree         | key                           | value                                        |
 //! |--------------|-------------------------------|----------------------------------------------|
@@ -75,8 +77,15 @@
 //! survival of a power cut: that depends on the SD card honouring flush requests, which many
 //! consumer cards do not (they acknowledge a flush while data is still in their volatile cache,
 //! and can corrupt older blocks during wear levelling). Nor is sled 0.34's own crash recovery
-//! tested here; if sled cannot open its files after a power cut, [`Outbox::open`] fails and the
-//! agent must refuse to start rather than create an empty store.
+//! tested here. If sled panics or reports corruption on open, or opens a store that had records
+//! as an empty one, [`Outbox::open`] fails and the daemon ([`guard::open_or_quarantine`]) moves
+//! the directory to quarantine, starts an empty store and raises an alarm; `vitalgate store
+//! salvage` recovers what still authenticates.
+//!
+//! # Bound
+//!
+//! [`Outbox::held_bytes`] is what `store.max_bytes` bounds; [`pressure`] is the policy the
+//! pipeline applies to it (stop taking readings at 80%, resume below 70%).
 
 pub mod codec;
 pub mod guard;
