@@ -226,3 +226,78 @@ async fn a_damaged_store_is_quarantined_the_agent_starts_and_salvage_recovers_it
     assert!(log.contains("ALARM store damaged"), "{}", tail(&log, 20));
     assert_eq!(std::fs::read_dir(&quarantine).unwrap().count(), 2);
 }
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Issue #11: nothing in the store directory holds plaintext PHI. Readings with canary values
+/// (a patient identifier, a weight, a payload the agent cannot decode) go through the real
+/// agent; then every byte the agent wrote under its data directory (sled's data file,
+/// snapshots, conf, our marker) and its log are searched for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_canary_value_reaches_the_store_files_or_the_log_in_clear() {
+    let patient = "urn:oid:2.16.840.1.113883.19.5|MRN-CANARY-7319";
+    let mut h = Harness::with_mqtt_devices(
+        Broker::embedded(),
+        vec![MqttDevice {
+            name: "hub-1".into(),
+            topic: TOPIC.into(),
+            patient: patient.into(),
+        }],
+    )
+    .await;
+    h.fhir.stop().await;
+    let mut agent = h.spawn_agent();
+    let mut payloads: Vec<String> = (0..5).map(|i| weight_point(i, 17391)).collect();
+    payloads.push("CANARY-RAW-PAYLOAD not a data point".into());
+    h.publish(&payloads).await;
+    let patience = Duration::from_secs(60) * emulation_factor();
+    h.wait_for_log(&agent, "reading stored", 1, patience);
+    h.wait_for_log(&agent, "undecodable payload kept", 1, patience);
+    agent.terminate();
+    let status = h.vitalgate(&["status"]);
+    assert!(
+        status.contains("pending=5") && status.contains("dead_letters=1"),
+        "{status}"
+    );
+
+    let canaries: [&[u8]; 5] = [
+        b"MRN-CANARY-7319",
+        b"173.91",
+        b"CANARY-RAW-PAYLOAD",
+        b"00000000-0000-4000-8000-000000000003",
+        b"body-weight",
+    ];
+    let files = walk(&h.dir.path().join("data"));
+    assert!(files.iter().any(|f| f.ends_with("db")), "{files:?}");
+    let log = agent.stderr();
+    for canary in canaries {
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap();
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary),
+                "{} holds {:?} in clear",
+                f.display(),
+                String::from_utf8_lossy(canary)
+            );
+        }
+        if canary != b"body-weight" {
+            assert!(
+                !log.contains(std::str::from_utf8(canary).unwrap()),
+                "the log holds {:?}",
+                String::from_utf8_lossy(canary)
+            );
+        }
+    }
+}
