@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, MqttConfig};
 use crate::pipeline::{self, DeviceTable, Ingest};
 use crate::sources::{self, mqtt::Subscription};
-use crate::store::{Outbox, OutboxOptions, StoreKey};
+use crate::store::{open_or_quarantine, Outbox, OutboxOptions, QuarantinedStore, StoreKey};
 use crate::telemetry;
 use crate::uplink::backoff::Backoff;
 use crate::uplink::client::{UplinkClient, UplinkTls};
@@ -81,26 +81,56 @@ pub struct RunSummary {
     pub dead_letters: u64,
 }
 
-/// Opens the outbox described by `cfg` (used by [`App::build`] and by the CLI's store commands).
+/// Opens the outbox described by `cfg` as it is (the CLI's store commands: a damaged store is
+/// an error here, never moved).
 ///
 /// # Errors
 ///
 /// [`StartError::Key`], [`StartError::DataDir`], [`StartError::Store`].
 pub fn open_store(cfg: &Config) -> Result<Outbox, StartError> {
+    let (key, opts) = store_setup(cfg)?;
+    Outbox::open(&store_dir(cfg), key, opts).map_err(StartError::Store)
+}
+
+/// Opens the outbox for the daemon: a store whose files are damaged is moved to
+/// `<data_dir>/quarantine/store-<time>` and a fresh one started, with an alarm
+/// ([`crate::store::guard`]).
+///
+/// # Errors
+///
+/// As [`open_store`], for every problem that is not damage (nothing is moved then).
+pub fn open_store_guarded(cfg: &Config) -> Result<(Outbox, Option<QuarantinedStore>), StartError> {
+    let (key, opts) = store_setup(cfg)?;
+    // Edge: the quarantine folder's name is the one thing here that needs the clock.
+    #[allow(clippy::disallowed_methods)]
+    let now = chrono::Utc::now();
+    open_or_quarantine(
+        &store_dir(cfg),
+        &cfg.gateway.data_dir.join("quarantine"),
+        &key,
+        &opts,
+        now,
+    )
+    .map_err(StartError::Store)
+}
+
+/// The outbox directory: `<data_dir>/outbox`.
+pub fn store_dir(cfg: &Config) -> std::path::PathBuf {
+    cfg.gateway.data_dir.join("outbox")
+}
+
+fn store_setup(cfg: &Config) -> Result<(StoreKey, OutboxOptions), StartError> {
     let key = StoreKey::load(&cfg.store.key_file).map_err(StartError::Key)?;
     std::fs::create_dir_all(&cfg.gateway.data_dir).map_err(|e| StartError::DataDir {
         path: cfg.gateway.data_dir.clone(),
         source: e,
     })?;
-    Outbox::open(
-        &cfg.gateway.data_dir.join("outbox"),
-        key,
-        OutboxOptions {
-            cache_capacity: cfg.store.cache_capacity_bytes,
-            tombstone_retention: cfg.store.acked_retention,
-        },
-    )
-    .map_err(StartError::Store)
+    let opts = OutboxOptions {
+        cache_capacity: cfg.store.cache_capacity_bytes,
+        tombstone_retention: cfg.store.acked_retention,
+        ..OutboxOptions::default()
+    };
+    Ok((key, opts))
 }
 
 type TaskFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
@@ -152,7 +182,8 @@ impl App {
             }
             _ => None,
         };
-        let store = Arc::new(open_store(&cfg)?);
+        let (store, _quarantined) = open_store_guarded(&cfg)?;
+        let store = Arc::new(store);
         let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_CHANNEL);
         Ok(App {
             cfg,
@@ -221,6 +252,7 @@ impl App {
             ingest_rx,
             Arc::clone(&store),
             Arc::clone(&wake),
+            cfg.store.max_bytes,
         ));
         let uploader = Uploader {
             store: Arc::clone(&store),
@@ -349,7 +381,12 @@ impl App {
             .filter(|(_, v)| *v > 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        tracing::info!(pending = stats.pending, dead_letters = stats.dead, counters = %counters.join(" "), "stopped");
+        let gauges: Vec<String> = telemetry::GAUGES
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        tracing::info!(pending = stats.pending, dead_letters = stats.dead, counters = %counters.join(" "), gauges = %gauges.join(" "), "stopped");
         match failure {
             Some(e) => Err(e),
             None => Ok(RunSummary {

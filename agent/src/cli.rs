@@ -61,6 +61,26 @@ enum Command {
         #[command(subcommand)]
         command: Option<DeadLettersCommand>,
     },
+    /// Store maintenance.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Recover the readings of a quarantined store (`<data_dir>/quarantine/store-*`, moved
+    /// aside because its files were damaged) into the live outbox: every record that still
+    /// authenticates under the store key, through the normal insert path (safe to repeat).
+    /// The quarantined store is not changed. Stop the daemon first.
+    Salvage {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The quarantined store directory.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,6 +158,9 @@ pub fn main() -> ExitCode {
             command: Some(DeadLettersCommand::Requeue { seq, all }),
             ..
         } => requeue(&config.config, if all { None } else { seq }),
+        Command::Store {
+            command: StoreCommand::Salvage { config, path },
+        } => salvage(&config.config, &path),
     }
 }
 
@@ -255,9 +278,49 @@ fn status(path: &Path) -> ExitCode {
     }
 }
 
+fn salvage(path: &Path, from: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let store = match crate::app::open_store(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vitalgate: store salvage: {e}{}", in_use_hint(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    // The identity a reading is stored under (as the pipeline stores it).
+    let identity = |r: &crate::reading::Reading| Some(r.observation_identifier.clone());
+    match crate::store::salvage(&store, from, identity) {
+        Ok(r) => {
+            println!(
+                "salvaged from {}: pending recovered={} already_known={} dead_lettered={} dead_letters recovered={} unreadable={} (left in place) quarantined_there={}{}",
+                from.display(),
+                r.pending_recovered,
+                r.pending_duplicates,
+                r.pending_dead_lettered,
+                r.dead_recovered,
+                r.unreadable,
+                r.already_quarantined,
+                if r.conf_rebuilt { " (sled's conf file was rebuilt on the working copy)" } else { "" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitalgate: store salvage: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The outbox is single-process (sled): say so when a running daemon holds it.
 fn in_use_hint(e: &crate::app::StartError) -> &'static str {
-    if e.to_string().contains("could not acquire lock") {
+    if matches!(
+        e,
+        crate::app::StartError::Store(crate::store::StoreError::Locked { .. })
+    ) || e.to_string().contains("could not acquire lock")
+    {
         " (the outbox is in use: is `vitalgate run` active? stop the service first)"
     } else {
         ""

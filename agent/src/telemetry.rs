@@ -56,6 +56,11 @@ counters!(
     store_write_failures,
     store_records_quarantined,
     store_index_mismatches,
+    store_pressure_high,
+    store_pressure_critical,
+    store_pressure_resumed,
+    store_usage_probe_failures,
+    store_quarantined_on_open,
     uplink_bundles_sent,
     uplink_accepted,
     uplink_retries,
@@ -100,6 +105,51 @@ fn bump(c: &AtomicU64) {
 /// For events that report a number of things (acks dropped, subscriptions refused).
 fn bump_by(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// Process-wide gauges: the latest value of something measured, not a count of events.
+#[derive(Debug)]
+pub struct Gauges {
+    /// [`crate::store::Outbox::held_bytes`]: what `store.max_bytes` bounds.
+    pub store_held_bytes: AtomicU64,
+    /// `store.max_bytes`.
+    pub store_max_bytes: AtomicU64,
+    /// [`crate::store::Outbox::disk_bytes`]: the store directory on disk.
+    pub store_disk_bytes: AtomicU64,
+    /// Free space on the store's filesystem, for this process.
+    pub disk_available_bytes: AtomicU64,
+}
+
+/// The gauges.
+pub static GAUGES: Gauges = Gauges {
+    store_held_bytes: AtomicU64::new(0),
+    store_max_bytes: AtomicU64::new(0),
+    store_disk_bytes: AtomicU64::new(0),
+    disk_available_bytes: AtomicU64::new(0),
+};
+
+impl Gauges {
+    /// `(name, value)` pairs.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            (
+                "store_held_bytes",
+                self.store_held_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "store_max_bytes",
+                self.store_max_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "store_disk_bytes",
+                self.store_disk_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "disk_available_bytes",
+                self.disk_available_bytes.load(Ordering::Relaxed),
+            ),
+        ]
+    }
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -288,6 +338,85 @@ impl IndexMismatch {
             seq = self.seq,
             "store index entry points at a record with another id; record left pending"
         );
+    }
+}
+
+/// The store's pressure level changed (see [`crate::store::pressure`]): the 80% and 90%
+/// alarms, and the all-clear below 70%.
+pub struct StorePressureChanged {
+    pub from: crate::store::pressure::Level,
+    pub to: crate::store::pressure::Level,
+    pub held_bytes: u64,
+    pub max_bytes: u64,
+    pub percent: u64,
+}
+impl StorePressureChanged {
+    pub fn emit(self) {
+        use crate::store::pressure::Level;
+        let (from, to) = (self.from.as_str(), self.to.as_str());
+        let (held, max, pct) = (self.held_bytes, self.max_bytes, self.percent);
+        match self.to {
+            Level::Critical => {
+                bump(&COUNTERS.store_pressure_critical);
+                tracing::error!(from, to, held_bytes = held, max_bytes = max, percent = pct, "ALARM store pressure critical: store at 90% or more of store.max_bytes; not taking readings from sources (they keep them) until the uplink drains it");
+            }
+            Level::High if self.from == Level::Normal => {
+                bump(&COUNTERS.store_pressure_high);
+                tracing::warn!(from, to, held_bytes = held, max_bytes = max, percent = pct, "ALARM store pressure high: store at 80% or more of store.max_bytes; not taking readings from sources (they keep them) until the uplink drains it below 70%");
+            }
+            Level::High => {
+                tracing::warn!(
+                    from,
+                    to,
+                    held_bytes = held,
+                    max_bytes = max,
+                    percent = pct,
+                    "store pressure back to high (below 90%); still not taking readings"
+                );
+            }
+            Level::Normal => {
+                bump(&COUNTERS.store_pressure_resumed);
+                tracing::info!(
+                    from,
+                    to,
+                    held_bytes = held,
+                    max_bytes = max,
+                    percent = pct,
+                    "store pressure normal: taking readings again"
+                );
+            }
+        }
+    }
+}
+
+/// The store's files were damaged on open: the directory was moved to quarantine and a fresh
+/// store started. The readings in it are not lost: `vitalgate store salvage PATH` recovers
+/// every record that still authenticates.
+pub struct StoreQuarantinedOnOpen<'a> {
+    pub path: &'a std::path::Path,
+    pub cause: &'a str,
+}
+impl StoreQuarantinedOnOpen<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_quarantined_on_open);
+        tracing::error!(
+            quarantined = %self.path.display(),
+            cause = self.cause,
+            "ALARM store damaged: moved aside (not deleted) and started with an empty store; recover its readings with `vitalgate store salvage {}`",
+            self.path.display()
+        );
+    }
+}
+
+/// Measuring the store's size on disk or the free space failed (the gauges keep their last
+/// value; back-pressure does not depend on them).
+pub struct StoreUsageProbeFailed<'a> {
+    pub error: &'a crate::store::StoreError,
+}
+impl StoreUsageProbeFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_usage_probe_failures);
+        tracing::warn!(error = %self.error, "could not measure the store's disk usage");
     }
 }
 

@@ -99,7 +99,22 @@ pub struct StoreConfig {
     pub key_file: PathBuf,
     pub cache_capacity_bytes: u64,
     pub acked_retention: Duration,
+    /// Bound on the bytes of records the outbox holds (pending, dead letters, quarantine; see
+    /// [`crate::store::pressure`]). At 80% the pipeline stops taking readings from sources
+    /// (they are not acknowledged, so brokers and devices keep them) until the uplink drains it
+    /// below 70%; at 90% a second alarm. Default [`DEFAULT_STORE_MAX_BYTES`].
+    pub max_bytes: u64,
 }
+
+/// Default `store.max_bytes`: 1 GiB of held records, sized for a 16 GB SD card. The card has
+/// about 14.9 GiB usable; the OS, journal and updates take 3–4 GiB; sled's own files are 2–10x
+/// the live data (space amplification reported for sled 0.34, and our `LowSpace` mode is at the
+/// low end), so 1 GiB held is 2–10 GiB on disk, which still fits. 1 GiB is about 1.5 million
+/// sealed readings (~700 B each with their index entry): months of a busy clinic offline.
+pub const DEFAULT_STORE_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+
+/// Smallest `store.max_bytes` accepted: room for a few records (tests use small bounds).
+pub const MIN_STORE_BYTES: i64 = 16 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
@@ -360,6 +375,16 @@ client_key = "tls/gw.key"
         assert_eq!(c.store.cache_capacity_bytes, 16 * 1024 * 1024);
         assert_eq!(c.uplink.batch_size, 20);
         assert!(c.mqtt.is_none());
+    }
+
+    #[test]
+    fn store_max_bytes_defaults_to_1_gib_and_refuses_a_bound_too_small_for_a_record() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.store.max_bytes, 1024 * 1024 * 1024);
+        let c = load(&MINIMAL.replace("[store]\n", "[store]\nmax_bytes = 20000\n")).unwrap();
+        assert_eq!(c.store.max_bytes, 20_000);
+        let e = load(&MINIMAL.replace("[store]\n", "[store]\nmax_bytes = 100\n")).unwrap_err();
+        assert!(e.to_string().contains("store.max_bytes"), "{e}");
     }
 
     #[test]

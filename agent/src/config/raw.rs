@@ -34,6 +34,7 @@ pub(super) struct RawStore {
     pub(super) key_file: Spanned<String>,
     pub(super) cache_capacity_mib: Option<Spanned<i64>>,
     pub(super) acked_retention_days: Option<Spanned<i64>>,
+    pub(super) max_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

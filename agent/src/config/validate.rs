@@ -238,10 +238,17 @@ impl Validator<'_> {
             1..3651,
             30,
         )?;
+        let max_bytes = self.int_in(
+            &s.max_bytes,
+            "store.max_bytes",
+            MIN_STORE_BYTES..i64::MAX,
+            DEFAULT_STORE_MAX_BYTES,
+        )?;
         Ok(StoreConfig {
             key_file: self.path_value(&s.key_file, "store.key_file")?,
             cache_capacity_bytes: u64::try_from(mib).unwrap_or(16) * 1024 * 1024,
             acked_retention: Duration::from_secs(u64::try_from(days).unwrap_or(30) * 86_400),
+            max_bytes: u64::try_from(max_bytes).unwrap_or(DEFAULT_STORE_MAX_BYTES as u64),
         })
     }
 
