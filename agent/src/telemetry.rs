@@ -366,7 +366,10 @@ impl UplinkSendFailed<'_> {
             SendError::Connect(error) => {
                 tracing::warn!(class, %error, hint, retry_in_ms, "cannot connect to the FHIR server");
             }
-            SendError::ResponseTooLarge | SendError::Other(_) => {
+            SendError::ResponseTooLarge
+            | SendError::ResponseTooDeep
+            | SendError::Redirected { .. }
+            | SendError::Other(_) => {
                 tracing::warn!(class, error = %e, hint, retry_in_ms, "request to the FHIR server failed");
             }
         }

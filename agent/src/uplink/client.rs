@@ -17,7 +17,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::outcome::MAX_BODY;
+use super::limits::{json_depth_exceeds, MAX_BODY, MAX_JSON_DEPTH};
 use crate::tls::{client_config, TlsSetupError};
 
 #[derive(Debug, Clone)]
@@ -63,9 +63,17 @@ pub enum SendError {
     /// Any other failure to connect (no route to host, network down...).
     #[error("cannot connect to the FHIR server: {0}")]
     Connect(String),
-    /// The answer is larger than [`MAX_BODY`].
+    /// The answer is larger than [`MAX_BODY`] (announced by `Content-Length`, or found while
+    /// streaming it: reading stops at the cap).
     #[error("the FHIR server's answer is larger than {MAX_BODY} bytes")]
     ResponseTooLarge,
+    /// The answer's JSON nests deeper than [`MAX_JSON_DEPTH`]; it was not parsed.
+    #[error("the FHIR server's answer nests JSON deeper than {MAX_JSON_DEPTH} levels")]
+    ResponseTooDeep,
+    /// The server answered with a redirect (3xx). Redirects are never followed: PHI must not
+    /// go to a URL the configuration does not name.
+    #[error("the FHIR server answered with a redirect (HTTP {status}), which is never followed")]
+    Redirected { status: u16 },
     /// Anything else (the error chain, for the log).
     #[error("request to the FHIR server failed: {0}")]
     Other(String),
@@ -104,6 +112,8 @@ impl SendError {
             SendError::Closed => "connection_closed",
             SendError::Connect(_) => "connect",
             SendError::ResponseTooLarge => "response_too_large",
+            SendError::ResponseTooDeep => "response_too_deep",
+            SendError::Redirected { .. } => "redirected",
             SendError::Other(_) => "other",
         }
     }
@@ -126,6 +136,12 @@ impl SendError {
             }
             SendError::Connect(_) => "check the gateway's network (link, route, firewall)",
             SendError::ResponseTooLarge => "check that uplink.fhir_base points at a FHIR server",
+            SendError::ResponseTooDeep => {
+                "the server's answer is not a plausible FHIR response: check uplink.fhir_base and the server (or a proxy in between)"
+            }
+            SendError::Redirected { .. } => {
+                "set uplink.fhir_base to the final URL of the FHIR base (scheme, host, path); redirects are not followed"
+            }
             SendError::Other(_) => "see the error for details",
         }
     }
@@ -227,7 +243,9 @@ impl UplinkClient {
             .https_only(!cfg.allow_insecure_http)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
+            // Total deadline (ends a slow-loris answer), idle deadline per read, connect deadline.
             .timeout(cfg.timeout)
+            .read_timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(15)))
             .user_agent(concat!("vitalgate/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -257,6 +275,12 @@ impl UplinkClient {
             .await
             .map_err(classify)?;
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            return Err(SendError::Redirected { status });
+        }
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(SendError::ResponseTooLarge);
+        }
         let retry_after = resp
             .headers()
             .get("retry-after")
@@ -268,6 +292,9 @@ impl UplinkClient {
                 return Err(SendError::ResponseTooLarge);
             }
             body.extend_from_slice(&chunk);
+        }
+        if json_depth_exceeds(&body, MAX_JSON_DEPTH) {
+            return Err(SendError::ResponseTooDeep);
         }
         Ok(RawResponse {
             status,
@@ -428,6 +455,9 @@ mod tests {
             SendError::Timeout(Duration::from_secs(1)),
             SendError::Closed,
             SendError::Connect("x".into()),
+            SendError::ResponseTooLarge,
+            SendError::ResponseTooDeep,
+            SendError::Redirected { status: 307 },
         ];
         let hints: std::collections::HashSet<_> = errors.iter().map(SendError::hint).collect();
         let classes: std::collections::HashSet<_> = errors.iter().map(SendError::class).collect();

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -123,6 +124,19 @@ pub enum Mode {
     Garbage200,
     /// Commit, then close the connection without any answer (a response lost in transit).
     HangUpAfterCommit,
+    /// A slow-loris answer: `200` headers at once, then one body byte every `byte_every`,
+    /// never finishing (until the client goes away). Nothing is stored.
+    SlowLoris { byte_every: Duration },
+    /// A `200` whose body is `bytes` bytes of spaces, generated chunk by chunk as the client
+    /// reads (the server never holds more than one 64 KiB static chunk). With `declare_length`
+    /// the `Content-Length` header announces the size; without it the body is chunked. Nothing
+    /// is stored. [`ServerState::body_bytes_sent`] counts what actually went out.
+    HugeBody { bytes: u64, declare_length: bool },
+    /// A `200` whose body is JSON nested `depth` arrays deep (`[[[...]]]`). Nothing is stored.
+    DeepJson { depth: usize },
+    /// A redirect loop: `307 Temporary Redirect` with `Location` pointing at the same URL,
+    /// every time. Nothing is stored.
+    RedirectLoop,
 }
 
 /// One HTTP request the server answered (or hung up on).
@@ -151,11 +165,15 @@ struct Inner {
     mode: Mode,
     /// Requests left before `mode` reverts to [`Mode::Normal`]; `None` = until changed.
     mode_remaining: Option<usize>,
+    /// Modes for the next POSTs, one each, before `mode` applies again.
+    mode_queue: std::collections::VecDeque<Mode>,
     requests: Vec<RequestRecord>,
     schema_failures: Vec<String>,
     client_subjects: Vec<String>,
     tls_failures: Vec<String>,
     state_file: Option<PathBuf>,
+    /// Body bytes of [`Mode::HugeBody`] / [`Mode::SlowLoris`] answers handed to the connection.
+    body_bytes_sent: u64,
 }
 
 /// Everything the server stores and records, shared by all its connections and kept across
@@ -212,6 +230,12 @@ impl ServerState {
         let mut inner = self.lock();
         inner.mode = mode;
         inner.mode_remaining = Some(requests);
+    }
+
+    /// The next POSTs to the base path get these modes, one each, in order; then the mode set
+    /// with [`ServerState::set_mode`] applies again.
+    pub fn queue_modes(&self, modes: impl IntoIterator<Item = Mode>) {
+        self.lock().mode_queue.extend(modes);
     }
 
     /// The current mode.
@@ -278,6 +302,12 @@ impl ServerState {
         self.lock().tls_failures.clone()
     }
 
+    /// Body bytes of streamed fault answers ([`Mode::HugeBody`], [`Mode::SlowLoris`]) handed
+    /// to the connections so far: how much a client read before it gave up.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.lock().body_bytes_sent
+    }
+
     /// Conditional references seen in committed Bundles (e.g. `Patient?identifier=...`).
     pub fn conditional_references(&self) -> Vec<String> {
         self.lock().store.conditional_references.clone()
@@ -296,11 +326,15 @@ impl ServerState {
         inner.schema_failures.clear();
         inner.client_subjects.clear();
         inner.tls_failures.clear();
+        inner.body_bytes_sent = 0;
     }
 
     /// Takes the mode for one request, counting down a [`ServerState::set_mode_for`].
     fn take_mode(&self) -> Mode {
         let mut inner = self.lock();
+        if let Some(mode) = inner.mode_queue.pop_front() {
+            return mode;
+        }
         let mode = inner.mode.clone();
         if let Some(n) = inner.mode_remaining.as_mut() {
             *n = n.saturating_sub(1);
@@ -610,7 +644,7 @@ impl std::fmt::Display for HangUp {
 
 impl std::error::Error for HangUp {}
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<BoxBody<Bytes, std::convert::Infallible>>;
 
 async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Resp, HangUp> {
     let header = |name| {
@@ -675,6 +709,9 @@ async fn respond(
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from(secs));
         }
+        return Ok(resp);
+    }
+    if let Some(resp) = hostile_answer(ctx, &mode, record) {
         return Ok(resp);
     }
     let content_type = record.content_type.as_deref().unwrap_or("");
@@ -815,12 +852,12 @@ async fn respond(
     match mode {
         Mode::Empty200 => Ok(Response::builder()
             .status(200)
-            .body(Full::new(Bytes::new()))
+            .body(full(Bytes::new()))
             .expect("static response")),
         Mode::Garbage200 => Ok(Response::builder()
             .status(200)
             .header(CONTENT_TYPE, "application/fhir+json")
-            .body(Full::new(Bytes::from_static(
+            .body(full(Bytes::from_static(
                 b"<html>502 Bad Gateway</html> this is not JSON",
             )))
             .expect("static response")),
@@ -857,8 +894,110 @@ fn fhir_json(status: u16, body: &Value) -> Resp {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "application/fhir+json; charset=utf-8")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(full(Bytes::from(body.to_string())))
         .expect("valid response parts")
+}
+
+fn full(bytes: Bytes) -> BoxBody<Bytes, std::convert::Infallible> {
+    Full::new(bytes).boxed()
+}
+
+/// The answers of the hostile modes, given before the body is read; `None` for other modes.
+fn hostile_answer(ctx: &Ctx, mode: &Mode, record: &RequestRecord) -> Option<Resp> {
+    let builder = Response::builder()
+        .status(200)
+        .header(CONTENT_TYPE, "application/fhir+json");
+    let resp = match *mode {
+        Mode::SlowLoris { byte_every } => builder.body(
+            Generated {
+                state: ctx.state.clone(),
+                remaining: u64::MAX,
+                chunk: 1,
+                every: Some(byte_every),
+                sleep: None,
+            }
+            .boxed(),
+        ),
+        Mode::HugeBody {
+            bytes,
+            declare_length,
+        } => {
+            let builder = if declare_length {
+                builder.header(hyper::header::CONTENT_LENGTH, bytes)
+            } else {
+                builder
+            };
+            builder.body(
+                Generated {
+                    state: ctx.state.clone(),
+                    remaining: bytes,
+                    chunk: SPACES.len(),
+                    every: None,
+                    sleep: None,
+                }
+                .boxed(),
+            )
+        }
+        Mode::DeepJson { depth } => {
+            let mut body = "[".repeat(depth);
+            body.push_str(&"]".repeat(depth));
+            builder.body(full(Bytes::from(body)))
+        }
+        Mode::RedirectLoop => Response::builder()
+            .status(307)
+            .header(hyper::header::LOCATION, record.path.as_str())
+            .body(full(Bytes::new())),
+        _ => return None,
+    };
+    Some(resp.expect("valid response parts"))
+}
+
+/// 64 KiB of spaces: every chunk of a generated body is a slice of this static buffer.
+static SPACES: [u8; 64 * 1024] = [b' '; 64 * 1024];
+
+/// A response body produced as it is read: `remaining` bytes in chunks of `chunk`, one chunk
+/// per `every` if set. Holds no buffer of its own, so a 1 GiB body costs the server nothing.
+struct Generated {
+    state: ServerState,
+    remaining: u64,
+    chunk: usize,
+    every: Option<Duration>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for Generated {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        if let Some(every) = self.every {
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        let n = self
+            .chunk
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        self.remaining -= n as u64;
+        self.state.lock().body_bytes_sent += n as u64;
+        let data = Bytes::from_static(&SPACES[..n]);
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
