@@ -95,6 +95,13 @@ pub enum TlsProblem {
     /// The server's alert says it does not accept our client certificate.
     #[error("the server refused the gateway's client certificate (TLS alert {0})")]
     ClientCertificateRefused(String),
+    /// The server speaks only TLS versions we refuse (1.1 or older).
+    #[error("the server offers only TLS versions older than 1.2")]
+    ProtocolVersion,
+    /// The peer's bytes are not TLS records: a plaintext endpoint (e.g. `http://` behind an
+    /// `https://` URL), or not a TLS server at all.
+    #[error("the server did not answer in TLS (a plaintext endpoint?)")]
+    NotTls,
     #[error("the server sent TLS alert {0}")]
     Alert(String),
     #[error("{0}")]
@@ -165,6 +172,12 @@ impl TlsProblem {
             TlsProblem::ClientCertificateRefused(_) => {
                 "check uplink.client_cert and uplink.client_key, and that the server trusts their CA"
             }
+            TlsProblem::ProtocolVersion => {
+                "the server must offer TLS 1.2 or 1.3; TLS 1.0/1.1 are refused (have the server upgraded)"
+            }
+            TlsProblem::NotTls => {
+                "check the port and scheme in uplink.fhir_base: this endpoint does not speak TLS"
+            }
             TlsProblem::Alert(_) | TlsProblem::Other(_) => {
                 "check the server's TLS setup (protocol versions, cipher suites) and uplink.ca_file"
             }
@@ -191,8 +204,17 @@ impl TlsProblem {
                 | A::CertificateRevoked
                 | A::UnsupportedCertificate
                 | A::AccessDenied => TlsProblem::ClientCertificateRefused(format!("{a:?}")),
+                A::ProtocolVersion => TlsProblem::ProtocolVersion,
                 other => TlsProblem::Alert(format!("{other:?}")),
             },
+            rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::ServerDoesNotSupportTls12Or13
+                | rustls::PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig,
+            ) => TlsProblem::ProtocolVersion,
+            rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+                | rustls::InvalidMessage::UnknownProtocolVersion,
+            ) => TlsProblem::NotTls,
             other => TlsProblem::Other(other.to_string()),
         }
     }
@@ -422,6 +444,18 @@ mod tests {
             (
                 E::AlertReceived(A::HandshakeFailure),
                 TlsProblem::Alert("HandshakeFailure".into()),
+            ),
+            (
+                E::AlertReceived(A::ProtocolVersion),
+                TlsProblem::ProtocolVersion,
+            ),
+            (
+                E::PeerIncompatible(rustls::PeerIncompatible::ServerDoesNotSupportTls12Or13),
+                TlsProblem::ProtocolVersion,
+            ),
+            (
+                E::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                TlsProblem::NotTls,
             ),
         ];
         for (err, want) in cases {

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | response body | [`MAX_BODY`] bytes (8 MiB); a larger `Content-Length` is refused before reading, a streamed body is stopped at the cap | `client` |
 //! | JSON nesting | [`MAX_JSON_DEPTH`] (32) arrays/objects, checked by [`json_depth_exceeds`] *before* serde sees the bytes | `client` |
-//! | serde_json recursion | 128 (serde_json's built-in limit; the `unbounded_depth` feature must stay off, `.ci/run` checks it) | `outcome` |
+//! | serde_json recursion | 128 (serde_json's built-in limit: at most 127 levels parse; the `unbounded_depth` feature must stay off, `.ci/run` checks it) | `outcome` |
 //! | redirects | none followed; a 3xx is a `SendError::Redirected` | `client` |
 //! | time | `uplink.timeout_secs` for connect, for each read (idle) and for the whole exchange (a slow-loris answer ends there) | `client` |
 //!
@@ -90,12 +90,14 @@ mod tests {
         assert!(json_depth_exceeds(&bytes, 5));
     }
 
-    /// The second line of defence, stated as a test: serde_json refuses nesting deeper than
-    /// 128 with an error (no stack overflow), as long as nobody enables `unbounded_depth`.
+    /// The second line of defence, stated as a test: serde_json's recursion limit is 128
+    /// (`remaining_depth: 128`, decremented before the check), so it parses at most 127
+    /// levels and refuses deeper nesting with an error (no stack overflow), as long as nobody
+    /// enables `unbounded_depth`.
     #[test]
-    fn serde_json_itself_refuses_nesting_deeper_than_128() {
-        assert!(serde_json::from_slice::<serde_json::Value>(&nested(128)).is_ok());
-        let err = serde_json::from_slice::<serde_json::Value>(&nested(129)).unwrap_err();
+    fn serde_json_itself_refuses_nesting_of_128_levels_and_more() {
+        assert!(serde_json::from_slice::<serde_json::Value>(&nested(127)).is_ok());
+        let err = serde_json::from_slice::<serde_json::Value>(&nested(128)).unwrap_err();
         assert!(err.to_string().contains("recursion limit"), "{err}");
         assert!(serde_json::from_slice::<serde_json::Value>(&nested(1_000_000)).is_err());
     }

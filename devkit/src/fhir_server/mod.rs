@@ -77,6 +77,10 @@ pub struct ServerConfig {
     /// If set: the store is loaded from this JSON file at start (if it exists) and rewritten
     /// after every committed transaction.
     pub state_file: Option<PathBuf>,
+    /// Serve TLS 1.2 only (default: 1.3 and 1.2, 1.3 preferred).
+    pub tls12_only: bool,
+    /// Ask for (and require) a client certificate. `false`: a server that never asks for one.
+    pub ask_client_cert: bool,
 }
 
 impl ServerConfig {
@@ -89,8 +93,19 @@ impl ServerConfig {
             server_cert: pki.server_cert.clone(),
             server_key: pki.server_key.clone(),
             state_file: None,
+            tls12_only: false,
+            ask_client_cert: true,
         }
     }
+}
+
+/// What one accepted TLS handshake negotiated, as rustls names it (e.g. `TLSv1_3`,
+/// `TLS13_CHACHA20_POLY1305_SHA256`, `X25519`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    pub version: String,
+    pub cipher_suite: String,
+    pub kx_group: String,
 }
 
 /// Fault injection. The mode applies to every `POST [base]` until changed (or, with
@@ -170,6 +185,7 @@ struct Inner {
     requests: Vec<RequestRecord>,
     schema_failures: Vec<String>,
     client_subjects: Vec<String>,
+    handshakes: Vec<Handshake>,
     tls_failures: Vec<String>,
     state_file: Option<PathBuf>,
     /// Body bytes of [`Mode::HugeBody`] / [`Mode::SlowLoris`] answers handed to the connection.
@@ -297,6 +313,11 @@ impl ServerState {
         self.lock().client_subjects.clone()
     }
 
+    /// What every accepted TLS handshake negotiated, in order.
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.lock().handshakes.clone()
+    }
+
     /// Every refused TLS handshake (no certificate, wrong CA, ...), as rustls explains it.
     pub fn tls_failures(&self) -> Vec<String> {
         self.lock().tls_failures.clone()
@@ -325,6 +346,7 @@ impl ServerState {
         inner.requests.clear();
         inner.schema_failures.clear();
         inner.client_subjects.clear();
+        inner.handshakes.clear();
         inner.tls_failures.clear();
         inner.body_bytes_sent = 0;
     }
@@ -393,11 +415,7 @@ impl FhirTestServer {
         config: ServerConfig,
         state: ServerState,
     ) -> anyhow::Result<FhirTestServer> {
-        let tls = Arc::new(tls_config(
-            &config.client_ca,
-            &config.server_cert,
-            &config.server_key,
-        )?);
+        let tls = Arc::new(tls_config_with(&config)?);
         let mut server = FhirTestServer {
             addr: config.listen,
             config,
@@ -498,21 +516,49 @@ pub fn tls_config(
     server_cert: &Path,
     server_key: &Path,
 ) -> anyhow::Result<rustls::ServerConfig> {
+    tls_config_with(&ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        base_path: String::new(),
+        client_ca: client_ca.to_path_buf(),
+        server_cert: server_cert.to_path_buf(),
+        server_key: server_key.to_path_buf(),
+        state_file: None,
+        tls12_only: false,
+        ask_client_cert: true,
+    })
+}
+
+/// The rustls server config of `config` (its certificates, versions and client auth).
+///
+/// # Errors
+///
+/// As [`tls_config`].
+pub fn tls_config_with(config: &ServerConfig) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for cert in load_certs(client_ca)? {
+    for cert in load_certs(&config.client_ca)? {
         roots.add(cert).context("adding the client CA")?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .context("building the client certificate verifier")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(server_cert)?, load_key(server_key)?)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone());
+    let builder = if config.tls12_only {
+        builder.with_protocol_versions(&[&rustls::version::TLS12])?
+    } else {
+        builder.with_safe_default_protocol_versions()?
+    };
+    let builder = if config.ask_client_cert {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .context("building the client certificate verifier")?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder
+        .with_single_cert(
+            load_certs(&config.server_cert)?,
+            load_key(&config.server_key)?,
+        )
         .context("server certificate and key")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
@@ -615,7 +661,26 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, ctx: Ctx) {
         .and_then(|certs| certs.first())
         .map(|cert| subject_of(cert))
         .unwrap_or_default();
-    ctx.state.lock().client_subjects.push(subject);
+    let conn = tls.get_ref().1;
+    let handshake = Handshake {
+        version: conn
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+        cipher_suite: conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+        kx_group: conn
+            .negotiated_key_exchange_group()
+            .map(|g| format!("{:?}", g.name()))
+            .unwrap_or_default(),
+    };
+    {
+        let mut inner = ctx.state.lock();
+        inner.client_subjects.push(subject);
+        inner.handshakes.push(handshake);
+    }
 
     let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
