@@ -92,7 +92,16 @@ async fn the_daemon_survives_every_hostile_answer_and_then_delivers_everything_o
     let points: Vec<String> = (0..4).map(|i| bp_point(i, 130 + i as i64, 85)).collect();
     h.publish(&points).await;
     wait_for_requests(&h, n_hostile, Duration::from_secs(120)).await;
-    h.wait_for_observations(4, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.fhir.observation_identifiers().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "not all delivered: {:?}\n{}",
+            h.fhir.requests(),
+            tail(&agent.stderr(), 60)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     agent.terminate();
     let log = agent.stderr();

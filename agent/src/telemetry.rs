@@ -65,6 +65,8 @@ counters!(
     uplink_pauses,
     uplink_probes_failed,
     uplink_resumes,
+    uplink_body_bytes_sent,
+    uplink_gzip_refused,
     mqtt_connects,
     mqtt_connection_errors,
     mqtt_subscriptions_refused,
@@ -321,6 +323,37 @@ impl UplinkRetry<'_> {
             reason: self.reason.to_string(),
             after_ms: self.after_ms,
         });
+    }
+}
+
+/// A request body went out: `bytes` on the wire (after compression), `gzip` or plain.
+pub struct UplinkBodySent {
+    pub bytes: usize,
+    pub plain_bytes: usize,
+    pub gzip: bool,
+}
+impl UplinkBodySent {
+    pub fn emit(self) {
+        bump_by(&COUNTERS.uplink_body_bytes_sent, self.bytes);
+        tracing::debug!(
+            bytes = self.bytes,
+            plain_bytes = self.plain_bytes,
+            gzip = self.gzip,
+            "request body sent"
+        );
+    }
+}
+
+/// The server answered 415 to a gzip-compressed body: bodies go plain from now on (until the
+/// daemon restarts).
+pub struct UplinkGzipRefused;
+impl UplinkGzipRefused {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_gzip_refused);
+        tracing::warn!(
+            hint = "the FHIR server does not accept Content-Encoding: gzip; enabling it saves most of the bytes on metered links",
+            "the FHIR server refused a gzip-compressed body (415): sending plain bodies from now on"
+        );
     }
 }
 

@@ -166,6 +166,10 @@ pub struct RequestRecord {
     pub status: u16,
     /// Number of Bundle entries, if the body was a Bundle.
     pub entries: usize,
+    /// The `Content-Encoding` header, if any (`gzip` from the agent by default).
+    pub content_encoding: Option<String>,
+    /// Request body bytes as received (before any decoding).
+    pub body_bytes: usize,
 }
 
 /// Sent on [`ServerState::subscribe`] for every entry of a committed transaction.
@@ -190,6 +194,11 @@ struct Inner {
     state_file: Option<PathBuf>,
     /// Body bytes of [`Mode::HugeBody`] / [`Mode::SlowLoris`] answers handed to the connection.
     body_bytes_sent: u64,
+    /// Refuse `Content-Encoding: gzip` bodies with 415 (a server without compression support).
+    refuse_gzip: bool,
+    /// Bytes read from / written to client TCP connections (TLS records, HTTP, everything).
+    wire_bytes_in: u64,
+    wire_bytes_out: u64,
 }
 
 /// Everything the server stores and records, shared by all its connections and kept across
@@ -329,6 +338,23 @@ impl ServerState {
         self.lock().body_bytes_sent
     }
 
+    /// `true`: answer `415` to every `Content-Encoding: gzip` body (like a server without
+    /// compression support); `false` (the default): decode it.
+    pub fn set_refuse_gzip(&self, refuse: bool) {
+        self.lock().refuse_gzip = refuse;
+    }
+
+    /// Bytes read from client TCP connections so far: TLS handshakes, HTTP headers and bodies,
+    /// everything on the wire towards the server.
+    pub fn wire_bytes_in(&self) -> u64 {
+        self.lock().wire_bytes_in
+    }
+
+    /// Bytes written to client TCP connections so far.
+    pub fn wire_bytes_out(&self) -> u64 {
+        self.lock().wire_bytes_out
+    }
+
     /// Conditional references seen in committed Bundles (e.g. `Patient?identifier=...`).
     pub fn conditional_references(&self) -> Vec<String> {
         self.lock().store.conditional_references.clone()
@@ -349,6 +375,8 @@ impl ServerState {
         inner.handshakes.clear();
         inner.tls_failures.clear();
         inner.body_bytes_sent = 0;
+        inner.wire_bytes_in = 0;
+        inner.wire_bytes_out = 0;
     }
 
     /// Takes the mode for one request, counting down a [`ServerState::set_mode_for`].
@@ -639,6 +667,10 @@ async fn accept_loop(
 }
 
 async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, ctx: Ctx) {
+    let tcp = Counting {
+        inner: tcp,
+        state: ctx.state.clone(),
+    };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
@@ -689,6 +721,57 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, ctx: Ctx) {
     }
 }
 
+/// A TCP stream that adds what passes through it to [`ServerState::wire_bytes_in`] /
+/// [`ServerState::wire_bytes_out`].
+struct Counting {
+    inner: TcpStream,
+    state: ServerState,
+}
+
+impl tokio::io::AsyncRead for Counting {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.state.lock().wire_bytes_in += n as u64;
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for Counting {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = poll {
+            self.state.lock().wire_bytes_out += n as u64;
+        }
+        poll
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Subject DN of a DER certificate, e.g. `CN=vitalgate-test-gateway, O=...`.
 fn subject_of(cert: &CertificateDer<'_>) -> String {
     match x509_parser::parse_x509_certificate(cert.as_ref()) {
@@ -725,6 +808,8 @@ async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Resp, HangUp> {
         prefer: header(hyper::header::HeaderName::from_static("prefer")),
         status: 0,
         entries: 0,
+        content_encoding: header(hyper::header::CONTENT_ENCODING),
+        body_bytes: 0,
     };
     let result = respond(&ctx, req, &mut record).await;
     record.status = result.as_ref().map_or(0, |r| r.status().as_u16());
@@ -809,6 +894,36 @@ async fn respond(
                     &[format!("reading the body failed: {error}")],
                 )
             });
+        }
+    };
+    record.body_bytes = body.len();
+    let body = match record.content_encoding.as_deref().map(str::trim) {
+        None | Some("") | Some("identity") => body,
+        Some(enc) if enc.eq_ignore_ascii_case("gzip") && !ctx.state.lock().refuse_gzip => {
+            match gunzip(&body) {
+                Ok(Some(plain)) => Bytes::from(plain),
+                Ok(None) => {
+                    return Ok(outcome(
+                        413,
+                        "too-costly",
+                        &[format!("decoded body larger than {MAX_BODY_BYTES} bytes")],
+                    ))
+                }
+                Err(error) => {
+                    return Ok(outcome(
+                        400,
+                        "invalid",
+                        &[format!("the gzip body does not decode: {error}")],
+                    ))
+                }
+            }
+        }
+        Some(enc) => {
+            return Ok(outcome(
+                415,
+                "not-supported",
+                &[format!("Content-Encoding {enc:?} is not supported")],
+            ))
         }
     };
     let bundle: Value = match serde_json::from_slice(&body) {
@@ -932,6 +1047,17 @@ async fn respond(
             &response_bundle(outcomes.iter().map(EntryOutcome::response_entry).collect()),
         )),
     }
+}
+
+/// Decodes a gzip body; `None` when it decodes to more than [`MAX_BODY_BYTES`] (a gzip bomb
+/// costs at most that much).
+fn gunzip(body: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut plain)?;
+    Ok((plain.len() <= MAX_BODY_BYTES).then_some(plain))
 }
 
 fn response_bundle(entries: Vec<Value>) -> Value {
