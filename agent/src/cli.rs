@@ -109,6 +109,9 @@ pub fn main() -> ExitCode {
         Command::Run(c) => run(&c.config),
         Command::CheckConfig(c) => match Config::load(&c.config) {
             Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("vitalgate: warning: {w}");
+                }
                 println!(
                     "{}: OK (gateway {}, {} device(s), {} simulator(s))",
                     c.config.display(),

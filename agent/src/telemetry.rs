@@ -76,6 +76,22 @@ counters!(
     mqtt_window_overruns,
     mqtt_qos0_dropped,
     mqtt_payloads_oversized,
+    serial_port_opens,
+    serial_port_open_failures,
+    serial_port_losses,
+    serial_silence_alarms,
+    serial_bytes_read,
+    serial_bytes_discarded,
+    serial_decode_errors,
+    serial_records_decoded,
+    serial_records_invalid_status,
+    serial_records_no_value,
+    serial_records_reduced_away,
+    serial_readings_reduced_out,
+    serial_windows_insufficient,
+    serial_windows_partial,
+    serial_store_refusals,
+    serial_readings_dropped,
     tasks_failed,
 );
 
@@ -86,6 +102,12 @@ fn bump(c: &AtomicU64) {
 /// For events that report a number of things (acks dropped, subscriptions refused).
 fn bump_by(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    if n > 0 {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 // ---- the in-process observer (embedders: the devkit demo, tests) ----
@@ -684,6 +706,204 @@ impl MqttPayloadOversized<'_> {
             limit = self.limit,
             "oversized MQTT payload kept as dead letter (not decoded)"
         );
+    }
+}
+
+// ---- serial transport ----
+//
+// Serial events carry the device name and the port path (neither is PHI), never bytes, lines or
+// values. Conditions that repeat while they last (a port that stays absent, a store that keeps
+// refusing) are logged once per episode: the caller says whether this is the episode's first.
+
+/// A serial port was opened (first time, or after it was lost).
+pub struct SerialPortOpened<'a> {
+    pub device: &'a str,
+    pub port: &'a std::path::Path,
+    pub settings: &'a dyn Display,
+    /// Time since the port was lost or first tried, when this ends an episode of failures.
+    pub after: Option<std::time::Duration>,
+}
+impl SerialPortOpened<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.serial_port_opens);
+        match self.after {
+            None => {
+                tracing::info!(device = %self.device, port = %self.port.display(), settings = %self.settings, "serial port opened")
+            }
+            Some(d) => {
+                tracing::info!(device = %self.device, port = %self.port.display(), settings = %self.settings, unavailable_ms = d.as_millis() as u64, "serial port opened again")
+            }
+        }
+    }
+}
+
+/// An attempt to open a serial port failed. Logged at warn (error for a permission problem,
+/// with the fix) on the first failure of an episode, at debug after that.
+pub struct SerialOpenFailed<'a> {
+    pub device: &'a str,
+    pub port: &'a std::path::Path,
+    pub reason: &'a dyn Display,
+    /// Permission denied: the message names the fix.
+    pub permission: bool,
+    pub first: bool,
+    pub retry_in: std::time::Duration,
+}
+impl SerialOpenFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.serial_port_open_failures);
+        let retry_in_ms = self.retry_in.as_millis() as u64;
+        match (self.first, self.permission) {
+            (true, true) => {
+                tracing::error!(device = %self.device, port = %self.port.display(), "{}; retrying until it can", self.reason)
+            }
+            (true, false) => {
+                tracing::warn!(device = %self.device, port = %self.port.display(), reason = %self.reason, retry_in_ms, "serial port cannot be opened; retrying (logged once until it opens)")
+            }
+            (false, _) => {
+                tracing::debug!(device = %self.device, port = %self.port.display(), reason = %self.reason, retry_in_ms, "serial port still cannot be opened")
+            }
+        }
+    }
+}
+
+/// An open port stopped working (unplugged, hung up, I/O error): it is closed and reopened.
+pub struct SerialPortLost<'a> {
+    pub device: &'a str,
+    pub port: &'a std::path::Path,
+    pub reason: &'a dyn Display,
+}
+impl SerialPortLost<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.serial_port_losses);
+        tracing::warn!(device = %self.device, port = %self.port.display(), reason = %self.reason, "serial port lost (unplugged?); reopening with backoff");
+    }
+}
+
+/// No record from a device for its `silence_alarm_secs`: an alarm (once per silence).
+pub struct SerialDeviceSilent<'a> {
+    pub device: &'a str,
+    pub port: &'a std::path::Path,
+    pub silent_for: std::time::Duration,
+    pub port_open: bool,
+    /// Bytes and decode errors during the silence: bytes without records point at wrong port
+    /// settings or protocol, no bytes at a device that is off, unplugged or not sending.
+    pub bytes: u64,
+    pub decode_errors: u64,
+}
+impl SerialDeviceSilent<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.serial_silence_alarms);
+        let hint = if !self.port_open {
+            "the port is not open (see the lines above)"
+        } else if self.bytes > 0 {
+            "bytes arrive but decode to nothing: check baud, parity, data bits and the protocol (vitalgate decode on a capture)"
+        } else {
+            "no bytes at all: is the device on, connected, and set to send (e.g. Masimo serial mode ASCII 1)?"
+        };
+        tracing::error!(
+            alarm = "serial_device_silent",
+            device = %self.device,
+            port = %self.port.display(),
+            silent_s = self.silent_for.as_secs(),
+            bytes = self.bytes,
+            decode_errors = self.decode_errors,
+            "ALARM: no data from serial device; {hint}"
+        );
+    }
+}
+
+/// Records arrive again after a silence alarm.
+pub struct SerialDataResumed<'a> {
+    pub device: &'a str,
+    pub silent_for: std::time::Duration,
+}
+impl SerialDataResumed<'_> {
+    pub fn emit(self) {
+        tracing::info!(device = %self.device, silent_s = self.silent_for.as_secs(), "serial device sends data again");
+    }
+}
+
+/// What one read brought (trace level; the counters add up).
+pub struct SerialBytesDecoded<'a> {
+    pub device: &'a str,
+    pub bytes: u64,
+    pub discarded: u64,
+    pub records: u64,
+    pub decode_errors: u64,
+}
+impl SerialBytesDecoded<'_> {
+    pub fn emit(self) {
+        add(&COUNTERS.serial_bytes_read, self.bytes);
+        add(&COUNTERS.serial_bytes_discarded, self.discarded);
+        add(&COUNTERS.serial_records_decoded, self.records);
+        add(&COUNTERS.serial_decode_errors, self.decode_errors);
+        if self.decode_errors > 0 {
+            tracing::debug!(device = %self.device, bytes = self.bytes, decode_errors = self.decode_errors, "serial bytes rejected by the decoder");
+        }
+        tracing::trace!(device = %self.device, bytes = self.bytes, records = self.records, "serial read");
+    }
+}
+
+/// What the stream reduction did with a batch of records (trace level; the counters add up).
+/// Plain numbers: telemetry does not know the pipeline's types.
+pub struct StreamReduced<'a> {
+    pub device: &'a str,
+    pub invalid_status: u64,
+    pub no_value: u64,
+    pub reduced_away: u64,
+    pub out: u64,
+    pub windows_insufficient: u64,
+    pub windows_partial: u64,
+}
+impl StreamReduced<'_> {
+    pub fn emit(self) {
+        add(&COUNTERS.serial_records_invalid_status, self.invalid_status);
+        add(&COUNTERS.serial_records_no_value, self.no_value);
+        add(&COUNTERS.serial_records_reduced_away, self.reduced_away);
+        add(&COUNTERS.serial_readings_reduced_out, self.out);
+        add(
+            &COUNTERS.serial_windows_insufficient,
+            self.windows_insufficient,
+        );
+        add(&COUNTERS.serial_windows_partial, self.windows_partial);
+        if self.windows_insufficient > 0 {
+            tracing::debug!(device = %self.device, "a reduction window had too few valid samples; nothing sent for it");
+        }
+        tracing::trace!(device = %self.device, out = self.out, "stream reduced");
+    }
+}
+
+/// The store did not take a reduced reading (full, failing): it is held in memory and retried.
+pub struct SerialStoreRefused<'a> {
+    pub device: &'a str,
+    pub held: usize,
+    pub first: bool,
+    pub retry_in: std::time::Duration,
+}
+impl SerialStoreRefused<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.serial_store_refusals);
+        let retry_in_ms = self.retry_in.as_millis() as u64;
+        if self.first {
+            tracing::error!(device = %self.device, held = self.held, retry_in_ms, "store refuses writes: reduced readings are held in memory (bounded) and retried; the raw stream is never buffered");
+        } else {
+            tracing::debug!(device = %self.device, held = self.held, retry_in_ms, "store still refuses writes");
+        }
+    }
+}
+
+/// The in-memory buffer of reduced readings was full: the oldest were dropped, counted.
+pub struct SerialReadingsDropped<'a> {
+    pub device: &'a str,
+    pub dropped: u64,
+    pub first: bool,
+}
+impl SerialReadingsDropped<'_> {
+    pub fn emit(self) {
+        add(&COUNTERS.serial_readings_dropped, self.dropped);
+        if self.first {
+            tracing::error!(device = %self.device, dropped = self.dropped, "reduced-reading buffer full while the store refuses writes: oldest readings dropped (counted in serial_readings_dropped)");
+        }
     }
 }
 

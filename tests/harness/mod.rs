@@ -365,15 +365,21 @@ backoff_max_secs = 1
     }
 
     pub fn spawn_agent(&self) -> Agent {
-        self.spawn_agent_with(true)
+        self.spawn_agent_from(crate::common::vitalgate(), true)
     }
 
     /// Starts the agent and waits until it runs; with `wait_subscribed`, also until its MQTT
     /// subscriptions are acknowledged (the bench measures builds that never get there).
     pub fn spawn_agent_with(&self, wait_subscribed: bool) -> Agent {
+        self.spawn_agent_from(crate::common::vitalgate(), wait_subscribed)
+    }
+
+    /// Spawns `vitalgate run` from `cmd` (e.g. the binary behind `setpriv`), waits until it is
+    /// running (and, with `wait_subscribed`, until its MQTT subscriptions are acknowledged).
+    pub fn spawn_agent_from(&self, mut cmd: Command, wait_subscribed: bool) -> Agent {
         let log = self.dir.path().join(format!("agent-{}.log", free_port()));
         let file = std::fs::File::create(&log).unwrap();
-        let child = crate::common::vitalgate()
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -625,6 +631,16 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// `kill -9`: no shutdown path at all.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {

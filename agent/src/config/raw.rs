@@ -84,6 +84,24 @@ pub(super) struct RawDevice {
     pub(super) patient: Option<Spanned<String>>,
     pub(super) patients: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub(super) utc_offset: Option<Spanned<String>>,
+    // Serial devices only: port settings (default: the protocol's), the silence alarm and the
+    // stream reduction.
+    pub(super) baud: Option<Spanned<i64>>,
+    pub(super) data_bits: Option<Spanned<i64>>,
+    pub(super) parity: Option<Spanned<String>>,
+    pub(super) stop_bits: Option<Spanned<i64>>,
+    pub(super) flow_control: Option<Spanned<String>>,
+    pub(super) silence_alarm_secs: Option<Spanned<i64>>,
+    pub(super) reduction: Option<Spanned<RawReduction>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReduction {
+    pub(super) mode: Spanned<String>,
+    pub(super) window_secs: Option<Spanned<i64>>,
+    pub(super) repeat_secs: Option<Spanned<i64>>,
+    pub(super) thresholds: Option<Spanned<BTreeMap<String, Spanned<device_drivers::Decimal>>>>,
 }
 
 #[derive(Deserialize)]
