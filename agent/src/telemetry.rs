@@ -70,6 +70,8 @@ counters!(
     uplink_pauses,
     uplink_probes_failed,
     uplink_resumes,
+    uplink_body_bytes_sent,
+    uplink_gzip_refused,
     mqtt_connects,
     mqtt_connection_errors,
     mqtt_subscriptions_refused,
@@ -475,6 +477,37 @@ impl UplinkRetry<'_> {
     }
 }
 
+/// A request body went out: `bytes` on the wire (after compression), `gzip` or plain.
+pub struct UplinkBodySent {
+    pub bytes: usize,
+    pub plain_bytes: usize,
+    pub gzip: bool,
+}
+impl UplinkBodySent {
+    pub fn emit(self) {
+        bump_by(&COUNTERS.uplink_body_bytes_sent, self.bytes);
+        tracing::debug!(
+            bytes = self.bytes,
+            plain_bytes = self.plain_bytes,
+            gzip = self.gzip,
+            "request body sent"
+        );
+    }
+}
+
+/// The server answered 415 to a gzip-compressed body: bodies go plain from now on (until the
+/// daemon restarts).
+pub struct UplinkGzipRefused;
+impl UplinkGzipRefused {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_gzip_refused);
+        tracing::warn!(
+            hint = "the FHIR server does not accept Content-Encoding: gzip; enabling it saves most of the bytes on metered links",
+            "the FHIR server refused a gzip-compressed body (415): sending plain bodies from now on"
+        );
+    }
+}
+
 /// No HTTP answer at all. One log line per class of failure, each with its fix hint; TLS
 /// failures are errors (they do not heal by themselves), the others warnings.
 pub struct UplinkSendFailed<'a> {
@@ -517,7 +550,10 @@ impl UplinkSendFailed<'_> {
             SendError::Connect(error) => {
                 tracing::warn!(class, %error, hint, retry_in_ms, "cannot connect to the FHIR server");
             }
-            SendError::ResponseTooLarge | SendError::Other(_) => {
+            SendError::ResponseTooLarge
+            | SendError::ResponseTooDeep
+            | SendError::Redirected { .. }
+            | SendError::Other(_) => {
                 tracing::warn!(class, error = %e, hint, retry_in_ms, "request to the FHIR server failed");
             }
         }
