@@ -28,4 +28,6 @@ pub mod record;
 pub mod serial;
 
 pub use decimal::Decimal;
-pub use record::{DeviceTime, Reading, ReadingType, Record};
+pub use record::{
+    BodySite, DeviceTime, MeasurementContext, Reading, ReadingType, Record, Specimen,
+};
