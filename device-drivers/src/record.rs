@@ -325,33 +325,28 @@ pub struct Record {
     pub context: MeasurementContext,
 }
 
-/// What a source said about a measurement beyond its values (all optional).
+/// What a source said about a measurement beyond its values (all optional). No field is
+/// skipped when serialising: the agent stores it with postcard, which is not self-describing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MeasurementContext {
     /// End of the effective period, on the same wall clock (and in the same zone) as
     /// [`Record::device_time`], which is then its start. `None`: a point in time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_end: Option<DeviceTime>,
     /// The source gave only a date (Open mHealth `date` + `part_of_day`): [`Record::device_time`]
     /// is that date at 00:00:00 and the time of day is not known.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub date_only: bool,
     /// An aggregate (Open mHealth `descriptive_statistic`: `average`, `maximum`, `count`...): the
     /// values are not one measurement.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statistic: Option<String>,
     /// Where a temperature was taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_site: Option<BodySite>,
     /// What a glucose concentration was measured in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub specimen: Option<Specimen>,
     /// Timing relative to a meal, in the source's own words (GATT 0x2A34 meal name, Open
     /// mHealth `temporal_relationship_to_meal`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meal: Option<String>,
     /// Supplemental oxygen flow during an SpO2 measurement, L/min (`0` = room air).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supplemental_oxygen_l_min: Option<Decimal>,
 }
 

@@ -11,7 +11,7 @@ use device_drivers::{ReadingType, Record};
 use super::devices::DeviceContext;
 use crate::config::Attribution;
 use crate::identity::{self, IdTimestamp, ReadingId};
-use crate::reading::{DeviceClass, Reading, ReadingKind, Source, TimeQuality};
+use crate::reading::{DeviceClass, Reading, ReadingKind, Source, TimeQuality, Timing};
 use crate::uplink::fhir;
 
 /// What the source knows about the device's clock beyond the record's wall-clock time.
@@ -32,6 +32,13 @@ pub enum Rejection {
     NothingToUpload,
     #[error("record is flagged {0}: values are not trustworthy")]
     Unreliable(String),
+    /// An aggregate (average, maximum, count...) over a period: not a measurement. Kept as a
+    /// dead letter `statistic`, never uploaded as a reading.
+    #[error("statistic: the values are a descriptive statistic ({0}), not a measurement")]
+    Statistic(String),
+    /// A data point from a hub without any time frame: there is no time to upload it at.
+    #[error("no effective time: the source gave no time for this measurement")]
+    NoEffectiveTime,
 }
 
 impl Rejection {
@@ -39,7 +46,10 @@ impl Rejection {
     /// counted? An unattributed reading is; a record with nothing to upload or flagged invalid
     /// by its own device is not (a streaming oximeter sends several such records a second).
     pub fn keeps_record(&self) -> bool {
-        matches!(self, Rejection::Unattributed(_))
+        matches!(
+            self,
+            Rejection::Unattributed(_) | Rejection::Statistic(_) | Rejection::NoEffectiveTime
+        )
     }
 }
 
@@ -52,6 +62,12 @@ const UNRELIABLE_FLAGS: &[&str] = &[
     "no_measurement",
     "test_data",
     "control_solution",
+    // PLX measurement status (gatt::plx): invalid and unavailable values are skipped (the
+    // device says they are not measurements), demonstration and test data never uploaded.
+    "invalid_measurement_detected",
+    "measurement_unavailable",
+    "data_for_testing",
+    "data_for_demonstration",
 ];
 
 /// Turns one driver record into canonical readings. Pure.
@@ -69,6 +85,12 @@ pub fn readings_from_record(
         .find(|f| UNRELIABLE_FLAGS.contains(&f.as_str()))
     {
         return Err(Rejection::Unreliable(f.clone()));
+    }
+    if let Some(stat) = &record.context.statistic {
+        return Err(Rejection::Statistic(stat.clone()));
+    }
+    if record.device_time.is_none() && matches!(source, Source::Mqtt { .. }) {
+        return Err(Rejection::NoEffectiveTime);
     }
     let patient = match &device.attribution {
         Attribution::Single(p) => p.clone(),
@@ -98,6 +120,19 @@ pub fn readings_from_record(
             TimeQuality::GatewayReceiveTime,
         ),
     };
+    // Period or date: only from the device's own time (never stretched onto a receive time).
+    let (timing, duration_seconds) = match (time_quality, &record.context) {
+        (TimeQuality::DeviceTrusted, c) if c.date_only => (Timing::Date, Some(86_400)),
+        (TimeQuality::DeviceTrusted, c) => match (c.effective_end, record.device_time) {
+            (Some(end), Some(start)) => {
+                let secs = end.naive_unix_seconds() - start.naive_unix_seconds();
+                let end = effective + chrono::Duration::seconds(secs);
+                (Timing::Period { end }, Some(secs))
+            }
+            _ => (Timing::Instant, None),
+        },
+        _ => (Timing::Instant, None),
+    };
 
     // Group the values into observations.
     let mut groups: Vec<(ReadingKind, Vec<device_drivers::Reading>)> = Vec::new();
@@ -125,9 +160,14 @@ pub fn readings_from_record(
             ReadingType::Bmi => ReadingKind::Bmi,
             ReadingType::BodyTemperature => ReadingKind::BodyTemperature,
             ReadingType::BloodGlucose => ReadingKind::BloodGlucose,
-            // No FHIR mapping in fhir-mapping.md yet (PI, SpCO, SpMet, SpHb, PVI, body fat):
-            // counted by the caller, kept out of the outbox.
-            _ => continue,
+            ReadingType::RespiratoryRate => ReadingKind::RespiratoryRate,
+            ReadingType::PerfusionIndex => ReadingKind::PerfusionIndex,
+            ReadingType::BodyFatPercentage => ReadingKind::BodyFatPercentage,
+            // No sourced standard code (SpCO, SpMet, SpHb, PVI; README "Limits"): never
+            // uploaded under a wrong code; the record itself is not kept either.
+            ReadingType::Spco | ReadingType::Spmet | ReadingType::Sphb | ReadingType::Pvi => {
+                continue
+            }
         };
         push(kind, r);
     }
@@ -159,11 +199,12 @@ pub fn readings_from_record(
     Ok(groups
         .into_iter()
         .map(|(kind, components)| {
-            let observation_identifier = identity::observation_identifier(
+            let observation_identifier = identity::observation_identifier_for_period(
                 device_part,
                 &patient,
-                fhir::mdc_code(kind),
+                fhir::mdc_code(kind, &record.context),
                 &timestamp,
+                duration_seconds,
             );
             let id = ReadingId::of_content(
                 &observation_identifier,
@@ -183,6 +224,8 @@ pub fn readings_from_record(
                 received_at,
                 flags: record.flags.clone(),
                 source: source.clone(),
+                timing,
+                context: record.context.clone(),
             }
         })
         .collect())
