@@ -15,3 +15,6 @@ pub mod backoff;
 pub mod client;
 pub mod fhir;
 pub mod outcome;
+
+#[cfg(test)]
+mod golden;
