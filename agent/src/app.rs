@@ -224,6 +224,7 @@ impl App {
             batch_size: cfg.uplink.batch_size,
             backoff: Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max),
             wake: Arc::clone(&wake),
+            consent: crate::uploader::ConsentSource::new(&cfg.consent),
         };
         spawn("uploader", true, Box::pin(uploader.run(shutdown.clone())));
         if let Some((m, subs)) = mqtt {

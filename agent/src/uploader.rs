@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::consent;
 use crate::reading::Reading;
 use crate::store::Outbox;
 use crate::telemetry;
@@ -40,14 +41,89 @@ pub struct Uploader {
     pub batch_size: usize,
     pub backoff: Backoff,
     pub wake: Arc<Notify>,
+    /// Consent per patient ([`crate::consent`]); asked before every batch.
+    pub consent: ConsentSource,
+}
+
+/// Where the consent state comes from: the config's list and the clinic's file, re-read when
+/// the file changes (modification time or size), so withdrawal needs no restart.
+pub struct ConsentSource {
+    configured: Vec<crate::reading::PatientRef>,
+    file: Option<std::path::PathBuf>,
+    seen: Option<(Option<std::time::SystemTime>, u64)>,
+    state: consent::Consent,
+    audited: std::collections::HashSet<crate::identity::ReadingId>,
+}
+
+impl ConsentSource {
+    pub fn new(cfg: &crate::config::ConsentConfig) -> Self {
+        let mut s = Self {
+            configured: cfg.withdrawn.clone(),
+            file: cfg.file.clone(),
+            seen: None,
+            state: consent::consent(&cfg.withdrawn, None),
+            audited: Default::default(),
+        };
+        s.refresh();
+        s
+    }
+
+    /// Re-reads the file if it changed (or could not be read before). The edge: file I/O.
+    pub fn refresh(&mut self) -> &consent::Consent {
+        let Some(path) = &self.file else {
+            return &self.state;
+        };
+        let meta = std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()));
+        if meta.is_some() && meta == self.seen {
+            return &self.state;
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| consent::ConsentError::Unreadable(e.kind().to_string()));
+        self.state = consent::consent(
+            &self.configured,
+            Some(text.as_deref().map_err(Clone::clone)),
+        );
+        self.seen = meta;
+        if let consent::Consent::Unknown(e) = &self.state {
+            telemetry::ConsentSourceError { error: e }.emit();
+            self.seen = None;
+        }
+        &self.state
+    }
 }
 
 impl Uploader {
-    async fn pending(&self) -> Vec<Reading> {
+    async fn pending(&mut self) -> Vec<Reading> {
         let store = Arc::clone(&self.store);
         let n = self.batch_size;
-        match tokio::task::spawn_blocking(move || store.pending::<Reading>(n)).await {
-            Ok(Ok(v)) => v.into_iter().map(|p| p.value).collect(),
+        let state = self.consent.refresh().clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut held = Vec::new();
+            let r = store.pending_where::<Reading>(n, |r| {
+                let ok = state.may_leave(r);
+                if !ok {
+                    held.push((r.id, r.short_id(), r.device.name.clone()));
+                }
+                ok
+            });
+            r.map(|(v, _)| (v, held))
+        })
+        .await;
+        match result {
+            Ok(Ok((v, held))) => {
+                for (id, short, device) in &held {
+                    if self.consent.audited.insert(*id) {
+                        telemetry::ConsentWithheld {
+                            reading: short,
+                            device,
+                        }
+                        .emit();
+                    }
+                }
+                v.into_iter().map(|p| p.value).collect()
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the outbox");
                 Vec::new()
@@ -60,7 +136,7 @@ impl Uploader {
     }
 
     /// Runs until shutdown.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut attempt: u32 = 0;
         loop {
             if shutdown.is_cancelled() {
@@ -77,7 +153,14 @@ impl Uploader {
                 continue;
             }
             let mut work: VecDeque<Vec<Reading>> = VecDeque::from([batch]);
-            while let Some(b) = work.pop_front() {
+            while let Some(mut b) = work.pop_front() {
+                // Consent is asked again before every send (a withdrawal during a retry or a
+                // bisection takes effect before the next request).
+                let state = self.consent.refresh();
+                b.retain(|r| state.may_leave(r));
+                if b.is_empty() {
+                    continue;
+                }
                 match self.send(&b).await {
                     Step::Done => attempt = 0,
                     Step::Retry { reason, after, tls } => {
