@@ -95,7 +95,11 @@ async fn official_open_mhealth_test_data_every_valid_point_arrives_and_nothing_e
     agent.terminate();
 
     let obs = h.fhir.stored_observations();
-    assert_eq!(obs.len(), expected.len(), "one Observation per valid point reading");
+    assert_eq!(
+        obs.len(),
+        expected.len(),
+        "one Observation per valid point reading"
+    );
     for o in &obs {
         let ident = o["identifier"][0]["value"].as_str().unwrap();
         let (uuid, (value, body, schema)) = expected
@@ -111,16 +115,25 @@ async fn official_open_mhealth_test_data_every_valid_point_arrives_and_nothing_e
         assert_eq!(&got, value, "{uuid} {schema}");
         let ti = &body["effective_time_frame"]["time_interval"];
         if ti.is_null() {
-            assert!(o["effectiveDateTime"].as_str().unwrap().len() > 10, "{uuid}");
+            assert!(
+                o["effectiveDateTime"].as_str().unwrap().len() > 10,
+                "{uuid}"
+            );
         } else if ti.get("date").is_some() {
             assert_eq!(o["effectiveDateTime"], ti["date"], "{uuid}: date precision");
         } else {
-            assert!(o["effectivePeriod"]["end"].is_string(), "{uuid}: an interval is a period");
+            assert!(
+                o["effectivePeriod"]["end"].is_string(),
+                "{uuid}: an interval is a period"
+            );
             assert!(ident.contains(".."), "{ident}");
         }
         if body.get("supplemental_oxygen_flow_rate").is_some() {
             assert_eq!(o["component"][0]["code"]["coding"][0]["code"], "3151-8");
-            assert_eq!(o["component"][0]["valueQuantity"]["value"].to_string(), "2.5");
+            assert_eq!(
+                o["component"][0]["valueQuantity"]["value"].to_string(),
+                "2.5"
+            );
         }
     }
     assert_eq!(h.fhir.schema_failures(), Vec::<String>::new());
@@ -151,14 +164,25 @@ async fn a_consent_withdrawal_stops_pending_readings_without_a_restart() {
     h.wait_for_observations(1, Duration::from_secs(60)).await;
     // Server down: the next readings stay pending; then the clinic withdraws consent.
     h.fhir.stop().await;
-    h.publish(&[bp_point(2, 121, 81), weight_point(3, 7010)]).await;
+    h.publish(&[bp_point(2, 121, 81), weight_point(3, 7010)])
+        .await;
     h.wait_for_log(&agent, "reading stored", 3, Duration::from_secs(30));
     std::fs::write(&consent, format!("{}\n", PATIENT)).unwrap();
-    h.wait_for_log(&agent, "AUDIT consent withdrawn", 2, Duration::from_secs(30));
+    h.wait_for_log(
+        &agent,
+        "AUDIT consent withdrawn",
+        2,
+        Duration::from_secs(30),
+    );
     // Server back: nothing pending for that patient leaves.
     h.fhir.restart().await.unwrap();
     h.publish(&[bp_point(4, 122, 82)]).await;
-    h.wait_for_log(&agent, "AUDIT consent withdrawn", 3, Duration::from_secs(30));
+    h.wait_for_log(
+        &agent,
+        "AUDIT consent withdrawn",
+        3,
+        Duration::from_secs(30),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(h.fhir.observation_identifiers().len(), 1);
     agent.terminate();

@@ -120,7 +120,7 @@ mod tests {
         let missing = consent(&[], Some(Err(ConsentError::Unreadable("not found".into()))));
         assert!(!missing.may_leave(&r("Patient/anyone")));
         // The error never echoes the file's content (patient identifiers).
-        assert!(!bad.withdrawn_count().is_some());
+        assert!(bad.withdrawn_count().is_none());
         assert!(!format!("{bad:?}").contains("MRN without"));
     }
 

@@ -320,9 +320,10 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub fields: serde_json::Map<String, serde_json::Value>,
     /// What the source said about the measurement beyond its values: period, statistic, site,
-    /// specimen, meal, supplemental oxygen. Typed, because the uplink codes from it.
-    #[serde(default, skip_serializing_if = "MeasurementContext::is_empty")]
-    pub context: MeasurementContext,
+    /// specimen, meal, supplemental oxygen. Typed, because the uplink codes from it. Boxed: most
+    /// records have none, and a `Record` travels inside enums (`serial::Event`, `racp::Action`).
+    #[serde(default, skip_serializing_if = "MeasurementContext::is_boxed_empty")]
+    pub context: Box<MeasurementContext>,
 }
 
 /// What a source said about a measurement beyond its values (all optional). No field is
@@ -353,6 +354,11 @@ pub struct MeasurementContext {
 impl MeasurementContext {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    #[allow(clippy::borrowed_box)] // serde's skip_serializing_if hands us `&Box<Self>`
+    fn is_boxed_empty(b: &Box<Self>) -> bool {
+        b.is_empty()
     }
 }
 

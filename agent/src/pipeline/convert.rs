@@ -225,7 +225,7 @@ pub fn readings_from_record(
                 flags: record.flags.clone(),
                 source: source.clone(),
                 timing,
-                context: record.context.clone(),
+                context: (*record.context).clone(),
             }
         })
         .collect())

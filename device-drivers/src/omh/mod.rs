@@ -385,7 +385,7 @@ pub fn parse_value(v: &Value) -> Result<DataPoint, OmhError> {
             Err(e) => return Err(e),
         }
     }
-    record.context = ctx;
+    record.context = Box::new(ctx);
     Ok(DataPoint {
         source_id,
         schema: safe_name(&schema_name),
