@@ -22,7 +22,10 @@
 use std::collections::BTreeMap;
 
 use chrono::SecondsFormat;
-use device_drivers::{BodySite, Decimal, MeasurementContext, ReadingType, Specimen};
+use device_drivers::{
+    BodySite, BpStatusBit, Decimal, MeasurementContext, MeasurementStatus, ReadingType, Specimen,
+    Status, StatusClass,
+};
 use serde_json::{json, Map, Number, Value};
 
 use crate::reading::{DeviceClass, DeviceIdentifier, PatientRef, Reading, ReadingKind, Timing};
@@ -491,55 +494,44 @@ fn bp_component(c: &device_drivers::Reading) -> Result<Option<Value>, MappingErr
     })))
 }
 
-/// PoCD measurement-status code system (fhir-mapping.md §4).
-pub const MEASUREMENT_STATUS: &str = "http://hl7.org/fhir/uv/pocd/CodeSystem/measurement-status";
-/// The BP measurement status bits' code system (fhir-mapping.md §1).
-pub const ASN1_TO_HL7: &str = "http://terminology.hl7.org/CodeSystem/ASN1ToHL7";
-
-/// Device status flags that become `interpretation` (PoCD measurement-status code). Until the
-/// core status enum lands these are the decoders' flag strings (`gatt::plx`).
-fn interpretations(flags: &[String]) -> Vec<(&'static str, &'static str)> {
+/// The `interpretation` codes of a reading: every status of class
+/// [`StatusClass::Interpretation`] (the class and the PoCD code are decided in
+/// `device_drivers::status`), each once.
+fn interpretations(flags: &[Status]) -> Vec<MeasurementStatus> {
     let mut out = Vec::new();
     for f in flags {
-        let c = match f.as_str() {
-            "questionable_measurement_detected" => ("questionable", "Questionable"),
-            "calibration_ongoing" => ("calibration-ongoing", "Calibration ongoing"),
-            "early_estimated_data" => ("early-indication", "Early indication"),
-            "measurement_ongoing" => ("msmt-ongoing", "Measurement ongoing"),
-            _ => continue,
-        };
-        if !out.contains(&c) {
-            out.push(c);
+        if let StatusClass::Interpretation(m) = f.class() {
+            if !out.contains(&m) {
+                out.push(m);
+            }
         }
     }
     out
 }
 
-/// BP measurement status bits (GATT 0x2A35 status, `gatt::blood_pressure` flags) →
-/// `8410608.<bit>` components (fhir-mapping.md §1).
-const BP_STATUS_BITS: [(&str, &str, &str); 6] = [
-    ("body_movement", "8410608.0", "body-movement"),
-    ("cuff_too_loose", "8410608.1", "cuff-too-loose"),
-    ("irregular_pulse", "8410608.2", "irregular-pulse"),
-    (
-        "pulse_rate_exceeds_upper_limit",
-        "8410608.3",
-        "pulse-over-range-limit",
-    ),
-    (
-        "pulse_rate_below_lower_limit",
-        "8410608.4",
-        "pulse-under-range-limit",
-    ),
-    ("improper_position", "8410608.5", "improper-body-position"),
+/// Every BP measurement-status bit, in component order (8410608.0 to .5).
+const BP_STATUS_BITS: [BpStatusBit; 6] = [
+    BpStatusBit::BodyMovement,
+    BpStatusBit::CuffTooLoose,
+    BpStatusBit::IrregularPulse,
+    BpStatusBit::PulseOverRangeLimit,
+    BpStatusBit::PulseUnderRangeLimit,
+    BpStatusBit::ImproperBodyPosition,
 ];
+
+fn bp_bits(flags: &[Status]) -> Vec<BpStatusBit> {
+    flags
+        .iter()
+        .filter_map(|f| match f.class() {
+            StatusClass::BpMeasurementStatus(b) => Some(b),
+            _ => None,
+        })
+        .collect()
+}
 
 /// Does a BP reading carry measurement status bits (and so a 8410608 Observation)?
 pub fn has_bp_status(r: &Reading) -> bool {
-    r.kind == ReadingKind::BloodPressure
-        && r.flags
-            .iter()
-            .any(|f| BP_STATUS_BITS.iter().any(|(name, _, _)| f == name))
+    r.kind == ReadingKind::BloodPressure && !bp_bits(&r.flags).is_empty()
 }
 
 /// The identifier of a BP reading's status Observation: the BP identifier with the status
@@ -645,9 +637,13 @@ pub fn observation(
         )));
     }
     let interp = interpretations(&r.flags);
-    let preliminary = interp
-        .iter()
-        .any(|(code, _)| matches!(*code, "early-indication" | "msmt-ongoing"));
+    // fhir-mapping.md §4: `preliminary` for early estimates (and a measurement still ongoing).
+    let preliminary = interp.iter().any(|m| {
+        matches!(
+            m,
+            MeasurementStatus::EarlyIndication | MeasurementStatus::MsmtOngoing
+        )
+    });
 
     let mut obs = Map::new();
     obs.insert("resourceType".into(), json!("Observation"));
@@ -696,7 +692,7 @@ pub fn observation(
             Value::Array(
                 interp
                     .iter()
-                    .map(|(code, display)| json!({"coding": [{"system": MEASUREMENT_STATUS, "code": code, "display": display}]}))
+                    .map(|m| json!({"coding": [{"system": MeasurementStatus::SYSTEM, "code": m.code(), "display": m.display()}]}))
                     .collect(),
             ),
         );
@@ -765,12 +761,13 @@ pub fn bp_status_observation(
     effective(r, &mut obs);
     obs.insert("device".into(), json!({"reference": device_ref}));
     obs.insert("derivedFrom".into(), json!([{"reference": bp_ref}]));
+    let set = bp_bits(&r.flags);
     let comps: Vec<Value> = BP_STATUS_BITS
         .iter()
-        .map(|(flag, code, display)| {
+        .map(|bit| {
             json!({
-                "code": {"coding": [{"system": ASN1_TO_HL7, "code": code, "display": display}]},
-                "valueBoolean": r.flags.iter().any(|f| f == flag),
+                "code": {"coding": [{"system": BpStatusBit::SYSTEM, "code": bit.code(), "display": bit.display()}]},
+                "valueBoolean": set.contains(bit),
             })
         })
         .collect();

@@ -32,8 +32,8 @@ pub(crate) fn cases() -> Vec<(&'static str, Reading)> {
         1,
     );
     bp.flags = vec![
-        "irregular_pulse".into(),
-        "questionable_measurement_detected".into(),
+        device_drivers::Status::IrregularPulse,
+        device_drivers::Status::QuestionableMeasurementDetected,
     ];
     out.push(("blood_pressure", bp));
     let mut bp_day = reading(
@@ -82,7 +82,7 @@ pub(crate) fn cases() -> Vec<(&'static str, Reading)> {
         vec![(T::Spo2, dec(97, 0), "%")],
         7,
     );
-    spo2e.flags = vec!["early_estimated_data".into()];
+    spo2e.flags = vec![device_drivers::Status::EarlyEstimatedData];
     out.push(("oxygen_saturation_early_estimate", spo2e));
     out.push((
         "perfusion_index",
