@@ -33,6 +33,7 @@ pub mod status;
 
 pub use decimal::Decimal;
 pub use record::{
-    BodySite, DeviceTime, MeasurementContext, Reading, ReadingType, Record, Specimen,
+    AbsentReason, AbsentValue, BodySite, DeviceTime, MeasurementContext, Reading, ReadingType,
+    Record, Specimen,
 };
 pub use status::{BpStatusBit, MeasurementStatus, Status, StatusClass, UnknownStatus};

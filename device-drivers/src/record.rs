@@ -349,6 +349,57 @@ pub struct MeasurementContext {
     pub meal: Option<String>,
     /// Supplemental oxygen flow during an SpO2 measurement, L/min (`0` = room air).
     pub supplemental_oxygen_l_min: Option<Decimal>,
+    /// Values the device sent as an IEEE 11073 special value (NaN, NRes, +INF, -INF) instead of a
+    /// number: the type is also in [`Record::missing`] and never in [`Record::readings`]. The
+    /// uplink turns each into a `dataAbsentReason` (fhir-mapping.md §2), never into a number.
+    pub absent: Vec<AbsentValue>,
+}
+
+/// A value a device reported as "no number", with why (FHIR R4 `data-absent-reason`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AbsentValue {
+    pub kind: ReadingType,
+    /// The unit the device stated for it (the uplink needs it to pick a unit-specific code,
+    /// e.g. glucose mg/dL or mmol/L).
+    pub unit: String,
+    pub reason: AbsentReason,
+}
+
+/// Why a value is absent, as the IEEE 11073 special values say it (fhir-mapping.md §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbsentReason {
+    /// NaN `0x07FF` / `0x007FFFFF`.
+    NotANumber,
+    /// NRes `0x0800` / `0x00800000` (not at this resolution) and the reserved word `0x0801` /
+    /// `0x00800001`: the device failed to give a value.
+    Error,
+    /// +INF `0x07FE` / `0x007FFFFE`: above the measuring range.
+    PositiveInfinity,
+    /// -INF `0x0802` / `0x00800002`: below the measuring range.
+    NegativeInfinity,
+}
+
+impl AbsentReason {
+    /// The code in `http://terminology.hl7.org/CodeSystem/data-absent-reason` (FHIR R4).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NotANumber => "not-a-number",
+            Self::Error => "error",
+            Self::PositiveInfinity => "positive-infinity",
+            Self::NegativeInfinity => "negative-infinity",
+        }
+    }
+
+    /// The code's display in the R4 code system.
+    pub fn display(self) -> &'static str {
+        match self {
+            Self::NotANumber => "Not a Number (NaN)",
+            Self::Error => "Error",
+            Self::PositiveInfinity => "Positive Infinity (PINF)",
+            Self::NegativeInfinity => "Negative Infinity (NINF)",
+        }
+    }
 }
 
 impl MeasurementContext {

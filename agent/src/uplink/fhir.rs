@@ -7,6 +7,8 @@
 //!   identifier (§5.1) fixed at capture, `effectiveDateTime` with an offset, a `device`
 //!   reference to its PHD Device, and `valueQuantity` (or components for the BP panel) with the
 //!   device's exact decimal (never through `f64`: `36.50` stays `36.50`);
+//!   a value the device sent as an IEEE 11073 special value (NaN, NRes, +/-INF) is a
+//!   `dataAbsentReason` instead (§2), on the Observation or on the BP component, never a number;
 //! - every entry is `POST` with `ifNoneExist = "identifier=<system>|<value>"` built from the
 //!   same strings as the resource identifier, so a retried Bundle creates nothing twice;
 //! - one Device entry per distinct device, the gateway Device once, at most 50 entries;
@@ -23,8 +25,8 @@ use std::collections::BTreeMap;
 
 use chrono::SecondsFormat;
 use device_drivers::{
-    BodySite, BpStatusBit, Decimal, MeasurementContext, MeasurementStatus, ReadingType, Specimen,
-    Status, StatusClass,
+    AbsentReason, AbsentValue, BodySite, BpStatusBit, Decimal, MeasurementContext,
+    MeasurementStatus, ReadingType, Specimen, Status, StatusClass,
 };
 use serde_json::{json, Map, Number, Value};
 
@@ -33,6 +35,7 @@ use crate::reading::{DeviceClass, DeviceIdentifier, PatientRef, Reading, Reading
 pub const MDC: &str = "urn:iso:std:iso:11073:10101";
 pub const LOINC: &str = "http://loinc.org";
 pub const UCUM: &str = "http://unitsofmeasure.org";
+pub const DATA_ABSENT_REASON: &str = "http://terminology.hl7.org/CodeSystem/data-absent-reason";
 pub const OBS_IDENTIFIER_SYSTEM: &str =
     "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObservation";
 pub const GATEWAY_EXTENSION: &str =
@@ -466,8 +469,24 @@ fn subject(p: &PatientRef) -> Value {
     }
 }
 
-fn bp_component(c: &device_drivers::Reading) -> Result<Option<Value>, MappingError> {
-    let (mdc, disp, loinc, ldisp) = match c.kind {
+/// `dataAbsentReason` for a value the device sent as an IEEE 11073 special value
+/// (fhir-mapping.md §2; R4 code system `data-absent-reason`).
+fn data_absent_reason(reason: AbsentReason) -> Value {
+    json!({"coding": [{"system": DATA_ABSENT_REASON, "code": reason.code(), "display": reason.display()}]})
+}
+
+/// A BP component: the number in mm[Hg], or the special value as `dataAbsentReason`.
+enum BpValue<'a> {
+    Number(&'a device_drivers::Reading),
+    Absent(&'a AbsentValue),
+}
+
+fn bp_component(v: BpValue<'_>) -> Result<Option<Value>, MappingError> {
+    let kind = match v {
+        BpValue::Number(c) => c.kind,
+        BpValue::Absent(a) => a.kind,
+    };
+    let (mdc, disp, loinc, ldisp) = match kind {
         ReadingType::SystolicPressure => (
             150021,
             "MDC_PRESS_BLD_NONINV_SYS",
@@ -488,10 +507,17 @@ fn bp_component(c: &device_drivers::Reading) -> Result<Option<Value>, MappingErr
         ),
         _ => return Ok(None),
     };
-    Ok(Some(json!({
-        "code": {"coding": [mdc_coding(mdc, disp), {"system": LOINC, "code": loinc, "display": ldisp}]},
-        "valueQuantity": quantity(to_mmhg(c.value, &c.unit)?, "mm[Hg]"),
-    })))
+    let code = json!({"coding": [mdc_coding(mdc, disp), {"system": LOINC, "code": loinc, "display": ldisp}]});
+    Ok(Some(match v {
+        BpValue::Number(c) => json!({
+            "code": code,
+            "valueQuantity": quantity(to_mmhg(c.value, &c.unit)?, "mm[Hg]"),
+        }),
+        BpValue::Absent(a) => json!({
+            "code": code,
+            "dataAbsentReason": data_absent_reason(a.reason),
+        }),
+    }))
 }
 
 /// The `interpretation` codes of a reading: every status of class
@@ -618,7 +644,12 @@ pub fn observation(
     device_ref: &str,
     gateway_ref: &str,
 ) -> Result<Value, MappingError> {
-    let unit = r.components.first().map_or("", |c| c.unit.as_str());
+    let unit = r
+        .components
+        .first()
+        .map(|c| c.unit.as_str())
+        .or_else(|| r.context.absent.first().map(|a| a.unit.as_str()))
+        .unwrap_or("");
     let c = code(r.kind, &r.context, unit);
     if c.mdc.is_none() && c.loinc.is_none() {
         return Err(MappingError::NoCode(r.kind.as_str()));
@@ -667,24 +698,38 @@ pub fn observation(
     obs.insert("device".into(), json!({"reference": device_ref}));
 
     if r.kind == ReadingKind::BloodPressure {
+        // Systolic, diastolic, mean, in that order; each a number or a dataAbsentReason.
         let mut comps = Vec::new();
-        for comp in &r.components {
-            if let Some(v) = bp_component(comp)? {
+        for t in [
+            ReadingType::SystolicPressure,
+            ReadingType::DiastolicPressure,
+            ReadingType::MeanArterialPressure,
+        ] {
+            let v = match (
+                r.component(t),
+                r.context.absent.iter().find(|a| a.kind == t),
+            ) {
+                (Some(c), _) => BpValue::Number(c),
+                (None, Some(a)) => BpValue::Absent(a),
+                (None, None) if t == ReadingType::MeanArterialPressure => continue,
+                (None, None) => return Err(MappingError::MissingComponent("blood pressure")),
+            };
+            if let Some(v) = bp_component(v)? {
                 comps.push(v);
             }
         }
-        if r.component(ReadingType::SystolicPressure).is_none()
-            || r.component(ReadingType::DiastolicPressure).is_none()
-        {
-            return Err(MappingError::MissingComponent("blood pressure"));
-        }
         obs.insert("component".into(), Value::Array(comps));
     } else {
-        let comp = r
-            .components
-            .first()
-            .ok_or(MappingError::MissingComponent(c.text))?;
-        obs.insert("valueQuantity".into(), quantity(comp.value, &comp.unit));
+        match (r.components.first(), r.context.absent.first()) {
+            (Some(comp), _) => {
+                obs.insert("valueQuantity".into(), quantity(comp.value, &comp.unit));
+            }
+            // The device sent NaN, NRes or +/-INF: no value, the reason instead; never a number.
+            (None, Some(a)) => {
+                obs.insert("dataAbsentReason".into(), data_absent_reason(a.reason));
+            }
+            (None, None) => return Err(MappingError::MissingComponent(c.text)),
+        }
     }
     if !interp.is_empty() {
         obs.insert(

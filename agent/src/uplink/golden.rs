@@ -7,7 +7,7 @@
 //! vitalgate --lib golden`, then review the diff.
 
 use chrono::{FixedOffset, TimeZone};
-use device_drivers::{BodySite, Decimal, ReadingType, Specimen};
+use device_drivers::{AbsentReason, AbsentValue, BodySite, Decimal, ReadingType, Specimen};
 use serde_json::Value;
 
 use super::fhir::tests::reading;
@@ -153,6 +153,37 @@ pub(crate) fn cases() -> Vec<(&'static str, Reading)> {
     );
     gi.context.specimen = Some(Specimen::InterstitialFluid);
     out.push(("blood_glucose_interstitial_fluid", gi));
+    // IEEE 11073 special values (fhir-mapping.md §2): `dataAbsentReason`, never a number.
+    let absent = |kind, unit: &str, reason| AbsentValue {
+        kind,
+        unit: unit.into(),
+        reason,
+    };
+    let mut bp_nan = reading(
+        ReadingKind::BloodPressure,
+        vec![
+            (T::SystolicPressure, dec(128, 0), "mm[Hg]"),
+            (T::DiastolicPressure, dec(82, 0), "mm[Hg]"),
+        ],
+        18,
+    );
+    bp_nan.context.absent = vec![absent(
+        T::MeanArterialPressure,
+        "mm[Hg]",
+        AbsentReason::NotANumber,
+    )];
+    out.push(("blood_pressure_mean_not_a_number", bp_nan));
+    let mut t_inf = reading(ReadingKind::BodyTemperature, vec![], 19);
+    t_inf.context.absent = vec![absent(
+        T::BodyTemperature,
+        "Cel",
+        AbsentReason::PositiveInfinity,
+    )];
+    out.push(("body_temperature_above_range", t_inf));
+    let mut g_nres = reading(ReadingKind::BloodGlucose, vec![], 20);
+    g_nres.context.specimen = Some(Specimen::CapillaryPlasma);
+    g_nres.context.absent = vec![absent(T::BloodGlucose, "mmol/L", AbsentReason::Error)];
+    out.push(("blood_glucose_nres_mmol", g_nres));
     out.push((
         "respiratory_rate",
         reading(
