@@ -266,6 +266,7 @@ impl App {
             },
             wake: Arc::clone(&wake),
             seed: rand::random(),
+            consent: crate::uploader::ConsentSource::new(&cfg.consent),
         };
         spawn("uploader", true, Box::pin(uploader.run(shutdown.clone())));
         if let Some((m, subs)) = mqtt {

@@ -269,6 +269,19 @@ fn status(path: &Path) -> ExitCode {
                 "pending={} dead_letters={} quarantined={} acked_tombstones={}",
                 s.pending, s.dead, s.quarantined, s.acked_tombstones
             );
+            // Consent: how many patients are withdrawn, how many pending readings are held.
+            let mut src = crate::uploader::ConsentSource::new(&cfg.consent);
+            let state = src.refresh().clone();
+            let held = store
+                .pending_where::<crate::reading::Reading>(usize::MAX, |r| !state.may_leave(r))
+                .map(|(v, _)| v.len());
+            match (state.withdrawn_count(), held) {
+                (Some(n), Ok(h)) => println!("consent: withdrawn_patients={n} held_readings={h}"),
+                (None, Ok(h)) => println!(
+                    "consent: UNKNOWN (consent file unusable: uploads paused) held_readings={h}"
+                ),
+                (_, Err(e)) => eprintln!("vitalgate status: {e}"),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

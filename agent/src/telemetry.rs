@@ -98,6 +98,8 @@ counters!(
     serial_store_refusals,
     serial_readings_dropped,
     tasks_failed,
+    consent_withheld,
+    consent_source_errors,
 );
 
 fn bump(c: &AtomicU64) {
@@ -203,6 +205,35 @@ impl ReadingStored<'_> {
             "reading stored"
         );
         notify(|| AgentEvent::Stored(Box::new(self.reading.clone())));
+    }
+}
+
+/// Audit: a pending reading is held back because its patient's consent is withdrawn (once per
+/// reading per process). No patient identifier: the reading's short id only.
+pub struct ConsentWithheld<'a> {
+    /// The reading's short id.
+    pub reading: &'a str,
+    pub device: &'a str,
+}
+impl ConsentWithheld<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.consent_withheld);
+        tracing::warn!(
+            reading = %self.reading,
+            device = %self.device,
+            "AUDIT consent withdrawn: reading held, not uploaded"
+        );
+    }
+}
+
+/// The consent file is missing, unreadable or malformed: nothing is uploaded (fail closed).
+pub struct ConsentSourceError<'a> {
+    pub error: &'a crate::consent::ConsentError,
+}
+impl ConsentSourceError<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.consent_source_errors);
+        tracing::error!(error = %self.error, "consent file unusable: uploads paused until it is fixed");
     }
 }
 

@@ -84,6 +84,15 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     pub devices: Vec<DeviceConfig>,
     pub simulators: Vec<SimulatorConfig>,
+    pub consent: ConsentConfig,
+}
+
+/// `[consent]`: patients whose consent is withdrawn (see [`crate::consent`]).
+#[derive(Debug, Clone, Default)]
+pub struct ConsentConfig {
+    pub withdrawn: Vec<PatientRef>,
+    /// A clinic-written file of withdrawn patients, re-read on change.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -18,6 +18,15 @@ pub(super) struct RawConfig {
     pub(super) devices: Vec<RawDevice>,
     #[serde(default)]
     pub(super) simulators: Vec<RawSimulator>,
+    pub(super) consent: Option<RawConsent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsent {
+    #[serde(default)]
+    pub(super) withdrawn: Vec<Spanned<String>>,
+    pub(super) file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

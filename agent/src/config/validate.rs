@@ -160,6 +160,19 @@ impl Validator<'_> {
             }
             simulators.push(sim);
         }
+        let mut consent = super::ConsentConfig::default();
+        if let Some(c) = raw.consent {
+            for (i, w) in c.withdrawn.iter().enumerate() {
+                let p = w
+                    .get_ref()
+                    .parse::<PatientRef>()
+                    .map_err(|e| self.err(w.span(), format!("consent.withdrawn[{i}]: {e}")))?;
+                consent.withdrawn.push(p);
+            }
+            if let Some(f) = &c.file {
+                consent.file = Some(self.path_value(f, "consent.file")?);
+            }
+        }
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway,
@@ -168,6 +181,7 @@ impl Validator<'_> {
             mqtt,
             devices,
             simulators,
+            consent,
         })
     }
 

@@ -86,6 +86,16 @@ impl DeviceContext {
             model: record.device_model.clone(),
             serial: record.device_id.clone(),
             firmware: None,
+            system_id: match &self.identifier {
+                DeviceIdentifier::Eui64(v) => Some(v.clone()),
+                _ => None,
+            },
+            bluetooth_address: match &self.identifier {
+                DeviceIdentifier::Bluetooth(v) => Some(v.clone()),
+                _ => None,
+            },
+            hardware: None,
+            software: None,
         }
     }
 }

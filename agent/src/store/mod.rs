@@ -1,6 +1,6 @@
 //! The encrypted outbox: readings wait here, sealed, until the FHIR server has them.
 //!
-//! # On-disk format (store format version 2)
+//! # On-disk format (store format version 3; 3 added `Reading::timing`, `Reading::context` and the PHD device fields)
 //!
 //! A store is one directory (mode 0700) holding a sled 0.34.7 database (`<dir>/db` is the data
 //! file, `<dir>/conf` sled's parameters, `<dir>/snap.*` its snapshots, `<dir>/blobs/` values too
@@ -105,7 +105,7 @@ pub use outbox::{
 use std::path::PathBuf;
 
 /// The store format version written to `meta/format`.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Everything that can go wrong in the store. Carries paths, tree names, sequence numbers and
 /// sizes; never record content.

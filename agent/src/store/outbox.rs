@@ -596,6 +596,38 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Like [`Outbox::pending`], but only records `keep` accepts count towards `limit` and are
+    /// returned (the uploader skips readings held back for consent without stalling behind
+    /// them). Also returns how many pending records `keep` refused.
+    pub fn pending_where<T: DeserializeOwned>(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&T) -> bool,
+    ) -> Result<(Vec<PendingRecord<T>>, usize), StoreError> {
+        let mut out = Vec::new();
+        let mut refused = 0;
+        if limit == 0 {
+            return Ok((out, refused));
+        }
+        for item in self.pending.iter() {
+            let (key, raw) = item?;
+            match self.decode_pending::<T>(&key, &raw) {
+                Ok(record) => {
+                    if !keep(&record.value) {
+                        refused += 1;
+                        continue;
+                    }
+                    out.push(record);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                Err(reason) => self.quarantine_record(TREE_PENDING, &key, &raw, reason)?,
+            }
+        }
+        Ok((out, refused))
+    }
+
     /// Removes uploaded records (server 2xx and per-entry success) and remembers their ids as
     /// tombstones. Ids that are not pending (already acked, or unknown) are ignored. Returns how
     /// many records were removed; on `Ok` the removal is durable.

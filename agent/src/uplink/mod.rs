@@ -23,3 +23,6 @@ pub mod fhir;
 pub mod limits;
 pub mod outcome;
 pub mod scheduler;
+
+#[cfg(test)]
+mod golden;
