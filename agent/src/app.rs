@@ -109,6 +109,7 @@ pub struct App {
     devices: DeviceTable,
     client: UplinkClient,
     mqtt: Option<(MqttConfig, Vec<Subscription>)>,
+    ble: Option<sources::ble::BleSource>,
     store: Arc<Outbox>,
     /// The app's own sender: the pipeline's input stays open until shutdown even when every
     /// source has finished (a simulator with a `count`).
@@ -151,12 +152,20 @@ impl App {
             _ => None,
         };
         let store = Arc::new(open_store(&cfg)?);
+        let ble = if devices.ble.is_empty() {
+            None
+        } else {
+            // The BLE high-water marks are sealed with the store key (see sources::ble::cursor).
+            let key = StoreKey::load(&cfg.store.key_file).map_err(StartError::Key)?;
+            Some(sources::ble::BleSource::new(&cfg, &devices.ble, key))
+        };
         let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_CHANNEL);
         Ok(App {
             cfg,
             devices,
             client,
             mqtt,
+            ble,
             store,
             ingest_tx,
             ingest_rx,
@@ -194,6 +203,7 @@ impl App {
             devices,
             client,
             mqtt,
+            ble,
             store,
             ingest_tx,
             ingest_rx,
@@ -201,8 +211,8 @@ impl App {
         if cfg.uplink.allow_insecure_http && cfg.uplink.fhir_base.scheme() == "http" {
             tracing::warn!("INSECURE: uplink.allow_insecure_http is set and fhir_base is http://; readings (PHI) travel unencrypted. Never use this outside a lab.");
         }
-        for d in devices.ble.iter().chain(&devices.serial) {
-            tracing::warn!(device = %d.name, "BLE and serial transports are not available in this version; device ignored");
+        for d in &devices.serial {
+            tracing::warn!(device = %d.name, "the serial transport is not available in this version; device ignored");
         }
 
         let wake = Arc::new(Notify::new());
@@ -234,6 +244,18 @@ impl App {
                 Box::pin(async move {
                     if let Err(e) = sources::mqtt::run(m, subs, tx, stop).await {
                         tracing::error!(error = %e, "MQTT source stopped");
+                    }
+                }),
+            );
+        }
+        if let Some(src) = ble {
+            let (tx, stop) = (ingest_tx.clone(), shutdown.clone());
+            spawn(
+                "ble source",
+                true,
+                Box::pin(async move {
+                    if let Err(e) = sources::ble::run(src, tx, stop).await {
+                        tracing::error!(error = %e, "BLE source stopped");
                     }
                 }),
             );
@@ -325,6 +347,14 @@ impl App {
             .filter(|(_, v)| *v > 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        if let Some((n, p50, p99)) = telemetry::ble_latency_summary() {
+            tracing::info!(
+                records = n,
+                p50_us = p50,
+                p99_us = p99,
+                "BLE notification-to-durable latency"
+            );
+        }
         tracing::info!(pending = stats.pending, dead_letters = stats.dead, counters = %counters.join(" "), "stopped");
         match failure {
             Some(e) => Err(e),

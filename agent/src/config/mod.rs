@@ -24,9 +24,11 @@ use chrono::FixedOffset;
 
 use crate::reading::PatientRef;
 
+pub mod ble;
 mod raw;
 mod validate;
 
+pub use ble::{BleConfig, BleDeviceConfig, BleProfile, DisIdentity};
 pub use validate::{filters_overlap, parse_utc_offset, BLE_PROFILES};
 
 /// The default config path.
@@ -80,6 +82,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub uplink: UplinkConfig,
     pub mqtt: Option<MqttConfig>,
+    /// The `[ble]` section (defaults when absent).
+    pub ble: BleConfig,
     pub devices: Vec<DeviceConfig>,
     pub simulators: Vec<SimulatorConfig>,
 }
@@ -142,8 +146,8 @@ pub struct DeviceConfig {
 pub enum DeviceKind {
     /// A hub publishing Open mHealth data points on `topic`.
     Mqtt { topic: String },
-    /// A BLE device (transport in a later release).
-    Ble { address: String, profile: String },
+    /// A BLE device.
+    Ble(BleDeviceConfig),
     /// A serial device (transport in a later release).
     Serial { port: String, protocol: String },
 }
@@ -301,13 +305,15 @@ client_key = "tls/gw.key"
             Attribution::PerUser(m) => assert_eq!(m.len(), 2),
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            c.devices[0].kind,
-            DeviceKind::Ble {
-                address: "00:09:1F:AA:BB:CC".into(),
-                profile: "blood-pressure".into()
+        match &c.devices[0].kind {
+            DeviceKind::Ble(b) => {
+                assert_eq!(b.address.as_deref(), Some("00:09:1F:AA:BB:CC"));
+                assert_eq!(b.profiles, vec![BleProfile::BloodPressure]);
+                assert!(!b.pair_if_bond_lost && !b.delete_after_download);
+                assert_eq!(b.clock_set_threshold, Some(Duration::from_secs(2)));
             }
-        );
+            other => panic!("{other:?}"),
+        }
         let bad = text.replace("2 = ", "255 = ");
         assert!(load(&bad).unwrap_err().message.contains("255"));
     }

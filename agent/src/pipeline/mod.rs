@@ -11,6 +11,6 @@ pub mod convert;
 pub mod devices;
 pub mod task;
 
-pub use convert::{readings_from_record, CaptureClock, Rejection};
-pub use devices::{DeviceContext, DeviceTable};
+pub use convert::{readings_from_record, CaptureClock, DeviceClockReading, Rejection};
+pub use devices::{DeviceContext, DeviceTable, ReportedInfo};
 pub use task::{run, Ingest, Outcome, MAX_BATCH};

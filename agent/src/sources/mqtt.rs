@@ -212,6 +212,7 @@ async fn handle_publish(
                 clock: CaptureClock {
                     utc_offset_minutes: dp.utc_offset_minutes,
                     fraction: dp.time_fraction,
+                    ..CaptureClock::default()
                 },
                 received_at,
                 done: Some(done_tx),
