@@ -183,3 +183,216 @@ async fn a_cuff_with_three_stored_records_and_a_clock_two_years_off_is_corrected
     assert!(log.contains("ble_records_already_ingested=3"), "{log}");
     assert!(!log.contains("MRN-0001"), "patient identifier in the log");
 }
+
+const SCALE: &str = "00:09:1F:00:00:02";
+const THERMO: &str = "00:09:1F:00:00:03";
+const METER: &str = "00:09:1F:00:00:04";
+
+fn dis(serial: &str) -> Value {
+    json!({"manufacturer": "Example Medical", "model": "EM-1", "serial": serial, "firmware": "1.0"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_attributes_two_users_to_their_patients_and_holds_the_unmapped_third() {
+    let now = Dt::now_utc();
+    let stored = vec![
+        weight(72_350, now.plus(-300), 1),
+        weight(58_100, now.plus(-200), 2),
+        weight(90_000, now.plus(-100), 3),
+    ];
+    let t = BleTest::new(
+        json!({"devices": [{"address": SCALE, "profile": "weight-scale", "advertise_ms": 300,
+                            "stored": stored, "dis": dis("SC-1")}]}),
+        &device(
+            "scale",
+            SCALE,
+            "weight-scale",
+            "patients = { 1 = \"Patient/alice\", 2 = \"Patient/bob\" }",
+        ),
+    )
+    .await;
+    let mut agent = t.agent();
+    t.wait_obs(&agent, 2, 60).await;
+    agent.wait_log(
+        "record not turned into readings",
+        1,
+        Duration::from_secs(20),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let obs = t.observations();
+    assert_eq!(obs.len(), 2, "the third user's weight must not be uploaded");
+    let mut who: Vec<(String, String)> = obs
+        .iter()
+        .map(|o| (subject(o), o["valueQuantity"]["value"].to_string()))
+        .collect();
+    who.sort();
+    assert_eq!(
+        who,
+        vec![
+            ("Patient/alice".to_string(), "72.350".to_string()),
+            ("Patient/bob".to_string(), "58.100".to_string())
+        ]
+    );
+    t.assert_clean();
+    agent.terminate();
+    // The unmapped user's reading is held for a technician, reported, never uploaded.
+    let status = t.h.vitalgate(&["status"]);
+    assert!(status.contains("dead_letters=1"), "{status}");
+    let dead = t.h.vitalgate(&["dead-letters"]);
+    assert!(dead.contains("not mapped"), "{dead}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thermometer_whose_first_connect_fails_is_retried_and_delivers() {
+    let now = Dt::now_utc();
+    let t = BleTest::new(
+        json!({"devices": [{"address": THERMO, "profile": "thermometer", "advertise_ms": 300,
+                            "connect_failures": 1, "stored": [temperature(3760, now.plus(-60))],
+                            "dis": dis("TH-1")}]}),
+        &device("thermo", THERMO, "thermometer", &patient(PATIENT)),
+    )
+    .await;
+    let mut agent = t.agent();
+    t.wait_obs(&agent, 1, 60).await;
+    assert_eq!(t.emu.count(|e| e["ev"] == "connect_failed"), 1);
+    let o = &t.observations()[0];
+    assert_eq!(o["valueQuantity"]["value"].to_string(), "37.60");
+    assert!(agent.stderr().contains("BLE session failed"));
+    t.assert_clean();
+    agent.terminate();
+}
+
+/// 500 stored glucose records; the meter drops the link after 200. The download resumes from
+/// the last durable sequence number, nothing is lost or uploaded twice, and the meter is told
+/// to delete only after every record is durable: the agent is killed (SIGKILL) the moment the
+/// delete arrives, and every reading must still reach the server after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glucose_download_interrupted_midway_resumes_loses_nothing_and_deletes_only_durable_records(
+) {
+    let now = Dt::now_utc();
+    let records: Vec<Value> = (1..=500u16)
+        .map(|seq| {
+            json!([
+                seq,
+                glucose(
+                    seq,
+                    now.plus(-60 * (501 - i64::from(seq))),
+                    80 + (seq % 50) as i16
+                )
+            ])
+        })
+        .collect();
+    let t = BleTest::new(
+        json!({"devices": [{"address": METER, "profile": "glucose", "advertise_ms": 300,
+                            "racp_records": records, "disconnect_after_records": 200,
+                            "record_interval_ms": 1, "dis": dis("GL-1")}]}),
+        &(device("meter", METER, "glucose", &patient(PATIENT)) + "delete_after_download = true\n"),
+    )
+    .await;
+    let mut agent = t.agent();
+    let del = t
+        .emu
+        .wait_event(|e| e["ev"] == "racp_delete", Duration::from_secs(120));
+    agent.kill(); // at the worst moment: whatever was acknowledged must be durable
+    let reports: Vec<Value> = t
+        .emu
+        .events()
+        .into_iter()
+        .filter(|e| e["ev"] == "racp_report")
+        .collect();
+    assert!(reports.len() >= 2, "{reports:?}");
+    assert_eq!(
+        reports[0]["start"],
+        Value::Null,
+        "first download asks for all records"
+    );
+    let resumed = reports.last().unwrap()["start"].as_u64().unwrap();
+    assert!(
+        resumed > 1 && resumed <= 201,
+        "resumed from the last durable record + 1: {resumed}"
+    );
+    assert_eq!(del["first"].as_u64(), Some(resumed));
+    assert_eq!(del["last"].as_u64(), Some(500));
+    let agent = t.agent();
+    t.wait_obs(&agent, 500, 180).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(t.observations().len(), 500);
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_needs_pairing_is_paired_by_the_technician_and_re_paired_when_the_bond_is_lost(
+) {
+    let now = Dt::now_utc();
+    let t = BleTest::new(
+        json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 300,
+                            "requires_bond": true, "pairing": "just_works",
+                            "stored": [bp(131, 85, 100, 70, now.plus(-120), None)], "dis": dis("BP-9")}]}),
+        &(device("cuff", CUFF, "blood-pressure", &patient(PATIENT)) + "pair_if_bond_lost = true\n"),
+    )
+    .await;
+    // The technician's one-time step.
+    let out = common::vitalgate()
+        .args(["pair", CUFF, "--seconds", "20"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &t.bus.address)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("[[devices]]")
+            && stdout.contains(CUFF)
+            && stdout.contains("blood-pressure"),
+        "{stdout}"
+    );
+    t.emu.wait_event(
+        |e| e["ev"] == "trusted" && e["value"] == true,
+        Duration::from_secs(5),
+    );
+    let mut agent = t.agent();
+    t.wait_obs(&agent, 2, 60).await;
+    // The bond is lost (cuff reset); the daemon re-pairs by itself and the next reading arrives.
+    t.emu.wait_count(|e| e["ev"] == "disconnected", 1, Duration::from_secs(30));
+    t.emu.cmd(json!({"cmd": "forget_bond", "address": CUFF}));
+    t.emu
+        .cmd(json!({"cmd": "measure", "address": CUFF, "store": true,
+                     "payload": bp(128, 82, 97, 66, Dt::now_utc(), None)}));
+    t.wait_obs(&agent, 4, 60).await;
+    assert_eq!(t.emu.count(|e| e["ev"] == "paired"), 2);
+    assert!(agent.stderr().contains("re-paired"));
+    t.assert_clean();
+    agent.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_disconnects_in_the_middle_of_notifications_lose_and_duplicate_nothing() {
+    let t = BleTest::new(
+        json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 50,
+                            "stored_interval_ms": 2, "dis": dis("BP-2")}]}),
+        &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
+    )
+    .await;
+    let mut agent = t.agent();
+    let start = Dt::now_utc().plus(-3600);
+    for i in 0..100i64 {
+        let n = t.emu.count(|e| e["ev"] == "subscribed");
+        t.emu.wait_count(
+            |e| e["ev"] == "subscribed",
+            n.max(1),
+            Duration::from_secs(30),
+        );
+        // A new reading (kept in the cuff's memory until confirmed), then the link drops
+        // while it and the replayed ones are in flight.
+        t.emu.cmd(json!({"cmd": "measure", "address": CUFF, "store": true,
+                         "payload": bp(110 + (i % 40) as i16, 70, 85, 60, start.plus(i * 10), None)}));
+        t.emu.cmd(json!({"cmd": "disconnect", "address": CUFF}));
+        t.emu
+            .wait_count(|e| e["ev"] == "subscribed", n + 1, Duration::from_secs(30));
+    }
+    t.wait_obs(&agent, 200, 120).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(t.observations().len(), 200);
+    t.assert_clean();
+    agent.terminate();
+    assert!(t.emu.count(|e| e["ev"] == "disconnected") >= 100);
+}

@@ -522,7 +522,7 @@ class Device(PropObject):
                 state["i"] += 1
                 return True
 
-            self.stored_timer = GLib.timeout_add(20, step)
+            self.stored_timer = GLib.timeout_add(int(self.spec.get("stored_interval_ms", 20)), step)
 
     def cancel_timers(self):
         for t in (self.racp_timer, self.stored_timer):
@@ -802,11 +802,12 @@ class Emulator:
         elif cmd == "measure":
             d = self.dev(c)
             ch = d.chars.get(c.get("char", MEASUREMENT.get(d.profile, "")))
-            if not (d.connected and ch is not None and ch.notify(bytes.fromhex(c["payload"]))):
+            sent = d.connected and ch is not None and ch.notify(bytes.fromhex(c["payload"]))
+            # "store": the device also keeps it in memory (replayed on every connection), as
+            # an indication whose confirmation may never come.
+            if not sent or c.get("store"):
                 d.stored.append(c["payload"])
-                emit("stored", address=d.address, count=len(d.stored))
-            else:
-                emit("notified", address=d.address)
+            emit("notified" if sent else "stored", address=d.address, count=len(d.stored))
         elif cmd == "set_stored":
             self.dev(c).stored = list(c["stored"])
         elif cmd == "set":

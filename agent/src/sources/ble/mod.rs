@@ -314,7 +314,7 @@ impl Epoch<'_> {
         tracing::info!(adapter = adapter_name, "BLE scanning");
 
         let started = Instant::now();
-        let mut sessions: JoinSet<(usize, Result<(), BleError>)> = JoinSet::new();
+        let mut sessions: JoinSet<(usize, Result<session::SessionEnd, BleError>)> = JoinSet::new();
         let mut last_event = Instant::now();
         let mut watchdog = Watchdog::Quiet;
         let mut tick = tokio::time::interval(
@@ -463,7 +463,7 @@ impl Epoch<'_> {
         adapter: &Adapter,
         id: PeripheralId,
         slots: &mut [Slot],
-        sessions: &mut JoinSet<(usize, Result<(), BleError>)>,
+        sessions: &mut JoinSet<(usize, Result<session::SessionEnd, BleError>)>,
         stop: &CancellationToken,
     ) {
         let Some(address) = address_of(&id) else {
@@ -506,7 +506,7 @@ impl Epoch<'_> {
 
     fn on_session_end(
         &self,
-        done: Result<(usize, Result<(), BleError>), tokio::task::JoinError>,
+        done: Result<(usize, Result<session::SessionEnd, BleError>), tokio::task::JoinError>,
         slots: &mut [Slot],
     ) {
         let (i, result) = match done {
@@ -525,11 +525,16 @@ impl Epoch<'_> {
         slot.peripheral = None;
         let max = self.shared.cfg.reconnect_backoff_max;
         match result {
-            Ok(()) => {
+            Ok(end) => {
                 slot.failures = 0;
-                // A device we just finished with is left alone for a while even if it keeps
-                // advertising (some do, all the time): nothing new is likely that soon.
-                slot.not_before = Instant::now() + self.shared.cfg.idle_disconnect;
+                // A device we disconnected for idleness is left alone for a while even if it
+                // keeps advertising (some do, all the time): nothing new is likely that soon.
+                // One that dropped the link itself may have more to send.
+                slot.not_before = Instant::now()
+                    + match end {
+                        session::SessionEnd::Idle => self.shared.cfg.idle_disconnect,
+                        _ => Duration::from_millis(100),
+                    };
                 telemetry::BleDisconnected { device: &dev.name }.emit();
             }
             Err(e) => {

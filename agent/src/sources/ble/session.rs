@@ -61,6 +61,17 @@ pub struct DeviceEntry {
     pub base: Arc<DeviceContext>,
 }
 
+/// How a session ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// We disconnected an idle device.
+    Idle,
+    /// The device (or the link) disconnected.
+    DeviceDisconnected,
+    /// Shutdown or adapter recovery.
+    Stopped,
+}
+
 /// One record handed to the pipeline, waiting for its answer.
 struct Pending {
     answer: oneshot::Receiver<Outcome>,
@@ -92,7 +103,7 @@ pub async fn run(
     address: String,
     disconnected: CancellationToken,
     stop: CancellationToken,
-) -> Result<(), BleError> {
+) -> Result<SessionEnd, BleError> {
     let cfg = &shared.cfg;
     let connected = with_timeout("connect", cfg.connect_timeout, peripheral.connect()).await;
     if let Err(e) = connected {
@@ -104,7 +115,7 @@ pub async fn run(
     let mut s = Session::new(&shared, &dev, &peripheral, address);
     let result = tokio::select! {
         r = s.drive(&disconnected) => r,
-        _ = stop.cancelled() => Ok(()),
+        _ = stop.cancelled() => Ok(SessionEnd::Stopped),
     };
     s.finish().await;
     if !disconnected.is_cancelled() {
@@ -168,7 +179,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn drive(&mut self, disconnected: &CancellationToken) -> Result<(), BleError> {
+    async fn drive(&mut self, disconnected: &CancellationToken) -> Result<SessionEnd, BleError> {
         let op = self.shared.cfg.operation_timeout;
         with_timeout("discover services", op, self.p.discover_services()).await?;
         for c in self.p.characteristics() {
@@ -186,7 +197,7 @@ impl<'a> Session<'a> {
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
-                _ = disconnected.cancelled() => return Ok(()),
+                _ = disconnected.cancelled() => return Ok(SessionEnd::DeviceDisconnected),
                 n = notes.next() => match n {
                     None => return Err(BleError::Disconnected),
                     Some(v) => {
@@ -197,7 +208,7 @@ impl<'a> Session<'a> {
                 r = front(&mut self.pending) => self.on_answer(r).await?,
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     if self.on_deadline().await? {
-                        return Ok(());
+                        return Ok(SessionEnd::Idle);
                     }
                 }
             }
