@@ -352,7 +352,8 @@ async fn a_device_that_needs_pairing_is_paired_by_the_technician_and_re_paired_w
     let mut agent = t.agent();
     t.wait_obs(&agent, 2, 60).await;
     // The bond is lost (cuff reset); the daemon re-pairs by itself and the next reading arrives.
-    t.emu.wait_count(|e| e["ev"] == "disconnected", 1, Duration::from_secs(30));
+    t.emu
+        .wait_count(|e| e["ev"] == "disconnected", 1, Duration::from_secs(30));
     t.emu.cmd(json!({"cmd": "forget_bond", "address": CUFF}));
     t.emu
         .cmd(json!({"cmd": "measure", "address": CUFF, "store": true,
@@ -395,4 +396,172 @@ async fn a_hundred_disconnects_in_the_middle_of_notifications_lose_and_duplicate
     t.assert_clean();
     agent.terminate();
     assert!(t.emu.count(|e| e["ev"] == "disconnected") >= 100);
+}
+
+/// A cuff that measures: stored, then advertised, then delivered.
+fn measure(t: &BleTest, address: &str, i: i64) {
+    t.emu.cmd(json!({"cmd": "measure", "address": address, "store": true,
+                     "payload": bp(115 + i as i16, 75, 88, 62, Dt::now_utc().plus(-600 + i), None)}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bluez_restarting_is_survived() {
+    let t = BleTest::new(
+        json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 200, "dis": dis("BP-3")}]}),
+        &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
+    )
+    .await;
+    let mut agent = t.agent();
+    measure(&t, CUFF, 1);
+    t.wait_obs(&agent, 2, 60).await;
+    let scans = t.emu.count(|e| e["ev"] == "discovery" && e["on"] == true);
+    t.emu.cmd(json!({"cmd": "restart_bluez", "down_ms": 500}));
+    t.emu.wait_event(
+        |e| e["ev"] == "bluez_up" && e["unique"] != json!(":1.1"),
+        Duration::from_secs(10),
+    );
+    // The agent notices the new owner of org.bluez, starts over, and scans again.
+    t.emu.wait_count(
+        |e| e["ev"] == "discovery" && e["on"] == true,
+        scans + 1,
+        Duration::from_secs(60),
+    );
+    measure(&t, CUFF, 2);
+    t.wait_obs(&agent, 4, 60).await;
+    assert!(
+        agent.stderr().contains("BlueZ"),
+        "one recovery line naming BlueZ"
+    );
+    t.assert_clean();
+    let status = agent.terminate();
+    assert!(
+        status.success(),
+        "the daemon kept running and stopped cleanly: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_that_powers_off_is_powered_on_again_and_scanning_resumes() {
+    let t = BleTest::new(
+        json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 200, "dis": dis("BP-4")}]}),
+        &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
+    )
+    .await;
+    let mut agent = t.agent();
+    let scans = t.emu.count(|e| e["ev"] == "discovery" && e["on"] == true);
+    t.emu.cmd(json!({"cmd": "power", "on": false}));
+    // The agent powers the adapter back on over D-Bus and restarts discovery.
+    t.emu.wait_event(
+        |e| e["ev"] == "powered" && e["on"] == true,
+        Duration::from_secs(30),
+    );
+    t.emu.wait_count(
+        |e| e["ev"] == "discovery" && e["on"] == true,
+        scans + 1,
+        Duration::from_secs(30),
+    );
+    measure(&t, CUFF, 1);
+    t.wait_obs(&agent, 2, 60).await;
+    let log = agent.stderr();
+    assert!(log.contains("adapter powered off"), "{log}");
+    t.assert_clean();
+    agent.terminate();
+    assert!(agent.stderr().contains("ble_recoveries="));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_answers_connect_is_timed_out_disconnected_and_does_not_block_others() {
+    let now = Dt::now_utc();
+    let t = BleTest::new(
+        json!({"devices": [
+            {"address": CUFF, "profile": "blood-pressure", "advertise_ms": 200, "connect_hang": true,
+             "stored": [bp(140, 90, 107, 75, now.plus(-60), None)], "dis": dis("BP-5")},
+            {"address": THERMO, "profile": "thermometer", "advertise_ms": 200,
+             "stored": [temperature(3712, now.plus(-30))], "dis": dis("TH-5")}
+        ]}),
+        &(device("cuff", CUFF, "blood-pressure", &patient(PATIENT))
+            + &device("thermo", THERMO, "thermometer", &patient(PATIENT))),
+    )
+    .await;
+    let mut agent = t.agent();
+    // The thermometer delivers while the cuff hangs.
+    t.wait_obs(&agent, 1, 60).await;
+    // The hung connect times out (connect_timeout_secs = 5) and is followed by a Disconnect.
+    t.emu.wait_event(
+        |e| e["ev"] == "disconnect_request" && e["address"] == CUFF,
+        Duration::from_secs(30),
+    );
+    agent.wait_log("connect timed out", 1, Duration::from_secs(10));
+    // Once the cuff answers, its reading arrives too.
+    t.emu
+        .cmd(json!({"cmd": "set", "address": CUFF, "values": {"connect_hang": false}}));
+    t.wait_obs(&agent, 3, 60).await;
+    t.assert_clean();
+    agent.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_thousand_advertising_devices_only_the_three_configured_are_connected() {
+    let now = Dt::now_utc();
+    let mut devices = vec![
+        json!({"address": CUFF, "profile": "blood-pressure", "advertise_ms": 1000,
+               "stored": [bp(122, 78, 92, 64, now.plus(-90), None)], "dis": dis("BP-6")}),
+        json!({"address": SCALE, "profile": "weight-scale", "advertise_ms": 1000,
+               "stored": [weight(80_000, now.plus(-80), 1)], "dis": dis("SC-6")}),
+        json!({"address": THERMO, "profile": "thermometer", "advertise_ms": 1000,
+               "stored": [temperature(3650, now.plus(-70))], "dis": dis("TH-6")}),
+    ];
+    for i in 0..1997u32 {
+        // Mostly phones, beacons and watches; every tenth a neighbour's health device.
+        let uuid = match i % 10 {
+            0 => "1810",
+            1 => "181d",
+            2 => "fe9f",
+            3 => "180f",
+            _ => "fd6f",
+        };
+        devices.push(json!({"address": format!("02:00:00:{:02X}:{:02X}:{:02X}", i >> 16, (i >> 8) & 0xFF, i & 0xFF),
+                            "uuids": [uuid], "advertise_ms": 4000, "address_type": "random"}));
+    }
+    let t = BleTest::new(
+        json!({"devices": devices}),
+        &(device("cuff", CUFF, "blood-pressure", &patient(PATIENT))
+            + &device(
+                "scale",
+                SCALE,
+                "weight-scale",
+                "patients = { 1 = \"Patient/alice\" }",
+            )
+            + &device("thermo", THERMO, "thermometer", &patient(PATIENT))),
+    )
+    .await;
+    let mut agent = t.agent();
+    // BP panel + pulse, weight, temperature.
+    t.wait_obs(&agent, 4, 120).await;
+    let connected: std::collections::BTreeSet<String> = t
+        .emu
+        .events()
+        .iter()
+        .filter(|e| e["ev"] == "connect_request")
+        .map(|e| e["address"].as_str().unwrap().to_string())
+        .collect();
+    let expected: std::collections::BTreeSet<String> = [CUFF, SCALE, THERMO]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        connected, expected,
+        "only configured devices are connected to"
+    );
+    t.assert_clean();
+    agent.terminate();
+    let adverts: u64 = agent
+        .stderr()
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix("ble_advertisements=")
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0);
+    assert!(adverts > 100, "the agent saw the crowd: {adverts}");
 }

@@ -12,9 +12,12 @@
 //! - `last_sequence` (RACP devices, glucose): the highest sequence number such that every record
 //!   of the download up to it is durable. The next download asks for `>= last_sequence + 1`.
 //! - `last_time` per user index (devices without sequence numbers: BP cuffs, scales,
-//!   thermometers): the latest device timestamp made durable *in arrival order*. A record at or
-//!   before it is skipped. Advanced only while a session's records arrive in non-decreasing time
-//!   order per user, so a record that was never made durable can never hide behind it.
+//!   thermometers): the latest device timestamp of a session that ended cleanly (the device was
+//!   quiet before the link closed) with every record durable. Such a device had sent its whole
+//!   memory, so a record at or before the mark is one already made durable, and is skipped.
+//!   A session cut short never moves the mark: arrival order alone proves nothing (a live
+//!   measurement can overtake a replay and the link can drop in between; a test with 100
+//!   disconnects in the middle of notifications found exactly that).
 //! - Cleared when the device's clock is (or is set) earlier than the mark: after a battery
 //!   change or a clock correction backwards, new readings would otherwise look old. The store's
 //!   content id still deduplicates whatever is resent.

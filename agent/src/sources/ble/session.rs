@@ -117,7 +117,14 @@ pub async fn run(
         r = s.drive(&disconnected) => r,
         _ = stop.cancelled() => Ok(SessionEnd::Stopped),
     };
-    s.finish().await;
+    // A clean end: we disconnected an idle device, or it hung up after being quiet for a
+    // while: it had sent everything it meant to send.
+    let clean = match &result {
+        Ok(SessionEnd::Idle) => true,
+        Ok(SessionEnd::DeviceDisconnected) => s.last_activity.elapsed() >= SETTLE,
+        _ => false,
+    };
+    s.finish(clean).await;
     if !disconnected.is_cancelled() {
         let _ = with_timeout("disconnect", cfg.operation_timeout, peripheral.disconnect()).await;
     }
@@ -143,8 +150,8 @@ struct Session<'a> {
     cursor_dirty: bool,
     cursor_saved_at: u32,
     pending: VecDeque<Pending>,
-    /// Per user: the last device time sent this session, and whether marks may still advance.
-    order: HashMap<u8, (DeviceTime, bool)>,
+    /// Every record handed over this session was answered durable (or safely rejected).
+    all_durable: bool,
     download: Option<Download>,
     last_activity: Instant,
     durable_total: u32,
@@ -172,7 +179,7 @@ impl<'a> Session<'a> {
             cursor_dirty: false,
             cursor_saved_at: 0,
             pending: VecDeque::new(),
-            order: HashMap::new(),
+            all_durable: true,
             download: None,
             last_activity: Instant::now(),
             durable_total: 0,
@@ -217,31 +224,33 @@ impl<'a> Session<'a> {
 
     /// Called once the session ends, whatever the reason: waits (bounded) for the answers of
     /// records already handed over, so the marks reflect what is durable, then saves them.
-    async fn finish(&mut self) {
+    async fn finish(&mut self, clean: bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Some(p) = self.pending.front_mut() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let r = tokio::time::timeout(left, &mut p.answer).await;
-            match r {
+            match tokio::time::timeout(left, &mut p.answer).await {
                 Ok(r) => {
                     let _ = self.on_answer(r).await;
                 }
-                Err(_) => break,
+                Err(_) => {
+                    self.all_durable = false;
+                    break;
+                }
             }
         }
-        // Time marks advance only at the end, and only for users whose records came in
-        // non-decreasing time order this session: a device replaying oldest-first has then
-        // sent everything up to the mark; one that replays newest-first (or interleaves) never
-        // moves it, and the store's content id deduplicates its replays instead.
-        for (user, t) in std::mem::take(&mut self.session_marks) {
-            let in_order = self.order.get(&user).is_some_and(|(_, ok)| *ok);
-            if !in_order {
-                continue;
-            }
-            let e = self.cursor.last_time.entry(user).or_insert(t);
-            if t >= *e {
-                *e = t;
-                self.cursor_dirty = true;
+        // Time marks advance only after a clean end with every record durable: the device
+        // then sent its whole memory this session, so nothing at or before the newest time
+        // it sent is still unseen. Arrival order proves nothing (a live measurement can
+        // overtake a replay, and the link can drop in between), so a session cut short never
+        // moves the marks; the store's content id deduplicates its replays instead.
+        let marks = std::mem::take(&mut self.session_marks);
+        if clean && self.all_durable {
+            for (user, t) in marks {
+                let e = self.cursor.last_time.entry(user).or_insert(t);
+                if t >= *e {
+                    *e = t;
+                    self.cursor_dirty = true;
+                }
             }
         }
         self.save_cursor().await;
@@ -640,14 +649,7 @@ impl<'a> Session<'a> {
                     .emit();
                     return Ok(());
                 }
-                let entry = self.order.entry(user).or_insert((t, true));
-                if t < entry.0 {
-                    entry.1 = false; // out of order: this session may no longer advance the mark
-                }
-                entry.0 = entry.0.max(t);
-                if entry.1 {
-                    time_mark = Some((user, t));
-                }
+                time_mark = Some((user, t));
             }
         }
         let synced = *lock(&self.shared.ntp);
@@ -717,6 +719,7 @@ impl<'a> Session<'a> {
                 }
             }
         } else {
+            self.all_durable = false;
             // Not durable: never advance past it, never delete; the device resends it.
             if p.racp {
                 if let Some(d) = self.download.as_mut() {
