@@ -565,3 +565,113 @@ async fn of_two_thousand_advertising_devices_only_the_three_configured_are_conne
         .unwrap_or(0);
     assert!(adverts > 100, "the agent saw the crowd: {adverts}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_whose_event_stream_goes_silent_is_recovered_by_the_watchdog() {
+    let t = BleTest::with_settings(
+        json!({"devices": [
+            {"address": CUFF, "profile": "blood-pressure", "advertise_ms": 200, "dis": dis("BP-7")},
+            {"address": "02:00:00:00:00:01", "uuids": ["1810"], "advertise_ms": 100}
+        ]}),
+        &BLE_SETTINGS.replace("watchdog_silence_secs = 60", "watchdog_silence_secs = 2"),
+        &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
+    )
+    .await;
+    let mut agent = t.agent();
+    let scans = t.emu.count(|e| e["ev"] == "discovery" && e["on"] == true);
+    // Discovering stays true but no report arrives any more: no error anywhere.
+    t.emu.cmd(json!({"cmd": "stall"}));
+    t.emu.wait_count(
+        |e| e["ev"] == "discovery" && e["on"] == true,
+        scans + 1,
+        Duration::from_secs(30),
+    );
+    agent.wait_log("BLE watchdog", 1, Duration::from_secs(5));
+    measure(&t, CUFF, 1);
+    t.wait_obs(&agent, 2, 60).await;
+    t.assert_clean();
+    agent.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_taken_while_the_gateway_clock_is_unsynchronised_are_not_corrected_and_the_clock_is_not_set(
+) {
+    let now = Dt::now_utc();
+    let t = BleTest::new(
+        json!({"ntp_synchronized": false, "devices": [{"address": CUFF, "profile": "blood-pressure",
+               "advertise_ms": 300, "clock_offset_s": -TWO_YEARS, "dis": dis("BP-8"),
+               "stored": [bp(125, 80, 95, 61, now.plus(-TWO_YEARS - 600), None)]}]}),
+        &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
+    )
+    .await;
+    let mut agent = t.agent();
+    t.wait_obs(&agent, 2, 60).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Not silently "corrected" with a clock nobody vouches for: the device time as sent.
+    for o in t.observations() {
+        let eff = effective(&o).timestamp();
+        assert!(
+            (eff - (now.unix - TWO_YEARS - 600)).abs() < 5,
+            "{}",
+            o["effectiveDateTime"]
+        );
+    }
+    assert_eq!(t.emu.count(|e| e["ev"] == "clock_set"), 0);
+    assert!(agent.stderr().contains("not NTP-synchronised"));
+    t.assert_clean();
+    agent.terminate();
+}
+
+#[test]
+fn scan_lists_health_devices_marks_configured_ones_and_prints_snippets() {
+    let bus = Bus::start();
+    let emu = Emulator::start(
+        &bus,
+        &json!({"devices": [
+            {"address": CUFF, "profile": "blood-pressure", "advertise_ms": 100, "name": "BP-100"},
+            {"address": SCALE, "profile": "weight-scale", "advertise_ms": 100, "name": "Scale X"},
+            {"address": "02:00:00:00:00:09", "uuids": ["fd6f"], "advertise_ms": 100, "name": "phone"}
+        ]}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("v.toml");
+    std::fs::write(
+        &cfg,
+        format!("[gateway]\nid = \"g\"\ndata_dir = \"d\"\n[store]\nkey_file = \"k\"\n[uplink]\nfhir_base = \"https://f.example/r4\"\nca_file = \"a\"\nclient_cert = \"b\"\nclient_key = \"c\"\n{}", device("cuff", CUFF, "blood-pressure", &patient(PATIENT))),
+    )
+    .unwrap();
+    let out = common::vitalgate()
+        .args(["scan", "--seconds", "2", "--config"])
+        .arg(&cfg)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let line = |a: &str| {
+        s.lines()
+            .find(|l| l.starts_with(a))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line(CUFF).contains("blood-pressure") && line(CUFF).ends_with("cuff"),
+        "{s}"
+    );
+    assert!(
+        line(SCALE).contains("weight-scale") && line(SCALE).ends_with("no"),
+        "{s}"
+    );
+    assert!(line("02:00:00:00:00:09").contains(" - "), "{s}");
+    assert!(
+        s.contains(&format!(
+            "address = \"{SCALE}\"\nprofile = \"weight-scale\""
+        )),
+        "{s}"
+    );
+    assert!(
+        !s.contains(&format!("address = \"{CUFF}\"")),
+        "no snippet for a configured device: {s}"
+    );
+    drop(emu);
+}
