@@ -702,6 +702,7 @@ class Emulator:
         self.time_bus = dbus.bus.BusConnection(self.address)
         self.time_name = dbus.service.BusName("org.freedesktop.timedate1", self.time_bus)
         self.timedate = TimeDate(self.time_bus, self)
+        self.own_names = set()
         self.start_monitor()
         self.start_bluez()
         for spec in scenario.get("devices", []):
@@ -714,6 +715,7 @@ class Emulator:
         self.adapter = Adapter(self, self.scenario.get("adapter_address", "00:1A:7D:DA:71:13"))
         self.adapter.export()
         self.name = dbus.service.BusName(BLUEZ, self.bus)
+        self.own_names.add(self.bus.get_unique_name())
         emit("bluez_up", unique=self.bus.get_unique_name())
 
     def stop_bluez(self):
@@ -837,6 +839,9 @@ class Emulator:
             out["connected"] = [d.address for d in self.devices.values() if d.connected]
             out["exported_devices"] = sum(1 for d in self.devices.values() if d.exported)
             out["racp_records"] = {d.address: len(d.racp_records) for d in self.devices.values() if d.racp_records}
+            own = {self.time_bus.get_unique_name(), self.monitor.get_unique_name()}
+            own.update(self.own_names)
+            out["client_match_rules"] = {k: v for k, v in self.monitor_counts.items() if k not in own}
             if c.get("client"):
                 out["match_rules"] = self.match_rules(c["client"])
             emit("stats", **out)

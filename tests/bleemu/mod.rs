@@ -233,6 +233,22 @@ impl Emulator {
         }
     }
 
+    /// Waits until at least `n` events match and returns the `n`-th.
+    pub fn wait_count_event(
+        &self,
+        pred: impl Fn(&Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> Value {
+        self.wait_count(&pred, n, timeout);
+        let g = self.events.0.lock().unwrap();
+        g.iter()
+            .filter(|e| pred(e))
+            .nth(n - 1)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
     pub fn len(&self) -> usize {
         self.events.0.lock().unwrap().len()
     }
