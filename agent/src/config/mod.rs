@@ -318,6 +318,60 @@ client_key = "tls/gw.key"
         assert!(load(&bad).unwrap_err().message.contains("255"));
     }
 
+    fn ble_device(extra: &str) -> String {
+        format!("{MINIMAL}\n[[devices]]\nname = \"scale\"\nkind = \"ble\"\npatient = \"Patient/a\"\n{extra}")
+    }
+
+    #[test]
+    fn ble_keys_are_typed_and_their_errors_name_line_and_column() {
+        let c = load(&ble_device(
+            "profiles = [\"weight-scale\", \"body-composition\"]\nserial = \"SC-1\"\nsystem_id = \"00-09-1f-ff-fe-80-12-34\"\npair_if_bond_lost = true\nset_clock = false\ndelete_after_download = true\n",
+        ))
+        .unwrap();
+        let DeviceKind::Ble(b) = &c.devices[0].kind else {
+            panic!()
+        };
+        assert_eq!(b.address, None);
+        assert_eq!(
+            b.profiles,
+            vec![BleProfile::WeightScale, BleProfile::BodyComposition]
+        );
+        assert_eq!(b.identity.system_id.as_deref(), Some("00091FFFFE801234"));
+        assert!(b.pair_if_bond_lost && b.delete_after_download);
+        assert_eq!(b.clock_set_threshold, None);
+        assert_eq!(c.ble, BleConfig::default());
+
+        let e = load(&ble_device(
+            "profile = \"bp\"\naddress = \"00:09:1F:AA:BB:CC\"\n",
+        ))
+        .unwrap_err();
+        assert_eq!(e.position, Some((19, 11)), "{e}");
+        assert!(
+            e.message
+                .contains("devices[0].profile: expected one of blood-pressure"),
+            "{e}"
+        );
+        let e = load(&ble_device("profile = \"glucose\"\n")).unwrap_err();
+        assert!(e.message.contains("needs `address`"), "{e}");
+        let e = load(&ble_device("profile = \"glucose\"\nsystem_id = \"12\"\n")).unwrap_err();
+        assert_eq!(e.position, Some((20, 13)), "{e}");
+        let e = load(&ble_device("profile = \"glucose\"\naddress = \"00:09:1F:AA:BB:CC\"\nclock_set_threshold_secs = 0\n")).unwrap_err();
+        assert!(e.message.contains("clock_set_threshold_secs"), "{e}");
+        let mqtt = format!("{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1\"\n[[devices]]\nname = \"h\"\nkind = \"mqtt\"\ntopic = \"t\"\npatient = \"Patient/a\"\nserial = \"x\"\n");
+        assert!(load(&mqtt)
+            .unwrap_err()
+            .message
+            .contains("devices[0].serial: not a key of kind \"mqtt\""));
+        let e = load(&format!("{MINIMAL}\n[ble]\nadapter = \"usb0\"\n")).unwrap_err();
+        assert_eq!(e.position, Some((16, 11)), "{e}");
+        let c = load(&format!(
+            "{MINIMAL}\n[ble]\nadapter = \"hci1\"\nwatchdog_silence_secs = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.ble.adapter, "hci1");
+        assert_eq!(c.ble.watchdog_silence, Duration::from_secs(5));
+    }
+
     #[test]
     fn mqtt_device_without_mqtt_section_is_an_error() {
         let text = format!("{MINIMAL}\n[[devices]]\nname = \"hub\"\nkind = \"mqtt\"\ntopic = \"a/b\"\npatient = \"Patient/1\"\n");

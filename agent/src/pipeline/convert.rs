@@ -436,6 +436,69 @@ mod tests {
         );
     }
 
+    fn ble_clock(device_now: Option<DeviceTime>, synced: Option<bool>) -> CaptureClock {
+        CaptureClock {
+            device_clock: Some(DeviceClockReading {
+                device_now,
+                gateway_at_read: t0(),
+            }),
+            gateway_clock_synchronized: synced,
+            ..CaptureClock::default()
+        }
+    }
+
+    #[test]
+    fn a_ble_reading_is_corrected_by_the_skew_measured_at_connect_and_keeps_its_raw_identifier() {
+        // The cuff's clock read 2026-11-23 09:00:00 local (+01:00) when the gateway's was
+        // 10:00:00Z: it is 2 h behind. Its reading at 08:15:30 device time happened at 10:15:30 local.
+        let dev_now = DeviceTime::new(2026, 11, 23, 9, 0, 0);
+        let mut rec = bp_record();
+        rec.device_time = DeviceTime::new(2026, 11, 23, 8, 15, 30);
+        let later = t0() + chrono::Duration::seconds(600);
+        let rs = readings_from_record(
+            &cuff(),
+            &rec,
+            &src(),
+            &ble_clock(dev_now, Some(true)),
+            later,
+        )
+        .unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::CorrectedForSkew);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T10:15:30+01:00");
+        let raw = DeviceTime::new(2026, 11, 23, 8, 15, 30)
+            .unwrap()
+            .seconds_since_2000();
+        assert!(rs[0]
+            .observation_identifier
+            .ends_with(&format!("-150020-{raw}")));
+        // Within the threshold: trusted as is.
+        let in_sync = DeviceTime::new(2026, 11, 23, 11, 0, 1);
+        let rs = readings_from_record(
+            &cuff(),
+            &rec,
+            &src(),
+            &ble_clock(in_sync, Some(true)),
+            later,
+        )
+        .unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::DeviceTrusted);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T08:15:30+01:00");
+        // No clock to read: as sent, and said so.
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &ble_clock(None, None), later).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::DeviceUnverified);
+    }
+
+    #[test]
+    fn an_unsynchronised_gateway_clock_is_never_used_to_correct_and_is_labelled() {
+        let mut rec = bp_record();
+        rec.device_time = DeviceTime::new(2026, 11, 23, 8, 15, 30);
+        let c = ble_clock(DeviceTime::new(2026, 11, 23, 9, 0, 0), Some(false));
+        let rs = readings_from_record(&cuff(), &rec, &src(), &c, t0()).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::GatewayClockUnsynchronized);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T08:15:30+01:00");
+    }
+
     #[test]
     fn sensor_alarm_records_are_not_uploaded() {
         let mut rec = bp_record();
