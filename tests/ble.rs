@@ -93,13 +93,6 @@ fn effective(o: &Value) -> DateTime<FixedOffset> {
         .unwrap()
 }
 
-fn code(o: &Value) -> String {
-    o["code"]["coding"][0]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn subject(o: &Value) -> String {
     o["subject"]["reference"]
         .as_str()

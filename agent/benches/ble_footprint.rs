@@ -192,8 +192,7 @@ fn main() {
     let log = agent.stderr();
     let field = |k: &str| -> String {
         log.lines()
-            .filter(|l| l.contains("notification-to-durable"))
-            .last()
+            .rfind(|l| l.contains("notification-to-durable"))
             .and_then(|l| {
                 let clean: String = l.chars().filter(|c| !c.is_control()).collect();
                 clean.split_whitespace().find_map(|w| {

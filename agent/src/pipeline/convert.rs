@@ -23,7 +23,7 @@ pub struct CaptureClock {
     pub fraction: Option<String>,
     /// BLE: the device's own clock as read at connect, so the pipeline can correct measured skew
     /// (fhir-mapping.md §4; `device_drivers::gatt::clock`). `None`: not a BLE reading.
-    pub device_clock: Option<DeviceClockReading>,
+    pub device_clock: Option<Box<DeviceClockReading>>,
     /// Whether the gateway's clock was synchronised (NTP) when the reading arrived; `None`: the
     /// source did not check.
     pub gateway_clock_synchronized: Option<bool>,
@@ -438,10 +438,10 @@ mod tests {
 
     fn ble_clock(device_now: Option<DeviceTime>, synced: Option<bool>) -> CaptureClock {
         CaptureClock {
-            device_clock: Some(DeviceClockReading {
+            device_clock: Some(Box::new(DeviceClockReading {
                 device_now,
                 gateway_at_read: t0(),
-            }),
+            })),
             gateway_clock_synchronized: synced,
             ..CaptureClock::default()
         }

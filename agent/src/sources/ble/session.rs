@@ -667,7 +667,7 @@ impl<'a> Session<'a> {
                 address: self.address.clone(),
             },
             clock: CaptureClock {
-                device_clock: Some(self.clock),
+                device_clock: Some(Box::new(self.clock)),
                 gateway_clock_synchronized: synced,
                 ..CaptureClock::default()
             },
