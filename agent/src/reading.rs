@@ -17,7 +17,7 @@
 use std::fmt;
 
 use chrono::{DateTime, FixedOffset, Utc};
-use device_drivers::{Decimal, DeviceTime, ReadingType};
+use device_drivers::{Decimal, DeviceTime, ReadingType, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::ReadingId;
@@ -246,8 +246,9 @@ pub struct Reading {
     pub time_quality: TimeQuality,
     /// When the gateway received it.
     pub received_at: DateTime<Utc>,
-    /// Sorted status flags (e.g. `irregular_pulse`, `unstable`).
-    pub flags: Vec<String>,
+    /// Sorted device statuses (e.g. `irregular_pulse`, `low_battery`). Stored by name (postcard
+    /// string), so the encoding is the one of the former `Vec<String>`.
+    pub flags: Vec<Status>,
     pub source: Source,
 }
 
@@ -301,6 +302,28 @@ mod tests {
         s.device.identifier = DeviceIdentifier::Local("gw/x".into());
         let back: Reading = postcard::from_bytes(&postcard::to_stdvec(&s).unwrap()).unwrap();
         assert!(back == s);
+    }
+
+    #[test]
+    fn statuses_are_stored_as_the_strings_they_replaced() {
+        // `Reading::flags` was `Vec<String>`: the postcard bytes of the statuses are the same.
+        let statuses = vec![
+            Status::IrregularPulse,
+            Status::Implausible(ReadingType::PulseRate),
+        ];
+        let names = vec![
+            "irregular_pulse".to_string(),
+            "implausible_pulse_rate".into(),
+        ];
+        let bytes = postcard::to_stdvec(&statuses).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&names).unwrap());
+        assert_eq!(
+            postcard::from_bytes::<Vec<Status>>(&bytes).unwrap(),
+            statuses
+        );
+        // A name outside the vocabulary does not decode.
+        let unknown = postcard::to_stdvec(&vec!["sensor_error".to_string()]).unwrap();
+        assert!(postcard::from_bytes::<Vec<Status>>(&unknown).is_err());
     }
 
     #[test]

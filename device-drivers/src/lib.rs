@@ -11,6 +11,9 @@
 //!   is never rounded through a binary float on its way to FHIR.
 //! - [`record`]: the driver-level canonical record every decoder produces (readings with UCUM units,
 //!   missing values, flags, device time, device identity). The agent wraps it into its `Reading`.
+//! - [`status`]: the device-status vocabulary ([`Status`]) every decoder emits in `Record::flags`,
+//!   and what each status means for the reading ([`StatusClass`]), so the agent matches types,
+//!   never strings.
 //! - [`gatt`]: Bluetooth SIG GATT health profiles (IEEE 11073 SFLOAT/FLOAT, BP, weight, body
 //!   composition, thermometer, PLX, glucose + RACP, heart rate, time, device information).
 //! - [`serial`]: serial framers (Nonin, Masimo, Tanita, Philips MIB) and the configurable line parser.
@@ -26,6 +29,8 @@ pub mod gatt;
 pub mod omh;
 pub mod record;
 pub mod serial;
+pub mod status;
 
 pub use decimal::Decimal;
 pub use record::{DeviceTime, Reading, ReadingType, Record};
+pub use status::{BpStatusBit, MeasurementStatus, Status, StatusClass, UnknownStatus};

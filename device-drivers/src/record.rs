@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Decimal;
+use crate::{Decimal, Status};
 
 /// What was measured. The vocabulary of serial-protocols.md §0 plus the GATT/OMH measurements.
 /// The agent maps each to MDC/LOINC codes (fhir-mapping.md §1).
@@ -297,9 +297,9 @@ pub struct Record {
     /// Types the device explicitly reported as "no value" (never zero).
     #[serde(default)]
     pub missing: Vec<ReadingType>,
-    /// Sorted, deduplicated status flags; they apply to every reading of the record.
+    /// Sorted (by name), deduplicated device statuses; they apply to every reading of the record.
     #[serde(default)]
-    pub flags: Vec<String>,
+    pub flags: Vec<Status>,
     /// The device's clock at measurement, when the protocol carries one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_time: Option<DeviceTime>,
@@ -318,9 +318,8 @@ pub struct Record {
 }
 
 impl Record {
-    /// Adds a flag, keeping `flags` sorted and deduplicated.
-    pub fn add_flag(&mut self, flag: impl Into<String>) {
-        let flag = flag.into();
+    /// Adds a status, keeping `flags` sorted and deduplicated.
+    pub fn add_flag(&mut self, flag: Status) {
         if let Err(pos) = self.flags.binary_search(&flag) {
             self.flags.insert(pos, flag);
         }
@@ -360,9 +359,19 @@ mod tests {
     #[test]
     fn flags_stay_sorted_and_unique() {
         let mut r = Record::default();
-        r.add_flag("b");
-        r.add_flag("a");
-        r.add_flag("b");
-        assert_eq!(r.flags, vec!["a".to_string(), "b".to_string()]);
+        r.add_flag(Status::SensorOff);
+        r.add_flag(Status::Artifact);
+        r.add_flag(Status::Implausible(ReadingType::Spo2));
+        r.add_flag(Status::SensorOff);
+        assert_eq!(
+            r.flags,
+            vec![
+                Status::Artifact,
+                Status::Implausible(ReadingType::Spo2),
+                Status::SensorOff
+            ]
+        );
+        let json = serde_json::to_string(&r.flags).unwrap();
+        assert_eq!(json, r#"["artifact","implausible_spo2","sensor_off"]"#);
     }
 }

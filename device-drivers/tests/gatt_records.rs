@@ -2,6 +2,7 @@
 
 mod support;
 
+use device_drivers::gatt::quirks::QuirkId;
 use device_drivers::gatt::racp::{
     encode_response, Action, DeleteAllowed, DeleteRefused, Download, DownloadFailure,
     DownloadFilter, RacpMessage, RacpProfile, RacpRequest,
@@ -10,7 +11,7 @@ use device_drivers::gatt::{
     decode, decode_measurement, decode_measurement_with, plausibility::PlausibilityRanges, quirks,
     uuid, Decoded, GattError,
 };
-use device_drivers::{Decimal, DeviceTime, ReadingType, Record};
+use device_drivers::{Decimal, DeviceTime, ReadingType, Record, Status};
 use support::hex;
 
 fn rec(ch: u16, h: &str) -> Record {
@@ -38,7 +39,7 @@ fn bpm_record_has_ucum_units_flags_and_user() {
         Some((Decimal::new(72, 0), "/min"))
     );
     assert_eq!(r.user_index, Some(1));
-    assert_eq!(r.flags, vec!["irregular_pulse".to_string()]);
+    assert_eq!(r.flags, vec![Status::IrregularPulse]);
     assert_eq!(r.device_time, DeviceTime::new(2024, 3, 5, 14, 30, 0));
 }
 
@@ -61,7 +62,7 @@ fn bpm_nan_values_go_to_missing_never_2047() {
 fn unknown_user_is_not_a_patient_slot() {
     let r = rec(0x2A35, "09a0f06bf07df0ff");
     assert_eq!(r.user_index, None);
-    assert!(r.flags.contains(&"unknown_user".to_string()));
+    assert!(r.flags.contains(&Status::UnknownUser));
     assert_eq!(
         value(&r, ReadingType::SystolicPressure),
         Some((Decimal::new(160, -1), "kPa"))
@@ -72,14 +73,14 @@ fn unknown_user_is_not_a_patient_slot() {
 fn year_zero_timestamp_is_flagged_not_stored() {
     let r = rec(0x2A35, "1e8a00580078000000041114293b3c00012700");
     assert_eq!(r.device_time, None);
-    assert!(r.flags.contains(&"device_time_invalid".to_string()));
+    assert!(r.flags.contains(&Status::DeviceTimeInvalid));
     for f in [
-        "body_movement",
-        "cuff_too_loose",
-        "irregular_pulse",
-        "improper_position",
+        Status::BodyMovement,
+        Status::CuffTooLoose,
+        Status::IrregularPulse,
+        Status::ImproperPosition,
     ] {
-        assert!(r.flags.contains(&f.to_string()), "{f}");
+        assert!(r.flags.contains(&f), "{f}");
     }
 }
 
@@ -111,7 +112,7 @@ fn weight_units_and_unsuccessful() {
     let r = rec(0x2A9D, "02ffffe8070b02071000");
     assert!(r.readings.is_empty());
     assert_eq!(r.missing, vec![ReadingType::BodyWeight]);
-    assert!(r.flags.contains(&"measurement_unsuccessful".to_string()));
+    assert!(r.flags.contains(&Status::MeasurementUnsuccessful));
 }
 
 #[test]
@@ -125,7 +126,7 @@ fn glucose_is_converted_exactly() {
     assert_eq!((v.to_string().as_str(), u), ("5.6", "mmol/L"));
     let r = rec(0x2A18, "020300000000000000006eb011");
     assert_eq!(r.device_time, None);
-    assert!(r.flags.contains(&"device_time_invalid".to_string()));
+    assert!(r.flags.contains(&Status::DeviceTimeInvalid));
 }
 
 #[test]
@@ -136,16 +137,14 @@ fn temperature_plx_and_heart_rate_records() {
         Some((Decimal::new(986, -1), "[degF]"))
     );
     let r = rec(0x2A5E, "0facf3bef5e8070b1d170839204022000066e3");
-    assert!(r
-        .flags
-        .contains(&"questionable_measurement_detected".to_string()));
-    assert!(r.flags.contains(&"low_perfusion_detected".to_string()));
+    assert!(r.flags.contains(&Status::QuestionableMeasurementDetected));
+    assert!(r.flags.contains(&Status::LowPerfusionDetected));
     assert_eq!(
         value(&r, ReadingType::Spo2),
         Some((Decimal::new(940, -1), "%"))
     );
     let r = rec(0x2A37, "04ff");
-    assert!(r.flags.contains(&"sensor_contact_not_detected".to_string()));
+    assert!(r.flags.contains(&Status::SensorContactNotDetected));
 }
 
 const BM85: &str = "566a0047000000ea07080b121f00003f000000";
@@ -185,7 +184,7 @@ fn beurer_bm85_with_quirk_decodes_pulse_63_user_0() {
     );
     assert_eq!(r.user_index, Some(0));
     assert!(r.missing.contains(&ReadingType::MeanArterialPressure));
-    assert!(r.flags.contains(&"quirk_beurer_bm85".to_string()));
+    assert!(r.flags.contains(&Status::Quirk(QuirkId::BeurerBm85)));
     // A conforming payload from the same model still decodes by the spec.
     let ok = decode_measurement(
         0x2A35,
@@ -194,22 +193,22 @@ fn beurer_bm85_with_quirk_decodes_pulse_63_user_0() {
     )
     .unwrap()
     .unwrap();
-    assert!(!ok.flags.iter().any(|f| f.starts_with("quirk_")));
+    assert!(!ok.flags.iter().any(|f| matches!(f, Status::Quirk(_))));
 }
 
 #[test]
 fn quirk_lookup_by_device_information() {
     assert_eq!(
         quirks::lookup(Some("OMRON HEALTHCARE"), Some("BP5150")).map(|q| q.id),
-        Some("omron_bpm")
+        Some(QuirkId::OmronBpm)
     );
     assert_eq!(
         quirks::lookup(None, Some("HEM-7155T")).map(|q| q.id),
-        Some("omron_bpm")
+        Some(QuirkId::OmronBpm)
     );
     assert_eq!(
         quirks::lookup(Some("A&D Medical"), Some("UB-1100BLE")).map(|q| q.id),
-        Some("and_medical")
+        Some(QuirkId::AndMedical)
     );
     assert_eq!(
         quirks::lookup(Some("Example Medical"), Some("BP-100")),
@@ -237,13 +236,15 @@ fn implausible_values_are_flagged_and_ranges_configurable() {
     ));
     // HR 255 /min is inside the default 20-300 range, outside a configured 20-200 one.
     let r = rec(0x2A37, "04ff");
-    assert!(!r.flags.iter().any(|f| f.starts_with("implausible")));
+    assert!(!r.flags.iter().any(|f| matches!(f, Status::Implausible(_))));
     let ranges: PlausibilityRanges =
         serde_json::from_str(r#"{"heart_rate_per_min": {"min": 20, "max": 200}}"#).unwrap();
     let r = decode_measurement_with(0x2A37, &hex("04ff"), None, &ranges)
         .unwrap()
         .unwrap();
-    assert!(r.flags.contains(&"implausible_heart_rate".to_string()));
+    assert!(r
+        .flags
+        .contains(&Status::Implausible(ReadingType::HeartRate)));
     assert_eq!(r.readings.len(), 1, "an implausible value is kept, flagged");
     // 18.9 kPa systolic (141.8 mmHg) is plausible; 100 kPa (750 mmHg) is not.
     let r = rec(0x2A35, "01bdf00b009ff0");
@@ -251,7 +252,7 @@ fn implausible_values_are_flagged_and_ranges_configurable() {
     let r = rec(0x2A35, "0164000b009ff0");
     assert!(r
         .flags
-        .contains(&"implausible_systolic_pressure".to_string()));
+        .contains(&Status::Implausible(ReadingType::SystolicPressure)));
     assert!(
         serde_json::from_str::<PlausibilityRanges>(r#"{"nope": {"min": 1, "max": 2}}"#).is_err()
     );

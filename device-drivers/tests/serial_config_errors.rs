@@ -154,6 +154,40 @@ fn unknown_reading_type_lists_the_vocabulary() {
 }
 
 #[test]
+fn a_flag_name_must_be_a_known_status() {
+    let flag = "max = 300\n\n[[device.rule.flag]]\ncapture = \"u\"\nname = \"sensor_error\"\n";
+    let e = error_for("max = 300\n", flag);
+    let text = GOOD.replacen("max = 300\n", flag, 1);
+    assert_names(
+        &e,
+        line_of("sensor_error", &text),
+        &[
+            "`flag.name`: unknown status `sensor_error`",
+            "expected one of",
+            "sensor_off",
+            "invalid_measurement_detected",
+        ],
+    );
+    // The same rule with a known status loads.
+    let ok = text.replace("sensor_error", "invalid_measurement_detected");
+    assert!(DeviceConfig::from_toml_str(&ok, Path::new("t.toml")).is_ok());
+}
+
+#[test]
+fn a_status_flags_value_must_be_a_known_status() {
+    let gate = "regex = '^W=(?P<w>[0-9.]+) (?P<u>kg|lb)$'\nstatus_capture = \"u\"\nstatus_accept = [\"kg\"]\nstatus_flags = { lb = \"wobbly\" }";
+    let e = error_for("regex = '^W=(?P<w>[0-9.]+) (?P<u>kg|lb)$'", gate);
+    let text = GOOD.replacen("regex = '^W=(?P<w>[0-9.]+) (?P<u>kg|lb)$'", gate, 1);
+    assert_names(
+        &e,
+        line_of("wobbly", &text),
+        &["`status_flags`: unknown status `wobbly`", "unstable"],
+    );
+    let ok = text.replace("wobbly", "unstable");
+    assert!(DeviceConfig::from_toml_str(&ok, Path::new("t.toml")).is_ok());
+}
+
+#[test]
 fn missing_key_is_reported() {
     let e = error_for("data_bits = 8\n", "");
     assert!(e.to_string().contains("missing field `data_bits`"), "{e}");

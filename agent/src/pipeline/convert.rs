@@ -6,7 +6,7 @@
 //! [`crate::identity`]). No I/O, no clock: the reception time is an argument.
 
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
-use device_drivers::{ReadingType, Record};
+use device_drivers::{ReadingType, Record, Status, StatusClass};
 
 use super::devices::DeviceContext;
 use crate::config::Attribution;
@@ -44,31 +44,61 @@ pub enum Rejection {
     Unattributed(Option<u8>),
     #[error("record has no value that maps to a FHIR observation")]
     NothingToUpload,
-    #[error("record is flagged {0}: values are not trustworthy")]
-    Unreliable(String),
+    /// A status whose class is `Invalid` or `NotForUpload` (see [`unreliable_status`]).
+    #[error("record is flagged {0}: not a valid patient measurement")]
+    Unreliable(Status),
+    /// The record may only be dated by the device and the device gave no time we may use: the
+    /// device says its clock is wrong ([`StatusClass::ClockUnreliable`]), or the device stored
+    /// the record and sent it later ([`StatusClass::FromMemory`]) and its time is missing or not
+    /// used for this device. Uploading it with the gateway's reception time would misdate a
+    /// measurement (fhir-mapping.md §4: "No usable time → do not upload; keep it locally"), so
+    /// it is held as a dead letter and reported. Carries the status that demanded a device time.
+    #[error("record is flagged {0} and has no valid device time: held, not dated with the reception time")]
+    NoValidDeviceTime(Status),
 }
 
 impl Rejection {
     /// Is the record a real measurement that must be kept (as a dead letter) rather than only
-    /// counted? An unattributed reading is; a record with nothing to upload or flagged invalid
-    /// by its own device is not (a streaming oximeter sends several such records a second).
+    /// counted? An unattributed reading is, and so is one without a valid device time; a record
+    /// with nothing to upload or flagged invalid by its own device is not (a streaming oximeter
+    /// sends several such records a second).
     pub fn keeps_record(&self) -> bool {
-        matches!(self, Rejection::Unattributed(_))
+        match self {
+            Rejection::Unattributed(_) | Rejection::NoValidDeviceTime(_) => true,
+            Rejection::NothingToUpload | Rejection::Unreliable(_) => false,
+        }
     }
 }
 
-/// Flags that mean "do not turn this into an observation" (serial-protocols.md §1.2 policy).
-const UNRELIABLE_FLAGS: &[&str] = &[
-    "sensor_alarm",
-    "sensor_disconnect",
-    "sensor_off",
-    "no_sensor",
-    "no_measurement",
-    "test_data",
-    "control_solution",
-];
+/// The first status that keeps the record from becoming readings: the value is not a valid
+/// measurement ([`StatusClass::Invalid`]: sensor off, artifact, invalid measurement...) or not
+/// patient data ([`StatusClass::NotForUpload`]: test / demonstration data, control solution).
+/// The classes are decided in `device_drivers::status`; every other class passes for now.
+pub fn unreliable_status(record: &Record) -> Option<Status> {
+    record.flags.iter().copied().find(|s| match s.class() {
+        StatusClass::Invalid | StatusClass::NotForUpload => true,
+        StatusClass::Interpretation(_)
+        | StatusClass::BpMeasurementStatus(_)
+        | StatusClass::ClockUnreliable
+        | StatusClass::FromMemory
+        | StatusClass::Informational => false,
+    })
+}
+
+/// The first status of the given class, if any.
+fn first_of_class(record: &Record, class: StatusClass) -> Option<Status> {
+    record.flags.iter().copied().find(|s| s.class() == class)
+}
 
 /// Turns one driver record into canonical readings. Pure.
+///
+/// # Errors
+/// In this order: a record flagged [`StatusClass::Invalid`] or [`StatusClass::NotForUpload`] is
+/// [`Rejection::Unreliable`]; one flagged [`StatusClass::ClockUnreliable`] is
+/// [`Rejection::NoValidDeviceTime`]; then [`Rejection::Unattributed`]; a
+/// [`StatusClass::FromMemory`] record that would be dated with the reception time (no device
+/// time, or a device whose clock is provenance only) is [`Rejection::NoValidDeviceTime`]; a
+/// record with no value that maps to an Observation is [`Rejection::NothingToUpload`].
 pub fn readings_from_record(
     device: &DeviceContext,
     record: &Record,
@@ -77,12 +107,12 @@ pub fn readings_from_record(
     received_at: DateTime<Utc>,
 ) -> Result<Vec<Reading>, Rejection> {
     let utc_offset_minutes = clock.utc_offset_minutes;
-    if let Some(f) = record
-        .flags
-        .iter()
-        .find(|f| UNRELIABLE_FLAGS.contains(&f.as_str()))
-    {
-        return Err(Rejection::Unreliable(f.clone()));
+    if let Some(status) = unreliable_status(record) {
+        return Err(Rejection::Unreliable(status));
+    }
+    // The device says its clock (and so the record's time, present or not) is wrong.
+    if let Some(status) = first_of_class(record, StatusClass::ClockUnreliable) {
+        return Err(Rejection::NoValidDeviceTime(status));
     }
     let patient = match &device.attribution {
         Attribution::Single(p) => p.clone(),
@@ -119,6 +149,12 @@ pub fn readings_from_record(
             TimeQuality::GatewayReceiveTime,
         ),
     };
+    // The reception time dates live readings only; a stored one would be misdated.
+    if time_quality == TimeQuality::GatewayReceiveTime {
+        if let Some(status) = first_of_class(record, StatusClass::FromMemory) {
+            return Err(Rejection::NoValidDeviceTime(status));
+        }
+    }
 
     // Group the values into observations.
     let mut groups: Vec<(ReadingKind, Vec<device_drivers::Reading>)> = Vec::new();
@@ -189,7 +225,8 @@ pub fn readings_from_record(
             let id = ReadingId::of_content(
                 &observation_identifier,
                 &components,
-                record.flags.iter().map(String::as_str),
+                // The status names, the strings of before `Status`: content ids are unchanged.
+                record.flags.iter().map(|s| s.as_str()),
             );
             Reading {
                 id,
@@ -502,11 +539,174 @@ mod tests {
     #[test]
     fn sensor_alarm_records_are_not_uploaded() {
         let mut rec = bp_record();
-        rec.add_flag("sensor_alarm");
-        assert!(matches!(
+        rec.add_flag(Status::SensorAlarm);
+        assert_eq!(
             readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()),
-            Err(Rejection::Unreliable(_))
-        ));
+            Err(Rejection::Unreliable(Status::SensorAlarm))
+        );
+    }
+
+    /// The statuses that used to reach the FHIR server as `final` Observations because the
+    /// pipeline compared strings the drivers did not produce.
+    #[test]
+    fn each_invalid_or_test_data_status_stops_the_record() {
+        for name in [
+            "data_for_testing",
+            "invalid_measurement_detected",
+            "sensor_disconnected",
+            "sensor_malfunction",
+            "result_higher_than_device_can_process",
+            "measurement_unsuccessful",
+            "defective_sensor",
+            "out_of_track",
+            "artifact",
+        ] {
+            let status: Status = name.parse().unwrap();
+            let mut rec = bp_record();
+            rec.add_flag(status);
+            assert_eq!(
+                readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()),
+                Err(Rejection::Unreliable(status)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_blocking_status_is_found_among_informational_ones() {
+        let mut rec = bp_record();
+        rec.add_flag(Status::LowBattery);
+        rec.add_flag(Status::IrregularPulse);
+        rec.add_flag(Status::ControlSolution);
+        assert_eq!(
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()),
+            Err(Rejection::Unreliable(Status::ControlSolution))
+        );
+    }
+
+    #[test]
+    fn an_informational_status_does_not_stop_the_record() {
+        let mut rec = bp_record();
+        rec.add_flag(Status::LowBattery);
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()).unwrap();
+        assert_eq!(rs.len(), 2);
+        assert!(rs.iter().all(|r| r.flags == vec![Status::LowBattery]));
+    }
+
+    #[test]
+    fn statuses_enter_the_content_id_by_their_names() {
+        let mut rec = bp_record();
+        rec.add_flag(Status::LowBattery);
+        rec.add_flag(Status::Implausible(ReadingType::PulseRate));
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()).unwrap();
+        let expected = ReadingId::of_content(
+            &rs[0].observation_identifier,
+            &rs[0].components,
+            ["implausible_pulse_rate", "low_battery"],
+        );
+        assert_eq!(rs[0].id, expected);
+    }
+
+    /// A PLX spot-check from a device whose clock is not set: the decoder drops the time (it is
+    /// not a time) and the record must not take the gateway's reception time instead.
+    #[test]
+    fn a_clock_not_set_record_is_held_not_dated_with_the_reception_time() {
+        let mut rec = bp_record();
+        rec.device_time = None;
+        rec.add_flag(Status::DeviceClockNotSet);
+        let rej = readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0())
+            .unwrap_err();
+        assert_eq!(rej, Rejection::NoValidDeviceTime(Status::DeviceClockNotSet));
+        assert!(
+            rej.keeps_record(),
+            "held as a dead letter, not only counted"
+        );
+    }
+
+    /// A clock the device itself calls wrong is not used either, even when it gave a time.
+    #[test]
+    fn every_clock_unreliable_status_holds_the_record_even_with_a_device_time() {
+        for status in [
+            Status::DeviceClockNotSet,
+            Status::DeviceTimeInvalid,
+            Status::TimeFault,
+        ] {
+            let mut rec = bp_record();
+            assert!(rec.device_time.is_some());
+            rec.add_flag(status);
+            assert_eq!(
+                readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()),
+                Err(Rejection::NoValidDeviceTime(status)),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_from_memory_record_without_a_device_time_is_held() {
+        for status in [Status::FromMemory, Status::DataFromMeasurementStorage] {
+            let mut rec = bp_record();
+            rec.device_time = None;
+            rec.add_flag(status);
+            let rej = readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0())
+                .unwrap_err();
+            assert_eq!(rej, Rejection::NoValidDeviceTime(status), "{status}");
+            assert!(rej.keeps_record());
+        }
+    }
+
+    /// Serial devices' clocks are provenance only (the reception time dates their live
+    /// readings): a stored record from one would be dated with the reception time, so it is held.
+    #[test]
+    fn a_from_memory_record_whose_device_clock_is_not_used_is_held() {
+        let mut oximeter = cuff();
+        oximeter.clock_is_provenance_only = true;
+        let mut rec = bp_record();
+        rec.add_flag(Status::FromMemory);
+        assert_eq!(
+            readings_from_record(&oximeter, &rec, &src(), &CaptureClock::default(), t0()),
+            Err(Rejection::NoValidDeviceTime(Status::FromMemory))
+        );
+        // The same record live (no from-memory status) takes the reception time.
+        rec.flags.clear();
+        let rs =
+            readings_from_record(&oximeter, &rec, &src(), &CaptureClock::default(), t0()).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::GatewayReceiveTime);
+    }
+
+    #[test]
+    fn a_from_memory_record_with_its_device_time_passes_dated_by_the_device() {
+        let mut rec = bp_record();
+        rec.add_flag(Status::DataFromMeasurementStorage);
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::DeviceTrusted);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2025-03-14T08:15:30+01:00");
+        assert_eq!(rs[0].flags, vec![Status::DataFromMeasurementStorage]);
+    }
+
+    /// Invalid data is dropped (counted) before the time is looked at: test data from memory
+    /// without a time is not kept as a dead letter.
+    #[test]
+    fn an_invalid_status_wins_over_a_missing_device_time() {
+        let mut rec = bp_record();
+        rec.device_time = None;
+        rec.add_flag(Status::FromMemory);
+        rec.add_flag(Status::DataForTesting);
+        let rej = readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0())
+            .unwrap_err();
+        assert_eq!(rej, Rejection::Unreliable(Status::DataForTesting));
+        assert!(!rej.keeps_record());
+    }
+
+    #[test]
+    fn only_unattributed_and_undated_records_are_kept() {
+        assert!(Rejection::Unattributed(Some(3)).keeps_record());
+        assert!(Rejection::NoValidDeviceTime(Status::TimeFault).keeps_record());
+        assert!(!Rejection::Unreliable(Status::Artifact).keeps_record());
+        assert!(!Rejection::NothingToUpload.keeps_record());
     }
 
     #[test]

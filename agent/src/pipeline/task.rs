@@ -9,9 +9,11 @@
 //!    └────────── done (durable / rejected) ◀──┘   then: wake the uploader
 //! ```
 //!
-//! Nothing a source handed over is dropped: a record that cannot be attributed, a payload that
-//! cannot be decoded, a reading too large for the store and a reading whose identifier another
-//! reading holds are each kept as a dead letter with its reason, for a technician.
+//! Nothing a source handed over is dropped: a record that cannot be attributed or has no valid
+//! device time (`Rejection::keeps_record`), a payload that cannot be decoded, a reading too
+//! large for the store and a reading whose identifier another reading holds are each kept as a
+//! dead letter with its reason, for a technician. Records the device marks invalid or not for
+//! upload (test data, control solution) are counted and acknowledged, not kept.
 
 use std::sync::Arc;
 
@@ -127,8 +129,11 @@ async fn process(batch: Vec<Ingest>, store: &Arc<Outbox>) -> bool {
                     }
                     .emit();
                     if rej.keeps_record() {
-                        // A real measurement we may not upload yet: keep it for the technician.
-                        let payload = postcard::to_stdvec(&record).unwrap_or_default();
+                        // A real measurement we may not upload yet: keep it for the technician,
+                        // as JSON (the decoded form `vitalgate decode` prints), readable with
+                        // `dead-letters --show`. Postcard bytes of a `Record` cannot be decoded
+                        // by anything: `Record` skips empty fields and holds JSON values.
+                        let payload = serde_json::to_vec(&record).unwrap_or_default();
                         dead.push((format!("device:{}", device.name), payload, rej.to_string()));
                     }
                     answers.push((done, Converted::Rejected(rej.to_string())));
@@ -231,4 +236,98 @@ async fn process(batch: Vec<Ingest>, store: &Arc<Outbox>) -> bool {
         }
     }
     any_new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Attribution;
+    use crate::reading::{DeviceClass, DeviceIdentifier};
+    use crate::store::{OutboxOptions, StoreKey};
+    use chrono::{FixedOffset, TimeZone};
+    use device_drivers::{Decimal, ReadingType, Status};
+
+    fn cuff() -> Arc<DeviceContext> {
+        Arc::new(DeviceContext {
+            name: "cuff".into(),
+            class: DeviceClass::BloodPressureCuff,
+            identifier: DeviceIdentifier::Bluetooth("00091FAABBCC".into()),
+            attribution: Attribution::Single("Patient/p1".parse().unwrap()),
+            utc_offset: FixedOffset::east_opt(3600).unwrap(),
+            clock_is_provenance_only: false,
+        })
+    }
+
+    /// A BP record without a device time, carrying `status`.
+    fn record(status: Status) -> Record {
+        let mut rec = Record {
+            readings: vec![
+                device_drivers::Reading::new(
+                    ReadingType::SystolicPressure,
+                    Decimal::from_int(128),
+                    "mm[Hg]",
+                ),
+                device_drivers::Reading::new(
+                    ReadingType::DiastolicPressure,
+                    Decimal::from_int(82),
+                    "mm[Hg]",
+                ),
+            ],
+            ..Record::default()
+        };
+        rec.add_flag(status);
+        rec
+    }
+
+    fn ingest(rec: Record) -> (Ingest, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let msg = Ingest::Record {
+            device: cuff(),
+            record: rec,
+            source: Source::Ble {
+                address: "00:09:1F:AA:BB:CC".into(),
+            },
+            clock: CaptureClock::default(),
+            received_at: Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
+            done: Some(tx),
+        };
+        (msg, rx)
+    }
+
+    #[tokio::test]
+    async fn a_stored_record_without_device_time_is_held_as_a_dead_letter_and_invalid_data_is_not()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Outbox::open(
+                dir.path(),
+                StoreKey::from_bytes([7; 32]),
+                OutboxOptions::default(),
+            )
+            .unwrap(),
+        );
+        let (undated, undated_done) = ingest(record(Status::FromMemory));
+        let (invalid, invalid_done) = ingest(record(Status::Artifact));
+        let new = process(vec![undated, invalid], &store).await;
+
+        assert!(!new, "no reading stored");
+        let undated_outcome = undated_done.await.unwrap();
+        assert!(
+            matches!(&undated_outcome, Outcome::Rejected(r) if r.contains("no valid device time")),
+            "{undated_outcome:?}"
+        );
+        assert!(undated_outcome.is_safe_to_ack(), "held durably, so acked");
+        assert!(matches!(invalid_done.await.unwrap(), Outcome::Rejected(_)));
+
+        let dead = store.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1, "only the undated record is kept: {dead:?}");
+        assert_eq!(dead[0].source, "device:cuff");
+        assert!(dead[0].reason.contains("from_memory"), "{}", dead[0].reason);
+        // The held payload is the record itself, as its decoded JSON, for a technician.
+        let payload = store.dead_letter_payload(dead[0].seq).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(back["flags"], serde_json::json!(["from_memory"]));
+        assert_eq!(back["readings"][0]["type"], "systolic_pressure");
+        assert_eq!(back["readings"][1]["value"].as_f64(), Some(82.0));
+    }
 }

@@ -26,6 +26,7 @@ use super::reader::Reader;
 use super::sfloat::Float11073;
 use super::{new_record, push_value, set_time, set_trailing, set_user, uuid, GattError};
 use crate::record::{ReadingType, Record};
+use crate::Status;
 
 /// Pressure unit of a BPM/ICP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -86,21 +87,21 @@ impl BpStatus {
 
     fn add_flags(&self, rec: &mut Record) {
         let pairs = [
-            (self.body_movement, "body_movement"),
-            (self.cuff_too_loose, "cuff_too_loose"),
-            (self.irregular_pulse, "irregular_pulse"),
-            (self.improper_position, "improper_position"),
+            (self.body_movement, Status::BodyMovement),
+            (self.cuff_too_loose, Status::CuffTooLoose),
+            (self.irregular_pulse, Status::IrregularPulse),
+            (self.improper_position, Status::ImproperPosition),
         ];
-        for (set, name) in pairs {
+        for (set, status) in pairs {
             if set {
-                rec.add_flag(name);
+                rec.add_flag(status);
             }
         }
         match self.pulse_rate_range {
             PulseRateRange::InRange => {}
-            PulseRateRange::ExceedsUpperLimit => rec.add_flag("pulse_rate_exceeds_upper_limit"),
-            PulseRateRange::BelowLowerLimit => rec.add_flag("pulse_rate_below_lower_limit"),
-            PulseRateRange::Reserved => rec.add_flag("pulse_rate_range_reserved"),
+            PulseRateRange::ExceedsUpperLimit => rec.add_flag(Status::PulseRateExceedsUpperLimit),
+            PulseRateRange::BelowLowerLimit => rec.add_flag(Status::PulseRateBelowLowerLimit),
+            PulseRateRange::Reserved => rec.add_flag(Status::PulseRateRangeReserved),
         }
     }
 }

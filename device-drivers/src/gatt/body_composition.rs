@@ -21,7 +21,7 @@ use super::reader::Reader;
 use super::weight::{HeightUnit, MassUnit};
 use super::{new_record, push_decimal, set_time, set_trailing, set_user, uuid, GattError};
 use crate::record::{ReadingType, Record};
-use crate::Decimal;
+use crate::{Decimal, Status};
 
 /// Unit system of a BCS measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -142,7 +142,7 @@ impl BodyCompositionMeasurement {
             Some(f) => push_decimal(&mut rec, ReadingType::BodyFatPercentage, f, "%"),
             None => {
                 rec.missing.push(ReadingType::BodyFatPercentage);
-                rec.add_flag("measurement_unsuccessful");
+                rec.add_flag(Status::MeasurementUnsuccessful);
             }
         }
         if let Some(w) = self.weight {
@@ -153,7 +153,7 @@ impl BodyCompositionMeasurement {
             push_decimal(&mut rec, ReadingType::BodyHeight, h, unit);
         }
         if self.multiple_packet {
-            rec.add_flag("multiple_packet");
+            rec.add_flag(Status::MultiplePacket);
         }
         let extra = [
             ("muscle_percent", self.muscle_percent),

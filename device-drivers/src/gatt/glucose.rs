@@ -18,7 +18,7 @@
 //! Record mapping (measurement only; context is joined by the agent on the sequence number):
 //! kg/L → `mg/dL` (× 100 000, exact exponent shift), mol/L → `mmol/L` (× 1000). Sample type and
 //! location go to `fields`; control solution (type 10 or location 4) adds the flag
-//! `control_solution` (never upload); sensor-status bits become flags of the same name.
+//! `control_solution` (never upload); sensor-status bits become the [`Status`] of the same name.
 
 use serde::Serialize;
 
@@ -27,22 +27,22 @@ use super::reader::Reader;
 use super::sfloat::Float11073;
 use super::{new_record, push_value, set_trailing, uuid, BitFlags, GattError};
 use crate::record::{ReadingType, Record};
-use crate::{Decimal, DeviceTime};
+use crate::{Decimal, DeviceTime, Status};
 
-/// Sensor Status Annunciation bit names (bits 12-15 RFU).
-pub const SENSOR_STATUS_NAMES: [&str; 12] = [
-    "device_battery_low",
-    "sensor_malfunction",
-    "sample_size_insufficient",
-    "strip_insertion_error",
-    "strip_type_incorrect",
-    "result_higher_than_device_can_process",
-    "result_lower_than_device_can_process",
-    "sensor_temperature_too_high",
-    "sensor_temperature_too_low",
-    "sensor_read_interrupted",
-    "general_device_fault",
-    "time_fault",
+/// Sensor Status Annunciation bits (bits 12-15 RFU).
+pub const SENSOR_STATUS: [Option<Status>; 12] = [
+    Some(Status::DeviceBatteryLow),
+    Some(Status::SensorMalfunction),
+    Some(Status::SampleSizeInsufficient),
+    Some(Status::StripInsertionError),
+    Some(Status::StripTypeIncorrect),
+    Some(Status::ResultHigherThanDeviceCanProcess),
+    Some(Status::ResultLowerThanDeviceCanProcess),
+    Some(Status::SensorTemperatureTooHigh),
+    Some(Status::SensorTemperatureTooLow),
+    Some(Status::SensorReadInterrupted),
+    Some(Status::GeneralDeviceFault),
+    Some(Status::TimeFault),
 ];
 
 pub fn type_name(code: u8) -> &'static str {
@@ -107,7 +107,7 @@ pub struct GlucoseMeasurement {
     #[serde(flatten)]
     pub concentration: Option<Concentration>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sensor_status: Option<BitFlags>,
+    pub sensor_status: Option<BitFlags<Status>>,
     #[serde(skip_serializing_if = "super::is_zero")]
     pub trailing_octets: usize,
 }
@@ -144,7 +144,7 @@ impl GlucoseMeasurement {
             None
         };
         let sensor_status = if flags & 0x08 != 0 {
-            Some(BitFlags::new(u32::from(r.u16()?), &SENSOR_STATUS_NAMES))
+            Some(BitFlags::new(u32::from(r.u16()?), &SENSOR_STATUS))
         } else {
             None
         };
@@ -223,13 +223,13 @@ impl GlucoseMeasurement {
                 serde_json::json!(c.sample_location_name),
             );
             if c.sample_type == 10 || c.sample_location == 4 {
-                rec.add_flag("control_solution");
+                rec.add_flag(Status::ControlSolution);
             }
         }
         match (self.base_time.0.device_time(), self.timestamp) {
             (Some(_), Some(t)) => rec.device_time = Some(t),
             _ => {
-                rec.add_flag("device_time_invalid");
+                rec.add_flag(Status::DeviceTimeInvalid);
                 rec.fields.insert(
                     "base_time_raw".into(),
                     serde_json::json!(self.base_time.0.raw()),
@@ -242,7 +242,7 @@ impl GlucoseMeasurement {
             }
         }
         if self.context_follows {
-            rec.add_flag("context_follows");
+            rec.add_flag(Status::ContextFollows);
         }
         set_trailing(&mut rec, self.trailing_octets);
         rec

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::reader::Reader;
 use super::{new_record, push_decimal, set_trailing, uuid, GattError};
 use crate::record::{ReadingType, Record};
-use crate::Decimal;
+use crate::{Decimal, Status};
 
 /// Sensor contact status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -128,7 +128,7 @@ impl HeartRateMeasurement {
             "/min",
         );
         if self.sensor_contact == SensorContact::NotDetected {
-            rec.add_flag("sensor_contact_not_detected");
+            rec.add_flag(Status::SensorContactNotDetected);
         }
         if let Some(e) = self.energy_expended_kj {
             rec.fields

@@ -67,7 +67,7 @@ mod reader;
 use serde::Serialize;
 
 use crate::record::{ReadingType, Record};
-use crate::{Decimal, Reading};
+use crate::{Decimal, Reading, Status};
 
 pub use sfloat::Float11073;
 
@@ -372,7 +372,7 @@ pub(crate) fn set_time(rec: &mut Record, dt: Option<datetime::DateTime>) {
         match dt.device_time() {
             Some(t) => rec.device_time = Some(t),
             None => {
-                rec.add_flag("device_time_invalid");
+                rec.add_flag(Status::DeviceTimeInvalid);
                 rec.fields
                     .insert("timestamp_raw".into(), serde_json::json!(dt.raw()));
             }
@@ -383,7 +383,7 @@ pub(crate) fn set_time(rec: &mut Record, dt: Option<datetime::DateTime>) {
 /// User ID 0xFF is "unknown user": never a patient slot.
 pub(crate) fn set_user(rec: &mut Record, user: Option<u8>) {
     match user {
-        Some(0xFF) => rec.add_flag("unknown_user"),
+        Some(0xFF) => rec.add_flag(Status::UnknownUser),
         Some(u) => rec.user_index = Some(u),
         None => {}
     }
@@ -391,32 +391,36 @@ pub(crate) fn set_user(rec: &mut Record, user: Option<u8>) {
 
 pub(crate) fn set_trailing(rec: &mut Record, n: usize) {
     if n > 0 {
-        rec.add_flag("trailing_octets");
+        rec.add_flag(Status::TrailingOctets);
         rec.fields
             .insert("trailing_octets".into(), serde_json::json!(n));
     }
 }
 
-/// `{"raw": n, "flags": [...]}` bit sets (PLX status, glucose annunciation).
+/// `{"raw": n, "flags": [...]}` bit sets: device statuses (PLX status, glucose annunciation,
+/// `T` = [`Status`]) or feature names (`T` = `&str`). Both serialise the names as strings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BitFlags {
+pub struct BitFlags<T = &'static str> {
     pub raw: u32,
-    pub flags: Vec<&'static str>,
+    pub flags: Vec<T>,
 }
 
-impl BitFlags {
-    /// Names the set bits that have a name (`names[i]` for bit `i`; `""` = RFU, skipped).
-    pub(crate) fn new(raw: u32, names: &[&'static str]) -> Self {
+impl<T: Copy> BitFlags<T> {
+    /// The set bits that have a name (`names[i]` for bit `i`; `None` = RFU, skipped).
+    pub(crate) fn new(raw: u32, names: &[Option<T>]) -> Self {
         let flags = names
             .iter()
             .enumerate()
-            .filter(|(i, n)| !n.is_empty() && raw & (1u32 << i) != 0)
-            .map(|(_, n)| *n)
+            .filter(|(i, _)| raw & (1u32 << i) != 0)
+            .filter_map(|(_, n)| *n)
             .collect();
         Self { raw, flags }
     }
 
-    pub fn contains(&self, name: &str) -> bool {
+    pub fn contains(&self, name: T) -> bool
+    where
+        T: PartialEq,
+    {
         self.flags.contains(&name)
     }
 }

@@ -11,8 +11,9 @@
 //!    height above 400 cm; BMI above 1000 kg/m2; temperature below absolute zero or above
 //!    100 °C; glucose above 10 000 mg/dL (555 mmol/L).
 //! 2. **Implausible** (configurable [`PlausibilityRanges`]): the value is kept but the record
-//!    gets the flag `implausible_<reading type>` (e.g. `implausible_systolic_pressure`) so the
-//!    pipeline does not store it as normal. Defaults (inclusive, canonical units):
+//!    gets the flag [`Status::Implausible`] (`implausible_<reading type>`, e.g.
+//!    `implausible_systolic_pressure`; class `questionable`) so the pipeline does not store it as
+//!    normal. Defaults (inclusive, canonical units):
 //!
 //! | reading | default range | unit |
 //! |---|---|---|
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::GattError;
 use crate::record::{Reading, ReadingType, Record};
+use crate::Status;
 
 /// An inclusive range in a reading's canonical unit.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -118,13 +120,13 @@ impl PlausibilityRanges {
         })
     }
 
-    /// Adds `implausible_<type>` for every reading outside its range.
+    /// Adds [`Status::Implausible`] for every reading outside its range.
     pub fn flag(&self, rec: &mut Record) {
         let mut flags = Vec::new();
         for r in &rec.readings {
             if let (Some(range), Some(v)) = (self.range(r.kind), canonical_value(r)) {
                 if !range.contains(v) {
-                    flags.push(format!("implausible_{}", r.kind.as_str()));
+                    flags.push(Status::Implausible(r.kind));
                 }
             }
         }

@@ -13,8 +13,8 @@
 //!   D&S status support u24 if bit1.
 //!
 //! Status bit sets serialise as `{"raw", "flags"}` (RFU bits only in `raw`). Record mapping:
-//! `spo2` `%`, `pulse_rate` `/min`, `perfusion_index` `%` (PAI); every named status bit becomes a
-//! flag of the same name; `device_clock_not_set` drops the timestamp (flag kept). Clinical
+//! `spo2` `%`, `pulse_rate` `/min`, `perfusion_index` `%` (PAI); every named status bit becomes the
+//! [`Status`] of the same name; `device_clock_not_set` drops the timestamp (flag kept). Clinical
 //! gates (measurement unavailable / questionable / invalid, demonstration / testing data) are
 //! flags for the pipeline, not decode errors.
 
@@ -25,26 +25,26 @@ use super::reader::Reader;
 use super::sfloat::Float11073;
 use super::{new_record, push_value, set_time, set_trailing, uuid, BitFlags, GattError};
 use crate::record::{ReadingType, Record};
+use crate::Status;
+
+/// Measurement Status, Device and Sensor Status, Pulse Amplitude Index (each optional).
+type StatusTail = (
+    Option<BitFlags<Status>>,
+    Option<BitFlags<Status>>,
+    Option<Float11073>,
+);
 
 /// The optional fields both PLX measurements end with (Measurement Status, Device and Sensor
 /// Status, Pulse Amplitude Index), each present when its flag bit (`bits`, in that order) is set.
-#[allow(clippy::type_complexity)]
-fn read_status_tail(
-    r: &mut Reader<'_>,
-    flags: u8,
-    bits: [u8; 3],
-) -> Result<(Option<BitFlags>, Option<BitFlags>, Option<Float11073>), GattError> {
+fn read_status_tail(r: &mut Reader<'_>, flags: u8, bits: [u8; 3]) -> Result<StatusTail, GattError> {
     let [ms, ds, pai] = bits;
     let measurement_status = if flags & ms != 0 {
-        Some(BitFlags::new(
-            u32::from(r.u16()?),
-            &MEASUREMENT_STATUS_NAMES,
-        ))
+        Some(BitFlags::new(u32::from(r.u16()?), &MEASUREMENT_STATUS))
     } else {
         None
     };
     let device_and_sensor_status = if flags & ds != 0 {
-        Some(BitFlags::new(r.u24()?, &DEVICE_SENSOR_STATUS_NAMES))
+        Some(BitFlags::new(r.u24()?, &DEVICE_SENSOR_STATUS))
     } else {
         None
     };
@@ -60,56 +60,56 @@ fn read_status_tail(
     ))
 }
 
-/// Measurement Status bit names (bits 0-4 RFU).
-pub const MEASUREMENT_STATUS_NAMES: [&str; 16] = [
-    "",
-    "",
-    "",
-    "",
-    "",
-    "measurement_ongoing",
-    "early_estimated_data",
-    "validated_data",
-    "fully_qualified_data",
-    "data_from_measurement_storage",
-    "data_for_demonstration",
-    "data_for_testing",
-    "calibration_ongoing",
-    "measurement_unavailable",
-    "questionable_measurement_detected",
-    "invalid_measurement_detected",
+/// Measurement Status bits (bits 0-4 RFU).
+pub const MEASUREMENT_STATUS: [Option<Status>; 16] = [
+    None,
+    None,
+    None,
+    None,
+    None,
+    Some(Status::MeasurementOngoing),
+    Some(Status::EarlyEstimatedData),
+    Some(Status::ValidatedData),
+    Some(Status::FullyQualifiedData),
+    Some(Status::DataFromMeasurementStorage),
+    Some(Status::DataForDemonstration),
+    Some(Status::DataForTesting),
+    Some(Status::CalibrationOngoing),
+    Some(Status::MeasurementUnavailable),
+    Some(Status::QuestionableMeasurementDetected),
+    Some(Status::InvalidMeasurementDetected),
 ];
 
-/// Device and Sensor Status bit names (bits 16-23 RFU).
-pub const DEVICE_SENSOR_STATUS_NAMES: [&str; 16] = [
-    "extended_display_update_ongoing",
-    "equipment_malfunction_detected",
-    "signal_processing_irregularity_detected",
-    "inadequate_signal_detected",
-    "poor_signal_detected",
-    "low_perfusion_detected",
-    "erratic_signal_detected",
-    "nonpulsatile_signal_detected",
-    "questionable_pulse_detected",
-    "signal_analysis_ongoing",
-    "sensor_interference_detected",
-    "sensor_unconnected_to_user",
-    "unknown_sensor_connected",
-    "sensor_displaced",
-    "sensor_malfunctioning",
-    "sensor_disconnected",
+/// Device and Sensor Status bits (bits 16-23 RFU).
+pub const DEVICE_SENSOR_STATUS: [Option<Status>; 16] = [
+    Some(Status::ExtendedDisplayUpdateOngoing),
+    Some(Status::EquipmentMalfunctionDetected),
+    Some(Status::SignalProcessingIrregularityDetected),
+    Some(Status::InadequateSignalDetected),
+    Some(Status::PoorSignalDetected),
+    Some(Status::LowPerfusionDetected),
+    Some(Status::ErraticSignalDetected),
+    Some(Status::NonpulsatileSignalDetected),
+    Some(Status::QuestionablePulseDetected),
+    Some(Status::SignalAnalysisOngoing),
+    Some(Status::SensorInterferenceDetected),
+    Some(Status::SensorUnconnectedToUser),
+    Some(Status::UnknownSensorConnected),
+    Some(Status::SensorDisplaced),
+    Some(Status::SensorMalfunctioning),
+    Some(Status::SensorDisconnected),
 ];
 
 /// Supported Features bit names (bits 8-15 RFU in PLXS 1.0).
-pub const SUPPORTED_FEATURE_NAMES: [&str; 8] = [
-    "measurement_status_support",
-    "device_and_sensor_status_support",
-    "spot_check_measurement_storage",
-    "spot_check_timestamp",
-    "spo2pr_fast",
-    "spo2pr_slow",
-    "pulse_amplitude_index",
-    "multiple_bonds",
+pub const SUPPORTED_FEATURE_NAMES: [Option<&str>; 8] = [
+    Some("measurement_status_support"),
+    Some("device_and_sensor_status_support"),
+    Some("spot_check_measurement_storage"),
+    Some("spot_check_timestamp"),
+    Some("spo2pr_fast"),
+    Some("spo2pr_slow"),
+    Some("pulse_amplitude_index"),
+    Some("multiple_bonds"),
 ];
 
 /// PLX Spot-check Measurement 0x2A5E.
@@ -121,9 +121,9 @@ pub struct PlxSpotCheck {
     #[serde(flatten)]
     pub timestamp: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub measurement_status: Option<BitFlags>,
+    pub measurement_status: Option<BitFlags<Status>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_and_sensor_status: Option<BitFlags>,
+    pub device_and_sensor_status: Option<BitFlags<Status>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pulse_amplitude_index: Option<Float11073>,
     #[serde(skip_serializing_if = "super::is_zero")]
@@ -166,7 +166,7 @@ impl PlxSpotCheck {
             push_value(&mut rec, ReadingType::PerfusionIndex, p, "%");
         }
         if self.device_clock_not_set {
-            rec.add_flag("device_clock_not_set");
+            rec.add_flag(Status::DeviceClockNotSet);
             if let Some(Timestamp(dt)) = self.timestamp {
                 rec.fields
                     .insert("timestamp_raw".into(), serde_json::json!(dt.raw()));
@@ -198,9 +198,9 @@ pub struct PlxContinuous {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pulse_rate_slow: Option<Float11073>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub measurement_status: Option<BitFlags>,
+    pub measurement_status: Option<BitFlags<Status>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_and_sensor_status: Option<BitFlags>,
+    pub device_and_sensor_status: Option<BitFlags<Status>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pulse_amplitude_index: Option<Float11073>,
     #[serde(skip_serializing_if = "super::is_zero")]
@@ -319,7 +319,11 @@ impl PlxContinuous {
     }
 }
 
-fn add_status_flags(rec: &mut Record, ms: &Option<BitFlags>, ds: &Option<BitFlags>) {
+fn add_status_flags(
+    rec: &mut Record,
+    ms: &Option<BitFlags<Status>>,
+    ds: &Option<BitFlags<Status>>,
+) {
     for set in [ms, ds].into_iter().flatten() {
         for f in &set.flags {
             rec.add_flag(*f);
@@ -332,9 +336,9 @@ fn add_status_flags(rec: &mut Record, ms: &Option<BitFlags>, ds: &Option<BitFlag
 pub struct PlxFeatures {
     pub supported_features: BitFlags,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub measurement_status_support: Option<BitFlags>,
+    pub measurement_status_support: Option<BitFlags<Status>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_and_sensor_status_support: Option<BitFlags>,
+    pub device_and_sensor_status_support: Option<BitFlags<Status>>,
     #[serde(skip_serializing_if = "super::is_zero")]
     pub trailing_octets: usize,
 }
@@ -346,15 +350,12 @@ impl PlxFeatures {
         let mut r = Reader::new(payload);
         let sf = r.u16()?;
         let measurement_status_support = if sf & 1 != 0 {
-            Some(BitFlags::new(
-                u32::from(r.u16()?),
-                &MEASUREMENT_STATUS_NAMES,
-            ))
+            Some(BitFlags::new(u32::from(r.u16()?), &MEASUREMENT_STATUS))
         } else {
             None
         };
         let device_and_sensor_status_support = if sf & 2 != 0 {
-            Some(BitFlags::new(r.u24()?, &DEVICE_SENSOR_STATUS_NAMES))
+            Some(BitFlags::new(r.u24()?, &DEVICE_SENSOR_STATUS))
         } else {
             None
         };

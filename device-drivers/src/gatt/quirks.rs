@@ -17,10 +17,60 @@
 //! by the spec. Records decoded by a quirk carry the flag `quirk_<id>`. The BM85 sends MAP 0
 //! (it computes none): the quirk decoder reports MAP as missing instead of 0 mmHg.
 
+use std::fmt;
+
 use super::blood_pressure::BloodPressureMeasurement;
 use super::plausibility::check_possible;
 use super::{uuid, GattError};
 use crate::record::Record;
+use crate::Status;
+
+/// The id of a quirk profile (also the `<id>` of the record flag `quirk_<id>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QuirkId {
+    /// The profile of a standard device (never in a flag).
+    Standard,
+    BeurerBm85,
+    OmronBpm,
+    AndMedical,
+    XiaomiMibfs,
+    AscensiaContour,
+}
+
+impl QuirkId {
+    /// Every id.
+    pub const ALL: [QuirkId; 6] = [
+        Self::Standard,
+        Self::BeurerBm85,
+        Self::OmronBpm,
+        Self::AndMedical,
+        Self::XiaomiMibfs,
+        Self::AscensiaContour,
+    ];
+
+    /// The snake_case id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::BeurerBm85 => "beurer_bm85",
+            Self::OmronBpm => "omron_bpm",
+            Self::AndMedical => "and_medical",
+            Self::XiaomiMibfs => "xiaomi_mibfs",
+            Self::AscensiaContour => "ascensia_contour",
+        }
+    }
+
+    /// Parses the snake_case id.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|q| q.as_str() == name)
+    }
+}
+
+impl fmt::Display for QuirkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How a device's clock is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +97,7 @@ pub enum BpmLayout {
 /// What is known to be non-standard about one device family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuirkProfile {
-    pub id: &'static str,
+    pub id: QuirkId,
     pub bpm_layout: BpmLayout,
     pub clock: ClockSetMethod,
     /// Current Time day-of-week is unreliable (never validate it anyway).
@@ -62,7 +112,7 @@ pub struct QuirkProfile {
 }
 
 const STANDARD: QuirkProfile = QuirkProfile {
-    id: "standard",
+    id: QuirkId::Standard,
     bpm_layout: BpmLayout::Standard,
     clock: ClockSetMethod::CurrentTime,
     weekday_unreliable: false,
@@ -73,7 +123,7 @@ const STANDARD: QuirkProfile = QuirkProfile {
 };
 
 pub const BEURER_BM85: QuirkProfile = QuirkProfile {
-    id: "beurer_bm85",
+    id: QuirkId::BeurerBm85,
     bpm_layout: BpmLayout::BeurerBm85,
     replays_stored_records: true,
     source: "derdilla/blood-pressure-monitor-fl ble_measurement_data_test.dart 'decodes beurer sample data'",
@@ -81,7 +131,7 @@ pub const BEURER_BM85: QuirkProfile = QuirkProfile {
 };
 
 pub const OMRON_BPM: QuirkProfile = QuirkProfile {
-    id: "omron_bpm",
+    id: QuirkId::OmronBpm,
     clock: ClockSetMethod::CurrentTimeFirstNotificationOnly { min_skew_s: 600 },
     weekday_unreliable: true,
     clock_resets_on_battery_change: true,
@@ -91,14 +141,14 @@ pub const OMRON_BPM: QuirkProfile = QuirkProfile {
 };
 
 pub const AND_MEDICAL: QuirkProfile = QuirkProfile {
-    id: "and_medical",
+    id: QuirkId::AndMedical,
     clock: ClockSetMethod::DateTimeInMeasurementService,
     source: "andengineering/AndroidSampleCode BleReceivedService.java",
     ..STANDARD
 };
 
 pub const XIAOMI_MIBFS: QuirkProfile = QuirkProfile {
-    id: "xiaomi_mibfs",
+    id: QuirkId::XiaomiMibfs,
     clock_resets_on_battery_change: true,
     refuse: &[uuid::BODY_COMPOSITION_MEASUREMENT],
     source: "lolouk44/hassio-addons#14; RobertWojtowicz/export2garmin#67",
@@ -106,7 +156,7 @@ pub const XIAOMI_MIBFS: QuirkProfile = QuirkProfile {
 };
 
 pub const ASCENSIA_CONTOUR: QuirkProfile = QuirkProfile {
-    id: "ascensia_contour",
+    id: QuirkId::AscensiaContour,
     clock: ClockSetMethod::Proprietary,
     source: "weliem/blessed-android writeContourClock",
     ..STANDARD
@@ -193,7 +243,7 @@ impl QuirkProfile {
                         m.map = super::Float11073::NaN;
                     }
                     let mut rec = m.to_record();
-                    rec.add_flag(format!("quirk_{}", self.id));
+                    rec.add_flag(Status::Quirk(self.id));
                     rec
                 }),
             );

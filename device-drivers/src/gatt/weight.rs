@@ -25,7 +25,7 @@ use super::datetime::Timestamp;
 use super::reader::Reader;
 use super::{new_record, push_decimal, set_time, set_trailing, set_user, uuid, GattError};
 use crate::record::{ReadingType, Record};
-use crate::Decimal;
+use crate::{Decimal, Status};
 
 /// Mass unit of WSS/BCS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -239,7 +239,7 @@ impl WeightMeasurement {
             Some(w) => push_decimal(&mut rec, ReadingType::BodyWeight, w, self.unit.ucum()),
             None => {
                 rec.missing.push(ReadingType::BodyWeight);
-                rec.add_flag("measurement_unsuccessful");
+                rec.add_flag(Status::MeasurementUnsuccessful);
             }
         }
         if let Some(b) = self.bmi_height {

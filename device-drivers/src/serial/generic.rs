@@ -18,7 +18,9 @@
 //!
 //! Config errors ([`DeviceConfigError`]) name the file, the line and column, and what was
 //! expected, for syntax errors (from `toml`) and for semantic checks alike (bad regex, capture
-//! not in the regex, unknown reading type, unknown unit, `min > max`, ...).
+//! not in the regex, unknown reading type, unknown unit, unknown status in `flag.name` or
+//! `status_flags`, `min > max`, ...). Flag names are [`Status`] names: the device file picks a
+//! status, the code decides what it means clinically (`crate::status`).
 //!
 //! Choices where §5.1 is silent:
 //! - `parse` defaults to `decimal`; `scale` to 1 and `offset` to 0; `min`/`max` apply to the value
@@ -40,7 +42,7 @@ use serde_spanned::Spanned;
 
 use super::line::LineFramer;
 use super::{Decoder, ErrorKind, Event, FlowControl, Out, Parity, PortSettings, Stats};
-use crate::{Decimal, Reading, ReadingType, Record};
+use crate::{Decimal, Reading, ReadingType, Record, Status};
 
 /// Default `max_line_bytes`.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 256;
@@ -199,7 +201,7 @@ struct RuleDoc {
     missing: Vec<String>,
     status_capture: Option<Spanned<String>>,
     status_accept: Option<Spanned<Vec<String>>>,
-    status_flags: Option<Spanned<BTreeMap<String, String>>>,
+    status_flags: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     checksum: Option<ChecksumDoc>,
     #[serde(default, rename = "reading")]
     readings: Vec<ReadingDoc>,
@@ -277,14 +279,14 @@ struct Rule {
     status: Option<StatusGate>,
     checksum: Option<ChecksumRule>,
     readings: Vec<ReadingRule>,
-    flags: Vec<(String, String)>,
+    flags: Vec<(String, Status)>,
 }
 
 #[derive(Debug)]
 struct StatusGate {
     capture: String,
     accept: Vec<String>,
-    flags: BTreeMap<String, String>,
+    flags: BTreeMap<String, Status>,
 }
 
 #[derive(Debug)]
@@ -448,6 +450,23 @@ fn check_unit(unit: &Spanned<String>, key: &str) -> Result<String, CompileError>
     )
 }
 
+/// A flag name must be a known [`Status`] (see `crate::status` for why there is no free-form
+/// vendor flag): each status's clinical class is decided in code, not by the device file.
+fn check_status(name: &Spanned<String>, key: &str) -> Result<Status, CompileError> {
+    let n = name.get_ref();
+    n.parse().or_else(|_| {
+        let known: Vec<String> = Status::FIXED.iter().map(Status::to_string).collect();
+        err(
+            name.span(),
+            format!(
+                "`{key}`: unknown status `{n}`; a device file can only use statuses vitalgate \
+                 knows, each with a decided clinical meaning (expected one of: {})",
+                known.join(", ")
+            ),
+        )
+    })
+}
+
 fn compile(d: DeviceDoc) -> Result<Compiled, CompileError> {
     if d.id.get_ref().trim().is_empty() {
         return err(d.id.span(), "`id` must not be empty");
@@ -524,11 +543,10 @@ fn compile_rule(r: RuleDoc) -> Result<Rule, CompileError> {
                     )
                 }
             };
-            let flags = r
-                .status_flags
-                .as_ref()
-                .map(|f| f.get_ref().clone())
-                .unwrap_or_default();
+            let mut flags = BTreeMap::new();
+            for (value, name) in r.status_flags.iter().flat_map(|f| f.get_ref()) {
+                flags.insert(value.clone(), check_status(name, "status_flags")?);
+            }
             Some(StatusGate {
                 capture,
                 accept,
@@ -624,10 +642,7 @@ fn compile_rule(r: RuleDoc) -> Result<Rule, CompileError> {
     let mut flags = Vec::new();
     for f in &r.flags {
         let capture = check_capture(&regex, &f.capture, "flag.capture")?;
-        if f.name.get_ref().trim().is_empty() {
-            return err(f.name.span(), "`name`: a flag name must not be empty");
-        }
-        flags.push((capture, f.name.get_ref().clone()));
+        flags.push((capture, check_status(&f.name, "flag.name")?));
     }
 
     Ok(Rule {
@@ -742,7 +757,7 @@ fn apply_rule(
         let accepted = status.is_some_and(|s| gate.accept.iter().any(|a| a == s));
         if !accepted {
             if let Some(flag) = status.and_then(|s| gate.flags.get(s)) {
-                r.add_flag(flag.clone());
+                r.add_flag(*flag);
             }
             return Ok(r);
         }
@@ -780,7 +795,7 @@ fn apply_rule(
 
     for (capture, flag) in &rule.flags {
         if caps.name(capture).is_some() {
-            r.add_flag(flag.clone());
+            r.add_flag(*flag);
         }
     }
     Ok(r)

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::line::LineDecoder;
 use super::ErrorKind;
-use crate::{Decimal, DeviceTime, Reading, ReadingType, Record};
+use crate::{Decimal, DeviceTime, Reading, ReadingType, Record, Status};
 
 /// Longest accepted line (CR LF excluded).
 pub const MAX_LINE_BYTES: usize = 512;
@@ -196,17 +196,17 @@ fn parse_hex(v: &str) -> Result<u64, ErrorKind> {
 }
 
 /// Exception bits of the Rad-8 manual (§2.3).
-const EXC_FLAGS: [(u64, &str); 10] = [
-    (0x001, "no_sensor"),
-    (0x002, "defective_sensor"),
-    (0x004, "low_perfusion"),
-    (0x008, "pulse_search"),
-    (0x010, "interference"),
-    (0x020, "sensor_off"),
-    (0x040, "ambient_light"),
-    (0x080, "unrecognized_sensor"),
-    (0x400, "low_signal_iq"),
-    (0x800, "masimo_set"),
+const EXC_FLAGS: [(u64, Status); 10] = [
+    (0x001, Status::NoSensor),
+    (0x002, Status::DefectiveSensor),
+    (0x004, Status::LowPerfusion),
+    (0x008, Status::PulseSearch),
+    (0x010, Status::Interference),
+    (0x020, Status::SensorOff),
+    (0x040, Status::AmbientLight),
+    (0x080, Status::UnrecognizedSensor),
+    (0x400, Status::LowSignalIq),
+    (0x800, Status::MasimoSet),
 ];
 
 fn add_exc_flags(r: &mut Record, exc: u64) {
@@ -218,7 +218,7 @@ fn add_exc_flags(r: &mut Record, exc: u64) {
         }
     }
     if exc & !known != 0 {
-        r.add_flag("exc_other");
+        r.add_flag(Status::ExcOther);
     }
 }
 
@@ -257,9 +257,6 @@ mod tests {
     #[test]
     fn unknown_exc_bits_become_exc_other() {
         let r = parse_line(b"02/22/16 22:47:45 EXC=001900").unwrap();
-        assert_eq!(
-            r.flags,
-            vec!["exc_other".to_string(), "masimo_set".to_string()]
-        );
+        assert_eq!(r.flags, vec![Status::ExcOther, Status::MasimoSet]);
     }
 }

@@ -38,7 +38,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{Decoder, ErrorKind, Event, Out, Stats};
-use crate::{Decimal, DeviceTime, Reading, ReadingType, Record};
+use crate::{Decimal, DeviceTime, Reading, ReadingType, Record, Status};
 
 const HR_MISSING: u16 = 511;
 const SPO2_MISSING: u8 = 127;
@@ -226,10 +226,10 @@ fn packet_record(format: Format, packet: &[[u8; 5]]) -> Result<Record, ErrorKind
     for f in packet {
         let s = status(f);
         for (bit, flag) in [
-            (0x40, "sensor_disconnect"),
-            (0x20, "artifact"),
-            (0x10, "out_of_track"),
-            (0x08, "sensor_alarm"),
+            (0x40, Status::SensorDisconnect),
+            (0x20, Status::Artifact),
+            (0x10, Status::OutOfTrack),
+            (0x08, Status::SensorAlarm),
         ] {
             if s & bit != 0 {
                 r.add_flag(flag);
@@ -247,10 +247,10 @@ fn packet_record(format: Format, packet: &[[u8; 5]]) -> Result<Record, ErrorKind
         });
     }
     if stat2 & 0x20 != 0 {
-        r.add_flag("smartpoint");
+        r.add_flag(Status::Smartpoint);
     }
     if stat2 & 0x01 != 0 {
-        r.add_flag("low_battery");
+        r.add_flag(Status::LowBattery);
     }
     let mut m = Map::new();
     m.insert("hr".into(), json!(hr));
@@ -329,19 +329,19 @@ fn df8_record(f: [u8; 4]) -> Result<Record, ErrorKind> {
     let mut r = Record::default();
     add_spo2_hr(&mut r, spo2, hr)?;
     for (bit, flag) in [
-        (0x20, "out_of_track"),
-        (0x10, "low_perfusion"),
-        (0x08, "marginal_perfusion"),
-        (0x04, "artifact"),
+        (0x20, Status::OutOfTrack),
+        (0x10, Status::LowPerfusion),
+        (0x08, Status::MarginalPerfusion),
+        (0x04, Status::Artifact),
     ] {
         if status & bit != 0 {
             r.add_flag(flag);
         }
     }
     for (bit, flag) in [
-        (0x20, "smartpoint"),
-        (0x08, "sensor_alarm"),
-        (0x01, "low_battery"),
+        (0x20, Status::Smartpoint),
+        (0x08, Status::SensorAlarm),
+        (0x01, Status::LowBattery),
     ] {
         if status2 & bit != 0 {
             r.add_flag(flag);
@@ -496,10 +496,10 @@ fn df13_record(data: &[u8]) -> Result<Record, ErrorKind> {
     let mut r = Record::default();
     add_spo2_hr(&mut r, spo2, hr)?;
     for (byte, bit, flag) in [
-        (st_msb, 0x02, "smartpoint"),
-        (st_msb, 0x01, "no_measurement"),
-        (st_lsb, 0x10, "from_memory"),
-        (st_lsb, 0x01, "low_battery"),
+        (st_msb, 0x02, Status::Smartpoint),
+        (st_msb, 0x01, Status::NoMeasurement),
+        (st_lsb, 0x10, Status::FromMemory),
+        (st_lsb, 0x01, Status::LowBattery),
     ] {
         if byte & bit != 0 {
             r.add_flag(flag);
