@@ -520,8 +520,11 @@ impl<'a> Session<'a> {
                 .await
             }
             racp::Action::Store(stored) => {
-                self.ingest(stored.record, stored.sequence_number, true)
-                    .await
+                // A RACP record was stored by the device: without a usable time the pipeline
+                // holds it rather than date it with the reception time.
+                let mut record = stored.record;
+                record.add_flag(device_drivers::Status::FromMemory);
+                self.ingest(record, stored.sequence_number, true).await
             }
             racp::Action::Wait => Ok(()),
             racp::Action::Complete(done) => {
