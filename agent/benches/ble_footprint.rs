@@ -191,17 +191,27 @@ fn main() {
     agent.terminate();
     let log = agent.stderr();
     let field = |k: &str| -> String {
-        log.lines()
+        let line = log
+            .lines()
             .rfind(|l| l.contains("notification-to-durable"))
-            .and_then(|l| {
-                let clean: String = l.chars().filter(|c| !c.is_control()).collect();
-                clean.split_whitespace().find_map(|w| {
-                    w.split_once(k).map(|(_, v)| {
-                        v.trim_start_matches("[0m")
-                            .trim_start_matches(|c: char| !c.is_ascii_digit())
-                            .to_string()
-                    })
-                })
+            .unwrap_or_default();
+        // Drop ANSI colour sequences (ESC [ ... m).
+        let mut clean = String::new();
+        let mut in_esc = false;
+        for c in line.chars() {
+            match (in_esc, c) {
+                (false, '\u{1b}') => in_esc = true,
+                (true, 'm') => in_esc = false,
+                (true, _) => {}
+                (false, c) => clean.push(c),
+            }
+        }
+        clean
+            .split_whitespace()
+            .find_map(|w| {
+                w.strip_prefix(k)
+                    .and_then(|v| v.strip_prefix('='))
+                    .map(String::from)
             })
             .unwrap_or_else(|| "?".into())
     };
