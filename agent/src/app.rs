@@ -6,7 +6,8 @@
 //!    the uplink client (CA, client certificate and key), the MQTT options (password file, TLS
 //!    files), then, last, the store key and the encrypted outbox. Any failure is a
 //!    [`StartError`] a technician can act on (exit 1; a bad config file is exit 64 earlier).
-//! 2. [`App::run`] — spawns the pipeline, the uploader and the sources, tells systemd it is
+//! 2. [`App::run`] — spawns the pipeline, the uploader and the sources (MQTT, one task per
+//!    serial port, simulators), tells systemd it is
 //!    ready, then supervises them until the one shutdown [`CancellationToken`] fires.
 //!
 //! Supervision: the pipeline, the uploader and every long-running source must live until
@@ -37,6 +38,7 @@ use crate::telemetry;
 use crate::uplink::backoff::Backoff;
 use crate::uplink::client::{UplinkClient, UplinkTls};
 use crate::uplink::fhir::GatewayInfo;
+use crate::uplink::scheduler::{SchedulerConfig, REJECTION_STREAK_LIMIT};
 use crate::uploader::Uploader;
 
 /// How long the pipeline gets to drain after shutdown is requested, and then how long the other
@@ -211,8 +213,8 @@ impl App {
         if cfg.uplink.allow_insecure_http && cfg.uplink.fhir_base.scheme() == "http" {
             tracing::warn!("INSECURE: uplink.allow_insecure_http is set and fhir_base is http://; readings (PHI) travel unencrypted. Never use this outside a lab.");
         }
-        for d in &devices.serial {
-            tracing::warn!(device = %d.name, "the serial transport is not available in this version; device ignored");
+        for w in cfg.warnings() {
+            tracing::warn!("config: {w}");
         }
 
         let wake = Arc::new(Notify::new());
@@ -229,11 +231,16 @@ impl App {
         ));
         let uploader = Uploader {
             store: Arc::clone(&store),
-            client,
+            sender: client,
             gateway: GatewayInfo::new(&cfg.gateway.id, env!("CARGO_PKG_VERSION")),
             batch_size: cfg.uplink.batch_size,
-            backoff: Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max),
+            schedule: SchedulerConfig {
+                retry: Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max),
+                pause: Backoff::new(cfg.uplink.pause_initial, cfg.uplink.pause_max),
+                rejection_streak_limit: REJECTION_STREAK_LIMIT,
+            },
             wake: Arc::clone(&wake),
+            seed: rand::random(),
         };
         spawn("uploader", true, Box::pin(uploader.run(shutdown.clone())));
         if let Some((m, subs)) = mqtt {
@@ -258,6 +265,20 @@ impl App {
                         tracing::error!(error = %e, "BLE source stopped");
                     }
                 }),
+            );
+        }
+        for (serial, ctx) in &devices.serial {
+            // A serial source runs until shutdown whatever the port does (absent, no
+            // permission, unplugged): it retries, it never ends early.
+            spawn(
+                "serial source",
+                true,
+                Box::pin(sources::serial::run(
+                    serial.clone(),
+                    Arc::clone(ctx),
+                    ingest_tx.clone(),
+                    shutdown.clone(),
+                )),
             );
         }
         for (s, ctx) in &devices.simulators {

@@ -50,6 +50,8 @@ pub(super) struct RawUplink {
     pub(super) batch_size: Option<Spanned<i64>>,
     pub(super) backoff_initial_ms: Option<Spanned<i64>>,
     pub(super) backoff_max_secs: Option<Spanned<i64>>,
+    pub(super) pause_initial_secs: Option<Spanned<i64>>,
+    pub(super) pause_max_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +65,7 @@ pub(super) struct RawMqtt {
     pub(super) client_cert: Option<Spanned<String>>,
     pub(super) client_key: Option<Spanned<String>>,
     pub(super) keep_alive_secs: Option<Spanned<i64>>,
+    pub(super) max_packet_bytes: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) clean_session: bool,
     #[serde(default)]
@@ -92,6 +95,15 @@ pub(super) struct RawDevice {
     pub(super) clock_set_threshold_secs: Option<Spanned<i64>>,
     pub(super) set_clock: Option<Spanned<bool>>,
     pub(super) delete_after_download: Option<Spanned<bool>>,
+    // Serial devices only: port settings (default: the protocol's), the silence alarm and the
+    // stream reduction.
+    pub(super) baud: Option<Spanned<i64>>,
+    pub(super) data_bits: Option<Spanned<i64>>,
+    pub(super) parity: Option<Spanned<String>>,
+    pub(super) stop_bits: Option<Spanned<i64>>,
+    pub(super) flow_control: Option<Spanned<String>>,
+    pub(super) silence_alarm_secs: Option<Spanned<i64>>,
+    pub(super) reduction: Option<Spanned<RawReduction>>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +115,15 @@ pub(super) struct RawBle {
     pub(super) watchdog_silence_secs: Option<Spanned<i64>>,
     pub(super) reconnect_backoff_max_secs: Option<Spanned<i64>>,
     pub(super) idle_disconnect_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReduction {
+    pub(super) mode: Spanned<String>,
+    pub(super) window_secs: Option<Spanned<i64>>,
+    pub(super) repeat_secs: Option<Spanned<i64>>,
+    pub(super) thresholds: Option<Spanned<BTreeMap<String, Spanned<device_drivers::Decimal>>>>,
 }
 
 #[derive(Deserialize)]
