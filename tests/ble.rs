@@ -255,6 +255,53 @@ async fn a_thermometer_whose_first_connect_fails_is_retried_and_delivers() {
     agent.terminate();
 }
 
+/// A scale configured by its Device Information only (serial number, no address), beside a
+/// neighbour's scale of the same model advertising the same service. The agent probes both
+/// (connect, read Device Information, disconnect), binds the configured one, and takes readings
+/// from it only: the neighbour's stored weight never reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_configured_by_serial_number_only_is_found_among_lookalikes_and_only_it_delivers()
+{
+    const NEIGHBOUR: &str = "00:09:1F:00:00:09";
+    let now = Dt::now_utc();
+    let t = BleTest::new(
+        json!({"devices": [
+            {"address": NEIGHBOUR, "profile": "weight-scale", "advertise_ms": 300,
+             "stored": [weight(99_900, now.plus(-120), 1)], "dis": dis("SC-OTHER")},
+            {"address": SCALE, "profile": "weight-scale", "advertise_ms": 300,
+             "stored": [weight(70_250, now.plus(-60), 1)], "dis": dis("SC-9")}
+        ]}),
+        "[[devices]]\nname = \"scale\"\nkind = \"ble\"\nprofile = \"weight-scale\"\nserial = \"SC-9\"\npatient = \"Patient/alice\"\n",
+    )
+    .await;
+    let mut agent = t.agent();
+    t.wait_obs(&agent, 1, 60).await;
+    agent.wait_log(
+        "identified by its Device Information",
+        1,
+        Duration::from_secs(20),
+    );
+    // Let the neighbour advertise on: it must stay unbound and undelivered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let obs = t.observations();
+    assert_eq!(obs.len(), 1, "only the configured scale delivers");
+    assert_eq!(obs[0]["valueQuantity"]["value"].to_string(), "70.250");
+    assert_eq!(subject(&obs[0]), "Patient/alice");
+    // The neighbour was connected to at most once (probed, then held off), never subscribed.
+    let neighbour_connects = t
+        .emu
+        .count(|e| e["ev"] == "connect_request" && e["address"] == NEIGHBOUR);
+    assert!(
+        neighbour_connects <= 1,
+        "neighbour probed {neighbour_connects} times"
+    );
+    t.assert_clean();
+    agent.terminate();
+    let log = agent.stderr();
+    assert!(log.contains("ble_devices_identified=1"), "{log}");
+    assert!(!log.contains("ble_identity_mismatches"), "{log}");
+}
+
 /// 500 stored glucose records; the meter drops the link after 200. The download resumes from
 /// the last durable sequence number, nothing is lost or uploaded twice, and the meter is told
 /// to delete only after every record is durable: the agent is killed (SIGKILL) the moment the

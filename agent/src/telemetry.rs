@@ -98,6 +98,8 @@ counters!(
     ble_recoveries,
     ble_watchdog_actions,
     ble_identity_mismatches,
+    ble_probes,
+    ble_devices_identified,
     ble_bond_required,
     ble_pairings,
     ble_clock_sets,
@@ -1022,6 +1024,32 @@ impl BleIdentityMismatch<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.ble_identity_mismatches);
         tracing::error!(device = %self.device, field = %self.field, "BLE device at the configured address reports another identity; no readings taken from it");
+    }
+}
+
+/// An advertiser was connected to only to read its Device Information, because devices
+/// configured by Device Information (no `address`) are still unlocated.
+pub struct BleProbed<'a> {
+    pub address: &'a str,
+    /// The configured device it turned out to be, if any.
+    pub device: Option<&'a str>,
+    pub error: Option<&'a dyn Display>,
+}
+impl BleProbed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_probes);
+        match (self.device, self.error) {
+            (Some(device), _) => {
+                bump(&COUNTERS.ble_devices_identified);
+                tracing::info!(device = %device, address = %self.address, "BLE device identified by its Device Information");
+            }
+            (None, Some(error)) => {
+                tracing::debug!(address = %self.address, error = %error, "BLE advertiser could not be identified");
+            }
+            (None, None) => {
+                tracing::debug!(address = %self.address, "BLE advertiser is not a configured device");
+            }
+        }
     }
 }
 

@@ -50,7 +50,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use btleplug::api::{Central as _, CentralEvent, CentralState, Manager as _, ScanFilter};
+use btleplug::api::{
+    Central as _, CentralEvent, CentralState, Manager as _, Peripheral as _, ScanFilter,
+};
 use btleplug::platform::{Adapter, Manager, PeripheralId};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -58,7 +60,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BleConfig;
-use crate::pipeline::{DeviceContext, Ingest};
+use crate::pipeline::{DeviceContext, Ingest, ReportedInfo};
 use crate::store::StoreKey;
 use crate::telemetry;
 use bluez::Bus;
@@ -157,11 +159,7 @@ async fn supervise(src: BleSource, tx: mpsc::Sender<Ingest>, shutdown: Cancellat
     }
     let cursors = Arc::new(Mutex::new(cursors));
     let devices: Vec<Arc<DeviceEntry>> = src.devices.into_iter().map(Arc::new).collect();
-    let by_address: HashMap<String, usize> = devices
-        .iter()
-        .enumerate()
-        .filter_map(|(i, d)| d.cfg.address.clone().map(|a| (a, i)))
-        .collect();
+    let mut bind = Bindings::new(&devices);
     let mut slots: Vec<Slot> = devices
         .iter()
         .map(|_| Slot {
@@ -215,10 +213,9 @@ async fn supervise(src: BleSource, tx: mpsc::Sender<Ingest>, shutdown: Cancellat
             shared,
             bus,
             devices: &devices,
-            by_address: &by_address,
             services: &services,
         };
-        match epoch.run(&mut slots, &shutdown).await {
+        match epoch.run(&mut slots, &mut bind, &shutdown).await {
             EpochEnd::Shutdown => break,
             EpochEnd::Recover { reason, error } => {
                 telemetry::BleRecovery {
@@ -252,8 +249,76 @@ struct Epoch<'a> {
     shared: Arc<Shared>,
     bus: Arc<Bus>,
     devices: &'a [Arc<DeviceEntry>],
-    by_address: &'a HashMap<String, usize>,
     services: &'a [uuid::Uuid],
+}
+
+/// An advertiser probed and found to be none of ours is not probed again for this long (a
+/// neighbour's cuff advertises after every measurement: one short connection per 10 minutes).
+const NOT_OURS_FOR: Duration = Duration::from_secs(600);
+/// A probe that failed (connect, timeout) is retried after this long.
+const PROBE_RETRY: Duration = Duration::from_secs(30);
+
+type Probes = JoinSet<(String, Result<ReportedInfo, BleError>)>;
+
+/// Which advertiser is which configured device: the configured addresses, plus the addresses
+/// learned by probing for devices configured by Device Information only (no `address`). Lives
+/// across epochs (an adapter recovery does not forget a located device); not persisted (after a
+/// restart such a device is probed again, one short connection).
+struct Bindings {
+    by_address: HashMap<String, usize>,
+    /// Devices configured without an address, located by probing advertisers.
+    identity_only: Vec<usize>,
+    /// Advertisers probed and found to be none of ours (or that failed): not before this.
+    not_ours: HashMap<String, Instant>,
+    /// At most one probe at a time.
+    probing: bool,
+}
+
+impl Bindings {
+    fn new(devices: &[Arc<DeviceEntry>]) -> Bindings {
+        Bindings {
+            by_address: devices
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| d.cfg.address.clone().map(|a| (a, i)))
+                .collect(),
+            identity_only: devices
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.cfg.address.is_none())
+                .map(|(i, _)| i)
+                .collect(),
+            not_ours: HashMap::new(),
+            probing: false,
+        }
+    }
+
+    fn hold_off(&mut self, address: String, for_: Duration) {
+        let now = Instant::now();
+        if self.not_ours.len() > 10_000 {
+            self.not_ours.retain(|_, until| *until > now);
+        }
+        self.not_ours.insert(address, now + for_);
+    }
+}
+
+/// The one identity-only device whose configured Device Information matches what an advertiser
+/// reported; `None` if none does, or if several would (an ambiguous config is never guessed).
+fn identify(
+    devices: &[Arc<DeviceEntry>],
+    candidates: &[usize],
+    reported: &ReportedInfo,
+) -> Option<usize> {
+    let mut found = candidates.iter().copied().filter(|&i| {
+        devices.get(i).is_some_and(|d| {
+            !d.cfg.identity.is_empty()
+                && session::identity_mismatch(&d.cfg.identity, reported).is_none()
+        })
+    });
+    match (found.next(), found.next()) {
+        (Some(i), None) => Some(i),
+        _ => None,
+    }
 }
 
 /// Watchdog stages of one silence episode.
@@ -264,7 +329,12 @@ enum Watchdog {
 }
 
 impl Epoch<'_> {
-    async fn run(&self, slots: &mut [Slot], shutdown: &CancellationToken) -> EpochEnd {
+    async fn run(
+        &self,
+        slots: &mut [Slot],
+        bind: &mut Bindings,
+        shutdown: &CancellationToken,
+    ) -> EpochEnd {
         let cfg = &self.shared.cfg;
         let op = cfg.operation_timeout;
         let adapter_name = cfg.adapter.as_str();
@@ -315,6 +385,7 @@ impl Epoch<'_> {
 
         let started = Instant::now();
         let mut sessions: JoinSet<(usize, Result<session::SessionEnd, BleError>)> = JoinSet::new();
+        let mut probes: Probes = JoinSet::new();
         let mut last_event = Instant::now();
         let mut watchdog = Watchdog::Quiet;
         let mut tick = tokio::time::interval(
@@ -350,7 +421,7 @@ impl Epoch<'_> {
                         | CentralEvent::ServiceDataAdvertisement { id, .. }
                         | CentralEvent::ServicesAdvertisement { id, .. } => {
                             telemetry::ble_advertisement();
-                            self.on_advertisement(&adapter, id, slots, &mut sessions, &stop).await;
+                            self.on_advertisement(&adapter, id, slots, bind, &mut sessions, &mut probes, &stop).await;
                         }
                         _ => {}
                     }
@@ -365,11 +436,14 @@ impl Epoch<'_> {
                 Some(done) = sessions.join_next() => {
                     self.on_session_end(done, slots);
                 }
+                Some(done) = probes.join_next() => {
+                    self.on_probe_end(done, slots, bind);
+                }
                 _ = tick.tick() => {
                     if self.bus.is_lost() {
                         break recover("system bus connection lost", None);
                     }
-                    let busy = slots.iter().any(|s| s.session.is_some());
+                    let busy = bind.probing || slots.iter().any(|s| s.session.is_some());
                     if busy || last_event.elapsed() < cfg.watchdog_silence {
                         continue;
                     }
@@ -397,7 +471,10 @@ impl Epoch<'_> {
                 }
             }
         };
-        // Stop sessions (each disconnects and saves its marks), then drop the streams.
+        // Stop sessions (each disconnects and saves its marks), then drop the streams. A probe
+        // reads nothing that matters: it is abandoned.
+        probes.abort_all();
+        bind.probing = false;
         stop.cancel();
         let drain = async {
             while let Some(done) = sessions.join_next().await {
@@ -458,18 +535,22 @@ impl Epoch<'_> {
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn on_advertisement(
         &self,
         adapter: &Adapter,
         id: PeripheralId,
         slots: &mut [Slot],
+        bind: &mut Bindings,
         sessions: &mut JoinSet<(usize, Result<session::SessionEnd, BleError>)>,
+        probes: &mut Probes,
         stop: &CancellationToken,
     ) {
         let Some(address) = address_of(&id) else {
             return;
         };
-        let Some(&i) = self.by_address.get(&address) else {
+        let Some(&i) = bind.by_address.get(&address) else {
+            self.maybe_probe(adapter, id, address, bind, probes).await;
             return;
         };
         let Some(slot) = slots.get_mut(i) else { return };
@@ -502,6 +583,114 @@ impl Epoch<'_> {
             session_stop,
         );
         sessions.spawn(async move { (i, fut.await) });
+    }
+
+    /// An advertiser that is none of the configured addresses: if devices configured by Device
+    /// Information only are still to be located, and it advertises one of their services,
+    /// connect to it just to read its Device Information (one probe at a time).
+    async fn maybe_probe(
+        &self,
+        adapter: &Adapter,
+        id: PeripheralId,
+        address: String,
+        bind: &mut Bindings,
+        probes: &mut Probes,
+    ) {
+        if bind.identity_only.is_empty() || bind.probing {
+            return;
+        }
+        if bind
+            .not_ours
+            .get(&address)
+            .is_some_and(|until| Instant::now() < *until)
+        {
+            return;
+        }
+        let op = self.shared.cfg.operation_timeout;
+        let Ok(peripheral) = error::with_timeout("peripheral", op, adapter.peripheral(&id)).await
+        else {
+            return;
+        };
+        let services: Vec<u16> =
+            match error::with_timeout("properties", op, peripheral.properties()).await {
+                Ok(Some(props)) => props.services.iter().filter_map(session::uuid16).collect(),
+                _ => return,
+            };
+        if services.is_empty() {
+            // Not known yet (an advertisement without its service list): look again later.
+            return;
+        }
+        let wanted = bind.identity_only.iter().any(|&i| {
+            self.devices.get(i).is_some_and(|d| {
+                d.cfg
+                    .profiles
+                    .iter()
+                    .any(|p| services.contains(&p.service_uuid16()))
+            })
+        });
+        if !wanted {
+            bind.hold_off(address, NOT_OURS_FOR);
+            return;
+        }
+        bind.probing = true;
+        let cfg = self.shared.cfg.clone();
+        probes.spawn(async move {
+            let r = session::probe(peripheral, &cfg).await;
+            (address, r)
+        });
+    }
+
+    fn on_probe_end(
+        &self,
+        done: Result<(String, Result<ReportedInfo, BleError>), tokio::task::JoinError>,
+        slots: &mut [Slot],
+        bind: &mut Bindings,
+    ) {
+        bind.probing = false;
+        let (address, result) = match done {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "BLE probe task failed");
+                return;
+            }
+        };
+        match result {
+            Ok(reported) => match identify(self.devices, &bind.identity_only, &reported) {
+                Some(i) => {
+                    let name = self.devices.get(i).map_or("", |d| d.name.as_str());
+                    telemetry::BleProbed {
+                        address: &address,
+                        device: Some(name),
+                        error: None,
+                    }
+                    .emit();
+                    // A device with a new (e.g. resolvable private) address: forget the old one.
+                    bind.by_address.retain(|_, j| *j != i);
+                    bind.by_address.insert(address, i);
+                    if let Some(slot) = slots.get_mut(i) {
+                        slot.not_before = Instant::now();
+                    }
+                }
+                None => {
+                    telemetry::BleProbed {
+                        address: &address,
+                        device: None,
+                        error: None,
+                    }
+                    .emit();
+                    bind.hold_off(address, NOT_OURS_FOR);
+                }
+            },
+            Err(e) => {
+                telemetry::BleProbed {
+                    address: &address,
+                    device: None,
+                    error: Some(&e),
+                }
+                .emit();
+                bind.hold_off(address, PROBE_RETRY);
+            }
+        }
     }
 
     fn on_session_end(

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::bluez::{self, Bus};
 use super::cursor::{self, CursorStore, DeviceCursor, NO_USER};
 use super::error::{with_timeout, BleError};
-use crate::config::{BleConfig, BleDeviceConfig};
+use crate::config::{BleConfig, BleDeviceConfig, DisIdentity};
 use crate::pipeline::{
     CaptureClock, DeviceClockReading, DeviceContext, Ingest, Outcome, ReportedInfo,
 };
@@ -189,11 +189,7 @@ impl<'a> Session<'a> {
     async fn drive(&mut self, disconnected: &CancellationToken) -> Result<SessionEnd, BleError> {
         let op = self.shared.cfg.operation_timeout;
         with_timeout("discover services", op, self.p.discover_services()).await?;
-        for c in self.p.characteristics() {
-            if let Some(short) = uuid16(&c.uuid) {
-                self.chars.entry(short).or_insert(c);
-            }
-        }
+        self.chars = characteristics_by_uuid16(self.p);
         self.read_device_information().await?;
         // Open the stream before enabling anything, so nothing indicated is missed.
         let mut notes = with_timeout("notifications", op, self.p.notifications()).await?;
@@ -259,54 +255,16 @@ impl<'a> Session<'a> {
     // ---- connect-time steps ----
 
     async fn read_device_information(&mut self) -> Result<(), BleError> {
-        use gatt::device_info::{DeviceInfoString, SystemId};
-        let mut r = ReportedInfo::default();
-        let text = |b: Vec<u8>| DeviceInfoString::decode(&b).ok().map(|s| s.value);
-        for (u, slot) in [
-            (uuid::MANUFACTURER_NAME, 0),
-            (uuid::MODEL_NUMBER, 1),
-            (uuid::SERIAL_NUMBER, 2),
-            (uuid::FIRMWARE_REVISION, 3),
-            (uuid::HARDWARE_REVISION, 4),
-            (uuid::SOFTWARE_REVISION, 5),
-        ] {
-            let Some(v) = self.read(u).await else {
-                continue;
-            };
-            let v = text(v);
-            match slot {
-                0 => r.manufacturer = v,
-                1 => r.model = v,
-                2 => r.serial = v,
-                3 => r.firmware = v,
-                4 => r.hardware = v,
-                _ => r.software = v,
-            }
-        }
-        if let Some(b) = self.read(uuid::SYSTEM_ID).await {
-            r.system_id = SystemId::decode(&b)
-                .ok()
-                .and_then(|s| crate::config::ble::canonical_system_id(&s.eui64()));
-        }
+        let r = read_reported(self.p, &self.chars, self.shared.cfg.operation_timeout).await;
         // Configured identity must match what the device says (a wrong device at this
         // address must never deliver readings to this patient).
-        let want = &self.dev.cfg.identity;
-        for (field, w, got) in [
-            ("manufacturer", &want.manufacturer, &r.manufacturer),
-            ("model", &want.model, &r.model),
-            ("serial", &want.serial, &r.serial),
-            ("system_id", &want.system_id, &r.system_id),
-        ] {
-            if let Some(w) = w {
-                if got.as_deref() != Some(w.as_str()) {
-                    telemetry::BleIdentityMismatch {
-                        device: &self.dev.name,
-                        field,
-                    }
-                    .emit();
-                    return Err(BleError::IdentityMismatch { field });
-                }
+        if let Some(field) = identity_mismatch(&self.dev.cfg.identity, &r) {
+            telemetry::BleIdentityMismatch {
+                device: &self.dev.name,
+                field,
             }
+            .emit();
+            return Err(BleError::IdentityMismatch { field });
         }
         self.quirks = gatt::quirks::lookup(r.manufacturer.as_deref(), r.model.as_deref());
         // A stable identity: the System ID once seen is remembered (§5.1 identifier).
@@ -917,6 +875,86 @@ thread_local! {
     static EPOCH: Instant = Instant::now();
 }
 
+/// The characteristics of a discovered peripheral, by 16-bit UUID (first of each).
+fn characteristics_by_uuid16(p: &Peripheral) -> HashMap<u16, Characteristic> {
+    let mut chars = HashMap::new();
+    for c in p.characteristics() {
+        if let Some(short) = uuid16(&c.uuid) {
+            chars.entry(short).or_insert(c);
+        }
+    }
+    chars
+}
+
+/// Reads the Device Information service (0x180A) of a connected, discovered peripheral:
+/// whatever it has, each read bounded by `op`; what it lacks stays `None`.
+async fn read_reported(
+    p: &Peripheral,
+    chars: &HashMap<u16, Characteristic>,
+    op: Duration,
+) -> ReportedInfo {
+    use gatt::device_info::{DeviceInfoString, SystemId};
+    let read = |u: u16| async move {
+        let c = chars.get(&u)?;
+        if !c.properties.contains(CharPropFlags::READ) {
+            return None;
+        }
+        with_timeout("read", op, p.read(c)).await.ok()
+    };
+    let text =
+        |b: Option<Vec<u8>>| b.and_then(|b| DeviceInfoString::decode(&b).ok().map(|s| s.value));
+    let mut r = ReportedInfo {
+        manufacturer: text(read(uuid::MANUFACTURER_NAME).await),
+        model: text(read(uuid::MODEL_NUMBER).await),
+        serial: text(read(uuid::SERIAL_NUMBER).await),
+        firmware: text(read(uuid::FIRMWARE_REVISION).await),
+        hardware: text(read(uuid::HARDWARE_REVISION).await),
+        software: text(read(uuid::SOFTWARE_REVISION).await),
+        system_id: None,
+    };
+    if let Some(b) = read(uuid::SYSTEM_ID).await {
+        r.system_id = SystemId::decode(&b)
+            .ok()
+            .and_then(|s| crate::config::ble::canonical_system_id(&s.eui64()));
+    }
+    r
+}
+
+/// The first configured Device Information field the device reports otherwise (or not at
+/// all); `None` when every configured field matches. Pure.
+pub fn identity_mismatch(want: &DisIdentity, got: &ReportedInfo) -> Option<&'static str> {
+    [
+        ("manufacturer", &want.manufacturer, &got.manufacturer),
+        ("model", &want.model, &got.model),
+        ("serial", &want.serial, &got.serial),
+        ("system_id", &want.system_id, &got.system_id),
+    ]
+    .into_iter()
+    .find_map(|(field, w, g)| match w {
+        Some(w) if g.as_deref() != Some(w.as_str()) => Some(field),
+        _ => None,
+    })
+}
+
+/// Identifies an advertiser that may be a device configured by Device Information only (no
+/// `address`): connect (bounded; always disconnected afterwards), discover, read Device
+/// Information, disconnect. Nothing is subscribed, written or ingested.
+///
+/// # Errors
+/// Connect, discovery or timeout failures.
+pub async fn probe(p: Peripheral, cfg: &BleConfig) -> Result<ReportedInfo, BleError> {
+    let op = cfg.operation_timeout;
+    let result = async {
+        with_timeout("connect", cfg.connect_timeout, p.connect()).await?;
+        with_timeout("discover services", op, p.discover_services()).await?;
+        let chars = characteristics_by_uuid16(&p);
+        Ok(read_reported(&p, &chars, op).await)
+    }
+    .await;
+    let _ = with_timeout("disconnect", op, p.disconnect()).await;
+    result
+}
+
 /// Awaits the oldest pending answer (never completes when there is none).
 async fn front(q: &mut VecDeque<Pending>) -> Result<Outcome, oneshot::error::RecvError> {
     match q.front_mut() {
@@ -941,4 +979,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[allow(clippy::disallowed_methods)]
 fn now() -> DateTime<Utc> {
     Utc::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_matches_only_when_every_configured_field_is_reported_equal() {
+        let got = ReportedInfo {
+            manufacturer: Some("Example Medical".into()),
+            serial: Some("SC-9".into()),
+            system_id: Some("00091FFFFE801234".into()),
+            ..ReportedInfo::default()
+        };
+        let want = |serial: Option<&str>, model: Option<&str>| DisIdentity {
+            serial: serial.map(Into::into),
+            model: model.map(Into::into),
+            ..DisIdentity::default()
+        };
+        assert_eq!(identity_mismatch(&want(Some("SC-9"), None), &got), None);
+        assert_eq!(
+            identity_mismatch(&want(Some("SC-8"), None), &got),
+            Some("serial")
+        );
+        // A configured field the device does not report at all is a mismatch, not a pass.
+        assert_eq!(
+            identity_mismatch(&want(Some("SC-9"), Some("EM-1")), &got),
+            Some("model")
+        );
+        assert_eq!(identity_mismatch(&DisIdentity::default(), &got), None);
+    }
 }
