@@ -141,6 +141,7 @@ pub struct App {
     devices: DeviceTable,
     client: UplinkClient,
     mqtt: Option<(MqttConfig, Vec<Subscription>)>,
+    ble: Option<sources::ble::BleSource>,
     store: Arc<Outbox>,
     /// The app's own sender: the pipeline's input stays open until shutdown even when every
     /// source has finished (a simulator with a `count`).
@@ -184,12 +185,20 @@ impl App {
         };
         let (store, _quarantined) = open_store_guarded(&cfg)?;
         let store = Arc::new(store);
+        let ble = if devices.ble.is_empty() {
+            None
+        } else {
+            // The BLE high-water marks are sealed with the store key (see sources::ble::cursor).
+            let key = StoreKey::load(&cfg.store.key_file).map_err(StartError::Key)?;
+            Some(sources::ble::BleSource::new(&cfg, &devices.ble, key))
+        };
         let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_CHANNEL);
         Ok(App {
             cfg,
             devices,
             client,
             mqtt,
+            ble,
             store,
             ingest_tx,
             ingest_rx,
@@ -227,6 +236,7 @@ impl App {
             devices,
             client,
             mqtt,
+            ble,
             store,
             ingest_tx,
             ingest_rx,
@@ -236,9 +246,6 @@ impl App {
         }
         for w in cfg.warnings() {
             tracing::warn!("config: {w}");
-        }
-        for d in &devices.ble {
-            tracing::warn!(device = %d.name, "BLE transport is not available in this version; device ignored");
         }
 
         let wake = Arc::new(Notify::new());
@@ -277,6 +284,18 @@ impl App {
                 Box::pin(async move {
                     if let Err(e) = sources::mqtt::run(m, subs, tx, stop).await {
                         tracing::error!(error = %e, "MQTT source stopped");
+                    }
+                }),
+            );
+        }
+        if let Some(src) = ble {
+            let (tx, stop) = (ingest_tx.clone(), shutdown.clone());
+            spawn(
+                "ble source",
+                true,
+                Box::pin(async move {
+                    if let Err(e) = sources::ble::run(src, tx, stop).await {
+                        tracing::error!(error = %e, "BLE source stopped");
                     }
                 }),
             );
@@ -387,6 +406,14 @@ impl App {
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        if let Some((n, p50, p99)) = telemetry::ble_latency_summary() {
+            tracing::info!(
+                records = n,
+                p50_us = p50,
+                p99_us = p99,
+                "BLE notification-to-durable latency"
+            );
+        }
         tracing::info!(pending = stats.pending, dead_letters = stats.dead, counters = %counters.join(" "), gauges = %gauges.join(" "), "stopped");
         match failure {
             Some(e) => Err(e),

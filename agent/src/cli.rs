@@ -51,6 +51,33 @@ enum Command {
     Decode(DecodeArgs),
     /// Show the outbox: pending readings, dead letters (no content unless asked).
     Status(ConfigArg),
+    /// List nearby Bluetooth devices, their health services and whether they are configured;
+    /// print a `[[devices]]` snippet for each health device.
+    Scan {
+        /// How long to scan.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+        seconds: u64,
+        /// BlueZ adapter.
+        #[arg(long, default_value = "hci0")]
+        adapter: String,
+        /// Config file, to mark configured devices (optional).
+        #[arg(long, short = 'c', value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Pair (bond) a Bluetooth device once, mark it trusted, print a config snippet.
+    Pair {
+        /// The device's address, AA:BB:CC:DD:EE:FF.
+        address: String,
+        /// The passkey for devices that show or print one (6 digits).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=999_999))]
+        passkey: Option<u32>,
+        /// BlueZ adapter.
+        #[arg(long, default_value = "hci0")]
+        adapter: String,
+        /// How long to wait for the device to advertise.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// List dead letters, print one payload (PHI: only when a technician asks), or requeue them.
     DeadLetters {
         #[command(flatten)]
@@ -148,6 +175,17 @@ pub fn main() -> ExitCode {
         } => keys_init(&c.config),
         Command::Decode(d) => decode(d),
         Command::Status(c) => status(&c.config),
+        Command::Scan {
+            seconds,
+            adapter,
+            config,
+        } => scan(seconds, &adapter, config.as_deref()),
+        Command::Pair {
+            address,
+            passkey,
+            adapter,
+            seconds,
+        } => pair(&address, passkey, &adapter, seconds),
         Command::DeadLetters {
             config,
             show,
@@ -366,6 +404,89 @@ fn dead_letters(path: &Path, show: Option<u64>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vitalgate: dead-letters: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A current-thread runtime for the BLE commands (btleplug's tasks stay on this thread).
+fn ble_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("vitalgate: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+fn scan(seconds: u64, adapter: &str, config: Option<&Path>) -> ExitCode {
+    let mut configured = std::collections::HashMap::new();
+    if let Some(path) = config {
+        match Config::load(path) {
+            Ok(cfg) => {
+                for d in &cfg.devices {
+                    if let crate::config::DeviceKind::Ble(b) = &d.kind {
+                        if let Some(a) = &b.address {
+                            configured.insert(a.clone(), d.name.clone());
+                        }
+                    }
+                }
+            }
+            Err(e) => return config_error(&e),
+        }
+    }
+    let Some(rt) = ble_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(crate::sources::ble::scan::scan(
+        adapter,
+        seconds,
+        &configured,
+    )) {
+        Ok(seen) => {
+            print!("{}", crate::sources::ble::scan::table(&seen));
+            for d in &seen {
+                if d.configured.is_none() {
+                    if let Some(snippet) = crate::sources::ble::scan::snippet(d) {
+                        println!("\n{snippet}");
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitalgate scan: {e} (is bluetoothd running, and may this user use it? see README \"Bluetooth devices\")");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pair(address: &str, passkey: Option<u32>, adapter: &str, seconds: u64) -> ExitCode {
+    if !crate::config::ble::valid_address(address) {
+        eprintln!("vitalgate pair: expected an address like 00:09:1F:AA:BB:CC, found {address:?}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let Some(rt) = ble_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let wait = std::time::Duration::from_secs(seconds);
+    match rt.block_on(crate::sources::ble::pair::pair(
+        adapter, address, passkey, wait,
+    )) {
+        Ok(p) => {
+            println!(
+                "paired and trusted {}. Add to the config:\n\n{}",
+                p.address,
+                crate::sources::ble::pair::snippet(&p)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitalgate pair: {e}");
             ExitCode::FAILURE
         }
     }

@@ -224,6 +224,12 @@ pub enum TimeQuality {
     CorrectedForSkew,
     /// The device sent no usable time; the gateway receive time is used (live readings only).
     GatewayReceiveTime,
+    /// The device's clock could not be read at connect (no Current Time service): its timestamp
+    /// is used as sent.
+    DeviceUnverified,
+    /// The gateway's own clock was not synchronised (no NTP since boot; a Pi has no RTC): no
+    /// correction was made and the effective time may be wrong. Never silently misdated.
+    GatewayClockUnsynchronized,
 }
 
 /// Where a reading entered the gateway.

@@ -100,6 +100,27 @@ counters!(
     tasks_failed,
     consent_withheld,
     consent_source_errors,
+    ble_advertisements,
+    ble_connects,
+    ble_disconnects,
+    ble_session_failures,
+    ble_recoveries,
+    ble_watchdog_actions,
+    ble_identity_mismatches,
+    ble_probes,
+    ble_devices_identified,
+    ble_bond_required,
+    ble_pairings,
+    ble_clock_sets,
+    ble_clock_set_failures,
+    ble_clock_went_back,
+    ble_records_already_ingested,
+    ble_records_not_durable,
+    ble_racp_downloads,
+    ble_racp_failures,
+    ble_racp_deletes,
+    ble_gateway_clock_unsynchronized,
+    ble_cursor_save_failures,
 );
 
 fn bump(c: &AtomicU64) {
@@ -1078,5 +1099,283 @@ impl TaskFailed<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.tasks_failed);
         tracing::error!(task = %self.task, error = %self.error, "task failed");
+    }
+}
+
+// ---- BLE transport ----
+
+/// One advertisement handled by the BLE transport (counted, never logged).
+pub fn ble_advertisement() {
+    bump(&COUNTERS.ble_advertisements);
+}
+
+/// Notification-to-durable latencies of BLE records, microseconds (for the bench; bounded).
+static BLE_LATENCY_US: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+const BLE_LATENCY_CAP: usize = 100_000;
+
+/// Records how long a BLE record took from its notification to the pipeline's answer.
+pub fn ble_durable_latency(d: std::time::Duration) {
+    let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+    let mut v = BLE_LATENCY_US
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if v.len() < BLE_LATENCY_CAP {
+        v.push(us);
+    }
+}
+
+/// `(count, p50_us, p99_us)` of the BLE notification-to-durable latencies so far.
+pub fn ble_latency_summary() -> Option<(usize, u32, u32)> {
+    let mut v = BLE_LATENCY_US
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let at = |q: usize| {
+        v.get((v.len() * q / 100).min(v.len() - 1))
+            .copied()
+            .unwrap_or(0)
+    };
+    Some((v.len(), at(50), at(99)))
+}
+
+pub struct BleConnected<'a> {
+    pub device: &'a str,
+}
+impl BleConnected<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_connects);
+        tracing::info!(device = %self.device, "BLE device connected");
+    }
+}
+
+pub struct BleDisconnected<'a> {
+    pub device: &'a str,
+}
+impl BleDisconnected<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_disconnects);
+        tracing::info!(device = %self.device, "BLE device disconnected");
+    }
+}
+
+pub struct BleSessionFailed<'a> {
+    pub device: &'a str,
+    pub error: &'a dyn Display,
+    pub retry_in_ms: u64,
+}
+impl BleSessionFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_session_failures);
+        tracing::warn!(device = %self.device, error = %self.error, retry_in_ms = self.retry_in_ms, "BLE session failed; will reconnect when the device advertises");
+    }
+}
+
+/// One recovery episode of the adapter / BlueZ (one log line per episode).
+pub struct BleRecovery<'a> {
+    pub reason: &'a str,
+    pub action: &'a str,
+    pub error: Option<&'a dyn Display>,
+}
+impl BleRecovery<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_recoveries);
+        match self.error {
+            Some(e) => {
+                tracing::warn!(reason = %self.reason, action = %self.action, error = %e, "BLE recovery")
+            }
+            None => tracing::warn!(reason = %self.reason, action = %self.action, "BLE recovery"),
+        }
+    }
+}
+
+pub struct BleWatchdog<'a> {
+    pub stage: &'a str,
+    pub silent_s: u64,
+}
+impl BleWatchdog<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_watchdog_actions);
+        tracing::warn!(action = %self.stage, silent_s = self.silent_s, "BLE watchdog: adapter event stream silent");
+    }
+}
+
+pub struct BleWatchdogRecovered<'a> {
+    pub stage: &'a str,
+}
+impl BleWatchdogRecovered<'_> {
+    pub fn emit(self) {
+        tracing::info!(after = %self.stage, "BLE watchdog: adapter events flow again");
+    }
+}
+
+pub struct BleIdentityMismatch<'a> {
+    pub device: &'a str,
+    pub field: &'a str,
+}
+impl BleIdentityMismatch<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_identity_mismatches);
+        tracing::error!(device = %self.device, field = %self.field, "BLE device at the configured address reports another identity; no readings taken from it");
+    }
+}
+
+/// An advertiser was connected to only to read its Device Information, because devices
+/// configured by Device Information (no `address`) are still unlocated.
+pub struct BleProbed<'a> {
+    pub address: &'a str,
+    /// The configured device it turned out to be, if any.
+    pub device: Option<&'a str>,
+    pub error: Option<&'a dyn Display>,
+}
+impl BleProbed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_probes);
+        match (self.device, self.error) {
+            (Some(device), _) => {
+                bump(&COUNTERS.ble_devices_identified);
+                tracing::info!(device = %device, address = %self.address, "BLE device identified by its Device Information");
+            }
+            (None, Some(error)) => {
+                tracing::debug!(address = %self.address, error = %error, "BLE advertiser could not be identified");
+            }
+            (None, None) => {
+                tracing::debug!(address = %self.address, "BLE advertiser is not a configured device");
+            }
+        }
+    }
+}
+
+pub struct BleBondRequired<'a> {
+    pub device: &'a str,
+    pub error: &'a dyn Display,
+}
+impl BleBondRequired<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_bond_required);
+        tracing::error!(device = %self.device, error = %self.error, "BLE device requires pairing: run `vitalgate pair <address>` (or set pair_if_bond_lost)");
+    }
+}
+
+pub struct BlePaired<'a> {
+    pub device: &'a str,
+}
+impl BlePaired<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_pairings);
+        tracing::info!(device = %self.device, "BLE device re-paired (bond was lost)");
+    }
+}
+
+pub struct BleClockSet<'a> {
+    pub device: &'a str,
+    pub skew_s: Option<i64>,
+}
+impl BleClockSet<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_clock_sets);
+        tracing::info!(device = %self.device, skew_s = ?self.skew_s, "BLE device clock set");
+    }
+}
+
+pub struct BleClockSetFailed<'a> {
+    pub device: &'a str,
+    pub error: &'a dyn Display,
+}
+impl BleClockSetFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_clock_set_failures);
+        tracing::warn!(device = %self.device, error = %self.error, "BLE device clock could not be set");
+    }
+}
+
+pub struct BleClockWentBack<'a> {
+    pub device: &'a str,
+}
+impl BleClockWentBack<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_clock_went_back);
+        tracing::warn!(device = %self.device, "BLE device clock is earlier than its last stored reading; time high-water mark cleared");
+    }
+}
+
+pub struct BleAlreadyIngested<'a> {
+    pub device: &'a str,
+}
+impl BleAlreadyIngested<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_records_already_ingested);
+        tracing::debug!(device = %self.device, "BLE record at or below the high-water mark skipped");
+    }
+}
+
+pub struct BleNotDurable<'a> {
+    pub device: &'a str,
+}
+impl BleNotDurable<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_records_not_durable);
+        tracing::error!(device = %self.device, "BLE record not durable; not acknowledged (the device keeps it)");
+    }
+}
+
+pub struct BleRacpComplete<'a> {
+    pub device: &'a str,
+    pub received: u32,
+}
+impl BleRacpComplete<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_racp_downloads);
+        tracing::info!(device = %self.device, received = self.received, "BLE stored-record download complete");
+    }
+}
+
+pub struct BleRacpFailed<'a> {
+    pub device: &'a str,
+    pub reason: &'a str,
+}
+impl BleRacpFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_racp_failures);
+        tracing::warn!(device = %self.device, reason = %self.reason, "BLE stored-record download incomplete; resumes from the last durable record");
+    }
+}
+
+pub struct BleRacpDeleted<'a> {
+    pub device: &'a str,
+    pub records: u32,
+}
+impl BleRacpDeleted<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_racp_deletes);
+        tracing::info!(device = %self.device, records = self.records, "BLE stored records deleted on the device after they were durable");
+    }
+}
+
+pub struct BleGatewayClockUnsynchronized<'a> {
+    pub device: &'a str,
+}
+impl BleGatewayClockUnsynchronized<'_> {
+    pub fn emit(self) {
+        if COUNTERS
+            .ble_gateway_clock_unsynchronized
+            .fetch_add(1, Ordering::Relaxed)
+            == 0
+        {
+            tracing::warn!(device = %self.device, "gateway clock is not NTP-synchronised: BLE readings are marked gateway_clock_unsynchronized and device clocks are not corrected or set");
+        }
+    }
+}
+
+pub struct BleCursorSaveFailed<'a> {
+    pub error: &'a dyn Display,
+}
+impl BleCursorSaveFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_cursor_save_failures);
+        tracing::error!(error = %self.error, "BLE high-water marks could not be saved (devices may resend; duplicates are still suppressed by content id)");
     }
 }

@@ -26,9 +26,11 @@ use device_drivers::serial::{self, generic, Cadence, Decoder, PortSettings};
 use crate::pipeline::reduce;
 use crate::reading::PatientRef;
 
+pub mod ble;
 mod raw;
 mod validate;
 
+pub use ble::{BleConfig, BleDeviceConfig, BleProfile, DisIdentity};
 pub use validate::{filters_overlap, parse_utc_offset, BLE_PROFILES};
 
 /// The default config path.
@@ -82,6 +84,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub uplink: UplinkConfig,
     pub mqtt: Option<MqttConfig>,
+    /// The `[ble]` section (defaults when absent).
+    pub ble: BleConfig,
     pub devices: Vec<DeviceConfig>,
     pub simulators: Vec<SimulatorConfig>,
     pub consent: ConsentConfig,
@@ -181,8 +185,8 @@ pub struct DeviceConfig {
 pub enum DeviceKind {
     /// A hub publishing Open mHealth data points on `topic`.
     Mqtt { topic: String },
-    /// A BLE device (transport in a later release).
-    Ble { address: String, profile: String },
+    /// A BLE device.
+    Ble(BleDeviceConfig),
     /// A serial device (RS-232, USB-serial, Bluetooth SPP `/dev/rfcommN`).
     Serial(SerialDevice),
 }
@@ -464,15 +468,71 @@ client_key = "tls/gw.key"
             Attribution::PerUser(m) => assert_eq!(m.len(), 2),
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            c.devices[0].kind,
-            DeviceKind::Ble {
-                address: "00:09:1F:AA:BB:CC".into(),
-                profile: "blood-pressure".into()
+        match &c.devices[0].kind {
+            DeviceKind::Ble(b) => {
+                assert_eq!(b.address.as_deref(), Some("00:09:1F:AA:BB:CC"));
+                assert_eq!(b.profiles, vec![BleProfile::BloodPressure]);
+                assert!(!b.pair_if_bond_lost && !b.delete_after_download);
+                assert_eq!(b.clock_set_threshold, Some(Duration::from_secs(2)));
             }
-        );
+            other => panic!("{other:?}"),
+        }
         let bad = text.replace("2 = ", "255 = ");
         assert!(load(&bad).unwrap_err().message.contains("255"));
+    }
+
+    fn ble_device(extra: &str) -> String {
+        format!("{MINIMAL}\n[[devices]]\nname = \"scale\"\nkind = \"ble\"\npatient = \"Patient/a\"\n{extra}")
+    }
+
+    #[test]
+    fn ble_keys_are_typed_and_their_errors_name_line_and_column() {
+        let c = load(&ble_device(
+            "profiles = [\"weight-scale\", \"body-composition\"]\nserial = \"SC-1\"\nsystem_id = \"00-09-1f-ff-fe-80-12-34\"\npair_if_bond_lost = true\nset_clock = false\ndelete_after_download = true\n",
+        ))
+        .unwrap();
+        let DeviceKind::Ble(b) = &c.devices[0].kind else {
+            panic!()
+        };
+        assert_eq!(b.address, None);
+        assert_eq!(
+            b.profiles,
+            vec![BleProfile::WeightScale, BleProfile::BodyComposition]
+        );
+        assert_eq!(b.identity.system_id.as_deref(), Some("00091FFFFE801234"));
+        assert!(b.pair_if_bond_lost && b.delete_after_download);
+        assert_eq!(b.clock_set_threshold, None);
+        assert_eq!(c.ble, BleConfig::default());
+
+        let e = load(&ble_device(
+            "profile = \"bp\"\naddress = \"00:09:1F:AA:BB:CC\"\n",
+        ))
+        .unwrap_err();
+        assert_eq!(e.position, Some((19, 11)), "{e}");
+        assert!(
+            e.message
+                .contains("devices[0].profile: expected one of blood-pressure"),
+            "{e}"
+        );
+        let e = load(&ble_device("profile = \"glucose\"\n")).unwrap_err();
+        assert!(e.message.contains("needs `address`"), "{e}");
+        let e = load(&ble_device("profile = \"glucose\"\nsystem_id = \"12\"\n")).unwrap_err();
+        assert_eq!(e.position, Some((20, 13)), "{e}");
+        let e = load(&ble_device("profile = \"glucose\"\naddress = \"00:09:1F:AA:BB:CC\"\nclock_set_threshold_secs = 0\n")).unwrap_err();
+        assert!(e.message.contains("clock_set_threshold_secs"), "{e}");
+        let mqtt = format!("{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1\"\n[[devices]]\nname = \"h\"\nkind = \"mqtt\"\ntopic = \"t\"\npatient = \"Patient/a\"\nserial = \"x\"\n");
+        assert!(load(&mqtt)
+            .unwrap_err()
+            .message
+            .contains("devices[0].serial: not a key of kind \"mqtt\""));
+        let e = load(&format!("{MINIMAL}\n[ble]\nadapter = \"usb0\"\n")).unwrap_err();
+        assert_eq!(e.position, Some((16, 11)), "{e}");
+        let c = load(&format!(
+            "{MINIMAL}\n[ble]\nadapter = \"hci1\"\nwatchdog_silence_secs = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.ble.adapter, "hci1");
+        assert_eq!(c.ble.watchdog_silence, Duration::from_secs(5));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     pub(super) store: RawStore,
     pub(super) uplink: RawUplink,
     pub(super) mqtt: Option<RawMqtt>,
+    pub(super) ble: Option<RawBle>,
     #[serde(default)]
     pub(super) devices: Vec<RawDevice>,
     #[serde(default)]
@@ -94,6 +95,16 @@ pub(super) struct RawDevice {
     pub(super) patient: Option<Spanned<String>>,
     pub(super) patients: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub(super) utc_offset: Option<Spanned<String>>,
+    // kind = "ble" only:
+    pub(super) profiles: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) manufacturer: Option<Spanned<String>>,
+    pub(super) model: Option<Spanned<String>>,
+    pub(super) serial: Option<Spanned<String>>,
+    pub(super) system_id: Option<Spanned<String>>,
+    pub(super) pair_if_bond_lost: Option<Spanned<bool>>,
+    pub(super) clock_set_threshold_secs: Option<Spanned<i64>>,
+    pub(super) set_clock: Option<Spanned<bool>>,
+    pub(super) delete_after_download: Option<Spanned<bool>>,
     // Serial devices only: port settings (default: the protocol's), the silence alarm and the
     // stream reduction.
     pub(super) baud: Option<Spanned<i64>>,
@@ -103,6 +114,17 @@ pub(super) struct RawDevice {
     pub(super) flow_control: Option<Spanned<String>>,
     pub(super) silence_alarm_secs: Option<Spanned<i64>>,
     pub(super) reduction: Option<Spanned<RawReduction>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBle {
+    pub(super) adapter: Option<Spanned<String>>,
+    pub(super) connect_timeout_secs: Option<Spanned<i64>>,
+    pub(super) operation_timeout_secs: Option<Spanned<i64>>,
+    pub(super) watchdog_silence_secs: Option<Spanned<i64>>,
+    pub(super) reconnect_backoff_max_secs: Option<Spanned<i64>>,
+    pub(super) idle_disconnect_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

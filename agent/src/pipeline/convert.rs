@@ -21,6 +21,20 @@ pub struct CaptureClock {
     pub utc_offset_minutes: Option<i16>,
     /// Fractional-second digits of the device time, as the device sent them.
     pub fraction: Option<String>,
+    /// BLE: the device's own clock as read at connect, so the pipeline can correct measured skew
+    /// (fhir-mapping.md §4; `device_drivers::gatt::clock`). `None`: not a BLE reading.
+    pub device_clock: Option<Box<DeviceClockReading>>,
+    /// Whether the gateway's clock was synchronised (NTP) when the reading arrived; `None`: the
+    /// source did not check.
+    pub gateway_clock_synchronized: Option<bool>,
+}
+
+/// The device's clock read at connect, and the gateway's (UTC) time at that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceClockReading {
+    /// `None`: the device has no readable clock (no Current Time service).
+    pub device_now: Option<device_drivers::DeviceTime>,
+    pub gateway_at_read: DateTime<Utc>,
 }
 
 /// Why a record produced no reading. Carries no PHI.
@@ -173,8 +187,15 @@ pub fn readings_from_record(
             )
             .single()
     });
-    let (effective, time_quality) = match device_effective {
-        Some(e) if !device.clock_is_provenance_only => (e, TimeQuality::DeviceTrusted),
+    let (effective, time_quality) = match (&clock.device_clock, device_effective) {
+        (Some(dc), _) => ble_effective_time(
+            record,
+            dc,
+            clock.gateway_clock_synchronized,
+            offset,
+            received_at,
+        ),
+        (None, Some(e)) if !device.clock_is_provenance_only => (e, TimeQuality::DeviceTrusted),
         _ => (
             received_at.with_timezone(&chrono::Offset::fix(&Utc)),
             TimeQuality::GatewayReceiveTime,
@@ -307,6 +328,52 @@ pub fn readings_from_record(
         )
         .collect())
 }
+/// Effective time of a BLE record: skew-corrected against the device clock read at connect
+/// (`device_drivers::gatt::clock::correct`), unless the gateway's own clock is not synchronised,
+/// in which case nothing is corrected and the reading says so.
+fn ble_effective_time(
+    record: &Record,
+    dc: &DeviceClockReading,
+    gateway_synchronized: Option<bool>,
+    offset: FixedOffset,
+    received_at: DateTime<Utc>,
+) -> (DateTime<FixedOffset>, TimeQuality) {
+    use device_drivers::gatt::clock::{self, ClockInputs, ClockPolicy};
+    let at = |unix_s: i64| {
+        offset
+            .timestamp_opt(unix_s, 0)
+            .single()
+            .unwrap_or_else(|| received_at.with_timezone(&offset))
+    };
+    let zone = offset.local_minus_utc();
+    if gateway_synchronized == Some(false) {
+        let policy = ClockPolicy::default();
+        let raw = record
+            .device_time
+            .filter(|t| !clock::is_never_set(*t, &policy))
+            .map(|t| t.naive_unix_seconds() - i64::from(zone));
+        let unix_s = raw.unwrap_or(received_at.timestamp());
+        return (at(unix_s), TimeQuality::GatewayClockUnsynchronized);
+    }
+    let corrected = clock::correct(
+        &ClockInputs {
+            measurement: record.device_time,
+            device_now: dc.device_now,
+            gateway_at_read_unix_s: dc.gateway_at_read.timestamp(),
+            receive_unix_s: received_at.timestamp(),
+            zone_offset_s: zone,
+        },
+        &ClockPolicy::default(),
+    );
+    let quality = match corrected.quality {
+        clock::TimeQuality::DeviceTrusted => TimeQuality::DeviceTrusted,
+        clock::TimeQuality::CorrectedForSkew { .. } => TimeQuality::CorrectedForSkew,
+        clock::TimeQuality::DeviceUnverified => TimeQuality::DeviceUnverified,
+        clock::TimeQuality::Unknown { .. } => TimeQuality::GatewayReceiveTime,
+    };
+    (at(corrected.unix_s), quality)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +389,7 @@ mod tests {
             attribution: Attribution::Single("Patient/p1".parse().unwrap()),
             utc_offset: FixedOffset::east_opt(3600).unwrap(),
             clock_is_provenance_only: false,
+            reported: Default::default(),
         }
     }
 
@@ -369,6 +437,7 @@ mod tests {
         let clock = CaptureClock {
             utc_offset_minutes: Some(-300),
             fraction: Some("250".into()),
+            ..CaptureClock::default()
         };
         let now = t0();
         let a = readings_from_record(&hub, &rec, &mqtt_src("uuid-a"), &clock, now).unwrap();
@@ -581,6 +650,69 @@ mod tests {
             "{}",
             rs[0].observation_identifier
         );
+    }
+
+    fn ble_clock(device_now: Option<DeviceTime>, synced: Option<bool>) -> CaptureClock {
+        CaptureClock {
+            device_clock: Some(Box::new(DeviceClockReading {
+                device_now,
+                gateway_at_read: t0(),
+            })),
+            gateway_clock_synchronized: synced,
+            ..CaptureClock::default()
+        }
+    }
+
+    #[test]
+    fn a_ble_reading_is_corrected_by_the_skew_measured_at_connect_and_keeps_its_raw_identifier() {
+        // The cuff's clock read 2026-11-23 09:00:00 local (+01:00) when the gateway's was
+        // 10:00:00Z: it is 2 h behind. Its reading at 08:15:30 device time happened at 10:15:30 local.
+        let dev_now = DeviceTime::new(2026, 11, 23, 9, 0, 0);
+        let mut rec = bp_record();
+        rec.device_time = DeviceTime::new(2026, 11, 23, 8, 15, 30);
+        let later = t0() + chrono::Duration::seconds(600);
+        let rs = readings_from_record(
+            &cuff(),
+            &rec,
+            &src(),
+            &ble_clock(dev_now, Some(true)),
+            later,
+        )
+        .unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::CorrectedForSkew);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T10:15:30+01:00");
+        let raw = DeviceTime::new(2026, 11, 23, 8, 15, 30)
+            .unwrap()
+            .seconds_since_2000();
+        assert!(rs[0]
+            .observation_identifier
+            .ends_with(&format!("-150020-{raw}")));
+        // Within the threshold: trusted as is.
+        let in_sync = DeviceTime::new(2026, 11, 23, 11, 0, 1);
+        let rs = readings_from_record(
+            &cuff(),
+            &rec,
+            &src(),
+            &ble_clock(in_sync, Some(true)),
+            later,
+        )
+        .unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::DeviceTrusted);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T08:15:30+01:00");
+        // No clock to read: as sent, and said so.
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &ble_clock(None, None), later).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::DeviceUnverified);
+    }
+
+    #[test]
+    fn an_unsynchronised_gateway_clock_is_never_used_to_correct_and_is_labelled() {
+        let mut rec = bp_record();
+        rec.device_time = DeviceTime::new(2026, 11, 23, 8, 15, 30);
+        let c = ble_clock(DeviceTime::new(2026, 11, 23, 9, 0, 0), Some(false));
+        let rs = readings_from_record(&cuff(), &rec, &src(), &c, t0()).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::GatewayClockUnsynchronized);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T08:15:30+01:00");
     }
 
     #[test]

@@ -365,6 +365,7 @@ mod tests {
             attribution: Attribution::Single("Patient/p1".parse().unwrap()),
             utc_offset: FixedOffset::east_opt(3600).unwrap(),
             clock_is_provenance_only: false,
+            reported: Default::default(),
         })
     }
 
