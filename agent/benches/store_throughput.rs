@@ -70,6 +70,7 @@ fn device() -> Arc<DeviceContext> {
         attribution: Attribution::Single("Patient/p1".parse().expect("patient")),
         utc_offset: chrono::FixedOffset::east_opt(3600).expect("offset"),
         clock_is_provenance_only: false,
+        reported: Default::default(),
     })
 }
 
