@@ -90,16 +90,18 @@
 pub mod codec;
 pub mod guard;
 pub mod keyfile;
+mod live;
 mod outbox;
 pub mod pressure;
 
 pub use codec::{CodecError, RecordCipher};
 pub use guard::{open_or_quarantine, salvage, QuarantinedStore, SalvageReport};
 pub use keyfile::{KeyFileError, StoreKey};
+pub use live::Outbox;
 pub use outbox::{
-    DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, Outbox, OutboxOptions,
-    PendingRecord, Requeue, RequeueSummary, Stats, MARKER_FILE, MAX_PAYLOAD_LEN, TREE_ACKED,
-    TREE_DEAD, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
+    DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, OutboxOptions, PendingRecord,
+    Requeue, RequeueSummary, Stats, MARKER_FILE, MAX_PAYLOAD_LEN, TREE_ACKED, TREE_DEAD,
+    TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;
@@ -152,9 +154,23 @@ pub enum StoreError {
     Lost { path: PathBuf },
     #[error("sled panicked while opening store {path}")]
     Panicked { path: PathBuf },
+    #[error("store {path} is closed after an I/O error and not reopened yet")]
+    Unavailable { path: PathBuf },
 }
 
 impl StoreError {
+    /// Is this a failure of the store itself (sled or file I/O: a full disk, a failing card, a
+    /// closed store), after which sled must be reopened, rather than a problem of one record?
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(_)
+                | StoreError::Io { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::Panicked { .. }
+        )
+    }
+
     /// Does this error on open mean the store's files are damaged (so the store is moved to
     /// quarantine and a fresh one started), rather than a problem to fix and retry (a lock, a
     /// wrong key, a newer format, permissions, a full disk)?
