@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod identity;
+pub mod logging;
 pub mod pipeline;
 pub mod reading;
 pub mod sources;
