@@ -85,6 +85,12 @@ struct DecodeArgs {
     file: Option<PathBuf>,
 }
 
+/// The clap definition of the command line (the man pages are generated from it:
+/// `vitalgate-devkit man`).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

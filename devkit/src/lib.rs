@@ -15,6 +15,7 @@
 pub mod demo;
 pub mod fhir_server;
 pub mod https_client;
+pub mod man;
 pub mod pki;
 pub mod schema;
 
