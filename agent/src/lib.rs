@@ -16,6 +16,7 @@ pub mod config;
 pub mod events;
 pub mod identity;
 pub mod logging;
+pub mod ops;
 pub mod pipeline;
 pub mod reading;
 pub mod sources;

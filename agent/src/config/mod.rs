@@ -24,6 +24,7 @@ use chrono::FixedOffset;
 
 use crate::reading::PatientRef;
 
+mod ops;
 mod raw;
 mod validate;
 
@@ -82,6 +83,45 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     pub devices: Vec<DeviceConfig>,
     pub simulators: Vec<SimulatorConfig>,
+    /// `[ops]`: the live status snapshot and alarms (defaults when the section is absent).
+    pub ops: OpsConfig,
+    /// `[fleet]`: status and alarms published over MQTT (off when the section is absent).
+    pub fleet: Option<FleetConfig>,
+}
+
+/// The default directory of the live status snapshot (the unit's `RuntimeDirectory=`).
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/vitalgate";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsConfig {
+    /// Where `status.json` and `dead-letters.json` are written.
+    pub runtime_dir: PathBuf,
+    /// How often the snapshot is rewritten.
+    pub status_interval: Duration,
+    /// Alarm when the uplink's client certificate expires within this.
+    pub cert_expiry_warn: Duration,
+    /// Alarm when a named device (or simulator) sends nothing for this long.
+    pub device_silent_after: BTreeMap<String, Duration>,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            runtime_dir: PathBuf::from(DEFAULT_RUNTIME_DIR),
+            status_interval: Duration::from_secs(5),
+            cert_expiry_warn: Duration::from_secs(30 * 86_400),
+            device_silent_after: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The fleet connection: `[fleet.mqtt]`, or the `[mqtt]` section's broker and credentials
+    /// with the client id `<mqtt.client_id>-fleet`.
+    pub mqtt: MqttConfig,
+    /// The retained status is republished at least this often.
+    pub status_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
