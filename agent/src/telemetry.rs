@@ -19,6 +19,9 @@ use tokio::sync::broadcast;
 
 use crate::events::AgentEvent;
 use crate::identity::ReadingId;
+use crate::ops::alarms::{AlarmEvent, AlarmState, Severity};
+use crate::ops::episodes::{self, Decision};
+use crate::ops::health::{self, UplinkState};
 use crate::reading::Reading;
 
 macro_rules! counters {
@@ -60,6 +63,13 @@ counters!(
     uplink_tls_failures,
     mqtt_connection_errors,
     tasks_failed,
+    tasks_stalled,
+    alarms_raised,
+    alarms_cleared,
+    config_reloads,
+    config_reload_failures,
+    status_write_failures,
+    fleet_publish_failures,
 );
 
 fn bump(c: &AtomicU64) {
@@ -102,6 +112,7 @@ pub struct ReadingStored<'a> {
 impl ReadingStored<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.readings_stored);
+        health::device_delivered(&self.reading.device.name);
         tracing::info!(
             reading = %self.reading.short_id(),
             kind = self.reading.kind.as_str(),
@@ -118,6 +129,7 @@ pub struct ReadingDuplicate<'a> {
 impl ReadingDuplicate<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.readings_duplicate);
+        health::device_delivered(&self.reading.device.name);
         tracing::info!(
             reading = %self.reading.short_id(),
             device = %self.reading.device.name,
@@ -182,6 +194,7 @@ pub struct RecordRejected<'a> {
 impl RecordRejected<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.records_rejected);
+        health::device_delivered(self.device);
         tracing::warn!(device = %self.device, reason = %self.reason, "record not turned into readings");
         notify(|| AgentEvent::Rejected {
             device: self.device.to_string(),
@@ -274,6 +287,16 @@ pub struct UplinkAccepted<'a> {
 impl UplinkAccepted<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_accepted);
+        health::uplink(UplinkState::Ok);
+        if let Some(end) = episodes::with(|e| e.success("uplink", std::time::Instant::now())) {
+            if end.failures > 1 {
+                tracing::info!(
+                    failures = end.failures,
+                    lasted_s = end.lasted.as_secs(),
+                    "uploads work again"
+                );
+            }
+        }
         tracing::info!(
             reading = %self.reading_id.short(),
             created = self.created,
@@ -297,9 +320,23 @@ impl UplinkRetry<'_> {
         bump(&COUNTERS.uplink_retries);
         if self.tls {
             bump(&COUNTERS.uplink_tls_failures);
-            tracing::error!(reason = %self.reason, retry_in_ms = self.after_ms, "TLS handshake with FHIR server failed (check uplink.ca_file and the server certificate)");
-        } else {
-            tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, "upload failed, will retry");
+        }
+        health::uplink(UplinkState::Retrying {
+            reason: self.reason.to_string(),
+        });
+        // One line per episode (plus a reminder every 10 minutes), not one per attempt.
+        let decision = episodes::with(|e| e.failure("uplink", std::time::Instant::now()));
+        let failures = match decision {
+            Decision::Quiet => None,
+            Decision::Log => Some(1),
+            Decision::Remind { failures } => Some(failures),
+        };
+        if let Some(failures) = failures {
+            if self.tls {
+                tracing::error!(reason = %self.reason, retry_in_ms = self.after_ms, failures, "TLS handshake with FHIR server failed (check uplink.ca_file and the server certificate)");
+            } else {
+                tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, failures, "upload failed, will retry");
+            }
         }
         notify(|| AgentEvent::UplinkRetry {
             reason: self.reason.to_string(),
@@ -338,7 +375,55 @@ pub struct MqttConnectionError<'a> {
 impl MqttConnectionError<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.mqtt_connection_errors);
-        tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, "MQTT connection error");
+        health::mqtt_link(false);
+        // One line per episode (plus a reminder every 10 minutes), not one per reconnect.
+        match episodes::with(|e| e.failure("mqtt", std::time::Instant::now())) {
+            Decision::Quiet => {}
+            Decision::Log => {
+                tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, "MQTT connection error")
+            }
+            Decision::Remind { failures } => {
+                tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, failures, "MQTT connection error (still failing)")
+            }
+        }
+    }
+}
+
+/// The MQTT ingest session is up (CONNACK).
+pub struct MqttConnected {
+    pub session_present: bool,
+}
+impl MqttConnected {
+    pub fn emit(self) {
+        health::mqtt_link(true);
+        match episodes::with(|e| e.success("mqtt", std::time::Instant::now())) {
+            Some(end) if end.failures > 1 => tracing::info!(
+                session_present = self.session_present,
+                failures = end.failures,
+                lasted_s = end.lasted.as_secs(),
+                "MQTT connected"
+            ),
+            _ => tracing::info!(session_present = self.session_present, "MQTT connected"),
+        }
+    }
+}
+
+/// A device transport's link came up or went down (BLE connection, serial port).
+pub struct DeviceLink<'a> {
+    pub device: &'a str,
+    pub up: bool,
+    pub reason: Option<&'a dyn Display>,
+}
+impl DeviceLink<'_> {
+    pub fn emit(self) {
+        health::device_link(self.device, self.up);
+        match (self.up, self.reason) {
+            (true, _) => tracing::info!(device = %self.device, "device connected"),
+            (false, Some(r)) => {
+                tracing::warn!(device = %self.device, reason = %r, "device disconnected")
+            }
+            (false, None) => tracing::info!(device = %self.device, "device disconnected"),
+        }
     }
 }
 
@@ -353,5 +438,128 @@ impl TaskFailed<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.tasks_failed);
         tracing::error!(task = %self.task, error = %self.error, "task failed");
+    }
+}
+
+/// A monitored task stopped making progress: the watchdog stops pinging systemd.
+pub struct TaskStalled<'a> {
+    pub task: &'a str,
+    pub silent_ms: u64,
+    /// Whether systemd's watchdog is armed (it will restart the agent).
+    pub watchdog: bool,
+}
+impl TaskStalled<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.tasks_stalled);
+        if self.watchdog {
+            tracing::error!(task = %self.task, silent_ms = self.silent_ms, "task makes no progress; watchdog pings stopped, systemd will restart the agent");
+        } else {
+            tracing::error!(task = %self.task, silent_ms = self.silent_ms, "task makes no progress (no systemd watchdog armed)");
+        }
+    }
+}
+
+/// A stalled task makes progress again.
+pub struct TaskRecovered<'a> {
+    pub task: &'a str,
+}
+impl TaskRecovered<'_> {
+    pub fn emit(self) {
+        tracing::warn!(task = %self.task, "task makes progress again; watchdog pings resume");
+    }
+}
+
+// ---- operations ----
+
+/// An alarm was raised or cleared: one journal line with `ALARM=<kind>` as a field.
+pub struct AlarmChanged<'a> {
+    pub event: &'a AlarmEvent,
+}
+impl AlarmChanged<'_> {
+    pub fn emit(self) {
+        let a = &self.event.alarm;
+        let device = a.device.as_deref().unwrap_or("");
+        match (self.event.state, a.severity) {
+            (AlarmState::Raised, Severity::Critical) => {
+                bump(&COUNTERS.alarms_raised);
+                tracing::error!(
+                    alarm = a.kind.as_str(),
+                    severity = "critical",
+                    device,
+                    "ALARM: {}",
+                    a.message
+                );
+            }
+            (AlarmState::Raised, Severity::Warning) => {
+                bump(&COUNTERS.alarms_raised);
+                tracing::warn!(
+                    alarm = a.kind.as_str(),
+                    severity = "warning",
+                    device,
+                    "ALARM: {}",
+                    a.message
+                );
+            }
+            (AlarmState::Cleared, _) => {
+                bump(&COUNTERS.alarms_cleared);
+                tracing::info!(
+                    alarm = a.kind.as_str(),
+                    device,
+                    "alarm cleared: {}",
+                    a.message
+                );
+            }
+        }
+        health::notify_change();
+    }
+}
+
+/// The configuration was re-read (SIGHUP) and applied.
+pub struct ConfigReloaded<'a> {
+    pub summary: &'a str,
+}
+impl ConfigReloaded<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.config_reloads);
+        tracing::info!(changes = %self.summary, "configuration reloaded");
+    }
+}
+
+/// A reload was refused; the running configuration stays. One line, with file:line:col.
+pub struct ConfigReloadRefused<'a> {
+    pub error: &'a dyn Display,
+}
+impl ConfigReloadRefused<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.config_reload_failures);
+        tracing::error!("reload refused, running configuration kept: {}", self.error);
+    }
+}
+
+/// The status snapshot could not be written (the first failure of an episode is logged).
+pub struct StatusWriteFailed<'a> {
+    pub path: &'a std::path::Path,
+    pub error: &'a dyn Display,
+}
+impl StatusWriteFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.status_write_failures);
+        if episodes::with(|e| e.failure("status", std::time::Instant::now())) == Decision::Log {
+            tracing::warn!(path = %self.path.display(), error = %self.error, "cannot write the status snapshot; `vitalgate status` will not see this daemon");
+        }
+    }
+}
+
+/// A fleet status or alarm could not be published.
+pub struct FleetPublishFailed<'a> {
+    pub topic: &'a str,
+    pub error: &'a dyn Display,
+}
+impl FleetPublishFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.fleet_publish_failures);
+        if episodes::with(|e| e.failure("fleet", std::time::Instant::now())) == Decision::Log {
+            tracing::warn!(topic = %self.topic, error = %self.error, "fleet publish failed");
+        }
     }
 }

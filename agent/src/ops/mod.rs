@@ -4,5 +4,9 @@
 //! - [`alarms`]: which conditions need someone (pure: inputs and `now` in, changes out).
 pub mod alarms;
 pub mod cert;
+pub mod episodes;
 pub mod health;
+pub mod notify;
 pub mod probes;
+pub mod status;
+pub mod watchdog;

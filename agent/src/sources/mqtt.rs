@@ -124,7 +124,10 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(500);
-                tracing::info!(session_present = ack.session_present, "MQTT connected");
+                telemetry::MqttConnected {
+                    session_present: ack.session_present,
+                }
+                .emit();
                 // Always (re)subscribe: cheap, and correct if the broker lost the session.
                 for s in &subs {
                     if let Err(e) = client.subscribe(s.filter.clone(), QoS::AtLeastOnce).await {
