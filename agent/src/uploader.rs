@@ -63,16 +63,25 @@ impl Uploader {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut attempt: u32 = 0;
         loop {
+            // The watchdog: a beat per round; the waits below are idle, the store and the
+            // HTTP request are not (the request is bounded by uplink.timeout_secs).
+            crate::ops::watchdog::beat();
             if shutdown.is_cancelled() {
                 break;
             }
             let mut batch = self.pending().await;
             batch.truncate(fhir::readings_that_fit(&batch));
             if batch.is_empty() {
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
-                    _ = shutdown.cancelled() => break,
+                let stop = crate::ops::watchdog::idle(async {
+                    tokio::select! {
+                        _ = self.wake.notified() => false,
+                        _ = tokio::time::sleep(IDLE_POLL) => false,
+                        _ = shutdown.cancelled() => true,
+                    }
+                })
+                .await;
+                if stop {
+                    break;
                 }
                 continue;
             }
@@ -89,9 +98,15 @@ impl Uploader {
                             tls,
                         }
                         .emit();
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = shutdown.cancelled() => return,
+                        let stop = crate::ops::watchdog::idle(async {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => false,
+                                _ = shutdown.cancelled() => true,
+                            }
+                        })
+                        .await;
+                        if stop {
+                            return;
                         }
                         // Re-read the outbox: the batch may have grown, order is kept.
                         work.clear();

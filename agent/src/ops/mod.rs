@@ -5,8 +5,10 @@
 pub mod alarms;
 pub mod cert;
 pub mod episodes;
+pub mod fleet;
 pub mod health;
 pub mod notify;
 pub mod probes;
+pub mod runner;
 pub mod status;
 pub mod watchdog;

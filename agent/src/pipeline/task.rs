@@ -87,7 +87,9 @@ enum Converted {
 /// no shutdown token of its own: the app closes its input at shutdown, and aborts it after the
 /// grace period (answers not sent mean "not acknowledged": the sources' upstream redelivers).
 pub async fn run(mut rx: mpsc::Receiver<Ingest>, store: Arc<Outbox>, uplink_wake: Arc<Notify>) {
-    while let Some(first) = rx.recv().await {
+    // The watchdog: a beat per batch; waiting for input is idle, the store write is not.
+    while let Some(first) = crate::ops::watchdog::idle(rx.recv()).await {
+        crate::ops::watchdog::beat();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

@@ -117,10 +117,17 @@ pub async fn run(
 
     let mut backoff = Duration::from_millis(500);
     loop {
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = shutdown.cancelled() => break,
-        };
+        // The watchdog: polling the event loop is the idle wait (it returns at least once per
+        // keep-alive); handling an event is work.
+        crate::ops::watchdog::beat();
+        let event = crate::ops::watchdog::idle(async {
+            tokio::select! {
+                e = eventloop.poll() => Some(e),
+                _ = shutdown.cancelled() => None,
+            }
+        })
+        .await;
+        let Some(event) = event else { break };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(500);
@@ -162,9 +169,15 @@ pub async fn run(
                     retry_in_ms: backoff.as_millis() as u64,
                 }
                 .emit();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => break,
+                let stop = crate::ops::watchdog::idle(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => false,
+                        _ = shutdown.cancelled() => true,
+                    }
+                })
+                .await;
+                if stop {
+                    break;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
