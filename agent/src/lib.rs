@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod reading;
 pub mod sources;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod tls;
 pub mod uplink;

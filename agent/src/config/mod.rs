@@ -96,6 +96,10 @@ pub const DEFAULT_RUNTIME_DIR: &str = "/run/vitalgate";
 pub struct OpsConfig {
     /// Where `status.json` and `dead-letters.json` are written.
     pub runtime_dir: PathBuf,
+    /// `ops.runtime_dir` was set: the daemon creates it. The default (`/run/vitalgate`) is
+    /// created by systemd (`RuntimeDirectory=`); without it (a development run) no snapshot
+    /// is written.
+    pub runtime_dir_configured: bool,
     /// How often the snapshot is rewritten.
     pub status_interval: Duration,
     /// Alarm when the uplink's client certificate expires within this.
@@ -108,6 +112,7 @@ impl Default for OpsConfig {
     fn default() -> Self {
         OpsConfig {
             runtime_dir: PathBuf::from(DEFAULT_RUNTIME_DIR),
+            runtime_dir_configured: false,
             status_interval: Duration::from_secs(5),
             cert_expiry_warn: Duration::from_secs(30 * 86_400),
             device_silent_after: BTreeMap::new(),
@@ -115,7 +120,7 @@ impl Default for OpsConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FleetConfig {
     /// The fleet connection: `[fleet.mqtt]`, or the `[mqtt]` section's broker and credentials
     /// with the client id `<mqtt.client_id>-fleet`.
@@ -139,7 +144,7 @@ pub struct StoreConfig {
     pub acked_retention: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UplinkConfig {
     pub fhir_base: url::Url,
     pub ca_file: PathBuf,
@@ -153,7 +158,7 @@ pub struct UplinkConfig {
     pub backoff_max: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
@@ -169,7 +174,7 @@ pub struct MqttConfig {
     pub clean_session: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
     pub name: String,
     pub kind: DeviceKind,
@@ -207,7 +212,7 @@ impl fmt::Debug for Attribution {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SimulatorConfig {
     pub name: String,
     pub kind: SimulatorKind,

@@ -50,6 +50,7 @@ impl Validator<'_> {
             }
         }
         Ok(OpsConfig {
+            runtime_dir_configured: o.runtime_dir.is_some(),
             runtime_dir,
             status_interval: Duration::from_secs(interval.unsigned_abs()),
             cert_expiry_warn: Duration::from_secs(warn_days.unsigned_abs() * 86_400),

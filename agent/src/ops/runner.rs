@@ -134,12 +134,20 @@ pub async fn run(
             w.entry(name.clone()).or_insert(now);
         }
     }
-    if let Err(e) = std::fs::create_dir_all(&ctx.ops.runtime_dir) {
-        telemetry::StatusWriteFailed {
-            path: &ctx.ops.runtime_dir,
-            error: &e,
+    if ctx.ops.runtime_dir_configured {
+        if let Err(e) = std::fs::create_dir_all(&ctx.ops.runtime_dir) {
+            telemetry::StatusWriteFailed {
+                path: &ctx.ops.runtime_dir,
+                error: &e,
+            }
+            .emit();
         }
-        .emit();
+    }
+    // Without systemd's RuntimeDirectory= (a development run) and no ops.runtime_dir, there
+    // is nowhere to write: alarms and fleet reporting still work.
+    let write_files = ctx.ops.runtime_dir.is_dir();
+    if !write_files {
+        tracing::info!(dir = %ctx.ops.runtime_dir.display(), "no runtime directory: no status snapshot (set ops.runtime_dir, or run under systemd)");
     }
     let mut clock = Cached {
         value: ClockState {
@@ -173,7 +181,7 @@ pub async fn run(
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
-        if dead_seen != Some(stats.dead) {
+        if write_files && dead_seen != Some(stats.dead) {
             let st = Arc::clone(&store);
             if let Ok(Ok(list)) = tokio::task::spawn_blocking(move || st.dead_letters()).await {
                 collision_dead_letters = Some(
@@ -210,12 +218,16 @@ pub async fn run(
             collision_dead_letters,
             now,
         );
-        if let Err(e) = status::write_atomic(&ctx.ops.runtime_dir, status::STATUS_FILE, &snapshot) {
-            telemetry::StatusWriteFailed {
-                path: &ctx.ops.runtime_dir,
-                error: &e,
+        if write_files {
+            if let Err(e) =
+                status::write_atomic(&ctx.ops.runtime_dir, status::STATUS_FILE, &snapshot)
+            {
+                telemetry::StatusWriteFailed {
+                    path: &ctx.ops.runtime_dir,
+                    error: &e,
+                }
+                .emit();
             }
-            .emit();
         }
         shared.snapshots.send_replace(Some(Arc::new(snapshot)));
 
