@@ -216,7 +216,7 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 fn live_snapshot(cfg: &Config) -> Option<crate::ops::status::StatusSnapshot> {
     crate::ops::status::read_snapshot(&cfg.ops.runtime_dir)
         .ok()
-        .filter(|s| s.is_fresh(now()))
+        .filter(|s| s.is_live(now()))
 }
 
 fn status(path: &Path, json: bool) -> ExitCode {

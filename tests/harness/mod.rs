@@ -219,6 +219,11 @@ backoff_max_secs = 1
     }
 
     pub fn spawn_agent(&self) -> Agent {
+        self.spawn_agent_env(&[])
+    }
+
+    /// As [`Harness::spawn_agent`], with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn spawn_agent_env(&self, env: &[(&str, &str)]) -> Agent {
         let log = self.dir.path().join(format!("agent-{}.log", free_port()));
         let file = std::fs::File::create(&log).unwrap();
         let child = crate::common::vitalgate()
@@ -226,6 +231,7 @@ backoff_max_secs = 1
             .arg("--config")
             .arg(&self.config)
             .env("VITALGATE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -319,6 +325,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The agent's process id (signals: SIGHUP reload, SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {

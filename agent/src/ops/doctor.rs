@@ -212,7 +212,7 @@ fn key_check(path: &Path) -> Check {
 fn store_check(cfg: &Config, key_ok: bool) -> Check {
     // A running daemon holds the store (sled is single-process): its fresh snapshot speaks.
     if let Ok(s) = super::status::read_snapshot(&cfg.ops.runtime_dir) {
-        if s.is_fresh(now()) {
+        if s.is_live(now()) {
             return Check::pass(
                 "store",
                 format!(
@@ -664,6 +664,11 @@ fn classify(e: &reqwest::Error) -> (String, &'static str) {
                     "connection refused".into(),
                     "the server does not listen there: check the host and port of uplink.fhir_base",
                 );
+            }
+            // rustls' errors reach us wrapped in an io::Error (not as its source).
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner);
+                continue;
             }
         }
         cur = c.source();

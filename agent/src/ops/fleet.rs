@@ -305,17 +305,24 @@ pub async fn run(
         #[allow(clippy::disallowed_methods)] // the edge
         let body = to_json(&FleetStatus::offline(&gateway_id, Some(Utc::now())));
         let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, body);
-        let _ = client.try_disconnect();
-        // Let the event loop send them (bounded: shutdown must stay fast).
+        // Wait for the broker's PUBACK of `offline`, then DISCONNECT (which also cancels the
+        // last will), and poll until the broker closes the connection: rumqttc reports an
+        // outgoing packet before it is flushed, so stopping at the event could lose both.
+        // Bounded: shutdown must stay fast.
         let drain = async {
+            let mut disconnecting = false;
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(Event::Incoming(Packet::PubAck(_))) if !disconnecting => {
+                        disconnecting = true;
+                        let _ = client.try_disconnect();
+                    }
                     Ok(_) => {}
+                    Err(_) => break,
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_millis(1000), drain).await;
+        let _ = tokio::time::timeout(Duration::from_millis(1500), drain).await;
     }
 }
 

@@ -241,6 +241,11 @@ pub async fn run(
             _ = shutdown.cancelled() => true,
         };
         if stop {
+            // A stopped daemon has no live status (under systemd the runtime directory goes
+            // too); `vitalgate status` then reads the outbox.
+            if write_files {
+                let _ = std::fs::remove_file(ctx.ops.runtime_dir.join(status::STATUS_FILE));
+            }
             return;
         }
     }

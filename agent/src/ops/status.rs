@@ -243,6 +243,13 @@ impl StatusSnapshot {
         self.age(now) <= chrono::Duration::seconds(limit)
     }
 
+    /// Fresh, and its process still exists (a daemon killed with SIGKILL leaves its last
+    /// snapshot behind until systemd removes the runtime directory).
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        let proc_mounted = Path::new("/proc/self").exists();
+        self.is_fresh(now) && (!proc_mounted || Path::new(&format!("/proc/{}", self.pid)).exists())
+    }
+
     /// The human form of `vitalgate status`.
     pub fn render(&self, now: DateTime<Utc>) -> String {
         let mut o = String::new();
