@@ -419,7 +419,7 @@ interval_ms = 1000
     app.set_watchdog(WatchdogSettings {
         notifier: Some(Notifier::at(notify.path.clone())),
         check_every: Duration::from_millis(200),
-        max_silence: Duration::from_millis(1500),
+        max_silence: Duration::from_millis(1500) * emulation_factor(),
     });
     // One blocking thread: the store's work runs there (spawn_blocking).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -432,7 +432,7 @@ interval_ms = 1000
         let shutdown = CancellationToken::new();
         let run = tokio::spawn(app.run(shutdown.clone()));
         notify.wait_for("READY=1", Duration::from_secs(30));
-        let pings = notify.collect(Duration::from_secs(2));
+        let pings = notify.collect(Duration::from_secs(2) * emulation_factor());
         assert!(
             pings.iter().filter(|d| *d == "WATCHDOG=1").count() >= 3,
             "{pings:?}"
@@ -448,8 +448,8 @@ interval_ms = 1000
             .tasks_stalled
             .load(std::sync::atomic::Ordering::Relaxed);
         // The allowance (1.5 s) and a reading (1 s) pass; after that, silence.
-        let _ = notify.collect(Duration::from_secs(4));
-        let silent = notify.collect(Duration::from_secs(3));
+        let _ = notify.collect(Duration::from_secs(4) * emulation_factor());
+        let silent = notify.collect(Duration::from_secs(3) * emulation_factor());
         assert!(
             silent.is_empty(),
             "a wedged pipeline must stop the pings: {silent:?}"

@@ -469,5 +469,7 @@ mod example_tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.devices.len(), 3);
         assert!(c.mqtt.is_some());
+        assert_eq!(c.ops.device_silent_after.len(), 2);
+        assert!(c.fleet.is_none(), "the fleet section is commented out");
     }
 }

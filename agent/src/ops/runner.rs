@@ -251,8 +251,9 @@ pub async fn run(
     }
 }
 
-/// Decides the alarms (emitting their changes) and builds the snapshot.
-fn build(
+/// Decides the alarms (emitting their changes) and builds the snapshot: one round of the ops
+/// task without the store read and the file write (public for the `status_snapshot` bench).
+pub fn build(
     ctx: &OpsContext,
     shared: &OpsShared,
     stats: crate::store::Stats,
