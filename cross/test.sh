@@ -36,7 +36,11 @@ export PROPTEST_CASES="${PROPTEST_CASES:-16}"
 echo "cross/test.sh: building and running the workspace tests for $target under $qemu"
 log=/tmp/vitalgate-cross-test.log
 set +e
-nice -n 10 cargo test --workspace --target "$target" -j 2 >"$log" 2>&1
+# Tests named `on_pty` drive real pseudo-terminals with termios: qemu-user 7.2 does not
+# implement the TCGETS2/TCSETS2 ioctls serialport uses to configure a tty (ENOSYS), so they
+# cannot run under it. They run natively in .ci/run; everything else runs here.
+echo "cross/test.sh: NOTE: skipping the on_pty tests (pseudo-terminal termios is not emulated by qemu-user); they run natively"
+nice -n 10 cargo test --workspace --target "$target" -j 2 -- --skip on_pty >"$log" 2>&1
 status=$?
 set -e
 grep -E '^(test result|running|error)|FAILED|panicked' "$log" || true

@@ -134,6 +134,30 @@ fn a_bad_device_file_exits_64_naming_the_line() {
     assert!(err.contains("dev.toml:3"), "{err}");
 }
 
+/// A technician with a capture and no port settings yet: a device file without
+/// `[device.serial]` decodes.
+#[test]
+fn a_device_file_without_port_settings_decodes_a_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dev.toml");
+    std::fs::write(
+        &p,
+        "[device]\nid = \"x\"\n[device.framing]\nkind = \"line\"\n[[device.rule]]\nname = \"r\"\nregex = 'SPO2=(?P<s>[0-9]+)'\n[[device.rule.reading]]\ncapture = \"s\"\ntype = \"spo2\"\nunit = \"%\"\n",
+    )
+    .unwrap();
+    let cap = dir.path().join("capture.bin");
+    std::fs::write(&cap, b"SPO2=97\r\n").unwrap();
+    let out = vitalgate(&[
+        "decode",
+        "--protocol",
+        p.to_str().unwrap(),
+        "--file",
+        cap.to_str().unwrap(),
+    ]);
+    let v = json_stdout(&out);
+    assert_eq!(v["records"][0]["readings"][0]["value"], 97.0);
+}
+
 #[test]
 fn bad_arguments_exit_non_zero() {
     for args in [

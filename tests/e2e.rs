@@ -114,11 +114,17 @@ async fn agent_refuses_a_server_whose_certificate_is_not_from_the_configured_ca(
     h.publish(&[bp_point(1, 118, 76)]).await;
     h.wait_for_log(
         &agent,
-        "TLS handshake with FHIR server failed",
+        "TLS with the FHIR server failed",
         1,
         Duration::from_secs(30),
     );
     agent.terminate();
+    let log = agent.stderr();
+    assert!(log.contains("class=\"tls\""), "{log}");
+    assert!(
+        log.contains("unknown issuer"),
+        "the rustls reason is named: {log}"
+    );
     assert_eq!(h.fhir.observation_identifiers().len(), 0);
     let status = h.vitalgate(&["status"]);
     assert!(

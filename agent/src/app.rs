@@ -6,8 +6,8 @@
 //!    the uplink client (CA, client certificate and key), the MQTT options (password file, TLS
 //!    files), then, last, the store key and the encrypted outbox. Any failure is a
 //!    [`StartError`] a technician can act on (exit 1; a bad config file is exit 64 earlier).
-//! 2. [`App::run`] — spawns the pipeline, the uploader and the sources, tells systemd it is
-//!    ready, then supervises them until the one shutdown [`CancellationToken`] fires.
+//! 2. [`App::run`] — spawns the pipeline, the uploader and the sources (MQTT, one task per
+//!    serial port, simulators), tells systemd it is ready, then supervises them until the one shutdown [`CancellationToken`] fires.
 //!
 //! Supervision: the pipeline, the uploader and every long-running source must live until
 //! shutdown. If one ends or panics first, ingest is dead while systemd would still see the
@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, MqttConfig, SimulatorConfig};
+use crate::config::{Config, MqttConfig, SerialDevice, SimulatorConfig};
 use crate::ops::{
     self,
     notify::Notifier,
@@ -44,6 +44,7 @@ use crate::telemetry;
 use crate::uplink::backoff::Backoff;
 use crate::uplink::client::{UplinkClient, UplinkTls};
 use crate::uplink::fhir::GatewayInfo;
+use crate::uplink::scheduler::{SchedulerConfig, REJECTION_STREAK_LIMIT};
 use crate::uploader::Uploader;
 
 /// How long the pipeline gets to drain after shutdown is requested, and then how long the other
@@ -242,6 +243,9 @@ impl App {
         if cfg.uplink.allow_insecure_http && cfg.uplink.fhir_base.scheme() == "http" {
             tracing::warn!("INSECURE: uplink.allow_insecure_http is set and fhir_base is http://; readings (PHI) travel unencrypted. Never use this outside a lab.");
         }
+        for w in cfg.warnings() {
+            tracing::warn!("config: {w}");
+        }
 
         let liveness = Liveness::default();
         #[allow(clippy::disallowed_methods)] // the edge: the agent starts now
@@ -361,6 +365,12 @@ enum SourceInputs {
         devices: Vec<crate::config::DeviceConfig>,
         gateway: (String, chrono::FixedOffset),
     },
+    /// One serial device (one task per port).
+    Serial {
+        device: crate::config::DeviceConfig,
+        serial: SerialDevice,
+        gateway: (String, chrono::FixedOffset),
+    },
     Simulator {
         sim: SimulatorConfig,
         gateway: String,
@@ -385,6 +395,18 @@ fn source_inputs(cfg: &Config) -> BTreeMap<String, SourceInputs> {
                 gateway: (cfg.gateway.id.clone(), cfg.gateway.device_utc_offset),
             },
         );
+    }
+    for d in &cfg.devices {
+        if let crate::config::DeviceKind::Serial(serial) = &d.kind {
+            out.insert(
+                format!("serial:{}", d.name),
+                SourceInputs::Serial {
+                    device: d.clone(),
+                    serial: serial.clone(),
+                    gateway: (cfg.gateway.id.clone(), cfg.gateway.device_utc_offset),
+                },
+            );
+        }
     }
     for s in &cfg.simulators {
         out.insert(
@@ -421,8 +443,8 @@ impl Running {
         let wanted = source_inputs(&self.cfg);
         let running = self.sup.keys();
         let allowance = self.watchdog.max_silence;
-        for d in devices.ble.iter().chain(&devices.serial) {
-            tracing::warn!(device = %d.name, "BLE and serial transports are not available in this version; device ignored");
+        for d in &devices.ble {
+            tracing::warn!(device = %d.name, "BLE transport is not available in this version; device ignored");
         }
         if let Some((m, subs)) = mqtt {
             if !running.iter().any(|k| k == "mqtt") {
@@ -441,6 +463,22 @@ impl Running {
                     },
                 );
             }
+        }
+        for (serial, ctx) in &devices.serial {
+            let key = format!("serial:{}", ctx.name);
+            if running.contains(&key) {
+                continue;
+            }
+            // A serial source runs until shutdown whatever the port does (absent, no
+            // permission, unplugged): it retries, it never ends early.
+            let (serial, ctx, tx) = (serial.clone(), Arc::clone(ctx), self.ingest_tx.clone());
+            self.sup.spawn(
+                &format!("serial source {}", ctx.name),
+                Some(&key),
+                true,
+                Some(allowance),
+                move |stop| Box::pin(sources::serial::run(serial, ctx, tx, stop)),
+            );
         }
         for (s, ctx) in &devices.simulators {
             let key = format!("simulator:{}", s.name);
@@ -465,11 +503,16 @@ impl Running {
         let cfg = &self.cfg;
         let uploader = Uploader {
             store: Arc::clone(&self.store),
-            client,
+            sender: client,
             gateway: GatewayInfo::new(&cfg.gateway.id, env!("CARGO_PKG_VERSION")),
             batch_size: cfg.uplink.batch_size,
-            backoff: Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max),
+            schedule: SchedulerConfig {
+                retry: Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max),
+                pause: Backoff::new(cfg.uplink.pause_initial, cfg.uplink.pause_max),
+                rejection_streak_limit: REJECTION_STREAK_LIMIT,
+            },
             wake: Arc::clone(&self.wake),
+            seed: rand::random(),
         };
         // An HTTP request is work, bounded by its timeout: the uploader may be silent that long.
         let allowance = self.watchdog.max_silence + cfg.uplink.timeout;

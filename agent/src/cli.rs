@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 struct ConfigArg {
     /// Path of the configuration file.
-    #[arg(long, short = 'c', value_name = "PATH", default_value = DEFAULT_PATH)]
+    #[arg(long, short = 'c', value_name = "PATH", default_value = DEFAULT_PATH, global = true)]
     config: PathBuf,
 }
 
@@ -62,13 +62,30 @@ enum Command {
     /// ports, MQTT broker, uplink. ✓/✗ per check with the fix; exit 1 if anything is ✗. Run it
     /// as the service user: sudo -u vitalgate vitalgate doctor
     Doctor(ConfigArg),
-    /// List dead letters, or print one payload (PHI: only when a technician asks).
+    /// List dead letters, print one payload (PHI: only when a technician asks), or requeue them.
     DeadLetters {
         #[command(flatten)]
         config: ConfigArg,
         /// Print the payload of this dead letter (its sequence number) to stdout.
         #[arg(long, value_name = "SEQ")]
         show: Option<u64>,
+        #[command(subcommand)]
+        command: Option<DeadLettersCommand>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLettersCommand {
+    /// Put readings back into the outbox under their original identifiers, to be uploaded
+    /// again (stop the daemon first). Safe to repeat: a reading is stored and created once.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["seq", "all"])))]
+    Requeue {
+        /// The dead letter's sequence number (as listed by `vitalgate dead-letters`).
+        #[arg(value_name = "SEQ")]
+        seq: Option<u64>,
+        /// Every dead letter that holds a reading; the others are skipped and counted.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -109,6 +126,9 @@ pub fn main() -> ExitCode {
         Command::Run(c) => run(&c.config),
         Command::CheckConfig(c) => match Config::load(&c.config) {
             Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("vitalgate: warning: {w}");
+                }
                 println!(
                     "{}: OK (gateway {}, {} device(s), {} simulator(s))",
                     c.config.display(),
@@ -126,7 +146,16 @@ pub fn main() -> ExitCode {
         Command::Decode(d) => decode(d),
         Command::Status { config, json } => status(&config.config, json),
         Command::Doctor(c) => doctor(&c.config),
-        Command::DeadLetters { config, show } => dead_letters(&config.config, show),
+        Command::DeadLetters {
+            config,
+            show,
+            command: None,
+        } => dead_letters(&config.config, show),
+        Command::DeadLetters {
+            config,
+            command: Some(DeadLettersCommand::Requeue { seq, all }),
+            ..
+        } => requeue(&config.config, if all { None } else { seq }),
     }
 }
 
@@ -362,6 +391,68 @@ fn dead_letters(path: &Path, show: Option<u64>) -> ExitCode {
             eprintln!("vitalgate: dead-letters: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `dead-letters requeue SEQ` (`seq`) or `--all` (`None`).
+fn requeue(path: &Path, seq: Option<u64>) -> ExitCode {
+    use crate::store::{NotRequeueable, Requeue, StoreError};
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let store = match crate::app::open_store(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vitalgate: dead-letters requeue: {e}{}", in_use_hint(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    // The identity a reading is stored under (as the pipeline stores it).
+    let identity = |r: &crate::reading::Reading| Some(r.observation_identifier.clone());
+    match seq {
+        Some(seq) => match store.requeue_dead_letter(seq, identity) {
+            Ok(Requeue::Requeued { .. }) => {
+                println!("dead letter {seq}: requeued; the reading is pending again and is uploaded when the agent runs");
+                ExitCode::SUCCESS
+            }
+            Ok(Requeue::AlreadyPending) => {
+                println!("dead letter {seq}: the reading was already pending; dead letter removed");
+                ExitCode::SUCCESS
+            }
+            Err(e @ StoreError::NotRequeueable { .. }) => {
+                eprintln!("vitalgate: dead-letters requeue: {e}; it stays a dead letter");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("vitalgate: dead-letters requeue: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match store.requeue_all_dead_letters(identity) {
+            Ok(summary) => {
+                let skipped = |why| summary.skipped.iter().filter(|(_, w)| *w == why).count();
+                println!(
+                    "requeued {}, already pending {}, skipped {} ({} raw payloads that are not readings, {} identifier collisions, {} truncated, {} undecodable, {} identifiers taken meanwhile)",
+                    summary.requeued.len(),
+                    summary.already_pending.len(),
+                    summary.skipped.len(),
+                    skipped(NotRequeueable::Raw),
+                    skipped(NotRequeueable::IdentifierCollision),
+                    skipped(NotRequeueable::TooLarge),
+                    skipped(NotRequeueable::Undecodable),
+                    skipped(NotRequeueable::IdentityTaken),
+                );
+                for (seq, why) in &summary.skipped {
+                    println!("skipped seq={seq}: {}", why.explain());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vitalgate: dead-letters requeue --all: {e} (what was requeued before stays requeued)");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

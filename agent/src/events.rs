@@ -32,4 +32,8 @@ pub enum AgentEvent {
     BundleSent { bundle: serde_json::Value },
     /// An upload attempt failed and will be retried.
     UplinkRetry { reason: String, after_ms: u64 },
+    /// Uploads paused: the server refuses the gateway (`status`), readings stay pending.
+    UplinkPaused { status: u16 },
+    /// The pause that began with `status` ended after `paused_for_ms`.
+    UplinkResumed { status: u16, paused_for_ms: u64 },
 }

@@ -23,6 +23,9 @@ use crate::ops::alarms::{AlarmEvent, AlarmState, Severity};
 use crate::ops::episodes::{self, Decision};
 use crate::ops::health::{self, UplinkState};
 use crate::reading::Reading;
+use crate::uplink::client::SendError;
+use crate::uplink::outcome::RetryReason;
+use crate::uplink::scheduler::PauseCause;
 
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
@@ -59,9 +62,37 @@ counters!(
     uplink_bundles_sent,
     uplink_accepted,
     uplink_retries,
+    uplink_send_failures,
     uplink_dead_lettered,
     uplink_tls_failures,
+    uplink_pauses,
+    uplink_probes_failed,
+    uplink_resumes,
+    mqtt_connects,
     mqtt_connection_errors,
+    mqtt_subscriptions_refused,
+    mqtt_acks_sent,
+    mqtt_acks_dropped,
+    mqtt_not_durable_reconnects,
+    mqtt_window_overruns,
+    mqtt_qos0_dropped,
+    mqtt_payloads_oversized,
+    serial_port_opens,
+    serial_port_open_failures,
+    serial_port_losses,
+    serial_silence_alarms,
+    serial_bytes_read,
+    serial_bytes_discarded,
+    serial_decode_errors,
+    serial_records_decoded,
+    serial_records_invalid_status,
+    serial_records_no_value,
+    serial_records_reduced_away,
+    serial_readings_reduced_out,
+    serial_windows_insufficient,
+    serial_windows_partial,
+    serial_store_refusals,
+    serial_readings_dropped,
     tasks_failed,
     tasks_stalled,
     alarms_raised,
@@ -74,6 +105,17 @@ counters!(
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// For events that report a number of things (acks dropped, subscriptions refused).
+fn bump_by(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    if n > 0 {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 // ---- the in-process observer (embedders: the devkit demo, tests) ----
@@ -310,33 +352,21 @@ impl UplinkAccepted<'_> {
     }
 }
 
+/// The server answered, but not with a confirmation (a transient status such as 503, or a 2xx
+/// that confirms nothing); the same readings go again after `after_ms`.
 pub struct UplinkRetry<'a> {
-    pub reason: &'a str,
+    pub reason: &'a RetryReason,
     pub after_ms: u64,
-    pub tls: bool,
 }
 impl UplinkRetry<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_retries);
-        if self.tls {
-            bump(&COUNTERS.uplink_tls_failures);
-        }
         health::uplink(UplinkState::Retrying {
             reason: self.reason.to_string(),
         });
         // One line per episode (plus a reminder every 10 minutes), not one per attempt.
-        let decision = episodes::with(|e| e.failure("uplink", std::time::Instant::now()));
-        let failures = match decision {
-            Decision::Quiet => None,
-            Decision::Log => Some(1),
-            Decision::Remind { failures } => Some(failures),
-        };
-        if let Some(failures) = failures {
-            if self.tls {
-                tracing::error!(reason = %self.reason, retry_in_ms = self.after_ms, failures, "TLS handshake with FHIR server failed (check uplink.ca_file and the server certificate)");
-            } else {
-                tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, failures, "upload failed, will retry");
-            }
+        if let Some(failures) = uplink_episode() {
+            tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, failures, "upload not confirmed, will retry");
         }
         notify(|| AgentEvent::UplinkRetry {
             reason: self.reason.to_string(),
@@ -345,20 +375,196 @@ impl UplinkRetry<'_> {
     }
 }
 
+/// No HTTP answer at all. One log line per class of failure, each with its fix hint; TLS
+/// failures are errors (they do not heal by themselves), the others warnings.
+pub struct UplinkSendFailed<'a> {
+    pub error: &'a SendError,
+    pub retry_in_ms: u64,
+}
+impl UplinkSendFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_send_failures);
+        let (e, hint, retry_in_ms) = (self.error, self.error.hint(), self.retry_in_ms);
+        let class = e.class();
+        health::uplink(UplinkState::Retrying {
+            reason: class.to_string(),
+        });
+        // One line per episode (plus a reminder every 10 minutes, with the count), not one per
+        // attempt.
+        let failures = uplink_episode();
+        if let Some(n) = failures.filter(|n| *n > 1) {
+            tracing::warn!(class, failures = n, retry_in_ms, "uploads still failing");
+        }
+        if matches!(e, SendError::Tls(_)) {
+            bump(&COUNTERS.uplink_tls_failures);
+        }
+        match e {
+            _ if failures.is_none() => {}
+            SendError::Tls(problem) => {
+                tracing::error!(class, %problem, hint, retry_in_ms, "TLS with the FHIR server failed");
+            }
+            SendError::Dns { host } => {
+                tracing::warn!(class, %host, hint, retry_in_ms, "cannot resolve the FHIR server's host name");
+            }
+            SendError::Refused { host, port } => {
+                tracing::warn!(class, %host, port, hint, retry_in_ms, "the FHIR server refused the connection");
+            }
+            SendError::Timeout(limit) => {
+                tracing::warn!(
+                    class,
+                    timeout_ms = limit.as_millis() as u64,
+                    hint,
+                    retry_in_ms,
+                    "the FHIR server did not answer in time"
+                );
+            }
+            SendError::Closed => {
+                tracing::warn!(
+                    class,
+                    hint,
+                    retry_in_ms,
+                    "the connection closed before the FHIR server answered"
+                );
+            }
+            SendError::Connect(error) => {
+                tracing::warn!(class, %error, hint, retry_in_ms, "cannot connect to the FHIR server");
+            }
+            SendError::ResponseTooLarge | SendError::Other(_) => {
+                tracing::warn!(class, error = %e, hint, retry_in_ms, "request to the FHIR server failed");
+            }
+        }
+        notify(|| AgentEvent::UplinkRetry {
+            reason: e.to_string(),
+            after_ms: retry_in_ms,
+        });
+    }
+}
+
+/// The uplink's failure episode: `Some(failures)` when this failure is to be logged (the first
+/// of an episode: 1; a reminder: the count so far), `None` when it stays quiet.
+fn uplink_episode() -> Option<u64> {
+    match episodes::with(|e| e.failure("uplink", std::time::Instant::now())) {
+        Decision::Quiet => None,
+        Decision::Log => Some(1),
+        Decision::Remind { failures } => Some(failures),
+    }
+}
+
+/// Uploads are paused: the server refuses the gateway as a whole (401, 403, 404, 405, 406,
+/// 415), or rejected `REJECTION_STREAK_LIMIT` readings in a row, each alone. The alarm of a
+/// pause episode: emitted once when it begins; [`UplinkResumed`] when it ends.
+pub struct UplinkPaused {
+    pub cause: PauseCause,
+    pub next_probe_ms: u64,
+}
+impl UplinkPaused {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_pauses);
+        health::uplink(UplinkState::Paused {
+            reason: match self.cause {
+                PauseCause::Refused { status } => {
+                    format!("the server refuses this gateway (HTTP {status})")
+                }
+                PauseCause::RejectionStreak { rejections, .. } => {
+                    format!("the server rejected {rejections} readings in a row, each alone")
+                }
+            },
+        });
+        let next_probe_in_ms = self.next_probe_ms;
+        match self.cause {
+            PauseCause::Refused { status } => {
+                let hint = refusal_hint(status);
+                tracing::error!(alarm = "uplink_paused", status, hint, next_probe_in_ms, "ALARM: the FHIR server refuses this gateway; uploads paused, every reading kept pending");
+            }
+            PauseCause::RejectionStreak {
+                rejections,
+                last_status,
+            } => {
+                tracing::error!(alarm = "uplink_paused", status = last_status, rejections, hint = "the server's validation rejects every reading: check its profiles and terminology, and the dead letters (`vitalgate dead-letters`; requeue them once fixed)", next_probe_in_ms, "ALARM: the FHIR server rejected every reading sent alone; taken as server-wide: uploads paused, no more dead letters");
+            }
+        }
+        notify(|| AgentEvent::UplinkPaused {
+            status: self.cause.status(),
+        });
+    }
+}
+
+fn refusal_hint(status: u16) -> &'static str {
+    match status {
+        401 => "the server does not accept the gateway's credentials: check uplink.client_cert and the server's access policy for this gateway",
+        403 => "the gateway is not authorised on the server: check the server's access policy for this gateway's certificate",
+        404 => "no FHIR endpoint at uplink.fhir_base: check the base URL (transactions go to [base] itself)",
+        405 => "the server does not accept POST at uplink.fhir_base: check the base URL",
+        406 | 415 => "the server does not accept application/fhir+json at uplink.fhir_base: check the URL and the server's FHIR version",
+        _ => "check uplink.fhir_base and the gateway's authorisation on the server",
+    }
+}
+
+/// A probe during a pause was refused again (debug level: the episode already raised its
+/// alarm).
+pub struct UplinkProbeFailed {
+    pub probes: u32,
+    pub next_probe_ms: u64,
+}
+impl UplinkProbeFailed {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_probes_failed);
+        tracing::debug!(
+            probes = self.probes,
+            next_probe_in_ms = self.next_probe_ms,
+            "uploads still paused"
+        );
+    }
+}
+
+/// A pause episode ended: a Bundle was delivered again.
+pub struct UplinkResumed {
+    pub cause: PauseCause,
+    pub paused_for_ms: u64,
+    pub probes: u32,
+}
+impl UplinkResumed {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_resumes);
+        health::uplink(UplinkState::Ok);
+        tracing::warn!(
+            alarm_cleared = "uplink_paused",
+            status = self.cause.status(),
+            paused_for_secs = self.paused_for_ms / 1000,
+            probes = self.probes,
+            "FHIR server accepts uploads again; pause ended"
+        );
+        notify(|| AgentEvent::UplinkResumed {
+            status: self.cause.status(),
+            paused_for_ms: self.paused_for_ms,
+        });
+    }
+}
+
+/// A reading rejected alone (by the server, or because it cannot be mapped to FHIR) was moved
+/// to the dead letters. The reason (an OperationOutcome summary, which may quote values) is kept
+/// in the sealed dead letter and given to the observer, never logged.
 pub struct UplinkDeadLettered<'a> {
     pub reading_id: &'a ReadingId,
-    pub status: u16,
+    /// The HTTP status, `None` when the reading could not be mapped (nothing was sent).
+    pub status: Option<u16>,
     pub reason: &'a str,
 }
 impl UplinkDeadLettered<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_dead_lettered);
         bump(&COUNTERS.readings_dead_lettered);
-        tracing::error!(
-            reading = %self.reading_id.short(),
-            status = self.status,
-            "FHIR server rejected a reading; kept as dead letter, needs a technician"
-        );
+        match self.status {
+            Some(status) => tracing::error!(
+                reading = %self.reading_id.short(),
+                status,
+                "FHIR server rejected a reading sent alone; kept as dead letter, needs a technician"
+            ),
+            None => tracing::error!(
+                reading = %self.reading_id.short(),
+                "reading cannot be mapped to FHIR; kept as dead letter, needs a technician"
+            ),
+        }
         notify(|| AgentEvent::DeadLettered {
             reading_id: *self.reading_id,
             reason: self.reason.to_string(),
@@ -368,33 +574,13 @@ impl UplinkDeadLettered<'_> {
 
 // ---- sources ----
 
-pub struct MqttConnectionError<'a> {
-    pub error: &'a str,
-    pub retry_in_ms: u64,
-}
-impl MqttConnectionError<'_> {
-    pub fn emit(self) {
-        bump(&COUNTERS.mqtt_connection_errors);
-        health::mqtt_link(false);
-        // One line per episode (plus a reminder every 10 minutes), not one per reconnect.
-        match episodes::with(|e| e.failure("mqtt", std::time::Instant::now())) {
-            Decision::Quiet => {}
-            Decision::Log => {
-                tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, "MQTT connection error")
-            }
-            Decision::Remind { failures } => {
-                tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, failures, "MQTT connection error (still failing)")
-            }
-        }
-    }
-}
-
-/// The MQTT ingest session is up (CONNACK).
+/// A broker connection is up (CONNACK accepted).
 pub struct MqttConnected {
     pub session_present: bool,
 }
 impl MqttConnected {
     pub fn emit(self) {
+        bump(&COUNTERS.mqtt_connects);
         health::mqtt_link(true);
         match episodes::with(|e| e.success("mqtt", std::time::Instant::now())) {
             Some(end) if end.failures > 1 => tracing::info!(
@@ -404,6 +590,34 @@ impl MqttConnected {
                 "MQTT connected"
             ),
             _ => tracing::info!(session_present = self.session_present, "MQTT connected"),
+        }
+    }
+}
+
+/// The connection failed or dropped; the source reconnects after `retry_in_ms`.
+pub struct MqttConnectionError<'a> {
+    pub error: &'a dyn Display,
+    pub retry_in_ms: u64,
+    /// What a technician can do, when the error type says so.
+    pub hint: Option<&'static str>,
+}
+impl MqttConnectionError<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_connection_errors);
+        health::mqtt_link(false);
+        // One line per episode (plus a reminder every 10 minutes), not one per reconnect.
+        let failures = match episodes::with(|e| e.failure("mqtt", std::time::Instant::now())) {
+            Decision::Quiet => return,
+            Decision::Log => 1,
+            Decision::Remind { failures } => failures,
+        };
+        match self.hint {
+            Some(hint) => {
+                tracing::error!(error = %self.error, retry_in_ms = self.retry_in_ms, failures, hint, "MQTT connection error")
+            }
+            None => {
+                tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, failures, "MQTT connection error")
+            }
         }
     }
 }
@@ -423,6 +637,335 @@ impl DeviceLink<'_> {
                 tracing::warn!(device = %self.device, reason = %r, "device disconnected")
             }
             (false, None) => tracing::info!(device = %self.device, "device disconnected"),
+        }
+    }
+}
+
+/// Every SUBACK of a connection's subscription round is in. Refused filters (broker ACLs) are
+/// named by device (config names, never topics or patients) and counted.
+pub struct MqttSubscriptionsAcknowledged<'a> {
+    pub granted: usize,
+    pub refused: &'a [&'a str],
+}
+impl MqttSubscriptionsAcknowledged<'_> {
+    pub fn emit(self) {
+        bump_by(&COUNTERS.mqtt_subscriptions_refused, self.refused.len());
+        if self.refused.is_empty() {
+            tracing::info!(
+                granted = self.granted,
+                refused = 0,
+                "MQTT subscriptions acknowledged"
+            );
+        } else {
+            const NAMED: usize = 10;
+            let mut devices = self.refused[..self.refused.len().min(NAMED)].join(",");
+            if self.refused.len() > NAMED {
+                devices.push_str(",...");
+            }
+            tracing::error!(
+                granted = self.granted,
+                refused = self.refused.len(),
+                devices = %devices,
+                "MQTT subscriptions acknowledged, but the broker REFUSED some: their devices receive nothing (check the broker's ACLs)"
+            );
+        }
+    }
+}
+
+/// A PUBACK was written to the broker connection (debug level: one per message).
+pub struct MqttAckSent {
+    pub pkid: u16,
+}
+impl MqttAckSent {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_acks_sent);
+        tracing::debug!(pkid = self.pkid, "MQTT PUBACK sent");
+    }
+}
+
+/// A connection ended with acknowledgements still owed on it. Its packet ids mean nothing on
+/// the next connection, so they are dropped; the broker redelivers those messages, which the
+/// pipeline recognises as duplicates and the source acknowledges on the new connection.
+pub struct MqttAcksDropped {
+    pub count: usize,
+}
+impl MqttAcksDropped {
+    pub fn emit(self) {
+        bump_by(&COUNTERS.mqtt_acks_dropped, self.count);
+        tracing::info!(
+            count = self.count,
+            "MQTT connection lost with acknowledgements owed; the broker redelivers those messages"
+        );
+    }
+}
+
+/// The pipeline could not make a message durable: nothing from it on is acknowledged, and the
+/// source reconnects so that the broker redelivers.
+pub struct MqttNotDurable {
+    pub retry_in_ms: u64,
+}
+impl MqttNotDurable {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_not_durable_reconnects);
+        tracing::error!(
+            retry_in_ms = self.retry_in_ms,
+            "reading not durable; MQTT message left unacknowledged, reconnecting for redelivery"
+        );
+    }
+}
+
+/// The broker sent more unacknowledged messages than the source holds: it ignores its inflight
+/// window (mosquitto 2.0.11 was seen sending 1,700 to one client, max_inflight_messages 20).
+/// The source takes nothing more on this connection; once what it took is durable and
+/// acknowledged it reconnects and the broker redelivers the rest. Nothing is lost, nothing is
+/// buffered without bound.
+pub struct MqttWindowOverrun {
+    pub held: usize,
+    pub held_bytes: usize,
+    /// Messages of the connection not yet acknowledged.
+    pub owed: usize,
+}
+impl MqttWindowOverrun {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_window_overruns);
+        tracing::warn!(
+            held = self.held,
+            held_bytes = self.held_bytes,
+            owed = self.owed,
+            "MQTT broker exceeded its inflight window; taking no more until what it sent is durable, then reconnecting for the rest"
+        );
+    }
+}
+
+/// A QoS 0 message arrived while the source's queue to the pipeline was full. QoS 0 is "at most
+/// once" (the broker itself drops such messages under load): it is dropped, counted, logged.
+pub struct MqttQos0Dropped {
+    pub bytes: usize,
+}
+impl MqttQos0Dropped {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_qos0_dropped);
+        tracing::warn!(
+            bytes = self.bytes,
+            "QoS 0 MQTT message dropped: ingest queue full (publish with QoS 1 to be sure of delivery)"
+        );
+    }
+}
+
+/// A payload larger than any data point: kept as a dead letter without being decoded.
+pub struct MqttPayloadOversized<'a> {
+    pub device: &'a str,
+    pub bytes: usize,
+    pub limit: usize,
+}
+impl MqttPayloadOversized<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.mqtt_payloads_oversized);
+        tracing::warn!(
+            device = %self.device,
+            bytes = self.bytes,
+            limit = self.limit,
+            "oversized MQTT payload kept as dead letter (not decoded)"
+        );
+    }
+}
+
+// ---- serial transport ----
+//
+// Serial events carry the device name and the port path (neither is PHI), never bytes, lines or
+// values. Conditions that repeat while they last (a port that stays absent, a store that keeps
+// refusing) are logged once per episode: the caller says whether this is the episode's first.
+
+/// A serial port was opened (first time, or after it was lost).
+pub struct SerialPortOpened<'a> {
+    pub device: &'a str,
+    pub port: &'a std::path::Path,
+    pub settings: &'a dyn Display,
+    /// Time since the port was lost or first tried, when this ends an episode of failures.
+    pub after: Option<std::time::Duration>,
+}
+impl SerialPortOpened<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.serial_port_opens);
+        health::device_link(self.device, true);
+        match self.after {
+            None => {
+                tracing::info!(device = %self.device, port = %self.port.display(), settings = %self.settings, "serial port opened")
+            }
+            Some(d) => {
+                tracing::info!(device = %self.device, port = %self.port.display(), settings = %self.settings, unavailable_ms = d.as_millis() as u64, "serial port opened again")
+            }
+        }
+    }
+}
+
+/// An attempt to open a serial port failed. Logged at warn (error for a permission problem,
+/// with the fix) on the first failure of an episode, at debug after that.
+pub struct SerialOpenFailed<'a> {
+    pub device: &'a str,
+    pub port: &'a std::path::Path,
+    pub reason: &'a dyn Display,
+    /// Permission denied: the message names the fix.
+    pub permission: bool,
+    pub first: bool,
+    pub retry_in: std::time::Duration,
+}
+impl SerialOpenFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.serial_port_open_failures);
+        let retry_in_ms = self.retry_in.as_millis() as u64;
+        match (self.first, self.permission) {
+            (true, true) => {
+                tracing::error!(device = %self.device, port = %self.port.display(), "{}; retrying until it can", self.reason)
+            }
+            (true, false) => {
+                tracing::warn!(device = %self.device, port = %self.port.display(), reason = %self.reason, retry_in_ms, "serial port cannot be opened; retrying (logged once until it opens)")
+            }
+            (false, _) => {
+                tracing::debug!(device = %self.device, port = %self.port.display(), reason = %self.reason, retry_in_ms, "serial port still cannot be opened")
+            }
+        }
+    }
+}
+
+/// An open port stopped working (unplugged, hung up, I/O error): it is closed and reopened.
+pub struct SerialPortLost<'a> {
+    pub device: &'a str,
+    pub port: &'a std::path::Path,
+    pub reason: &'a dyn Display,
+}
+impl SerialPortLost<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.serial_port_losses);
+        health::device_link(self.device, false);
+        tracing::warn!(device = %self.device, port = %self.port.display(), reason = %self.reason, "serial port lost (unplugged?); reopening with backoff");
+    }
+}
+
+/// No record from a device for its `silence_alarm_secs`: an alarm (once per silence).
+pub struct SerialDeviceSilent<'a> {
+    pub device: &'a str,
+    pub port: &'a std::path::Path,
+    pub silent_for: std::time::Duration,
+    pub port_open: bool,
+    /// Bytes and decode errors during the silence: bytes without records point at wrong port
+    /// settings or protocol, no bytes at a device that is off, unplugged or not sending.
+    pub bytes: u64,
+    pub decode_errors: u64,
+}
+impl SerialDeviceSilent<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.serial_silence_alarms);
+        let hint = if !self.port_open {
+            "the port is not open (see the lines above)"
+        } else if self.bytes > 0 {
+            "bytes arrive but decode to nothing: check baud, parity, data bits and the protocol (vitalgate decode on a capture)"
+        } else {
+            "no bytes at all: is the device on, connected, and set to send (e.g. Masimo serial mode ASCII 1)?"
+        };
+        tracing::error!(
+            alarm = "serial_device_silent",
+            device = %self.device,
+            port = %self.port.display(),
+            silent_s = self.silent_for.as_secs(),
+            bytes = self.bytes,
+            decode_errors = self.decode_errors,
+            "ALARM: no data from serial device; {hint}"
+        );
+    }
+}
+
+/// Records arrive again after a silence alarm.
+pub struct SerialDataResumed<'a> {
+    pub device: &'a str,
+    pub silent_for: std::time::Duration,
+}
+impl SerialDataResumed<'_> {
+    pub fn emit(self) {
+        tracing::info!(device = %self.device, silent_s = self.silent_for.as_secs(), "serial device sends data again");
+    }
+}
+
+/// What one read brought (trace level; the counters add up).
+pub struct SerialBytesDecoded<'a> {
+    pub device: &'a str,
+    pub bytes: u64,
+    pub discarded: u64,
+    pub records: u64,
+    pub decode_errors: u64,
+}
+impl SerialBytesDecoded<'_> {
+    pub fn emit(self) {
+        add(&COUNTERS.serial_bytes_read, self.bytes);
+        add(&COUNTERS.serial_bytes_discarded, self.discarded);
+        add(&COUNTERS.serial_records_decoded, self.records);
+        add(&COUNTERS.serial_decode_errors, self.decode_errors);
+        if self.decode_errors > 0 {
+            tracing::debug!(device = %self.device, bytes = self.bytes, decode_errors = self.decode_errors, "serial bytes rejected by the decoder");
+        }
+        tracing::trace!(device = %self.device, bytes = self.bytes, records = self.records, "serial read");
+    }
+}
+
+/// What the stream reduction did with a batch of records (trace level; the counters add up).
+/// Plain numbers: telemetry does not know the pipeline's types.
+pub struct StreamReduced<'a> {
+    pub device: &'a str,
+    pub invalid_status: u64,
+    pub no_value: u64,
+    pub reduced_away: u64,
+    pub out: u64,
+    pub windows_insufficient: u64,
+    pub windows_partial: u64,
+}
+impl StreamReduced<'_> {
+    pub fn emit(self) {
+        add(&COUNTERS.serial_records_invalid_status, self.invalid_status);
+        add(&COUNTERS.serial_records_no_value, self.no_value);
+        add(&COUNTERS.serial_records_reduced_away, self.reduced_away);
+        add(&COUNTERS.serial_readings_reduced_out, self.out);
+        add(
+            &COUNTERS.serial_windows_insufficient,
+            self.windows_insufficient,
+        );
+        add(&COUNTERS.serial_windows_partial, self.windows_partial);
+        if self.windows_insufficient > 0 {
+            tracing::debug!(device = %self.device, "a reduction window had too few valid samples; nothing sent for it");
+        }
+        tracing::trace!(device = %self.device, out = self.out, "stream reduced");
+    }
+}
+
+/// The store did not take a reduced reading (full, failing): it is held in memory and retried.
+pub struct SerialStoreRefused<'a> {
+    pub device: &'a str,
+    pub held: usize,
+    pub first: bool,
+    pub retry_in: std::time::Duration,
+}
+impl SerialStoreRefused<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.serial_store_refusals);
+        let retry_in_ms = self.retry_in.as_millis() as u64;
+        if self.first {
+            tracing::error!(device = %self.device, held = self.held, retry_in_ms, "store refuses writes: reduced readings are held in memory (bounded) and retried; the raw stream is never buffered");
+        } else {
+            tracing::debug!(device = %self.device, held = self.held, retry_in_ms, "store still refuses writes");
+        }
+    }
+}
+
+/// The in-memory buffer of reduced readings was full: the oldest were dropped, counted.
+pub struct SerialReadingsDropped<'a> {
+    pub device: &'a str,
+    pub dropped: u64,
+    pub first: bool,
+}
+impl SerialReadingsDropped<'_> {
+    pub fn emit(self) {
+        add(&COUNTERS.serial_readings_dropped, self.dropped);
+        if self.first {
+            tracing::error!(device = %self.device, dropped = self.dropped, "reduced-reading buffer full while the store refuses writes: oldest readings dropped (counted in serial_readings_dropped)");
         }
     }
 }

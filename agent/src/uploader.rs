@@ -1,48 +1,119 @@
-//! The uploader task: outbox → FHIR server, one Bundle at a time.
+//! The uploader task: outbox → FHIR server, one Bundle at a time. A thin shell around
+//! [`UploadScheduler`], which makes every decision (see its module doc for the table).
 //!
 //! ```text
 //! loop:
-//!   batch = store.pending(batch_size)            (FIFO; corrupt records are quarantined by the store)
-//!   empty?  wait for the pipeline's wake-up, a 30 s tick, or shutdown
-//!   send batch as a transaction Bundle           (uplink::fhir builds it; uplink::client sends it)
-//!   classify the answer                          (uplink::outcome, pure)
-//!     Accepted  -> store.ack(ids)                (the only way a record leaves the outbox)
-//!     Retry     -> same batch after backoff with jitter (Retry-After as a floor)
-//!     Reject    -> bisect until the bad reading is alone, then dead-letter it (never deleted)
-//!     Split     -> 413: halve the batch
+//!   match scheduler.next(now):
+//!     Wait(until) -> sleep until then (or shutdown)
+//!     Fetch       -> batch = store.pending(batch_size)      (FIFO; corrupt records quarantined)
+//!                    empty? wait for the pipeline's wake-up, a 30 s tick, or shutdown
+//!                    scheduler.load(batch)
+//!     Send(batch) -> build the Bundle (uplink::fhir)          mapping error -> Unmappable
+//!                    send it (BundleSender), racing shutdown  shutdown -> return at once
+//!                    classify the answer (uplink::outcome)    Accepted -> store.ack (the only way
+//!                                                              a record leaves the outbox)
+//!                    effect = scheduler.on_verdict(verdict, now)
+//!                    carry the effect out: dead-letter a reading (never deleted), log a retry,
+//!                    a pause (the alarm), a resume
 //! ```
 //!
 //! One upload at a time per gateway (fhir-mapping.md §5.3). Conditional create makes a resend
 //! of an already-committed Bundle harmless: the server answers `200 OK` for existing entries.
+//! That is also why shutdown abandons an upload in flight instead of waiting for it: nothing is
+//! acked before the answer, and the resend after a restart is idempotent.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::reading::Reading;
 use crate::store::Outbox;
 use crate::telemetry;
-use crate::uplink::backoff::Backoff;
-use crate::uplink::client::UplinkClient;
-use crate::uplink::fhir::{self, GatewayInfo};
-use crate::uplink::outcome::{self, Outcome};
+use crate::uplink::client::{BundleSender, SendError};
+use crate::uplink::fhir::{self, GatewayInfo, MappingError};
+use crate::uplink::outcome::{self, Outcome, RetryReason};
+use crate::uplink::scheduler::{Effect, Next, SchedulerConfig, UploadScheduler, Verdict};
 
 /// How often the uploader looks at the outbox when nobody wakes it.
 pub const IDLE_POLL: Duration = Duration::from_secs(30);
 
-pub struct Uploader {
+pub struct Uploader<S> {
     pub store: Arc<Outbox>,
-    pub client: UplinkClient,
+    pub sender: S,
     pub gateway: GatewayInfo,
     pub batch_size: usize,
-    pub backoff: Backoff,
+    pub schedule: SchedulerConfig,
     pub wake: Arc<Notify>,
+    /// Seeds the backoff jitter.
+    pub seed: u64,
 }
 
-impl Uploader {
+/// What happened to one Bundle, as the log and the dead letters need it.
+enum Exchange {
+    Delivered,
+    Unmappable(MappingError),
+    NoAnswer(SendError),
+    NotConfirmed(RetryReason),
+    Refused,
+    Rejected { status: u16, detail: String },
+}
+
+impl<S: BundleSender> Uploader<S> {
+    /// Runs until shutdown. Returns at once when `shutdown` fires, also mid-upload.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut scheduler = UploadScheduler::new(self.schedule, self.seed, |r: &Reading| {
+            r.id.as_bytes().to_vec()
+        });
+        while !shutdown.is_cancelled() {
+            // The watchdog: a beat per round; the waits (backoff, pause, an empty outbox) are
+            // idle, the store and the HTTP request are work (bounded by uplink.timeout_secs).
+            crate::ops::watchdog::beat();
+            match scheduler.next(Instant::now().into_std()) {
+                Next::Wait { until } => {
+                    let stop = crate::ops::watchdog::idle(async {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(Instant::from_std(until)) => false,
+                            _ = shutdown.cancelled() => true,
+                        }
+                    })
+                    .await;
+                    if stop {
+                        return;
+                    }
+                }
+                Next::Fetch => {
+                    let mut batch = self.pending().await;
+                    batch.truncate(fhir::readings_that_fit(&batch));
+                    if batch.is_empty() {
+                        let stop = crate::ops::watchdog::idle(async {
+                            tokio::select! {
+                                _ = self.wake.notified() => false,
+                                _ = tokio::time::sleep(IDLE_POLL) => false,
+                                _ = shutdown.cancelled() => true,
+                            }
+                        })
+                        .await;
+                        if stop {
+                            return;
+                        }
+                    } else {
+                        scheduler.load(batch);
+                    }
+                }
+                Next::Send(batch) => {
+                    let Some((verdict, exchange)) = self.exchange(&batch, &shutdown).await else {
+                        return;
+                    };
+                    let effect = scheduler.on_verdict(verdict, Instant::now().into_std());
+                    self.carry_out(effect, &exchange).await;
+                }
+            }
+        }
+    }
+
     async fn pending(&self) -> Vec<Reading> {
         let store = Arc::clone(&self.store);
         let n = self.batch_size;
@@ -59,189 +130,663 @@ impl Uploader {
         }
     }
 
-    /// Runs until shutdown.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut attempt: u32 = 0;
-        loop {
-            // The watchdog: a beat per round; the waits below are idle, the store and the
-            // HTTP request are not (the request is bounded by uplink.timeout_secs).
-            crate::ops::watchdog::beat();
-            if shutdown.is_cancelled() {
-                break;
+    /// Builds, sends and classifies one Bundle; acks it if the server confirmed it. `None` if
+    /// shutdown came first (the request is dropped, nothing is acked).
+    async fn exchange(
+        &self,
+        batch: &[Reading],
+        shutdown: &CancellationToken,
+    ) -> Option<(Verdict, Exchange)> {
+        let (bundle, entries) = match fhir::build_transaction_bundle(&self.gateway, batch) {
+            Ok(v) => v,
+            Err(e) => {
+                let culprit = match e {
+                    MappingError::IdentifierCollision => fhir::first_identifier_collision(batch),
+                    _ => None,
+                };
+                return Some((Verdict::Unmappable { culprit }, Exchange::Unmappable(e)));
             }
-            let mut batch = self.pending().await;
-            batch.truncate(fhir::readings_that_fit(&batch));
-            if batch.is_empty() {
-                let stop = crate::ops::watchdog::idle(async {
-                    tokio::select! {
-                        _ = self.wake.notified() => false,
-                        _ = tokio::time::sleep(IDLE_POLL) => false,
-                        _ = shutdown.cancelled() => true,
-                    }
-                })
-                .await;
-                if stop {
-                    break;
-                }
-                continue;
+        };
+        let total = bundle["entry"].as_array().map_or(0, Vec::len);
+        telemetry::BundleSent {
+            bundle: &bundle,
+            entries: total,
+        }
+        .emit();
+        let answer = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            r = self.sender.send(&bundle) => r,
+        };
+        let resp = match answer {
+            Ok(r) => r,
+            Err(e) => return Some((Verdict::Retry { after: None }, Exchange::NoAnswer(e))),
+        };
+        // The edge: the wall clock, only to read a Retry-After HTTP-date.
+        #[allow(clippy::disallowed_methods)]
+        let now = chrono::Utc::now();
+        let outcome = outcome::classify(
+            resp.status,
+            resp.retry_after.as_deref(),
+            &resp.body,
+            total,
+            &entries,
+            now,
+        );
+        Some(match outcome {
+            Outcome::Accepted(accepted) => {
+                self.ack(accepted).await;
+                (Verdict::Delivered, Exchange::Delivered)
             }
-            let mut work: VecDeque<Vec<Reading>> = VecDeque::from([batch]);
-            while let Some(b) = work.pop_front() {
-                match self.send(&b).await {
-                    Step::Done => attempt = 0,
-                    Step::Retry { reason, after, tls } => {
-                        let wait = self.backoff.delay(attempt, after, &mut rand::rng());
-                        attempt = attempt.saturating_add(1);
-                        telemetry::UplinkRetry {
-                            reason: &reason,
-                            after_ms: wait.as_millis() as u64,
-                            tls,
-                        }
-                        .emit();
-                        let stop = crate::ops::watchdog::idle(async {
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => false,
-                                _ = shutdown.cancelled() => true,
-                            }
-                        })
-                        .await;
-                        if stop {
-                            return;
-                        }
-                        // Re-read the outbox: the batch may have grown, order is kept.
-                        work.clear();
-                    }
-                    Step::Bisect { status, detail } => {
-                        attempt = 0;
-                        if b.len() <= 1 {
-                            for r in &b {
-                                self.dead_letter(r, status, &detail).await;
-                            }
-                        } else {
-                            let mut left = b;
-                            let right = left.split_off(left.len() / 2);
-                            work.push_front(right);
-                            work.push_front(left);
-                        }
-                    }
-                }
+            Outcome::EntriesFailed {
+                suspects,
+                status,
+                detail,
+            } => {
+                let positions = batch
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| suspects.contains(&r.id))
+                    .map(|(i, _)| i)
+                    .collect();
+                (
+                    Verdict::EntriesFailed {
+                        suspects: positions,
+                        status,
+                    },
+                    Exchange::Rejected { status, detail },
+                )
             }
+            Outcome::Retry { after, reason } => {
+                (Verdict::Retry { after }, Exchange::NotConfirmed(reason))
+            }
+            Outcome::Reject {
+                status,
+                operation_outcome,
+            } => (
+                Verdict::Rejected { status },
+                Exchange::Rejected {
+                    status,
+                    detail: operation_outcome.unwrap_or_else(|| "no OperationOutcome".into()),
+                },
+            ),
+            Outcome::Split => (
+                Verdict::TooLarge,
+                Exchange::Rejected {
+                    status: 413,
+                    detail: "payload too large".into(),
+                },
+            ),
+            Outcome::Refused { status } => (Verdict::Refused { status }, Exchange::Refused),
+            // SEAM(oauth): once the uplink has a token source, refresh the token here and
+            // resend once before pausing (fhir-mapping.md §5.5: "401 that persists after a token
+            // refresh" pauses). Today authentication is the client certificate only: pause.
+            Outcome::Unauthorized => (Verdict::Refused { status: 401 }, Exchange::Refused),
+        })
+    }
+
+    async fn ack(&self, accepted: Vec<outcome::Accepted>) {
+        let ids: Vec<[u8; 32]> = accepted.iter().map(|a| *a.reading_id.as_bytes()).collect();
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.ack(&ids)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                // The server has them; a resend is harmless (conditional create).
+                tracing::error!(error = %e, "server accepted the readings but the outbox could not record it; they will be resent");
+            }
+            Err(e) => tracing::error!(error = %e, "ack task failed"),
+        }
+        for a in accepted {
+            telemetry::UplinkAccepted {
+                reading_id: &a.reading_id,
+                created: a.is_created(),
+                location: a.location.as_deref(),
+            }
+            .emit();
         }
     }
 
-    async fn dead_letter(&self, r: &Reading, status: u16, detail: &str) {
+    async fn carry_out(&self, effect: Option<Effect<Reading>>, exchange: &Exchange) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        match effect {
+            None => {}
+            Some(Effect::DeadLetter(reading)) => match exchange {
+                Exchange::Rejected { status, detail } => {
+                    let reason =
+                        format!("FHIR server answered {status} to this reading alone: {detail}");
+                    self.dead_letter(&reading, Some(*status), reason).await;
+                }
+                Exchange::Unmappable(e) => {
+                    self.dead_letter(&reading, None, e.to_string()).await;
+                }
+                _ => tracing::error!(
+                    "dead letter requested without a rejection; reading kept pending"
+                ),
+            },
+            Some(Effect::RetryIn(delay)) => match exchange {
+                Exchange::NoAnswer(error) => telemetry::UplinkSendFailed {
+                    error,
+                    retry_in_ms: ms(delay),
+                }
+                .emit(),
+                Exchange::NotConfirmed(reason) => telemetry::UplinkRetry {
+                    reason,
+                    after_ms: ms(delay),
+                }
+                .emit(),
+                _ => {}
+            },
+            Some(Effect::Paused {
+                cause,
+                next_probe_in,
+            }) => telemetry::UplinkPaused {
+                cause,
+                next_probe_ms: ms(next_probe_in),
+            }
+            .emit(),
+            Some(Effect::StillPaused {
+                next_probe_in,
+                probes,
+            }) => match exchange {
+                // A probe that got no answer at all still says why (a TLS failure needs a
+                // technician as much as the pause does).
+                Exchange::NoAnswer(error) => telemetry::UplinkSendFailed {
+                    error,
+                    retry_in_ms: ms(next_probe_in),
+                }
+                .emit(),
+                _ => telemetry::UplinkProbeFailed {
+                    probes,
+                    next_probe_ms: ms(next_probe_in),
+                }
+                .emit(),
+            },
+            Some(Effect::Resumed {
+                cause,
+                paused_for,
+                probes,
+            }) => telemetry::UplinkResumed {
+                cause,
+                paused_for_ms: ms(paused_for),
+                probes,
+            }
+            .emit(),
+        }
+    }
+
+    async fn dead_letter(&self, r: &Reading, status: Option<u16>, reason: String) {
         let store = Arc::clone(&self.store);
         let id = *r.id.as_bytes();
-        let reason = format!("FHIR server answered {status}: {detail}");
-        let reason2 = reason.clone();
-        let res = tokio::task::spawn_blocking(move || store.dead_letter(&id, &reason2)).await;
-        match res {
-            Ok(Ok(())) => {
-                telemetry::UplinkDeadLettered {
-                    reading_id: &r.id,
-                    status,
-                    reason: &reason,
-                }
-                .emit();
+        let stored = reason.clone();
+        match tokio::task::spawn_blocking(move || store.dead_letter(&id, &stored)).await {
+            Ok(Ok(())) => telemetry::UplinkDeadLettered {
+                reading_id: &r.id,
+                status,
+                reason: &reason,
             }
+            .emit(),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot move a rejected reading to the dead letters; it stays pending")
             }
             Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
         }
     }
-
-    async fn send(&self, batch: &[Reading]) -> Step {
-        let (bundle, entries) = match fhir::build_transaction_bundle(&self.gateway, batch) {
-            Ok(v) => v,
-            Err(e) => {
-                // A reading we cannot map is a bug or a corrupt record: isolate it.
-                return Step::Bisect {
-                    status: 0,
-                    detail: format!("cannot map to FHIR: {e}"),
-                };
-            }
-        };
-        telemetry::BundleSent {
-            bundle: &bundle,
-            entries: bundle["entry"].as_array().map_or(0, Vec::len),
-        }
-        .emit();
-        let resp = match self.client.send_bundle(&bundle).await {
-            Ok(r) => r,
-            Err(e) => {
-                return Step::Retry {
-                    tls: e.is_tls(),
-                    reason: e.to_string(),
-                    after: None,
-                }
-            }
-        };
-        let total = bundle["entry"].as_array().map_or(0, Vec::len);
-        match outcome::classify(
-            resp.status,
-            resp.retry_after.as_deref(),
-            &resp.body,
-            total,
-            &entries,
-        ) {
-            Outcome::Accepted(accepted) => {
-                let ids: Vec<[u8; 32]> =
-                    accepted.iter().map(|a| *a.reading_id.as_bytes()).collect();
-                let store = Arc::clone(&self.store);
-                match tokio::task::spawn_blocking(move || store.ack(&ids)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        // The server has them; a resend is harmless (conditional create).
-                        tracing::error!(error = %e, "server accepted the readings but the outbox could not record it; they will be resent");
-                    }
-                    Err(e) => tracing::error!(error = %e, "ack task failed"),
-                }
-                for a in accepted {
-                    let created = a.is_created();
-                    telemetry::UplinkAccepted {
-                        reading_id: &a.reading_id,
-                        created,
-                        location: a.location.as_deref(),
-                    }
-                    .emit();
-                }
-                Step::Done
-            }
-            Outcome::Retry { after, reason } => Step::Retry {
-                reason,
-                after,
-                tls: false,
-            },
-            Outcome::Unauthorized => Step::Retry {
-                reason: "server answered 401 Unauthorized (check the client certificate)".into(),
-                after: None,
-                tls: false,
-            },
-            Outcome::Split => Step::Bisect {
-                status: 413,
-                detail: "payload too large".into(),
-            },
-            Outcome::Reject {
-                status,
-                operation_outcome,
-            } => Step::Bisect {
-                status,
-                detail: operation_outcome.unwrap_or_else(|| "no OperationOutcome".into()),
-            },
-        }
-    }
 }
 
-enum Step {
-    Done,
-    Retry {
-        reason: String,
-        after: Option<Duration>,
-        tls: bool,
-    },
-    Bisect {
-        status: u16,
-        detail: String,
-    },
+#[cfg(test)]
+mod tests {
+    //! The task around the scheduler, against a scripted server on a paused clock: timing is
+    //! observed in virtual time, nothing really sleeps.
+    use super::*;
+    use crate::store::{NewRecord, OutboxOptions, StoreKey};
+    use crate::uplink::backoff::Backoff;
+    use crate::uplink::client::RawResponse;
+    use crate::uplink::fhir::tests::{bp, test_id};
+    use crate::uplink::scheduler::REJECTION_STREAK_LIMIT;
+    use serde_json::{json, Value};
+    use std::future::Future;
+    use std::sync::Mutex;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        /// An OperationOutcome with this status.
+        Status(u16),
+        /// This status with an empty body.
+        Empty(u16),
+        /// Commit (conditional create), answer 200 with a transaction-response.
+        Commit,
+        /// 200 in which the entry of the Observation whose identifier is this fails with 422;
+        /// nothing committed (a transaction is all-or-nothing). Other Bundles: `Commit`.
+        FailEntryOf(&'static str),
+        /// `Commit`, after this long.
+        Slow(Duration),
+    }
+
+    struct Server {
+        script: Box<dyn Fn(Duration) -> Answer + Send + Sync>,
+        start: Instant,
+        requests: Mutex<Vec<(Duration, u16)>>,
+        committed: Mutex<Vec<String>>,
+    }
+
+    #[derive(Clone)]
+    struct Scripted(Arc<Server>);
+
+    impl Scripted {
+        fn new(script: impl Fn(Duration) -> Answer + Send + Sync + 'static) -> Scripted {
+            Scripted(Arc::new(Server {
+                script: Box::new(script),
+                start: Instant::now(),
+                requests: Mutex::new(Vec::new()),
+                committed: Mutex::new(Vec::new()),
+            }))
+        }
+        fn requests(&self) -> Vec<(Duration, u16)> {
+            self.0.requests.lock().unwrap().clone()
+        }
+        fn committed(&self) -> Vec<String> {
+            self.0.committed.lock().unwrap().clone()
+        }
+    }
+
+    fn observation_ids(bundle: &Value) -> Vec<(usize, String)> {
+        bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e["request"]["url"] == "Observation")
+            .map(|(i, e)| {
+                let id = e["resource"]["identifier"][0]["value"].as_str().unwrap();
+                (i, id.to_owned())
+            })
+            .collect()
+    }
+
+    fn outcome_body(status: u16) -> Vec<u8> {
+        serde_json::to_vec(&json!({"resourceType": "OperationOutcome", "issue": [
+            {"severity": "error", "code": "invalid", "diagnostics": format!("scripted {status}")}
+        ]}))
+        .unwrap()
+    }
+
+    impl Server {
+        async fn answer(&self, bundle: &Value) -> RawResponse {
+            let at = Instant::now() - self.start;
+            let answer = (self.script)(at);
+            let raw = |status, body| RawResponse {
+                status,
+                retry_after: None,
+                body,
+            };
+            let total = bundle["entry"].as_array().unwrap().len();
+            let obs = observation_ids(bundle);
+            let response = match answer {
+                Answer::Status(s) => raw(s, outcome_body(s)),
+                Answer::Empty(s) => raw(s, Vec::new()),
+                Answer::FailEntryOf(needle) if obs.iter().any(|(_, id)| id == needle) => {
+                    let entries: Vec<Value> = (0..total)
+                        .map(|i| {
+                            if obs.iter().any(|(j, id)| *j == i && id == needle) {
+                                json!({"response": {"status": "422 Unprocessable Entity",
+                                    "outcome": {"resourceType": "OperationOutcome", "issue": [
+                                        {"severity": "error", "diagnostics": "scripted entry failure"}]}}})
+                            } else {
+                                json!({"response": {"status": "201 Created"}})
+                            }
+                        })
+                        .collect();
+                    raw(200, transaction_response(entries))
+                }
+                Answer::Commit | Answer::FailEntryOf(_) | Answer::Slow(_) => {
+                    if let Answer::Slow(d) = answer {
+                        tokio::time::sleep(d).await;
+                    }
+                    let mut committed = self.committed.lock().unwrap();
+                    let entries: Vec<Value> = (0..total)
+                        .map(|i| match obs.iter().find(|(j, _)| *j == i) {
+                            Some((_, id)) if committed.contains(id) => {
+                                json!({"response": {"status": "200 OK"}})
+                            }
+                            Some((_, id)) => {
+                                committed.push(id.clone());
+                                json!({"response": {"status": "201 Created", "location": format!("Observation/{id}/_history/1")}})
+                            }
+                            None => json!({"response": {"status": "200 OK"}}),
+                        })
+                        .collect();
+                    raw(200, transaction_response(entries))
+                }
+            };
+            self.requests.lock().unwrap().push((at, response.status));
+            response
+        }
+    }
+
+    fn transaction_response(entries: Vec<Value>) -> Vec<u8> {
+        serde_json::to_vec(
+            &json!({"resourceType": "Bundle", "type": "transaction-response", "entry": entries}),
+        )
+        .unwrap()
+    }
+
+    impl BundleSender for Scripted {
+        fn send(
+            &self,
+            bundle: &Value,
+        ) -> impl Future<Output = Result<RawResponse, SendError>> + Send {
+            let server = Arc::clone(&self.0);
+            let bundle = bundle.clone();
+            async move { Ok(server.answer(&bundle).await) }
+        }
+    }
+
+    fn reading(n: i64) -> Reading {
+        let mut r = bp();
+        r.id = test_id(n);
+        r.observation_identifier = format!("obs-{n}");
+        r
+    }
+
+    fn outbox(dir: &tempfile::TempDir, readings: &[Reading]) -> Arc<Outbox> {
+        let store = Outbox::open(
+            &dir.path().join("outbox"),
+            StoreKey::from_bytes([7; 32]),
+            OutboxOptions::default(),
+        )
+        .unwrap();
+        let records: Vec<NewRecord<'_, Reading>> = readings
+            .iter()
+            .map(|r| NewRecord {
+                id: *r.id.as_bytes(),
+                identity: Some(r.observation_identifier.as_str()),
+                value: r,
+            })
+            .collect();
+        store.insert_records(&records).unwrap();
+        Arc::new(store)
+    }
+
+    fn uploader(store: &Arc<Outbox>, server: &Scripted, batch_size: usize) -> Uploader<Scripted> {
+        Uploader {
+            store: Arc::clone(store),
+            sender: server.clone(),
+            gateway: GatewayInfo::new("gw", "0"),
+            batch_size,
+            schedule: SchedulerConfig {
+                retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+                pause: Backoff::new(Duration::from_secs(10), Duration::from_secs(300)),
+                rejection_streak_limit: REJECTION_STREAK_LIMIT,
+            },
+            wake: Arc::new(Notify::new()),
+            seed: 1,
+        }
+    }
+
+    /// Log lines of this test (the runtime is single-threaded: every task logs on this thread).
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+        type Writer = Logs;
+        fn make_writer(&'a self) -> Logs {
+            self.clone()
+        }
+    }
+    impl Logs {
+        fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+            let logs = Logs::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(logs.clone())
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .finish();
+            (logs, tracing::subscriber::set_default(subscriber))
+        }
+        /// The value after the first `key` (e.g. `probes=`).
+        fn field(&self, key: &str) -> Option<String> {
+            let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+            let rest = &text[text.find(key)? + key.len()..];
+            Some(
+                rest.chars()
+                    .take_while(char::is_ascii_alphanumeric)
+                    .collect(),
+            )
+        }
+        fn count(&self, needle: &str) -> usize {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .matches(needle)
+                .count()
+        }
+    }
+
+    fn counts(store: &Outbox) -> (u64, u64) {
+        let s = store.stats().unwrap();
+        (s.pending, s.dead)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_403_for_an_hour_keeps_every_reading_pending_alarms_once_and_delivers_all_after() {
+        let (logs, _guard) = Logs::capture();
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox(&dir, &(0..6).map(reading).collect::<Vec<_>>());
+        let server = Scripted::new(|at| {
+            if at < HOUR {
+                Answer::Status(403)
+            } else {
+                Answer::Commit
+            }
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uploader(&store, &server, 4).run(shutdown.clone()));
+
+        tokio::time::sleep(HOUR - Duration::from_secs(1)).await;
+        assert_eq!(counts(&store), (6, 0), "all pending, no dead letter");
+        assert!(server.committed().is_empty());
+        tokio::time::sleep(Duration::from_secs(400)).await;
+        assert_eq!(counts(&store), (0, 0), "all delivered, no dead letter");
+        let mut committed = server.committed();
+        committed.sort();
+        assert_eq!(
+            committed,
+            (0..6).map(|i| format!("obs-{i}")).collect::<Vec<_>>()
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+
+        assert_eq!(
+            logs.count("ALARM: the FHIR server refuses this gateway"),
+            1,
+            "one alarm per episode"
+        );
+        assert_eq!(logs.count("pause ended"), 1);
+        let paused_for: u64 = logs
+            .field("paused_for_secs=")
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!((3600..=3901).contains(&paused_for), "{paused_for}");
+        assert_eq!(logs.count("dead letter"), 0);
+        // The probes: 10 s, doubling (with jitter) up to the 300 s cap.
+        let refused: Vec<Duration> = server
+            .requests()
+            .iter()
+            .filter(|(_, s)| *s == 403)
+            .map(|(t, _)| *t)
+            .collect();
+        let gaps: Vec<Duration> = refused.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.iter().all(|g| *g <= Duration::from_secs(301)),
+            "{gaps:?}"
+        );
+        assert!(
+            gaps.iter().skip(5).all(|g| *g >= Duration::from_secs(150)),
+            "{gaps:?}"
+        );
+        assert!((12..=30).contains(&refused.len()), "{}", refused.len());
+        let first_ok = server.requests().iter().find(|(_, s)| *s == 200).unwrap().0;
+        assert!(first_ok >= HOUR && first_ok <= HOUR + Duration::from_secs(301));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_single_rejections_in_a_row_turn_into_a_pause_without_more_dead_letters() {
+        let (logs, _guard) = Logs::capture();
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox(&dir, &(0..12).map(reading).collect::<Vec<_>>());
+        let server = Scripted::new(|at| {
+            if at < 2 * HOUR {
+                Answer::Status(422)
+            } else {
+                Answer::Commit
+            }
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uploader(&store, &server, 12).run(shutdown.clone()));
+        tokio::time::sleep(2 * HOUR - Duration::from_secs(1)).await;
+        assert_eq!(counts(&store), (3, 9), "nine dead letters, then a pause");
+        assert_eq!(logs.count("rejected every reading sent alone"), 1);
+        tokio::time::sleep(Duration::from_secs(400)).await;
+        assert_eq!(counts(&store), (0, 9));
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(logs.count("pause ended"), 1);
+        let reasons: Vec<String> = store
+            .dead_letters()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.reason)
+            .collect();
+        assert!(
+            reasons
+                .iter()
+                .all(|r| r.contains("422") && r.contains("scripted 422")),
+            "the OperationOutcome is kept: {reasons:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_200_with_one_failed_entry_dead_letters_exactly_that_reading_and_delivers_the_others()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox(&dir, &(0..5).map(reading).collect::<Vec<_>>());
+        let server = Scripted::new(|_| Answer::FailEntryOf("obs-3"));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uploader(&store, &server, 5).run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(counts(&store), (0, 1));
+        let dead = store.dead_letters().unwrap();
+        assert_eq!(dead[0].id, Some(*test_id(3).as_bytes()));
+        assert!(dead[0].reason.contains("422"), "{}", dead[0].reason);
+        assert!(
+            dead[0].reason.contains("scripted entry failure"),
+            "{}",
+            dead[0].reason
+        );
+        let mut committed = server.committed();
+        committed.sort();
+        assert_eq!(committed, ["obs-0", "obs-1", "obs-2", "obs-4"]);
+        // The first answer, the others resent alone, the suspect alone: no retry loop.
+        assert_eq!(server.requests().len(), 3, "{:?}", server.requests());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_202_or_204_does_not_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox(&dir, &(0..3).map(reading).collect::<Vec<_>>());
+        let minute = Duration::from_secs(60);
+        let server = Scripted::new(move |at| {
+            if at < minute {
+                Answer::Empty(202)
+            } else if at < 2 * minute {
+                Answer::Empty(204)
+            } else {
+                Answer::Commit
+            }
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uploader(&store, &server, 5).run(shutdown.clone()));
+        tokio::time::sleep(2 * minute - Duration::from_secs(1)).await;
+        assert_eq!(
+            counts(&store),
+            (3, 0),
+            "nothing acked, nothing dead-lettered"
+        );
+        let statuses: Vec<u16> = server.requests().iter().map(|(_, s)| *s).collect();
+        assert!(
+            statuses.contains(&202) && statuses.contains(&204),
+            "{statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(counts(&store), (0, 0));
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_a_slow_request_returns_at_once_and_acks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox(&dir, &(0..3).map(reading).collect::<Vec<_>>());
+        let server = Scripted::new(|_| Answer::Slow(HOUR));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uploader(&store, &server, 5).run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let asked = Instant::now();
+        shutdown.cancel();
+        task.await.unwrap();
+        // Virtual time: had the task waited for the answer, the clock would have jumped an hour.
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(counts(&store), (3, 0));
+        assert!(server.committed().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn of_two_readings_under_one_identifier_the_later_is_dead_lettered_not_acked() {
+        // The store refuses such a pair (invariant 4); this is the uploader's second line.
+        let dir = tempfile::tempdir().unwrap();
+        let first = reading(1);
+        let mut later = reading(2);
+        later.observation_identifier = first.observation_identifier.clone();
+        later.components[0].value = device_drivers::Decimal::from_int(151);
+        let third = reading(3);
+        let store = Outbox::open(
+            &dir.path().join("outbox"),
+            StoreKey::from_bytes([7; 32]),
+            OutboxOptions::default(),
+        )
+        .unwrap();
+        store
+            .insert_many([&first, &later, &third].map(|r| (*r.id.as_bytes(), r)))
+            .unwrap();
+        let store = Arc::new(store);
+        let server = Scripted::new(|_| Answer::Commit);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uploader(&store, &server, 5).run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(counts(&store), (0, 1));
+        let dead = store.dead_letters().unwrap();
+        assert_eq!(dead[0].id, Some(*later.id.as_bytes()));
+        assert!(
+            dead[0].reason.starts_with("identifier_collision"),
+            "{}",
+            dead[0].reason
+        );
+        assert_eq!(server.committed(), ["obs-1", "obs-3"]);
+    }
 }

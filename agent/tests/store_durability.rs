@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use vitalgate::store::{
-    DeadReason, Insert, NewRecord, Outbox, OutboxOptions, StoreError, StoreKey, MAX_PAYLOAD_LEN,
-    TREE_DEAD, TREE_INDEX, TREE_PENDING, TREE_QUARANTINE,
+    DeadReason, Insert, NewRecord, NotRequeueable, Outbox, OutboxOptions, Requeue, StoreError,
+    StoreKey, MAX_PAYLOAD_LEN, TREE_DEAD, TREE_INDEX, TREE_PENDING, TREE_QUARANTINE,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -291,6 +291,239 @@ fn a_too_large_record_is_dead_lettered_alone_and_the_rest_of_its_batch_is_stored
     // Redelivered: recognised, not dead-lettered twice.
     assert_eq!(outbox.insert(id(2), &big).unwrap(), Insert::Duplicate);
     assert_eq!(outbox.dead_letters().unwrap().len(), 1);
+}
+
+// ---- requeueing dead letters ----
+
+/// The identity a `Sample` is stored under in these tests.
+fn identity_of(s: &Sample) -> Option<String> {
+    Some(format!("ident-{}", s.n))
+}
+
+fn insert_identified(outbox: &Outbox, n: u8, value: &Sample) -> Insert {
+    let ident = identity_of(value).unwrap();
+    outbox
+        .insert_records(&[with_identity(n, &ident, value)])
+        .unwrap()[0]
+}
+
+fn dead_seq_of(outbox: &Outbox, n: u8) -> u64 {
+    outbox
+        .dead_letters()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.id == Some(id(n)))
+        .unwrap()
+        .seq
+}
+
+/// Tombstones and identities forgotten: a redelivery is stored again.
+fn forget_tombstones(dir: &Path) -> Outbox {
+    let opts = OutboxOptions {
+        tombstone_retention: Duration::from_secs(1),
+        ..OutboxOptions::default()
+    };
+    let outbox = Outbox::open(dir, key(), opts).unwrap();
+    outbox
+        .prune_tombstones(SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    outbox
+}
+
+#[test]
+fn a_requeued_dead_letter_is_pending_again_under_its_id_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = open(dir.path());
+        insert_identified(&outbox, 1, &sample(1));
+        insert_identified(&outbox, 2, &sample(2));
+        outbox
+            .dead_letter(&id(1), "HTTP 422: invalid code")
+            .unwrap();
+        assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+        let seq = dead_seq_of(&outbox, 1);
+        assert!(matches!(
+            outbox.requeue_dead_letter(seq, identity_of).unwrap(),
+            Requeue::Requeued { .. }
+        ));
+    }
+    // Durable on Ok: after a reopen it is pending (behind 2), with its id, and no dead letter.
+    let outbox = open(dir.path());
+    assert_eq!(pending_ns(&outbox), vec![2, 1]);
+    let ids: Vec<[u8; 32]> = outbox
+        .pending::<Sample>(10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec![id(2), id(1)]);
+    assert_eq!(outbox.stats().unwrap().dead, 0);
+    // Pending means: a redelivery is a duplicate, and an ack removes it.
+    assert_eq!(outbox.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+    assert_eq!(outbox.ack(&[id(1)]).unwrap(), 1);
+    assert_eq!(pending_ns(&outbox), vec![2]);
+}
+
+#[test]
+fn requeueing_twice_or_after_a_redelivery_stores_the_reading_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    insert_identified(&outbox, 1, &sample(1));
+    outbox.dead_letter(&id(1), "HTTP 400").unwrap();
+    let first = dead_seq_of(&outbox, 1);
+    drop(outbox);
+    // The tombstone expires and the reading is redelivered: pending again, dead-lettered again.
+    let outbox = forget_tombstones(dir.path());
+    assert_eq!(insert_identified(&outbox, 1, &sample(1)), Insert::Stored);
+    outbox.dead_letter(&id(1), "HTTP 400").unwrap();
+    assert_eq!(
+        outbox.dead_letters().unwrap().len(),
+        2,
+        "two dead letters, one reading"
+    );
+
+    let summary = outbox.requeue_all_dead_letters(identity_of).unwrap();
+    assert_eq!(summary.requeued, vec![first]);
+    assert_eq!(summary.already_pending.len(), 1);
+    assert!(summary.skipped.is_empty());
+    assert_eq!(pending_ns(&outbox), vec![1], "stored once");
+    assert_eq!(outbox.stats().unwrap().dead, 0);
+    // The same seq again: it is gone.
+    assert!(matches!(
+        outbox.requeue_dead_letter(first, identity_of),
+        Err(StoreError::NoSuchDeadLetter { .. })
+    ));
+
+    // Redelivered before its requeue: the requeue finds it pending and keeps one copy.
+    outbox.dead_letter(&id(1), "HTTP 400").unwrap();
+    drop(outbox);
+    let outbox = forget_tombstones(dir.path());
+    assert_eq!(insert_identified(&outbox, 1, &sample(1)), Insert::Stored);
+    let seq = dead_seq_of(&outbox, 1);
+    assert_eq!(
+        outbox.requeue_dead_letter(seq, identity_of).unwrap(),
+        Requeue::AlreadyPending
+    );
+    assert_eq!(pending_ns(&outbox), vec![1]);
+    assert_eq!(outbox.stats().unwrap().dead, 0);
+}
+
+#[test]
+fn a_requeued_reading_holds_its_identity_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    insert_identified(&outbox, 1, &sample(7));
+    outbox.dead_letter(&id(1), "HTTP 422").unwrap();
+    let seq = dead_seq_of(&outbox, 1);
+    drop(outbox);
+    // Identities expire with tombstones; the requeue restores it.
+    let outbox = forget_tombstones(dir.path());
+    outbox.requeue_dead_letter(seq, identity_of).unwrap();
+    let other = Sample {
+        n: 7,
+        note: "other content, same identity".into(),
+    };
+    assert!(matches!(
+        insert_identified(&outbox, 2, &other),
+        Insert::DeadLettered {
+            reason: DeadReason::IdentifierCollision,
+            ..
+        }
+    ));
+    assert_eq!(pending_ns(&outbox), vec![7]);
+}
+
+#[test]
+fn a_dead_letter_whose_identity_was_taken_meanwhile_is_not_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    insert_identified(&outbox, 1, &sample(7));
+    outbox.dead_letter(&id(1), "HTTP 422").unwrap();
+    let seq = dead_seq_of(&outbox, 1);
+    drop(outbox);
+    let outbox = forget_tombstones(dir.path());
+    let other = Sample {
+        n: 7,
+        note: "other content, same identity".into(),
+    };
+    assert_eq!(insert_identified(&outbox, 2, &other), Insert::Stored);
+    assert!(matches!(
+        outbox.requeue_dead_letter(seq, identity_of),
+        Err(StoreError::NotRequeueable {
+            why: NotRequeueable::IdentityTaken,
+            ..
+        })
+    ));
+    assert_eq!(outbox.stats().unwrap().dead, 1, "kept");
+    assert_eq!(pending_ns(&outbox), vec![7]);
+}
+
+#[test]
+fn raw_payloads_collisions_and_truncated_records_are_not_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    let raw = outbox
+        .put_dead_letter_raw("mqtt:t/1", b"not json", "not valid JSON")
+        .unwrap();
+    insert_identified(&outbox, 1, &sample(1));
+    let collision = Sample {
+        n: 1,
+        note: "same identity, other content".into(),
+    };
+    let Insert::DeadLettered { seq: collided, .. } = insert_identified(&outbox, 2, &collision)
+    else {
+        panic!("expected a collision")
+    };
+    let big = Sample {
+        n: 3,
+        note: "x".repeat(MAX_PAYLOAD_LEN + 10),
+    };
+    let Insert::DeadLettered { seq: too_large, .. } = outbox.insert(id(3), &big).unwrap() else {
+        panic!("expected a dead letter")
+    };
+    insert_identified(&outbox, 4, &sample(4));
+    outbox.dead_letter(&id(4), "HTTP 400").unwrap();
+    let rejected = dead_seq_of(&outbox, 4);
+
+    let why = |seq| match outbox.requeue_dead_letter(seq, identity_of) {
+        Err(StoreError::NotRequeueable { why, .. }) => why,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(why(raw), NotRequeueable::Raw);
+    assert_eq!(why(collided), NotRequeueable::IdentifierCollision);
+    assert_eq!(why(too_large), NotRequeueable::TooLarge);
+    assert_eq!(outbox.stats().unwrap().dead, 4, "nothing moved");
+
+    let summary = outbox.requeue_all_dead_letters(identity_of).unwrap();
+    assert_eq!(summary.requeued, vec![rejected]);
+    let mut skipped = summary.skipped.clone();
+    skipped.sort_by_key(|(seq, _)| *seq);
+    let mut want = vec![
+        (raw, NotRequeueable::Raw),
+        (collided, NotRequeueable::IdentifierCollision),
+        (too_large, NotRequeueable::TooLarge),
+    ];
+    want.sort_by_key(|(seq, _)| *seq);
+    assert_eq!(skipped, want);
+    assert_eq!(pending_ns(&outbox), vec![1, 4]);
+    assert_eq!(outbox.stats().unwrap().dead, 3);
+}
+
+#[test]
+fn a_payload_of_another_type_is_not_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    outbox.insert(id(1), &sample(1)).unwrap();
+    outbox.dead_letter(&id(1), "HTTP 400").unwrap();
+    let seq = dead_seq_of(&outbox, 1);
+    let r = outbox.requeue_dead_letter::<([u8; 32], [u8; 32])>(seq, |_| None);
+    assert!(matches!(
+        r,
+        Err(StoreError::NotRequeueable {
+            why: NotRequeueable::Undecodable,
+            ..
+        })
+    ));
 }
 
 fn with_identity<'a>(n: u8, identity: &'a str, value: &'a Sample) -> NewRecord<'a, Sample> {

@@ -242,3 +242,49 @@ fn print_examples_of_messages() {
         println!("{}", error_for(from, to));
     }
 }
+
+/// A technician decoding a capture does not know the port settings yet: `[device.serial]` is
+/// optional, and a file without it uses 9600 8N1.
+#[test]
+fn a_device_file_without_port_settings_loads_with_the_default() {
+    use device_drivers::serial::generic::DEFAULT_PORT_SETTINGS;
+    use device_drivers::serial::{decode_all_to_json, PortSettings};
+    let start = GOOD.find("[device.serial]").unwrap();
+    let end = GOOD.find("[device.framing]").unwrap();
+    let text = format!("{}{}", &GOOD[..start], &GOOD[end..]);
+    assert!(!text.contains("baud"));
+    let cfg = DeviceConfig::from_toml_str(&text, Path::new("t.toml")).unwrap();
+    assert_eq!(cfg.declared_serial(), None);
+    assert_eq!(cfg.serial(), DEFAULT_PORT_SETTINGS);
+    assert_eq!(cfg.serial(), PortSettings::n81(9600));
+    let out = decode_all_to_json(cfg.decoder().as_mut(), b"W=72.5 kg\r\n");
+    assert_eq!(out["records"][0]["readings"][0]["value"], 72.5);
+
+    let with = DeviceConfig::from_toml_str(GOOD, Path::new("t.toml")).unwrap();
+    assert_eq!(with.declared_serial(), Some(PortSettings::n81(9600)));
+    // A section that is present is still checked.
+    let e = error_for("data_bits = 8", "data_bits = 9");
+    assert!(e.to_string().contains("expected 7 or 8"), "{e}");
+}
+
+#[test]
+fn cadence_defaults_to_per_measurement_and_the_shipped_oximeter_file_is_a_stream() {
+    use device_drivers::serial::Cadence;
+    let cfg = DeviceConfig::from_toml_str(GOOD, Path::new("t.toml")).unwrap();
+    assert_eq!(cfg.cadence(), Cadence::PerMeasurement);
+    let text = GOOD.replacen(
+        "id = \"test-device\"",
+        "id = \"t\"\ncadence = \"stream\"",
+        1,
+    );
+    let cfg = DeviceConfig::from_toml_str(&text, Path::new("t.toml")).unwrap();
+    assert_eq!(cfg.cadence(), Cadence::Stream);
+    let e = error_for("id = \"test-device\"", "id = \"t\"\ncadence = \"often\"");
+    assert!(e.to_string().contains("stream"), "{e}");
+    let nonin = DeviceConfig::from_toml_str(
+        include_str!("../../config/devices/nonin-realtime-ascii.toml"),
+        Path::new("nonin-realtime-ascii.toml"),
+    )
+    .unwrap();
+    assert_eq!(nonin.cadence(), Cadence::Stream);
+}

@@ -67,6 +67,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Measure the agent reading two serial streams on PTYs (CPU, RSS) beside an idle agent,
+    /// and count Observations per day under each reduction mode. Prints Markdown tables.
+    BenchSerial {
+        /// The vitalgate binary to measure (default: `vitalgate` next to this program).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Measured seconds per scenario (after a 3 s warm-up).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +110,7 @@ fn main() -> ExitCode {
                 println!("{}", f.display());
             }
         }),
+        Command::BenchSerial { agent, seconds } => bench_serial(agent, seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +127,25 @@ fn demo(opts: vitalgate_devkit::demo::DemoOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(vitalgate_devkit::demo::run(opts))
+}
+
+fn bench_serial(agent: Option<PathBuf>, seconds: u64) -> anyhow::Result<()> {
+    let agent = match agent {
+        Some(a) => a,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for this program")?
+            .join("vitalgate"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let tables = rt.block_on(vitalgate_devkit::bench_serial::run(
+        vitalgate_devkit::bench_serial::BenchOptions { agent, seconds },
+    ))?;
+    println!("{tables}");
+    Ok(())
 }
 
 fn pki(out: &std::path::Path, gateway_id: &str) -> anyhow::Result<()> {

@@ -418,6 +418,36 @@ async fn fail_entry_mode_answers_200_with_one_failed_entry_and_stores_nothing() 
 }
 
 #[tokio::test]
+async fn fail_observation_mode_fails_the_chosen_observation_only_and_stores_nothing() {
+    let f = fixture().await;
+    f.server
+        .set_mode(Mode::FailObservation("188736-795255425".into()));
+    let response = within(f.post(&example())).await;
+    assert_eq!(response.status, 200);
+    let body = response.json().unwrap();
+    assert_eq!(
+        statuses(&body),
+        [
+            "201 Created",
+            "201 Created",
+            "201 Created",
+            "422 Unprocessable Entity"
+        ]
+    );
+    assert_eq!(
+        body["entry"][3]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    assert!(f.server.stored_observations().is_empty());
+    // A Bundle without that Observation is served normally.
+    f.server
+        .set_mode(Mode::FailObservation("not-in-this-bundle".into()));
+    let response = within(f.post(&example())).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(f.server.stored_observations().len(), 2);
+}
+
+#[tokio::test]
 async fn empty_and_garbage_200_commit_and_a_retry_finds_everything() {
     for mode in [Mode::Empty200, Mode::Garbage200] {
         let f = fixture().await;

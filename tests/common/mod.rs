@@ -9,19 +9,28 @@ use std::path::Path;
 use std::process::Command;
 
 pub fn command(bin: impl AsRef<Path>) -> Command {
-    match std::env::var("VITALGATE_EXEC_WRAPPER") {
-        Ok(w) if !w.trim().is_empty() => {
-            let mut parts = w.split_whitespace();
-            let mut c = Command::new(parts.next().unwrap_or_default());
-            c.args(parts);
-            c.arg(bin.as_ref());
-            c
-        }
-        _ => Command::new(bin.as_ref()),
-    }
+    command_after(&[], bin)
 }
 
-/// The `vitalgate` binary of this build.
+/// `prefix... [wrapper...] bin`: e.g. `setpriv --reuid=65534 ...` before the binary.
+pub fn command_after(prefix: &[&str], bin: impl AsRef<Path>) -> Command {
+    let wrapper = std::env::var("VITALGATE_EXEC_WRAPPER").unwrap_or_default();
+    let mut parts: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+    parts.extend(wrapper.split_whitespace().map(str::to_string));
+    let mut c = match parts.first() {
+        Some(first) => Command::new(first),
+        None => return Command::new(bin.as_ref()),
+    };
+    c.args(parts.iter().skip(1));
+    c.arg(bin.as_ref());
+    c
+}
+
+/// The `vitalgate` binary of this build, or the one `VITALGATE_BIN_UNDER_TEST` names (the MQTT
+/// bench uses it to measure another build, e.g. an older commit, with the same harness).
 pub fn vitalgate() -> Command {
-    command(env!("CARGO_BIN_EXE_vitalgate"))
+    match std::env::var_os("VITALGATE_BIN_UNDER_TEST") {
+        Some(bin) if !bin.is_empty() => command(bin),
+        _ => command(env!("CARGO_BIN_EXE_vitalgate")),
+    }
 }

@@ -24,14 +24,64 @@ pub fn free_port() -> u16 {
 
 pub enum Broker {
     None,
-    Embedded {
-        port: u16,
-    },
-    Mosquitto {
-        port: u16,
-        child: Child,
-        _dir: tempfile::TempDir,
-    },
+    Embedded { port: u16 },
+    Mosquitto(Mosquitto),
+}
+
+/// How to run mosquitto.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MosquittoOptions {
+    /// Keep sessions and queued messages on disk, so a [`Mosquitto::restart`] keeps them.
+    pub persistence: bool,
+    /// Log everything (`log_type all`) to a file, read with [`Mosquitto::log`].
+    pub log_all: bool,
+    /// The broker's QoS 1 window per client (`max_inflight_messages`); `None`: mosquitto's
+    /// default (20).
+    pub inflight_window: Option<u16>,
+}
+
+/// A mosquitto process on a free port, with its config, data and log in a temp dir.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Option<Child>,
+    bin: PathBuf,
+    conf: PathBuf,
+    log: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Stops mosquitto with SIGTERM (it saves its persistence file on the way out) and starts
+    /// it again on the same port with the same configuration.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "mosquitto did not stop on SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.child = Some(start_mosquitto(&self.bin, &self.conf, self.port));
+    }
+
+    /// Sends a signal (`"STOP"`, `"CONT"`) to the mosquitto process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            signal(child.id(), sig);
+        }
+    }
+
+    /// The broker's log so far (empty unless started with `log_all`).
+    pub fn log(&self) -> String {
+        match &self.log {
+            Some(p) => std::fs::read_to_string(p).unwrap_or_default(),
+            None => String::new(),
+        }
+    }
 }
 
 impl Broker {
@@ -71,9 +121,15 @@ next_connection_delay_ms = 1
     /// Debian's mosquitto on a free port, if installed. With VITALGATE_REQUIRE_MOSQUITTO=1 (CI)
     /// a missing mosquitto is a failure, not a skip.
     pub fn mosquitto() -> Option<Broker> {
+        Self::mosquitto_with(MosquittoOptions::default())
+    }
+
+    /// Debian's mosquitto with `opts`, if installed (same rule as [`Broker::mosquitto`]).
+    pub fn mosquitto_with(opts: MosquittoOptions) -> Option<Broker> {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
-            .find(|p| Path::new(p).exists());
+            .map(PathBuf::from)
+            .find(|p| p.exists());
         let Some(bin) = bin else {
             assert!(
                 std::env::var("VITALGATE_REQUIRE_MOSQUITTO").is_err(),
@@ -83,42 +139,88 @@ next_connection_delay_ms = 1
         };
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
+        let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");
+        // Started as root, mosquitto drops to user `mosquitto`, which cannot write our private
+        // temp dir; `user root` keeps it as it is (the option is ignored when not root).
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata(dir.path()).map(|m| m.uid()).ok() == Some(0) {
+            text.push_str("user root\n");
+        }
+        // mosquitto queues at most 1,000 QoS 1 messages per client beyond its inflight window
+        // by default and silently drops the rest ("Outgoing messages are being dropped"),
+        // while still acknowledging them to the publisher: a burst test would measure the
+        // broker's queue limit, not the agent. No limit here.
+        text.push_str("max_queued_messages 0\n");
+        if let Some(w) = opts.inflight_window {
+            text.push_str(&format!("max_inflight_messages {w}\n"));
+        }
+        if opts.persistence {
+            text.push_str(&format!(
+                "persistence true\npersistence_location {}/\n",
+                dir.path().display()
+            ));
+        } else {
+            text.push_str("persistence false\n");
+        }
+        let log = opts.log_all.then(|| dir.path().join("mosquitto.log"));
+        if let Some(log) = &log {
+            text.push_str(&format!("log_dest file {}\nlog_type all\n", log.display()));
+        }
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        wait_port(port);
-        Some(Broker::Mosquitto {
+        std::fs::write(&conf, text).unwrap();
+        let child = Some(start_mosquitto(&bin, &conf, port));
+        Some(Broker::Mosquitto(Mosquitto {
             port,
             child,
+            bin,
+            conf,
+            log,
             _dir: dir,
-        })
+        }))
+    }
+
+    /// The mosquitto broker, if this is one.
+    pub fn as_mosquitto(&mut self) -> Option<&mut Mosquitto> {
+        match self {
+            Broker::Mosquitto(m) => Some(m),
+            _ => None,
+        }
     }
 
     pub fn port(&self) -> Option<u16> {
         match self {
             Broker::None => None,
-            Broker::Embedded { port } | Broker::Mosquitto { port, .. } => Some(*port),
+            Broker::Embedded { port } | Broker::Mosquitto(Mosquitto { port, .. }) => Some(*port),
         }
     }
 }
 
-impl Drop for Broker {
+impl Drop for Mosquitto {
     fn drop(&mut self) {
-        if let Broker::Mosquitto { child, .. } = self {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+fn start_mosquitto(bin: &Path, conf: &Path, port: u16) -> Child {
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    wait_port(port);
+    child
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 fn wait_port(port: u16) {
@@ -126,6 +228,25 @@ fn wait_port(port: u16) {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "port {port} never opened");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An `[[devices]] kind = "mqtt"` entry of the agent's configuration.
+#[derive(Debug, Clone)]
+pub struct MqttDevice {
+    pub name: String,
+    pub topic: String,
+    pub patient: String,
+}
+
+impl MqttDevice {
+    /// The harness's default device: [`TOPIC`] bound to [`PATIENT`].
+    pub fn default_hub() -> MqttDevice {
+        MqttDevice {
+            name: "hub-1".into(),
+            topic: TOPIC.into(),
+            patient: PATIENT.into(),
+        }
     }
 }
 
@@ -139,15 +260,30 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(broker: Broker) -> Harness {
-        Self::build(broker, false).await
+        Self::build(broker, false, vec![MqttDevice::default_hub()], "").await
     }
 
     /// The FHIR server presents a certificate from a CA the agent does not trust.
     pub async fn with_rogue_server(broker: Broker) -> Harness {
-        Self::build(broker, true).await
+        Self::build(broker, true, vec![MqttDevice::default_hub()], "").await
     }
 
-    async fn build(broker: Broker, rogue: bool) -> Harness {
+    /// Like [`Harness::new`], with `extra` lines appended to the `[uplink]` section.
+    pub async fn with_uplink_settings(broker: Broker, extra: &str) -> Harness {
+        Self::build(broker, false, vec![MqttDevice::default_hub()], extra).await
+    }
+
+    /// An agent configured with these MQTT devices (instead of the one default hub).
+    pub async fn with_mqtt_devices(broker: Broker, devices: Vec<MqttDevice>) -> Harness {
+        Self::build(broker, false, devices, "").await
+    }
+
+    async fn build(
+        broker: Broker,
+        rogue: bool,
+        devices: Vec<MqttDevice>,
+        extra_uplink: &str,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::generate(&dir.path().join("pki")).unwrap();
         let mut server_cfg = ServerConfig::for_pki(&pki);
@@ -160,9 +296,19 @@ impl Harness {
             .expect("FHIR test server");
         let config = dir.path().join("vitalgate.toml");
         let mqtt = match broker.port() {
-            Some(port) => format!(
-                "[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"vg-e2e-{port}\"\nkeep_alive_secs = 5\n\n[[devices]]\nname = \"hub-1\"\nkind = \"mqtt\"\ntopic = \"{TOPIC}\"\npatient = \"{PATIENT}\"\n"
-            ),
+            Some(port) => {
+                let mut m = format!(
+                    "[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"{}\"\nkeep_alive_secs = 5\n",
+                    agent_client_id(port)
+                );
+                for d in &devices {
+                    m.push_str(&format!(
+                        "\n[[devices]]\nname = \"{}\"\nkind = \"mqtt\"\ntopic = \"{}\"\npatient = \"{}\"\n",
+                        d.name, d.topic, d.patient
+                    ));
+                }
+                m
+            }
             None => String::new(),
         };
         let text = format!(
@@ -182,7 +328,7 @@ timeout_secs = 5
 batch_size = 4
 backoff_initial_ms = 100
 backoff_max_secs = 1
-
+{extra_uplink}
 {mqtt}"#,
             base = fhir.base_url(),
             ca = pki.ca_cert.display(),
@@ -219,14 +365,36 @@ backoff_max_secs = 1
     }
 
     pub fn spawn_agent(&self) -> Agent {
-        self.spawn_agent_env(&[])
+        self.spawn_agent_from(crate::common::vitalgate(), true)
+    }
+
+    /// Starts the agent and waits until it runs; with `wait_subscribed`, also until its MQTT
+    /// subscriptions are acknowledged (the bench measures builds that never get there).
+    pub fn spawn_agent_with(&self, wait_subscribed: bool) -> Agent {
+        self.spawn_agent_from(crate::common::vitalgate(), wait_subscribed)
+    }
+
+    /// Spawns `vitalgate run` from `cmd` (e.g. the binary behind `setpriv`), waits until it is
+    /// running (and, with `wait_subscribed`, until its MQTT subscriptions are acknowledged).
+    pub fn spawn_agent_from(&self, cmd: Command, wait_subscribed: bool) -> Agent {
+        self.spawn_agent_from_env(cmd, wait_subscribed, &[])
     }
 
     /// As [`Harness::spawn_agent`], with extra environment variables (e.g. `NOTIFY_SOCKET`).
     pub fn spawn_agent_env(&self, env: &[(&str, &str)]) -> Agent {
+        self.spawn_agent_from_env(crate::common::vitalgate(), true, env)
+    }
+
+    /// As [`Harness::spawn_agent_from`], with extra environment variables.
+    pub fn spawn_agent_from_env(
+        &self,
+        mut cmd: Command,
+        wait_subscribed: bool,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let log = self.dir.path().join(format!("agent-{}.log", free_port()));
         let file = std::fs::File::create(&log).unwrap();
-        let child = crate::common::vitalgate()
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -239,7 +407,7 @@ backoff_max_secs = 1
         let agent = Agent { child, log };
         // Ready when it says so (it logs after the store, uplink and sources are set up).
         self.wait_for_log(&agent, "vitalgate running", 1, Duration::from_secs(30));
-        if self.broker.port().is_some() {
+        if wait_subscribed && self.broker.port().is_some() {
             // A message published before the first SUBSCRIBE reaches the broker is dropped
             // (MQTT semantics): wait until the agent's subscription is in place.
             self.wait_for_log(
@@ -252,21 +420,39 @@ backoff_max_secs = 1
         agent
     }
 
-    /// Publishes payloads with QoS 1 and waits for every PUBACK.
+    /// Publishes payloads to [`TOPIC`] with QoS 1 and waits for every PUBACK.
     pub async fn publish(&self, payloads: &[String]) {
+        self.publish_to(TOPIC, payloads).await;
+    }
+
+    /// Publishes payloads to `topic` with QoS 1 and waits for every PUBACK.
+    pub async fn publish_to(&self, topic: &str, payloads: &[String]) {
+        let messages: Vec<(String, String)> = payloads
+            .iter()
+            .map(|p| (topic.to_string(), p.clone()))
+            .collect();
+        self.publish_messages(&messages).await;
+    }
+
+    /// Publishes `(topic, payload)` pairs with QoS 1 on one connection and waits for every
+    /// PUBACK.
+    pub async fn publish_messages(&self, messages: &[(String, String)]) {
         let port = self.broker.port().expect("a broker");
-        let mut opts = MqttOptions::new(format!("e2e-pub-{}", free_port()), "127.0.0.1", port);
+        let mut opts = MqttOptions::new(publisher_id(), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
-        let (client, mut el) = AsyncClient::new(opts, 64);
-        for p in payloads {
+        // Room for the 1 MiB poison-message test.
+        opts.set_max_packet_size(16 * 1024, 4 * 1024 * 1024);
+        // Every request fits the channel: nothing awaits the (not yet polled) event loop.
+        let (client, mut el) = AsyncClient::new(opts, messages.len() + 8);
+        for (topic, p) in messages {
             client
-                .publish(TOPIC, QoS::AtLeastOnce, false, p.clone().into_bytes())
+                .publish(topic, QoS::AtLeastOnce, false, p.clone().into_bytes())
                 .await
                 .unwrap();
         }
         let mut acked = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while acked < payloads.len() {
+        while acked < messages.len() {
             let ev = tokio::time::timeout_at(deadline, el.poll())
                 .await
                 .expect("PUBACKs in time")
@@ -302,6 +488,36 @@ backoff_max_secs = 1
         }
     }
 
+    /// Waits until the agent's log contains `needle` at least `count` times, failing only when
+    /// the count stops growing for `stall` (a stalled agent fails fast; a slow machine does not).
+    /// Returns the count reached.
+    pub fn wait_for_log_progress(
+        &self,
+        agent: &Agent,
+        needle: &str,
+        count: usize,
+        stall: Duration,
+    ) -> usize {
+        let mut last = 0;
+        let mut last_change = Instant::now();
+        loop {
+            let have = agent.stderr().matches(needle).count();
+            if have >= count {
+                return have;
+            }
+            if have != last {
+                last = have;
+                last_change = Instant::now();
+            }
+            assert!(
+                last_change.elapsed() < stall,
+                "{needle:?}: stuck at {have} of {count} for {stall:?}; agent log tail:\n{}",
+                tail(&agent.stderr(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until the agent's log contains `needle` at least `count` times.
     pub fn wait_for_log(&self, agent: &Agent, needle: &str, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -319,12 +535,124 @@ backoff_max_secs = 1
     }
 }
 
+/// The MQTT client id the harness gives the agent for a broker on `port`.
+pub fn agent_client_id(port: u16) -> String {
+    format!("vg-e2e-{port}")
+}
+
+/// A client id no other publisher of this test process uses. (Ids drawn from `free_port()`
+/// could repeat; a broker that sees one id twice drops the older session.)
+pub fn publisher_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("e2e-pub-{}-{n}", std::process::id())
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A real `mosquitto_pub -l -q 1` process publishing one message per line as fast as it can.
+pub struct MosquittoPub {
+    child: Child,
+    out: PathBuf,
+    lines: usize,
+}
+
+impl MosquittoPub {
+    /// Starts publishing `lines` (no newlines inside) to `topic` on the broker at `port`.
+    /// `work` holds the input and output files.
+    pub fn spawn(port: u16, topic: &str, lines: &[String], work: &Path) -> MosquittoPub {
+        let id = publisher_id();
+        let input = work.join(format!("{id}.in"));
+        let out = work.join(format!("{id}.out"));
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(&input, text).unwrap();
+        let child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+            .args(["-q", "1", "-l", "-d", "-i", &id])
+            .stdin(std::fs::File::open(&input).unwrap())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run mosquitto_pub (Debian package mosquitto-clients)");
+        MosquittoPub {
+            child,
+            out,
+            lines: lines.len(),
+        }
+    }
+
+    /// How many messages the broker has confirmed so far (the process may still be running).
+    pub fn confirmed_so_far(&self) -> usize {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .matches("received PUBACK")
+            .count()
+    }
+
+    /// Waits for the publisher to exit; returns, per line, whether the broker confirmed it
+    /// (PUBACK, return code 0). `mosquitto_pub` numbers its messages 1, 2, … in line order, and
+    /// exits 0 even when the broker went away mid-stream, so its `-d` output is the truth.
+    pub fn wait(mut self) -> Vec<bool> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut confirmed = vec![false; self.lines];
+        let out = std::fs::read_to_string(&self.out).unwrap_or_default();
+        for line in out.lines() {
+            let Some(rest) = line.split("received PUBACK (Mid: ").nth(1) else {
+                continue;
+            };
+            let Some((mid, rc)) = rest.split_once(", RC:") else {
+                continue;
+            };
+            if rc.starts_with('0') {
+                if let Some(slot) = mid
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|m| m.checked_sub(1))
+                    .and_then(|i| confirmed.get_mut(i))
+                {
+                    *slot = true;
+                }
+            }
+        }
+        confirmed
+    }
+}
+
+impl Drop for MosquittoPub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct Agent {
     child: Child,
     log: PathBuf,
 }
 
 impl Agent {
+    /// `kill -9`: no shutdown path at all.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The agent's process id (signals: SIGHUP reload, SIGSTOP).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -438,4 +766,84 @@ pub fn socket(addr: SocketAddr) -> String {
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// What a mosquitto log (`log_type all`) says about one client, connection by connection.
+#[derive(Debug, Default)]
+pub struct ClientTrace {
+    pub connections: Vec<ConnectionTrace>,
+    /// "Client … has exceeded timeout, disconnecting.": a missed keep-alive.
+    pub keepalive_timeouts: usize,
+}
+
+/// One connection of a client: the PUBLISHes the broker sent it and the PUBACKs it sent back.
+#[derive(Debug, Default)]
+pub struct ConnectionTrace {
+    /// (packet id, payload bytes) in sending order.
+    pub published: Vec<(u16, usize)>,
+    /// Packet ids acknowledged, in arrival order.
+    pub acked: Vec<u16>,
+}
+
+impl ClientTrace {
+    pub fn from_log(log: &str, client: &str) -> ClientTrace {
+        let mut t = ClientTrace::default();
+        let connected = format!(" as {client} (");
+        let sending = format!("Sending PUBLISH to {client} (");
+        let puback = format!("Received PUBACK from {client} (Mid: ");
+        let timeout = format!("Client {client} has exceeded timeout");
+        let mut open = false;
+        for line in log.lines() {
+            if line.contains("mosquitto version") && line.contains("starting") {
+                open = false;
+            } else if line.contains("New client connected") && line.contains(&connected) {
+                t.connections.push(ConnectionTrace::default());
+                open = true;
+            } else if line.contains(&timeout) {
+                t.keepalive_timeouts += 1;
+            } else if let (true, Some(rest)) = (open, line.split(&sending).nth(1)) {
+                // "(d0, q1, r0, m17, 'topic', ... (380 bytes))"
+                let mid = rest
+                    .split(", ")
+                    .find_map(|f| f.strip_prefix('m'))
+                    .and_then(|m| m.parse().ok());
+                let bytes = rest
+                    .rsplit(" (")
+                    .next()
+                    .and_then(|b| b.split(' ').next())
+                    .and_then(|b| b.parse().ok());
+                if let (Some(mid), Some(bytes), Some(c)) = (mid, bytes, t.connections.last_mut()) {
+                    c.published.push((mid, bytes));
+                }
+            } else if let (true, Some(rest)) = (open, line.split(&puback).nth(1)) {
+                let mid = rest.split(',').next().and_then(|m| m.parse().ok());
+                if let (Some(mid), Some(c)) = (mid, t.connections.last_mut()) {
+                    c.acked.push(mid);
+                }
+            }
+        }
+        t
+    }
+
+    pub fn acks(&self) -> usize {
+        self.connections.iter().map(|c| c.acked.len()).sum()
+    }
+
+    pub fn publishes(&self) -> usize {
+        self.connections.iter().map(|c| c.published.len()).sum()
+    }
+}
+
+impl ConnectionTrace {
+    /// MQTT 3.1.1 §4.6 seen from the broker: the PUBACKs of a connection acknowledge exactly
+    /// the PUBLISHes it was sent, each once, in sending order, up to where the connection ended
+    /// (those left unacknowledged are redelivered on the next one).
+    pub fn acks_are_an_in_order_prefix(&self) -> bool {
+        self.acked.len() <= self.published.len()
+            && self
+                .acked
+                .iter()
+                .zip(&self.published)
+                .all(|(a, (p, _))| a == p)
+    }
 }

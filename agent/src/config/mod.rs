@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::FixedOffset;
+use device_drivers::serial::{self, generic, Cadence, Decoder, PortSettings};
 
+use crate::pipeline::reduce;
 use crate::reading::PatientRef;
 
 mod ops;
@@ -156,7 +158,18 @@ pub struct UplinkConfig {
     pub batch_size: usize,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// While the server refuses the gateway (401, 403, 404, 405, 406, 415), probes start this
+    /// far apart and double up to `pause_max` (at most 300 s).
+    pub pause_initial: Duration,
+    pub pause_max: Duration,
 }
+
+/// The largest MQTT packet: the remaining length is at most 268,435,455 bytes (MQTT 3.1.1 §2.2.3).
+pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
+
+/// The smallest `mqtt.max_packet_bytes` accepted: a 64 KiB payload (the largest data point the
+/// source decodes) with the longest topic MQTT allows still fits.
+pub const MQTT_MIN_PACKET_BYTES: usize = 131_072;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
@@ -172,6 +185,8 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// `false` (default): the broker keeps QoS 1 messages for us while the agent is down.
     pub clean_session: bool,
+    /// Largest packet read from the broker (default [`MQTT_MAX_PACKET_BYTES`], all MQTT allows).
+    pub max_packet_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -189,8 +204,73 @@ pub enum DeviceKind {
     Mqtt { topic: String },
     /// A BLE device (transport in a later release).
     Ble { address: String, profile: String },
-    /// A serial device (transport in a later release).
-    Serial { port: String, protocol: String },
+    /// A serial device (RS-232, USB-serial, Bluetooth SPP `/dev/rfcommN`).
+    Serial(SerialDevice),
+}
+
+/// A serial device's port, protocol, port settings, silence alarm and stream reduction, all
+/// resolved at load (the device file read and checked, the defaults applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialDevice {
+    /// The port path as configured (preferably `/dev/serial/by-id/...`): opened, and re-opened
+    /// after an unplug, by this name.
+    pub port: PathBuf,
+    pub protocol: SerialProtocol,
+    /// The protocol's documented settings (or the device file's), with the config's overrides.
+    pub settings: PortSettings,
+    /// No record for this long raises an alarm (`None`: off, the default for devices that send
+    /// one record per measurement).
+    pub silence_alarm: Option<Duration>,
+    pub reduction: reduce::Mode,
+}
+
+/// What decodes a serial device's bytes.
+#[derive(Debug, Clone)]
+pub enum SerialProtocol {
+    /// A built-in decoder (`device_drivers::serial::BUILTIN_PROTOCOLS`).
+    Builtin(&'static str),
+    /// A generic-line device file, read and checked at load.
+    DeviceFile {
+        path: PathBuf,
+        config: generic::DeviceConfig,
+    },
+}
+
+impl PartialEq for SerialProtocol {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Builtin(a), Self::Builtin(b)) => a == b,
+            (Self::DeviceFile { path: a, .. }, Self::DeviceFile { path: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+impl Eq for SerialProtocol {}
+
+impl SerialProtocol {
+    /// A fresh decoder (one per opened port: a replug starts from a clean state). `None` only
+    /// for a built-in name `device_drivers` does not know, which the config refuses at load.
+    pub fn decoder(&self) -> Option<Box<dyn Decoder>> {
+        match self {
+            Self::Builtin(name) => serial::builtin(name),
+            Self::DeviceFile { config, .. } => Some(config.decoder()),
+        }
+    }
+
+    /// The built-in name, or the device file's `device.id`.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Builtin(name) => name,
+            Self::DeviceFile { config, .. } => config.id(),
+        }
+    }
+
+    pub fn cadence(&self) -> Cadence {
+        match self {
+            Self::Builtin(name) => serial::builtin_cadence(name).unwrap_or(Cadence::Stream),
+            Self::DeviceFile { config, .. } => config.cadence(),
+        }
+    }
 }
 
 /// Which patient a device's readings belong to.
@@ -262,6 +342,35 @@ impl Config {
     pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
         self.devices.iter().find(|d| d.name == name)
     }
+
+    /// Valid but risky settings, one line each, for `check-config` and the start-up log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let DeviceKind::Serial(s) = &d.kind else {
+                continue;
+            };
+            if is_enumeration_order_name(&s.port) {
+                w.push(format!(
+                    "devices[{i}] ({}): port {} is numbered in plug-in order and may name another device after a reboot or replug; use its /dev/serial/by-id/... link (or a udev rule, see config/udev/)",
+                    d.name,
+                    s.port.display()
+                ));
+            }
+        }
+        w
+    }
+}
+
+/// `/dev/ttyUSB0`, `/dev/ttyACM1`: names the kernel hands out in the order devices appear.
+pub fn is_enumeration_order_name(port: &Path) -> bool {
+    let Some(name) = port.to_str().and_then(|p| p.strip_prefix("/dev/")) else {
+        return false;
+    };
+    ["ttyUSB", "ttyACM"].iter().any(|prefix| {
+        name.strip_prefix(prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 #[cfg(test)]
@@ -329,6 +438,26 @@ client_key = "tls/gw.key"
     }
 
     #[test]
+    fn the_pause_schedule_defaults_to_10_s_up_to_5_min_and_is_capped_at_5_min() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.uplink.pause_initial, Duration::from_secs(10));
+        assert_eq!(c.uplink.pause_max, Duration::from_secs(300));
+        let with = |extra: &str| MINIMAL.replace("[uplink]\n", &format!("[uplink]\n{extra}\n"));
+        // A cap below the default start pulls the start down with it.
+        let c = load(&with("pause_max_secs = 5")).unwrap();
+        assert_eq!(c.uplink.pause_initial, Duration::from_secs(5));
+        assert_eq!(c.uplink.pause_max, Duration::from_secs(5));
+        let e = load(&with("pause_max_secs = 301")).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(10), "{e}");
+        assert!(e.message.contains("uplink.pause_max_secs"), "{e}");
+        assert!(e.message.contains("1 to 300"), "{e}");
+        let e = load(&with("pause_initial_secs = 60\npause_max_secs = 30")).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(10), "{e}");
+        assert!(e.message.contains("more than uplink.pause_max_secs"), "{e}");
+        assert!(load(&with("pause_initial_secs = 0")).is_err());
+    }
+
+    #[test]
     fn plaintext_http_is_refused_unless_allowed() {
         let text = MINIMAL.replace("https://fhir", "http://fhir");
         assert!(load(&text).unwrap_err().message.contains("plaintext"));
@@ -355,6 +484,20 @@ client_key = "tls/gw.key"
         );
         let bad = text.replace("2 = ", "255 = ");
         assert!(load(&bad).unwrap_err().message.contains("255"));
+    }
+
+    #[test]
+    fn mqtt_max_packet_bytes_defaults_to_what_mqtt_allows_and_refuses_too_small() {
+        let base = format!("{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:1883\"\n");
+        let c = load(&base).unwrap();
+        assert_eq!(c.mqtt.unwrap().max_packet_bytes, MQTT_MAX_PACKET_BYTES);
+        let c = load(&format!("{base}max_packet_bytes = 1048576\n")).unwrap();
+        assert_eq!(c.mqtt.unwrap().max_packet_bytes, 1 << 20);
+        for bad in ["65536", "268435456"] {
+            let e = load(&format!("{base}max_packet_bytes = {bad}\n")).unwrap_err();
+            assert!(e.message.contains("mqtt.max_packet_bytes"), "{e}");
+            assert!(e.position.is_some(), "{e}");
+        }
     }
 
     #[test]
@@ -430,6 +573,184 @@ client_key = "tls/gw.key"
         assert!(load(&remote.replace("mqtt://broker.clinic.example", "mqtt://[::1]")).is_ok());
         // No credentials: nothing secret travels (the readings themselves are the hub's choice).
         assert!(load(&remote.replace("username = \"gw\"\n", "")).is_ok());
+    }
+
+    fn serial_device(extra: &str) -> String {
+        format!(
+            "{MINIMAL}\n[[devices]]\nname = \"ox\"\nkind = \"serial\"\nport = \"/dev/serial/by-id/usb-FTDI_FT232R-if00-port0\"\nprotocol = \"nonin-df7\"\npatient = \"Patient/p1\"\n{extra}"
+        )
+    }
+
+    fn serial_of(c: &Config) -> &SerialDevice {
+        match &c.devices[0].kind {
+            DeviceKind::Serial(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_streaming_serial_device_defaults_to_its_port_settings_a_spot_check_and_a_silence_alarm() {
+        let c = load(&serial_device("")).unwrap();
+        let s = serial_of(&c);
+        assert_eq!(s.settings, PortSettings::n81(9600));
+        assert_eq!(s.protocol, SerialProtocol::Builtin("nonin-df7"));
+        assert_eq!(s.reduction, reduce::Mode::DEFAULT_STREAMING);
+        assert_eq!(s.silence_alarm, Some(Duration::from_secs(60)));
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn a_per_measurement_device_keeps_every_record_and_has_no_silence_alarm() {
+        let c = load(&serial_device("").replace("nonin-df7", "tanita-kv")).unwrap();
+        let s = serial_of(&c);
+        assert_eq!(s.reduction, reduce::Mode::All);
+        assert_eq!(s.silence_alarm, None);
+    }
+
+    #[test]
+    fn port_settings_and_reduction_can_be_overridden() {
+        let c = load(&serial_device(
+            "baud = 19200\ndata_bits = 7\nparity = \"even\"\nstop_bits = 2\nflow_control = \"rtscts\"\nsilence_alarm_secs = 0\n[devices.reduction]\nmode = \"on-change\"\nthresholds = { spo2 = 3, perfusion_index = 0.2 }\n",
+        ))
+        .unwrap();
+        let s = serial_of(&c);
+        assert_eq!(
+            s.settings,
+            PortSettings {
+                baud: 19200,
+                data_bits: 7,
+                parity: serial::Parity::Even,
+                stop_bits: 2,
+                flow_control: serial::FlowControl::Rtscts,
+            }
+        );
+        assert_eq!(s.silence_alarm, None);
+        let reduce::Mode::OnChange { thresholds } = &s.reduction else {
+            panic!("{:?}", s.reduction);
+        };
+        assert_eq!(
+            thresholds[&device_drivers::ReadingType::PerfusionIndex],
+            device_drivers::Decimal::new(2, -1)
+        );
+        let c = load(&serial_device(
+            "[devices.reduction]\nmode = \"interval\"\nwindow_secs = 300\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            serial_of(&c).reduction,
+            reduce::Mode::Interval {
+                every: Duration::from_secs(300)
+            }
+        );
+        let c = load(&serial_device(
+            "[devices.reduction]\nmode = \"spot-check\"\nwindow_secs = 20\nrepeat_secs = 0\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            serial_of(&c).reduction,
+            reduce::Mode::SpotCheck {
+                window: Duration::from_secs(20),
+                repeat: None
+            }
+        );
+    }
+
+    #[test]
+    fn bad_serial_settings_name_the_line() {
+        for (extra, words) in [
+            ("data_bits = 9\n", "expected 7 or 8"),
+            ("parity = \"mark\"\n", "\"none\", \"even\" or \"odd\""),
+            ("[devices.reduction]\nmode = \"sometimes\"\n", "spot-check"),
+            (
+                "[devices.reduction]\nmode = \"spot-check\"\nwindow_secs = 60\nrepeat_secs = 30\n",
+                "at least window_secs",
+            ),
+            (
+                "[devices.reduction]\nmode = \"interval\"\nthresholds = { spo2 = 2 }\n",
+                "not a key of mode",
+            ),
+            (
+                "[devices.reduction]\nmode = \"on-change\"\nthresholds = { oxygen = 2 }\n",
+                "unknown reading type",
+            ),
+            (
+                "[devices.reduction]\nmode = \"on-change\"\nthresholds = { spo2 = 0 }\n",
+                "positive",
+            ),
+        ] {
+            let text = serial_device(extra);
+            let e = load(&text).unwrap_err();
+            assert!(e.message.contains(words), "{extra}: {e}");
+            let first = extra.lines().last().unwrap();
+            let line = text.lines().position(|l| l == first).unwrap() + 1;
+            assert_eq!(e.position.map(|p| p.0), Some(line), "{extra}: {e}");
+        }
+        let e = load(&serial_device("").replace("/dev/serial", "dev/serial")).unwrap_err();
+        assert!(e.message.contains("absolute"), "{e}");
+        let e = load(&serial_device("").replace("nonin-df7", "nonin-df99")).unwrap_err();
+        assert!(e.message.contains("nonin-df2"), "{e}");
+    }
+
+    #[test]
+    fn serial_keys_on_another_kind_are_refused() {
+        let text = format!(
+            "{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:1883\"\n\n[[devices]]\nname = \"hub\"\nkind = \"mqtt\"\ntopic = \"t/1\"\npatient = \"Patient/1\"\nbaud = 9600\n"
+        );
+        let e = load(&text).unwrap_err();
+        assert!(e.message.contains("devices[0].baud: not a key"), "{e}");
+    }
+
+    #[test]
+    fn two_devices_on_one_port_are_refused() {
+        let text = serial_device("").replace("[[devices]]", "[[devices]]\n")
+            + &serial_device("")[MINIMAL.len()..].replace("\"ox\"", "\"ox2\"");
+        let e = load(&text).unwrap_err();
+        assert!(e.message.contains("one port is one device"), "{e}");
+    }
+
+    #[test]
+    fn enumeration_order_port_names_are_a_warning_not_an_error() {
+        let c = load(&serial_device("").replace(
+            "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0",
+            "/dev/ttyUSB0",
+        ))
+        .unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("/dev/serial/by-id"), "{w:?}");
+        assert!(is_enumeration_order_name(Path::new("/dev/ttyACM12")));
+        assert!(!is_enumeration_order_name(Path::new("/dev/ttyAMA0")));
+        assert!(!is_enumeration_order_name(Path::new("/dev/rfcomm0")));
+        assert!(!is_enumeration_order_name(Path::new("/dev/ttyUSB")));
+    }
+
+    #[test]
+    fn a_device_file_protocol_is_read_at_load_and_its_errors_name_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("ox.toml");
+        std::fs::write(
+            &good,
+            "[device]\nid = \"ascii-ox\"\ncadence = \"stream\"\n[device.serial]\nbaud = 4800\ndata_bits = 8\nparity = \"none\"\nstop_bits = 2\n[device.framing]\nkind = \"line\"\n[[device.rule]]\nname = \"r\"\nregex = 'SPO2=(?P<s>[0-9]+)'\n[[device.rule.reading]]\ncapture = \"s\"\ntype = \"spo2\"\nunit = \"%\"\n",
+        )
+        .unwrap();
+        let cfg_path = dir.path().join("vitalgate.toml");
+        let text = serial_device("baud = 2400\n").replace("nonin-df7", "ox.toml");
+        let c = Config::from_str_at(&text, &cfg_path).unwrap();
+        let s = serial_of(&c);
+        assert_eq!(s.protocol.name(), "ascii-ox");
+        assert_eq!(s.settings.stop_bits, 2, "from the device file");
+        assert_eq!(
+            s.settings.baud, 2400,
+            "the config overrides the device file"
+        );
+        assert_eq!(s.reduction, reduce::Mode::DEFAULT_STREAMING);
+        std::fs::write(&good, "[device]\nid = \"x\"\ncolour = 1\n").unwrap();
+        let e = Config::from_str_at(&text, &cfg_path).unwrap_err();
+        assert_eq!(e.path, good);
+        assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+        let e = Config::from_str_at(&text.replace("ox.toml", "nope.toml"), &cfg_path).unwrap_err();
+        assert_eq!(e.path, cfg_path);
+        assert!(e.message.contains("nope.toml is neither"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub(super) struct RawUplink {
     pub(super) batch_size: Option<Spanned<i64>>,
     pub(super) backoff_initial_ms: Option<Spanned<i64>>,
     pub(super) backoff_max_secs: Option<Spanned<i64>>,
+    pub(super) pause_initial_secs: Option<Spanned<i64>>,
+    pub(super) pause_max_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +66,7 @@ pub(super) struct RawMqtt {
     pub(super) client_cert: Option<Spanned<String>>,
     pub(super) client_key: Option<Spanned<String>>,
     pub(super) keep_alive_secs: Option<Spanned<i64>>,
+    pub(super) max_packet_bytes: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) clean_session: bool,
     #[serde(default)]
@@ -83,6 +86,24 @@ pub(super) struct RawDevice {
     pub(super) patient: Option<Spanned<String>>,
     pub(super) patients: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub(super) utc_offset: Option<Spanned<String>>,
+    // Serial devices only: port settings (default: the protocol's), the silence alarm and the
+    // stream reduction.
+    pub(super) baud: Option<Spanned<i64>>,
+    pub(super) data_bits: Option<Spanned<i64>>,
+    pub(super) parity: Option<Spanned<String>>,
+    pub(super) stop_bits: Option<Spanned<i64>>,
+    pub(super) flow_control: Option<Spanned<String>>,
+    pub(super) silence_alarm_secs: Option<Spanned<i64>>,
+    pub(super) reduction: Option<Spanned<RawReduction>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReduction {
+    pub(super) mode: Spanned<String>,
+    pub(super) window_secs: Option<Spanned<i64>>,
+    pub(super) repeat_secs: Option<Spanned<i64>>,
+    pub(super) thresholds: Option<Spanned<BTreeMap<String, Spanned<device_drivers::Decimal>>>>,
 }
 
 #[derive(Deserialize)]

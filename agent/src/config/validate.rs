@@ -9,6 +9,8 @@ use std::time::Duration;
 use chrono::FixedOffset;
 use toml::Spanned;
 
+use device_drivers::serial::{generic, Cadence};
+
 use super::raw::*;
 use super::*;
 use crate::reading::PatientRef;
@@ -105,6 +107,7 @@ impl Validator<'_> {
             let name_span = d.name.span();
             let kind_span = d.kind.span();
             let topic_span = d.topic.as_ref().map_or(kind_span.clone(), Spanned::span);
+            let port_span = d.port.as_ref().map_or(kind_span.clone(), Spanned::span);
             let dev = self.device(i, d)?;
             if !names.insert(dev.name.clone()) {
                 return Err(self.err(
@@ -118,6 +121,20 @@ impl Validator<'_> {
             if let DeviceKind::Mqtt { topic } = &dev.kind {
                 mqtt_device_span.get_or_insert(kind_span.clone());
                 filters.push((topic.clone(), i, topic_span));
+            }
+            if let DeviceKind::Serial(s) = &dev.kind {
+                let other = devices.iter().position(
+                    |o: &DeviceConfig| matches!(&o.kind, DeviceKind::Serial(p) if p.port == s.port),
+                );
+                if let Some(j) = other {
+                    return Err(self.err(
+                        port_span,
+                        format!(
+                            "devices[{i}].port: {} is also the port of devices[{j}]; one port is one device",
+                            s.port.display()
+                        ),
+                    ));
+                }
             }
             devices.push(dev);
         }
@@ -278,6 +295,22 @@ impl Validator<'_> {
             1..86_401,
             300,
         )?;
+        let pause_max = self.int_in(&u.pause_max_secs, "uplink.pause_max_secs", 1..301, 300)?;
+        // Unset, the first probe waits 10 s, or the cap if that is shorter.
+        let pause_initial = self.int_in(
+            &u.pause_initial_secs,
+            "uplink.pause_initial_secs",
+            1..301,
+            10.min(pause_max),
+        )?;
+        if let Some(initial) = &u.pause_initial_secs {
+            if pause_initial > pause_max {
+                return Err(self.err(
+                    initial.span(),
+                    format!("uplink.pause_initial_secs: {pause_initial} is more than uplink.pause_max_secs ({pause_max})"),
+                ));
+            }
+        }
         Ok(UplinkConfig {
             fhir_base: base,
             ca_file: self.path_value(&u.ca_file, "uplink.ca_file")?,
@@ -288,6 +321,8 @@ impl Validator<'_> {
             batch_size: usize::try_from(batch).unwrap_or(20),
             backoff_initial: Duration::from_millis(initial.unsigned_abs()),
             backoff_max: Duration::from_secs(max.unsigned_abs()),
+            pause_initial: Duration::from_secs(pause_initial.unsigned_abs()),
+            pause_max: Duration::from_secs(pause_max.unsigned_abs()),
         })
     }
 
@@ -374,6 +409,12 @@ impl Validator<'_> {
             ));
         }
         let keep_alive = self.int_in(&m.keep_alive_secs, "mqtt.keep_alive_secs", 5..3601, 30)?;
+        let max_packet = self.int_in(
+            &m.max_packet_bytes,
+            "mqtt.max_packet_bytes",
+            MQTT_MIN_PACKET_BYTES as i64..MQTT_MAX_PACKET_BYTES as i64 + 1,
+            MQTT_MAX_PACKET_BYTES as i64,
+        )?;
         Ok(MqttConfig {
             host,
             port,
@@ -386,6 +427,7 @@ impl Validator<'_> {
             client_key,
             keep_alive: Duration::from_secs(keep_alive.unsigned_abs()),
             clean_session: m.clean_session,
+            max_packet_bytes: usize::try_from(max_packet).unwrap_or(MQTT_MAX_PACKET_BYTES),
         })
     }
 
@@ -425,6 +467,26 @@ impl Validator<'_> {
                 None => Ok(()),
             }
         };
+        let serial_only: [(&str, Option<Range<usize>>); 7] = [
+            ("baud", d.baud.as_ref().map(Spanned::span)),
+            ("data_bits", d.data_bits.as_ref().map(Spanned::span)),
+            ("parity", d.parity.as_ref().map(Spanned::span)),
+            ("stop_bits", d.stop_bits.as_ref().map(Spanned::span)),
+            ("flow_control", d.flow_control.as_ref().map(Spanned::span)),
+            (
+                "silence_alarm_secs",
+                d.silence_alarm_secs.as_ref().map(Spanned::span),
+            ),
+            ("reduction", d.reduction.as_ref().map(Spanned::span)),
+        ];
+        if d.kind.get_ref() != "serial" {
+            if let Some((k, Some(span))) = serial_only.iter().find(|(_, s)| s.is_some()) {
+                return Err(self.err(
+                    span.clone(),
+                    format!("{}: not a key of kind \"{}\"", key(k), d.kind.get_ref()),
+                ));
+            }
+        }
         let kind = match d.kind.get_ref().as_str() {
             "mqtt" => {
                 forbid(&d.address, "address")?;
@@ -480,10 +542,9 @@ impl Validator<'_> {
                 forbid(&d.topic, "topic")?;
                 forbid(&d.address, "address")?;
                 forbid(&d.profile, "profile")?;
-                DeviceKind::Serial {
-                    port: require(&d.port, "port")?,
-                    protocol: require(&d.protocol, "protocol")?,
-                }
+                require(&d.port, "port")?;
+                require(&d.protocol, "protocol")?;
+                DeviceKind::Serial(self.serial_device(i, &d)?)
             }
             other => {
                 return Err(self.err(
@@ -548,6 +609,218 @@ impl Validator<'_> {
                 .map(|s| self.offset(s, &key("utc_offset")))
                 .transpose()?,
         })
+    }
+
+    /// A serial device: the port, the protocol (a built-in name or a device file, read and
+    /// checked now), the port settings (protocol defaults, then the config's overrides), the
+    /// silence alarm and the stream reduction (defaults from the protocol's cadence).
+    fn serial_device(&self, i: usize, d: &RawDevice) -> R<SerialDevice> {
+        use device_drivers::serial::{FlowControl, Parity};
+        let key = |k: &str| format!("devices[{i}].{k}");
+        let (Some(port_s), Some(proto_s)) = (&d.port, &d.protocol) else {
+            return Err(self.err(d.kind.span(), format!("{}: required", key("port"))));
+        };
+        let port = PathBuf::from(port_s.get_ref());
+        if !port.is_absolute() {
+            return Err(self.err(
+                port_s.span(),
+                format!(
+                    "{}: expected an absolute device path such as /dev/serial/by-id/usb-FTDI_...-if00-port0",
+                    key("port")
+                ),
+            ));
+        }
+        let protocol = self.serial_protocol(i, proto_s)?;
+        let mut settings = match &protocol {
+            SerialProtocol::Builtin(name) => device_drivers::serial::builtin_port_settings(name)
+                .unwrap_or(device_drivers::serial::generic::DEFAULT_PORT_SETTINGS),
+            SerialProtocol::DeviceFile { config, .. } => config.serial(),
+        };
+        if d.baud.is_some() {
+            let baud = self.int_in(&d.baud, &key("baud"), 50..4_000_001, 9600)?;
+            settings.baud = u32::try_from(baud).unwrap_or(9600);
+        }
+        if let Some(v) = &d.data_bits {
+            settings.data_bits = match v.get_ref() {
+                7 => 7,
+                8 => 8,
+                _ => {
+                    return Err(self.err(v.span(), format!("{}: expected 7 or 8", key("data_bits"))))
+                }
+            };
+        }
+        if let Some(v) = &d.stop_bits {
+            settings.stop_bits = match v.get_ref() {
+                1 => 1,
+                2 => 2,
+                _ => {
+                    return Err(self.err(v.span(), format!("{}: expected 1 or 2", key("stop_bits"))))
+                }
+            };
+        }
+        if let Some(v) = &d.parity {
+            settings.parity = match v.get_ref().as_str() {
+                "none" => Parity::None,
+                "even" => Parity::Even,
+                "odd" => Parity::Odd,
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        format!(
+                            "{}: expected \"none\", \"even\" or \"odd\", found \"{other}\"",
+                            key("parity")
+                        ),
+                    ))
+                }
+            };
+        }
+        if let Some(v) = &d.flow_control {
+            settings.flow_control = match v.get_ref().as_str() {
+                "none" => FlowControl::None,
+                "rtscts" => FlowControl::Rtscts,
+                "xonxoff" => FlowControl::Xonxoff,
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        format!(
+                            "{}: expected \"none\", \"rtscts\" or \"xonxoff\", found \"{other}\"",
+                            key("flow_control")
+                        ),
+                    ))
+                }
+            };
+        }
+        let stream = protocol.cadence() == Cadence::Stream;
+        let silence = self.int_in(
+            &d.silence_alarm_secs,
+            &key("silence_alarm_secs"),
+            0..86_401,
+            if stream { 60 } else { 0 },
+        )?;
+        let silence_alarm = (silence > 0).then(|| Duration::from_secs(silence.unsigned_abs()));
+        let reduction = match &d.reduction {
+            None if stream => reduce::Mode::DEFAULT_STREAMING,
+            None => reduce::Mode::All,
+            Some(r) => self.reduction(&key("reduction"), r.get_ref())?,
+        };
+        Ok(SerialDevice {
+            port,
+            protocol,
+            settings,
+            silence_alarm,
+            reduction,
+        })
+    }
+
+    /// A built-in protocol name, else the path of a generic-line device file (relative to the
+    /// config file), read and checked now; its errors name its own file, line and column.
+    fn serial_protocol(&self, i: usize, s: &Spanned<String>) -> R<SerialProtocol> {
+        let name = s.get_ref();
+        if let Some(b) = device_drivers::serial::BUILTIN_PROTOCOLS
+            .iter()
+            .find(|b| **b == name.as_str())
+        {
+            return Ok(SerialProtocol::Builtin(b));
+        }
+        let path = self.path_value(s, &format!("devices[{i}].protocol"))?;
+        if !path.is_file() {
+            return Err(self.err(
+                s.span(),
+                format!(
+                    "devices[{i}].protocol: expected a built-in protocol ({}) or the path of a device file; {} is neither",
+                    device_drivers::serial::BUILTIN_PROTOCOLS.join(", "),
+                    path.display()
+                ),
+            ));
+        }
+        let config = generic::DeviceConfig::from_file(&path).map_err(|e| ConfigError {
+            path: e.path.clone(),
+            position: (e.line > 0).then_some((e.line, e.column)),
+            message: e.message.clone(),
+        })?;
+        Ok(SerialProtocol::DeviceFile { path, config })
+    }
+
+    fn reduction(&self, key: &str, r: &RawReduction) -> R<reduce::Mode> {
+        let not_for = |span: Range<usize>, k: &str, mode: &str| {
+            self.err(span, format!("{key}.{k}: not a key of mode \"{mode}\""))
+        };
+        let mode = r.mode.get_ref().as_str();
+        let thresholds_span = r.thresholds.as_ref().map(Spanned::span);
+        let window_span = r.window_secs.as_ref().map(Spanned::span);
+        let repeat_span = r.repeat_secs.as_ref().map(Spanned::span);
+        match mode {
+            "spot-check" => {
+                if let Some(sp) = thresholds_span {
+                    return Err(not_for(sp, "thresholds", mode));
+                }
+                let window = self.int_in(&r.window_secs, &format!("{key}.window_secs"), 1..3601, 30)?;
+                let repeat = self.int_in(&r.repeat_secs, &format!("{key}.repeat_secs"), 0..86_401, 900)?;
+                if repeat != 0 && repeat < window {
+                    return Err(self.err(
+                        repeat_span.unwrap_or(r.mode.span()),
+                        format!("{key}.repeat_secs: expected 0 (once per application) or at least window_secs ({window})"),
+                    ));
+                }
+                Ok(reduce::Mode::SpotCheck {
+                    window: Duration::from_secs(window.unsigned_abs()),
+                    repeat: (repeat > 0).then(|| Duration::from_secs(repeat.unsigned_abs())),
+                })
+            }
+            "interval" => {
+                if let Some(sp) = thresholds_span {
+                    return Err(not_for(sp, "thresholds", mode));
+                }
+                if let Some(sp) = repeat_span {
+                    return Err(not_for(sp, "repeat_secs", mode));
+                }
+                let every = self.int_in(&r.window_secs, &format!("{key}.window_secs"), 1..86_401, 60)?;
+                Ok(reduce::Mode::Interval {
+                    every: Duration::from_secs(every.unsigned_abs()),
+                })
+            }
+            "on-change" => {
+                if let Some(sp) = window_span {
+                    return Err(not_for(sp, "window_secs", mode));
+                }
+                if let Some(sp) = repeat_span {
+                    return Err(not_for(sp, "repeat_secs", mode));
+                }
+                let mut thresholds = BTreeMap::new();
+                if let Some(t) = &r.thresholds {
+                    for (name, v) in t.get_ref() {
+                        let Some(kind) = device_drivers::ReadingType::from_name(name) else {
+                            let names: Vec<&str> = device_drivers::ReadingType::ALL
+                                .iter()
+                                .map(|t| t.as_str())
+                                .collect();
+                            return Err(self.err(
+                                v.span(),
+                                format!("{key}.thresholds: unknown reading type \"{name}\" (expected one of: {})", names.join(", ")),
+                            ));
+                        };
+                        if v.get_ref().mantissa <= 0 {
+                            return Err(self.err(
+                                v.span(),
+                                format!("{key}.thresholds.{name}: expected a positive change"),
+                            ));
+                        }
+                        thresholds.insert(kind, *v.get_ref());
+                    }
+                }
+                Ok(reduce::Mode::OnChange { thresholds })
+            }
+            "all" => {
+                if let Some(sp) = thresholds_span.or(window_span).or(repeat_span) {
+                    return Err(self.err(sp, format!("{key}: mode \"all\" takes no other key")));
+                }
+                Ok(reduce::Mode::All)
+            }
+            other => Err(self.err(
+                r.mode.span(),
+                format!("{key}.mode: expected \"spot-check\", \"interval\", \"on-change\" or \"all\", found \"{other}\""),
+            )),
+        }
     }
 
     fn simulator(&self, i: usize, s: RawSimulator) -> R<SimulatorConfig> {

@@ -455,11 +455,11 @@ fn group_name(gid: u32) -> String {
 
 /// One check per configured serial port.
 pub fn serial_checks(cfg: &Config, who: &Identity) -> Vec<Check> {
-    let ports: Vec<(&str, &str)> = cfg
+    let ports: Vec<(&str, std::path::Display<'_>, &std::path::Path)> = cfg
         .devices
         .iter()
         .filter_map(|d| match &d.kind {
-            DeviceKind::Serial { port, .. } => Some((d.name.as_str(), port.as_str())),
+            DeviceKind::Serial(s) => Some((d.name.as_str(), s.port.display(), s.port.as_path())),
             _ => None,
         })
         .collect();
@@ -468,9 +468,9 @@ pub fn serial_checks(cfg: &Config, who: &Identity) -> Vec<Check> {
     }
     ports
         .into_iter()
-        .map(|(device, port)| {
+        .map(|(device, port, path)| {
             let name = format!("serial {device}");
-            match std::fs::metadata(port) {
+            match std::fs::metadata(path) {
                 Err(e) => Check::fail(
                     &name,
                     format!("{port}: {e}"),

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{FixedOffset, Utc};
-use device_drivers::Record;
+use device_drivers::{ReadingType, Record};
 
 use crate::config::{
-    Attribution, Config, DeviceConfig, DeviceKind, SimulatorConfig, SimulatorKind,
+    Attribution, Config, DeviceConfig, DeviceKind, SerialDevice, SerialProtocol, SimulatorConfig,
+    SimulatorKind,
 };
 use crate::reading::{DeviceClass, DeviceIdentifier, DeviceInfo};
 
@@ -45,14 +46,8 @@ impl DeviceContext {
                 DeviceIdentifier::Bluetooth(address.replace(':', "").to_ascii_uppercase()),
                 false,
             ),
-            DeviceKind::Serial { protocol, .. } => (
-                if protocol.starts_with("tanita") {
-                    DeviceClass::Scale
-                } else if protocol.starts_with("nonin") || protocol.starts_with("masimo") {
-                    DeviceClass::PulseOximeter
-                } else {
-                    DeviceClass::Generic
-                },
+            DeviceKind::Serial(s) => (
+                serial_class(&s.protocol),
                 DeviceIdentifier::Local(format!("{gateway_id}/{}", d.name)),
                 true,
             ),
@@ -95,15 +90,41 @@ impl DeviceContext {
     }
 }
 
+/// What kind of device a serial protocol speaks for. A device file is classed by what it
+/// measures: an SpO2 reading makes it an oximeter (so its pulse rate is an oximeter's), a body
+/// weight a scale.
+fn serial_class(protocol: &SerialProtocol) -> DeviceClass {
+    match protocol {
+        SerialProtocol::Builtin(name) if name.starts_with("tanita") => DeviceClass::Scale,
+        SerialProtocol::Builtin(name)
+            if name.starts_with("nonin") || name.starts_with("masimo") =>
+        {
+            DeviceClass::PulseOximeter
+        }
+        SerialProtocol::Builtin(_) => DeviceClass::Generic,
+        SerialProtocol::DeviceFile { config, .. } => {
+            let types = config.reading_types();
+            if types.contains(&ReadingType::Spo2) {
+                DeviceClass::PulseOximeter
+            } else if types.contains(&ReadingType::BodyWeight) {
+                DeviceClass::Scale
+            } else {
+                DeviceClass::Generic
+            }
+        }
+    }
+}
+
 /// Every configured device and simulator, by kind, ready for the sources.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceTable {
     pub by_name: HashMap<String, Arc<DeviceContext>>,
     /// MQTT topic filter → device, in config order.
     pub mqtt: Vec<(String, Arc<DeviceContext>)>,
-    /// BLE and serial devices (their transports come in later releases).
+    /// BLE devices (their transport comes in a later release).
     pub ble: Vec<Arc<DeviceContext>>,
-    pub serial: Vec<Arc<DeviceContext>>,
+    /// Serial devices with their port, protocol and reduction.
+    pub serial: Vec<(SerialDevice, Arc<DeviceContext>)>,
     pub simulators: Vec<(SimulatorConfig, Arc<DeviceContext>)>,
 }
 
@@ -117,7 +138,7 @@ impl DeviceTable {
             match &d.kind {
                 DeviceKind::Mqtt { topic } => t.mqtt.push((topic.clone(), ctx)),
                 DeviceKind::Ble { .. } => t.ble.push(ctx),
-                DeviceKind::Serial { .. } => t.serial.push(ctx),
+                DeviceKind::Serial(s) => t.serial.push((s.clone(), ctx)),
             }
         }
         for s in &cfg.simulators {

@@ -41,6 +41,14 @@
 //!    pending: it goes to `dead` with reason `identifier_collision` (and its id becomes a
 //!    tombstone), so the server never merges two readings into one Observation. `idents`
 //!    entries are pruned with tombstones, never while their record is pending.
+//!
+//!    **Dead letters are recoverable, never silently lost.** A dead letter leaves `dead` only
+//!    through [`Outbox::requeue_dead_letter`], which in one transaction puts the reading back in
+//!    `pending` and `index` under its original id, removes its tombstone from `acked` and makes
+//!    it the holder of its identity in `idents` again. Raw payloads (no reading id), identifier
+//!    collisions, truncated records, and readings whose identity another record holds now are
+//!    refused (a collision requeued would be acked as "already exists" under the other
+//!    reading's Observation).
 //! 5. **Durable before Ok.** Every method that changes `pending`, `index`, `acked` or `dead`
 //!    (except `prune_tombstones`, whose loss is harmless) returns `Ok` only after `Db::flush`
 //!    **and** our own `fdatasync` of `<dir>/db` (sled 0.34's flush uses `sync_file_range` on
@@ -77,9 +85,9 @@ mod outbox;
 pub use codec::{CodecError, RecordCipher};
 pub use keyfile::{KeyFileError, StoreKey};
 pub use outbox::{
-    DeadLetterInfo, DeadReason, Insert, NewRecord, Outbox, OutboxOptions, PendingRecord, Stats,
-    MAX_PAYLOAD_LEN, TREE_ACKED, TREE_DEAD, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING,
-    TREE_QUARANTINE,
+    DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, Outbox, OutboxOptions,
+    PendingRecord, Requeue, RequeueSummary, Stats, MAX_PAYLOAD_LEN, TREE_ACKED, TREE_DEAD,
+    TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;
@@ -116,6 +124,8 @@ pub enum StoreError {
     NotPending,
     #[error("no dead letter with seq {seq}")]
     NoSuchDeadLetter { seq: u64 },
+    #[error("dead letter {seq} cannot be requeued: {}", why.explain())]
+    NotRequeueable { seq: u64, why: NotRequeueable },
     #[error("record {tree}/{seq} failed to decode: {reason}")]
     Corrupt {
         tree: &'static str,

@@ -101,6 +101,66 @@ impl DeadReason {
     }
 }
 
+/// What [`Outbox::requeue_dead_letter`] did. Either way the dead letter is gone and the reading
+/// is pending exactly once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Pending again under its original id (at the back of the FIFO, as pending seq `seq`).
+    Requeued { seq: u64 },
+    /// The reading was already pending (redelivered meanwhile, or a second dead letter of the
+    /// same reading): nothing stored twice.
+    AlreadyPending,
+}
+
+/// Why a dead letter cannot go back to the outbox as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotRequeueable {
+    /// A payload that never became a reading (undecodable, unknown schema): it has no reading
+    /// id and nothing to upload.
+    Raw,
+    /// Kept because another reading holds its FHIR identifier: requeued, it would be acked as
+    /// "already exists" under the other reading's Observation and vanish.
+    IdentifierCollision,
+    /// Only the first bytes were kept (the record was too large for the format).
+    TooLarge,
+    /// The payload does not decode as a reading of this build.
+    Undecodable,
+    /// Meanwhile another reading took its FHIR identifier: a collision now.
+    IdentityTaken,
+}
+
+impl NotRequeueable {
+    /// One line for a technician.
+    pub fn explain(self) -> &'static str {
+        match self {
+            NotRequeueable::Raw => {
+                "it is a payload that was never a reading (no reading id); `--show` prints it"
+            }
+            NotRequeueable::IdentifierCollision => {
+                "another reading holds its FHIR identifier (identifier_collision): requeued, the server would take it for the other reading and it would be lost; resolve the collision at the source"
+            }
+            NotRequeueable::TooLarge => {
+                "only its first bytes were kept (record_too_large)"
+            }
+            NotRequeueable::Undecodable => "its payload is not a reading this version can read",
+            NotRequeueable::IdentityTaken => {
+                "another pending or uploaded reading now holds its FHIR identifier"
+            }
+        }
+    }
+}
+
+/// What [`Outbox::requeue_all_dead_letters`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequeueSummary {
+    /// Dead-letter seqs whose reading is pending again.
+    pub requeued: Vec<u64>,
+    /// Dead-letter seqs removed because their reading was already pending.
+    pub already_pending: Vec<u64>,
+    /// Dead letters left where they are, and why.
+    pub skipped: Vec<(u64, NotRequeueable)>,
+}
+
 /// One record for [`Outbox::insert_records`].
 #[derive(Clone, Copy, Debug)]
 pub struct NewRecord<'a, T> {
@@ -698,6 +758,131 @@ impl Outbox {
                 seq,
                 reason,
             })
+    }
+
+    /// Puts the reading of dead letter `seq` back into the outbox under its original id: the
+    /// dead letter is removed, the id's tombstone too (so it is pending, not a duplicate), and
+    /// its upstream identity (from `identity_of`, as at insert) is held by it again. All in one
+    /// transaction; durable on `Ok`.
+    ///
+    /// Idempotent through the id: a reading that is already pending (redelivered, or requeued
+    /// from another dead letter) is not stored twice ([`Requeue::AlreadyPending`]), and the
+    /// server's conditional create stops a second Observation of one that was uploaded.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NoSuchDeadLetter`]; [`StoreError::NotRequeueable`] for a raw payload, an
+    /// identifier collision, a truncated record, a payload that is not a `T`, or an identity
+    /// another reading holds now; [`StoreError::Corrupt`] if the dead letter does not open;
+    /// [`StoreError::Sled`] / [`StoreError::Io`].
+    pub fn requeue_dead_letter<T: DeserializeOwned>(
+        &self,
+        seq: u64,
+        identity_of: impl Fn(&T) -> Option<String>,
+    ) -> Result<Requeue, StoreError> {
+        let key = seq.to_be_bytes();
+        let raw = self
+            .dead
+            .get(key)?
+            .ok_or(StoreError::NoSuchDeadLetter { seq })?;
+        let (_, d) = self
+            .open_dead(&key, &raw)
+            .map_err(|reason| StoreError::Corrupt {
+                tree: TREE_DEAD,
+                seq,
+                reason,
+            })?;
+        let refuse = |why| Err(StoreError::NotRequeueable { seq, why });
+        let Some(id) = d.id else {
+            return refuse(NotRequeueable::Raw);
+        };
+        if d.reason
+            .starts_with(DeadReason::IdentifierCollision.as_str())
+        {
+            return refuse(NotRequeueable::IdentifierCollision);
+        }
+        if d.truncated || d.payload.len() > MAX_PAYLOAD_LEN {
+            return refuse(NotRequeueable::TooLarge);
+        }
+        let Ok(value) = postcard::from_bytes::<T>(&d.payload) else {
+            return refuse(NotRequeueable::Undecodable);
+        };
+        let mac = self.cipher.index_key(&id);
+        let ident = identity_of(&value).map(|s| self.identity_key(&s));
+        let now = now_ms(SystemTime::now());
+        let new_seq = self.db.generate_id()?;
+        let plain = postcard::to_stdvec(&PendingEnvelope {
+            id,
+            enqueued_at_ms: now,
+            payload: d.payload,
+        })
+        .map_err(StoreError::Encode)?;
+        let sealed = self
+            .cipher
+            .seal(&record_key(TREE_PENDING, &new_seq.to_be_bytes()), &plain)?;
+        let result: TransactionResult<Requeue, StoreError> = (
+            &self.pending,
+            &self.index,
+            &self.acked,
+            &self.dead,
+            &self.idents,
+        )
+            .transaction(|(pending, index, acked, dead, idents)| {
+                if dead.get(key)?.as_deref() != Some(&raw[..]) {
+                    return abort(StoreError::NoSuchDeadLetter { seq });
+                }
+                if index.get(mac)?.is_some() {
+                    dead.remove(&key[..])?;
+                    return Ok(Requeue::AlreadyPending);
+                }
+                if let Some(k) = &ident {
+                    if idents
+                        .get(k)?
+                        .is_some_and(|v| v.get(..32) != Some(&mac[..]))
+                    {
+                        return abort(StoreError::NotRequeueable {
+                            seq,
+                            why: NotRequeueable::IdentityTaken,
+                        });
+                    }
+                    let mut v = mac.to_vec();
+                    v.extend_from_slice(&now.to_be_bytes());
+                    idents.insert(&k[..], v)?;
+                }
+                let new_key = new_seq.to_be_bytes();
+                pending.insert(&new_key[..], &sealed[..])?;
+                index.insert(&mac[..], &new_key[..])?;
+                acked.remove(&mac[..])?;
+                dead.remove(&key[..])?;
+                Ok(Requeue::Requeued { seq: new_seq })
+            });
+        let outcome = result?;
+        self.make_durable()?;
+        tracing::info!(dead_seq = seq, ?outcome, "dead letter requeued");
+        Ok(outcome)
+    }
+
+    /// [`Outbox::requeue_dead_letter`] for every dead letter; those that cannot be requeued
+    /// stay, listed in [`RequeueSummary::skipped`]. Each requeue is durable when it is counted.
+    ///
+    /// # Errors
+    ///
+    /// The first error other than [`StoreError::NotRequeueable`] (what was requeued before it
+    /// stays requeued).
+    pub fn requeue_all_dead_letters<T: DeserializeOwned>(
+        &self,
+        identity_of: impl Fn(&T) -> Option<String>,
+    ) -> Result<RequeueSummary, StoreError> {
+        let mut summary = RequeueSummary::default();
+        for d in self.dead_letters()? {
+            match self.requeue_dead_letter::<T>(d.seq, &identity_of) {
+                Ok(Requeue::Requeued { .. }) => summary.requeued.push(d.seq),
+                Ok(Requeue::AlreadyPending) => summary.already_pending.push(d.seq),
+                Err(StoreError::NotRequeueable { why, .. }) => summary.skipped.push((d.seq, why)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(summary)
     }
 
     /// Forgets tombstones older than the retention at `now`. Called by [`Outbox::open`]; call

@@ -4,7 +4,16 @@
 //! `http://` base without `allow_insecure_http` is an error before anything is sent. Trust comes
 //! only from the configured CA (no system roots). Redirects are not followed (a redirect to
 //! another host must not receive PHI) and proxy environment variables are ignored.
+//!
+//! A failed exchange is a [`SendError`], classified by the *types* in the error's `source()`
+//! chain (never by its text): reqwest's own predicates, `rustls::Error` (and its certificate
+//! errors and alerts), `hyper::Error`, `std::io::ErrorKind`. Each class has its own message and
+//! a fix hint ([`SendError::hint`]) that names the setting or the place to look.
+//!
+//! The uploader talks to the server through the [`BundleSender`] trait, so its tests can script
+//! the answers; [`UplinkClient`] is the real implementation.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,6 +30,7 @@ pub struct UplinkTls {
     pub timeout: Duration,
 }
 
+/// The client cannot be built (start-up).
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error("TLS setup: {0}")]
@@ -29,22 +39,146 @@ pub enum UplinkError {
     Insecure(String),
     #[error("HTTP client setup: {0}")]
     Client(String),
-    #[error("TLS handshake with the FHIR server failed: {0}")]
-    Tls(String),
-    #[error("cannot connect to the FHIR server: {0}")]
-    Connect(String),
-    #[error("FHIR server timed out")]
-    Timeout,
-    #[error("reading the FHIR server's response failed: {0}")]
-    Body(String),
-    #[error("request failed: {0}")]
-    Request(String),
 }
 
-impl UplinkError {
-    /// A TLS failure (unknown CA, bad certificate): logged loudly by the caller.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, UplinkError::Tls(_))
+/// Why an exchange with the FHIR server produced no HTTP answer. No PHI: host names, statuses,
+/// TLS reasons.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The host name in `fhir_base` does not resolve.
+    #[error("cannot resolve the FHIR server's host name {host}")]
+    Dns { host: String },
+    /// Nothing listens at the address (TCP RST).
+    #[error("the FHIR server refused the connection ({host}:{port})")]
+    Refused { host: String, port: u16 },
+    /// The TLS handshake failed, or the server's TLS alert ended the connection.
+    #[error("TLS with the FHIR server failed: {0}")]
+    Tls(#[from] TlsProblem),
+    /// No answer within `uplink.timeout_secs` (connect, handshake or response).
+    #[error("the FHIR server did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection was closed (or reset) before a complete answer arrived.
+    #[error("the connection closed before the FHIR server answered")]
+    Closed,
+    /// Any other failure to connect (no route to host, network down...).
+    #[error("cannot connect to the FHIR server: {0}")]
+    Connect(String),
+    /// The answer is larger than [`MAX_BODY`].
+    #[error("the FHIR server's answer is larger than {MAX_BODY} bytes")]
+    ResponseTooLarge,
+    /// Anything else (the error chain, for the log).
+    #[error("request to the FHIR server failed: {0}")]
+    Other(String),
+}
+
+/// What went wrong in TLS, from `rustls::Error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsProblem {
+    #[error("the server's certificate is not issued by the CA in uplink.ca_file (unknown issuer)")]
+    UnknownIssuer,
+    #[error("the server's certificate has expired")]
+    Expired,
+    #[error("the server's certificate is not valid yet")]
+    NotValidYet,
+    #[error("the server's certificate is not valid for the host name in uplink.fhir_base")]
+    WrongHostName,
+    #[error("the server's certificate was rejected: {0}")]
+    BadCertificate(String),
+    /// The server's alert says it does not accept our client certificate.
+    #[error("the server refused the gateway's client certificate (TLS alert {0})")]
+    ClientCertificateRefused(String),
+    #[error("the server sent TLS alert {0}")]
+    Alert(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl SendError {
+    /// A short stable name of the class, for logs and counters.
+    pub fn class(&self) -> &'static str {
+        match self {
+            SendError::Dns { .. } => "dns",
+            SendError::Refused { .. } => "connection_refused",
+            SendError::Tls(_) => "tls",
+            SendError::Timeout(_) => "timeout",
+            SendError::Closed => "connection_closed",
+            SendError::Connect(_) => "connect",
+            SendError::ResponseTooLarge => "response_too_large",
+            SendError::Other(_) => "other",
+        }
+    }
+
+    /// Where a technician should look.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            SendError::Dns { .. } => {
+                "check the host name in uplink.fhir_base and the gateway's DNS settings"
+            }
+            SendError::Refused { .. } => {
+                "nothing listens there: check the port in uplink.fhir_base and that the FHIR server is running"
+            }
+            SendError::Tls(p) => p.hint(),
+            SendError::Timeout(_) => {
+                "check the network path to the server (firewall, proxy); raise uplink.timeout_secs if the server is just slow"
+            }
+            SendError::Closed => {
+                "the server or something in between (proxy, load balancer) dropped the connection: check its logs; the Bundle is resent safely"
+            }
+            SendError::Connect(_) => "check the gateway's network (link, route, firewall)",
+            SendError::ResponseTooLarge => "check that uplink.fhir_base points at a FHIR server",
+            SendError::Other(_) => "see the error for details",
+        }
+    }
+}
+
+impl TlsProblem {
+    /// Where a technician should look.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            TlsProblem::UnknownIssuer => {
+                "put the CA that issued the server's certificate in uplink.ca_file, or check that uplink.fhir_base names the right server"
+            }
+            TlsProblem::Expired => {
+                "renew the server's certificate; if it is in date, check the gateway's clock (NTP)"
+            }
+            TlsProblem::NotValidYet => "check the gateway's clock (NTP)",
+            TlsProblem::WrongHostName => {
+                "use in uplink.fhir_base the host name the server's certificate names"
+            }
+            TlsProblem::BadCertificate(_) => "check the server's certificate chain",
+            TlsProblem::ClientCertificateRefused(_) => {
+                "check uplink.client_cert and uplink.client_key, and that the server trusts their CA"
+            }
+            TlsProblem::Alert(_) | TlsProblem::Other(_) => {
+                "check the server's TLS setup (protocol versions, cipher suites) and uplink.ca_file"
+            }
+        }
+    }
+
+    /// Classifies a rustls error.
+    pub fn from_rustls(e: &rustls::Error) -> TlsProblem {
+        use rustls::{AlertDescription as A, CertificateError as C};
+        match e {
+            rustls::Error::InvalidCertificate(c) => match c {
+                C::UnknownIssuer => TlsProblem::UnknownIssuer,
+                C::Expired | C::ExpiredContext { .. } => TlsProblem::Expired,
+                C::NotValidYet | C::NotValidYetContext { .. } => TlsProblem::NotValidYet,
+                C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::WrongHostName,
+                other => TlsProblem::BadCertificate(format!("{other:?}")),
+            },
+            rustls::Error::AlertReceived(a) => match a {
+                A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateRequired
+                | A::CertificateUnknown
+                | A::CertificateExpired
+                | A::CertificateRevoked
+                | A::UnsupportedCertificate
+                | A::AccessDenied => TlsProblem::ClientCertificateRefused(format!("{a:?}")),
+                other => TlsProblem::Alert(format!("{other:?}")),
+            },
+            other => TlsProblem::Other(other.to_string()),
+        }
     }
 }
 
@@ -56,23 +190,32 @@ pub struct RawResponse {
     pub body: Vec<u8>,
 }
 
+/// Sends one transaction Bundle and reports the answer. The uploader's only way to the server.
+pub trait BundleSender: Send + Sync {
+    /// POSTs `bundle` to the FHIR base.
+    ///
+    /// # Errors
+    ///
+    /// A [`SendError`] when no complete HTTP answer arrived.
+    fn send(
+        &self,
+        bundle: &serde_json::Value,
+    ) -> impl Future<Output = Result<RawResponse, SendError>> + Send;
+}
+
+/// The real [`BundleSender`]: reqwest on rustls/ring, mutual TLS.
 pub struct UplinkClient {
     http: reqwest::Client,
     base: url::Url,
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    timeout: Duration,
 }
 
 impl UplinkClient {
+    /// Builds the client (reads the CA, certificate and key files).
+    ///
+    /// # Errors
+    ///
+    /// [`UplinkError`] naming the file or setting.
     pub fn new(cfg: &UplinkTls) -> Result<Self, UplinkError> {
         if cfg.fhir_base.scheme() != "https" && !cfg.allow_insecure_http {
             return Err(UplinkError::Insecure(cfg.fhir_base.to_string()));
@@ -92,16 +235,19 @@ impl UplinkClient {
         Ok(Self {
             http,
             base: cfg.fhir_base.clone(),
+            timeout: cfg.timeout,
         })
     }
 
     /// POSTs a transaction Bundle to `[base]`.
-    pub async fn send_bundle(
-        &self,
-        bundle: &serde_json::Value,
-    ) -> Result<RawResponse, UplinkError> {
-        let body = serde_json::to_vec(bundle).map_err(|e| UplinkError::Request(e.to_string()))?;
-        let resp = self
+    ///
+    /// # Errors
+    ///
+    /// A classified [`SendError`].
+    pub async fn send_bundle(&self, bundle: &serde_json::Value) -> Result<RawResponse, SendError> {
+        let body = serde_json::to_vec(bundle).map_err(|e| SendError::Other(e.to_string()))?;
+        let classify = |e: reqwest::Error| classify_reqwest_error(&e, &self.base, self.timeout);
+        let mut resp = self
             .http
             .post(self.base.clone())
             .header("Content-Type", "application/fhir+json")
@@ -109,22 +255,17 @@ impl UplinkClient {
             .body(body)
             .send()
             .await
-            .map_err(classify_send_error)?;
+            .map_err(classify)?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let mut resp = resp;
         let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| UplinkError::Body(error_chain(&e)))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
             if body.len() + chunk.len() > MAX_BODY {
-                return Err(UplinkError::Body("response larger than 8 MiB".into()));
+                return Err(SendError::ResponseTooLarge);
             }
             body.extend_from_slice(&chunk);
         }
@@ -136,23 +277,162 @@ impl UplinkClient {
     }
 }
 
-fn classify_send_error(e: reqwest::Error) -> UplinkError {
-    let chain = error_chain(&e);
-    if e.is_timeout() {
-        return UplinkError::Timeout;
+impl BundleSender for UplinkClient {
+    fn send(
+        &self,
+        bundle: &serde_json::Value,
+    ) -> impl Future<Output = Result<RawResponse, SendError>> + Send {
+        self.send_bundle(bundle)
     }
-    // rustls errors surface inside the connect error chain.
-    let lower = chain.to_ascii_lowercase();
-    if lower.contains("certificate")
-        || lower.contains("unknownissuer")
-        || lower.contains("handshake")
-        || lower.contains("tls")
-        || lower.contains("alert")
-    {
-        return UplinkError::Tls(chain);
+}
+
+/// Classifies a reqwest error by the types in its `source()` chain. `base` gives the host and
+/// port for the message; `timeout` is the configured request timeout.
+pub fn classify_reqwest_error(e: &reqwest::Error, base: &url::Url, timeout: Duration) -> SendError {
+    let host = base.host_str().unwrap_or("").to_owned();
+    let port = base.port_or_known_default().unwrap_or(0);
+    // TLS first: a certificate problem may also look like a failed connect.
+    if let Some(tls) = causes(e).find_map(|c| c.downcast_ref::<rustls::Error>()) {
+        return SendError::Tls(TlsProblem::from_rustls(tls));
+    }
+    if e.is_dns() {
+        return SendError::Dns { host };
+    }
+    if e.is_timeout() {
+        return SendError::Timeout(timeout);
+    }
+    for cause in causes(e) {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            match io.kind() {
+                K::ConnectionRefused => return SendError::Refused { host, port },
+                K::ConnectionReset
+                | K::ConnectionAborted
+                | K::BrokenPipe
+                | K::UnexpectedEof
+                | K::NotConnected => return SendError::Closed,
+                K::TimedOut => return SendError::Timeout(timeout),
+                _ => {}
+            }
+        }
+        if let Some(h) = cause.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                return SendError::Closed;
+            }
+        }
     }
     if e.is_connect() {
-        return UplinkError::Connect(chain);
+        return SendError::Connect(error_chain(e));
     }
-    UplinkError::Request(chain)
+    SendError::Other(error_chain(e))
+}
+
+/// Every error in the `source()` chain of `e`, `e` first. An `io::Error` wrapping another error
+/// (as tokio-rustls wraps `rustls::Error`) is followed into the wrapped error too: std's
+/// `io::Error::source` skips it.
+pub fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    let mut stack: Vec<&'a (dyn std::error::Error + 'static)> = vec![e];
+    std::iter::from_fn(move || {
+        let cur = stack.pop()?;
+        if let Some(next) = cur.source() {
+            stack.push(next);
+        }
+        if let Some(inner) = cur
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            // `source()` of an io::Error is the wrapped error's source; visit the wrapped
+            // error itself first.
+            stack.push(inner);
+        }
+        Some(cur)
+    })
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rustls_certificate_errors_map_to_their_own_problem() {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        let cases = [
+            (
+                E::InvalidCertificate(C::UnknownIssuer),
+                TlsProblem::UnknownIssuer,
+            ),
+            (E::InvalidCertificate(C::Expired), TlsProblem::Expired),
+            (
+                E::InvalidCertificate(C::NotValidYet),
+                TlsProblem::NotValidYet,
+            ),
+            (
+                E::InvalidCertificate(C::NotValidForName),
+                TlsProblem::WrongHostName,
+            ),
+            (
+                E::AlertReceived(A::UnknownCA),
+                TlsProblem::ClientCertificateRefused("UnknownCA".into()),
+            ),
+            (
+                E::AlertReceived(A::CertificateRequired),
+                TlsProblem::ClientCertificateRefused("CertificateRequired".into()),
+            ),
+            (
+                E::AlertReceived(A::HandshakeFailure),
+                TlsProblem::Alert("HandshakeFailure".into()),
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(TlsProblem::from_rustls(&err), want, "{err:?}");
+        }
+        assert!(matches!(
+            TlsProblem::from_rustls(&E::InvalidCertificate(C::Revoked)),
+            TlsProblem::BadCertificate(_)
+        ));
+    }
+
+    #[test]
+    fn causes_follow_an_io_error_into_the_rustls_error_it_wraps() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let found = causes(&io).find_map(|c| c.downcast_ref::<rustls::Error>());
+        assert!(found.is_some());
+    }
+
+    #[test]
+    fn every_class_has_its_own_message_and_hint() {
+        let errors = [
+            SendError::Dns { host: "h".into() },
+            SendError::Refused {
+                host: "h".into(),
+                port: 1,
+            },
+            SendError::Tls(TlsProblem::UnknownIssuer),
+            SendError::Timeout(Duration::from_secs(1)),
+            SendError::Closed,
+            SendError::Connect("x".into()),
+        ];
+        let hints: std::collections::HashSet<_> = errors.iter().map(SendError::hint).collect();
+        let classes: std::collections::HashSet<_> = errors.iter().map(SendError::class).collect();
+        assert_eq!(hints.len(), errors.len());
+        assert_eq!(classes.len(), errors.len());
+        assert!(!SendError::Closed.to_string().contains("TLS"));
+    }
 }

@@ -508,6 +508,27 @@ pub fn readings_that_fit(readings: &[Reading]) -> usize {
     readings.len()
 }
 
+/// The position of the first reading whose Observation identifier an earlier, different reading
+/// of `readings` already holds: the later of two colliding readings (fhir-mapping.md §5.1), the
+/// one [`build_transaction_bundle`] refuses with [`MappingError::IdentifierCollision`].
+///
+/// Bisecting cannot isolate a collision (each half maps fine on its own, and the second reading
+/// would then be acked as "already there" under the first one's identifier), so the uploader
+/// dead-letters exactly this reading.
+pub fn first_identifier_collision(readings: &[Reading]) -> Option<usize> {
+    let mut holders: BTreeMap<&str, &crate::identity::ReadingId> = BTreeMap::new();
+    for (i, r) in readings.iter().enumerate() {
+        match holders.get(r.observation_identifier.as_str()) {
+            Some(id) if **id != r.id => return Some(i),
+            Some(_) => {}
+            None => {
+                holders.insert(&r.observation_identifier, &r.id);
+            }
+        }
+    }
+    None
+}
+
 /// Builds one transaction Bundle for `readings` (all of them must fit: see
 /// [`readings_that_fit`]). Returns the Bundle and, per Observation entry, the reading ids it
 /// carries.
@@ -783,10 +804,18 @@ pub(crate) mod tests {
         let mut b = bp();
         b.id = test_id(9);
         b.components[0].value = Decimal::from_int(140);
+        let pulse = reading(
+            ReadingKind::PulseRateCuff,
+            vec![(ReadingType::PulseRate, Decimal::from_int(60), "/min")],
+            5,
+        );
+        let batch = [a.clone(), pulse, a, b];
         assert!(matches!(
-            build_transaction_bundle(&GatewayInfo::new("gw", "0"), &[a, b]),
+            build_transaction_bundle(&GatewayInfo::new("gw", "0"), &batch),
             Err(MappingError::IdentifierCollision)
         ));
+        assert_eq!(first_identifier_collision(&batch), Some(3), "the later one");
+        assert_eq!(first_identifier_collision(&batch[..3]), None);
     }
 
     #[test]

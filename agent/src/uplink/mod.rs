@@ -5,13 +5,18 @@
 //! - [`fhir`] (pure): codes and units (fhir-mapping.md §1-§3), the observation identifier of the
 //!   idempotency rule (§5.1, computed once by the pipeline), and the transaction Bundle with
 //!   conditional create on every entry (§5.2-§5.3).
-//! - [`outcome`] (pure): the server's answer → `Accepted | Retry | Reject | Split | Unauthorized`
-//!   (§5.4-§5.5). "Accepted" means HTTP 200 (or another 2xx) and every entry's
-//!   `response.status` starting with 201 or 200, or an empty 200 (committed, no body).
+//! - [`outcome`] (pure): the server's answer → `Accepted | EntriesFailed | Retry | Reject |
+//!   Split | Refused | Unauthorized` (§5.4-§5.5). Only HTTP 200 with every entry's
+//!   `response.status` starting with 201 or 200, or an empty 200, is `Accepted`.
+//! - [`scheduler`] (pure): the uploader's decisions as a state machine (bisect queue, backoff,
+//!   consecutive single-reading rejections, pause episodes with a capped probe schedule); takes
+//!   a verdict and `now`, returns the one effect to carry out.
 //! - [`backoff`] (pure): exponential backoff with jitter, the server's `Retry-After` as a floor.
 //! - [`client`]: reqwest on rustls/ring, trusting only the configured CA, presenting the
-//!   gateway's client certificate; no redirects, no proxies from the environment.
+//!   gateway's client certificate; no redirects, no proxies from the environment. Reached
+//!   through the `BundleSender` trait; a failed exchange is a `SendError` classified by type.
 pub mod backoff;
 pub mod client;
 pub mod fhir;
 pub mod outcome;
+pub mod scheduler;

@@ -41,7 +41,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use super::line::LineFramer;
-use super::{Decoder, ErrorKind, Event, FlowControl, Out, Parity, PortSettings, Stats};
+use super::{Cadence, Decoder, ErrorKind, Event, FlowControl, Out, Parity, PortSettings, Stats};
 use crate::{Decimal, Reading, ReadingType, Record, Status};
 
 /// Default `max_line_bytes`.
@@ -155,7 +155,11 @@ struct DeviceDoc {
     id: Spanned<String>,
     #[serde(default)]
     description: String,
-    serial: SerialDoc,
+    /// Optional: `stream` for a device that keeps sending while a sensor is on (the agent
+    /// reduces it), `per-measurement` (default) for one line per measurement.
+    cadence: Option<Cadence>,
+    /// Optional: a technician decoding a capture may not know the port settings yet.
+    serial: Option<SerialDoc>,
     framing: FramingDoc,
     #[serde(default, rename = "rule")]
     rules: Vec<RuleDoc>,
@@ -265,7 +269,9 @@ struct FlagDoc {
 struct Compiled {
     id: String,
     description: String,
-    serial: PortSettings,
+    cadence: Cadence,
+    /// `[device.serial]` as written, if the file has one.
+    serial: Option<PortSettings>,
     max_line_bytes: usize,
     ignore: Vec<Regex>,
     rules: Vec<Rule>,
@@ -360,9 +366,36 @@ impl DeviceConfig {
         Box::new(GenericDecoder::new(self.clone()))
     }
 
-    /// The port settings of `[device.serial]`.
-    pub fn serial(&self) -> &PortSettings {
-        &self.inner.serial
+    /// The port settings of `[device.serial]`, or [`DEFAULT_PORT_SETTINGS`] when the file has
+    /// none (the section is optional: decoding a capture needs no port settings).
+    pub fn serial(&self) -> PortSettings {
+        self.inner.serial.unwrap_or(DEFAULT_PORT_SETTINGS)
+    }
+
+    /// `[device.serial]` exactly as the file gives it (`None`: the file has no such section).
+    pub fn declared_serial(&self) -> Option<PortSettings> {
+        self.inner.serial
+    }
+
+    /// `device.cadence` (default `per-measurement`).
+    pub fn cadence(&self) -> Cadence {
+        self.inner.cadence
+    }
+
+    /// Every reading type a rule of the file can produce, in file order, without repeats.
+    pub fn reading_types(&self) -> Vec<ReadingType> {
+        let mut out = Vec::new();
+        for t in self
+            .inner
+            .rules
+            .iter()
+            .flat_map(|r| r.readings.iter().map(|x| x.kind))
+        {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out
     }
 
     /// `device.id`.
@@ -382,6 +415,32 @@ impl DeviceConfig {
 }
 
 type CompileError = (Option<Range<usize>>, String);
+
+/// The port settings of a device file without `[device.serial]`: 9600 baud 8N1, no flow
+/// control, the most common setting of the devices in docs/serial-devices.md.
+pub const DEFAULT_PORT_SETTINGS: PortSettings = PortSettings::n81(9600);
+
+fn compile_serial(s: &SerialDoc) -> Result<PortSettings, CompileError> {
+    if *s.baud.get_ref() == 0 {
+        return err(
+            s.baud.span(),
+            "`baud` must be a positive bit rate (e.g. 9600)",
+        );
+    }
+    if !matches!(*s.data_bits.get_ref(), 7 | 8) {
+        return err(s.data_bits.span(), "`data_bits`: expected 7 or 8");
+    }
+    if !matches!(*s.stop_bits.get_ref(), 1 | 2) {
+        return err(s.stop_bits.span(), "`stop_bits`: expected 1 or 2");
+    }
+    Ok(PortSettings {
+        baud: *s.baud.get_ref(),
+        data_bits: *s.data_bits.get_ref(),
+        parity: s.parity,
+        stop_bits: *s.stop_bits.get_ref(),
+        flow_control: s.flow_control,
+    })
+}
 
 fn err<T>(span: Range<usize>, msg: impl Into<String>) -> Result<T, CompileError> {
     Err((Some(span), msg.into()))
@@ -471,25 +530,9 @@ fn compile(d: DeviceDoc) -> Result<Compiled, CompileError> {
     if d.id.get_ref().trim().is_empty() {
         return err(d.id.span(), "`id` must not be empty");
     }
-    let s = &d.serial;
-    if *s.baud.get_ref() == 0 {
-        return err(
-            s.baud.span(),
-            "`baud` must be a positive bit rate (e.g. 9600)",
-        );
-    }
-    if !matches!(*s.data_bits.get_ref(), 7 | 8) {
-        return err(s.data_bits.span(), "`data_bits`: expected 7 or 8");
-    }
-    if !matches!(*s.stop_bits.get_ref(), 1 | 2) {
-        return err(s.stop_bits.span(), "`stop_bits`: expected 1 or 2");
-    }
-    let serial = PortSettings {
-        baud: *s.baud.get_ref(),
-        data_bits: *s.data_bits.get_ref(),
-        parity: s.parity,
-        stop_bits: *s.stop_bits.get_ref(),
-        flow_control: s.flow_control,
+    let serial = match &d.serial {
+        None => None,
+        Some(s) => Some(compile_serial(s)?),
     };
     let max_line_bytes = match &d.framing.max_line_bytes {
         None => DEFAULT_MAX_LINE_BYTES,
@@ -521,6 +564,7 @@ fn compile(d: DeviceDoc) -> Result<Compiled, CompileError> {
     Ok(Compiled {
         id: d.id.into_inner(),
         description: d.description,
+        cadence: d.cadence.unwrap_or(Cadence::PerMeasurement),
         serial,
         max_line_bytes,
         ignore,

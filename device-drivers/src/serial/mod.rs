@@ -276,6 +276,27 @@ pub fn builtin_port_settings(name: &str) -> Option<PortSettings> {
     })
 }
 
+/// How a device sends its records. It decides nothing in the decoders; the agent picks its
+/// default stream reduction from it (a stream is reduced, a measurement is kept whole).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cadence {
+    /// Records keep coming while a sensor is on (Nonin DF2/DF7 3 a second, DF8 and Masimo
+    /// ASCII 1 one a second).
+    Stream,
+    /// One record per measurement (a spot check, a weighing).
+    PerMeasurement,
+}
+
+/// The cadence of a built-in protocol (serial-protocols.md §1–§4).
+pub fn builtin_cadence(name: &str) -> Option<Cadence> {
+    Some(match name {
+        "nonin-df2" | "nonin-df7" | "nonin-df8" | "masimo-ascii1" => Cadence::Stream,
+        "nonin-df13" | "tanita-kv" | "philips-mib-rs232" => Cadence::PerMeasurement,
+        _ => return None,
+    })
+}
+
 /// Feeds `bytes` whole and returns the vectors' `expected` form:
 /// `{"records": [...], "errors": [kind...], "bytes_discarded": n, "frames_ok": n}`.
 ///

@@ -109,6 +109,12 @@ pub enum Mode {
     /// last) has status `400 Bad Request`. Nothing is stored; the other entries report what would
     /// have happened. The agent must not take this as success.
     FailEntry(usize),
+    /// A server that refuses one reading inside a transaction: a Bundle holding an Observation
+    /// whose identifier value contains this text is answered `200` with a
+    /// `transaction-response` in which that entry has status `422 Unprocessable Entity` and an
+    /// OperationOutcome; nothing is stored (the other entries report what would have
+    /// happened). Bundles without such an Observation are handled as [`Mode::Normal`].
+    FailObservation(String),
     /// Commit, then answer `200` with an empty body (like a `Prefer: return=minimal` server).
     /// fhir-mapping.md §5.4: an empty 200 also means committed.
     Empty200,
@@ -766,6 +772,27 @@ async fn respond(
                 }});
             }
             return Ok(fhir_json(200, &response_bundle(entries)));
+        }
+        if let Mode::FailObservation(needle) = &mode {
+            let hit = bundle["entry"].as_array().and_then(|entries| {
+                entries.iter().position(|e| {
+                    e["resource"]["resourceType"] == "Observation"
+                        && transaction::identifiers(&e["resource"])
+                            .iter()
+                            .any(|(_, v)| v.contains(needle.as_str()))
+                })
+            });
+            if let Some(i) = hit {
+                let mut entries: Vec<Value> =
+                    outcomes.iter().map(EntryOutcome::response_entry).collect();
+                if let Some(slot) = entries.get_mut(i) {
+                    *slot = json!({"response": {
+                        "status": "422 Unprocessable Entity",
+                        "outcome": outcome_json("processing", &["injected failure of this Observation (Mode::FailObservation)".into()]),
+                    }});
+                }
+                return Ok(fhir_json(200, &response_bundle(entries)));
+            }
         }
         inner.store.commit(plan);
         let snapshot = inner

@@ -1,0 +1,146 @@
+//! MQTT ingest, measured end to end: the real `vitalgate` binary, Debian's mosquitto, a real
+//! `mosquitto_pub -l -q 1`, the uplink down (so every reading stays in the outbox and the agent
+//! log counts what was stored).
+//!
+//! Run: `cargo bench -p vitalgate --bench mqtt_ingest` (or `--profile dev` for a quick,
+//! unoptimised run). `VITALGATE_BIN_UNDER_TEST=/path/to/vitalgate` measures another build
+//! (e.g. an older commit built in a scratch directory) with the same harness; the
+//! `MQTT_BENCH_BURSTS` variable (comma-separated, default `2000,20000`) picks the burst sizes.
+//!
+//! Scenarios:
+//! - `burst N`: N readings published as fast as `mosquitto_pub` can; stored = readings the agent
+//!   stored (counted until everything is stored, or nothing more is for 15 s: a stall);
+//!   readings/s = stored / (time of the last store - start of the publish).
+//! - `1000 topics`: 1,000 MQTT devices, one reading published on each (after giving the agent
+//!   10 s to subscribe); stored = readings delivered to the store.
+//!
+//! Numbers depend on the machine (fsync latency above all); compare rows within one run.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+#[path = "../../tests/harness/mod.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+
+struct Row {
+    scenario: String,
+    published: usize,
+    stored: usize,
+    seconds: f64,
+}
+
+/// Counts "reading stored" until `target`, or until the count has not moved for `stall`.
+/// Returns (count, time of the last change since `start`).
+fn settle(agent: &Agent, start: Instant, target: usize, stall: Duration) -> (usize, Duration) {
+    let mut last = 0;
+    let mut last_change = start.elapsed();
+    loop {
+        let have = agent.stderr().matches("reading stored").count();
+        if have != last {
+            last = have;
+            last_change = start.elapsed();
+        }
+        if have >= target || start.elapsed() > last_change + stall {
+            return (have, last_change);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn burst(n: usize) -> Option<Row> {
+    let broker = Broker::mosquitto()?;
+    let mut h = Harness::new(broker).await;
+    h.fhir.stop().await;
+    let agent = h.spawn_agent();
+    let port = h.broker.port()?;
+    let lines: Vec<String> = (0..n)
+        .map(|i| bp_point(i, 100 + (i % 80) as i64, 60 + (i % 30) as i64))
+        .collect();
+    let start = Instant::now();
+    let publisher = MosquittoPub::spawn(port, TOPIC, &lines, h.dir.path());
+    let (stored, at) = settle(&agent, start, n, Duration::from_secs(15));
+    let confirmed = publisher.wait().iter().filter(|&&c| c).count();
+    Some(Row {
+        scenario: format!("burst {n}"),
+        published: confirmed,
+        stored,
+        seconds: at.as_secs_f64(),
+    })
+}
+
+async fn topics() -> Option<Row> {
+    let broker = Broker::mosquitto()?;
+    let devices: Vec<MqttDevice> = (0..1000)
+        .map(|i| MqttDevice {
+            name: format!("dev-{i:04}"),
+            topic: format!("clinic/room-{i:04}/omh"),
+            patient: format!("urn:oid:2.16.840.1.113883.19.5|MRN-{i:04}"),
+        })
+        .collect();
+    let mut h = Harness::with_mqtt_devices(broker, devices.clone()).await;
+    h.fhir.stop().await;
+    let agent = h.spawn_agent_with(false);
+    // Give it time to subscribe (a build that deadlocks never does).
+    let until = Instant::now() + Duration::from_secs(10);
+    while !agent.stderr().contains("MQTT subscriptions acknowledged") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let messages: Vec<(String, String)> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.topic.clone(), bp_point(i, 120, 80)))
+        .collect();
+    let start = Instant::now();
+    h.publish_messages(&messages).await;
+    let (stored, at) = settle(&agent, start, messages.len(), Duration::from_secs(10));
+    Some(Row {
+        scenario: "1000 topics".into(),
+        published: messages.len(),
+        stored,
+        seconds: at.as_secs_f64(),
+    })
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let build = std::env::var("VITALGATE_BIN_UNDER_TEST")
+        .unwrap_or_else(|_| format!("this build ({})", env!("CARGO_BIN_EXE_vitalgate")));
+    let bursts: Vec<usize> = std::env::var("MQTT_BENCH_BURSTS")
+        .unwrap_or_else(|_| "2000,20000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let mut rows = Vec::new();
+    for n in bursts {
+        rows.extend(rt.block_on(burst(n)));
+    }
+    rows.extend(rt.block_on(topics()));
+    if rows.is_empty() {
+        println!("mosquitto is not installed: nothing measured");
+        return;
+    }
+    println!("agent: {build}");
+    println!(
+        "| {:<12} | {:>9} | {:>7} | {:>8} | {:>11} |",
+        "scenario", "published", "stored", "seconds", "readings/s"
+    );
+    println!(
+        "|{:-<14}|{:->11}|{:->9}|{:->10}|{:->13}|",
+        "", "", "", "", ""
+    );
+    for r in rows {
+        let rate = if r.seconds > 0.0 {
+            r.stored as f64 / r.seconds
+        } else {
+            0.0
+        };
+        println!(
+            "| {:<12} | {:>9} | {:>7} | {:>8.2} | {:>11.0} |",
+            r.scenario, r.published, r.stored, r.seconds, rate
+        );
+    }
+}

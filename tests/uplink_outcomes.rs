@@ -1,0 +1,195 @@
+//! End-to-end tests of the uploader's outcome rules (fhir-mapping.md §5.5): the real `vitalgate`
+//! binary, an embedded MQTT broker and the devkit FHIR server with fault injection.
+//!
+//! Server-wide refusals (403 and friends) pause uploads and keep every reading pending; a
+//! reading-level refusal dead-letters exactly the reading the server refused, which a technician
+//! can requeue.
+
+mod common;
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+use vitalgate_devkit::fhir_server::Mode;
+
+/// The pause schedule of these tests: probes from 1 s, capped at 5 s (the default cap is 300 s).
+/// The schedule itself (exponential, jittered, capped) is the same code as in production.
+const FAST_PAUSE: &str = "pause_initial_secs = 1\npause_max_secs = 5";
+
+/// The acceptance scenario of the issue: the server answers 403 to every request for a minute
+/// while readings keep arriving. Before (commit ab40551): every reading was bisected down to
+/// itself and dead-lettered. Now: none is; uploads pause (one alarm), probe on the capped
+/// schedule, and everything arrives exactly once when the fault clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_of_403_dead_letters_nothing_and_everything_arrives_once_afterwards() {
+    let h = Harness::with_uplink_settings(Broker::embedded(), FAST_PAUSE).await;
+    h.fhir.set_mode(Mode::Fail {
+        status: 403,
+        retry_after: None,
+    });
+    let fault_start = Instant::now();
+    let mut agent = h.spawn_agent();
+
+    // Readings arrive throughout the minute: 4 now, 4 after 20 s, 4 after 40 s.
+    let mut published = 0;
+    for wave in 0..3 {
+        let points: Vec<String> = (0..4)
+            .map(|k| {
+                let i = wave * 4 + k;
+                bp_point(i, 110 + i as i64, 70)
+            })
+            .collect();
+        h.publish(&points).await;
+        published += points.len();
+        h.wait_for_log(&agent, "reading stored", published, Duration::from_secs(30));
+        let wave_end = fault_start + Duration::from_secs(20 * (wave as u64 + 1));
+        tokio::time::sleep(wave_end.saturating_duration_since(Instant::now())).await;
+    }
+    assert!(fault_start.elapsed() >= Duration::from_secs(60));
+    let refused = h.fhir.requests().iter().filter(|r| r.status == 403).count();
+    eprintln!("403 answers during the minute: {refused}");
+    // The capped schedule: with a 5 s cap (equal jitter: 2.5-5 s per probe after the 1-2-4 s
+    // ramp), a minute holds at least 9 probes and never more than about 25.
+    assert!(
+        (9..=30).contains(&refused),
+        "{refused} requests during the 403 minute"
+    );
+    assert_eq!(h.fhir.observation_identifiers().len(), 0);
+    assert_eq!(
+        agent.stderr().matches("dead letter").count(),
+        0,
+        "nothing dead-lettered during the fault"
+    );
+
+    // The fault clears: everything arrives, exactly once.
+    h.fhir.set_mode(Mode::Normal);
+    h.wait_for_observations(published, Duration::from_secs(60))
+        .await;
+    h.wait_for_log(&agent, "pause ended", 1, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.terminate();
+
+    let log = agent.stderr();
+    assert_eq!(
+        log.matches("ALARM: the FHIR server refuses this gateway")
+            .count(),
+        1,
+        "one alarm per episode:\n{log}"
+    );
+    assert!(log.contains("status=403"), "{log}");
+    assert_eq!(log.matches("pause ended").count(), 1, "{log}");
+    let paused_for: u64 = log
+        .split("paused_for_secs=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in the resume line:\n{log}"));
+    assert!(
+        (50..=75).contains(&paused_for),
+        "it lasted about a minute, not {paused_for} s"
+    );
+    assert_eq!(log.matches("dead letter").count(), 0, "{log}");
+    let dead = h.vitalgate(&["dead-letters"]);
+    assert_eq!(dead.lines().count(), 0, "no dead letters: {dead}");
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=0"), "{status}");
+    assert!(status.contains("dead_letters=0"), "{status}");
+    let obs = h.fhir.observation_identifiers();
+    let mut unique = obs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(obs.len(), published, "{obs:#?}");
+    assert_eq!(unique.len(), published, "no Observation twice");
+    assert_eq!(h.fhir.duplicate_creates(), 0);
+    h.assert_all_observations_valid();
+    assert!(!log.contains("MRN-0001"), "patient identifier leaked");
+}
+
+/// The `seq=` of every line of `vitalgate dead-letters` whose text contains `needle`.
+fn dead_seqs(list: &str, needle: &str) -> Vec<String> {
+    list.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split_whitespace().next()?.strip_prefix("seq="))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A server that refuses one reading inside a 200 (a per-entry 422): exactly that reading is
+/// dead-lettered with the server's OperationOutcome, the others arrive; once the server is
+/// fixed, `vitalgate dead-letters requeue --all` puts it back under its original identifier and
+/// it arrives once. A raw payload (never a reading) is refused by `requeue SEQ` and skipped by
+/// `--all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_refused_inside_a_200_is_dead_lettered_alone_and_can_be_requeued() {
+    let h = Harness::new(Broker::embedded()).await;
+    // bp_point(2)'s identifier is built from its data point's header.uuid.
+    h.fhir.set_mode(Mode::FailObservation(
+        "00000000-0000-4000-8000-000000000002".into(),
+    ));
+    let mut agent = h.spawn_agent();
+    let points: Vec<String> = (0..4).map(|i| bp_point(i, 120 + i as i64, 80)).collect();
+    h.publish(&points).await;
+    h.publish(&["not a data point".to_string()]).await;
+    h.wait_for_observations(3, Duration::from_secs(60)).await;
+    h.wait_for_log(
+        &agent,
+        "FHIR server rejected a reading sent alone",
+        1,
+        Duration::from_secs(30),
+    );
+    agent.terminate();
+    let log = agent.stderr();
+    assert_eq!(log.matches("ALARM").count(), 0, "no pause: {log}");
+    let obs = h.fhir.observation_identifiers();
+    assert_eq!(obs.len(), 3, "{obs:#?}");
+    assert!(!obs.iter().any(|o| o.contains("000000000002")), "{obs:#?}");
+
+    let list = h.vitalgate(&["dead-letters"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let rejected = dead_seqs(&list, "source=outbox");
+    assert_eq!(rejected.len(), 1, "{list}");
+    assert!(list.contains("422"), "the status is kept: {list}");
+    assert!(
+        list.contains("Mode::FailObservation"),
+        "the OperationOutcome is kept: {list}"
+    );
+    let raw = dead_seqs(&list, "not valid JSON");
+    assert_eq!(raw.len(), 1, "{list}");
+
+    // A raw payload is not a reading: refused, non-zero, and it stays.
+    let out = h.vitalgate_output(&["dead-letters", "requeue", &raw[0]]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("never a reading"), "{err}");
+
+    // The server is fixed; a technician requeues. Twice: the second finds nothing to do.
+    h.fhir.set_mode(Mode::Normal);
+    let first = h.vitalgate(&["dead-letters", "requeue", "--all"]);
+    assert!(first.contains("requeued 1,"), "{first}");
+    assert!(first.contains("1 raw payloads"), "{first}");
+    let second = h.vitalgate(&["dead-letters", "requeue", "--all"]);
+    assert!(second.contains("requeued 0,"), "{second}");
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=1"), "{status}");
+    assert!(
+        status.contains("dead_letters=1"),
+        "only the raw one: {status}"
+    );
+    // A redelivery of the requeued reading is a duplicate, not a second record.
+    let mut agent = h.spawn_agent();
+    h.publish(&points[2..3]).await;
+    h.wait_for_observations(4, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.terminate();
+    let obs = h.fhir.observation_identifiers();
+    let mut unique = obs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(obs.len(), 4, "{obs:#?}");
+    assert_eq!(unique.len(), 4);
+    assert_eq!(h.fhir.duplicate_creates(), 0);
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=0"), "{status}");
+    h.assert_all_observations_valid();
+}
