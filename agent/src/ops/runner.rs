@@ -66,10 +66,22 @@ impl OpsContext {
             })
             .collect();
         devices.extend(cfg.simulators.iter().map(|s| (s.name.clone(), "simulator")));
+        // A serial device's own `silence_alarm_secs` watches it here too (the fleet alarm and
+        // the status), unless `ops.device_silent_after_secs` names it.
+        let mut ops = cfg.ops.clone();
+        for d in &cfg.devices {
+            if let DeviceKind::Serial(s) = &d.kind {
+                if let Some(after) = s.silence_alarm {
+                    ops.device_silent_after
+                        .entry(d.name.clone())
+                        .or_insert(after);
+                }
+            }
+        }
         OpsContext {
             gateway_id: cfg.gateway.id.clone(),
             devices,
-            ops: cfg.ops.clone(),
+            ops,
             data_dir: cfg.gateway.data_dir.clone(),
             client_cert: cfg.uplink.client_cert.clone(),
         }
@@ -360,5 +372,58 @@ pub fn build(
         tasks: shared.liveness.check(Instant::now()),
         counters,
         alarms: shared.active_alarms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::OpsContext;
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+[gateway]
+id = "gw-1"
+data_dir = "data"
+[store]
+key_file = "store.key"
+[uplink]
+fhir_base = "https://fhir.example.org/r4"
+ca_file = "tls/ca.crt"
+client_cert = "tls/gw.crt"
+client_key = "tls/gw.key"
+[[devices]]
+name = "ox"
+kind = "serial"
+port = "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0"
+protocol = "nonin-df7"
+patient = "Patient/p1"
+"#;
+
+    fn silent_after(text: &str) -> Option<Duration> {
+        let cfg = Config::from_str_at(text, Path::new("/etc/vitalgate/t.toml")).unwrap();
+        OpsContext::from_config(&cfg)
+            .ops
+            .device_silent_after
+            .get("ox")
+            .copied()
+    }
+
+    #[test]
+    fn a_serial_devices_silence_alarm_watches_it_unless_ops_names_it() {
+        // A streaming oximeter has a 60 s silence alarm by default: the ops alarm book (status,
+        // fleet alarm) watches it with the same allowance.
+        assert_eq!(silent_after(BASE), Some(Duration::from_secs(60)));
+        // Switched off on the device: not watched.
+        let off = BASE.replace(
+            "patient = \"Patient/p1\"",
+            "patient = \"Patient/p1\"\nsilence_alarm_secs = 0",
+        );
+        assert_eq!(silent_after(&off), None);
+        // Named in [ops]: that value wins.
+        let ops = format!("{BASE}\n[ops]\ndevice_silent_after_secs = {{ \"ox\" = 900 }}\n");
+        assert_eq!(silent_after(&ops), Some(Duration::from_secs(900)));
     }
 }
