@@ -24,6 +24,7 @@ dpkg -x "$deb" "$root"
 for f in usr/bin/vitalgate usr/lib/systemd/system/vitalgate.service \
          usr/lib/sysusers.d/vitalgate.conf usr/lib/tmpfiles.d/vitalgate.conf \
          usr/lib/udev/rules.d/60-vitalgate-serial.rules etc/vitalgate/vitalgate.example.toml \
+         usr/share/doc/vitalgate/examples/99-vitalgate-serial.rules \
          usr/share/man/man1/vitalgate.1.gz usr/share/man/man1/vitalgate-run.1.gz; do
   [ -e "$root/$f" ] || fail "$f is not in the package"
 done

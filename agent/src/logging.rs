@@ -34,7 +34,12 @@ pub fn init() -> Sink {
     let sink = if stderr_is_journal() {
         match tracing_journald::layer() {
             Ok(layer) => {
-                let layer = layer.with_syslog_identifier("vitalgate".into());
+                // No `F_` prefix (tracing-journald's default): the documented queries use the
+                // plain names (`ALARM=disk`, `DEVICE=...`). None of our field names is one
+                // journald reserves (MESSAGE, PRIORITY, CODE_*, SYSLOG_*; `_*` are trusted).
+                let layer = layer
+                    .with_syslog_identifier("vitalgate".into())
+                    .with_field_prefix(None);
                 let _ = tracing_subscriber::registry()
                     .with(layer)
                     .with(filter)
