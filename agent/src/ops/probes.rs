@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 pub struct DiskUsage {
     pub total_bytes: u64,
     pub available_bytes: u64,
-    /// `100 * (total - available) / total`, as `df` counts it for an unprivileged user.
+    /// As `df` counts it: `used / (used + available)` with `used = total - free`, so blocks
+    /// reserved for root count neither as used nor as available.
     pub used_percent: f64,
 }
 
@@ -23,21 +24,25 @@ pub struct DiskUsage {
 /// The path does not exist or statvfs fails.
 pub fn disk_usage(path: &Path) -> std::io::Result<DiskUsage> {
     let total = fs2::total_space(path)?;
+    let free = fs2::free_space(path)?;
     let available = fs2::available_space(path)?;
     Ok(DiskUsage {
         total_bytes: total,
         available_bytes: available,
-        used_percent: used_percent(total, available),
+        used_percent: used_percent(total, free, available),
     })
 }
 
-/// Pure: the percentage used.
-pub fn used_percent(total: u64, available: u64) -> f64 {
-    if total == 0 {
+/// Pure: the percentage used, as `df` shows it (statvfs: `total` = f_blocks, `free` = f_bfree,
+/// `available` = f_bavail, in bytes). Root's reserved blocks (free but not available) are left
+/// out of both sides, so a filesystem an unprivileged writer has filled reads 100 %.
+pub fn used_percent(total: u64, free: u64, available: u64) -> f64 {
+    let used = total.saturating_sub(free);
+    let base = used.saturating_add(available);
+    if base == 0 {
         return 100.0;
     }
-    let used = total.saturating_sub(available) as f64;
-    (used * 100.0 / total as f64).clamp(0.0, 100.0)
+    (used as f64 * 100.0 / base as f64).clamp(0.0, 100.0)
 }
 
 /// Bytes of the regular files under `dir` (two levels: sled's files and `blobs/`).
@@ -116,10 +121,14 @@ mod tests {
 
     #[test]
     fn percent_used_as_df_counts_it() {
-        assert_eq!(used_percent(1000, 250), 75.0);
-        assert_eq!(used_percent(1000, 1000), 0.0);
-        assert_eq!(used_percent(0, 0), 100.0);
-        assert_eq!(used_percent(100, 200), 0.0);
+        // No reserved blocks: used / total.
+        assert_eq!(used_percent(1000, 250, 250), 75.0);
+        assert_eq!(used_percent(1000, 1000, 1000), 0.0);
+        // 5 % reserved for root: 700 used, 250 available to us -> 73.7 %, not 75 %.
+        assert!((used_percent(1000, 300, 250) - 73.68).abs() < 0.01);
+        // Everything but the reserve used: full for the agent.
+        assert_eq!(used_percent(1000, 50, 0), 100.0);
+        assert_eq!(used_percent(0, 0, 0), 100.0);
     }
 
     #[test]
