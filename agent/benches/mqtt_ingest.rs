@@ -5,6 +5,8 @@
 //! Run: `cargo bench -p vitalgate --bench mqtt_ingest` (or `--profile dev` for a quick,
 //! unoptimised run). `VITALGATE_BIN_UNDER_TEST=/path/to/vitalgate` measures another build
 //! (e.g. an older commit built in a scratch directory) with the same harness; the
+//! `MQTT_BENCH_BASELINE_BIN=/path/to/old/vitalgate` runs every scenario against that build first,
+//! in the same run, and adds a ratio column; the
 //! `MQTT_BENCH_BURSTS` variable (comma-separated, default `2000,20000`) picks the burst sizes.
 //!
 //! Scenarios:
@@ -105,6 +107,24 @@ async fn topics() -> Option<Row> {
     })
 }
 
+/// Every scenario, against the build `VITALGATE_BIN_UNDER_TEST` names (unset: this build).
+fn run_all(rt: &tokio::runtime::Runtime, bursts: &[usize]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &n in bursts {
+        rows.extend(rt.block_on(burst(n)));
+    }
+    rows.extend(rt.block_on(topics()));
+    rows
+}
+
+fn rate(r: &Row) -> f64 {
+    if r.seconds > 0.0 {
+        r.stored as f64 / r.seconds
+    } else {
+        0.0
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let build = std::env::var("VITALGATE_BIN_UNDER_TEST")
@@ -114,33 +134,63 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let mut rows = Vec::new();
-    for n in bursts {
-        rows.extend(rt.block_on(burst(n)));
+    // The baseline (e.g. the pre-issue build) runs first, in the same run and on the same broker
+    // binary, so the ratios compare like with like.
+    let baseline = std::env::var("MQTT_BENCH_BASELINE_BIN").ok();
+    let mut base_rows = Vec::new();
+    if let Some(bin) = &baseline {
+        let under_test = std::env::var_os("VITALGATE_BIN_UNDER_TEST");
+        std::env::set_var("VITALGATE_BIN_UNDER_TEST", bin);
+        base_rows = run_all(&rt, &bursts);
+        match under_test {
+            Some(v) => std::env::set_var("VITALGATE_BIN_UNDER_TEST", v),
+            None => std::env::remove_var("VITALGATE_BIN_UNDER_TEST"),
+        }
     }
-    rows.extend(rt.block_on(topics()));
+    let rows = run_all(&rt, &bursts);
     if rows.is_empty() {
         println!("mosquitto is not installed: nothing measured");
         return;
     }
     println!("agent: {build}");
+    if let Some(bin) = &baseline {
+        println!("baseline: {bin}");
+    }
     println!(
-        "| {:<12} | {:>9} | {:>7} | {:>8} | {:>11} |",
-        "scenario", "published", "stored", "seconds", "readings/s"
+        "| {:<8} | {:<12} | {:>9} | {:>7} | {:>8} | {:>11} | {:>18} |",
+        "build", "scenario", "published", "stored", "seconds", "readings/s", "stored vs baseline"
     );
     println!(
-        "|{:-<14}|{:->11}|{:->9}|{:->10}|{:->13}|",
-        "", "", "", "", ""
+        "|{:-<10}|{:-<14}|{:->11}|{:->9}|{:->10}|{:->13}|{:->20}|",
+        "", "", "", "", "", "", ""
     );
-    for r in rows {
-        let rate = if r.seconds > 0.0 {
-            r.stored as f64 / r.seconds
-        } else {
-            0.0
+    for r in &base_rows {
+        println!(
+            "| {:<8} | {:<12} | {:>9} | {:>7} | {:>8.2} | {:>11.0} | {:>18} |",
+            "baseline",
+            r.scenario,
+            r.published,
+            r.stored,
+            r.seconds,
+            rate(r),
+            "1.00x"
+        );
+    }
+    for r in &rows {
+        let vs = match base_rows.iter().find(|b| b.scenario == r.scenario) {
+            Some(b) if b.stored > 0 => format!("{:.2}x", r.stored as f64 / b.stored as f64),
+            Some(_) => "baseline stored 0".to_string(),
+            None => "-".to_string(),
         };
         println!(
-            "| {:<12} | {:>9} | {:>7} | {:>8.2} | {:>11.0} |",
-            r.scenario, r.published, r.stored, r.seconds, rate
+            "| {:<8} | {:<12} | {:>9} | {:>7} | {:>8.2} | {:>11.0} | {:>18} |",
+            "this",
+            r.scenario,
+            r.published,
+            r.stored,
+            r.seconds,
+            rate(r),
+            vs
         );
     }
 }
