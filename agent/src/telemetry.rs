@@ -365,7 +365,7 @@ impl UplinkRetry<'_> {
             reason: self.reason.to_string(),
         });
         // One line per episode (plus a reminder every 10 minutes), not one per attempt.
-        if let Some(failures) = uplink_episode() {
+        if let Some(failures) = uplink_episode("not_confirmed") {
             tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, failures, "upload not confirmed, will retry");
         }
         notify(|| AgentEvent::UplinkRetry {
@@ -391,7 +391,7 @@ impl UplinkSendFailed<'_> {
         });
         // One line per episode (plus a reminder every 10 minutes, with the count), not one per
         // attempt.
-        let failures = uplink_episode();
+        let failures = uplink_episode(class);
         if let Some(n) = failures.filter(|n| *n > 1) {
             tracing::warn!(class, failures = n, retry_in_ms, "uploads still failing");
         }
@@ -441,9 +441,9 @@ impl UplinkSendFailed<'_> {
 }
 
 /// The uplink's failure episode: `Some(failures)` when this failure is to be logged (the first
-/// of an episode: 1; a reminder: the count so far), `None` when it stays quiet.
-fn uplink_episode() -> Option<u64> {
-    match episodes::with(|e| e.failure("uplink", std::time::Instant::now())) {
+/// of an episode: 1; a reminder or a new cause: the count so far), `None` when it stays quiet.
+fn uplink_episode(cause: &'static str) -> Option<u64> {
+    match episodes::with(|e| e.failure_because("uplink", cause, std::time::Instant::now())) {
         Decision::Quiet => None,
         Decision::Log => Some(1),
         Decision::Remind { failures } => Some(failures),

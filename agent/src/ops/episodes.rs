@@ -4,7 +4,8 @@
 //! first failure, which is logged in full. Further failures of the same kind are counted, not
 //! logged, except for one reminder line every [`REMINDER_EVERY`] with the count so far. The
 //! success that ends the episode logs one line with the total. Counters still count every
-//! failure. Pure: `now` is an argument.
+//! failure. A failure with another cause than the last one logged (uploads: DNS fixed, now TLS
+//! fails) is logged at once, with the count. Pure: `now` is an argument.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -36,6 +37,8 @@ struct Episode {
     failures: u64,
     started: Instant,
     last_line: Instant,
+    /// The cause of the last failure logged.
+    cause: &'static str,
 }
 
 /// Episodes by kind.
@@ -46,6 +49,17 @@ pub struct Episodes {
 
 impl Episodes {
     pub fn failure(&mut self, kind: &'static str, now: Instant) -> Decision {
+        self.failure_because(kind, "", now)
+    }
+
+    /// A failure of `kind` with a `cause` (a class such as `dns` or `tls`): as
+    /// [`Episodes::failure`], and a change of cause within the episode is logged at once.
+    pub fn failure_because(
+        &mut self,
+        kind: &'static str,
+        cause: &'static str,
+        now: Instant,
+    ) -> Decision {
         match self.open.get_mut(kind) {
             None => {
                 self.open.insert(
@@ -54,14 +68,17 @@ impl Episodes {
                         failures: 1,
                         started: now,
                         last_line: now,
+                        cause,
                     },
                 );
                 Decision::Log
             }
             Some(e) => {
                 e.failures += 1;
-                if now.saturating_duration_since(e.last_line) >= REMINDER_EVERY {
+                if e.cause != cause || now.saturating_duration_since(e.last_line) >= REMINDER_EVERY
+                {
                     e.last_line = now;
+                    e.cause = cause;
                     Decision::Remind {
                         failures: e.failures,
                     }
@@ -117,6 +134,20 @@ mod tests {
             e.failure("mqtt", t0 + Duration::from_secs(4000)),
             Decision::Log
         );
+    }
+
+    #[test]
+    fn a_new_cause_within_an_episode_is_logged_at_once_then_quiet_again() {
+        let mut e = Episodes::default();
+        let t = Instant::now();
+        assert_eq!(e.failure_because("uplink", "dns", t), Decision::Log);
+        assert_eq!(e.failure_because("uplink", "dns", t), Decision::Quiet);
+        assert_eq!(
+            e.failure_because("uplink", "tls", t),
+            Decision::Remind { failures: 3 }
+        );
+        assert_eq!(e.failure_because("uplink", "tls", t), Decision::Quiet);
+        assert_eq!(e.success("uplink", t).map(|x| x.failures), Some(4));
     }
 
     #[test]
