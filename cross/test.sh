@@ -42,7 +42,7 @@ set +e
 # implement the TCGETS2/TCSETS2 ioctls serialport uses to configure a tty (ENOSYS), so they
 # cannot run under it. They run natively in .ci/run; everything else runs here.
 echo "cross/test.sh: NOTE: skipping the on_pty tests (pseudo-terminal termios is not emulated by qemu-user); they run natively"
-nice -n 10 cargo test --workspace --target "$target" -j 2 -- --skip on_pty >"$log" 2>&1
+nice -n 10 cargo test --workspace --target "$target" -j 2 --no-fail-fast -- --skip on_pty >"$log" 2>&1
 status=$?
 set -e
 grep -E '^(test result|running|error)|FAILED|panicked' "$log" || true
