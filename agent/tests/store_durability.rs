@@ -37,7 +37,26 @@ fn key() -> StoreKey {
 }
 
 fn open(dir: &Path) -> Outbox {
-    Outbox::open(dir, key(), OutboxOptions::default()).unwrap()
+    reopen(dir, key(), OutboxOptions::default()).unwrap()
+}
+
+/// `Outbox::open` of a store this process just closed. sled releases its file lock when its
+/// last background I/O thread lets go of the file, which can be a little after the `Db` is
+/// dropped (seen under qemu-user on armv7: "could not acquire lock ... WouldBlock"); a new
+/// process (the daemon's restart) never meets this. Retries that one error for up to 10 s.
+fn reopen(dir: &Path, key: StoreKey, opts: OutboxOptions) -> Result<Outbox, StoreError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Outbox::open(dir, key.clone(), opts.clone()) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn pending_ns(outbox: &Outbox) -> Vec<u32> {
@@ -323,7 +342,7 @@ fn forget_tombstones(dir: &Path) -> Outbox {
         tombstone_retention: Duration::from_secs(1),
         ..OutboxOptions::default()
     };
-    let outbox = Outbox::open(dir, key(), opts).unwrap();
+    let outbox = reopen(dir, key(), opts).unwrap();
     outbox
         .prune_tombstones(SystemTime::now() + Duration::from_secs(5))
         .unwrap();
@@ -624,7 +643,7 @@ fn a_store_is_refused_with_another_key() {
     drop(outbox);
     let other = StoreKey::from_bytes([0x43; 32]);
     assert!(matches!(
-        Outbox::open(dir.path(), other, OutboxOptions::default()),
+        reopen(dir.path(), other, OutboxOptions::default()),
         Err(StoreError::WrongKey { .. })
     ));
     // Nothing was quarantined or lost by the failed attempt.
@@ -815,7 +834,7 @@ fn a_sled_directory_that_is_not_an_outbox_is_refused() {
         db.flush().unwrap();
     }
     assert!(matches!(
-        Outbox::open(dir.path(), key(), OutboxOptions::default()),
+        reopen(dir.path(), key(), OutboxOptions::default()),
         Err(StoreError::UnsupportedFormat { found: None, .. })
     ));
 }
