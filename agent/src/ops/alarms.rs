@@ -6,7 +6,7 @@
 //! | `disk`                 | the data directory's filesystem is ≥ 80 % used      | warning; ≥ 90 % critical | below 78 % (88 % for critical → warning) |
 //! | `uplink_paused`        | the FHIR server refuses the gateway as a whole      | critical            | uploads resume |
 //! | `certificate_expiring` | the uplink client certificate expires within `ops.cert_expiry_warn_days` | warning; expired: critical | a renewed certificate is loaded (reload) |
-//! | `device_silent`        | a device listed in `ops.device_silent_after_secs` delivered nothing for that long | warning | it delivers again |
+//! | `device_silent`        | a device listed in `ops.device_silent_after_secs` (or a serial device's `silence_alarm_secs`) delivered nothing for that long | warning | it delivers again |
 //! | `quarantine`           | the outbox holds quarantined (corrupt) records; again on each new one | critical | the quarantine is empty |
 //! | `clock_unsynchronised` | the system clock is known not to be synchronised    | warning             | it is (unknown raises nothing) |
 //! | `identifier_collision` | a reading was dead-lettered because another holds its identifier; again on each new one | critical | no such dead letter is left |
