@@ -149,7 +149,10 @@ async fn an_idle_agent_exits_0_within_2_s_of_sigterm() {
     let limit = Duration::from_secs(2) * emulation_factor();
     assert!(took < limit, "took {took:?} to stop:\n{}", agent.stderr());
     let log = agent.stderr();
-    assert!(!log.contains("did not"), "{log}");
+    // The two grace-period warnings, by name: a loaded machine may also log an unrelated
+    // "the FHIR server did not answer in time" retry before the reading got through.
+    assert!(!log.contains("did not drain"), "{log}");
+    assert!(!log.contains("did not stop"), "{log}");
     eprintln!("SIGTERM to exit: {took:?}");
 }
 

@@ -1,17 +1,35 @@
-//! Outbox insert throughput: one durable insert at a time vs batches vs sled without fsync.
+//! Outbox throughput and ingest-to-durable latency (issue #11).
 //!
 //! Run: `cargo bench -p vitalgate --bench store_throughput` (or `--profile dev` for a quick,
 //! unoptimised run). The store lives under `VITALGATE_BENCH_DIR` if set (point it at the SD
 //! card to measure the card), else under Cargo's target tmp dir. Numbers depend entirely on the
 //! device's fsync latency; compare rows within one run only.
+//!
+//! Two tables:
+//! 1. Ingest to durable, per reading, from `P` concurrent producers (an MQTT broker's inflight
+//!    window, several devices): through the real pipeline task (**group commit**: what is
+//!    waiting shares one transaction, one flush and one `fdatasync`) against the baseline of
+//!    one `insert` (one flush + `fdatasync`) per reading from the same producers. readings/s
+//!    and p50/p99 latency from hand-over to the durable answer.
+//! 2. Through the store API, batches of `B` readings, per durable batch: the sled outbox
+//!    against SQLite (WAL, `synchronous=FULL`) doing the same work: the same sealed records,
+//!    a keyed index entry per reading, the duplicate check, one transaction per batch.
+//! 3. Raw insert rates: one record per durable insert, batches, and sled without our fsync.
 // These exercise sled directly (raw writes, as a baseline or to corrupt files on purpose).
 #![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use chrono::{TimeZone, Utc};
+use device_drivers::{Decimal, ReadingType, Record};
 use serde::Serialize;
-use vitalgate::store::{Outbox, OutboxOptions, StoreKey};
+use tokio::sync::{mpsc, oneshot, Notify};
+use vitalgate::config::Attribution;
+use vitalgate::pipeline::{readings_from_record, CaptureClock, DeviceContext, Ingest, Outcome};
+use vitalgate::reading::{DeviceClass, DeviceIdentifier, Reading, Source};
+use vitalgate::store::{NewRecord, Outbox, OutboxOptions, RecordCipher, StoreKey};
 
 #[derive(Serialize)]
 struct Sample {
@@ -42,6 +60,292 @@ fn id(n: u64) -> [u8; 32] {
 
 fn rate(count: u64, start: Instant) -> f64 {
     count as f64 / start.elapsed().as_secs_f64()
+}
+
+fn device() -> Arc<DeviceContext> {
+    Arc::new(DeviceContext {
+        name: "cuff".into(),
+        class: DeviceClass::BloodPressureCuff,
+        identifier: DeviceIdentifier::Bluetooth("00091FAABBCC".into()),
+        attribution: Attribution::Single("Patient/p1".parse().expect("patient")),
+        utc_offset: chrono::FixedOffset::east_opt(3600).expect("offset"),
+        clock_is_provenance_only: false,
+        reported: Default::default(),
+    })
+}
+
+/// Reading `n`: a BP record received `n` seconds after a fixed time (its own identifier).
+fn bp(n: u64) -> (Record, chrono::DateTime<Utc>) {
+    let record = Record {
+        readings: vec![
+            device_drivers::Reading::new(
+                ReadingType::SystolicPressure,
+                Decimal::from_int(100 + (n % 60) as i64),
+                "mm[Hg]",
+            ),
+            device_drivers::Reading::new(
+                ReadingType::DiastolicPressure,
+                Decimal::from_int(60 + (n % 30) as i64),
+                "mm[Hg]",
+            ),
+        ],
+        ..Record::default()
+    };
+    let at =
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(n as i64);
+    (record, at)
+}
+
+struct Run {
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    sealed_bytes: u64,
+}
+
+fn summarise(count: u64, elapsed: Duration, mut lat: Vec<Duration>, sealed_bytes: u64) -> Run {
+    lat.sort();
+    let pct = |p: usize| {
+        lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Run {
+        per_sec: count as f64 / elapsed.as_secs_f64(),
+        p50: pct(50),
+        p99: pct(99),
+        sealed_bytes,
+    }
+}
+
+/// `producers` tasks each hand `per_producer` readings to the real pipeline task, one at a
+/// time, waiting for each durable answer.
+fn pipeline_run(dir: &Path, producers: u64, per_producer: u64) -> Run {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = Arc::new(
+            Outbox::open(dir, StoreKey::from_bytes([7; 32]), OutboxOptions::default())
+                .expect("open"),
+        );
+        let (tx, rx) = mpsc::channel(256);
+        let task = tokio::spawn(vitalgate::pipeline::run(
+            rx,
+            Arc::clone(&store),
+            Arc::new(Notify::new()),
+            u64::MAX,
+        ));
+        let dev = device();
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for p in 0..producers {
+            let (tx, dev) = (tx.clone(), Arc::clone(&dev));
+            handles.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_producer as usize);
+                for i in 0..per_producer {
+                    let (record, received_at) = bp(p * per_producer + i);
+                    let (done, answer) = oneshot::channel();
+                    let t = Instant::now();
+                    tx.send(Ingest::Record {
+                        device: Arc::clone(&dev),
+                        record,
+                        source: Source::Ble {
+                            address: "00:09:1F:AA:BB:CC".into(),
+                        },
+                        clock: CaptureClock::default(),
+                        received_at,
+                        done: Some(done),
+                    })
+                    .await
+                    .expect("pipeline");
+                    let outcome = answer.await.expect("answer");
+                    assert!(
+                        matches!(outcome, Outcome::Durable { stored: 1, .. }),
+                        "{outcome:?}"
+                    );
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for h in handles {
+            lat.extend(h.await.expect("producer"));
+        }
+        let elapsed = start.elapsed();
+        drop(tx);
+        task.await.expect("pipeline task");
+        let sealed = store.recount_held_bytes().expect("recount");
+        summarise(producers * per_producer, elapsed, lat, sealed)
+    })
+}
+
+/// The same readings and producers, each reading its own `insert_records` (one flush and one
+/// `fdatasync` per reading): no group commit.
+fn per_reading_run(dir: &Path, producers: u64, per_producer: u64) -> Run {
+    let store = Arc::new(
+        Outbox::open(dir, StoreKey::from_bytes([7; 32]), OutboxOptions::default()).expect("open"),
+    );
+    let dev = device();
+    let start = Instant::now();
+    let handles: Vec<_> = (0..producers)
+        .map(|p| {
+            let (store, dev) = (Arc::clone(&store), Arc::clone(&dev));
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(per_producer as usize);
+                for i in 0..per_producer {
+                    let (record, received_at) = bp(p * per_producer + i);
+                    let t = Instant::now();
+                    let readings: Vec<Reading> = readings_from_record(
+                        &dev,
+                        &record,
+                        &Source::Ble {
+                            address: "00:09:1F:AA:BB:CC".into(),
+                        },
+                        &CaptureClock::default(),
+                        received_at,
+                    )
+                    .expect("reading");
+                    let recs: Vec<NewRecord<'_, Reading>> = readings
+                        .iter()
+                        .map(|r| NewRecord {
+                            id: *r.id.as_bytes(),
+                            identity: Some(r.observation_identifier.as_str()),
+                            value: r,
+                        })
+                        .collect();
+                    store.insert_records(&recs).expect("insert");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.join().expect("producer"));
+    }
+    let elapsed = start.elapsed();
+    let sealed = store.recount_held_bytes().expect("recount");
+    summarise(producers * per_producer, elapsed, lat, sealed)
+}
+
+fn readings(count: u64) -> Vec<Reading> {
+    let dev = device();
+    (0..count)
+        .flat_map(|n| {
+            let (record, at) = bp(n);
+            readings_from_record(
+                &dev,
+                &record,
+                &Source::Ble {
+                    address: "00:09:1F:AA:BB:CC".into(),
+                },
+                &CaptureClock::default(),
+                at,
+            )
+            .expect("reading")
+        })
+        .collect()
+}
+
+/// `readings` in batches of `batch`, each batch one durable `insert_records`.
+fn outbox_batches(dir: &Path, readings: &[Reading], batch: usize) -> Run {
+    let store =
+        Outbox::open(dir, StoreKey::from_bytes([7; 32]), OutboxOptions::default()).expect("open");
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    for chunk in readings.chunks(batch) {
+        let t = Instant::now();
+        let recs: Vec<NewRecord<'_, Reading>> = chunk
+            .iter()
+            .map(|r| NewRecord {
+                id: *r.id.as_bytes(),
+                identity: Some(r.observation_identifier.as_str()),
+                value: r,
+            })
+            .collect();
+        store.insert_records(&recs).expect("insert");
+        lat.push(t.elapsed());
+    }
+    let elapsed = start.elapsed();
+    let held = store.recount_held_bytes().expect("recount");
+    summarise(readings.len() as u64, elapsed, lat, held)
+}
+
+/// The same batches into SQLite, WAL, synchronous=FULL: per reading, the sealed envelope (same
+/// codec, same sizes) into `pending`, its keyed index entry into `idx` (a duplicate is skipped),
+/// its identity into `idents`; one transaction per batch.
+fn sqlite_batches(path: &Path, readings: &[Reading], batch: usize) -> Run {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        id: [u8; 32],
+        enqueued_at_ms: u64,
+        payload: &'a [u8],
+    }
+    let cipher = RecordCipher::new(&StoreKey::from_bytes([7; 32])).expect("cipher");
+    let mut db = rusqlite::Connection::open(path).expect("sqlite");
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE pending (seq INTEGER PRIMARY KEY, value BLOB NOT NULL);
+         CREATE TABLE idx (mac BLOB PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE TABLE idents (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;",
+    )
+    .expect("schema");
+    let mut seq: i64 = 0;
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    for chunk in readings.chunks(batch) {
+        let t = Instant::now();
+        let tx = db.transaction().expect("begin");
+        for r in chunk {
+            seq += 1;
+            let payload = postcard::to_stdvec(r).expect("encode");
+            let plain = postcard::to_stdvec(&Envelope {
+                id: *r.id.as_bytes(),
+                enqueued_at_ms: 0,
+                payload: &payload,
+            })
+            .expect("encode");
+            let mut aad = b"pending\0".to_vec();
+            aad.extend_from_slice(&seq.to_be_bytes());
+            let sealed = cipher.seal(&aad, &plain).expect("seal");
+            let mac = cipher.index_key(r.id.as_bytes());
+            let fresh = tx
+                .execute(
+                    "INSERT OR IGNORE INTO idx (mac, seq) VALUES (?1, ?2)",
+                    rusqlite::params![&mac[..], seq],
+                )
+                .expect("idx");
+            if fresh == 1 {
+                tx.execute(
+                    "INSERT INTO pending (seq, value) VALUES (?1, ?2)",
+                    rusqlite::params![seq, sealed],
+                )
+                .expect("pending");
+                let ident = cipher.index_key(&[0x55; 32]);
+                tx.execute(
+                    "INSERT OR REPLACE INTO idents (k, v) VALUES (?1, ?2)",
+                    rusqlite::params![&ident[..], &mac[..]],
+                )
+                .expect("idents");
+            }
+        }
+        tx.commit().expect("commit");
+        lat.push(t.elapsed());
+    }
+    let elapsed = start.elapsed();
+    let held: i64 = db
+        .query_row(
+            "SELECT SUM(LENGTH(value)) + COUNT(*) * 48 FROM pending",
+            [],
+            |row| row.get(0),
+        )
+        .expect("size");
+    summarise(readings.len() as u64, elapsed, lat, held as u64)
 }
 
 fn main() {
@@ -100,6 +404,84 @@ fn main() {
     let raw_flush = rate(SINGLE, start);
 
     println!("store dir: {}", base.display());
+    println!();
+    println!(
+        "ingest to durable (readings, sealed, fdatasync'd; latency = hand-over to durable answer)"
+    );
+    println!(
+        "{:<48} {:>9} {:>11} {:>9} {:>9} {:>12}",
+        "variant", "producers", "readings/s", "p50 ms", "p99 ms", "held B/rdg"
+    );
+    let total: u64 = std::env::var("VITALGATE_BENCH_READINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    for producers in [1u64, 16] {
+        let per = (total / producers).max(1);
+        let rows = [
+            (
+                "pipeline task, group commit",
+                pipeline_run(
+                    &tmp.path().join(format!("group-{producers}")),
+                    producers,
+                    per,
+                ),
+            ),
+            (
+                "one insert (flush + fdatasync) per reading",
+                per_reading_run(
+                    &tmp.path().join(format!("single-{producers}")),
+                    producers,
+                    per,
+                ),
+            ),
+        ];
+        for (name, r) in rows {
+            println!(
+                "{:<48} {:>9} {:>11.0} {:>9.2} {:>9.2} {:>12}",
+                name,
+                producers,
+                r.per_sec,
+                r.p50.as_secs_f64() * 1e3,
+                r.p99.as_secs_f64() * 1e3,
+                r.sealed_bytes / (producers * per)
+            );
+        }
+    }
+    println!();
+    println!(
+        "store API, batches of B readings, one durable transaction per batch (latency per batch)"
+    );
+    println!(
+        "{:<48} {:>9} {:>11} {:>9} {:>9} {:>12}",
+        "variant", "B", "readings/s", "p50 ms", "p99 ms", "held B/rdg"
+    );
+    let all = readings(total);
+    for batch in [1usize, 16, 64] {
+        let n = all.len() as u64;
+        let rows = [
+            (
+                "sled outbox (flush + fdatasync)",
+                outbox_batches(&tmp.path().join(format!("api-{batch}")), &all, batch),
+            ),
+            (
+                "SQLite WAL synchronous=FULL (rusqlite)",
+                sqlite_batches(&tmp.path().join(format!("sqlite-{batch}.db")), &all, batch),
+            ),
+        ];
+        for (name, r) in rows {
+            println!(
+                "{:<48} {:>9} {:>11.0} {:>9.2} {:>9.2} {:>12}",
+                name,
+                batch,
+                r.per_sec,
+                r.p50.as_secs_f64() * 1e3,
+                r.p99.as_secs_f64() * 1e3,
+                r.sealed_bytes / n
+            );
+        }
+    }
+    println!();
     println!("{:<58} {:>10}", "variant", "records/s");
     println!(
         "{:<58} {:>10.0}",

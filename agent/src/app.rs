@@ -38,7 +38,7 @@ use crate::ops::{
 };
 use crate::pipeline::{self, DeviceTable, Ingest};
 use crate::sources::{self, mqtt::Subscription};
-use crate::store::{Outbox, OutboxOptions, StoreKey};
+use crate::store::{open_or_quarantine, Outbox, OutboxOptions, QuarantinedStore, StoreKey};
 use crate::supervisor::{self, Supervisor};
 use crate::telemetry;
 use crate::uplink::backoff::Backoff;
@@ -87,26 +87,56 @@ pub struct RunSummary {
     pub dead_letters: u64,
 }
 
-/// Opens the outbox described by `cfg` (used by [`App::build`] and by the CLI's store commands).
+/// Opens the outbox described by `cfg` as it is (the CLI's store commands: a damaged store is
+/// an error here, never moved).
 ///
 /// # Errors
 ///
 /// [`StartError::Key`], [`StartError::DataDir`], [`StartError::Store`].
 pub fn open_store(cfg: &Config) -> Result<Outbox, StartError> {
+    let (key, opts) = store_setup(cfg)?;
+    Outbox::open(&store_dir(cfg), key, opts).map_err(StartError::Store)
+}
+
+/// Opens the outbox for the daemon: a store whose files are damaged is moved to
+/// `<data_dir>/quarantine/store-<time>` and a fresh one started, with an alarm
+/// ([`crate::store::guard`]).
+///
+/// # Errors
+///
+/// As [`open_store`], for every problem that is not damage (nothing is moved then).
+pub fn open_store_guarded(cfg: &Config) -> Result<(Outbox, Option<QuarantinedStore>), StartError> {
+    let (key, opts) = store_setup(cfg)?;
+    // Edge: the quarantine folder's name is the one thing here that needs the clock.
+    #[allow(clippy::disallowed_methods)]
+    let now = chrono::Utc::now();
+    open_or_quarantine(
+        &store_dir(cfg),
+        &cfg.gateway.data_dir.join("quarantine"),
+        &key,
+        &opts,
+        now,
+    )
+    .map_err(StartError::Store)
+}
+
+/// The outbox directory: `<data_dir>/outbox`.
+pub fn store_dir(cfg: &Config) -> std::path::PathBuf {
+    cfg.gateway.data_dir.join("outbox")
+}
+
+fn store_setup(cfg: &Config) -> Result<(StoreKey, OutboxOptions), StartError> {
     let key = StoreKey::load(&cfg.store.key_file).map_err(StartError::Key)?;
     std::fs::create_dir_all(&cfg.gateway.data_dir).map_err(|e| StartError::DataDir {
         path: cfg.gateway.data_dir.clone(),
         source: e,
     })?;
-    Outbox::open(
-        &cfg.gateway.data_dir.join("outbox"),
-        key,
-        OutboxOptions {
-            cache_capacity: cfg.store.cache_capacity_bytes,
-            tombstone_retention: cfg.store.acked_retention,
-        },
-    )
-    .map_err(StartError::Store)
+    let opts = OutboxOptions {
+        cache_capacity: cfg.store.cache_capacity_bytes,
+        tombstone_retention: cfg.store.acked_retention,
+        ..OutboxOptions::default()
+    };
+    Ok((key, opts))
 }
 
 /// Everything [`App::build`] and a reload check and prepare from a config, except the store.
@@ -160,6 +190,7 @@ fn prepare(cfg: &Config) -> Result<Prepared, StartError> {
 pub struct App {
     cfg: Config,
     prepared: Prepared,
+    ble: Option<sources::ble::BleSource>,
     store: Arc<Outbox>,
     /// The app's own sender: the pipeline's input stays open until shutdown even when every
     /// source has finished (a simulator with a `count`).
@@ -181,12 +212,25 @@ impl App {
     /// A [`StartError`] naming the file or setting to fix.
     pub fn build(cfg: Config) -> Result<App, StartError> {
         let prepared = prepare(&cfg)?;
-        let store = Arc::new(open_store(&cfg)?);
+        let (store, _quarantined) = open_store_guarded(&cfg)?;
+        let store = Arc::new(store);
+        let ble = if prepared.devices.ble.is_empty() {
+            None
+        } else {
+            // The BLE high-water marks are sealed with the store key (see sources::ble::cursor).
+            let key = StoreKey::load(&cfg.store.key_file).map_err(StartError::Key)?;
+            Some(sources::ble::BleSource::new(
+                &cfg,
+                &prepared.devices.ble,
+                key,
+            ))
+        };
         let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_CHANNEL);
         let notifier = Notifier::from_env();
         Ok(App {
             cfg,
             prepared,
+            ble,
             store,
             ingest_tx,
             ingest_rx,
@@ -232,6 +276,7 @@ impl App {
         let App {
             cfg,
             prepared,
+            ble,
             store,
             ingest_tx,
             ingest_rx,
@@ -254,7 +299,12 @@ impl App {
         let wake = Arc::new(Notify::new());
         let mut pipeline_task = tokio::spawn(watchdog::monitored(
             liveness.heartbeat("pipeline", watchdog.max_silence),
-            pipeline::run(ingest_rx, Arc::clone(&store), Arc::clone(&wake)),
+            pipeline::run(
+                ingest_rx,
+                Arc::clone(&store),
+                Arc::clone(&wake),
+                cfg.store.max_bytes,
+            ),
         ));
         let mut running = Running {
             sup: Supervisor::new(shutdown.clone(), liveness.clone()),
@@ -267,6 +317,21 @@ impl App {
             sources: BTreeMap::new(),
         };
         running.start_sources(prepared.mqtt, &prepared.devices);
+        if let Some(src) = ble {
+            // BLE runs btleplug on its own thread and runtime (sources::ble); not watched by
+            // the liveness watchdog yet (its own adapter watchdog recovers BlueZ and the
+            // adapter). A change of BLE devices needs a restart (see `needs_restart`).
+            let tx = running.ingest_tx.clone();
+            running
+                .sup
+                .spawn("ble source", Some("ble"), true, None, move |stop| {
+                    Box::pin(async move {
+                        if let Err(e) = sources::ble::run(src, tx, stop).await {
+                            tracing::error!(error = %e, "BLE source stopped");
+                        }
+                    })
+                });
+        }
         running.start_services(prepared.client);
         {
             let (l, w, stop) = (liveness.clone(), watchdog.clone(), shutdown.clone());
@@ -345,7 +410,20 @@ impl App {
             .filter(|(_, v)| *v > 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        tracing::info!(pending = stats.pending, dead_letters = stats.dead, counters = %counters.join(" "), "stopped");
+        let gauges: Vec<String> = telemetry::GAUGES
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if let Some((n, p50, p99)) = telemetry::ble_latency_summary() {
+            tracing::info!(
+                records = n,
+                p50_us = p50,
+                p99_us = p99,
+                "BLE notification-to-durable latency"
+            );
+        }
+        tracing::info!(pending = stats.pending, dead_letters = stats.dead, counters = %counters.join(" "), gauges = %gauges.join(" "), "stopped");
         match failure {
             Some(e) => Err(e),
             None => Ok(RunSummary {
@@ -443,9 +521,6 @@ impl Running {
         let wanted = source_inputs(&self.cfg);
         let running = self.sup.keys();
         let allowance = self.watchdog.max_silence;
-        for d in &devices.ble {
-            tracing::warn!(device = %d.name, "BLE transport is not available in this version; device ignored");
-        }
         if let Some((m, subs)) = mqtt {
             if !running.iter().any(|k| k == "mqtt") {
                 let tx = self.ingest_tx.clone();
@@ -513,6 +588,7 @@ impl Running {
             },
             wake: Arc::clone(&self.wake),
             seed: rand::random(),
+            consent: crate::uploader::ConsentSource::new(&cfg.consent),
         };
         // An HTTP request is work, bounded by its timeout: the uploader may be silent that long.
         let allowance = self.watchdog.max_silence + cfg.uplink.timeout;
@@ -632,6 +708,23 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
     }
     if old.store.acked_retention != new.store.acked_retention {
         return Some("store.acked_retention_days");
+    }
+    if old.store.max_bytes != new.store.max_bytes {
+        return Some("store.max_bytes");
+    }
+    // The BLE source owns the adapter and its devices' sessions; it is started once.
+    let ble = |c: &Config| -> Vec<crate::config::DeviceConfig> {
+        c.devices
+            .iter()
+            .filter(|d| matches!(d.kind, crate::config::DeviceKind::Ble(..)))
+            .cloned()
+            .collect()
+    };
+    if ble(old) != ble(new) {
+        return Some("the BLE devices");
+    }
+    if old.ble != new.ble {
+        return Some("[ble]");
     }
     None
 }

@@ -62,6 +62,33 @@ enum Command {
     /// ports, MQTT broker, uplink. ✓/✗ per check with the fix; exit 1 if anything is ✗. Run it
     /// as the service user: sudo -u vitalgate vitalgate doctor
     Doctor(ConfigArg),
+    /// List nearby Bluetooth devices, their health services and whether they are configured;
+    /// print a `[[devices]]` snippet for each health device.
+    Scan {
+        /// How long to scan.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+        seconds: u64,
+        /// BlueZ adapter.
+        #[arg(long, default_value = "hci0")]
+        adapter: String,
+        /// Config file, to mark configured devices (optional).
+        #[arg(long, short = 'c', value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Pair (bond) a Bluetooth device once, mark it trusted, print a config snippet.
+    Pair {
+        /// The device's address, AA:BB:CC:DD:EE:FF.
+        address: String,
+        /// The passkey for devices that show or print one (6 digits).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=999_999))]
+        passkey: Option<u32>,
+        /// BlueZ adapter.
+        #[arg(long, default_value = "hci0")]
+        adapter: String,
+        /// How long to wait for the device to advertise.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// List dead letters, print one payload (PHI: only when a technician asks), or requeue them.
     DeadLetters {
         #[command(flatten)]
@@ -71,6 +98,26 @@ enum Command {
         show: Option<u64>,
         #[command(subcommand)]
         command: Option<DeadLettersCommand>,
+    },
+    /// Store maintenance.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Recover the readings of a quarantined store (`<data_dir>/quarantine/store-*`, moved
+    /// aside because its files were damaged) into the live outbox: every record that still
+    /// authenticates under the store key, through the normal insert path (safe to repeat).
+    /// The quarantined store is not changed. Stop the daemon first.
+    Salvage {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The quarantined store directory.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
     },
 }
 
@@ -146,6 +193,17 @@ pub fn main() -> ExitCode {
         Command::Decode(d) => decode(d),
         Command::Status { config, json } => status(&config.config, json),
         Command::Doctor(c) => doctor(&c.config),
+        Command::Scan {
+            seconds,
+            adapter,
+            config,
+        } => scan(seconds, &adapter, config.as_deref()),
+        Command::Pair {
+            address,
+            passkey,
+            adapter,
+            seconds,
+        } => pair(&address, passkey, &adapter, seconds),
         Command::DeadLetters {
             config,
             show,
@@ -156,6 +214,9 @@ pub fn main() -> ExitCode {
             command: Some(DeadLettersCommand::Requeue { seq, all }),
             ..
         } => requeue(&config.config, if all { None } else { seq }),
+        Command::Store {
+            command: StoreCommand::Salvage { config, path },
+        } => salvage(&config.config, &path),
     }
 }
 
@@ -271,6 +332,19 @@ fn status(path: &Path, json: bool) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // Consent: how many patients are withdrawn, how many pending readings are held.
+            let mut src = crate::uploader::ConsentSource::new(&cfg.consent);
+            let state = src.refresh().clone();
+            let held = match store
+                .pending_where::<crate::reading::Reading>(usize::MAX, |r| !state.may_leave(r))
+            {
+                Ok((v, _)) => v.len(),
+                Err(e) => {
+                    eprintln!("vitalgate status: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let withdrawn = state.withdrawn_count();
             if json {
                 let v = serde_json::json!({
                     "schema": "vitalgate.status.offline/1",
@@ -282,6 +356,11 @@ fn status(path: &Path, json: bool) -> ExitCode {
                         "quarantined": s.quarantined,
                         "acked_tombstones": s.acked_tombstones,
                     },
+                    "consent": {
+                        "withdrawn_patients": withdrawn,
+                        "known": withdrawn.is_some(),
+                        "held_readings": held,
+                    },
                 });
                 println!("{v}");
             } else {
@@ -289,6 +368,12 @@ fn status(path: &Path, json: bool) -> ExitCode {
                     "pending={} dead_letters={} quarantined={} acked_tombstones={}",
                     s.pending, s.dead, s.quarantined, s.acked_tombstones
                 );
+                match withdrawn {
+                    Some(n) => println!("consent: withdrawn_patients={n} held_readings={held}"),
+                    None => println!(
+                        "consent: UNKNOWN (consent file unusable: uploads paused) held_readings={held}"
+                    ),
+                }
                 println!("(the daemon is not running: this is the outbox only)");
             }
             ExitCode::SUCCESS
@@ -335,9 +420,49 @@ fn doctor(path: &Path) -> ExitCode {
     }
 }
 
+fn salvage(path: &Path, from: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let store = match crate::app::open_store(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vitalgate: store salvage: {e}{}", in_use_hint(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    // The identity a reading is stored under (as the pipeline stores it).
+    let identity = |r: &crate::reading::Reading| Some(r.observation_identifier.clone());
+    match crate::store::salvage(&store, from, identity) {
+        Ok(r) => {
+            println!(
+                "salvaged from {}: pending recovered={} already_known={} dead_lettered={} dead_letters recovered={} unreadable={} (left in place) quarantined_there={}{}",
+                from.display(),
+                r.pending_recovered,
+                r.pending_duplicates,
+                r.pending_dead_lettered,
+                r.dead_recovered,
+                r.unreadable,
+                r.already_quarantined,
+                if r.conf_rebuilt { " (sled's conf file was rebuilt on the working copy)" } else { "" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitalgate: store salvage: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The outbox is single-process (sled): say so when a running daemon holds it.
 fn in_use_hint(e: &crate::app::StartError) -> &'static str {
-    if e.to_string().contains("could not acquire lock") {
+    if matches!(
+        e,
+        crate::app::StartError::Store(crate::store::StoreError::Locked { .. })
+    ) || e.to_string().contains("could not acquire lock")
+    {
         " (the outbox is in use: is `vitalgate run` active? stop the service first)"
     } else {
         ""
@@ -389,6 +514,89 @@ fn dead_letters(path: &Path, show: Option<u64>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vitalgate: dead-letters: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A current-thread runtime for the BLE commands (btleplug's tasks stay on this thread).
+fn ble_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("vitalgate: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+fn scan(seconds: u64, adapter: &str, config: Option<&Path>) -> ExitCode {
+    let mut configured = std::collections::HashMap::new();
+    if let Some(path) = config {
+        match Config::load(path) {
+            Ok(cfg) => {
+                for d in &cfg.devices {
+                    if let crate::config::DeviceKind::Ble(b) = &d.kind {
+                        if let Some(a) = &b.address {
+                            configured.insert(a.clone(), d.name.clone());
+                        }
+                    }
+                }
+            }
+            Err(e) => return config_error(&e),
+        }
+    }
+    let Some(rt) = ble_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(crate::sources::ble::scan::scan(
+        adapter,
+        seconds,
+        &configured,
+    )) {
+        Ok(seen) => {
+            print!("{}", crate::sources::ble::scan::table(&seen));
+            for d in &seen {
+                if d.configured.is_none() {
+                    if let Some(snippet) = crate::sources::ble::scan::snippet(d) {
+                        println!("\n{snippet}");
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitalgate scan: {e} (is bluetoothd running, and may this user use it? see README \"Bluetooth devices\")");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pair(address: &str, passkey: Option<u32>, adapter: &str, seconds: u64) -> ExitCode {
+    if !crate::config::ble::valid_address(address) {
+        eprintln!("vitalgate pair: expected an address like 00:09:1F:AA:BB:CC, found {address:?}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let Some(rt) = ble_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let wait = std::time::Duration::from_secs(seconds);
+    match rt.block_on(crate::sources::ble::pair::pair(
+        adapter, address, passkey, wait,
+    )) {
+        Ok(p) => {
+            println!(
+                "paired and trusted {}. Add to the config:\n\n{}",
+                p.address,
+                crate::sources::ble::pair::snippet(&p)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitalgate pair: {e}");
             ExitCode::FAILURE
         }
     }

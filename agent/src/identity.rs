@@ -8,7 +8,7 @@
 //! - The FHIR Observation identifier ([`observation_identifier`]), fhir-mapping.md §5.1:
 //!
 //!   ```text
-//!   <device>-<patient>-<type>-<timestamp>[<+N|-N>]       (sha256-<hex> if longer than 128)
+//!   <device>-<patient>-<type>-<timestamp>[<+N|-N>][..<duration s>]   (sha256-<hex> if longer than 128)
 //!   ```
 //!
 //!   `<device>`: the PHD EUI-64 (16 hex digits), else the Bluetooth address (12 hex digits), else
@@ -161,7 +161,24 @@ pub fn observation_identifier(
     mdc_code: u32,
     timestamp: &IdTimestamp,
 ) -> String {
-    let value = format!("{device}-{}-{mdc_code}-{timestamp}", patient.id_component());
+    observation_identifier_for_period(device, patient, mdc_code, timestamp, None)
+}
+
+/// The identifier of a reading with an `effectivePeriod`: §5.1's `<timestamp>..<duration>`
+/// form, the duration in whole seconds (`795255330..86400`). `None`: a point in time, the same
+/// value as [`observation_identifier`].
+pub fn observation_identifier_for_period(
+    device: &str,
+    patient: &PatientRef,
+    mdc_code: u32,
+    timestamp: &IdTimestamp,
+    duration_seconds: Option<i64>,
+) -> String {
+    let period = duration_seconds.map_or(String::new(), |d| format!("..{d}"));
+    let value = format!(
+        "{device}-{}-{mdc_code}-{timestamp}{period}",
+        patient.id_component()
+    );
     if value.chars().count() > MAX_IDENTIFIER_CHARS {
         let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
         format!("sha256-{}", hex::encode(digest.as_ref()))
@@ -230,6 +247,24 @@ mod tests {
         assert_eq!(IdTimestamp::Gateway(t).to_string(), "G848743200");
         let t = t + chrono::Duration::milliseconds(7);
         assert_eq!(IdTimestamp::Gateway(t).to_string(), "G848743200.007");
+    }
+
+    #[test]
+    fn a_period_appends_its_duration_in_seconds() {
+        assert_eq!(
+            observation_identifier_for_period(
+                "d",
+                &patient(),
+                188736,
+                &device_ts(795255330),
+                Some(86400)
+            ),
+            format!("d-{}-188736-795255330..86400", patient().id_component())
+        );
+        assert_eq!(
+            observation_identifier_for_period("d", &patient(), 1, &device_ts(1), None),
+            observation_identifier("d", &patient(), 1, &device_ts(1))
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod events;
 pub mod identity;
 pub mod logging;

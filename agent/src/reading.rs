@@ -40,6 +40,10 @@ pub enum ReadingKind {
     Bmi,
     BodyTemperature,
     BloodGlucose,
+    RespiratoryRate,
+    /// Pulse oximeter perfusion index (PLX pulse amplitude index, Masimo PI).
+    PerfusionIndex,
+    BodyFatPercentage,
 }
 
 impl ReadingKind {
@@ -55,6 +59,9 @@ impl ReadingKind {
             Self::Bmi => "bmi",
             Self::BodyTemperature => "body_temperature",
             Self::BloodGlucose => "blood_glucose",
+            Self::RespiratoryRate => "respiratory_rate",
+            Self::PerfusionIndex => "perfusion_index",
+            Self::BodyFatPercentage => "body_fat_percentage",
         }
     }
 }
@@ -106,6 +113,13 @@ pub struct DeviceInfo {
     pub model: Option<String>,
     pub serial: Option<String>,
     pub firmware: Option<String>,
+    /// IEEE EUI-64 system id as the device reported it (16 upper-case hex digits), when it did
+    /// (GATT System ID 0x2A23). Added for the PHD Device; the BLE transport fills it.
+    pub system_id: Option<String>,
+    /// Bluetooth identity address, 12 upper-case hex digits.
+    pub bluetooth_address: Option<String>,
+    pub hardware: Option<String>,
+    pub software: Option<String>,
 }
 
 /// The patient a reading is attributed to.
@@ -186,6 +200,20 @@ impl PatientRef {
     }
 }
 
+/// The shape of the effective time (FHIR `effective[x]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timing {
+    /// A point in time: `effectiveDateTime` = [`Reading::effective`].
+    Instant,
+    /// A period from [`Reading::effective`] to `end` (the source gave an interval or a duration):
+    /// `effectivePeriod`.
+    Period { end: DateTime<FixedOffset> },
+    /// Only the date is known (Open mHealth `date` + `part_of_day`): `effectiveDateTime` with
+    /// date precision.
+    Date,
+}
+
 /// How trustworthy the effective time is (gatt clock helpers decide this for BLE devices).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -196,6 +224,12 @@ pub enum TimeQuality {
     CorrectedForSkew,
     /// The device sent no usable time; the gateway receive time is used (live readings only).
     GatewayReceiveTime,
+    /// The device's clock could not be read at connect (no Current Time service): its timestamp
+    /// is used as sent.
+    DeviceUnverified,
+    /// The gateway's own clock was not synchronised (no NTP since boot; a Pi has no RTC): no
+    /// correction was made and the effective time may be wrong. Never silently misdated.
+    GatewayClockUnsynchronized,
 }
 
 /// Where a reading entered the gateway.
@@ -244,6 +278,10 @@ pub struct Reading {
     /// string), so the encoding is the one of the former `Vec<String>`.
     pub flags: Vec<Status>,
     pub source: Source,
+    /// Instant, period or date (see [`Timing`]).
+    pub timing: Timing,
+    /// What the source said beyond the values (site, specimen, meal, supplemental oxygen).
+    pub context: device_drivers::MeasurementContext,
 }
 
 impl fmt::Debug for Reading {

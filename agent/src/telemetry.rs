@@ -59,6 +59,11 @@ counters!(
     store_write_failures,
     store_records_quarantined,
     store_index_mismatches,
+    store_pressure_high,
+    store_pressure_critical,
+    store_pressure_resumed,
+    store_usage_probe_failures,
+    store_quarantined_on_open,
     uplink_bundles_sent,
     uplink_accepted,
     uplink_retries,
@@ -68,6 +73,8 @@ counters!(
     uplink_pauses,
     uplink_probes_failed,
     uplink_resumes,
+    uplink_body_bytes_sent,
+    uplink_gzip_refused,
     mqtt_connects,
     mqtt_connection_errors,
     mqtt_subscriptions_refused,
@@ -101,6 +108,29 @@ counters!(
     config_reload_failures,
     status_write_failures,
     fleet_publish_failures,
+    consent_withheld,
+    consent_source_errors,
+    ble_advertisements,
+    ble_connects,
+    ble_disconnects,
+    ble_session_failures,
+    ble_recoveries,
+    ble_watchdog_actions,
+    ble_identity_mismatches,
+    ble_probes,
+    ble_devices_identified,
+    ble_bond_required,
+    ble_pairings,
+    ble_clock_sets,
+    ble_clock_set_failures,
+    ble_clock_went_back,
+    ble_records_already_ingested,
+    ble_records_not_durable,
+    ble_racp_downloads,
+    ble_racp_failures,
+    ble_racp_deletes,
+    ble_gateway_clock_unsynchronized,
+    ble_cursor_save_failures,
 );
 
 fn bump(c: &AtomicU64) {
@@ -110,6 +140,51 @@ fn bump(c: &AtomicU64) {
 /// For events that report a number of things (acks dropped, subscriptions refused).
 fn bump_by(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// Process-wide gauges: the latest value of something measured, not a count of events.
+#[derive(Debug)]
+pub struct Gauges {
+    /// [`crate::store::Outbox::held_bytes`]: what `store.max_bytes` bounds.
+    pub store_held_bytes: AtomicU64,
+    /// `store.max_bytes`.
+    pub store_max_bytes: AtomicU64,
+    /// [`crate::store::Outbox::disk_bytes`]: the store directory on disk.
+    pub store_disk_bytes: AtomicU64,
+    /// Free space on the store's filesystem, for this process.
+    pub disk_available_bytes: AtomicU64,
+}
+
+/// The gauges.
+pub static GAUGES: Gauges = Gauges {
+    store_held_bytes: AtomicU64::new(0),
+    store_max_bytes: AtomicU64::new(0),
+    store_disk_bytes: AtomicU64::new(0),
+    disk_available_bytes: AtomicU64::new(0),
+};
+
+impl Gauges {
+    /// `(name, value)` pairs.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            (
+                "store_held_bytes",
+                self.store_held_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "store_max_bytes",
+                self.store_max_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "store_disk_bytes",
+                self.store_disk_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "disk_available_bytes",
+                self.disk_available_bytes.load(Ordering::Relaxed),
+            ),
+        ]
+    }
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -162,6 +237,35 @@ impl ReadingStored<'_> {
             "reading stored"
         );
         notify(|| AgentEvent::Stored(Box::new(self.reading.clone())));
+    }
+}
+
+/// Audit: a pending reading is held back because its patient's consent is withdrawn (once per
+/// reading per process). No patient identifier: the reading's short id only.
+pub struct ConsentWithheld<'a> {
+    /// The reading's short id.
+    pub reading: &'a str,
+    pub device: &'a str,
+}
+impl ConsentWithheld<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.consent_withheld);
+        tracing::warn!(
+            reading = %self.reading,
+            device = %self.device,
+            "AUDIT consent withdrawn: reading held, not uploaded"
+        );
+    }
+}
+
+/// The consent file is missing, unreadable or malformed: nothing is uploaded (fail closed).
+pub struct ConsentSourceError<'a> {
+    pub error: &'a crate::consent::ConsentError,
+}
+impl ConsentSourceError<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.consent_source_errors);
+        tracing::error!(error = %self.error, "consent file unusable: uploads paused until it is fixed");
     }
 }
 
@@ -304,6 +408,85 @@ impl IndexMismatch {
     }
 }
 
+/// The store's pressure level changed (see [`crate::store::pressure`]): the 80% and 90%
+/// alarms, and the all-clear below 70%.
+pub struct StorePressureChanged {
+    pub from: crate::store::pressure::Level,
+    pub to: crate::store::pressure::Level,
+    pub held_bytes: u64,
+    pub max_bytes: u64,
+    pub percent: u64,
+}
+impl StorePressureChanged {
+    pub fn emit(self) {
+        use crate::store::pressure::Level;
+        let (from, to) = (self.from.as_str(), self.to.as_str());
+        let (held, max, pct) = (self.held_bytes, self.max_bytes, self.percent);
+        match self.to {
+            Level::Critical => {
+                bump(&COUNTERS.store_pressure_critical);
+                tracing::error!(from, to, held_bytes = held, max_bytes = max, percent = pct, "ALARM store pressure critical: store at 90% or more of store.max_bytes; not taking readings from sources (they keep them) until the uplink drains it");
+            }
+            Level::High if self.from == Level::Normal => {
+                bump(&COUNTERS.store_pressure_high);
+                tracing::warn!(from, to, held_bytes = held, max_bytes = max, percent = pct, "ALARM store pressure high: store at 80% or more of store.max_bytes; not taking readings from sources (they keep them) until the uplink drains it below 70%");
+            }
+            Level::High => {
+                tracing::warn!(
+                    from,
+                    to,
+                    held_bytes = held,
+                    max_bytes = max,
+                    percent = pct,
+                    "store pressure back to high (below 90%); still not taking readings"
+                );
+            }
+            Level::Normal => {
+                bump(&COUNTERS.store_pressure_resumed);
+                tracing::info!(
+                    from,
+                    to,
+                    held_bytes = held,
+                    max_bytes = max,
+                    percent = pct,
+                    "store pressure normal: taking readings again"
+                );
+            }
+        }
+    }
+}
+
+/// The store's files were damaged on open: the directory was moved to quarantine and a fresh
+/// store started. The readings in it are not lost: `vitalgate store salvage PATH` recovers
+/// every record that still authenticates.
+pub struct StoreQuarantinedOnOpen<'a> {
+    pub path: &'a std::path::Path,
+    pub cause: &'a str,
+}
+impl StoreQuarantinedOnOpen<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_quarantined_on_open);
+        tracing::error!(
+            quarantined = %self.path.display(),
+            cause = self.cause,
+            "ALARM store damaged: moved aside (not deleted) and started with an empty store; recover its readings with `vitalgate store salvage {}`",
+            self.path.display()
+        );
+    }
+}
+
+/// Measuring the store's size on disk or the free space failed (the gauges keep their last
+/// value; back-pressure does not depend on them).
+pub struct StoreUsageProbeFailed<'a> {
+    pub error: &'a crate::store::StoreError,
+}
+impl StoreUsageProbeFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_usage_probe_failures);
+        tracing::warn!(error = %self.error, "could not measure the store's disk usage");
+    }
+}
+
 // ---- uplink ----
 
 /// A transaction Bundle goes out (debug level: one per upload attempt).
@@ -375,6 +558,37 @@ impl UplinkRetry<'_> {
     }
 }
 
+/// A request body went out: `bytes` on the wire (after compression), `gzip` or plain.
+pub struct UplinkBodySent {
+    pub bytes: usize,
+    pub plain_bytes: usize,
+    pub gzip: bool,
+}
+impl UplinkBodySent {
+    pub fn emit(self) {
+        bump_by(&COUNTERS.uplink_body_bytes_sent, self.bytes);
+        tracing::debug!(
+            bytes = self.bytes,
+            plain_bytes = self.plain_bytes,
+            gzip = self.gzip,
+            "request body sent"
+        );
+    }
+}
+
+/// The server answered 415 to a gzip-compressed body: bodies go plain from now on (until the
+/// daemon restarts).
+pub struct UplinkGzipRefused;
+impl UplinkGzipRefused {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_gzip_refused);
+        tracing::warn!(
+            hint = "the FHIR server does not accept Content-Encoding: gzip; enabling it saves most of the bytes on metered links",
+            "the FHIR server refused a gzip-compressed body (415): sending plain bodies from now on"
+        );
+    }
+}
+
 /// No HTTP answer at all. One log line per class of failure, each with its fix hint; TLS
 /// failures are errors (they do not heal by themselves), the others warnings.
 pub struct UplinkSendFailed<'a> {
@@ -429,7 +643,10 @@ impl UplinkSendFailed<'_> {
             SendError::Connect(error) => {
                 tracing::warn!(class, %error, hint, retry_in_ms, "cannot connect to the FHIR server");
             }
-            SendError::ResponseTooLarge | SendError::Other(_) => {
+            SendError::ResponseTooLarge
+            | SendError::ResponseTooDeep
+            | SendError::Redirected { .. }
+            | SendError::Other(_) => {
                 tracing::warn!(class, error = %e, hint, retry_in_ms, "request to the FHIR server failed");
             }
         }
@@ -1104,5 +1321,283 @@ impl FleetPublishFailed<'_> {
         if episodes::with(|e| e.failure("fleet", std::time::Instant::now())) == Decision::Log {
             tracing::warn!(topic = %self.topic, error = %self.error, "fleet publish failed");
         }
+    }
+}
+
+// ---- BLE transport ----
+
+/// One advertisement handled by the BLE transport (counted, never logged).
+pub fn ble_advertisement() {
+    bump(&COUNTERS.ble_advertisements);
+}
+
+/// Notification-to-durable latencies of BLE records, microseconds (for the bench; bounded).
+static BLE_LATENCY_US: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+const BLE_LATENCY_CAP: usize = 100_000;
+
+/// Records how long a BLE record took from its notification to the pipeline's answer.
+pub fn ble_durable_latency(d: std::time::Duration) {
+    let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+    let mut v = BLE_LATENCY_US
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if v.len() < BLE_LATENCY_CAP {
+        v.push(us);
+    }
+}
+
+/// `(count, p50_us, p99_us)` of the BLE notification-to-durable latencies so far.
+pub fn ble_latency_summary() -> Option<(usize, u32, u32)> {
+    let mut v = BLE_LATENCY_US
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let at = |q: usize| {
+        v.get((v.len() * q / 100).min(v.len() - 1))
+            .copied()
+            .unwrap_or(0)
+    };
+    Some((v.len(), at(50), at(99)))
+}
+
+pub struct BleConnected<'a> {
+    pub device: &'a str,
+}
+impl BleConnected<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_connects);
+        tracing::info!(device = %self.device, "BLE device connected");
+    }
+}
+
+pub struct BleDisconnected<'a> {
+    pub device: &'a str,
+}
+impl BleDisconnected<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_disconnects);
+        tracing::info!(device = %self.device, "BLE device disconnected");
+    }
+}
+
+pub struct BleSessionFailed<'a> {
+    pub device: &'a str,
+    pub error: &'a dyn Display,
+    pub retry_in_ms: u64,
+}
+impl BleSessionFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_session_failures);
+        tracing::warn!(device = %self.device, error = %self.error, retry_in_ms = self.retry_in_ms, "BLE session failed; will reconnect when the device advertises");
+    }
+}
+
+/// One recovery episode of the adapter / BlueZ (one log line per episode).
+pub struct BleRecovery<'a> {
+    pub reason: &'a str,
+    pub action: &'a str,
+    pub error: Option<&'a dyn Display>,
+}
+impl BleRecovery<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_recoveries);
+        match self.error {
+            Some(e) => {
+                tracing::warn!(reason = %self.reason, action = %self.action, error = %e, "BLE recovery")
+            }
+            None => tracing::warn!(reason = %self.reason, action = %self.action, "BLE recovery"),
+        }
+    }
+}
+
+pub struct BleWatchdog<'a> {
+    pub stage: &'a str,
+    pub silent_s: u64,
+}
+impl BleWatchdog<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_watchdog_actions);
+        tracing::warn!(action = %self.stage, silent_s = self.silent_s, "BLE watchdog: adapter event stream silent");
+    }
+}
+
+pub struct BleWatchdogRecovered<'a> {
+    pub stage: &'a str,
+}
+impl BleWatchdogRecovered<'_> {
+    pub fn emit(self) {
+        tracing::info!(after = %self.stage, "BLE watchdog: adapter events flow again");
+    }
+}
+
+pub struct BleIdentityMismatch<'a> {
+    pub device: &'a str,
+    pub field: &'a str,
+}
+impl BleIdentityMismatch<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_identity_mismatches);
+        tracing::error!(device = %self.device, field = %self.field, "BLE device at the configured address reports another identity; no readings taken from it");
+    }
+}
+
+/// An advertiser was connected to only to read its Device Information, because devices
+/// configured by Device Information (no `address`) are still unlocated.
+pub struct BleProbed<'a> {
+    pub address: &'a str,
+    /// The configured device it turned out to be, if any.
+    pub device: Option<&'a str>,
+    pub error: Option<&'a dyn Display>,
+}
+impl BleProbed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_probes);
+        match (self.device, self.error) {
+            (Some(device), _) => {
+                bump(&COUNTERS.ble_devices_identified);
+                tracing::info!(device = %device, address = %self.address, "BLE device identified by its Device Information");
+            }
+            (None, Some(error)) => {
+                tracing::debug!(address = %self.address, error = %error, "BLE advertiser could not be identified");
+            }
+            (None, None) => {
+                tracing::debug!(address = %self.address, "BLE advertiser is not a configured device");
+            }
+        }
+    }
+}
+
+pub struct BleBondRequired<'a> {
+    pub device: &'a str,
+    pub error: &'a dyn Display,
+}
+impl BleBondRequired<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_bond_required);
+        tracing::error!(device = %self.device, error = %self.error, "BLE device requires pairing: run `vitalgate pair <address>` (or set pair_if_bond_lost)");
+    }
+}
+
+pub struct BlePaired<'a> {
+    pub device: &'a str,
+}
+impl BlePaired<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_pairings);
+        tracing::info!(device = %self.device, "BLE device re-paired (bond was lost)");
+    }
+}
+
+pub struct BleClockSet<'a> {
+    pub device: &'a str,
+    pub skew_s: Option<i64>,
+}
+impl BleClockSet<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_clock_sets);
+        tracing::info!(device = %self.device, skew_s = ?self.skew_s, "BLE device clock set");
+    }
+}
+
+pub struct BleClockSetFailed<'a> {
+    pub device: &'a str,
+    pub error: &'a dyn Display,
+}
+impl BleClockSetFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_clock_set_failures);
+        tracing::warn!(device = %self.device, error = %self.error, "BLE device clock could not be set");
+    }
+}
+
+pub struct BleClockWentBack<'a> {
+    pub device: &'a str,
+}
+impl BleClockWentBack<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_clock_went_back);
+        tracing::warn!(device = %self.device, "BLE device clock is earlier than its last stored reading; time high-water mark cleared");
+    }
+}
+
+pub struct BleAlreadyIngested<'a> {
+    pub device: &'a str,
+}
+impl BleAlreadyIngested<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_records_already_ingested);
+        tracing::debug!(device = %self.device, "BLE record at or below the high-water mark skipped");
+    }
+}
+
+pub struct BleNotDurable<'a> {
+    pub device: &'a str,
+}
+impl BleNotDurable<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_records_not_durable);
+        tracing::error!(device = %self.device, "BLE record not durable; not acknowledged (the device keeps it)");
+    }
+}
+
+pub struct BleRacpComplete<'a> {
+    pub device: &'a str,
+    pub received: u32,
+}
+impl BleRacpComplete<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_racp_downloads);
+        tracing::info!(device = %self.device, received = self.received, "BLE stored-record download complete");
+    }
+}
+
+pub struct BleRacpFailed<'a> {
+    pub device: &'a str,
+    pub reason: &'a str,
+}
+impl BleRacpFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_racp_failures);
+        tracing::warn!(device = %self.device, reason = %self.reason, "BLE stored-record download incomplete; resumes from the last durable record");
+    }
+}
+
+pub struct BleRacpDeleted<'a> {
+    pub device: &'a str,
+    pub records: u32,
+}
+impl BleRacpDeleted<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_racp_deletes);
+        tracing::info!(device = %self.device, records = self.records, "BLE stored records deleted on the device after they were durable");
+    }
+}
+
+pub struct BleGatewayClockUnsynchronized<'a> {
+    pub device: &'a str,
+}
+impl BleGatewayClockUnsynchronized<'_> {
+    pub fn emit(self) {
+        if COUNTERS
+            .ble_gateway_clock_unsynchronized
+            .fetch_add(1, Ordering::Relaxed)
+            == 0
+        {
+            tracing::warn!(device = %self.device, "gateway clock is not NTP-synchronised: BLE readings are marked gateway_clock_unsynchronized and device clocks are not corrected or set");
+        }
+    }
+}
+
+pub struct BleCursorSaveFailed<'a> {
+    pub error: &'a dyn Display,
+}
+impl BleCursorSaveFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_cursor_save_failures);
+        tracing::error!(error = %self.error, "BLE high-water marks could not be saved (devices may resend; duplicates are still suppressed by content id)");
     }
 }

@@ -5,7 +5,12 @@
 //! loop:
 //!   match scheduler.next(now):
 //!     Wait(until) -> sleep until then (or shutdown)
-//!     Fetch       -> batch = store.pending(batch_size)      (FIFO; corrupt records quarantined)
+//!     (first)     -> consent = ConsentSource::refresh()     (re-reads the clinic file if changed)
+//!                    scheduler.retain(may_leave)            (held readings leave the queue,
+//!                                                            stay pending, audited once)
+//!     Fetch       -> batch = store.pending_where(batch_size, may_leave)
+//!                                                           (FIFO; corrupt records quarantined;
+//!                                                            held readings skipped, not stalled on)
 //!                    empty? wait for the pipeline's wake-up, a 30 s tick, or shutdown
 //!                    scheduler.load(batch)
 //!     Send(batch) -> build the Bundle (uplink::fhir)          mapping error -> Unmappable
@@ -29,6 +34,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::consent;
 use crate::reading::Reading;
 use crate::store::Outbox;
 use crate::telemetry;
@@ -49,6 +55,74 @@ pub struct Uploader<S> {
     pub wake: Arc<Notify>,
     /// Seeds the backoff jitter.
     pub seed: u64,
+    /// Consent per patient ([`crate::consent`]); asked before every batch and every send.
+    pub consent: ConsentSource,
+}
+
+/// Where the consent state comes from: the config's list and the clinic's file, re-read when
+/// the file changes (modification time or size), so withdrawal needs no restart.
+pub struct ConsentSource {
+    configured: Vec<crate::reading::PatientRef>,
+    file: Option<std::path::PathBuf>,
+    seen: Option<(Option<std::time::SystemTime>, u64)>,
+    state: consent::Consent,
+    audited: std::collections::HashSet<crate::identity::ReadingId>,
+}
+
+impl ConsentSource {
+    pub fn new(cfg: &crate::config::ConsentConfig) -> Self {
+        let mut s = Self {
+            configured: cfg.withdrawn.clone(),
+            file: cfg.file.clone(),
+            seen: None,
+            state: consent::consent(&cfg.withdrawn, None),
+            audited: Default::default(),
+        };
+        s.refresh();
+        s
+    }
+
+    /// Re-reads the file if it changed (or could not be read before). The edge: file I/O.
+    pub fn refresh(&mut self) -> &consent::Consent {
+        let Some(path) = &self.file else {
+            return &self.state;
+        };
+        let meta = std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()));
+        if meta.is_some() && meta == self.seen {
+            return &self.state;
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| consent::ConsentError::Unreadable(e.kind().to_string()));
+        self.state = consent::consent(
+            &self.configured,
+            Some(text.as_deref().map_err(Clone::clone)),
+        );
+        self.seen = meta;
+        if let consent::Consent::Unknown(e) = &self.state {
+            telemetry::ConsentSourceError { error: e }.emit();
+            self.seen = None;
+        }
+        &self.state
+    }
+
+    /// One audit event per held reading per process.
+    fn audit(&mut self, held: &[(crate::identity::ReadingId, String, String)]) {
+        for (id, short, device) in held {
+            if self.audited.insert(*id) {
+                telemetry::ConsentWithheld {
+                    reading: short,
+                    device,
+                }
+                .emit();
+            }
+        }
+    }
+}
+
+fn held_entry(r: &Reading) -> (crate::identity::ReadingId, String, String) {
+    (r.id, r.short_id(), r.device.name.clone())
 }
 
 /// What happened to one Bundle, as the log and the dead letters need it.
@@ -63,7 +137,7 @@ enum Exchange {
 
 impl<S: BundleSender> Uploader<S> {
     /// Runs until shutdown. Returns at once when `shutdown` fires, also mid-upload.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut scheduler = UploadScheduler::new(self.schedule, self.seed, |r: &Reading| {
             r.id.as_bytes().to_vec()
         });
@@ -71,6 +145,16 @@ impl<S: BundleSender> Uploader<S> {
             // The watchdog: a beat per round; the waits (backoff, pause, an empty outbox) are
             // idle, the store and the HTTP request are work (bounded by uplink.timeout_secs).
             crate::ops::watchdog::beat();
+            // Consent is asked again before every send: a withdrawal during a retry, a pause
+            // or a bisection takes the patient's readings out of the queue before the next
+            // request (nothing is out at this point).
+            let state = self.consent.refresh();
+            let held: Vec<_> = scheduler
+                .retain(|r| state.may_leave(r))
+                .iter()
+                .map(held_entry)
+                .collect();
+            self.consent.audit(&held);
             match scheduler.next(Instant::now().into_std()) {
                 Next::Wait { until } => {
                     let stop = crate::ops::watchdog::idle(async {
@@ -114,11 +198,27 @@ impl<S: BundleSender> Uploader<S> {
         }
     }
 
-    async fn pending(&self) -> Vec<Reading> {
+    async fn pending(&mut self) -> Vec<Reading> {
         let store = Arc::clone(&self.store);
         let n = self.batch_size;
-        match tokio::task::spawn_blocking(move || store.pending::<Reading>(n)).await {
-            Ok(Ok(v)) => v.into_iter().map(|p| p.value).collect(),
+        let state = self.consent.refresh().clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut held = Vec::new();
+            let r = store.pending_where::<Reading>(n, |r| {
+                let ok = state.may_leave(r);
+                if !ok {
+                    held.push(held_entry(r));
+                }
+                ok
+            });
+            r.map(|(v, _)| (v, held))
+        })
+        .await;
+        match result {
+            Ok(Ok((v, held))) => {
+                self.consent.audit(&held);
+                v.into_iter().map(|p| p.value).collect()
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the outbox");
                 Vec::new()
@@ -522,6 +622,7 @@ mod tests {
             },
             wake: Arc::new(Notify::new()),
             seed: 1,
+            consent: ConsentSource::new(&Default::default()),
         }
     }
 
@@ -635,6 +736,65 @@ mod tests {
         assert!((12..=30).contains(&refused.len()), "{}", refused.len());
         let first_ok = server.requests().iter().find(|(_, s)| *s == 200).unwrap().0;
         assert!(first_ok >= HOUR && first_ok <= HOUR + Duration::from_secs(301));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_withdrawal_during_a_pause_takes_the_patients_queued_readings_out_before_the_next_probe(
+    ) {
+        let (logs, _guard) = Logs::capture();
+        let dir = tempfile::tempdir().unwrap();
+        let of = |n: i64, patient: &str| {
+            let mut r = reading(n);
+            r.patient = patient.parse().unwrap();
+            r
+        };
+        // Interleaved, so every queued Bundle holds readings of both patients.
+        let readings: Vec<Reading> = (0..6)
+            .map(|n| of(n, if n % 2 == 0 { "Patient/a" } else { "Patient/b" }))
+            .collect();
+        let store = outbox(&dir, &readings);
+        let file = dir.path().join("consent.txt");
+        std::fs::write(&file, "# nobody withdrawn\n").unwrap();
+        let server = Scripted::new(|at| {
+            if at < Duration::from_secs(600) {
+                Answer::Status(403)
+            } else {
+                Answer::Commit
+            }
+        });
+        let mut up = uploader(&store, &server, 6);
+        up.consent = ConsentSource::new(&crate::config::ConsentConfig {
+            withdrawn: Vec::new(),
+            file: Some(file.clone()),
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(up.run(shutdown.clone()));
+
+        // The first Bundle (all six) was refused: the batch is queued, the uploader paused.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(server.requests().len(), 1);
+        std::fs::write(&file, "# clinic export\nPatient/a\n").unwrap();
+        tokio::time::sleep(Duration::from_secs(1200)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+
+        let mut committed = server.committed();
+        committed.sort();
+        assert_eq!(
+            committed,
+            vec!["obs-1", "obs-3", "obs-5"],
+            "only patient b left"
+        );
+        assert_eq!(counts(&store), (3, 0), "patient a's readings stay pending");
+        assert_eq!(
+            logs.count("AUDIT consent withdrawn"),
+            3,
+            "one audit event per held reading, however often it is skipped"
+        );
+        assert!(
+            server.requests().len() >= 3,
+            "probes were sent while paused"
+        );
     }
 
     #[tokio::test(start_paused = true)]

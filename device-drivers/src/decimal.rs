@@ -101,6 +101,16 @@ impl Decimal {
         Self::new(i64::try_from(q).unwrap_or(0), target)
     }
 
+    /// The value as an integer, if it is a whole number that fits (`120.0` → 120, `1.5` → None).
+    pub fn to_integer(self) -> Option<i64> {
+        let n = self.normalized();
+        if n.exponent >= 0 {
+            i64::try_from(scale_to(n, 0)?).ok()
+        } else {
+            None
+        }
+    }
+
     /// Removes trailing zeros of the mantissa (`72.450` → `72.45`), keeping the value.
     pub fn normalized(self) -> Self {
         let mut d = self;

@@ -32,5 +32,8 @@ pub mod serial;
 pub mod status;
 
 pub use decimal::Decimal;
-pub use record::{DeviceTime, Reading, ReadingType, Record};
+pub use record::{
+    AbsentReason, AbsentValue, BodySite, DeviceTime, MeasurementContext, Reading, ReadingType,
+    Record, Specimen,
+};
 pub use status::{BpStatusBit, MeasurementStatus, Status, StatusClass, UnknownStatus};

@@ -43,13 +43,15 @@ pub enum ReadingType {
     Bmi,
     BodyFatPercentage,
     BodyTemperature,
-    /// Blood glucose concentration (capillary unless the record's fields say otherwise).
+    /// Blood glucose concentration (the specimen is in [`MeasurementContext::specimen`]).
     BloodGlucose,
+    /// Respiratory rate (breaths per minute, UCUM `/min`).
+    RespiratoryRate,
 }
 
 impl ReadingType {
     /// Every type, for config validation and documentation.
-    pub const ALL: [ReadingType; 17] = [
+    pub const ALL: [ReadingType; 18] = [
         Self::SystolicPressure,
         Self::DiastolicPressure,
         Self::MeanArterialPressure,
@@ -67,6 +69,7 @@ impl ReadingType {
         Self::BodyFatPercentage,
         Self::BodyTemperature,
         Self::BloodGlucose,
+        Self::RespiratoryRate,
     ];
 
     /// The snake_case name used in JSON and config files.
@@ -89,6 +92,7 @@ impl ReadingType {
             Self::BodyFatPercentage => "body_fat_percentage",
             Self::BodyTemperature => "body_temperature",
             Self::BloodGlucose => "blood_glucose",
+            Self::RespiratoryRate => "respiratory_rate",
         }
     }
 
@@ -315,6 +319,176 @@ pub struct Record {
     /// Protocol-specific raw decoded values (for tests and debugging; may hold PHI, never log).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub fields: serde_json::Map<String, serde_json::Value>,
+    /// What the source said about the measurement beyond its values: period, statistic, site,
+    /// specimen, meal, supplemental oxygen. Typed, because the uplink codes from it. Boxed: most
+    /// records have none, and a `Record` travels inside enums (`serial::Event`, `racp::Action`).
+    #[serde(default, skip_serializing_if = "MeasurementContext::is_boxed_empty")]
+    pub context: Box<MeasurementContext>,
+}
+
+/// What a source said about a measurement beyond its values (all optional). No field is
+/// skipped when serialising: the agent stores it with postcard, which is not self-describing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MeasurementContext {
+    /// End of the effective period, on the same wall clock (and in the same zone) as
+    /// [`Record::device_time`], which is then its start. `None`: a point in time.
+    pub effective_end: Option<DeviceTime>,
+    /// The source gave only a date (Open mHealth `date` + `part_of_day`): [`Record::device_time`]
+    /// is that date at 00:00:00 and the time of day is not known.
+    pub date_only: bool,
+    /// An aggregate (Open mHealth `descriptive_statistic`: `average`, `maximum`, `count`...): the
+    /// values are not one measurement.
+    pub statistic: Option<String>,
+    /// Where a temperature was taken.
+    pub body_site: Option<BodySite>,
+    /// What a glucose concentration was measured in.
+    pub specimen: Option<Specimen>,
+    /// Timing relative to a meal, in the source's own words (GATT 0x2A34 meal name, Open
+    /// mHealth `temporal_relationship_to_meal`).
+    pub meal: Option<String>,
+    /// Supplemental oxygen flow during an SpO2 measurement, L/min (`0` = room air).
+    pub supplemental_oxygen_l_min: Option<Decimal>,
+    /// Values the device sent as an IEEE 11073 special value (NaN, NRes, +INF, -INF) instead of a
+    /// number: the type is also in [`Record::missing`] and never in [`Record::readings`]. The
+    /// uplink turns each into a `dataAbsentReason` (fhir-mapping.md §2), never into a number.
+    pub absent: Vec<AbsentValue>,
+}
+
+/// A value a device reported as "no number", with why (FHIR R4 `data-absent-reason`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AbsentValue {
+    pub kind: ReadingType,
+    /// The unit the device stated for it (the uplink needs it to pick a unit-specific code,
+    /// e.g. glucose mg/dL or mmol/L).
+    pub unit: String,
+    pub reason: AbsentReason,
+}
+
+/// Why a value is absent, as the IEEE 11073 special values say it (fhir-mapping.md §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbsentReason {
+    /// NaN `0x07FF` / `0x007FFFFF`.
+    NotANumber,
+    /// NRes `0x0800` / `0x00800000` (not at this resolution) and the reserved word `0x0801` /
+    /// `0x00800001`: the device failed to give a value.
+    Error,
+    /// +INF `0x07FE` / `0x007FFFFE`: above the measuring range.
+    PositiveInfinity,
+    /// -INF `0x0802` / `0x00800002`: below the measuring range.
+    NegativeInfinity,
+}
+
+impl AbsentReason {
+    /// The code in `http://terminology.hl7.org/CodeSystem/data-absent-reason` (FHIR R4).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NotANumber => "not-a-number",
+            Self::Error => "error",
+            Self::PositiveInfinity => "positive-infinity",
+            Self::NegativeInfinity => "negative-infinity",
+        }
+    }
+
+    /// The code's display in the R4 code system.
+    pub fn display(self) -> &'static str {
+        match self {
+            Self::NotANumber => "Not a Number (NaN)",
+            Self::Error => "Error",
+            Self::PositiveInfinity => "Positive Infinity (PINF)",
+            Self::NegativeInfinity => "Negative Infinity (NINF)",
+        }
+    }
+}
+
+impl MeasurementContext {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    #[allow(clippy::borrowed_box)] // serde's skip_serializing_if hands us `&Box<Self>`
+    fn is_boxed_empty(b: &Box<Self>) -> bool {
+        b.is_empty()
+    }
+}
+
+/// Body temperature measurement site (GATT Temperature Type 0x2A1D and Open mHealth
+/// `measurement_location`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodySite {
+    Axilla,
+    /// GATT "body (general)": no specific site.
+    Body,
+    Ear,
+    Finger,
+    GastroIntestinalTract,
+    Mouth,
+    Rectum,
+    Toe,
+    Tympanum,
+    Forehead,
+    TemporalArtery,
+    Wrist,
+    Vagina,
+}
+
+impl BodySite {
+    /// From the GATT Temperature Type code (1..=9); `None` for reserved codes.
+    pub fn from_gatt(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::Axilla,
+            2 => Self::Body,
+            3 => Self::Ear,
+            4 => Self::Finger,
+            5 => Self::GastroIntestinalTract,
+            6 => Self::Mouth,
+            7 => Self::Rectum,
+            8 => Self::Toe,
+            9 => Self::Tympanum,
+            _ => return None,
+        })
+    }
+}
+
+/// Glucose specimen (GATT Glucose Measurement type nibble, Open mHealth `specimen_source` /
+/// `blood_specimen_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Specimen {
+    CapillaryWholeBlood,
+    CapillaryPlasma,
+    VenousWholeBlood,
+    VenousPlasma,
+    ArterialWholeBlood,
+    ArterialPlasma,
+    /// Whole blood, site not stated (also Open mHealth "blood glucose" without a specimen).
+    UndeterminedWholeBlood,
+    UndeterminedPlasma,
+    /// Serum (Open mHealth): LOINC codes serum and plasma together.
+    Serum,
+    InterstitialFluid,
+    ControlSolution,
+}
+
+impl Specimen {
+    /// From the GATT Glucose type nibble (1..=10); `None` for reserved codes.
+    pub fn from_gatt(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::CapillaryWholeBlood,
+            2 => Self::CapillaryPlasma,
+            3 => Self::VenousWholeBlood,
+            4 => Self::VenousPlasma,
+            5 => Self::ArterialWholeBlood,
+            6 => Self::ArterialPlasma,
+            7 => Self::UndeterminedWholeBlood,
+            8 => Self::UndeterminedPlasma,
+            9 => Self::InterstitialFluid,
+            10 => Self::ControlSolution,
+            _ => return None,
+        })
+    }
 }
 
 impl Record {

@@ -542,6 +542,7 @@ fn implausible_name(t: ReadingType) -> &'static str {
         ReadingType::BodyFatPercentage => "implausible_body_fat_percentage",
         ReadingType::BodyTemperature => "implausible_body_temperature",
         ReadingType::BloodGlucose => "implausible_blood_glucose",
+        ReadingType::RespiratoryRate => "implausible_respiratory_rate",
     }
 }
 

@@ -59,6 +59,43 @@ fn bpm_nan_values_go_to_missing_never_2047() {
 }
 
 #[test]
+fn special_values_are_absent_with_their_reason_and_unit_never_a_number() {
+    use device_drivers::{AbsentReason as A, AbsentValue};
+    let absent = |kind, unit: &str, reason| AbsentValue {
+        kind,
+        unit: unit.into(),
+        reason,
+    };
+    // Systolic 120, diastolic NaN, MAP NRes, pulse +INF.
+    let r = rec(0x2A35, "067800ff070008e80703050e1e00fe07");
+    assert_eq!(
+        value(&r, ReadingType::SystolicPressure),
+        Some((Decimal::new(120, 0), "mm[Hg]"))
+    );
+    assert_eq!(r.readings.len(), 1);
+    assert_eq!(
+        r.context.absent,
+        vec![
+            absent(ReadingType::DiastolicPressure, "mm[Hg]", A::NotANumber),
+            absent(ReadingType::MeanArterialPressure, "mm[Hg]", A::Error),
+            absent(ReadingType::PulseRate, "/min", A::PositiveInfinity),
+        ]
+    );
+    // A thermometer below its range: FLOAT -INF.
+    let r = rec(0x2A1C, "0002008000");
+    assert!(r.readings.is_empty());
+    assert_eq!(
+        r.context.absent,
+        vec![absent(
+            ReadingType::BodyTemperature,
+            "Cel",
+            A::NegativeInfinity
+        )]
+    );
+    assert_eq!(A::NegativeInfinity.code(), "negative-infinity");
+}
+
+#[test]
 fn unknown_user_is_not_a_patient_slot() {
     let r = rec(0x2A35, "09a0f06bf07df0ff");
     assert_eq!(r.user_index, None);

@@ -11,6 +11,9 @@
 //! | `test-rogue-ca.crt` | a second, unrelated CA |
 //! | `test-rogue-server.crt` / `.key` | server leaf signed by the rogue CA (same SANs) |
 //! | `test-rogue-client.crt` / `.key` | client leaf signed by the rogue CA (same CN as the good one) |
+//! | `test-expired-server.crt` / `.key` | server leaf of the test CA that expired a day ago |
+//! | `test-future-server.crt` / `.key` | server leaf of the test CA valid only from tomorrow on |
+//! | `test-selfsigned-server.crt` / `.key` | self-signed server certificate (same SANs) |
 //!
 //! All keys are ECDSA P-256 in PKCS#8 PEM, written with mode 0600 (on Unix). Certificates are
 //! valid from one day before generation for 30 days. The rogue client deliberately has the same
@@ -52,6 +55,12 @@ pub struct TestPki {
     pub rogue_server_key: PathBuf,
     pub rogue_client_cert: PathBuf,
     pub rogue_client_key: PathBuf,
+    pub expired_server_cert: PathBuf,
+    pub expired_server_key: PathBuf,
+    pub future_server_cert: PathBuf,
+    pub future_server_key: PathBuf,
+    pub self_signed_server_cert: PathBuf,
+    pub self_signed_server_key: PathBuf,
 }
 
 impl TestPki {
@@ -99,7 +108,29 @@ impl TestPki {
             let (cert, key) = new_leaf(&issuer, gateway_id, Leaf::Client)?;
             write_file(client.0, cert.as_bytes(), false)?;
             write_file(client.1, key.as_bytes(), true)?;
+
+            if ca_path == &pki.ca_cert {
+                let day = Duration::from_secs(86_400);
+                let now = SystemTime::now();
+                for (window, (cert_path, key_path)) in [
+                    (
+                        (now - 30 * day, now - day),
+                        (&pki.expired_server_cert, &pki.expired_server_key),
+                    ),
+                    (
+                        (now + day, now + 30 * day),
+                        (&pki.future_server_cert, &pki.future_server_key),
+                    ),
+                ] {
+                    let (cert, key) = new_leaf_valid(&issuer, "localhost", Leaf::Server, window)?;
+                    write_file(cert_path, cert.as_bytes(), false)?;
+                    write_file(key_path, key.as_bytes(), true)?;
+                }
+            }
         }
+        let (cert, key) = self_signed_server()?;
+        write_file(&pki.self_signed_server_cert, cert.as_bytes(), false)?;
+        write_file(&pki.self_signed_server_key, key.as_bytes(), true)?;
         Ok(pki)
     }
 
@@ -120,6 +151,12 @@ impl TestPki {
             rogue_server_key: p("test-rogue-server.key"),
             rogue_client_cert: p("test-rogue-client.crt"),
             rogue_client_key: p("test-rogue-client.key"),
+            expired_server_cert: p("test-expired-server.crt"),
+            expired_server_key: p("test-expired-server.key"),
+            future_server_cert: p("test-future-server.crt"),
+            future_server_key: p("test-future-server.key"),
+            self_signed_server_cert: p("test-selfsigned-server.crt"),
+            self_signed_server_key: p("test-selfsigned-server.key"),
         }
     }
 }
@@ -164,6 +201,49 @@ fn new_leaf(
     common_name: &str,
     kind: Leaf,
 ) -> anyhow::Result<(String, String)> {
+    let mut params = leaf_params(common_name, kind)?;
+    validity(&mut params);
+    sign_leaf(params, issuer, common_name)
+}
+
+/// A leaf valid only within `window` (not before, not after).
+fn new_leaf_valid(
+    issuer: &Issuer<'static, KeyPair>,
+    common_name: &str,
+    kind: Leaf,
+    window: (SystemTime, SystemTime),
+) -> anyhow::Result<(String, String)> {
+    let mut params = leaf_params(common_name, kind)?;
+    params.not_before = window.0.into();
+    params.not_after = window.1.into();
+    sign_leaf(params, issuer, common_name)
+}
+
+/// A self-signed server certificate for `localhost` (no CA at all).
+fn self_signed_server() -> anyhow::Result<(String, String)> {
+    let mut params = leaf_params("localhost", Leaf::Server)?;
+    params.use_authority_key_identifier_extension = false;
+    validity(&mut params);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let cert = params
+        .self_signed(&key)
+        .context("self-signing the test server certificate")?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn sign_leaf(
+    params: CertificateParams,
+    issuer: &Issuer<'static, KeyPair>,
+    common_name: &str,
+) -> anyhow::Result<(String, String)> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let cert = params
+        .signed_by(&key, issuer)
+        .with_context(|| format!("signing the test certificate for {common_name}"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn leaf_params(common_name: &str, kind: Leaf) -> anyhow::Result<CertificateParams> {
     let sans: Vec<String> = match kind {
         Leaf::Server => vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
         Leaf::Client => Vec::new(),
@@ -181,12 +261,7 @@ fn new_leaf(
         Leaf::Server => ExtendedKeyUsagePurpose::ServerAuth,
         Leaf::Client => ExtendedKeyUsagePurpose::ClientAuth,
     }];
-    validity(&mut params);
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let cert = params
-        .signed_by(&key, issuer)
-        .with_context(|| format!("signing the test certificate for {common_name}"))?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(params)
 }
 
 /// Writes `bytes` to `path`; private keys get mode 0600 from creation on (no window where the

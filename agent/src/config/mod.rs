@@ -26,10 +26,12 @@ use device_drivers::serial::{self, generic, Cadence, Decoder, PortSettings};
 use crate::pipeline::reduce;
 use crate::reading::PatientRef;
 
+pub mod ble;
 mod ops;
 mod raw;
 mod validate;
 
+pub use ble::{BleConfig, BleDeviceConfig, BleProfile, DisIdentity};
 pub use validate::{filters_overlap, parse_utc_offset, BLE_PROFILES};
 
 /// The default config path.
@@ -83,12 +85,15 @@ pub struct Config {
     pub store: StoreConfig,
     pub uplink: UplinkConfig,
     pub mqtt: Option<MqttConfig>,
+    /// The `[ble]` section (defaults when absent).
+    pub ble: BleConfig,
     pub devices: Vec<DeviceConfig>,
     pub simulators: Vec<SimulatorConfig>,
     /// `[ops]`: the live status snapshot and alarms (defaults when the section is absent).
     pub ops: OpsConfig,
     /// `[fleet]`: status and alarms published over MQTT (off when the section is absent).
     pub fleet: Option<FleetConfig>,
+    pub consent: ConsentConfig,
 }
 
 /// The default directory of the live status snapshot (the unit's `RuntimeDirectory=`).
@@ -131,6 +136,14 @@ pub struct FleetConfig {
     pub status_interval: Duration,
 }
 
+/// `[consent]`: patients whose consent is withdrawn (see [`crate::consent`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConsentConfig {
+    pub withdrawn: Vec<PatientRef>,
+    /// A clinic-written file of withdrawn patients, re-read on change.
+    pub file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub id: String,
@@ -144,7 +157,22 @@ pub struct StoreConfig {
     pub key_file: PathBuf,
     pub cache_capacity_bytes: u64,
     pub acked_retention: Duration,
+    /// Bound on the bytes of records the outbox holds (pending, dead letters, quarantine; see
+    /// [`crate::store::pressure`]). At 80% the pipeline stops taking readings from sources
+    /// (they are not acknowledged, so brokers and devices keep them) until the uplink drains it
+    /// below 70%; at 90% a second alarm. Default [`DEFAULT_STORE_MAX_BYTES`].
+    pub max_bytes: u64,
 }
+
+/// Default `store.max_bytes`: 1 GiB of held records, sized for a 16 GB SD card. The card has
+/// about 14.9 GiB usable; the OS, journal and updates take 3–4 GiB; sled's own files are 2–10x
+/// the live data (space amplification reported for sled 0.34, and our `LowSpace` mode is at the
+/// low end), so 1 GiB held is 2–10 GiB on disk, which still fits. 1 GiB is about 1.5 million
+/// sealed readings (~700 B each with their index entry): months of a busy clinic offline.
+pub const DEFAULT_STORE_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+
+/// Smallest `store.max_bytes` accepted: room for a few records (tests use small bounds).
+pub const MIN_STORE_BYTES: i64 = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UplinkConfig {
@@ -202,8 +230,8 @@ pub struct DeviceConfig {
 pub enum DeviceKind {
     /// A hub publishing Open mHealth data points on `topic`.
     Mqtt { topic: String },
-    /// A BLE device (transport in a later release).
-    Ble { address: String, profile: String },
+    /// A BLE device.
+    Ble(BleDeviceConfig),
     /// A serial device (RS-232, USB-serial, Bluetooth SPP `/dev/rfcommN`).
     Serial(SerialDevice),
 }
@@ -408,6 +436,16 @@ client_key = "tls/gw.key"
     }
 
     #[test]
+    fn store_max_bytes_defaults_to_1_gib_and_refuses_a_bound_too_small_for_a_record() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.store.max_bytes, 1024 * 1024 * 1024);
+        let c = load(&MINIMAL.replace("[store]\n", "[store]\nmax_bytes = 20000\n")).unwrap();
+        assert_eq!(c.store.max_bytes, 20_000);
+        let e = load(&MINIMAL.replace("[store]\n", "[store]\nmax_bytes = 100\n")).unwrap_err();
+        assert!(e.to_string().contains("store.max_bytes"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_line_and_column() {
         let text = MINIMAL.replace("[store]\n", "[store]\ncolour = 3\n");
         let e = load(&text).unwrap_err();
@@ -475,15 +513,71 @@ client_key = "tls/gw.key"
             Attribution::PerUser(m) => assert_eq!(m.len(), 2),
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            c.devices[0].kind,
-            DeviceKind::Ble {
-                address: "00:09:1F:AA:BB:CC".into(),
-                profile: "blood-pressure".into()
+        match &c.devices[0].kind {
+            DeviceKind::Ble(b) => {
+                assert_eq!(b.address.as_deref(), Some("00:09:1F:AA:BB:CC"));
+                assert_eq!(b.profiles, vec![BleProfile::BloodPressure]);
+                assert!(!b.pair_if_bond_lost && !b.delete_after_download);
+                assert_eq!(b.clock_set_threshold, Some(Duration::from_secs(2)));
             }
-        );
+            other => panic!("{other:?}"),
+        }
         let bad = text.replace("2 = ", "255 = ");
         assert!(load(&bad).unwrap_err().message.contains("255"));
+    }
+
+    fn ble_device(extra: &str) -> String {
+        format!("{MINIMAL}\n[[devices]]\nname = \"scale\"\nkind = \"ble\"\npatient = \"Patient/a\"\n{extra}")
+    }
+
+    #[test]
+    fn ble_keys_are_typed_and_their_errors_name_line_and_column() {
+        let c = load(&ble_device(
+            "profiles = [\"weight-scale\", \"body-composition\"]\nserial = \"SC-1\"\nsystem_id = \"00-09-1f-ff-fe-80-12-34\"\npair_if_bond_lost = true\nset_clock = false\ndelete_after_download = true\n",
+        ))
+        .unwrap();
+        let DeviceKind::Ble(b) = &c.devices[0].kind else {
+            panic!()
+        };
+        assert_eq!(b.address, None);
+        assert_eq!(
+            b.profiles,
+            vec![BleProfile::WeightScale, BleProfile::BodyComposition]
+        );
+        assert_eq!(b.identity.system_id.as_deref(), Some("00091FFFFE801234"));
+        assert!(b.pair_if_bond_lost && b.delete_after_download);
+        assert_eq!(b.clock_set_threshold, None);
+        assert_eq!(c.ble, BleConfig::default());
+
+        let e = load(&ble_device(
+            "profile = \"bp\"\naddress = \"00:09:1F:AA:BB:CC\"\n",
+        ))
+        .unwrap_err();
+        assert_eq!(e.position, Some((19, 11)), "{e}");
+        assert!(
+            e.message
+                .contains("devices[0].profile: expected one of blood-pressure"),
+            "{e}"
+        );
+        let e = load(&ble_device("profile = \"glucose\"\n")).unwrap_err();
+        assert!(e.message.contains("needs `address`"), "{e}");
+        let e = load(&ble_device("profile = \"glucose\"\nsystem_id = \"12\"\n")).unwrap_err();
+        assert_eq!(e.position, Some((20, 13)), "{e}");
+        let e = load(&ble_device("profile = \"glucose\"\naddress = \"00:09:1F:AA:BB:CC\"\nclock_set_threshold_secs = 0\n")).unwrap_err();
+        assert!(e.message.contains("clock_set_threshold_secs"), "{e}");
+        let mqtt = format!("{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1\"\n[[devices]]\nname = \"h\"\nkind = \"mqtt\"\ntopic = \"t\"\npatient = \"Patient/a\"\nserial = \"x\"\n");
+        assert!(load(&mqtt)
+            .unwrap_err()
+            .message
+            .contains("devices[0].serial: not a key of kind \"mqtt\""));
+        let e = load(&format!("{MINIMAL}\n[ble]\nadapter = \"usb0\"\n")).unwrap_err();
+        assert_eq!(e.position, Some((16, 11)), "{e}");
+        let c = load(&format!(
+            "{MINIMAL}\n[ble]\nadapter = \"hci1\"\nwatchdog_silence_secs = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.ble.adapter, "hci1");
+        assert_eq!(c.ble.watchdog_silence, Duration::from_secs(5));
     }
 
     #[test]

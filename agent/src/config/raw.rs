@@ -14,12 +14,22 @@ pub(super) struct RawConfig {
     pub(super) store: RawStore,
     pub(super) uplink: RawUplink,
     pub(super) mqtt: Option<RawMqtt>,
+    pub(super) ble: Option<RawBle>,
     #[serde(default)]
     pub(super) devices: Vec<RawDevice>,
     #[serde(default)]
     pub(super) simulators: Vec<RawSimulator>,
     pub(super) ops: Option<RawOps>,
     pub(super) fleet: Option<RawFleet>,
+    pub(super) consent: Option<RawConsent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsent {
+    #[serde(default)]
+    pub(super) withdrawn: Vec<Spanned<String>>,
+    pub(super) file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +46,7 @@ pub(super) struct RawStore {
     pub(super) key_file: Spanned<String>,
     pub(super) cache_capacity_mib: Option<Spanned<i64>>,
     pub(super) acked_retention_days: Option<Spanned<i64>>,
+    pub(super) max_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +97,16 @@ pub(super) struct RawDevice {
     pub(super) patient: Option<Spanned<String>>,
     pub(super) patients: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub(super) utc_offset: Option<Spanned<String>>,
+    // kind = "ble" only:
+    pub(super) profiles: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) manufacturer: Option<Spanned<String>>,
+    pub(super) model: Option<Spanned<String>>,
+    pub(super) serial: Option<Spanned<String>>,
+    pub(super) system_id: Option<Spanned<String>>,
+    pub(super) pair_if_bond_lost: Option<Spanned<bool>>,
+    pub(super) clock_set_threshold_secs: Option<Spanned<i64>>,
+    pub(super) set_clock: Option<Spanned<bool>>,
+    pub(super) delete_after_download: Option<Spanned<bool>>,
     // Serial devices only: port settings (default: the protocol's), the silence alarm and the
     // stream reduction.
     pub(super) baud: Option<Spanned<i64>>,
@@ -95,6 +116,17 @@ pub(super) struct RawDevice {
     pub(super) flow_control: Option<Spanned<String>>,
     pub(super) silence_alarm_secs: Option<Spanned<i64>>,
     pub(super) reduction: Option<Spanned<RawReduction>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBle {
+    pub(super) adapter: Option<Spanned<String>>,
+    pub(super) connect_timeout_secs: Option<Spanned<i64>>,
+    pub(super) operation_timeout_secs: Option<Spanned<i64>>,
+    pub(super) watchdog_silence_secs: Option<Spanned<i64>>,
+    pub(super) reconnect_backoff_max_secs: Option<Spanned<i64>>,
+    pub(super) idle_disconnect_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -98,6 +98,10 @@ impl Validator<'_> {
         let store = self.store(raw.store)?;
         let uplink = self.uplink(raw.uplink)?;
         let mqtt = raw.mqtt.map(|m| self.mqtt(m, &gateway.id)).transpose()?;
+        let ble = match &raw.ble {
+            Some(b) => self.ble(b)?,
+            None => BleConfig::default(),
+        };
         let mut devices = Vec::new();
         let mut names = HashSet::new();
         // (topic filter, index, span of `topic`) of every MQTT device, for the overlap check.
@@ -165,16 +169,31 @@ impl Validator<'_> {
             .fleet
             .map(|f| self.fleet(f, mqtt.as_ref(), &gateway.id))
             .transpose()?;
+        let mut consent = super::ConsentConfig::default();
+        if let Some(c) = raw.consent {
+            for (i, w) in c.withdrawn.iter().enumerate() {
+                let p = w
+                    .get_ref()
+                    .parse::<PatientRef>()
+                    .map_err(|e| self.err(w.span(), format!("consent.withdrawn[{i}]: {e}")))?;
+                consent.withdrawn.push(p);
+            }
+            if let Some(f) = &c.file {
+                consent.file = Some(self.path_value(f, "consent.file")?);
+            }
+        }
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway,
             store,
             uplink,
             mqtt,
+            ble,
             devices,
             simulators,
             ops,
             fleet,
+            consent,
         })
     }
 
@@ -245,10 +264,17 @@ impl Validator<'_> {
             1..3651,
             30,
         )?;
+        let max_bytes = self.int_in(
+            &s.max_bytes,
+            "store.max_bytes",
+            MIN_STORE_BYTES..i64::MAX,
+            DEFAULT_STORE_MAX_BYTES,
+        )?;
         Ok(StoreConfig {
             key_file: self.path_value(&s.key_file, "store.key_file")?,
             cache_capacity_bytes: u64::try_from(mib).unwrap_or(16) * 1024 * 1024,
             acked_retention: Duration::from_secs(u64::try_from(days).unwrap_or(30) * 86_400),
+            max_bytes: u64::try_from(max_bytes).unwrap_or(DEFAULT_STORE_MAX_BYTES as u64),
         })
     }
 
@@ -489,6 +515,7 @@ impl Validator<'_> {
         }
         let kind = match d.kind.get_ref().as_str() {
             "mqtt" => {
+                self.forbid_ble_keys(i, &d)?;
                 forbid(&d.address, "address")?;
                 forbid(&d.profile, "profile")?;
                 forbid(&d.port, "port")?;
@@ -508,37 +535,10 @@ impl Validator<'_> {
                 forbid(&d.topic, "topic")?;
                 forbid(&d.port, "port")?;
                 forbid(&d.protocol, "protocol")?;
-                let address = require(&d.address, "address")?;
-                if let Some(s) = &d.address {
-                    if !valid_bt_address(&address) {
-                        return Err(self.err(
-                            s.span(),
-                            format!(
-                                "{}: expected a Bluetooth address like \"00:09:1F:AA:BB:CC\"",
-                                key("address")
-                            ),
-                        ));
-                    }
-                }
-                let profile = require(&d.profile, "profile")?;
-                if let Some(s) = &d.profile {
-                    if !BLE_PROFILES.contains(&profile.as_str()) {
-                        return Err(self.err(
-                            s.span(),
-                            format!(
-                                "{}: expected one of {}",
-                                key("profile"),
-                                BLE_PROFILES.join(", ")
-                            ),
-                        ));
-                    }
-                }
-                DeviceKind::Ble {
-                    address: address.to_ascii_uppercase(),
-                    profile,
-                }
+                DeviceKind::Ble(self.ble_device(i, &d)?)
             }
             "serial" => {
+                self.forbid_ble_keys(i, &d)?;
                 forbid(&d.topic, "topic")?;
                 forbid(&d.address, "address")?;
                 forbid(&d.profile, "profile")?;
@@ -608,6 +608,209 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|s| self.offset(s, &key("utc_offset")))
                 .transpose()?,
+        })
+    }
+
+    fn ble(&self, b: &RawBle) -> R<BleConfig> {
+        let d = BleConfig::default();
+        let secs = |v: &Option<Spanned<i64>>, key: &str, range: Range<i64>, def: Duration| {
+            self.int_in(v, key, range, i64::try_from(def.as_secs()).unwrap_or(1))
+                .map(|n| Duration::from_secs(n.unsigned_abs()))
+        };
+        let adapter = match &b.adapter {
+            Some(a) => {
+                let v = a.get_ref();
+                let ok = v.len() > 3
+                    && v.len() <= 8
+                    && v.starts_with("hci")
+                    && v.bytes().skip(3).all(|c| c.is_ascii_digit());
+                if !ok {
+                    return Err(self.err(
+                        a.span(),
+                        "ble.adapter: expected a BlueZ adapter name like \"hci0\"",
+                    ));
+                }
+                v.clone()
+            }
+            None => d.adapter.clone(),
+        };
+        Ok(BleConfig {
+            adapter,
+            connect_timeout: secs(
+                &b.connect_timeout_secs,
+                "ble.connect_timeout_secs",
+                1..121,
+                d.connect_timeout,
+            )?,
+            operation_timeout: secs(
+                &b.operation_timeout_secs,
+                "ble.operation_timeout_secs",
+                1..121,
+                d.operation_timeout,
+            )?,
+            watchdog_silence: secs(
+                &b.watchdog_silence_secs,
+                "ble.watchdog_silence_secs",
+                1..86_401,
+                d.watchdog_silence,
+            )?,
+            reconnect_backoff_max: secs(
+                &b.reconnect_backoff_max_secs,
+                "ble.reconnect_backoff_max_secs",
+                1..3601,
+                d.reconnect_backoff_max,
+            )?,
+            idle_disconnect: secs(
+                &b.idle_disconnect_secs,
+                "ble.idle_disconnect_secs",
+                1..86_401,
+                d.idle_disconnect,
+            )?,
+        })
+    }
+
+    /// Keys that only mean something for `kind = "ble"`.
+    fn forbid_ble_keys(&self, i: usize, d: &RawDevice) -> R<()> {
+        let kind = d.kind.get_ref();
+        let spans: [(&str, Option<Range<usize>>); 9] = [
+            ("profiles", d.profiles.as_ref().map(Spanned::span)),
+            ("manufacturer", d.manufacturer.as_ref().map(Spanned::span)),
+            ("model", d.model.as_ref().map(Spanned::span)),
+            ("serial", d.serial.as_ref().map(Spanned::span)),
+            ("system_id", d.system_id.as_ref().map(Spanned::span)),
+            (
+                "pair_if_bond_lost",
+                d.pair_if_bond_lost.as_ref().map(Spanned::span),
+            ),
+            (
+                "clock_set_threshold_secs",
+                d.clock_set_threshold_secs.as_ref().map(Spanned::span),
+            ),
+            ("set_clock", d.set_clock.as_ref().map(Spanned::span)),
+            (
+                "delete_after_download",
+                d.delete_after_download.as_ref().map(Spanned::span),
+            ),
+        ];
+        for (k, span) in spans {
+            if let Some(span) = span {
+                return Err(self.err(
+                    span,
+                    format!("devices[{i}].{k}: not a key of kind \"{kind}\""),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn ble_device(&self, i: usize, d: &RawDevice) -> R<BleDeviceConfig> {
+        let key = |k: &str| format!("devices[{i}].{k}");
+        let address = match &d.address {
+            Some(s) if valid_bt_address(s.get_ref()) => Some(s.get_ref().to_ascii_uppercase()),
+            Some(s) => {
+                return Err(self.err(
+                    s.span(),
+                    format!(
+                        "{}: expected a Bluetooth address like \"00:09:1F:AA:BB:CC\"",
+                        key("address")
+                    ),
+                ))
+            }
+            None => None,
+        };
+        let profile_err = |span: Range<usize>, k: &str| {
+            self.err(
+                span,
+                format!("{}: expected one of {}", key(k), BLE_PROFILES.join(", ")),
+            )
+        };
+        let profiles = match (&d.profile, &d.profiles) {
+            (Some(p), None) => vec![BleProfile::from_name(p.get_ref())
+                .ok_or_else(|| profile_err(p.span(), "profile"))?],
+            (None, Some(list)) => {
+                let mut out = Vec::new();
+                for p in list.get_ref() {
+                    let prof = BleProfile::from_name(p.get_ref())
+                        .ok_or_else(|| profile_err(p.span(), "profiles"))?;
+                    if !out.contains(&prof) {
+                        out.push(prof);
+                    }
+                }
+                if out.is_empty() {
+                    return Err(self.err(
+                        list.span(),
+                        format!("{}: expected at least one profile", key("profiles")),
+                    ));
+                }
+                out
+            }
+            (Some(p), Some(_)) => {
+                return Err(self.err(
+                    p.span(),
+                    format!(
+                        "{}: set either `profile` or `profiles`, not both",
+                        key("profile")
+                    ),
+                ))
+            }
+            (None, None) => {
+                return Err(self.err(
+                    d.kind.span(),
+                    format!("{}: required for kind \"ble\"", key("profile")),
+                ))
+            }
+        };
+        let text = |v: &Option<Spanned<String>>, k: &str| -> R<Option<String>> {
+            match v {
+                Some(s) if s.get_ref().trim().is_empty() || s.get_ref().len() > 64 => Err(self.err(
+                    s.span(),
+                    format!("{}: expected 1-64 characters (what the device reports in Device Information)", key(k)),
+                )),
+                Some(s) => Ok(Some(s.get_ref().clone())),
+                None => Ok(None),
+            }
+        };
+        let system_id = match &d.system_id {
+            Some(s) => Some(ble::canonical_system_id(s.get_ref()).ok_or_else(|| {
+                self.err(
+                    s.span(),
+                    format!(
+                        "{}: expected 8 octets of hex like \"00-09-1F-FF-FE-80-12-34\"",
+                        key("system_id")
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let identity = DisIdentity {
+            manufacturer: text(&d.manufacturer, "manufacturer")?,
+            model: text(&d.model, "model")?,
+            serial: text(&d.serial, "serial")?,
+            system_id,
+        };
+        if address.is_none() && identity.serial.is_none() && identity.system_id.is_none() {
+            return Err(self.err(
+                d.name.span(),
+                format!("{}: a BLE device needs `address`, or a Device Information identity with `serial` or `system_id`", key("address")),
+            ));
+        }
+        let threshold = self.int_in(
+            &d.clock_set_threshold_secs,
+            &key("clock_set_threshold_secs"),
+            1..86_401,
+            2,
+        )?;
+        let set_clock = d.set_clock.as_ref().is_none_or(|b| *b.get_ref());
+        Ok(BleDeviceConfig {
+            address,
+            profiles,
+            identity,
+            pair_if_bond_lost: d.pair_if_bond_lost.as_ref().is_some_and(|b| *b.get_ref()),
+            clock_set_threshold: set_clock.then(|| Duration::from_secs(threshold.unsigned_abs())),
+            delete_after_download: d
+                .delete_after_download
+                .as_ref()
+                .is_some_and(|b| *b.get_ref()),
         })
     }
 

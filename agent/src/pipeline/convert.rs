@@ -11,7 +11,7 @@ use device_drivers::{ReadingType, Record, Status, StatusClass};
 use super::devices::DeviceContext;
 use crate::config::Attribution;
 use crate::identity::{self, IdTimestamp, ReadingId};
-use crate::reading::{DeviceClass, Reading, ReadingKind, Source, TimeQuality};
+use crate::reading::{DeviceClass, Reading, ReadingKind, Source, TimeQuality, Timing};
 use crate::uplink::fhir;
 
 /// What the source knows about the device's clock beyond the record's wall-clock time.
@@ -21,6 +21,20 @@ pub struct CaptureClock {
     pub utc_offset_minutes: Option<i16>,
     /// Fractional-second digits of the device time, as the device sent them.
     pub fraction: Option<String>,
+    /// BLE: the device's own clock as read at connect, so the pipeline can correct measured skew
+    /// (fhir-mapping.md §4; `device_drivers::gatt::clock`). `None`: not a BLE reading.
+    pub device_clock: Option<Box<DeviceClockReading>>,
+    /// Whether the gateway's clock was synchronised (NTP) when the reading arrived; `None`: the
+    /// source did not check.
+    pub gateway_clock_synchronized: Option<bool>,
+}
+
+/// The device's clock read at connect, and the gateway's (UTC) time at that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceClockReading {
+    /// `None`: the device has no readable clock (no Current Time service).
+    pub device_now: Option<device_drivers::DeviceTime>,
+    pub gateway_at_read: DateTime<Utc>,
 }
 
 /// Why a record produced no reading. Carries no PHI.
@@ -41,6 +55,13 @@ pub enum Rejection {
     /// it is held as a dead letter and reported. Carries the status that demanded a device time.
     #[error("record is flagged {0} and has no valid device time: held, not dated with the reception time")]
     NoValidDeviceTime(Status),
+    /// An aggregate (average, maximum, count...) over a period: not a measurement. Kept as a
+    /// dead letter `statistic`, never uploaded as a reading.
+    #[error("statistic: the values are a descriptive statistic ({0}), not a measurement")]
+    Statistic(String),
+    /// A data point from a hub without any time frame: there is no time to upload it at.
+    #[error("no effective time: the source gave no time for this measurement")]
+    NoEffectiveTime,
 }
 
 impl Rejection {
@@ -50,7 +71,10 @@ impl Rejection {
     /// sends several such records a second).
     pub fn keeps_record(&self) -> bool {
         match self {
-            Rejection::Unattributed(_) | Rejection::NoValidDeviceTime(_) => true,
+            Rejection::Unattributed(_)
+            | Rejection::NoValidDeviceTime(_)
+            | Rejection::Statistic(_)
+            | Rejection::NoEffectiveTime => true,
             Rejection::NothingToUpload | Rejection::Unreliable(_) => false,
         }
     }
@@ -74,6 +98,42 @@ pub fn unreliable_status(record: &Record) -> Option<Status> {
 /// The first status of the given class, if any.
 fn first_of_class(record: &Record, class: StatusClass) -> Option<Status> {
     record.flags.iter().copied().find(|s| s.class() == class)
+}
+
+/// The values of one Observation-to-be.
+struct Group {
+    kind: ReadingKind,
+    values: Vec<device_drivers::Reading>,
+    absent: Vec<device_drivers::AbsentValue>,
+}
+
+/// The Observation kind a value belongs to, on this class of device; `None` for a type with no
+/// sourced standard code (SpCO, SpMet, SpHb, PVI; README "Limits"): never uploaded under a
+/// wrong code, and the record itself is not kept for it either.
+fn kind_of(t: ReadingType, class: DeviceClass) -> Option<ReadingKind> {
+    Some(match t {
+        ReadingType::SystolicPressure
+        | ReadingType::DiastolicPressure
+        | ReadingType::MeanArterialPressure => ReadingKind::BloodPressure,
+        ReadingType::PulseRate => match class {
+            DeviceClass::BloodPressureCuff => ReadingKind::PulseRateCuff,
+            DeviceClass::PulseOximeter => ReadingKind::PulseRateOximeter,
+            _ => ReadingKind::HeartRate,
+        },
+        ReadingType::HeartRate => ReadingKind::HeartRate,
+        ReadingType::Spo2 => ReadingKind::OxygenSaturation,
+        ReadingType::BodyWeight => ReadingKind::BodyWeight,
+        ReadingType::BodyHeight => ReadingKind::BodyHeight,
+        ReadingType::Bmi => ReadingKind::Bmi,
+        ReadingType::BodyTemperature => ReadingKind::BodyTemperature,
+        ReadingType::BloodGlucose => ReadingKind::BloodGlucose,
+        ReadingType::RespiratoryRate => ReadingKind::RespiratoryRate,
+        ReadingType::PerfusionIndex => ReadingKind::PerfusionIndex,
+        ReadingType::BodyFatPercentage => ReadingKind::BodyFatPercentage,
+        ReadingType::Spco | ReadingType::Spmet | ReadingType::Sphb | ReadingType::Pvi => {
+            return None
+        }
+    })
 }
 
 /// Turns one driver record into canonical readings. Pure.
@@ -100,6 +160,12 @@ pub fn readings_from_record(
     if let Some(status) = first_of_class(record, StatusClass::ClockUnreliable) {
         return Err(Rejection::NoValidDeviceTime(status));
     }
+    if let Some(stat) = &record.context.statistic {
+        return Err(Rejection::Statistic(stat.clone()));
+    }
+    if record.device_time.is_none() && matches!(source, Source::Mqtt { .. }) {
+        return Err(Rejection::NoEffectiveTime);
+    }
     let patient = match &device.attribution {
         Attribution::Single(p) => p.clone(),
         Attribution::PerUser(map) => record
@@ -121,8 +187,15 @@ pub fn readings_from_record(
             )
             .single()
     });
-    let (effective, time_quality) = match device_effective {
-        Some(e) if !device.clock_is_provenance_only => (e, TimeQuality::DeviceTrusted),
+    let (effective, time_quality) = match (&clock.device_clock, device_effective) {
+        (Some(dc), _) => ble_effective_time(
+            record,
+            dc,
+            clock.gateway_clock_synchronized,
+            offset,
+            received_at,
+        ),
+        (None, Some(e)) if !device.clock_is_provenance_only => (e, TimeQuality::DeviceTrusted),
         _ => (
             received_at.with_timezone(&chrono::Offset::fix(&Utc)),
             TimeQuality::GatewayReceiveTime,
@@ -134,44 +207,54 @@ pub fn readings_from_record(
             return Err(Rejection::NoValidDeviceTime(status));
         }
     }
-
-    // Group the values into observations.
-    let mut groups: Vec<(ReadingKind, Vec<device_drivers::Reading>)> = Vec::new();
-    let mut push = |kind: ReadingKind, r: &device_drivers::Reading| match groups
-        .iter_mut()
-        .find(|(k, _)| *k == kind)
-    {
-        Some((_, v)) => v.push(r.clone()),
-        None => groups.push((kind, vec![r.clone()])),
+    // Period or date: only from the device's own time (never stretched onto a receive time).
+    let (timing, duration_seconds) = match (time_quality, &record.context) {
+        (TimeQuality::DeviceTrusted, c) if c.date_only => (Timing::Date, Some(86_400)),
+        (TimeQuality::DeviceTrusted, c) => match (c.effective_end, record.device_time) {
+            (Some(end), Some(start)) => {
+                let secs = end.naive_unix_seconds() - start.naive_unix_seconds();
+                let end = effective + chrono::Duration::seconds(secs);
+                (Timing::Period { end }, Some(secs))
+            }
+            _ => (Timing::Instant, None),
+        },
+        _ => (Timing::Instant, None),
     };
-    for r in &record.readings {
-        let kind = match r.kind {
-            ReadingType::SystolicPressure
-            | ReadingType::DiastolicPressure
-            | ReadingType::MeanArterialPressure => ReadingKind::BloodPressure,
-            ReadingType::PulseRate => match device.class {
-                DeviceClass::BloodPressureCuff => ReadingKind::PulseRateCuff,
-                DeviceClass::PulseOximeter => ReadingKind::PulseRateOximeter,
-                _ => ReadingKind::HeartRate,
-            },
-            ReadingType::HeartRate => ReadingKind::HeartRate,
-            ReadingType::Spo2 => ReadingKind::OxygenSaturation,
-            ReadingType::BodyWeight => ReadingKind::BodyWeight,
-            ReadingType::BodyHeight => ReadingKind::BodyHeight,
-            ReadingType::Bmi => ReadingKind::Bmi,
-            ReadingType::BodyTemperature => ReadingKind::BodyTemperature,
-            ReadingType::BloodGlucose => ReadingKind::BloodGlucose,
-            // No FHIR mapping in fhir-mapping.md yet (PI, SpCO, SpMet, SpHb, PVI, body fat):
-            // counted by the caller, kept out of the outbox.
-            _ => continue,
+
+    // Group the values into observations: the numbers, and the values the device sent as a
+    // special value (NaN, NRes, +/-INF), which become `dataAbsentReason` in the uplink.
+    let mut groups: Vec<Group> = Vec::new();
+    fn group(groups: &mut Vec<Group>, kind: ReadingKind) -> &mut Group {
+        let i = match groups.iter().position(|g| g.kind == kind) {
+            Some(i) => i,
+            None => {
+                groups.push(Group {
+                    kind,
+                    values: Vec::new(),
+                    absent: Vec::new(),
+                });
+                groups.len() - 1
+            }
         };
-        push(kind, r);
+        &mut groups[i]
     }
-    // A BP panel needs both systolic and diastolic.
-    groups.retain(|(k, v)| {
-        *k != ReadingKind::BloodPressure
-            || (v.iter().any(|c| c.kind == ReadingType::SystolicPressure)
-                && v.iter().any(|c| c.kind == ReadingType::DiastolicPressure))
+    for r in &record.readings {
+        if let Some(kind) = kind_of(r.kind, device.class) {
+            group(&mut groups, kind).values.push(r.clone());
+        }
+    }
+    for a in &record.context.absent {
+        if let Some(kind) = kind_of(a.kind, device.class) {
+            group(&mut groups, kind).absent.push(a.clone());
+        }
+    }
+    // A BP panel needs both systolic and diastolic (each a number or an absent value).
+    groups.retain(|g| {
+        let has = |t: ReadingType| {
+            g.values.iter().any(|c| c.kind == t) || g.absent.iter().any(|a| a.kind == t)
+        };
+        g.kind != ReadingKind::BloodPressure
+            || (has(ReadingType::SystolicPressure) && has(ReadingType::DiastolicPressure))
     });
     if groups.is_empty() {
         return Err(Rejection::NothingToUpload);
@@ -194,36 +277,103 @@ pub fn readings_from_record(
     };
     Ok(groups
         .into_iter()
-        .map(|(kind, components)| {
-            let observation_identifier = identity::observation_identifier(
-                device_part,
-                &patient,
-                fhir::mdc_code(kind),
-                &timestamp,
-            );
-            let id = ReadingId::of_content(
-                &observation_identifier,
-                &components,
-                // The status names, the strings of before `Status`: content ids are unchanged.
-                record.flags.iter().map(|s| s.as_str()),
-            );
-            Reading {
-                id,
-                observation_identifier,
-                kind,
-                components,
-                device: info.clone(),
-                patient: patient.clone(),
-                device_time: record.device_time,
-                effective,
-                time_quality,
-                received_at,
-                flags: record.flags.clone(),
-                source: source.clone(),
-            }
-        })
+        .map(
+            |Group {
+                 kind,
+                 values: components,
+                 absent,
+             }| {
+                let observation_identifier = identity::observation_identifier_for_period(
+                    device_part,
+                    &patient,
+                    fhir::mdc_code(kind, &record.context),
+                    &timestamp,
+                    duration_seconds,
+                );
+                // An absent value is content too (a NaN and a +INF are different readings); a
+                // reading without one hashes exactly as before.
+                let absent_names: Vec<String> = absent
+                    .iter()
+                    .map(|a| format!("absent:{}:{}", a.kind.as_str(), a.reason.code()))
+                    .collect();
+                let id = ReadingId::of_content(
+                    &observation_identifier,
+                    &components,
+                    // The status names, the strings of before `Status`: content ids are unchanged.
+                    record
+                        .flags
+                        .iter()
+                        .map(|s| s.as_str())
+                        .chain(absent_names.iter().map(String::as_str)),
+                );
+                let mut context = (*record.context).clone();
+                context.absent = absent;
+                Reading {
+                    id,
+                    observation_identifier,
+                    kind,
+                    components,
+                    device: info.clone(),
+                    patient: patient.clone(),
+                    device_time: record.device_time,
+                    effective,
+                    time_quality,
+                    received_at,
+                    flags: record.flags.clone(),
+                    source: source.clone(),
+                    timing,
+                    context,
+                }
+            },
+        )
         .collect())
 }
+/// Effective time of a BLE record: skew-corrected against the device clock read at connect
+/// (`device_drivers::gatt::clock::correct`), unless the gateway's own clock is not synchronised,
+/// in which case nothing is corrected and the reading says so.
+fn ble_effective_time(
+    record: &Record,
+    dc: &DeviceClockReading,
+    gateway_synchronized: Option<bool>,
+    offset: FixedOffset,
+    received_at: DateTime<Utc>,
+) -> (DateTime<FixedOffset>, TimeQuality) {
+    use device_drivers::gatt::clock::{self, ClockInputs, ClockPolicy};
+    let at = |unix_s: i64| {
+        offset
+            .timestamp_opt(unix_s, 0)
+            .single()
+            .unwrap_or_else(|| received_at.with_timezone(&offset))
+    };
+    let zone = offset.local_minus_utc();
+    if gateway_synchronized == Some(false) {
+        let policy = ClockPolicy::default();
+        let raw = record
+            .device_time
+            .filter(|t| !clock::is_never_set(*t, &policy))
+            .map(|t| t.naive_unix_seconds() - i64::from(zone));
+        let unix_s = raw.unwrap_or(received_at.timestamp());
+        return (at(unix_s), TimeQuality::GatewayClockUnsynchronized);
+    }
+    let corrected = clock::correct(
+        &ClockInputs {
+            measurement: record.device_time,
+            device_now: dc.device_now,
+            gateway_at_read_unix_s: dc.gateway_at_read.timestamp(),
+            receive_unix_s: received_at.timestamp(),
+            zone_offset_s: zone,
+        },
+        &ClockPolicy::default(),
+    );
+    let quality = match corrected.quality {
+        clock::TimeQuality::DeviceTrusted => TimeQuality::DeviceTrusted,
+        clock::TimeQuality::CorrectedForSkew { .. } => TimeQuality::CorrectedForSkew,
+        clock::TimeQuality::DeviceUnverified => TimeQuality::DeviceUnverified,
+        clock::TimeQuality::Unknown { .. } => TimeQuality::GatewayReceiveTime,
+    };
+    (at(corrected.unix_s), quality)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +389,7 @@ mod tests {
             attribution: Attribution::Single("Patient/p1".parse().unwrap()),
             utc_offset: FixedOffset::east_opt(3600).unwrap(),
             clock_is_provenance_only: false,
+            reported: Default::default(),
         }
     }
 
@@ -286,6 +437,7 @@ mod tests {
         let clock = CaptureClock {
             utc_offset_minutes: Some(-300),
             fraction: Some("250".into()),
+            ..CaptureClock::default()
         };
         let now = t0();
         let a = readings_from_record(&hub, &rec, &mqtt_src("uuid-a"), &clock, now).unwrap();
@@ -328,6 +480,102 @@ mod tests {
             rs[0].observation_identifier
         );
         assert_ne!(rs[0].id, rs[1].id);
+    }
+
+    #[test]
+    fn special_values_become_absent_values_and_never_a_number_on_the_wire() {
+        use device_drivers::AbsentReason;
+        // GATT 0x2A35: systolic 120, diastolic NaN, MAP NRes, pulse +INF, 2024-03-05 14:30.
+        let decode = |pulse: [u8; 2]| {
+            let mut p = vec![
+                0x06, 0x78, 0x00, 0xff, 0x07, 0x00, 0x08, 0xe8, 0x07, 0x03, 0x05, 0x0e, 0x1e, 0x00,
+            ];
+            p.extend(pulse);
+            device_drivers::gatt::decode_measurement(0x2A35, &p, None)
+                .unwrap()
+                .unwrap()
+        };
+        let rec = decode([0xfe, 0x07]);
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &CaptureClock::default(), t0()).unwrap();
+        assert_eq!(rs.len(), 2, "a panel and the cuff's pulse");
+        let (bp, pulse) = (&rs[0], &rs[1]);
+        assert_eq!(bp.kind, ReadingKind::BloodPressure);
+        assert_eq!(bp.components.len(), 1);
+        let reasons = |r: &Reading| -> Vec<(ReadingType, AbsentReason)> {
+            r.context
+                .absent
+                .iter()
+                .map(|a| (a.kind, a.reason))
+                .collect()
+        };
+        assert_eq!(
+            reasons(bp),
+            vec![
+                (ReadingType::DiastolicPressure, AbsentReason::NotANumber),
+                (ReadingType::MeanArterialPressure, AbsentReason::Error),
+            ]
+        );
+        assert_eq!(pulse.kind, ReadingKind::PulseRateCuff);
+        assert!(pulse.components.is_empty());
+        assert_eq!(
+            reasons(pulse),
+            vec![(ReadingType::PulseRate, AbsentReason::PositiveInfinity)]
+        );
+
+        let bundle = fhir::build_transaction_bundle(&fhir::GatewayInfo::new("gw", "0"), &rs)
+            .unwrap()
+            .0;
+        assert!(vitalgate_devkit::validate_resource(&bundle).is_empty());
+        let obs: Vec<&serde_json::Value> = bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["resource"])
+            .filter(|r| r["resourceType"] == "Observation")
+            .collect();
+        let panel = obs
+            .iter()
+            .find(|o| o["code"]["coding"][0]["code"] == "150020")
+            .unwrap();
+        let comps = panel["component"].as_array().unwrap();
+        assert_eq!(comps.len(), 3);
+        assert_eq!(comps[0]["valueQuantity"]["value"], 120);
+        for (c, code) in comps[1..].iter().zip(["not-a-number", "error"]) {
+            assert!(c.get("valueQuantity").is_none(), "{c}");
+            assert_eq!(c["dataAbsentReason"]["coding"][0]["code"], code);
+            assert_eq!(
+                c["dataAbsentReason"]["coding"][0]["system"],
+                "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+            );
+        }
+        let pr = obs
+            .iter()
+            .find(|o| o["code"]["coding"][0]["code"] == "149546")
+            .unwrap();
+        assert!(pr.get("valueQuantity").is_none());
+        assert_eq!(
+            pr["dataAbsentReason"]["coding"][0]["code"],
+            "positive-infinity"
+        );
+        // The special words' mantissas never appear as numbers.
+        let text = bundle.to_string();
+        for n in ["2047", "2046", "-2048", "-2046"] {
+            assert!(!text.contains(&format!(":{n}")), "{n} in {text}");
+        }
+
+        // A NaN pulse is a different reading from a +INF pulse (same identifier, other content).
+        let nan = readings_from_record(
+            &cuff(),
+            &decode([0xff, 0x07]),
+            &src(),
+            &CaptureClock::default(),
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(nan[1].observation_identifier, pulse.observation_identifier);
+        assert_ne!(nan[1].id, pulse.id);
+        assert_eq!(nan[0].id, bp.id);
     }
 
     #[test]
@@ -402,6 +650,69 @@ mod tests {
             "{}",
             rs[0].observation_identifier
         );
+    }
+
+    fn ble_clock(device_now: Option<DeviceTime>, synced: Option<bool>) -> CaptureClock {
+        CaptureClock {
+            device_clock: Some(Box::new(DeviceClockReading {
+                device_now,
+                gateway_at_read: t0(),
+            })),
+            gateway_clock_synchronized: synced,
+            ..CaptureClock::default()
+        }
+    }
+
+    #[test]
+    fn a_ble_reading_is_corrected_by_the_skew_measured_at_connect_and_keeps_its_raw_identifier() {
+        // The cuff's clock read 2026-11-23 09:00:00 local (+01:00) when the gateway's was
+        // 10:00:00Z: it is 2 h behind. Its reading at 08:15:30 device time happened at 10:15:30 local.
+        let dev_now = DeviceTime::new(2026, 11, 23, 9, 0, 0);
+        let mut rec = bp_record();
+        rec.device_time = DeviceTime::new(2026, 11, 23, 8, 15, 30);
+        let later = t0() + chrono::Duration::seconds(600);
+        let rs = readings_from_record(
+            &cuff(),
+            &rec,
+            &src(),
+            &ble_clock(dev_now, Some(true)),
+            later,
+        )
+        .unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::CorrectedForSkew);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T10:15:30+01:00");
+        let raw = DeviceTime::new(2026, 11, 23, 8, 15, 30)
+            .unwrap()
+            .seconds_since_2000();
+        assert!(rs[0]
+            .observation_identifier
+            .ends_with(&format!("-150020-{raw}")));
+        // Within the threshold: trusted as is.
+        let in_sync = DeviceTime::new(2026, 11, 23, 11, 0, 1);
+        let rs = readings_from_record(
+            &cuff(),
+            &rec,
+            &src(),
+            &ble_clock(in_sync, Some(true)),
+            later,
+        )
+        .unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::DeviceTrusted);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T08:15:30+01:00");
+        // No clock to read: as sent, and said so.
+        let rs =
+            readings_from_record(&cuff(), &rec, &src(), &ble_clock(None, None), later).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::DeviceUnverified);
+    }
+
+    #[test]
+    fn an_unsynchronised_gateway_clock_is_never_used_to_correct_and_is_labelled() {
+        let mut rec = bp_record();
+        rec.device_time = DeviceTime::new(2026, 11, 23, 8, 15, 30);
+        let c = ble_clock(DeviceTime::new(2026, 11, 23, 9, 0, 0), Some(false));
+        let rs = readings_from_record(&cuff(), &rec, &src(), &c, t0()).unwrap();
+        assert_eq!(rs[0].time_quality, TimeQuality::GatewayClockUnsynchronized);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T08:15:30+01:00");
     }
 
     #[test]

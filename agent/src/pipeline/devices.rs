@@ -24,6 +24,21 @@ pub struct DeviceContext {
     pub utc_offset: FixedOffset,
     /// Serial protocols: the device clock is provenance only, the gateway time is used.
     pub clock_is_provenance_only: bool,
+    /// What the device reported about itself (BLE Device Information), when a source read it.
+    pub reported: ReportedInfo,
+}
+
+/// Device Information a source read from the device (BLE DIS 0x180A). Not PHI.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportedInfo {
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub firmware: Option<String>,
+    pub hardware: Option<String>,
+    pub software: Option<String>,
+    /// System ID as EUI-64, 16 upper-case hex digits.
+    pub system_id: Option<String>,
 }
 
 impl DeviceContext {
@@ -34,16 +49,19 @@ impl DeviceContext {
                 DeviceIdentifier::Local(format!("{gateway_id}/{}", d.name)),
                 false,
             ),
-            DeviceKind::Ble { address, profile } => (
-                match profile.as_str() {
-                    "blood-pressure" => DeviceClass::BloodPressureCuff,
-                    "weight-scale" | "body-composition" => DeviceClass::Scale,
-                    "thermometer" => DeviceClass::Thermometer,
-                    "pulse-oximeter" => DeviceClass::PulseOximeter,
-                    "glucose" => DeviceClass::GlucoseMeter,
-                    _ => DeviceClass::HeartRateSensor,
+            DeviceKind::Ble(b) => (
+                b.class(),
+                // fhir-mapping.md §5.1: the PHD EUI-64 (System ID) when known, else the
+                // Bluetooth identity address. The transport refines this from what the device
+                // reports (and remembers it), so the identifier does not change between
+                // connections.
+                match (&b.identity.system_id, &b.address) {
+                    (Some(sysid), _) => DeviceIdentifier::Eui64(sysid.clone()),
+                    (None, Some(a)) => {
+                        DeviceIdentifier::Bluetooth(a.replace(':', "").to_ascii_uppercase())
+                    }
+                    (None, None) => DeviceIdentifier::Local(format!("{gateway_id}/{}", d.name)),
                 },
-                DeviceIdentifier::Bluetooth(address.replace(':', "").to_ascii_uppercase()),
                 false,
             ),
             DeviceKind::Serial(s) => (
@@ -59,6 +77,7 @@ impl DeviceContext {
             attribution: d.attribution.clone(),
             utc_offset: d.utc_offset.unwrap_or(default_offset),
             clock_is_provenance_only: provenance_only,
+            reported: ReportedInfo::default(),
         }
     }
 
@@ -73,6 +92,7 @@ impl DeviceContext {
             attribution: Attribution::Single(s.patient.clone()),
             utc_offset: chrono::Offset::fix(&Utc),
             clock_is_provenance_only: false,
+            reported: ReportedInfo::default(),
         }
     }
 
@@ -82,10 +102,26 @@ impl DeviceContext {
             name: self.name.clone(),
             class: self.class,
             identifier: self.identifier.clone(),
-            manufacturer: None,
-            model: record.device_model.clone(),
-            serial: record.device_id.clone(),
-            firmware: None,
+            manufacturer: self.reported.manufacturer.clone(),
+            model: record
+                .device_model
+                .clone()
+                .or_else(|| self.reported.model.clone()),
+            serial: record
+                .device_id
+                .clone()
+                .or_else(|| self.reported.serial.clone()),
+            firmware: self.reported.firmware.clone(),
+            system_id: match &self.identifier {
+                DeviceIdentifier::Eui64(v) => Some(v.clone()),
+                _ => self.reported.system_id.clone(),
+            },
+            bluetooth_address: match &self.identifier {
+                DeviceIdentifier::Bluetooth(v) => Some(v.clone()),
+                _ => None,
+            },
+            hardware: self.reported.hardware.clone(),
+            software: self.reported.software.clone(),
         }
     }
 }

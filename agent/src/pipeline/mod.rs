@@ -14,6 +14,6 @@ pub mod devices;
 pub mod reduce;
 pub mod task;
 
-pub use convert::{readings_from_record, CaptureClock, Rejection};
-pub use devices::{DeviceContext, DeviceTable};
+pub use convert::{readings_from_record, CaptureClock, DeviceClockReading, Rejection};
+pub use devices::{DeviceContext, DeviceTable, ReportedInfo};
 pub use task::{run, Ingest, Outcome, MAX_BATCH};

@@ -483,6 +483,9 @@ impl Window {
             device_model: self.device_model.clone(),
             user_index: self.user_index,
             fields,
+            // No source context: the median's time is the window's end on the gateway clock
+            // (module doc), uploaded as a point in time.
+            context: Default::default(),
         })
     }
 }

@@ -9,13 +9,22 @@
 //!    └────────── done (durable / rejected) ◀──┘   then: wake the uploader
 //! ```
 //!
+//! Back-pressure ([`crate::store::pressure`]): after each batch, and every [`PRESSURE_TICK`],
+//! the task compares the store's held bytes with `store.max_bytes`. From 80% it stops taking
+//! requests (the `recv` branch of its `select!` is off): the channel fills, the sources stop
+//! taking input, and nothing further is acknowledged upstream, so MQTT brokers and devices keep
+//! the readings. The uplink keeps draining the store; below 70% the task takes requests again.
+//! Nothing stored is dropped to make room.
+//!
 //! Nothing a source handed over is dropped: a record that cannot be attributed or has no valid
 //! device time (`Rejection::keeps_record`), a payload that cannot be decoded, a reading too
 //! large for the store and a reading whose identifier another reading holds are each kept as a
 //! dead letter with its reason, for a technician. Records the device marks invalid or not for
 //! upload (test data, control solution) are counted and acknowledged, not kept.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use device_drivers::Record;
@@ -24,13 +33,24 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::convert::{readings_from_record, CaptureClock};
 use super::devices::DeviceContext;
 use crate::reading::{Reading, Source};
+use crate::store::pressure::{Level, Pressure};
 use crate::store::{DeadReason, Insert, NewRecord, Outbox, StoreError};
-use crate::telemetry;
+use crate::telemetry::{self, GAUGES};
 
 /// Requests drained per store transaction.
 pub const MAX_BATCH: usize = 64;
 
+/// How often the task looks at the store's held bytes between batches (and while paused, to
+/// see whether the uplink has drained it).
+pub const PRESSURE_TICK: Duration = Duration::from_millis(250);
+
+/// The store's size on disk and the free space are measured every this many ticks (10 s).
+const DISK_PROBE_TICKS: u32 = 40;
+
 /// What a source tells the pipeline.
+// Nearly every message is a `Record` (~300 bytes): boxing it would add an allocation per reading
+// to save space only on the rare `Undecodable`, in a channel bounded to a few thousand entries.
+#[allow(clippy::large_enum_variant)]
 pub enum Ingest {
     /// A decoded record from a device.
     Record {
@@ -83,23 +103,118 @@ enum Converted {
     Rejected(String),
 }
 
-/// The pipeline task. Ends when its input is closed (every sender dropped) and drained. It has
-/// no shutdown token of its own: the app closes its input at shutdown, and aborts it after the
-/// grace period (answers not sent mean "not acknowledged": the sources' upstream redelivers).
-pub async fn run(mut rx: mpsc::Receiver<Ingest>, store: Arc<Outbox>, uplink_wake: Arc<Notify>) {
-    // The watchdog: a beat per batch; waiting for input is idle, the store write is not.
-    while let Some(first) = crate::ops::watchdog::idle(rx.recv()).await {
-        crate::ops::watchdog::beat();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+/// The pipeline task. Ends when its input is closed (every sender dropped) and drained, or,
+/// while paused by store pressure, as soon as its input is closed (what it holds then is not
+/// acknowledged: the sources' upstream redelivers). It has no shutdown token of its own: the
+/// app closes its input at shutdown, and aborts it after the grace period (answers not sent
+/// mean "not acknowledged": the sources' upstream redelivers).
+///
+/// `max_bytes` is `store.max_bytes`: see the module doc on back-pressure.
+pub async fn run(
+    mut rx: mpsc::Receiver<Ingest>,
+    store: Arc<Outbox>,
+    uplink_wake: Arc<Notify>,
+    max_bytes: u64,
+) {
+    let mut pressure = Pressure::new(max_bytes);
+    GAUGES.store_max_bytes.store(max_bytes, Ordering::Relaxed);
+    // A store already over 80% at start (a restart during an outage) starts paused.
+    check_pressure(&store, &mut pressure).await;
+    probe_disk(&store).await;
+    let mut tick = tokio::time::interval(PRESSURE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u32 = 0;
+    loop {
+        // The watchdog: a beat per batch and per tick; waiting for input is idle, the store
+        // write is not.
+        tokio::select! {
+            msg = crate::ops::watchdog::idle(rx.recv()), if pressure.level().takes_readings() => {
+                let Some(first) = msg else { break };
+                crate::ops::watchdog::beat();
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                if process(batch, &store).await {
+                    uplink_wake.notify_one();
+                }
+                check_pressure(&store, &mut pressure).await;
+            }
+            _ = tick.tick() => {
+                crate::ops::watchdog::beat();
+                ticks = ticks.wrapping_add(1);
+                if ticks % DISK_PROBE_TICKS == 0 {
+                    probe_disk(&store).await;
+                }
+                check_pressure(&store, &mut pressure).await;
+                if !pressure.level().takes_readings() && rx.is_closed() {
+                    break;
+                }
             }
         }
-        if process(batch, &store).await {
-            uplink_wake.notify_one();
+    }
+}
+
+/// Updates the held-bytes gauge and the pressure level. A change of level is decided on an
+/// exact count, not on the running figure (which rare operations leave off by a few bytes).
+async fn check_pressure(store: &Arc<Outbox>, pressure: &mut Pressure) {
+    let mut held = store.held_bytes();
+    if pressure.next_level(held) != pressure.level() {
+        let store2 = Arc::clone(store);
+        match tokio::task::spawn_blocking(move || store2.recount_held_bytes()).await {
+            Ok(Ok(exact)) => held = exact,
+            Ok(Err(e)) => telemetry::StoreUsageProbeFailed { error: &e }.emit(),
+            Err(e) => telemetry::TaskFailed {
+                task: "store usage recount",
+                error: &e,
+            }
+            .emit(),
         }
+    }
+    GAUGES.store_held_bytes.store(held, Ordering::Relaxed);
+    if let Some((from, to)) = pressure.observe(held) {
+        // One batch can jump from below 80% past 90%: both alarms are raised, in order.
+        let steps: &[(Level, Level)] = if from == Level::Normal && to == Level::Critical {
+            &[(Level::Normal, Level::High), (Level::High, Level::Critical)]
+        } else {
+            &[(from, to)]
+        };
+        for &(from, to) in steps {
+            telemetry::StorePressureChanged {
+                from,
+                to,
+                held_bytes: held,
+                max_bytes: pressure.max_bytes(),
+                percent: pressure.percent(held),
+            }
+            .emit();
+        }
+    }
+}
+
+/// Measures the store's size on disk and the free space (gauges only).
+async fn probe_disk(store: &Arc<Outbox>) {
+    let store2 = Arc::clone(store);
+    let probe = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>((store2.disk_bytes()?, store2.disk_available_bytes()?))
+    })
+    .await;
+    match probe {
+        Ok(Ok((disk, available))) => {
+            GAUGES.store_disk_bytes.store(disk, Ordering::Relaxed);
+            GAUGES
+                .disk_available_bytes
+                .store(available, Ordering::Relaxed);
+        }
+        Ok(Err(e)) => telemetry::StoreUsageProbeFailed { error: &e }.emit(),
+        Err(e) => telemetry::TaskFailed {
+            task: "store disk probe",
+            error: &e,
+        }
+        .emit(),
     }
 }
 
@@ -257,6 +372,7 @@ mod tests {
             attribution: Attribution::Single("Patient/p1".parse().unwrap()),
             utc_offset: FixedOffset::east_opt(3600).unwrap(),
             clock_is_provenance_only: false,
+            reported: Default::default(),
         })
     }
 
@@ -294,6 +410,175 @@ mod tests {
             done: Some(tx),
         };
         (msg, rx)
+    }
+
+    /// A BP record without flags or device time (dated with the receive time), distinct per `n`.
+    fn plain_record(n: i64) -> Record {
+        Record {
+            readings: vec![
+                device_drivers::Reading::new(
+                    ReadingType::SystolicPressure,
+                    Decimal::from_int(100 + n),
+                    "mm[Hg]",
+                ),
+                device_drivers::Reading::new(
+                    ReadingType::DiastolicPressure,
+                    Decimal::from_int(60),
+                    "mm[Hg]",
+                ),
+            ],
+            ..Record::default()
+        }
+    }
+
+    /// [`plain_record`] `n`, received `n` minutes after the others (so each has its own FHIR
+    /// identifier).
+    fn plain(n: i64) -> (Ingest, oneshot::Receiver<Outcome>) {
+        let (mut msg, done) = ingest(plain_record(n));
+        if let Ingest::Record { received_at, .. } = &mut msg {
+            *received_at += chrono::Duration::minutes(n);
+        }
+        (msg, done)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_80_percent_the_pipeline_stops_answering_and_resumes_when_the_uplink_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Outbox::open(
+                dir.path(),
+                StoreKey::from_bytes([7; 32]),
+                OutboxOptions::default(),
+            )
+            .unwrap(),
+        );
+        let max_bytes = 16 * 1024;
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(run(
+            rx,
+            Arc::clone(&store),
+            Arc::new(Notify::new()),
+            max_bytes,
+        ));
+        let patience = Duration::from_secs(30);
+
+        // Fill to 80%, one record at a time: each is answered while the store is below.
+        let mut n = 0;
+        while store.held_bytes() * 100 < max_bytes * 80 {
+            let (msg, done) = plain(n);
+            tx.send(msg).await.unwrap();
+            let outcome = tokio::time::timeout(patience, done).await.unwrap().unwrap();
+            assert!(
+                matches!(outcome, Outcome::Durable { stored: 1, .. }),
+                "{outcome:?}"
+            );
+            n += 1;
+            assert!(n < 1000, "the store never reached 80%");
+        }
+        let stored_before = store.stats().unwrap().pending;
+
+        // Over 80%: the next record is taken by nobody, so nothing acknowledges it upstream.
+        let (msg, mut done) = plain(n);
+        tx.send(msg).await.unwrap();
+        tokio::time::sleep(PRESSURE_TICK * 4).await;
+        assert!(
+            matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            "answered while the store is over 80%"
+        );
+        assert_eq!(
+            store.stats().unwrap().pending,
+            stored_before,
+            "nothing stored"
+        );
+
+        // The uplink delivers half of the backlog: still above 70%, still paused... then all.
+        let pending = store.pending::<Reading>(usize::MAX).unwrap();
+        let ids: Vec<[u8; 32]> = pending.iter().map(|r| r.id).collect();
+        store.ack(&ids[..ids.len() / 8]).unwrap();
+        tokio::time::sleep(PRESSURE_TICK * 4).await;
+        assert!(
+            matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            "resumed above 70% (no hysteresis)"
+        );
+        store.ack(&ids).unwrap();
+        let outcome = tokio::time::timeout(patience, done).await.unwrap().unwrap();
+        assert!(
+            matches!(outcome, Outcome::Durable { stored: 1, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            store.stats().unwrap().pending,
+            1,
+            "the held record is stored once drained"
+        );
+        assert!(
+            telemetry::COUNTERS
+                .store_pressure_high
+                .load(Ordering::Relaxed)
+                >= 1
+        );
+        assert!(
+            telemetry::COUNTERS
+                .store_pressure_resumed
+                .load(Ordering::Relaxed)
+                >= 1
+        );
+        assert_eq!(
+            store.held_bytes(),
+            store.recount_held_bytes().unwrap(),
+            "the running count of held bytes matches an exact count after inserts and acks"
+        );
+
+        drop(tx);
+        tokio::time::timeout(patience, task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_paused_pipeline_ends_when_its_input_closes_without_answering() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Outbox::open(
+                dir.path(),
+                StoreKey::from_bytes([7; 32]),
+                OutboxOptions::default(),
+            )
+            .unwrap(),
+        );
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(run(rx, Arc::clone(&store), Arc::new(Notify::new()), 1));
+        let (msg, done) = plain(1);
+        tx.send(msg).await.unwrap();
+        drop(tx);
+        // Held bytes 0 of max 1 is not over 80%: this one is stored...
+        let first = tokio::time::timeout(Duration::from_secs(30), done)
+            .await
+            .unwrap();
+        assert!(matches!(first, Ok(Outcome::Durable { .. })), "{first:?}");
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // ...and a restart over 80% starts paused: the request is never answered (not acked
+        // upstream), the task ends once its input closes.
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(run(rx, Arc::clone(&store), Arc::new(Notify::new()), 1));
+        let (msg, done) = plain(2);
+        tx.send(msg).await.unwrap();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            done.await.is_err(),
+            "no answer: the source does not acknowledge it"
+        );
+        assert_eq!(
+            store.stats().unwrap().pending,
+            1,
+            "only the first record was stored"
+        );
     }
 
     #[tokio::test]

@@ -106,6 +106,7 @@ pub async fn run(
             clock: CaptureClock {
                 utc_offset_minutes: Some(0),
                 fraction: None,
+                ..CaptureClock::default()
             },
             #[allow(clippy::disallowed_methods)] // the edge: the reading arrives now
             received_at: Utc::now(),

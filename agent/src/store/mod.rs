@@ -1,10 +1,12 @@
 //! The encrypted outbox: readings wait here, sealed, until the FHIR server has them.
 //!
-//! # On-disk format (store format version 2)
+//! # On-disk format (store format version 3; 3 added `Reading::timing`, `Reading::context` and the PHD device fields)
 //!
 //! A store is one directory (mode 0700) holding a sled 0.34.7 database (`<dir>/db` is the data
 //! file, `<dir>/conf` sled's parameters, `<dir>/snap.*` its snapshots, `<dir>/blobs/` values too
-//! large for a log segment). Inside it, these trees:
+//! large for a log segment) and our marker file `vitalgate-store` ([`MARKER_FILE`], written after
+//! the store's first open: a store that has it but no format record has lost its records).
+//! Inside sled, these trees:
 //!
 //! | tree         | key                           | value                                        |
 //! |--------------|-------------------------------|----------------------------------------------|
@@ -75,25 +77,35 @@
 //! survival of a power cut: that depends on the SD card honouring flush requests, which many
 //! consumer cards do not (they acknowledge a flush while data is still in their volatile cache,
 //! and can corrupt older blocks during wear levelling). Nor is sled 0.34's own crash recovery
-//! tested here; if sled cannot open its files after a power cut, [`Outbox::open`] fails and the
-//! agent must refuse to start rather than create an empty store.
+//! tested here. If sled panics or reports corruption on open, or opens a store that had records
+//! as an empty one, [`Outbox::open`] fails and the daemon ([`guard::open_or_quarantine`]) moves
+//! the directory to quarantine, starts an empty store and raises an alarm; `vitalgate store
+//! salvage` recovers what still authenticates.
+//!
+//! # Bound
+//!
+//! [`Outbox::held_bytes`] is what `store.max_bytes` bounds; [`pressure`] is the policy the
+//! pipeline applies to it (stop taking readings at 80%, resume below 70%).
 
 pub mod codec;
+pub mod guard;
 pub mod keyfile;
 mod outbox;
+pub mod pressure;
 
 pub use codec::{CodecError, RecordCipher};
+pub use guard::{open_or_quarantine, salvage, QuarantinedStore, SalvageReport};
 pub use keyfile::{KeyFileError, StoreKey};
 pub use outbox::{
     DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, Outbox, OutboxOptions,
-    PendingRecord, Requeue, RequeueSummary, Stats, MAX_PAYLOAD_LEN, TREE_ACKED, TREE_DEAD,
-    TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
+    PendingRecord, Requeue, RequeueSummary, Stats, MARKER_FILE, MAX_PAYLOAD_LEN, TREE_ACKED,
+    TREE_DEAD, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;
 
 /// The store format version written to `meta/format`.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Everything that can go wrong in the store. Carries paths, tree names, sequence numbers and
 /// sizes; never record content.
@@ -132,6 +144,30 @@ pub enum StoreError {
         seq: u64,
         reason: &'static str,
     },
+    #[error(
+        "store {path} is locked by another process (another vitalgate process holds the store?)"
+    )]
+    Locked { path: PathBuf },
+    #[error("store {path} lost its records: sled opens it as an empty database, but it held a vitalgate store")]
+    Lost { path: PathBuf },
+    #[error("sled panicked while opening store {path}")]
+    Panicked { path: PathBuf },
+}
+
+impl StoreError {
+    /// Does this error on open mean the store's files are damaged (so the store is moved to
+    /// quarantine and a fresh one started), rather than a problem to fix and retry (a lock, a
+    /// wrong key, a newer format, permissions, a full disk)?
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
+                | StoreError::Lost { .. }
+                | StoreError::Panicked { .. }
+                // sled holds data but no format record: the meta tree was lost.
+                | StoreError::UnsupportedFormat { found: None, .. }
+        )
+    }
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {

@@ -55,6 +55,11 @@ pub struct OutboxOptions {
     /// the longest time an upstream (MQTT broker session, device memory) may redeliver a reading
     /// it already delivered. Default 30 days.
     pub tombstone_retention: Duration,
+    /// How long [`Outbox::open`] waits for the store's lock (sled's `flock` on `<dir>/db`)
+    /// before giving up with [`StoreError::Locked`]. sled's background threads keep the file,
+    /// and its lock, a moment after a `Db` is dropped, so a reopen right after a drop can find it
+    /// locked. Default 5 s.
+    pub lock_wait: Duration,
 }
 
 impl Default for OutboxOptions {
@@ -62,6 +67,7 @@ impl Default for OutboxOptions {
         OutboxOptions {
             cache_capacity: 16 * 1024 * 1024,
             tombstone_retention: Duration::from_secs(30 * 24 * 3600),
+            lock_wait: Duration::from_secs(5),
         }
     }
 }
@@ -256,6 +262,9 @@ pub struct Outbox {
     inserts: AtomicU64,
     duplicates: AtomicU64,
     corrupt_records: AtomicU64,
+    /// Bytes of records held (see [`Outbox::held_bytes`]): counted exactly at open and by
+    /// [`Outbox::recount_held_bytes`], kept up to date in between by the hot paths.
+    held: AtomicU64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -304,6 +313,7 @@ impl Outbox {
                 .create(dir)
                 .map_err(io_err(dir))?;
         }
+        wait_for_lock(&dir.join("db"), opts.lock_wait)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_capacity)
@@ -329,8 +339,15 @@ impl Outbox {
             inserts: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             corrupt_records: AtomicU64::new(0),
+            held: AtomicU64::new(0),
         };
         outbox.check_or_init_meta()?;
+        let marker = dir.join(MARKER_FILE);
+        if !marker.exists() {
+            std::fs::write(&marker, MARKER_TEXT)
+                .and_then(|()| File::open(&marker)?.sync_all())
+                .map_err(io_err(&marker))?;
+        }
         // The directory entries of sled's files (and of the directory itself, if new).
         for d in [Some(dir), created.then(|| dir.parent()).flatten()]
             .into_iter()
@@ -346,6 +363,7 @@ impl Outbox {
                 .map_err(io_err(d))?;
         }
         let pruned = outbox.prune_tombstones(SystemTime::now())?;
+        outbox.recount_held_bytes()?;
         let stats = outbox.stats()?;
         tracing::info!(
             store = %outbox.dir.display(),
@@ -511,6 +529,20 @@ impl Outbox {
                     // Also for duplicates: the first copy may belong to a thread that has not
                     // synced yet.
                     self.make_durable()?;
+                    let added: usize = prepared
+                        .iter()
+                        .zip(&outcomes)
+                        .map(|((_, _, item), outcome)| match (item, outcome) {
+                            (Prepared::Pending(_, sealed), Insert::Stored) => {
+                                sealed.len() + PENDING_OVERHEAD
+                            }
+                            (Prepared::Dead(_, _, sealed), Insert::DeadLettered { .. }) => {
+                                sealed.len() + DEAD_OVERHEAD
+                            }
+                            _ => 0,
+                        })
+                        .sum();
+                    self.held.fetch_add(added as u64, Ordering::Relaxed);
                     let count = |f: fn(&Insert) -> bool| outcomes.iter().filter(|o| f(o)).count();
                     self.inserts
                         .fetch_add(count(|o| *o == Insert::Stored) as u64, Ordering::Relaxed);
@@ -564,6 +596,38 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Like [`Outbox::pending`], but only records `keep` accepts count towards `limit` and are
+    /// returned (the uploader skips readings held back for consent without stalling behind
+    /// them). Also returns how many pending records `keep` refused.
+    pub fn pending_where<T: DeserializeOwned>(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&T) -> bool,
+    ) -> Result<(Vec<PendingRecord<T>>, usize), StoreError> {
+        let mut out = Vec::new();
+        let mut refused = 0;
+        if limit == 0 {
+            return Ok((out, refused));
+        }
+        for item in self.pending.iter() {
+            let (key, raw) = item?;
+            match self.decode_pending::<T>(&key, &raw) {
+                Ok(record) => {
+                    if !keep(&record.value) {
+                        refused += 1;
+                        continue;
+                    }
+                    out.push(record);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                Err(reason) => self.quarantine_record(TREE_PENDING, &key, &raw, reason)?,
+            }
+        }
+        Ok((out, refused))
+    }
+
     /// Removes uploaded records (server 2xx and per-entry success) and remembers their ids as
     /// tombstones. Ids that are not pending (already acked, or unknown) are ignored. Returns how
     /// many records were removed; on `Ok` the removal is durable.
@@ -574,33 +638,39 @@ impl Outbox {
     /// will be uploaded again (the server's conditional create makes that harmless).
     pub fn ack(&self, ids: &[[u8; 32]]) -> Result<usize, StoreError> {
         let mut plan = Vec::with_capacity(ids.len());
+        let mut sizes = HashMap::new();
         for id in ids {
             let mac = self.cipher.index_key(id);
             if let Some(seq) = self.verified_seq(id, &mac)? {
                 plan.push((mac, seq));
+                if let Some(raw) = self.pending.get(seq.to_be_bytes())? {
+                    sizes.insert(seq, raw.len() + PENDING_OVERHEAD);
+                }
             }
         }
         if plan.is_empty() {
             return Ok(0);
         }
         let now = now_ms(SystemTime::now()).to_be_bytes();
-        let result: TransactionResult<usize, StoreError> =
+        let result: TransactionResult<Vec<u64>, StoreError> =
             (&self.pending, &self.index, &self.acked).transaction(|(pending, index, acked)| {
-                let mut removed = 0;
+                let mut removed = Vec::new();
                 for (mac, seq) in &plan {
-                    let seq = seq.to_be_bytes();
-                    if index.get(mac)?.as_deref() == Some(&seq[..]) {
-                        pending.remove(&seq[..])?;
+                    let key = seq.to_be_bytes();
+                    if index.get(mac)?.as_deref() == Some(&key[..]) {
+                        pending.remove(&key[..])?;
                         index.remove(&mac[..])?;
                         acked.insert(&mac[..], &now[..])?;
-                        removed += 1;
+                        removed.push(*seq);
                     }
                 }
                 Ok(removed)
             });
         let removed = result?;
         self.make_durable()?;
-        Ok(removed)
+        let freed: usize = removed.iter().filter_map(|seq| sizes.get(seq)).sum();
+        self.release_held(freed as u64);
+        Ok(removed.len())
     }
 
     /// Moves the pending record `id` to the dead-letter tree with `reason` (the server rejected
@@ -701,8 +771,10 @@ impl Outbox {
                 payload: kept.to_vec(),
             },
         )?;
+        let size = sealed.len() + DEAD_OVERHEAD;
         self.dead.insert(seq.to_be_bytes(), sealed)?;
         self.make_durable()?;
+        self.held.fetch_add(size as u64, Ordering::Relaxed);
         tracing::warn!(
             seq,
             size = payload.len(),
@@ -960,6 +1032,96 @@ impl Outbox {
         &self.dir
     }
 
+    /// Bytes of records the store holds: keys and sealed values of `pending`, `dead` and
+    /// `quarantine`, plus the `index` entry of each pending record — what `store.max_bytes`
+    /// bounds ([`super::pressure`]). Tombstones (`acked`) and identities (`idents`) are not
+    /// counted: they leave after the retention on their own. Cheap (an atomic): exact after
+    /// [`Outbox::open`] and [`Outbox::recount_held_bytes`]; in between, inserts, acks and raw
+    /// dead letters keep it current, and the rarer moves (dead-lettering a pending record,
+    /// requeue, quarantine) are off by a few bytes each until the next recount.
+    pub fn held_bytes(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Counts [`Outbox::held_bytes`] exactly by walking the trees (O(records): call it when a
+    /// decision depends on it, not per reading) and returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`].
+    pub fn recount_held_bytes(&self) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        for tree in [&self.pending, &self.index, &self.dead, &self.quarantine] {
+            for item in tree.iter() {
+                let (k, v) = item?;
+                total += (k.len() + v.len()) as u64;
+            }
+        }
+        self.held.store(total, Ordering::Relaxed);
+        Ok(total)
+    }
+
+    /// Bytes the store directory takes on disk (allocated blocks of every file under it: sled's
+    /// data file, snapshots, blobs), which is [`Outbox::held_bytes`] times sled's space
+    /// amplification plus tombstones. Walks the directory (a handful of files).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`].
+    pub fn disk_bytes(&self) -> Result<u64, StoreError> {
+        dir_disk_bytes(&self.dir).map_err(|(path, source)| StoreError::Io { path, source })
+    }
+
+    /// Space available to this process on the store's filesystem (`statvfs` `f_bavail`).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`].
+    pub fn disk_available_bytes(&self) -> Result<u64, StoreError> {
+        fs2::available_space(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
+    /// For salvage ([`super::guard`]): opens a `pending` record of another store sealed under
+    /// this store's key; returns its reading id and payload.
+    pub(super) fn open_foreign_pending(
+        &self,
+        key: &[u8],
+        raw: &[u8],
+    ) -> Result<([u8; 32], Vec<u8>), &'static str> {
+        let seq = parse_seq(key).ok_or("key is not a sequence number")?;
+        let envelope = self.open_pending_envelope(seq, raw)?;
+        Ok((envelope.id, envelope.payload))
+    }
+
+    /// For salvage: opens a `dead` record of another store; returns source, reason, payload.
+    pub(super) fn open_foreign_dead(
+        &self,
+        key: &[u8],
+        raw: &[u8],
+    ) -> Result<(String, String, Vec<u8>), &'static str> {
+        let (_, d) = self.open_dead(key, raw)?;
+        Ok((d.source, d.reason, d.payload))
+    }
+
+    /// For salvage: does another store's `meta/key_check` open under this store's key?
+    pub(super) fn key_check_opens(&self, sealed: &[u8]) -> bool {
+        self.cipher
+            .open(&record_key(TREE_META, META_KEY_CHECK), sealed)
+            .is_ok_and(|p| p == KEY_CHECK_PLAINTEXT)
+    }
+
+    fn release_held(&self, bytes: u64) {
+        // Saturating: an estimate must never wrap to "full".
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                Some(h.saturating_sub(bytes))
+            });
+    }
+
     // ---- helpers ----
 
     fn check_or_init_meta(&self) -> Result<(), StoreError> {
@@ -982,6 +1144,14 @@ impl Outbox {
                 path: self.dir.clone(),
                 found: v.first().copied(),
             }),
+            None if self.dir.join(MARKER_FILE).exists() => {
+                // The store existed (we wrote the marker after its first open) and sled now
+                // shows no format record: sled lost its records (a truncated or overwritten
+                // data file opens as an empty database).
+                Err(StoreError::Lost {
+                    path: self.dir.clone(),
+                })
+            }
             None => {
                 let empty = [
                     &self.pending,
@@ -1203,6 +1373,81 @@ enum Prepared {
 /// Transaction abort: item `.0` collides and needs a sealed dead letter first.
 #[derive(Debug)]
 struct NeedsDeadLetter(usize);
+
+/// A file of ours in the store directory (sled ignores it), written after the store's first
+/// successful open: a store that has it but no format record lost its records.
+pub const MARKER_FILE: &str = "vitalgate-store";
+const MARKER_TEXT: &str =
+    "vitalgate outbox: sled database and sealed records; see `vitalgate status`\n";
+
+/// Waits until nobody holds the `flock` sled takes on `db` (or `wait` passed). A missing file is
+/// fine (a new store). The lock is released again at once: sled takes it itself.
+fn wait_for_lock(db: &Path, wait: Duration) -> Result<(), StoreError> {
+    use fs2::FileExt;
+    let file = match File::open(db) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: db.to_owned(),
+                source,
+            })
+        }
+    };
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock_exclusive() {
+            Ok(()) => {
+                let _ = FileExt::unlock(&file);
+                return Ok(());
+            }
+            Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Locked {
+                        path: db.parent().unwrap_or(db).to_owned(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: db.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Held bytes of a pending record besides its sealed value: its 8-byte key and its `index`
+/// entry (32-byte key, 8-byte seq).
+const PENDING_OVERHEAD: usize = 8 + 32 + 8;
+/// Held bytes of a dead letter besides its sealed value: its 8-byte key.
+const DEAD_OVERHEAD: usize = 8;
+
+/// Allocated bytes of every file under `dir`, recursively.
+fn dir_disk_bytes(dir: &Path) -> Result<u64, (PathBuf, std::io::Error)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let entries = std::fs::read_dir(dir).map_err(|e| (dir.to_owned(), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| (dir.to_owned(), e))?;
+        let path = entry.path();
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            // sled removed it meanwhile (an old snapshot, a collected blob)
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err((path, e)),
+        };
+        if meta.is_dir() {
+            total += dir_disk_bytes(&path)?;
+        } else {
+            // st_blocks is in 512-byte units whatever the filesystem's block size.
+            total += meta.blocks() * 512;
+        }
+    }
+    Ok(total)
+}
 
 /// The key a record is sealed under: tree name, `0x00`, sled key (module doc of [`crate::store`]).
 fn record_key(tree: &str, key: &[u8]) -> Vec<u8> {

@@ -7,6 +7,8 @@
 //!   identifier (§5.1) fixed at capture, `effectiveDateTime` with an offset, a `device`
 //!   reference to its PHD Device, and `valueQuantity` (or components for the BP panel) with the
 //!   device's exact decimal (never through `f64`: `36.50` stays `36.50`);
+//!   a value the device sent as an IEEE 11073 special value (NaN, NRes, +/-INF) is a
+//!   `dataAbsentReason` instead (§2), on the Observation or on the BP component, never a number;
 //! - every entry is `POST` with `ifNoneExist = "identifier=<system>|<value>"` built from the
 //!   same strings as the resource identifier, so a retried Bundle creates nothing twice;
 //! - one Device entry per distinct device, the gateway Device once, at most 50 entries;
@@ -22,14 +24,18 @@
 use std::collections::BTreeMap;
 
 use chrono::SecondsFormat;
-use device_drivers::{Decimal, ReadingType};
+use device_drivers::{
+    AbsentReason, AbsentValue, BodySite, BpStatusBit, Decimal, MeasurementContext,
+    MeasurementStatus, ReadingType, Specimen, Status, StatusClass,
+};
 use serde_json::{json, Map, Number, Value};
 
-use crate::reading::{DeviceClass, DeviceIdentifier, PatientRef, Reading, ReadingKind};
+use crate::reading::{DeviceClass, DeviceIdentifier, PatientRef, Reading, ReadingKind, Timing};
 
 pub const MDC: &str = "urn:iso:std:iso:11073:10101";
 pub const LOINC: &str = "http://loinc.org";
 pub const UCUM: &str = "http://unitsofmeasure.org";
+pub const DATA_ABSENT_REASON: &str = "http://terminology.hl7.org/CodeSystem/data-absent-reason";
 pub const OBS_IDENTIFIER_SYSTEM: &str =
     "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObservation";
 pub const GATEWAY_EXTENSION: &str =
@@ -69,6 +75,8 @@ pub enum MappingError {
     TooManyEntries(usize),
     #[error("no readings")]
     Empty,
+    #[error("{0} has no sourced MDC or LOINC code")]
+    NoCode(&'static str),
     /// Two readings with one Observation identifier and different content: the server would
     /// merge them. The store never lets this happen (see `crate::store`, invariant 3b); if it
     /// does, the reading is isolated and dead-lettered, never acked on the other's entry.
@@ -85,110 +93,173 @@ pub struct EntryRef {
 }
 
 struct Code {
-    mdc: u32,
-    mdc_display: &'static str,
-    loinc: &'static str,
-    loinc_display: &'static str,
+    /// MDC code (IEEE 11073-10101) and its reference id; `None` when no code was sourced.
+    mdc: Option<(u32, &'static str)>,
+    /// LOINC code and display; `None` when no code was sourced.
+    loinc: Option<(&'static str, &'static str)>,
     text: &'static str,
     vital_profile: Option<&'static str>,
 }
 
-fn code(kind: ReadingKind) -> Code {
-    let c = |mdc, mdc_display, loinc, loinc_display, text, vital_profile| Code {
+/// Codes per kind. Sources: fhir-mapping.md §1 (the PHD IG 2.0.0 and R4 vital-signs profiles)
+/// unless a line says otherwise.
+fn code(kind: ReadingKind, ctx: &MeasurementContext, unit: &str) -> Code {
+    let c = |mdc: Option<(u32, &'static str)>, loinc, text, vital_profile| Code {
         mdc,
-        mdc_display,
         loinc,
-        loinc_display,
         text,
         vital_profile,
     };
     match kind {
         ReadingKind::BloodPressure => c(
-            150020,
-            "MDC_PRESS_BLD_NONINV",
-            "85354-9",
-            "Blood pressure panel with all children optional",
+            Some((150020, "MDC_PRESS_BLD_NONINV")),
+            Some(("85354-9", "Blood pressure panel with all children optional")),
             "Blood pressure",
             Some("bp"),
         ),
         ReadingKind::PulseRateCuff => c(
-            149546,
-            "MDC_PULS_RATE_NON_INV",
-            "8867-4",
-            "Heart rate",
+            Some((149546, "MDC_PULS_RATE_NON_INV")),
+            Some(("8867-4", "Heart rate")),
             "Pulse rate",
             Some("heartrate"),
         ),
+        // An oximeter's pulse is a pulse rate, never an ECG heart rate.
         ReadingKind::PulseRateOximeter => c(
-            149530,
-            "MDC_PULS_OXIM_PULS_RATE",
-            "8867-4",
-            "Heart rate",
+            Some((149530, "MDC_PULS_OXIM_PULS_RATE")),
+            Some(("8867-4", "Heart rate")),
             "Pulse rate",
             Some("heartrate"),
         ),
         ReadingKind::HeartRate => c(
-            147842,
-            "MDC_ECG_HEART_RATE",
-            "8867-4",
-            "Heart rate",
+            Some((147842, "MDC_ECG_HEART_RATE")),
+            Some(("8867-4", "Heart rate")),
             "Heart rate",
             Some("heartrate"),
         ),
         ReadingKind::OxygenSaturation => c(
-            150456,
-            "MDC_PULS_OXIM_SAT_O2",
-            "2708-6",
-            "Oxygen saturation in Arterial blood",
+            Some((150456, "MDC_PULS_OXIM_SAT_O2")),
+            Some(("2708-6", "Oxygen saturation in Arterial blood")),
             "Oxygen saturation",
             Some("oxygensat"),
         ),
         ReadingKind::BodyWeight => c(
-            188736,
-            "MDC_MASS_BODY_ACTUAL",
-            "29463-7",
-            "Body weight",
+            Some((188736, "MDC_MASS_BODY_ACTUAL")),
+            Some(("29463-7", "Body weight")),
             "Body weight",
             Some("bodyweight"),
         ),
         ReadingKind::BodyHeight => c(
-            188740,
-            "MDC_LEN_BODY_ACTUAL",
-            "8302-2",
-            "Body height",
+            Some((188740, "MDC_LEN_BODY_ACTUAL")),
+            Some(("8302-2", "Body height")),
             "Body height",
             Some("bodyheight"),
         ),
         ReadingKind::Bmi => c(
-            188752,
-            "MDC_RATIO_MASS_BODY_LEN_SQ",
-            "39156-5",
-            "Body mass index (BMI) [Ratio]",
+            Some((188752, "MDC_RATIO_MASS_BODY_LEN_SQ")),
+            Some(("39156-5", "Body mass index (BMI) [Ratio]")),
             "Body mass index",
             Some("bmi"),
         ),
+        // The site's MDC code replaces MDC_TEMP_BODY (fhir-mapping.md §1, "Temperature site");
+        // LOINC stays 8310-5. Sites without an MDC code there keep 150364.
         ReadingKind::BodyTemperature => c(
-            150364,
-            "MDC_TEMP_BODY",
-            "8310-5",
-            "Body temperature",
+            Some(match ctx.body_site {
+                Some(BodySite::Axilla) => (188452, "MDC_TEMP_AXILLA"),
+                Some(BodySite::Ear) => (188428, "MDC_TEMP_EAR"),
+                Some(BodySite::Finger) => (188432, "MDC_TEMP_FINGER"),
+                Some(BodySite::GastroIntestinalTract) => (188456, "MDC_TEMP_GIT"),
+                Some(BodySite::Mouth) => (188424, "MDC_TEMP_ORAL"),
+                Some(BodySite::Rectum) => (188420, "MDC_TEMP_RECT"),
+                Some(BodySite::Toe) => (188448, "MDC_TEMP_TOE"),
+                Some(BodySite::Tympanum) => (150392, "MDC_TEMP_TYMP"),
+                _ => (150364, "MDC_TEMP_BODY"),
+            }),
+            Some(("8310-5", "Body temperature")),
             "Body temperature",
             Some("bodytemp"),
         ),
-        ReadingKind::BloodGlucose => c(
-            160184,
-            "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD",
-            "41653-7",
-            "Glucose [Mass/volume] in Capillary blood by Glucometer",
-            "Blood glucose",
+        ReadingKind::BloodGlucose => glucose_code(ctx.specimen, unit == "mmol/L"),
+        // LOINC 9279-1: the R4 `resprate` profile's code. MDC_RESP_RATE 151562: ISO/IEEE
+        // 11073-10101 (as in the HL7 PoCD IG examples); not re-checked against the standard here.
+        ReadingKind::RespiratoryRate => c(
+            Some((151562, "MDC_RESP_RATE")),
+            Some(("9279-1", "Respiratory rate")),
+            "Respiratory rate",
+            Some("resprate"),
+        ),
+        // MDC_PULS_OXIM_PERF_REL 150448: ISO/IEEE 11073-10404 (pulse oximeter specialization).
+        // No LOINC code sourced. Not a vital sign (no R4 profile).
+        ReadingKind::PerfusionIndex => c(
+            Some((150448, "MDC_PULS_OXIM_PERF_REL")),
+            None,
+            "Perfusion index",
+            None,
+        ),
+        // MDC_BODY_FAT 188748: ISO/IEEE 11073-10420 (body composition analyzer); LOINC 41982-0
+        // "Percentage of body fat Measured". Not a vital sign (no R4 profile).
+        ReadingKind::BodyFatPercentage => c(
+            Some((188748, "MDC_BODY_FAT")),
+            Some(("41982-0", "Percentage of body fat Measured")),
+            "Body fat",
             None,
         ),
     }
 }
 
-/// The MDC code of an observation kind (the `<type>` of the identifier).
-pub fn mdc_code(kind: ReadingKind) -> u32 {
-    code(kind).mdc
+/// Glucose by its real specimen (fhir-mapping.md §1, "Other glucose"): MDC per specimen;
+/// capillary → 41653-7 / 14743-9, other whole blood → 2339-0 / 15074-8, plasma and serum →
+/// 2345-7 / 14749-6 (mass / molar). No MDC code is sourced for undetermined whole blood or
+/// serum, no LOINC for interstitial fluid: those codings are left out, never guessed.
+fn glucose_code(specimen: Option<Specimen>, molar: bool) -> Code {
+    use Specimen::*;
+    let specimen = specimen.unwrap_or(UndeterminedWholeBlood);
+    let mdc = match specimen {
+        CapillaryWholeBlood => Some((160184, "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD")),
+        CapillaryPlasma => Some((160188, "MDC_CONC_GLU_CAPILLARY_PLASMA")),
+        VenousWholeBlood => Some((160192, "MDC_CONC_GLU_VENOUS_WHOLEBLOOD")),
+        VenousPlasma => Some((160196, "MDC_CONC_GLU_VENOUS_PLASMA")),
+        ArterialWholeBlood => Some((160200, "MDC_CONC_GLU_ARTERIAL_WHOLEBLOOD")),
+        ArterialPlasma => Some((160204, "MDC_CONC_GLU_ARTERIAL_PLASMA")),
+        InterstitialFluid => Some((160212, "MDC_CONC_GLU_ISF")),
+        UndeterminedPlasma => Some((160368, "MDC_CONC_GLU_UNDETERMINED_PLASMA")),
+        UndeterminedWholeBlood | Serum | ControlSolution => None,
+    };
+    let loinc = match (specimen, molar) {
+        (CapillaryWholeBlood | CapillaryPlasma, false) => Some((
+            "41653-7",
+            "Glucose [Mass/volume] in Capillary blood by Glucometer",
+        )),
+        (CapillaryWholeBlood | CapillaryPlasma, true) => Some((
+            "14743-9",
+            "Glucose [Moles/volume] in Capillary blood by Glucometer",
+        )),
+        (VenousWholeBlood | ArterialWholeBlood | UndeterminedWholeBlood, false) => {
+            Some(("2339-0", "Glucose [Mass/volume] in Blood"))
+        }
+        (VenousWholeBlood | ArterialWholeBlood | UndeterminedWholeBlood, true) => {
+            Some(("15074-8", "Glucose [Moles/volume] in Blood"))
+        }
+        (VenousPlasma | ArterialPlasma | UndeterminedPlasma | Serum, false) => {
+            Some(("2345-7", "Glucose [Mass/volume] in Serum or Plasma"))
+        }
+        (VenousPlasma | ArterialPlasma | UndeterminedPlasma | Serum, true) => {
+            Some(("14749-6", "Glucose [Moles/volume] in Serum or Plasma"))
+        }
+        (InterstitialFluid | ControlSolution, _) => None,
+    };
+    Code {
+        mdc,
+        loinc,
+        text: "Glucose",
+        vital_profile: None,
+    }
+}
+
+/// The `<type>` of the identifier (§5.1): the observation's MDC code (the specimen's or the
+/// site's code when there is one), `0` for the two glucose specimens without a sourced MDC code
+/// (the identifier stays unique: a data point has one glucose value).
+pub fn mdc_code(kind: ReadingKind, ctx: &MeasurementContext) -> u32 {
+    code(kind, ctx, "").mdc.map_or(0, |(c, _)| c)
 }
 
 /// The display text of a UCUM code (fhir-mapping.md §2).
@@ -201,6 +272,7 @@ pub fn unit_display(ucum: &str) -> &str {
         "Cel" => "°C",
         "[degF]" => "°F",
         "/min" => "beats/minute",
+        "L/min" => "L/min",
         other => other,
     }
 }
@@ -356,11 +428,33 @@ fn device_entry(r: &Reading) -> (String, Value) {
     if let (Some(serial), Some(obj)) = (&d.serial, res.as_object_mut()) {
         obj.insert("serialNumber".into(), Value::String(serial.clone()));
     }
-    if let (Some(fw), Some(obj)) = (&d.firmware, res.as_object_mut()) {
-        obj.insert(
-            "version".into(),
-            json!([{"type": {"coding": [mdc_coding(531976, "MDC_ID_PROD_SPEC_FW")]}, "value": fw}]),
-        );
+    // Every identifier the device told us, beyond the one it is keyed by (fhir-mapping.md §3).
+    let mut idents = vec![ident];
+    let extra = [
+        d.system_id.clone().map(DeviceIdentifier::Eui64),
+        d.bluetooth_address.clone().map(DeviceIdentifier::Bluetooth),
+    ];
+    for id in extra.into_iter().flatten() {
+        if id != d.identifier {
+            idents.push(device_identifier(&id).2);
+        }
+    }
+    let versions: Vec<Value> = [
+        (&d.hardware, 531974, "MDC_ID_PROD_SPEC_HW"),
+        (&d.software, 531975, "MDC_ID_PROD_SPEC_SW"),
+        (&d.firmware, 531976, "MDC_ID_PROD_SPEC_FW"),
+    ]
+    .into_iter()
+    .filter_map(|(v, code, disp)| {
+        v.as_ref()
+            .map(|v| json!({"type": {"coding": [mdc_coding(code, disp)]}, "value": v}))
+    })
+    .collect();
+    if let Some(obj) = res.as_object_mut() {
+        obj.insert("identifier".into(), Value::Array(idents));
+        if !versions.is_empty() {
+            obj.insert("version".into(), Value::Array(versions));
+        }
     }
     let e = entry(&full_url, res, "Device", &system, &value);
     (full_url, e)
@@ -375,8 +469,24 @@ fn subject(p: &PatientRef) -> Value {
     }
 }
 
-fn bp_component(c: &device_drivers::Reading) -> Result<Option<Value>, MappingError> {
-    let (mdc, disp, loinc, ldisp) = match c.kind {
+/// `dataAbsentReason` for a value the device sent as an IEEE 11073 special value
+/// (fhir-mapping.md §2; R4 code system `data-absent-reason`).
+fn data_absent_reason(reason: AbsentReason) -> Value {
+    json!({"coding": [{"system": DATA_ABSENT_REASON, "code": reason.code(), "display": reason.display()}]})
+}
+
+/// A BP component: the number in mm[Hg], or the special value as `dataAbsentReason`.
+enum BpValue<'a> {
+    Number(&'a device_drivers::Reading),
+    Absent(&'a AbsentValue),
+}
+
+fn bp_component(v: BpValue<'_>) -> Result<Option<Value>, MappingError> {
+    let kind = match v {
+        BpValue::Number(c) => c.kind,
+        BpValue::Absent(a) => a.kind,
+    };
+    let (mdc, disp, loinc, ldisp) = match kind {
         ReadingType::SystolicPressure => (
             150021,
             "MDC_PRESS_BLD_NONINV_SYS",
@@ -397,10 +507,135 @@ fn bp_component(c: &device_drivers::Reading) -> Result<Option<Value>, MappingErr
         ),
         _ => return Ok(None),
     };
-    Ok(Some(json!({
-        "code": {"coding": [mdc_coding(mdc, disp), {"system": LOINC, "code": loinc, "display": ldisp}]},
-        "valueQuantity": quantity(to_mmhg(c.value, &c.unit)?, "mm[Hg]"),
-    })))
+    let code = json!({"coding": [mdc_coding(mdc, disp), {"system": LOINC, "code": loinc, "display": ldisp}]});
+    Ok(Some(match v {
+        BpValue::Number(c) => json!({
+            "code": code,
+            "valueQuantity": quantity(to_mmhg(c.value, &c.unit)?, "mm[Hg]"),
+        }),
+        BpValue::Absent(a) => json!({
+            "code": code,
+            "dataAbsentReason": data_absent_reason(a.reason),
+        }),
+    }))
+}
+
+/// The `interpretation` codes of a reading: every status of class
+/// [`StatusClass::Interpretation`] (the class and the PoCD code are decided in
+/// `device_drivers::status`), each once.
+fn interpretations(flags: &[Status]) -> Vec<MeasurementStatus> {
+    let mut out = Vec::new();
+    for f in flags {
+        if let StatusClass::Interpretation(m) = f.class() {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+/// Every BP measurement-status bit, in component order (8410608.0 to .5).
+const BP_STATUS_BITS: [BpStatusBit; 6] = [
+    BpStatusBit::BodyMovement,
+    BpStatusBit::CuffTooLoose,
+    BpStatusBit::IrregularPulse,
+    BpStatusBit::PulseOverRangeLimit,
+    BpStatusBit::PulseUnderRangeLimit,
+    BpStatusBit::ImproperBodyPosition,
+];
+
+fn bp_bits(flags: &[Status]) -> Vec<BpStatusBit> {
+    flags
+        .iter()
+        .filter_map(|f| match f.class() {
+            StatusClass::BpMeasurementStatus(b) => Some(b),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Does a BP reading carry measurement status bits (and so a 8410608 Observation)?
+pub fn has_bp_status(r: &Reading) -> bool {
+    r.kind == ReadingKind::BloodPressure && !bp_bits(&r.flags).is_empty()
+}
+
+/// The identifier of a BP reading's status Observation: the BP identifier with the status
+/// code as §5.1's supplemental-code suffix, fixed by the BP identifier (never recomputed from
+/// anything else).
+pub fn bp_status_identifier(bp_identifier: &str) -> String {
+    format!("{bp_identifier}-8410608")
+}
+
+fn effective(r: &Reading, obs: &mut Map<String, Value>) {
+    let t =
+        |d: &chrono::DateTime<chrono::FixedOffset>| d.to_rfc3339_opts(SecondsFormat::Secs, true);
+    match r.timing {
+        Timing::Instant => {
+            obs.insert("effectiveDateTime".into(), json!(t(&r.effective)));
+        }
+        Timing::Period { end } => {
+            obs.insert(
+                "effectivePeriod".into(),
+                json!({"start": t(&r.effective), "end": t(&end)}),
+            );
+        }
+        Timing::Date => {
+            obs.insert(
+                "effectiveDateTime".into(),
+                json!(r.effective.format("%Y-%m-%d").to_string()),
+            );
+        }
+    }
+}
+
+fn category(vital: bool) -> Value {
+    let mut categories = Vec::new();
+    if vital {
+        categories.push(json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs", "display": "Vital Signs"}]}));
+    }
+    categories.push(json!({"coding": [{"system": "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories", "code": "phd"}]}));
+    Value::Array(categories)
+}
+
+/// `bodySite` of a temperature: SNOMED CT body structure where one is sourced, always text.
+fn body_site(site: BodySite) -> Value {
+    // SNOMED CT body structure concepts (http://snomed.info/sct).
+    let (sct, text) = match site {
+        BodySite::Axilla => (Some(("91470000", "Axillary region structure")), "axilla"),
+        BodySite::Ear => (Some(("117590005", "Ear structure")), "ear"),
+        BodySite::Finger => (Some(("7569003", "Finger structure")), "finger"),
+        BodySite::Mouth => (Some(("123851003", "Mouth region structure")), "mouth"),
+        BodySite::Rectum => (Some(("34402009", "Rectum structure")), "rectum"),
+        BodySite::Toe => (Some(("29707007", "Toe structure")), "toe"),
+        BodySite::Tympanum => (
+            Some(("42859004", "Tympanic membrane structure")),
+            "tympanum",
+        ),
+        BodySite::Body => (None, "body (general)"),
+        BodySite::GastroIntestinalTract => (None, "gastro-intestinal tract"),
+        BodySite::Forehead => (None, "forehead"),
+        BodySite::TemporalArtery => (None, "temporal artery"),
+        BodySite::Wrist => (None, "wrist"),
+        BodySite::Vagina => (None, "vagina"),
+    };
+    match sct {
+        Some((code, display)) => {
+            json!({"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}], "text": text})
+        }
+        None => json!({"text": text}),
+    }
+}
+
+fn codeable(c: &Code) -> Value {
+    let mut coding = Vec::new();
+    if let Some((m, d)) = c.mdc {
+        coding.push(mdc_coding(m, d));
+    }
+    if let Some((l, d)) = c.loinc {
+        coding.push(json!({"system": LOINC, "code": l, "display": d}));
+    }
+    json!({"coding": coding, "text": c.text})
 }
 
 /// The Observation resource of one reading (pure).
@@ -409,7 +644,16 @@ pub fn observation(
     device_ref: &str,
     gateway_ref: &str,
 ) -> Result<Value, MappingError> {
-    let c = code(r.kind);
+    let unit = r
+        .components
+        .first()
+        .map(|c| c.unit.as_str())
+        .or_else(|| r.context.absent.first().map(|a| a.unit.as_str()))
+        .unwrap_or("");
+    let c = code(r.kind, &r.context, unit);
+    if c.mdc.is_none() && c.loinc.is_none() {
+        return Err(MappingError::NoCode(r.kind.as_str()));
+    }
     let mut profiles = vec![Value::String(
         if r.kind == ReadingKind::BloodPressure {
             "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdCompoundNumericObservation"
@@ -418,17 +662,20 @@ pub fn observation(
         }
         .into(),
     )];
-    let mut categories = Vec::new();
     if let Some(p) = c.vital_profile {
         profiles.push(Value::String(format!(
             "http://hl7.org/fhir/StructureDefinition/{p}"
         )));
-        categories.push(json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs", "display": "Vital Signs"}]}));
     }
-    categories.push(json!({"coding": [{"system": "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories", "code": "phd"}]}));
+    let interp = interpretations(&r.flags);
+    // fhir-mapping.md §4: `preliminary` for early estimates (and a measurement still ongoing).
+    let preliminary = interp.iter().any(|m| {
+        matches!(
+            m,
+            MeasurementStatus::EarlyIndication | MeasurementStatus::MsmtOngoing
+        )
+    });
 
-    let mut loinc = c.loinc;
-    let mut loinc_display = c.loinc_display;
     let mut obs = Map::new();
     obs.insert("resourceType".into(), json!("Observation"));
     obs.insert("meta".into(), json!({"profile": profiles}));
@@ -440,53 +687,137 @@ pub fn observation(
         "identifier".into(),
         json!([{"system": OBS_IDENTIFIER_SYSTEM, "value": r.observation_identifier}]),
     );
-    obs.insert("status".into(), json!("final"));
-    obs.insert("category".into(), Value::Array(categories));
-    obs.insert("subject".into(), subject(&r.patient));
     obs.insert(
-        "effectiveDateTime".into(),
-        json!(r.effective.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        "status".into(),
+        json!(if preliminary { "preliminary" } else { "final" }),
     );
+    obs.insert("category".into(), category(c.vital_profile.is_some()));
+    obs.insert("code".into(), codeable(&c));
+    obs.insert("subject".into(), subject(&r.patient));
+    effective(r, &mut obs);
     obs.insert("device".into(), json!({"reference": device_ref}));
 
     if r.kind == ReadingKind::BloodPressure {
+        // Systolic, diastolic, mean, in that order; each a number or a dataAbsentReason.
         let mut comps = Vec::new();
-        for comp in &r.components {
-            if let Some(v) = bp_component(comp)? {
+        for t in [
+            ReadingType::SystolicPressure,
+            ReadingType::DiastolicPressure,
+            ReadingType::MeanArterialPressure,
+        ] {
+            let v = match (
+                r.component(t),
+                r.context.absent.iter().find(|a| a.kind == t),
+            ) {
+                (Some(c), _) => BpValue::Number(c),
+                (None, Some(a)) => BpValue::Absent(a),
+                (None, None) if t == ReadingType::MeanArterialPressure => continue,
+                (None, None) => return Err(MappingError::MissingComponent("blood pressure")),
+            };
+            if let Some(v) = bp_component(v)? {
                 comps.push(v);
             }
         }
-        if !r
-            .components
-            .iter()
-            .any(|c| c.kind == ReadingType::SystolicPressure)
-            || !r
-                .components
-                .iter()
-                .any(|c| c.kind == ReadingType::DiastolicPressure)
-        {
-            return Err(MappingError::MissingComponent("blood pressure"));
-        }
         obs.insert("component".into(), Value::Array(comps));
     } else {
-        let comp = r
-            .components
-            .first()
-            .ok_or(MappingError::MissingComponent(c.text))?;
-        if r.kind == ReadingKind::BloodGlucose && comp.unit == "mmol/L" {
-            loinc = "14743-9";
-            loinc_display = "Glucose [Moles/volume] in Capillary blood by Glucometer";
+        match (r.components.first(), r.context.absent.first()) {
+            (Some(comp), _) => {
+                obs.insert("valueQuantity".into(), quantity(comp.value, &comp.unit));
+            }
+            // The device sent NaN, NRes or +/-INF: no value, the reason instead; never a number.
+            (None, Some(a)) => {
+                obs.insert("dataAbsentReason".into(), data_absent_reason(a.reason));
+            }
+            (None, None) => return Err(MappingError::MissingComponent(c.text)),
         }
-        obs.insert("valueQuantity".into(), quantity(comp.value, &comp.unit));
     }
+    if !interp.is_empty() {
+        obs.insert(
+            "interpretation".into(),
+            Value::Array(
+                interp
+                    .iter()
+                    .map(|m| json!({"coding": [{"system": MeasurementStatus::SYSTEM, "code": m.code(), "display": m.display()}]}))
+                    .collect(),
+            ),
+        );
+    }
+    if let Some(site) = r
+        .context
+        .body_site
+        .filter(|_| r.kind == ReadingKind::BodyTemperature)
+    {
+        obs.insert("bodySite".into(), body_site(site));
+    }
+    let mut extra = Vec::new();
+    // R4 pulse-oximetry profile: supplemental oxygen as component 3151-8 "Inhaled oxygen flow
+    // rate" in L/min (0 = room air).
+    if let (ReadingKind::OxygenSaturation, Some(flow)) =
+        (r.kind, r.context.supplemental_oxygen_l_min)
+    {
+        extra.push(json!({
+            "code": {"coding": [{"system": LOINC, "code": "3151-8", "display": "Inhaled oxygen flow rate"}], "text": "Supplemental oxygen flow rate"},
+            "valueQuantity": quantity(flow, "L/min"),
+        }));
+    }
+    // Meal context (GATT 0x2A34, Open mHealth temporal_relationship_to_meal): no standard code
+    // was sourced for the concept or its values, so it travels as text only (README "Limits").
+    if let (ReadingKind::BloodGlucose, Some(meal)) = (r.kind, r.context.meal.as_deref()) {
+        extra.push(json!({
+            "code": {"text": "Temporal relationship to meal"},
+            "valueCodeableConcept": {"text": meal},
+        }));
+    }
+    if !extra.is_empty() {
+        obs.insert("component".into(), Value::Array(extra));
+    }
+    Ok(Value::Object(obs))
+}
+
+/// The 8410608 MDC_BLOOD_PRESSURE_MEASUREMENT_STATUS Observation of a BP reading: one
+/// `valueBoolean` component per status bit, `derivedFrom` the BP Observation (pure).
+pub fn bp_status_observation(
+    r: &Reading,
+    bp_ref: &str,
+    device_ref: &str,
+    gateway_ref: &str,
+) -> Value {
+    let mut obs = Map::new();
+    obs.insert("resourceType".into(), json!("Observation"));
+    obs.insert(
+        "meta".into(),
+        json!({"profile": ["http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBitsEnumerationObservation"]}),
+    );
+    obs.insert(
+        "extension".into(),
+        json!([{"url": GATEWAY_EXTENSION, "valueReference": {"reference": gateway_ref}}]),
+    );
+    obs.insert(
+        "identifier".into(),
+        json!([{"system": OBS_IDENTIFIER_SYSTEM, "value": bp_status_identifier(&r.observation_identifier)}]),
+    );
+    obs.insert("status".into(), json!("final"));
+    obs.insert("category".into(), category(false));
     obs.insert(
         "code".into(),
-        json!({
-            "coding": [mdc_coding(c.mdc, c.mdc_display), {"system": LOINC, "code": loinc, "display": loinc_display}],
-            "text": c.text,
-        }),
+        json!({"coding": [mdc_coding(8410608, "MDC_BLOOD_PRESSURE_MEASUREMENT_STATUS")], "text": "Blood pressure measurement status"}),
     );
-    Ok(Value::Object(obs))
+    obs.insert("subject".into(), subject(&r.patient));
+    effective(r, &mut obs);
+    obs.insert("device".into(), json!({"reference": device_ref}));
+    obs.insert("derivedFrom".into(), json!([{"reference": bp_ref}]));
+    let set = bp_bits(&r.flags);
+    let comps: Vec<Value> = BP_STATUS_BITS
+        .iter()
+        .map(|bit| {
+            json!({
+                "code": {"coding": [{"system": BpStatusBit::SYSTEM, "code": bit.code(), "display": bit.display()}]},
+                "valueBoolean": set.contains(bit),
+            })
+        })
+        .collect();
+    obs.insert("component".into(), Value::Array(comps));
+    Value::Object(obs)
 }
 
 /// How many of `readings` (taken in order) fit in one Bundle of at most [`MAX_ENTRIES`].
@@ -497,7 +828,8 @@ pub fn readings_that_fit(readings: &[Reading]) -> usize {
     for (i, r) in readings.iter().enumerate() {
         let new_device = !devices.contains(&r.device.identifier);
         let new_obs = !identifiers.contains(&r.observation_identifier);
-        let need = usize::from(new_device) + usize::from(new_obs);
+        let need =
+            usize::from(new_device) + usize::from(new_obs) * (1 + usize::from(has_bp_status(r)));
         if entries + need > MAX_ENTRIES {
             return i;
         }
@@ -582,11 +914,23 @@ pub fn build_transaction_bundle(
             OBS_IDENTIFIER_SYSTEM,
             &r.observation_identifier,
         ));
-        obs_index.insert(r.observation_identifier.as_str(), entries.len() - 1);
+        let obs_entry = entries.len() - 1;
+        obs_index.insert(r.observation_identifier.as_str(), obs_entry);
         refs.push(EntryRef {
-            entry_index: entries.len() - 1,
+            entry_index: obs_entry,
             reading_ids: vec![r.id],
         });
+        if has_bp_status(r) {
+            let status_id = bp_status_identifier(&r.observation_identifier);
+            let url = urn_uuid(&format!("{OBS_IDENTIFIER_SYSTEM}|{status_id}"));
+            entries.push(entry(
+                &url,
+                bp_status_observation(r, &full_url, &dev_url, &gw_url),
+                "Observation",
+                OBS_IDENTIFIER_SYSTEM,
+                &status_id,
+            ));
+        }
     }
     let bundle = json!({
         "resourceType": "Bundle",
@@ -618,7 +962,7 @@ pub(crate) mod tests {
         let oid = crate::identity::observation_identifier(
             dev.id_component(),
             &patient,
-            mdc_code(kind),
+            mdc_code(kind, &MeasurementContext::default()),
             &crate::identity::IdTimestamp::Device {
                 seconds_since_2000: t.seconds_since_2000(),
                 fraction: None,
@@ -641,6 +985,10 @@ pub(crate) mod tests {
                 model: Some("BP-100".into()),
                 serial: Some("5A0012345".into()),
                 firmware: Some("1.2.0".into()),
+                system_id: Some("00091FFFFE801234".into()),
+                bluetooth_address: Some("00091F801234".into()),
+                hardware: Some("rev B".into()),
+                software: Some("2.0.1".into()),
             },
             patient,
             device_time: Some(t),
@@ -654,6 +1002,8 @@ pub(crate) mod tests {
             source: Source::Ble {
                 address: "00:09:1F:80:12:34".into(),
             },
+            timing: crate::reading::Timing::Instant,
+            context: MeasurementContext::default(),
         }
     }
 
@@ -769,11 +1119,12 @@ pub(crate) mod tests {
 
     #[test]
     fn glucose_in_mmol_uses_the_molar_loinc_and_no_vital_signs_category() {
-        let r = reading(
+        let mut r = reading(
             ReadingKind::BloodGlucose,
             vec![(ReadingType::BloodGlucose, Decimal::new(56, -1), "mmol/L")],
             4,
         );
+        r.context.specimen = Some(Specimen::CapillaryWholeBlood);
         let (b, _) = build_transaction_bundle(&GatewayInfo::new("gw", "0"), &[r]).unwrap();
         let obs = &b["entry"][2]["resource"];
         assert_eq!(obs["code"]["coding"][1]["code"], "14743-9");

@@ -15,8 +15,14 @@
 //! - [`client`]: reqwest on rustls/ring, trusting only the configured CA, presenting the
 //!   gateway's client certificate; no redirects, no proxies from the environment. Reached
 //!   through the `BundleSender` trait; a failed exchange is a `SendError` classified by type.
+//! - [`limits`] (pure): what a hostile server's answer may cost (body size, JSON depth,
+//!   redirects, time), and the JSON depth scan run before serde.
 pub mod backoff;
 pub mod client;
 pub mod fhir;
+pub mod limits;
 pub mod outcome;
 pub mod scheduler;
+
+#[cfg(test)]
+mod golden;

@@ -274,6 +274,21 @@ impl<T: Clone> UploadScheduler<T> {
         }
     }
 
+    /// Drops queued readings for which `keep` is false (consent withdrawn while they were in
+    /// the bisect queue) and returns them; they stay pending in the outbox. Call it only
+    /// between a verdict and the next [`UploadScheduler::next`], never while a Bundle is out.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut dropped = Vec::new();
+        for batch in &mut self.queue {
+            let (kept, gone): (Vec<T>, Vec<T>) =
+                std::mem::take(batch).into_iter().partition(|t| keep(t));
+            *batch = kept;
+            dropped.extend(gone);
+        }
+        self.queue.retain(|b| !b.is_empty());
+        dropped
+    }
+
     /// True during a pause episode.
     pub fn is_paused(&self) -> bool {
         self.pause.is_some()
@@ -371,6 +386,23 @@ mod tests {
 
     fn scheduler() -> UploadScheduler<u32> {
         UploadScheduler::new(config(), 7, |n| n.to_be_bytes().to_vec())
+    }
+
+    #[test]
+    fn retain_drops_held_readings_from_every_queued_batch_and_empty_batches() {
+        let mut s = scheduler();
+        let t0 = Instant::now();
+        s.load(vec![1, 2, 3, 4]);
+        // A whole-Bundle rejection bisects: [1, 2] and [3, 4] are queued.
+        assert!(s
+            .on_verdict(Verdict::Rejected { status: 422 }, t0)
+            .is_none());
+        assert_eq!(s.queued(), 4);
+        let dropped = s.retain(|n| *n != 2 && *n != 1);
+        assert_eq!(dropped, vec![1, 2]);
+        assert_eq!(s.queued(), 2);
+        // The empty batch is gone: the next Bundle is [3, 4], not an empty one.
+        assert_eq!(s.next(t0), Next::Send(vec![3, 4]));
     }
 
     /// A model of the task around the scheduler: an outbox (FIFO of reading numbers), a

@@ -218,6 +218,7 @@ impl GlucoseMeasurement {
             push_value(&mut rec, ReadingType::BloodGlucose, v, unit);
             rec.fields
                 .insert("sample_type".into(), serde_json::json!(c.type_name));
+            rec.context.specimen = crate::record::Specimen::from_gatt(c.sample_type);
             rec.fields.insert(
                 "sample_location".into(),
                 serde_json::json!(c.sample_location_name),
@@ -247,6 +248,24 @@ impl GlucoseMeasurement {
         set_trailing(&mut rec, self.trailing_octets);
         rec
     }
+}
+
+/// Joins a Glucose Measurement Context (0x2A34) to the record of the measurement with the same
+/// sequence number: the meal relation goes to [`crate::record::MeasurementContext::meal`].
+/// Returns `false` (and changes nothing) when the sequence numbers differ.
+pub fn apply_context(rec: &mut Record, ctx: &GlucoseContext) -> bool {
+    let seq = rec.fields.get("sequence_number").and_then(|v| v.as_u64());
+    if seq != Some(u64::from(ctx.sequence_number)) {
+        return false;
+    }
+    if let Some(m) = ctx
+        .meal
+        .as_ref()
+        .filter(|m| meal_name(m.meal) != "reserved")
+    {
+        rec.context.meal = Some(m.meal_name.to_string());
+    }
+    true
 }
 
 impl From<&GlucoseMeasurement> for Record {

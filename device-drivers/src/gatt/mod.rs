@@ -351,6 +351,16 @@ pub(crate) fn push_value(rec: &mut Record, kind: ReadingType, v: Float11073, uni
             if !rec.missing.contains(&kind) {
                 rec.missing.push(kind);
             }
+            let reason = special.absent_reason();
+            if let Some(reason) =
+                reason.filter(|_| !rec.context.absent.iter().any(|a| a.kind == kind))
+            {
+                rec.context.absent.push(crate::record::AbsentValue {
+                    kind,
+                    unit: unit.into(),
+                    reason,
+                });
+            }
             if let Some(name) = special.special_name() {
                 rec.fields.insert(
                     format!("{}_special", kind.as_str()),

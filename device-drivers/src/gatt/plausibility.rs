@@ -167,7 +167,7 @@ pub fn check_possible(rec: &Record) -> Result<(), GattError> {
             SystolicPressure | DiastolicPressure | MeanArterialPressure => {
                 (0.0..=1000.0).contains(&v)
             }
-            PulseRate | HeartRate => (0.0..=1000.0).contains(&v),
+            PulseRate | HeartRate | RespiratoryRate => (0.0..=1000.0).contains(&v),
             BodyWeight => (0.0..=1000.0).contains(&v),
             BodyHeight => (0.0..=400.0).contains(&v),
             Bmi => (0.0..=1000.0).contains(&v),

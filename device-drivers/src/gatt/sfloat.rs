@@ -107,6 +107,19 @@ impl Float11073 {
         self.value().is_none()
     }
 
+    /// Why there is no number (fhir-mapping.md §2: NaN -> not-a-number, NRes and Reserved ->
+    /// error, +INF / -INF -> positive- / negative-infinity); `None` for a number.
+    pub fn absent_reason(self) -> Option<crate::record::AbsentReason> {
+        use crate::record::AbsentReason as A;
+        match self {
+            Self::Value(_) => None,
+            Self::NaN => Some(A::NotANumber),
+            Self::NRes | Self::Reserved => Some(A::Error),
+            Self::PositiveInfinity => Some(A::PositiveInfinity),
+            Self::NegativeInfinity => Some(A::NegativeInfinity),
+        }
+    }
+
     /// The section-0 JSON string of a special value (`"NaN"`, `"NRes"`, `"+INF"`, `"-INF"`,
     /// `"Reserved"`); `None` for a number.
     pub fn special_name(self) -> Option<&'static str> {

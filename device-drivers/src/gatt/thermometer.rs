@@ -164,6 +164,7 @@ impl TemperatureMeasurement {
                 "temperature_type".into(),
                 serde_json::Value::String(t.temperature_type_name.into()),
             );
+            rec.context.body_site = crate::record::BodySite::from_gatt(t.temperature_type);
         }
         set_time(&mut rec, self.timestamp.map(|t| t.0));
         set_trailing(&mut rec, self.trailing_octets);

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -76,6 +77,10 @@ pub struct ServerConfig {
     /// If set: the store is loaded from this JSON file at start (if it exists) and rewritten
     /// after every committed transaction.
     pub state_file: Option<PathBuf>,
+    /// Serve TLS 1.2 only (default: 1.3 and 1.2, 1.3 preferred).
+    pub tls12_only: bool,
+    /// Ask for (and require) a client certificate. `false`: a server that never asks for one.
+    pub ask_client_cert: bool,
 }
 
 impl ServerConfig {
@@ -88,8 +93,19 @@ impl ServerConfig {
             server_cert: pki.server_cert.clone(),
             server_key: pki.server_key.clone(),
             state_file: None,
+            tls12_only: false,
+            ask_client_cert: true,
         }
     }
+}
+
+/// What one accepted TLS handshake negotiated, as rustls names it (e.g. `TLSv1_3`,
+/// `TLS13_CHACHA20_POLY1305_SHA256`, `X25519`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    pub version: String,
+    pub cipher_suite: String,
+    pub kx_group: String,
 }
 
 /// Fault injection. The mode applies to every `POST [base]` until changed (or, with
@@ -123,6 +139,19 @@ pub enum Mode {
     Garbage200,
     /// Commit, then close the connection without any answer (a response lost in transit).
     HangUpAfterCommit,
+    /// A slow-loris answer: `200` headers at once, then one body byte every `byte_every`,
+    /// never finishing (until the client goes away). Nothing is stored.
+    SlowLoris { byte_every: Duration },
+    /// A `200` whose body is `bytes` bytes of spaces, generated chunk by chunk as the client
+    /// reads (the server never holds more than one 64 KiB static chunk). With `declare_length`
+    /// the `Content-Length` header announces the size; without it the body is chunked. Nothing
+    /// is stored. [`ServerState::body_bytes_sent`] counts what actually went out.
+    HugeBody { bytes: u64, declare_length: bool },
+    /// A `200` whose body is JSON nested `depth` arrays deep (`[[[...]]]`). Nothing is stored.
+    DeepJson { depth: usize },
+    /// A redirect loop: `307 Temporary Redirect` with `Location` pointing at the same URL,
+    /// every time. Nothing is stored.
+    RedirectLoop,
 }
 
 /// One HTTP request the server answered (or hung up on).
@@ -137,6 +166,10 @@ pub struct RequestRecord {
     pub status: u16,
     /// Number of Bundle entries, if the body was a Bundle.
     pub entries: usize,
+    /// The `Content-Encoding` header, if any (`gzip` from the agent by default).
+    pub content_encoding: Option<String>,
+    /// Request body bytes as received (before any decoding).
+    pub body_bytes: usize,
 }
 
 /// Sent on [`ServerState::subscribe`] for every entry of a committed transaction.
@@ -151,11 +184,21 @@ struct Inner {
     mode: Mode,
     /// Requests left before `mode` reverts to [`Mode::Normal`]; `None` = until changed.
     mode_remaining: Option<usize>,
+    /// Modes for the next POSTs, one each, before `mode` applies again.
+    mode_queue: std::collections::VecDeque<Mode>,
     requests: Vec<RequestRecord>,
     schema_failures: Vec<String>,
     client_subjects: Vec<String>,
+    handshakes: Vec<Handshake>,
     tls_failures: Vec<String>,
     state_file: Option<PathBuf>,
+    /// Body bytes of [`Mode::HugeBody`] / [`Mode::SlowLoris`] answers handed to the connection.
+    body_bytes_sent: u64,
+    /// Refuse `Content-Encoding: gzip` bodies with 415 (a server without compression support).
+    refuse_gzip: bool,
+    /// Bytes read from / written to client TCP connections (TLS records, HTTP, everything).
+    wire_bytes_in: u64,
+    wire_bytes_out: u64,
 }
 
 /// Everything the server stores and records, shared by all its connections and kept across
@@ -212,6 +255,12 @@ impl ServerState {
         let mut inner = self.lock();
         inner.mode = mode;
         inner.mode_remaining = Some(requests);
+    }
+
+    /// The next POSTs to the base path get these modes, one each, in order; then the mode set
+    /// with [`ServerState::set_mode`] applies again.
+    pub fn queue_modes(&self, modes: impl IntoIterator<Item = Mode>) {
+        self.lock().mode_queue.extend(modes);
     }
 
     /// The current mode.
@@ -273,9 +322,37 @@ impl ServerState {
         self.lock().client_subjects.clone()
     }
 
+    /// What every accepted TLS handshake negotiated, in order.
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.lock().handshakes.clone()
+    }
+
     /// Every refused TLS handshake (no certificate, wrong CA, ...), as rustls explains it.
     pub fn tls_failures(&self) -> Vec<String> {
         self.lock().tls_failures.clone()
+    }
+
+    /// Body bytes of streamed fault answers ([`Mode::HugeBody`], [`Mode::SlowLoris`]) handed
+    /// to the connections so far: how much a client read before it gave up.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.lock().body_bytes_sent
+    }
+
+    /// `true`: answer `415` to every `Content-Encoding: gzip` body (like a server without
+    /// compression support); `false` (the default): decode it.
+    pub fn set_refuse_gzip(&self, refuse: bool) {
+        self.lock().refuse_gzip = refuse;
+    }
+
+    /// Bytes read from client TCP connections so far: TLS handshakes, HTTP headers and bodies,
+    /// everything on the wire towards the server.
+    pub fn wire_bytes_in(&self) -> u64 {
+        self.lock().wire_bytes_in
+    }
+
+    /// Bytes written to client TCP connections so far.
+    pub fn wire_bytes_out(&self) -> u64 {
+        self.lock().wire_bytes_out
     }
 
     /// Conditional references seen in committed Bundles (e.g. `Patient?identifier=...`).
@@ -295,12 +372,19 @@ impl ServerState {
         inner.requests.clear();
         inner.schema_failures.clear();
         inner.client_subjects.clear();
+        inner.handshakes.clear();
         inner.tls_failures.clear();
+        inner.body_bytes_sent = 0;
+        inner.wire_bytes_in = 0;
+        inner.wire_bytes_out = 0;
     }
 
     /// Takes the mode for one request, counting down a [`ServerState::set_mode_for`].
     fn take_mode(&self) -> Mode {
         let mut inner = self.lock();
+        if let Some(mode) = inner.mode_queue.pop_front() {
+            return mode;
+        }
         let mode = inner.mode.clone();
         if let Some(n) = inner.mode_remaining.as_mut() {
             *n = n.saturating_sub(1);
@@ -359,11 +443,7 @@ impl FhirTestServer {
         config: ServerConfig,
         state: ServerState,
     ) -> anyhow::Result<FhirTestServer> {
-        let tls = Arc::new(tls_config(
-            &config.client_ca,
-            &config.server_cert,
-            &config.server_key,
-        )?);
+        let tls = Arc::new(tls_config_with(&config)?);
         let mut server = FhirTestServer {
             addr: config.listen,
             config,
@@ -464,21 +544,49 @@ pub fn tls_config(
     server_cert: &Path,
     server_key: &Path,
 ) -> anyhow::Result<rustls::ServerConfig> {
+    tls_config_with(&ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        base_path: String::new(),
+        client_ca: client_ca.to_path_buf(),
+        server_cert: server_cert.to_path_buf(),
+        server_key: server_key.to_path_buf(),
+        state_file: None,
+        tls12_only: false,
+        ask_client_cert: true,
+    })
+}
+
+/// The rustls server config of `config` (its certificates, versions and client auth).
+///
+/// # Errors
+///
+/// As [`tls_config`].
+pub fn tls_config_with(config: &ServerConfig) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for cert in load_certs(client_ca)? {
+    for cert in load_certs(&config.client_ca)? {
         roots.add(cert).context("adding the client CA")?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .context("building the client certificate verifier")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(server_cert)?, load_key(server_key)?)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone());
+    let builder = if config.tls12_only {
+        builder.with_protocol_versions(&[&rustls::version::TLS12])?
+    } else {
+        builder.with_safe_default_protocol_versions()?
+    };
+    let builder = if config.ask_client_cert {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .context("building the client certificate verifier")?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder
+        .with_single_cert(
+            load_certs(&config.server_cert)?,
+            load_key(&config.server_key)?,
+        )
         .context("server certificate and key")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
@@ -559,6 +667,10 @@ async fn accept_loop(
 }
 
 async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, ctx: Ctx) {
+    let tcp = Counting {
+        inner: tcp,
+        state: ctx.state.clone(),
+    };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
@@ -581,12 +693,82 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, ctx: Ctx) {
         .and_then(|certs| certs.first())
         .map(|cert| subject_of(cert))
         .unwrap_or_default();
-    ctx.state.lock().client_subjects.push(subject);
+    let conn = tls.get_ref().1;
+    let handshake = Handshake {
+        version: conn
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+        cipher_suite: conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+        kx_group: conn
+            .negotiated_key_exchange_group()
+            .map(|g| format!("{:?}", g.name()))
+            .unwrap_or_default(),
+    };
+    {
+        let mut inner = ctx.state.lock();
+        inner.client_subjects.push(subject);
+        inner.handshakes.push(handshake);
+    }
 
     let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
         tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// A TCP stream that adds what passes through it to [`ServerState::wire_bytes_in`] /
+/// [`ServerState::wire_bytes_out`].
+struct Counting {
+    inner: TcpStream,
+    state: ServerState,
+}
+
+impl tokio::io::AsyncRead for Counting {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.state.lock().wire_bytes_in += n as u64;
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for Counting {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = poll {
+            self.state.lock().wire_bytes_out += n as u64;
+        }
+        poll
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -610,7 +792,7 @@ impl std::fmt::Display for HangUp {
 
 impl std::error::Error for HangUp {}
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<BoxBody<Bytes, std::convert::Infallible>>;
 
 async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Resp, HangUp> {
     let header = |name| {
@@ -626,6 +808,8 @@ async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Resp, HangUp> {
         prefer: header(hyper::header::HeaderName::from_static("prefer")),
         status: 0,
         entries: 0,
+        content_encoding: header(hyper::header::CONTENT_ENCODING),
+        body_bytes: 0,
     };
     let result = respond(&ctx, req, &mut record).await;
     record.status = result.as_ref().map_or(0, |r| r.status().as_u16());
@@ -677,6 +861,9 @@ async fn respond(
         }
         return Ok(resp);
     }
+    if let Some(resp) = hostile_answer(ctx, &mode, record) {
+        return Ok(resp);
+    }
     let content_type = record.content_type.as_deref().unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim();
     if !media_type.eq_ignore_ascii_case("application/fhir+json") {
@@ -707,6 +894,36 @@ async fn respond(
                     &[format!("reading the body failed: {error}")],
                 )
             });
+        }
+    };
+    record.body_bytes = body.len();
+    let body = match record.content_encoding.as_deref().map(str::trim) {
+        None | Some("") | Some("identity") => body,
+        Some(enc) if enc.eq_ignore_ascii_case("gzip") && !ctx.state.lock().refuse_gzip => {
+            match gunzip(&body) {
+                Ok(Some(plain)) => Bytes::from(plain),
+                Ok(None) => {
+                    return Ok(outcome(
+                        413,
+                        "too-costly",
+                        &[format!("decoded body larger than {MAX_BODY_BYTES} bytes")],
+                    ))
+                }
+                Err(error) => {
+                    return Ok(outcome(
+                        400,
+                        "invalid",
+                        &[format!("the gzip body does not decode: {error}")],
+                    ))
+                }
+            }
+        }
+        Some(enc) => {
+            return Ok(outcome(
+                415,
+                "not-supported",
+                &[format!("Content-Encoding {enc:?} is not supported")],
+            ))
         }
     };
     let bundle: Value = match serde_json::from_slice(&body) {
@@ -815,12 +1032,12 @@ async fn respond(
     match mode {
         Mode::Empty200 => Ok(Response::builder()
             .status(200)
-            .body(Full::new(Bytes::new()))
+            .body(full(Bytes::new()))
             .expect("static response")),
         Mode::Garbage200 => Ok(Response::builder()
             .status(200)
             .header(CONTENT_TYPE, "application/fhir+json")
-            .body(Full::new(Bytes::from_static(
+            .body(full(Bytes::from_static(
                 b"<html>502 Bad Gateway</html> this is not JSON",
             )))
             .expect("static response")),
@@ -830,6 +1047,17 @@ async fn respond(
             &response_bundle(outcomes.iter().map(EntryOutcome::response_entry).collect()),
         )),
     }
+}
+
+/// Decodes a gzip body; `None` when it decodes to more than [`MAX_BODY_BYTES`] (a gzip bomb
+/// costs at most that much).
+fn gunzip(body: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut plain)?;
+    Ok((plain.len() <= MAX_BODY_BYTES).then_some(plain))
 }
 
 fn response_bundle(entries: Vec<Value>) -> Value {
@@ -857,8 +1085,110 @@ fn fhir_json(status: u16, body: &Value) -> Resp {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "application/fhir+json; charset=utf-8")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(full(Bytes::from(body.to_string())))
         .expect("valid response parts")
+}
+
+fn full(bytes: Bytes) -> BoxBody<Bytes, std::convert::Infallible> {
+    Full::new(bytes).boxed()
+}
+
+/// The answers of the hostile modes, given before the body is read; `None` for other modes.
+fn hostile_answer(ctx: &Ctx, mode: &Mode, record: &RequestRecord) -> Option<Resp> {
+    let builder = Response::builder()
+        .status(200)
+        .header(CONTENT_TYPE, "application/fhir+json");
+    let resp = match *mode {
+        Mode::SlowLoris { byte_every } => builder.body(
+            Generated {
+                state: ctx.state.clone(),
+                remaining: u64::MAX,
+                chunk: 1,
+                every: Some(byte_every),
+                sleep: None,
+            }
+            .boxed(),
+        ),
+        Mode::HugeBody {
+            bytes,
+            declare_length,
+        } => {
+            let builder = if declare_length {
+                builder.header(hyper::header::CONTENT_LENGTH, bytes)
+            } else {
+                builder
+            };
+            builder.body(
+                Generated {
+                    state: ctx.state.clone(),
+                    remaining: bytes,
+                    chunk: SPACES.len(),
+                    every: None,
+                    sleep: None,
+                }
+                .boxed(),
+            )
+        }
+        Mode::DeepJson { depth } => {
+            let mut body = "[".repeat(depth);
+            body.push_str(&"]".repeat(depth));
+            builder.body(full(Bytes::from(body)))
+        }
+        Mode::RedirectLoop => Response::builder()
+            .status(307)
+            .header(hyper::header::LOCATION, record.path.as_str())
+            .body(full(Bytes::new())),
+        _ => return None,
+    };
+    Some(resp.expect("valid response parts"))
+}
+
+/// 64 KiB of spaces: every chunk of a generated body is a slice of this static buffer.
+static SPACES: [u8; 64 * 1024] = [b' '; 64 * 1024];
+
+/// A response body produced as it is read: `remaining` bytes in chunks of `chunk`, one chunk
+/// per `every` if set. Holds no buffer of its own, so a 1 GiB body costs the server nothing.
+struct Generated {
+    state: ServerState,
+    remaining: u64,
+    chunk: usize,
+    every: Option<Duration>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for Generated {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        if let Some(every) = self.every {
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        let n = self
+            .chunk
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        self.remaining -= n as u64;
+        self.state.lock().body_bytes_sent += n as u64;
+        let data = Bytes::from_static(&SPACES[..n]);
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -101,6 +101,7 @@ mod tests {
                 attribution: Attribution::Single(PatientRef::Literal { id: "p".into() }),
                 utc_offset: chrono::Offset::fix(&chrono::Utc),
                 clock_is_provenance_only: false,
+                reported: Default::default(),
             }),
         }
     }

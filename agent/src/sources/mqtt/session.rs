@@ -678,6 +678,7 @@ fn ingest(
             clock: CaptureClock {
                 utc_offset_minutes: dp.utc_offset_minutes,
                 fraction: dp.time_fraction,
+                ..CaptureClock::default()
             },
             received_at,
             done,

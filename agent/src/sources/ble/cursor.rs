@@ -1,0 +1,242 @@
+//! Per-device high-water marks: what was already made durable, so a device that resends its
+//! whole memory on every connection is not re-ingested.
+//!
+//! # Where and why
+//! One file, `<data_dir>/ble-cursors.sealed`, written atomically (temp file, `fsync`, `rename`,
+//! `fsync` of the directory) and sealed with the store key (the outbox's ChaCha20-Poly1305
+//! record format, AAD `ble-cursors/v1`). Not a tree in the outbox: the outbox's format and
+//! invariants belong to the store, and a cursor is not a reading. Sealed because the last
+//! measurement time of a patient's device is a date about a person (PHI).
+//!
+//! # What a cursor holds, and the rules that keep it safe
+//! - `last_sequence` (RACP devices, glucose): the highest sequence number such that every record
+//!   of the download up to it is durable. The next download asks for `>= last_sequence + 1`.
+//! - `last_time` per user index (devices without sequence numbers: BP cuffs, scales,
+//!   thermometers): the latest device timestamp of a session that ended cleanly (the device was
+//!   quiet before the link closed) with every record durable. Such a device had sent its whole
+//!   memory, so a record at or before the mark is one already made durable, and is skipped.
+//!   A session cut short never moves the mark: arrival order alone proves nothing (a live
+//!   measurement can overtake a replay and the link can drop in between; a test with 100
+//!   disconnects in the middle of notifications found exactly that).
+//! - Cleared when the device's clock is (or is set) earlier than the mark: after a battery
+//!   change or a clock correction backwards, new readings would otherwise look old. The store's
+//!   content id still deduplicates whatever is resent.
+//! - `system_id`: the EUI-64 the device reported once, so the FHIR identifier stays the same on a
+//!   connection where Device Information could not be read.
+//!
+//! Losing the file loses nothing but efficiency: the store deduplicates by content id and the
+//! server by identifier (conditional create).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use device_drivers::DeviceTime;
+use serde::{Deserialize, Serialize};
+
+use crate::store::codec::RecordCipher;
+use crate::store::StoreKey;
+
+const FILE: &str = "ble-cursors.sealed";
+const AAD: &[u8] = b"ble-cursors/v1";
+/// Key used for records without a user index.
+pub const NO_USER: u8 = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CursorError {
+    #[error("ble cursor file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ble cursor file {path}: cannot be opened with the store key ({reason})")]
+    Sealed { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCursor {
+    pub last_sequence: Option<u16>,
+    pub last_time: BTreeMap<u8, DeviceTime>,
+    pub system_id: Option<String>,
+}
+
+impl DeviceCursor {
+    /// Was a record with this user and time already made durable?
+    pub fn already_durable(&self, user: Option<u8>, t: DeviceTime) -> bool {
+        self.last_time
+            .get(&user.unwrap_or(NO_USER))
+            .is_some_and(|hwm| t <= *hwm)
+    }
+
+    /// The latest mark of any user.
+    pub fn latest_time(&self) -> Option<DeviceTime> {
+        self.last_time.values().max().copied()
+    }
+
+    /// Drops the time marks if the device clock reads earlier than any of them. Returns whether
+    /// it did.
+    pub fn clock_went_back(&mut self, device_now: DeviceTime) -> bool {
+        if self.latest_time().is_some_and(|l| device_now < l) {
+            self.last_time.clear();
+            return true;
+        }
+        false
+    }
+}
+
+/// Every device's cursor, loaded once, saved atomically after changes.
+pub struct CursorStore {
+    path: PathBuf,
+    cipher: RecordCipher,
+    devices: BTreeMap<String, DeviceCursor>,
+}
+
+impl CursorStore {
+    /// Loads `<data_dir>/ble-cursors.sealed` (empty if absent).
+    ///
+    /// # Errors
+    /// [`CursorError`] if the file cannot be read or does not open with this key. A file that
+    /// does not open is moved aside (`.corrupt`) and an empty store is used: losing marks only
+    /// costs re-downloading, and the daemon must keep running.
+    pub fn load(
+        data_dir: &Path,
+        key: &StoreKey,
+    ) -> Result<(CursorStore, Option<CursorError>), CursorError> {
+        let path = data_dir.join(FILE);
+        let cipher = RecordCipher::new(key).map_err(|e| CursorError::Sealed {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut store = CursorStore {
+            path: path.clone(),
+            cipher,
+            devices: BTreeMap::new(),
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((store, None)),
+            Err(e) => return Err(CursorError::Io { path, source: e }),
+        };
+        let opened = store
+            .cipher
+            .open(AAD, &bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|plain| postcard::from_bytes(&plain).map_err(|e| e.to_string()));
+        match opened {
+            Ok(devices) => {
+                store.devices = devices;
+                Ok((store, None))
+            }
+            Err(reason) => {
+                let aside = path.with_extension("sealed.corrupt");
+                let _ = std::fs::rename(&path, &aside);
+                Ok((store, Some(CursorError::Sealed { path, reason })))
+            }
+        }
+    }
+
+    pub fn get(&self, device: &str) -> DeviceCursor {
+        self.devices.get(device).cloned().unwrap_or_default()
+    }
+
+    /// Replaces a device's cursor; returns whether it changed.
+    pub fn set(&mut self, device: &str, c: DeviceCursor) -> bool {
+        if self.devices.get(device) == Some(&c) {
+            return false;
+        }
+        self.devices.insert(device.to_string(), c);
+        true
+    }
+
+    /// The sealed bytes and the path, to write outside any lock.
+    pub fn snapshot(&self) -> Result<(PathBuf, Vec<u8>), CursorError> {
+        let plain = postcard::to_stdvec(&self.devices).map_err(|e| CursorError::Sealed {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        let sealed = self
+            .cipher
+            .seal(AAD, &plain)
+            .map_err(|e| CursorError::Sealed {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok((self.path.clone(), sealed))
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync directory.
+///
+/// # Errors
+/// [`CursorError::Io`].
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CursorError> {
+    let io = |source| CursorError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("sealed.tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(h: u8) -> DeviceTime {
+        DeviceTime::new(2026, 3, 1, h, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn cursors_survive_a_reload_and_do_not_open_with_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StoreKey::from_bytes([7; 32]);
+        let (mut s, err) = CursorStore::load(dir.path(), &key).unwrap();
+        assert!(err.is_none());
+        let mut c = DeviceCursor {
+            last_sequence: Some(42),
+            ..Default::default()
+        };
+        c.last_time.insert(1, t(8));
+        assert!(s.set("cuff", c.clone()));
+        assert!(!s.set("cuff", c.clone()));
+        let (path, bytes) = s.snapshot().unwrap();
+        write_atomic(&path, &bytes).unwrap();
+        let (again, _) = CursorStore::load(dir.path(), &key).unwrap();
+        assert_eq!(again.get("cuff"), c);
+        // No plaintext on disk.
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(4).any(|w| w == b"cuff"));
+        let (other, err) = CursorStore::load(dir.path(), &StoreKey::from_bytes([8; 32])).unwrap();
+        assert!(err.is_some());
+        assert_eq!(other.get("cuff"), DeviceCursor::default());
+    }
+
+    #[test]
+    fn a_time_mark_skips_only_records_at_or_before_it_and_a_clock_going_back_clears_it() {
+        let mut c = DeviceCursor::default();
+        c.last_time.insert(1, t(8));
+        assert!(c.already_durable(Some(1), t(8)));
+        assert!(c.already_durable(Some(1), t(7)));
+        assert!(!c.already_durable(Some(1), t(9)));
+        assert!(!c.already_durable(Some(2), t(7)), "marks are per user");
+        assert!(!c.clock_went_back(t(10)));
+        assert!(c.clock_went_back(t(7)));
+        assert!(!c.already_durable(Some(1), t(7)));
+    }
+}

@@ -1,0 +1,198 @@
+//! End to end, through the real MQTT path (broker → `vitalgate run` → devkit FHIR server): the
+//! official Open mHealth test data, and consent withdrawal without a restart.
+
+mod common;
+mod harness;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use harness::*;
+use serde_json::Value;
+
+/// Every official test-data body of the nine supported schemas: (uuid, schema, version,
+/// shouldPass?, body).
+fn official() -> Vec<(String, String, String, bool, Value)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../device-drivers/testdata/omh");
+    let mut out = Vec::new();
+    let mut files = Vec::new();
+    for s in std::fs::read_dir(&root).unwrap() {
+        for v in std::fs::read_dir(s.unwrap().path()).unwrap() {
+            let v = v.unwrap().path();
+            for (dir, pass) in [("shouldPass", true), ("shouldFail", false)] {
+                if let Ok(rd) = std::fs::read_dir(v.join(dir)) {
+                    for f in rd {
+                        files.push((f.unwrap().path(), pass));
+                    }
+                }
+            }
+        }
+    }
+    files.sort();
+    for (i, (path, pass)) in files.into_iter().enumerate() {
+        let version = path.parent().unwrap().parent().unwrap();
+        let schema = version.parent().unwrap();
+        let body: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        out.push((
+            format!("0f5e0000-0000-4000-8000-{i:012}"),
+            schema.file_name().unwrap().to_string_lossy().into_owned(),
+            version.file_name().unwrap().to_string_lossy().into_owned(),
+            pass,
+            body,
+        ));
+    }
+    out
+}
+
+fn wrap(uuid: &str, schema: &str, version: &str, body: &Value) -> String {
+    serde_json::json!({
+        "header": {
+            "uuid": uuid,
+            "schema_id": {"namespace": "omh", "name": schema, "version": version},
+            "source_creation_date_time": "2026-11-01T08:00:00Z",
+            "modality": "sensed"
+        },
+        "body": body
+    })
+    .to_string()
+}
+
+/// What a clinic expects on the server for a body, or `None` if it must not be uploaded.
+fn expected_upload(schema: &str, pass: bool, body: &Value) -> Option<String> {
+    let etf = &body["effective_time_frame"];
+    if !pass || body.get("descriptive_statistic").is_some() || etf.is_null() {
+        return None;
+    }
+    let field = match schema {
+        "blood-pressure" => "systolic_blood_pressure",
+        s => return Some(body[s.replace('-', "_")]["value"].to_string()),
+    };
+    Some(body[field]["value"].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_open_mhealth_test_data_every_valid_point_arrives_and_nothing_else_does() {
+    let h = Harness::new(Broker::embedded()).await;
+    let mut agent = h.spawn_agent();
+    let data = official();
+    let payloads: Vec<String> = data
+        .iter()
+        .map(|(u, s, v, _, b)| wrap(u, s, v, b))
+        .collect();
+    let expected: BTreeMap<&str, (String, &Value, &str)> = data
+        .iter()
+        .filter_map(|(u, s, _, p, b)| {
+            expected_upload(s, *p, b).map(|v| (u.as_str(), (v, b, s.as_str())))
+        })
+        .collect();
+    for chunk in payloads.chunks(40) {
+        h.publish(chunk).await;
+    }
+    h.wait_for_observations(expected.len(), Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.terminate();
+
+    let obs = h.fhir.stored_observations();
+    assert_eq!(
+        obs.len(),
+        expected.len(),
+        "one Observation per valid point reading"
+    );
+    for o in &obs {
+        let ident = o["identifier"][0]["value"].as_str().unwrap();
+        let (uuid, (value, body, schema)) = expected
+            .iter()
+            .find(|(u, _)| ident.starts_with(*u))
+            .unwrap_or_else(|| panic!("uploaded something that must not be: {ident}"));
+        let got = if *schema == "blood-pressure" {
+            o["component"][0]["valueQuantity"]["value"].to_string()
+        } else {
+            o["valueQuantity"]["value"].to_string()
+        };
+        // Kelvin, metres... are converted; every official example uses a unit kept as is.
+        assert_eq!(&got, value, "{uuid} {schema}");
+        let ti = &body["effective_time_frame"]["time_interval"];
+        if ti.is_null() {
+            assert!(
+                o["effectiveDateTime"].as_str().unwrap().len() > 10,
+                "{uuid}"
+            );
+        } else if ti.get("date").is_some() {
+            assert_eq!(o["effectiveDateTime"], ti["date"], "{uuid}: date precision");
+        } else {
+            assert!(
+                o["effectivePeriod"]["end"].is_string(),
+                "{uuid}: an interval is a period"
+            );
+            assert!(ident.contains(".."), "{ident}");
+        }
+        if body.get("supplemental_oxygen_flow_rate").is_some() {
+            assert_eq!(o["component"][0]["code"]["coding"][0]["code"], "3151-8");
+            assert_eq!(
+                o["component"][0]["valueQuantity"]["value"].to_string(),
+                "2.5"
+            );
+        }
+    }
+    assert_eq!(h.fhir.schema_failures(), Vec::<String>::new());
+    h.assert_all_observations_valid();
+    // Everything else is kept as a dead letter with its reason: schema-invalid bodies,
+    // statistics, points without a time.
+    let dead = h.vitalgate(&["dead-letters"]);
+    let n_fail = data.iter().filter(|d| !d.3).count();
+    assert_eq!(dead.lines().count(), data.len() - expected.len(), "{dead}");
+    assert_eq!(dead.matches("schema_invalid").count(), n_fail, "{dead}");
+    assert!(dead.contains("statistic"), "{dead}");
+    let log = agent.stderr();
+    assert!(!log.contains("Ifeltquitedizzy") && !log.contains("I felt quite dizzy"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_withdrawal_stops_pending_readings_without_a_restart() {
+    let mut h = Harness::new(Broker::embedded()).await;
+    let consent = h.dir.path().join("consent.txt");
+    std::fs::write(&consent, "# clinic export: withdrawn patients\n").unwrap();
+    let mut cfg = std::fs::read_to_string(&h.config).unwrap();
+    cfg.push_str(&format!("\n[consent]\nfile = \"{}\"\n", consent.display()));
+    std::fs::write(&h.config, cfg).unwrap();
+    let mut agent = h.spawn_agent();
+
+    // One reading goes through while consent stands.
+    h.publish(&[bp_point(1, 120, 80)]).await;
+    h.wait_for_observations(1, Duration::from_secs(60)).await;
+    // Server down: the next readings stay pending; then the clinic withdraws consent.
+    h.fhir.stop().await;
+    h.publish(&[bp_point(2, 121, 81), weight_point(3, 7010)])
+        .await;
+    h.wait_for_log(&agent, "reading stored", 3, Duration::from_secs(30));
+    std::fs::write(&consent, format!("{}\n", PATIENT)).unwrap();
+    h.wait_for_log(
+        &agent,
+        "AUDIT consent withdrawn",
+        2,
+        Duration::from_secs(30),
+    );
+    // Server back: nothing pending for that patient leaves.
+    h.fhir.restart().await.unwrap();
+    h.publish(&[bp_point(4, 122, 82)]).await;
+    h.wait_for_log(
+        &agent,
+        "AUDIT consent withdrawn",
+        3,
+        Duration::from_secs(30),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.fhir.observation_identifiers().len(), 1);
+    agent.terminate();
+    let log = agent.stderr();
+    assert!(!log.contains("MRN-0001"), "patient identifier in the log");
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=3"), "{status}");
+    assert!(
+        status.contains("withdrawn_patients=1 held_readings=3"),
+        "{status}"
+    );
+    let _ = &mut h;
+}

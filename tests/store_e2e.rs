@@ -1,0 +1,303 @@
+//! The store under the real binary: a bounded store pushing back on a real MQTT broker, and a
+//! store whose sled files are damaged on disk.
+//!
+//! Run alone: `cargo test -p vitalgate --test store_e2e`. Without mosquitto the MQTT test says
+//! so and passes, unless VITALGATE_REQUIRE_MOSQUITTO=1 (CI). Deadlines here bound behaviour (no
+//! test hangs forever); none measures speed.
+
+mod common;
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+
+fn mosquitto(opts: MosquittoOptions) -> Option<Broker> {
+    let b = Broker::mosquitto_with(opts);
+    if b.is_none() {
+        eprintln!("mosquitto not installed: skipped here; .ci/run runs it (VITALGATE_REQUIRE_MOSQUITTO=1)");
+    }
+    b
+}
+
+/// Adds `lines` to the `[store]` section of the harness's config.
+fn store_settings(h: &Harness, lines: &str) {
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    let text = text.replacen("[store]\n", &format!("[store]\n{lines}\n"), 1);
+    std::fs::write(&h.config, text).unwrap();
+}
+
+fn counter(log: &str, name: &str) -> Option<u64> {
+    // The agent's last line lists its non-zero counters: `counters=a=1 b=2`.
+    let line = log.lines().rev().find(|l| l.contains("stopped"))?;
+    let key = format!("{name}=");
+    line.split(|c: char| c.is_whitespace() || c == '"')
+        .find_map(|w| w.strip_prefix("counters=").unwrap_or(w).strip_prefix(&key))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Issue #11, bounded store: with the uplink down and a tiny `store.max_bytes`, the agent takes
+/// readings until the store is at 80%, raises the alarm and then acknowledges nothing more (the
+/// broker keeps the rest); once the FHIR server is back and the uplink has drained the store
+/// below 70%, it takes the rest. Every reading reaches the server exactly once, and the broker
+/// saw the agent's PUBACKs in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_stops_acknowledging_mqtt_and_resumes_when_the_uplink_drains_it() {
+    let Some(broker) = mosquitto(MosquittoOptions {
+        persistence: false,
+        log_all: true,
+        inflight_window: None,
+    }) else {
+        return;
+    };
+    let n = 120;
+    let mut h = Harness::new(broker).await;
+    let port = h.broker.port().unwrap();
+    // ~16 KiB at 80%: a few dozen sealed readings.
+    store_settings(&h, "max_bytes = 20000");
+    h.fhir.stop().await;
+    let mut agent = h.spawn_agent();
+
+    let lines: Vec<String> = (0..n)
+        .map(|i| bp_point(i, 100 + (i % 80) as i64, 60 + (i % 30) as i64))
+        .collect();
+    // The broker confirms every message to the publisher (it holds them for the agent's
+    // persistent session); that says nothing about the agent.
+    let confirmed = MosquittoPub::spawn(port, TOPIC, &lines, h.dir.path()).wait();
+    assert!(
+        confirmed.iter().all(|&c| c),
+        "the broker took every reading"
+    );
+
+    let patience = Duration::from_secs(60) * emulation_factor();
+    h.wait_for_log(&agent, "ALARM store pressure high", 1, patience);
+    // Paused: give it time to (wrongly) take more, then look.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = agent.stderr();
+    let stored_while_full = log.matches("reading stored").count();
+    assert!(
+        stored_while_full > 0 && stored_while_full < n,
+        "stored {stored_while_full} of {n} before the pause"
+    );
+    let client = agent_client_id(port);
+    let trace = ClientTrace::from_log(&h.broker.as_mosquitto().unwrap().log(), &client);
+    assert!(
+        trace.acks() <= stored_while_full,
+        "the agent acknowledged {} messages but stored only {stored_while_full}",
+        trace.acks()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        agent.stderr().matches("reading stored").count(),
+        stored_while_full,
+        "the agent kept storing over 80%"
+    );
+    assert!(
+        !agent.stderr().contains("store pressure normal"),
+        "resumed with the uplink down"
+    );
+
+    // The uplink comes back: the store drains, the agent takes the rest.
+    h.fhir.restart().await.unwrap();
+    h.wait_for_log(&agent, "store pressure normal", 1, patience);
+    h.wait_for_observations(n, patience).await;
+    // Every delivery acknowledged, in order, on each connection.
+    let deadline = Instant::now() + patience;
+    loop {
+        let t = ClientTrace::from_log(&h.broker.as_mosquitto().unwrap().log(), &client);
+        if t.acks() >= n {
+            for (i, c) in t.connections.iter().enumerate() {
+                assert!(c.acks_are_an_in_order_prefix(), "connection {i}: {c:?}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent acknowledged {} of {n}",
+            t.acks()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.terminate();
+
+    let ids = h.fhir.observation_identifiers();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), n, "one Observation per reading");
+    assert_eq!(unique.len(), n, "no duplicate on the server");
+    let log = agent.stderr();
+    assert_eq!(log.matches("reading stored").count(), n, "each stored once");
+    assert!(
+        counter(&log, "store_pressure_high").unwrap_or(0) >= 1,
+        "{}",
+        tail(&log, 5)
+    );
+    assert!(counter(&log, "store_pressure_resumed").unwrap_or(0) >= 1);
+    assert!(!log.contains("MRN-0001"), "patient identifier in the log");
+}
+
+/// Issue #11, guarded open: readings are stored (uplink down), the agent stops, sled's files
+/// are damaged (its `conf` scribbled over: sled then refuses to open with `Corruption`). The
+/// agent starts anyway, with an alarm naming the quarantine folder and a fresh store; `vitalgate
+/// store salvage` recovers every reading from the quarantined store; the agent delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_quarantined_the_agent_starts_and_salvage_recovers_its_readings() {
+    let Some(broker) = mosquitto(MosquittoOptions::default()) else {
+        return;
+    };
+    let n = 20;
+    let mut h = Harness::new(broker).await;
+    h.fhir.stop().await;
+    let patience = Duration::from_secs(60) * emulation_factor();
+    let mut agent = h.spawn_agent();
+    let lines: Vec<String> = (0..n).map(|i| bp_point(i, 100 + i as i64, 70)).collect();
+    h.publish(&lines).await;
+    h.wait_for_log(&agent, "reading stored", n, patience);
+    agent.terminate();
+    assert!(h.vitalgate(&["status"]).contains(&format!("pending={n}")));
+
+    let outbox = h.dir.path().join("data/outbox");
+    std::fs::write(outbox.join("conf"), b"scribbled over by a bad SD card").unwrap();
+    // The CLI refuses a damaged store (it never moves it)...
+    let out = h.vitalgate_output(&["status"]);
+    assert!(!out.status.success(), "{out:?}");
+
+    // ...the daemon moves it aside and starts.
+    let mut agent = h.spawn_agent();
+    let log = agent.stderr();
+    assert!(log.contains("ALARM store damaged"), "{}", tail(&log, 20));
+    let quarantine = h.dir.path().join("data/quarantine");
+    let moved: Vec<_> = std::fs::read_dir(&quarantine)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let moved = &moved[0];
+    assert!(moved
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("store-"));
+    assert!(moved.join("db").exists(), "moved, not deleted");
+    assert!(
+        log.contains(&moved.display().to_string()),
+        "the alarm names the folder"
+    );
+    agent.terminate();
+    assert!(
+        counter(&agent.stderr(), "store_quarantined_on_open") == Some(1),
+        "{}",
+        tail(&agent.stderr(), 3)
+    );
+    assert!(h.vitalgate(&["status"]).contains("pending=0"));
+
+    let out = h.vitalgate(&["store", "salvage", moved.to_str().unwrap()]);
+    assert!(out.contains(&format!("pending recovered={n} ")), "{out}");
+    assert!(h.vitalgate(&["status"]).contains(&format!("pending={n}")));
+    // Salvage is safe to repeat.
+    let out = h.vitalgate(&["store", "salvage", moved.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!("pending recovered=0 already_known={n} ")),
+        "{out}"
+    );
+
+    h.fhir.restart().await.unwrap();
+    let mut agent = h.spawn_agent();
+    h.wait_for_observations(n, patience).await;
+    agent.terminate();
+    let ids = h.fhir.observation_identifiers();
+    assert_eq!(ids.len(), n, "each salvaged reading delivered once");
+    assert!(
+        !agent.stderr().contains("ALARM store damaged"),
+        "the new store is healthy"
+    );
+
+    // A data file cut to nothing: with a snapshot left, sled reports corruption (the snapshot
+    // points into the missing file); without one it would open it as a new, empty database,
+    // which our marker file catches (store_recovery.rs). Either way: quarantined, alarm.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(outbox.join("db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut agent = h.spawn_agent();
+    let log = agent.stderr();
+    agent.terminate();
+    assert!(log.contains("ALARM store damaged"), "{}", tail(&log, 20));
+    assert_eq!(std::fs::read_dir(&quarantine).unwrap().count(), 2);
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Issue #11: nothing in the store directory holds plaintext PHI. Readings with canary values
+/// (a patient identifier, a weight, a payload the agent cannot decode) go through the real
+/// agent; then every byte the agent wrote under its data directory (sled's data file,
+/// snapshots, conf, our marker) and its log are searched for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_canary_value_reaches_the_store_files_or_the_log_in_clear() {
+    let patient = "urn:oid:2.16.840.1.113883.19.5|MRN-CANARY-7319";
+    let mut h = Harness::with_mqtt_devices(
+        Broker::embedded(),
+        vec![MqttDevice {
+            name: "hub-1".into(),
+            topic: TOPIC.into(),
+            patient: patient.into(),
+        }],
+    )
+    .await;
+    h.fhir.stop().await;
+    let mut agent = h.spawn_agent();
+    let mut payloads: Vec<String> = (0..5).map(|i| weight_point(i, 17391)).collect();
+    payloads.push("CANARY-RAW-PAYLOAD not a data point".into());
+    h.publish(&payloads).await;
+    let patience = Duration::from_secs(60) * emulation_factor();
+    h.wait_for_log(&agent, "reading stored", 1, patience);
+    h.wait_for_log(&agent, "undecodable payload kept", 1, patience);
+    agent.terminate();
+    let status = h.vitalgate(&["status"]);
+    assert!(
+        status.contains("pending=5") && status.contains("dead_letters=1"),
+        "{status}"
+    );
+
+    let canaries: [&[u8]; 5] = [
+        b"MRN-CANARY-7319",
+        b"173.91",
+        b"CANARY-RAW-PAYLOAD",
+        b"00000000-0000-4000-8000-000000000003",
+        b"body-weight",
+    ];
+    let files = walk(&h.dir.path().join("data"));
+    assert!(files.iter().any(|f| f.ends_with("db")), "{files:?}");
+    let log = agent.stderr();
+    for canary in canaries {
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap();
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary),
+                "{} holds {:?} in clear",
+                f.display(),
+                String::from_utf8_lossy(canary)
+            );
+        }
+        if canary != b"body-weight" {
+            assert!(
+                !log.contains(std::str::from_utf8(canary).unwrap()),
+                "the log holds {:?}",
+                String::from_utf8_lossy(canary)
+            );
+        }
+    }
+}

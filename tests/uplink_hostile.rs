@@ -1,0 +1,128 @@
+//! End-to-end: the real `vitalgate` daemon against a hostile FHIR server (the devkit loopback
+//! mTLS server's fault modes). The daemon keeps running, loses nothing and sends nothing twice.
+
+mod common;
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+use vitalgate_devkit::fhir_server::Mode;
+
+fn assert_each_once(h: &Harness, n: usize) {
+    let obs = h.fhir.observation_identifiers();
+    let mut unique = obs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(obs.len(), n, "{obs:#?}");
+    assert_eq!(unique.len(), n, "no Observation twice");
+    assert_eq!(h.fhir.duplicate_creates(), 0);
+}
+
+async fn wait_for_requests(h: &Harness, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while h.fhir.request_count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} requests, have {:?}",
+            h.fhir.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The server commits the Bundle and drops the connection before answering, three times in a
+/// row; the fourth attempt gets `200` with every entry `200 OK` (conditional create found
+/// them). Exactly one Observation per reading, and the readings are acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_committed_three_times_without_an_answer_gives_one_observation_per_reading() {
+    let h = Harness::new(Broker::embedded()).await;
+    h.fhir.queue_modes([
+        Mode::HangUpAfterCommit,
+        Mode::HangUpAfterCommit,
+        Mode::HangUpAfterCommit,
+    ]);
+    let mut agent = h.spawn_agent();
+    let points: Vec<String> = (0..4).map(|i| bp_point(i, 120 + i as i64, 80)).collect();
+    h.publish(&points).await;
+    h.wait_for_log(&agent, "reading stored", 4, Duration::from_secs(30));
+    // Three hang-ups, then one answered request (batch_size = 4: one Bundle).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !h.fhir.requests().iter().any(|r| r.status == 200) {
+        assert!(Instant::now() < deadline, "{:?}", h.fhir.requests());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.terminate();
+    let requests = h.fhir.requests();
+    let hang_ups = requests.iter().filter(|r| r.status == 0).count();
+    assert_eq!(hang_ups, 3, "{requests:?}");
+    assert_each_once(&h, 4);
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=0"), "{status}");
+    let log = agent.stderr();
+    assert!(log.contains("class=\"connection_closed\""), "{log}");
+    h.assert_all_observations_valid();
+}
+
+/// One answer of each hostile kind in a row, then a normal server: the daemon neither panics
+/// nor exits, each answer is logged with its class, and every reading arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_survives_every_hostile_answer_and_then_delivers_everything_once() {
+    let h = Harness::new(Broker::embedded()).await;
+    let hostile = [
+        Mode::SlowLoris {
+            byte_every: Duration::from_millis(100),
+        },
+        Mode::HugeBody {
+            bytes: 1 << 30,
+            declare_length: false,
+        },
+        Mode::HugeBody {
+            bytes: 1 << 30,
+            declare_length: true,
+        },
+        Mode::DeepJson { depth: 100_000 },
+        Mode::RedirectLoop,
+        Mode::FailEntry(0),
+    ];
+    let n_hostile = hostile.len();
+    h.fhir.queue_modes(hostile);
+    let mut agent = h.spawn_agent();
+    let points: Vec<String> = (0..4).map(|i| bp_point(i, 130 + i as i64, 85)).collect();
+    h.publish(&points).await;
+    wait_for_requests(&h, n_hostile, Duration::from_secs(120)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.fhir.observation_identifiers().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "not all delivered: {:?}\n{}",
+            h.fhir.requests(),
+            tail(&agent.stderr(), 60)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.terminate();
+    let log = agent.stderr();
+    for class in [
+        "timeout",
+        "response_too_large",
+        "response_too_deep",
+        "redirected",
+    ] {
+        let field = format!("class=\"{class}\"");
+        assert!(log.contains(&field), "no {field} in the log:\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+    let sent = h.fhir.body_bytes_sent();
+    assert!(
+        sent < 64 << 20,
+        "bodies were not downloaded: {sent} bytes sent"
+    );
+    assert_each_once(&h, 4);
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=0"), "{status}");
+    assert!(status.contains("dead_letters=0"), "{status}");
+    assert!(!log.contains("MRN-0001"), "patient identifier leaked");
+}
