@@ -34,13 +34,15 @@ export QEMU_LD_PREFIX="$sysroot"
 # run short while still exercising the ARM code paths.
 export PROPTEST_CASES="${PROPTEST_CASES:-16}"
 echo "cross/test.sh: building and running the workspace tests for $target under $qemu"
-log=/tmp/vitalgate-cross-test.log
+# One log per run: several checkouts may run this at once on one machine.
+log=$(mktemp "${TMPDIR:-/tmp}/vitalgate-cross-test-$target.XXXXXX.log")
+echo "cross/test.sh: full log: $log"
 set +e
 # Tests named `on_pty` drive real pseudo-terminals with termios: qemu-user 7.2 does not
 # implement the TCGETS2/TCSETS2 ioctls serialport uses to configure a tty (ENOSYS), so they
 # cannot run under it. They run natively in .ci/run; everything else runs here.
 echo "cross/test.sh: NOTE: skipping the on_pty tests (pseudo-terminal termios is not emulated by qemu-user); they run natively"
-nice -n 10 cargo test --workspace --target "$target" -j 2 -- --skip on_pty >"$log" 2>&1
+nice -n 10 cargo test --workspace --target "$target" -j 2 --no-fail-fast -- --skip on_pty >"$log" 2>&1
 status=$?
 set -e
 grep -E '^(test result|running|error)|FAILED|panicked' "$log" || true

@@ -140,7 +140,10 @@ async fn a_reading_refused_inside_a_200_is_dead_lettered_alone_and_can_be_requeu
     );
     agent.terminate();
     let log = agent.stderr();
-    assert_eq!(log.matches("ALARM").count(), 0, "no pause: {log}");
+    // No pause alarm (other alarms may be up: the test PKI's certificate expires within the
+    // warning window, the build machine's disk may be 80 % full).
+    assert_eq!(log.matches("uplink_paused").count(), 0, "no pause: {log}");
+    assert_eq!(log.matches("uploads paused").count(), 0, "no pause: {log}");
     let obs = h.fhir.observation_identifiers();
     assert_eq!(obs.len(), 3, "{obs:#?}");
     assert!(!obs.iter().any(|o| o.contains("000000000002")), "{obs:#?}");

@@ -7,8 +7,7 @@
 //!    files), then, last, the store key and the encrypted outbox. Any failure is a
 //!    [`StartError`] a technician can act on (exit 1; a bad config file is exit 64 earlier).
 //! 2. [`App::run`] — spawns the pipeline, the uploader and the sources (MQTT, one task per
-//!    serial port, simulators), tells systemd it is
-//!    ready, then supervises them until the one shutdown [`CancellationToken`] fires.
+//!    serial port, simulators), tells systemd it is ready, then supervises them until the one shutdown [`CancellationToken`] fires.
 //!
 //! Supervision: the pipeline, the uploader and every long-running source must live until
 //! shutdown. If one ends or panics first, ingest is dead while systemd would still see the
@@ -23,17 +22,24 @@
 //! the resend is idempotent), so no upload can hold shutdown past the grace period. After
 //! [`SHUTDOWN_GRACE`] anything still running is aborted.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
-use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, MqttConfig};
+use crate::config::{Config, MqttConfig, SerialDevice, SimulatorConfig};
+use crate::ops::{
+    self,
+    notify::Notifier,
+    runner::{OpsContext, OpsShared},
+    watchdog::{self, Liveness, WatchdogSettings},
+};
 use crate::pipeline::{self, DeviceTable, Ingest};
 use crate::sources::{self, mqtt::Subscription};
 use crate::store::{open_or_quarantine, Outbox, OutboxOptions, QuarantinedStore, StoreKey};
+use crate::supervisor::{self, Supervisor};
 use crate::telemetry;
 use crate::uplink::backoff::Backoff;
 use crate::uplink::client::{UplinkClient, UplinkTls};
@@ -71,7 +77,7 @@ pub enum StartError {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("task {task} ended while the agent was running ({why}); ingest cannot continue")]
-    TaskEnded { task: &'static str, why: String },
+    TaskEnded { task: String, why: String },
 }
 
 /// What a finished run reports.
@@ -133,76 +139,111 @@ fn store_setup(cfg: &Config) -> Result<(StoreKey, OutboxOptions), StartError> {
     Ok((key, opts))
 }
 
-type TaskFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+/// Everything [`App::build`] and a reload check and prepare from a config, except the store.
+struct Prepared {
+    devices: DeviceTable,
+    client: UplinkClient,
+    mqtt: Option<(MqttConfig, Vec<Subscription>)>,
+}
+
+/// Reads and checks every file the config names (TLS files, password files) and builds the
+/// device table; opens nothing else. Shared by start-up and reload, so a reload accepts
+/// exactly what a start would.
+fn prepare(cfg: &Config) -> Result<Prepared, StartError> {
+    let devices = DeviceTable::from_config(cfg);
+    let client = UplinkClient::new(&UplinkTls {
+        fhir_base: cfg.uplink.fhir_base.clone(),
+        ca_file: cfg.uplink.ca_file.clone(),
+        client_cert: cfg.uplink.client_cert.clone(),
+        client_key: cfg.uplink.client_key.clone(),
+        allow_insecure_http: cfg.uplink.allow_insecure_http,
+        timeout: cfg.uplink.timeout,
+    })
+    .map_err(StartError::Uplink)?;
+    let subs: Vec<Subscription> = devices
+        .mqtt
+        .iter()
+        .map(|(filter, device)| Subscription {
+            filter: filter.clone(),
+            device: Arc::clone(device),
+        })
+        .collect();
+    let mqtt = match (&cfg.mqtt, subs.is_empty()) {
+        (Some(m), false) => {
+            // Validate (and read the password and TLS files) now, not in the task.
+            sources::mqtt::options(m).map_err(StartError::Mqtt)?;
+            Some((m.clone(), subs))
+        }
+        _ => None,
+    };
+    if let Some(f) = &cfg.fleet {
+        sources::mqtt::options(&f.mqtt).map_err(StartError::Mqtt)?;
+    }
+    Ok(Prepared {
+        devices,
+        client,
+        mqtt,
+    })
+}
 
 /// A checked, opened, not yet running agent.
 pub struct App {
     cfg: Config,
-    devices: DeviceTable,
-    client: UplinkClient,
-    mqtt: Option<(MqttConfig, Vec<Subscription>)>,
+    prepared: Prepared,
     ble: Option<sources::ble::BleSource>,
     store: Arc<Outbox>,
     /// The app's own sender: the pipeline's input stays open until shutdown even when every
     /// source has finished (a simulator with a `count`).
     ingest_tx: mpsc::Sender<Ingest>,
     ingest_rx: mpsc::Receiver<Ingest>,
+    watchdog: WatchdogSettings,
+    notifier: Option<Notifier>,
 }
 
 impl App {
     /// Reads and checks everything; opens the store last; spawns nothing. Blocking (file reads,
     /// the store's open): call it before the runtime is busy, or from `spawn_blocking`.
     ///
+    /// systemd's notification socket and watchdog come from the environment
+    /// (`NOTIFY_SOCKET`, `WATCHDOG_USEC`); [`App::set_watchdog`] overrides them.
+    ///
     /// # Errors
     ///
     /// A [`StartError`] naming the file or setting to fix.
     pub fn build(cfg: Config) -> Result<App, StartError> {
-        let devices = DeviceTable::from_config(&cfg);
-        let client = UplinkClient::new(&UplinkTls {
-            fhir_base: cfg.uplink.fhir_base.clone(),
-            ca_file: cfg.uplink.ca_file.clone(),
-            client_cert: cfg.uplink.client_cert.clone(),
-            client_key: cfg.uplink.client_key.clone(),
-            allow_insecure_http: cfg.uplink.allow_insecure_http,
-            timeout: cfg.uplink.timeout,
-        })
-        .map_err(StartError::Uplink)?;
-        let subs: Vec<Subscription> = devices
-            .mqtt
-            .iter()
-            .map(|(filter, device)| Subscription {
-                filter: filter.clone(),
-                device: Arc::clone(device),
-            })
-            .collect();
-        let mqtt = match (&cfg.mqtt, subs.is_empty()) {
-            (Some(m), false) => {
-                // Validate (and read the password and TLS files) now, not in the task.
-                sources::mqtt::options(m).map_err(StartError::Mqtt)?;
-                Some((m.clone(), subs))
-            }
-            _ => None,
-        };
+        let prepared = prepare(&cfg)?;
         let (store, _quarantined) = open_store_guarded(&cfg)?;
         let store = Arc::new(store);
-        let ble = if devices.ble.is_empty() {
+        let ble = if prepared.devices.ble.is_empty() {
             None
         } else {
             // The BLE high-water marks are sealed with the store key (see sources::ble::cursor).
             let key = StoreKey::load(&cfg.store.key_file).map_err(StartError::Key)?;
-            Some(sources::ble::BleSource::new(&cfg, &devices.ble, key))
+            Some(sources::ble::BleSource::new(
+                &cfg,
+                &prepared.devices.ble,
+                key,
+            ))
         };
         let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_CHANNEL);
+        let notifier = Notifier::from_env();
         Ok(App {
             cfg,
-            devices,
-            client,
-            mqtt,
+            prepared,
             ble,
             store,
             ingest_tx,
             ingest_rx,
+            watchdog: WatchdogSettings::from_env(notifier.clone()),
+            notifier,
         })
+    }
+
+    /// Where `READY=1`, `RELOADING=1`, `STOPPING=1` and `WATCHDOG=1` go, how often the
+    /// liveness check runs and how long a task may stay silent (tests, embedders).
+    pub fn set_watchdog(&mut self, settings: WatchdogSettings) {
+        self.notifier = settings.notifier.clone();
+        self.watchdog = settings;
     }
 
     /// The outbox (for embedders and tests).
@@ -225,6 +266,7 @@ impl App {
     }
 
     /// Runs until `shutdown` is cancelled, or until a task the agent cannot run without ends.
+    /// SIGHUP reloads the configuration (see [`Running::reload`]).
     ///
     /// # Errors
     ///
@@ -233,14 +275,16 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunSummary, RunError> {
         let App {
             cfg,
-            devices,
-            client,
-            mqtt,
+            prepared,
             ble,
             store,
             ingest_tx,
             ingest_rx,
+            watchdog,
+            notifier,
         } = self;
+        // Installed first: SIGHUP's default action would terminate the daemon.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         if cfg.uplink.allow_insecure_http && cfg.uplink.fhir_base.scheme() == "http" {
             tracing::warn!("INSECURE: uplink.allow_insecure_http is set and fhir_base is http://; readings (PHI) travel unencrypted. Never use this outside a lab.");
         }
@@ -248,100 +292,68 @@ impl App {
             tracing::warn!("config: {w}");
         }
 
+        let liveness = Liveness::default();
+        #[allow(clippy::disallowed_methods)] // the edge: the agent starts now
+        let started_at = chrono::Utc::now();
+        let ops = Arc::new(OpsShared::new(liveness.clone(), started_at));
         let wake = Arc::new(Notify::new());
-        let mut tasks: JoinSet<()> = JoinSet::new();
-        let mut names = std::collections::HashMap::new();
-        let mut spawn = |name: &'static str, critical: bool, fut: TaskFuture| {
-            let h = tasks.spawn(fut);
-            names.insert(h.id(), (name, critical));
-        };
-        let pipeline_task = tokio::spawn(pipeline::run(
-            ingest_rx,
-            Arc::clone(&store),
-            Arc::clone(&wake),
-            cfg.store.max_bytes,
+        let mut pipeline_task = tokio::spawn(watchdog::monitored(
+            liveness.heartbeat("pipeline", watchdog.max_silence),
+            pipeline::run(
+                ingest_rx,
+                Arc::clone(&store),
+                Arc::clone(&wake),
+                cfg.store.max_bytes,
+            ),
         ));
-        let uploader = Uploader {
+        let mut running = Running {
+            sup: Supervisor::new(shutdown.clone(), liveness.clone()),
+            cfg,
             store: Arc::clone(&store),
-            sender: client,
-            gateway: GatewayInfo::new(&cfg.gateway.id, env!("CARGO_PKG_VERSION")),
-            batch_size: cfg.uplink.batch_size,
-            schedule: SchedulerConfig {
-                retry: Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max),
-                pause: Backoff::new(cfg.uplink.pause_initial, cfg.uplink.pause_max),
-                rejection_streak_limit: REJECTION_STREAK_LIMIT,
-            },
-            wake: Arc::clone(&wake),
-            seed: rand::random(),
-            consent: crate::uploader::ConsentSource::new(&cfg.consent),
+            ingest_tx,
+            wake,
+            ops,
+            watchdog: watchdog.clone(),
+            sources: BTreeMap::new(),
         };
-        spawn("uploader", true, Box::pin(uploader.run(shutdown.clone())));
-        if let Some((m, subs)) = mqtt {
-            let (tx, stop) = (ingest_tx.clone(), shutdown.clone());
-            spawn(
-                "mqtt source",
-                true,
-                Box::pin(async move {
-                    if let Err(e) = sources::mqtt::run(m, subs, tx, stop).await {
-                        tracing::error!(error = %e, "MQTT source stopped");
-                    }
-                }),
-            );
-        }
+        running.start_sources(prepared.mqtt, &prepared.devices);
         if let Some(src) = ble {
-            let (tx, stop) = (ingest_tx.clone(), shutdown.clone());
-            spawn(
-                "ble source",
-                true,
-                Box::pin(async move {
-                    if let Err(e) = sources::ble::run(src, tx, stop).await {
-                        tracing::error!(error = %e, "BLE source stopped");
-                    }
-                }),
-            );
+            // BLE runs btleplug on its own thread and runtime (sources::ble); not watched by
+            // the liveness watchdog yet (its own adapter watchdog recovers BlueZ and the
+            // adapter). A change of BLE devices needs a restart (see `needs_restart`).
+            let tx = running.ingest_tx.clone();
+            running
+                .sup
+                .spawn("ble source", Some("ble"), true, None, move |stop| {
+                    Box::pin(async move {
+                        if let Err(e) = sources::ble::run(src, tx, stop).await {
+                            tracing::error!(error = %e, "BLE source stopped");
+                        }
+                    })
+                });
         }
-        for (serial, ctx) in &devices.serial {
-            // A serial source runs until shutdown whatever the port does (absent, no
-            // permission, unplugged): it retries, it never ends early.
-            spawn(
-                "serial source",
-                true,
-                Box::pin(sources::serial::run(
-                    serial.clone(),
-                    Arc::clone(ctx),
-                    ingest_tx.clone(),
-                    shutdown.clone(),
-                )),
-            );
-        }
-        for (s, ctx) in &devices.simulators {
-            // A simulator with a count ends by design; one without must run until shutdown.
-            spawn(
-                "simulator",
-                s.count.is_none(),
-                Box::pin(sources::simulator::run(
-                    s.clone(),
-                    Arc::clone(ctx),
-                    ingest_tx.clone(),
-                    shutdown.clone(),
-                )),
-            );
+        running.start_services(prepared.client);
+        {
+            let (l, w, stop) = (liveness.clone(), watchdog.clone(), shutdown.clone());
+            running.sup.spawn("watchdog", None, true, None, move |_| {
+                Box::pin(ops::watchdog::run(l, w, stop))
+            });
         }
 
         let stats = store.stats().unwrap_or_default();
         tracing::info!(
-            gateway = %cfg.gateway.id,
+            gateway = %running.cfg.gateway.id,
             pending = stats.pending,
             dead_letters = stats.dead,
-            devices = cfg.devices.len(),
-            simulators = cfg.simulators.len(),
+            devices = running.cfg.devices.len(),
+            simulators = running.cfg.simulators.len(),
+            watchdog = notifier.is_some() && watchdog.notifier.is_some(),
             "vitalgate running"
         );
-        notify_ready();
+        notify(&notifier, "READY=1");
 
         // Supervise until shutdown is requested or a task the agent needs ends.
         let mut failure: Option<RunError> = None;
-        let mut pipeline_task = pipeline_task;
         let mut pipeline_done = false;
         loop {
             tokio::select! {
@@ -349,21 +361,21 @@ impl App {
                 _ = shutdown.cancelled() => break,
                 r = &mut pipeline_task => {
                     pipeline_done = true;
-                    failure = Some(task_ended("pipeline", r.err()));
+                    failure = Some(supervisor::task_ended("pipeline", r.err()));
                     break;
                 }
-                Some(r) = tasks.join_next_with_id() => {
-                    let (id, err) = match r {
-                        Ok((id, ())) => (id, None),
-                        Err(e) => (e.id(), Some(e)),
-                    };
-                    let (name, critical) = names.get(&id).copied().unwrap_or(("task", true));
-                    // A task ending because shutdown was requested meanwhile is the normal path.
-                    if shutdown.is_cancelled() && err.is_none() {
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    notify(&notifier, "RELOADING=1");
+                    let r = running.reload().await;
+                    notify(&notifier, "READY=1");
+                    if let Some(e) = r {
+                        failure = Some(e);
                         break;
                     }
-                    if critical || err.is_some() {
-                        failure = Some(task_ended(name, err));
+                }
+                Some(r) = running.sup.join_next() => {
+                    if let Some(e) = r {
+                        failure = Some(e);
                         break;
                     }
                 }
@@ -373,10 +385,11 @@ impl App {
             shutdown.cancel();
         }
         tracing::info!("shutting down");
-        notify_stopping();
+        notify(&notifier, "STOPPING=1");
 
         // Sources end on `shutdown`; with the app's sender gone the pipeline's input closes
         // once they have, and the pipeline drains what they handed over.
+        let Running { sup, ingest_tx, .. } = running;
         drop(ingest_tx);
         if !pipeline_done
             && tokio::time::timeout(SHUTDOWN_GRACE, &mut pipeline_task)
@@ -388,11 +401,7 @@ impl App {
             );
             pipeline_task.abort();
         }
-        let rest = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(SHUTDOWN_GRACE, rest).await.is_err() {
-            tracing::warn!("some tasks did not stop within the grace period; aborted");
-            tasks.abort_all();
-        }
+        sup.drain(SHUTDOWN_GRACE).await;
 
         let stats = store.stats().unwrap_or_default();
         let counters: Vec<String> = telemetry::COUNTERS
@@ -425,29 +434,333 @@ impl App {
     }
 }
 
-/// Logs the one line that names a task that ended too early, and the error for `run`.
-fn task_ended(task: &'static str, err: Option<JoinError>) -> RunError {
-    let why = match &err {
-        Some(e) if e.is_panic() => "panicked".to_string(),
-        Some(e) => e.to_string(),
-        None => "returned".to_string(),
-    };
-    telemetry::TaskFailed { task, error: &why }.emit();
-    RunError::TaskEnded { task, why }
+/// What a source task is started from; a reload restarts a source whose inputs changed.
+#[derive(Debug, Clone, PartialEq)]
+enum SourceInputs {
+    /// The MQTT connection and every MQTT device (one connection serves them all).
+    Mqtt {
+        mqtt: MqttConfig,
+        devices: Vec<crate::config::DeviceConfig>,
+        gateway: (String, chrono::FixedOffset),
+    },
+    /// One serial device (one task per port).
+    Serial {
+        device: crate::config::DeviceConfig,
+        serial: SerialDevice,
+        gateway: (String, chrono::FixedOffset),
+    },
+    Simulator {
+        sim: SimulatorConfig,
+        gateway: String,
+    },
 }
 
-fn notify_ready() {
-    // Only meaningful under systemd (NOTIFY_SOCKET set); harmless elsewhere.
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-            tracing::warn!(error = %e, "sd_notify READY failed");
+/// Source key (`mqtt`, `simulator:<name>`) → its inputs, for a config.
+fn source_inputs(cfg: &Config) -> BTreeMap<String, SourceInputs> {
+    let mut out = BTreeMap::new();
+    let mqtt_devices: Vec<_> = cfg
+        .devices
+        .iter()
+        .filter(|d| matches!(d.kind, crate::config::DeviceKind::Mqtt { .. }))
+        .cloned()
+        .collect();
+    if let (Some(m), false) = (&cfg.mqtt, mqtt_devices.is_empty()) {
+        out.insert(
+            "mqtt".to_string(),
+            SourceInputs::Mqtt {
+                mqtt: m.clone(),
+                devices: mqtt_devices,
+                gateway: (cfg.gateway.id.clone(), cfg.gateway.device_utc_offset),
+            },
+        );
+    }
+    for d in &cfg.devices {
+        if let crate::config::DeviceKind::Serial(serial) = &d.kind {
+            out.insert(
+                format!("serial:{}", d.name),
+                SourceInputs::Serial {
+                    device: d.clone(),
+                    serial: serial.clone(),
+                    gateway: (cfg.gateway.id.clone(), cfg.gateway.device_utc_offset),
+                },
+            );
         }
+    }
+    for s in &cfg.simulators {
+        out.insert(
+            format!("simulator:{}", s.name),
+            SourceInputs::Simulator {
+                sim: s.clone(),
+                gateway: cfg.gateway.id.clone(),
+            },
+        );
+    }
+    out
+}
+
+/// The running agent, for supervision and reload.
+struct Running {
+    sup: Supervisor,
+    cfg: Config,
+    store: Arc<Outbox>,
+    ingest_tx: mpsc::Sender<Ingest>,
+    wake: Arc<Notify>,
+    ops: Arc<OpsShared>,
+    watchdog: WatchdogSettings,
+    /// The inputs each running source was started from.
+    sources: BTreeMap<String, SourceInputs>,
+}
+
+impl Running {
+    /// Starts the sources of `self.cfg` whose key is not running yet.
+    fn start_sources(
+        &mut self,
+        mqtt: Option<(MqttConfig, Vec<Subscription>)>,
+        devices: &DeviceTable,
+    ) {
+        let wanted = source_inputs(&self.cfg);
+        let running = self.sup.keys();
+        let allowance = self.watchdog.max_silence;
+        if let Some((m, subs)) = mqtt {
+            if !running.iter().any(|k| k == "mqtt") {
+                let tx = self.ingest_tx.clone();
+                self.sup.spawn(
+                    "mqtt source",
+                    Some("mqtt"),
+                    true,
+                    Some(allowance),
+                    move |stop| {
+                        Box::pin(async move {
+                            if let Err(e) = sources::mqtt::run(m, subs, tx, stop).await {
+                                tracing::error!(error = %e, "MQTT source stopped");
+                            }
+                        })
+                    },
+                );
+            }
+        }
+        for (serial, ctx) in &devices.serial {
+            let key = format!("serial:{}", ctx.name);
+            if running.contains(&key) {
+                continue;
+            }
+            // A serial source runs until shutdown whatever the port does (absent, no
+            // permission, unplugged): it retries, it never ends early.
+            let (serial, ctx, tx) = (serial.clone(), Arc::clone(ctx), self.ingest_tx.clone());
+            self.sup.spawn(
+                &format!("serial source {}", ctx.name),
+                Some(&key),
+                true,
+                Some(allowance),
+                move |stop| Box::pin(sources::serial::run(serial, ctx, tx, stop)),
+            );
+        }
+        for (s, ctx) in &devices.simulators {
+            let key = format!("simulator:{}", s.name);
+            if running.contains(&key) {
+                continue;
+            }
+            // A simulator with a count ends by design; one without must run until shutdown.
+            let (s, ctx, tx) = (s.clone(), Arc::clone(ctx), self.ingest_tx.clone());
+            self.sup.spawn(
+                &format!("simulator {}", s.name),
+                Some(&key),
+                s.count.is_none(),
+                Some(allowance),
+                move |stop| Box::pin(sources::simulator::run(s, ctx, tx, stop)),
+            );
+        }
+        self.sources = wanted;
+    }
+
+    /// Starts the uploader, the ops task and the fleet publisher for `self.cfg`.
+    fn start_services(&mut self, client: UplinkClient) {
+        let cfg = &self.cfg;
+        let uploader = Uploader {
+            store: Arc::clone(&self.store),
+            sender: client,
+            gateway: GatewayInfo::new(&cfg.gateway.id, env!("CARGO_PKG_VERSION")),
+            batch_size: cfg.uplink.batch_size,
+            schedule: SchedulerConfig {
+                retry: Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max),
+                pause: Backoff::new(cfg.uplink.pause_initial, cfg.uplink.pause_max),
+                rejection_streak_limit: REJECTION_STREAK_LIMIT,
+            },
+            wake: Arc::clone(&self.wake),
+            seed: rand::random(),
+            consent: crate::uploader::ConsentSource::new(&cfg.consent),
+        };
+        // An HTTP request is work, bounded by its timeout: the uploader may be silent that long.
+        let allowance = self.watchdog.max_silence + cfg.uplink.timeout;
+        self.sup.spawn(
+            "uploader",
+            Some("uploader"),
+            true,
+            Some(allowance),
+            move |stop| Box::pin(uploader.run(stop)),
+        );
+        let (ctx, store, shared) = (
+            OpsContext::from_config(cfg),
+            Arc::clone(&self.store),
+            Arc::clone(&self.ops),
+        );
+        self.sup.spawn("ops", Some("ops"), true, None, move |stop| {
+            Box::pin(ops::runner::run(ctx, store, shared, stop))
+        });
+        if let Some(f) = cfg.fleet.clone() {
+            let gw = cfg.gateway.id.clone();
+            let (snaps, alarms) = (self.ops.snapshots.subscribe(), self.ops.alarms.subscribe());
+            self.sup
+                .spawn("fleet", Some("fleet"), true, None, move |stop| {
+                    Box::pin(ops::fleet::run(f, gw, snaps, alarms, stop))
+                });
+        }
+    }
+
+    /// SIGHUP: re-reads the config file and applies it without a restart.
+    ///
+    /// Checked exactly as at start-up ([`prepare`]: every TLS and password file is read)
+    /// before anything changes; an invalid file, or a change that needs a restart (gateway id,
+    /// data directory, store settings), keeps the running configuration and logs one line
+    /// naming `file:line:col` or the key. Then: sources whose inputs changed stop and start
+    /// again (MQTT: one reconnect with the same persistent session, so the broker redelivers
+    /// anything not acknowledged; nothing is acknowledged that is not durable), sources removed
+    /// stop, new ones start; the uploader restarts with the new uplink settings and certificate
+    /// (an upload in flight is abandoned and resent: conditional create makes that harmless);
+    /// the ops task and the fleet publisher restart with the new settings. The pipeline and the
+    /// store are untouched. Returns a failure only if a task the agent needs failed meanwhile.
+    async fn reload(&mut self) -> Option<RunError> {
+        let path = self.cfg.path.clone();
+        let new = match tokio::task::spawn_blocking(move || {
+            let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+            let prepared = prepare(&cfg).map_err(|e| e.to_string())?;
+            Ok::<_, String>((cfg, prepared))
+        })
+        .await
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                telemetry::ConfigReloadRefused { error: &e }.emit();
+                return None;
+            }
+            Err(e) => {
+                telemetry::ConfigReloadRefused { error: &e }.emit();
+                return None;
+            }
+        };
+        let (cfg, prepared) = new;
+        if let Some(key) = needs_restart(&self.cfg, &cfg) {
+            let msg = format!(
+                "{}: {key} changed; it takes effect only with a restart (systemctl restart vitalgate)",
+                cfg.path.display()
+            );
+            telemetry::ConfigReloadRefused { error: &msg }.emit();
+            return None;
+        }
+        let old_inputs = std::mem::take(&mut self.sources);
+        let new_inputs = source_inputs(&cfg);
+        let mut retire: Vec<String> = old_inputs
+            .iter()
+            .filter(|(k, v)| new_inputs.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let (added, removed, changed) = (
+            new_inputs
+                .keys()
+                .filter(|k| !old_inputs.contains_key(*k))
+                .count(),
+            old_inputs
+                .keys()
+                .filter(|k| !new_inputs.contains_key(*k))
+                .count(),
+            old_inputs
+                .iter()
+                .filter(|(k, v)| new_inputs.get(*k).is_some_and(|n| n != *v))
+                .count(),
+        );
+        let device_changes = describe_device_changes(&self.cfg, &cfg);
+        retire.extend(["uploader", "ops", "fleet"].map(String::from));
+        let failure = self.sup.retire(&retire, SHUTDOWN_GRACE).await;
+        self.cfg = cfg;
+        self.start_sources(prepared.mqtt, &prepared.devices);
+        self.start_services(prepared.client);
+        let summary = format!(
+            "sources +{added} -{removed} ~{changed}; {device_changes}; uplink, status and fleet settings applied"
+        );
+        telemetry::ConfigReloaded { summary: &summary }.emit();
+        failure
     }
 }
 
-fn notify_stopping() {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+/// The first setting whose change a reload cannot apply (the store is open under it).
+fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
+    if old.gateway.id != new.gateway.id {
+        return Some("gateway.id");
+    }
+    if old.gateway.data_dir != new.gateway.data_dir {
+        return Some("gateway.data_dir");
+    }
+    if old.store.key_file != new.store.key_file {
+        return Some("store.key_file");
+    }
+    if old.store.cache_capacity_bytes != new.store.cache_capacity_bytes {
+        return Some("store.cache_capacity_mib");
+    }
+    if old.store.acked_retention != new.store.acked_retention {
+        return Some("store.acked_retention_days");
+    }
+    if old.store.max_bytes != new.store.max_bytes {
+        return Some("store.max_bytes");
+    }
+    // The BLE source owns the adapter and its devices' sessions; it is started once.
+    let ble = |c: &Config| -> Vec<crate::config::DeviceConfig> {
+        c.devices
+            .iter()
+            .filter(|d| matches!(d.kind, crate::config::DeviceKind::Ble(..)))
+            .cloned()
+            .collect()
+    };
+    if ble(old) != ble(new) {
+        return Some("the BLE devices");
+    }
+    if old.ble != new.ble {
+        return Some("[ble]");
+    }
+    None
+}
+
+/// `devices added: a, b; removed: c; rebound: d` (names only).
+fn describe_device_changes(old: &Config, new: &Config) -> String {
+    let names = |c: &Config| -> Vec<String> { c.devices.iter().map(|d| d.name.clone()).collect() };
+    let (o, n) = (names(old), names(new));
+    let added: Vec<&String> = n.iter().filter(|x| !o.contains(x)).collect();
+    let removed: Vec<&String> = o.iter().filter(|x| !n.contains(x)).collect();
+    let changed: Vec<&String> = new
+        .devices
+        .iter()
+        .filter(|d| old.device(&d.name).is_some_and(|od| od != *d))
+        .map(|d| &d.name)
+        .collect();
+    let list = |v: &[&String]| -> String {
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    };
+    format!(
+        "devices added: {}; removed: {}; changed or rebound: {}",
+        list(&added),
+        list(&removed),
+        list(&changed)
+    )
+}
+
+fn notify(n: &Option<Notifier>, state: &str) {
+    if let Some(n) = n {
+        if let Err(e) = n.send(state) {
+            tracing::warn!(error = %e, state, "sd_notify failed");
+        }
     }
 }
 

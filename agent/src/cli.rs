@@ -49,8 +49,19 @@ enum Command {
     },
     /// Decode a captured payload: a GATT characteristic value or a serial byte stream.
     Decode(DecodeArgs),
-    /// Show the outbox: pending readings, dead letters (no content unless asked).
-    Status(ConfigArg),
+    /// Show what the gateway is doing. While the daemon runs: its live status snapshot
+    /// (devices, uplink, certificate, disk, clock, alarms, counters); otherwise the outbox.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the snapshot as JSON (schema vitalgate.status/1).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this gateway on site: config, store key, store, disk, clock, Bluetooth, serial
+    /// ports, MQTT broker, uplink. ✓/✗ per check with the fix; exit 1 if anything is ✗. Run it
+    /// as the service user: sudo -u vitalgate vitalgate doctor
+    Doctor(ConfigArg),
     /// List nearby Bluetooth devices, their health services and whether they are configured;
     /// print a `[[devices]]` snippet for each health device.
     Scan {
@@ -149,6 +160,12 @@ struct DecodeArgs {
     file: Option<PathBuf>,
 }
 
+/// The clap definition of the command line (the man pages are generated from it:
+/// `vitalgate-devkit man`).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -174,7 +191,8 @@ pub fn main() -> ExitCode {
             command: KeysCommand::Init(c),
         } => keys_init(&c.config),
         Command::Decode(d) => decode(d),
-        Command::Status(c) => status(&c.config),
+        Command::Status { config, json } => status(&config.config, json),
+        Command::Doctor(c) => doctor(&c.config),
         Command::Scan {
             seconds,
             adapter,
@@ -208,17 +226,7 @@ fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VITALGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // No colour escapes into journald or a log file: `key=value` fields stay greppable.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log files get plain text (field=value).
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    crate::logging::init();
 }
 
 fn run(path: &Path) -> ExitCode {
@@ -289,11 +297,32 @@ fn keys_init(path: &Path) -> ExitCode {
     }
 }
 
-fn status(path: &Path) -> ExitCode {
+fn now() -> chrono::DateTime<chrono::Utc> {
+    #[allow(clippy::disallowed_methods)] // the edge: the command runs now
+    chrono::Utc::now()
+}
+
+/// The daemon's snapshot, if it is fresh (the daemon runs and writes it).
+fn live_snapshot(cfg: &Config) -> Option<crate::ops::status::StatusSnapshot> {
+    crate::ops::status::read_snapshot(&cfg.ops.runtime_dir)
+        .ok()
+        .filter(|s| s.is_live(now()))
+}
+
+fn status(path: &Path, json: bool) -> ExitCode {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
+    if let Some(s) = live_snapshot(&cfg) {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        } else {
+            print!("{}", s.render(now()));
+        }
+        return ExitCode::SUCCESS;
+    }
+    // No fresh snapshot: the daemon is not running (or wedged: then the store is locked).
     match crate::app::open_store(&cfg) {
         Ok(store) => {
             let s = match store.stats() {
@@ -303,29 +332,91 @@ fn status(path: &Path) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            println!(
-                "pending={} dead_letters={} quarantined={} acked_tombstones={}",
-                s.pending, s.dead, s.quarantined, s.acked_tombstones
-            );
             // Consent: how many patients are withdrawn, how many pending readings are held.
             let mut src = crate::uploader::ConsentSource::new(&cfg.consent);
             let state = src.refresh().clone();
-            let held = store
+            let held = match store
                 .pending_where::<crate::reading::Reading>(usize::MAX, |r| !state.may_leave(r))
-                .map(|(v, _)| v.len());
-            match (state.withdrawn_count(), held) {
-                (Some(n), Ok(h)) => println!("consent: withdrawn_patients={n} held_readings={h}"),
-                (None, Ok(h)) => println!(
-                    "consent: UNKNOWN (consent file unusable: uploads paused) held_readings={h}"
-                ),
-                (_, Err(e)) => eprintln!("vitalgate status: {e}"),
+            {
+                Ok((v, _)) => v.len(),
+                Err(e) => {
+                    eprintln!("vitalgate status: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let withdrawn = state.withdrawn_count();
+            if json {
+                let v = serde_json::json!({
+                    "schema": "vitalgate.status.offline/1",
+                    "gateway": cfg.gateway.id,
+                    "daemon": "not running",
+                    "outbox": {
+                        "pending": s.pending,
+                        "dead_letters": s.dead,
+                        "quarantined": s.quarantined,
+                        "acked_tombstones": s.acked_tombstones,
+                    },
+                    "consent": {
+                        "withdrawn_patients": withdrawn,
+                        "known": withdrawn.is_some(),
+                        "held_readings": held,
+                    },
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "pending={} dead_letters={} quarantined={} acked_tombstones={}",
+                    s.pending, s.dead, s.quarantined, s.acked_tombstones
+                );
+                match withdrawn {
+                    Some(n) => println!("consent: withdrawn_patients={n} held_readings={held}"),
+                    None => println!(
+                        "consent: UNKNOWN (consent file unusable: uploads paused) held_readings={held}"
+                    ),
+                }
+                println!("(the daemon is not running: this is the outbox only)");
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("vitalgate: status: {e}{}", in_use_hint(&e));
+            // Locked by a daemon whose snapshot is stale or missing: show what there is.
+            if let Ok(s) = crate::ops::status::read_snapshot(&cfg.ops.runtime_dir) {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                } else {
+                    print!("{}", s.render(now()));
+                }
+            } else {
+                eprintln!("vitalgate: status: {e}{}", in_use_hint(&e));
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+fn doctor(path: &Path) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vitalgate doctor: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let who = crate::ops::doctor::Identity::current();
+    println!("vitalgate doctor: {} (as uid {})", path.display(), who.uid);
+    if who.uid == 0 {
+        println!("  (as root every file is accessible: run `sudo -u vitalgate vitalgate doctor` to check what the service can reach)");
+    }
+    let checks = rt.block_on(crate::ops::doctor::run(path));
+    let (text, ok) = crate::ops::doctor::render(&checks);
+    print!("{text}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -383,6 +474,25 @@ fn dead_letters(path: &Path, show: Option<u64>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
+    if live_snapshot(&cfg).is_some() {
+        // The daemon holds the store; it exports the list (never the payloads).
+        if show.is_some() {
+            eprintln!("vitalgate: dead-letters --show: the daemon is running. A payload is PHI and leaves the encrypted store only with the service stopped: systemctl stop vitalgate, then run this again.");
+            return ExitCode::FAILURE;
+        }
+        return match crate::ops::status::read_dead_letters(&cfg.ops.runtime_dir) {
+            Ok(export) => {
+                for d in export.dead_letters {
+                    println!("{}", d.line);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vitalgate: dead-letters: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let store = match crate::app::open_store(&cfg) {
         Ok(s) => s,
         Err(e) => {

@@ -19,6 +19,9 @@ use tokio::sync::broadcast;
 
 use crate::events::AgentEvent;
 use crate::identity::ReadingId;
+use crate::ops::alarms::{AlarmEvent, AlarmState, Severity};
+use crate::ops::episodes::{self, Decision};
+use crate::ops::health::{self, UplinkState};
 use crate::reading::Reading;
 use crate::uplink::client::SendError;
 use crate::uplink::outcome::RetryReason;
@@ -101,6 +104,13 @@ counters!(
     serial_store_refusals,
     serial_readings_dropped,
     tasks_failed,
+    tasks_stalled,
+    alarms_raised,
+    alarms_cleared,
+    config_reloads,
+    config_reload_failures,
+    status_write_failures,
+    fleet_publish_failures,
     consent_withheld,
     consent_source_errors,
     ble_advertisements,
@@ -222,6 +232,7 @@ pub struct ReadingStored<'a> {
 impl ReadingStored<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.readings_stored);
+        health::device_delivered(&self.reading.device.name);
         tracing::info!(
             reading = %self.reading.short_id(),
             kind = self.reading.kind.as_str(),
@@ -267,6 +278,7 @@ pub struct ReadingDuplicate<'a> {
 impl ReadingDuplicate<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.readings_duplicate);
+        health::device_delivered(&self.reading.device.name);
         tracing::info!(
             reading = %self.reading.short_id(),
             device = %self.reading.device.name,
@@ -331,6 +343,7 @@ pub struct RecordRejected<'a> {
 impl RecordRejected<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.records_rejected);
+        health::device_delivered(self.device);
         tracing::warn!(device = %self.device, reason = %self.reason, "record not turned into readings");
         notify(|| AgentEvent::Rejected {
             device: self.device.to_string(),
@@ -545,6 +558,16 @@ pub struct UplinkAccepted<'a> {
 impl UplinkAccepted<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_accepted);
+        health::uplink(UplinkState::Ok);
+        if let Some(end) = episodes::with(|e| e.success("uplink", std::time::Instant::now())) {
+            if end.failures > 1 {
+                tracing::info!(
+                    failures = end.failures,
+                    lasted_s = end.lasted.as_secs(),
+                    "uploads work again"
+                );
+            }
+        }
         tracing::info!(
             reading = %self.reading_id.short(),
             created = self.created,
@@ -567,7 +590,13 @@ pub struct UplinkRetry<'a> {
 impl UplinkRetry<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_retries);
-        tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, "upload not confirmed, will retry");
+        health::uplink(UplinkState::Retrying {
+            reason: self.reason.to_string(),
+        });
+        // One line per episode (plus a reminder every 10 minutes), not one per attempt.
+        if let Some(failures) = uplink_episode("not_confirmed") {
+            tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, failures, "upload not confirmed, will retry");
+        }
         notify(|| AgentEvent::UplinkRetry {
             reason: self.reason.to_string(),
             after_ms: self.after_ms,
@@ -617,9 +646,21 @@ impl UplinkSendFailed<'_> {
         bump(&COUNTERS.uplink_send_failures);
         let (e, hint, retry_in_ms) = (self.error, self.error.hint(), self.retry_in_ms);
         let class = e.class();
+        health::uplink(UplinkState::Retrying {
+            reason: class.to_string(),
+        });
+        // One line per episode (plus a reminder every 10 minutes, with the count), not one per
+        // attempt.
+        let failures = uplink_episode(class);
+        if let Some(n) = failures.filter(|n| *n > 1) {
+            tracing::warn!(class, failures = n, retry_in_ms, "uploads still failing");
+        }
+        if matches!(e, SendError::Tls(_)) {
+            bump(&COUNTERS.uplink_tls_failures);
+        }
         match e {
+            _ if failures.is_none() => {}
             SendError::Tls(problem) => {
-                bump(&COUNTERS.uplink_tls_failures);
                 tracing::error!(class, %problem, hint, retry_in_ms, "TLS with the FHIR server failed");
             }
             SendError::Dns { host } => {
@@ -662,6 +703,16 @@ impl UplinkSendFailed<'_> {
     }
 }
 
+/// The uplink's failure episode: `Some(failures)` when this failure is to be logged (the first
+/// of an episode: 1; a reminder or a new cause: the count so far), `None` when it stays quiet.
+fn uplink_episode(cause: &'static str) -> Option<u64> {
+    match episodes::with(|e| e.failure_because("uplink", cause, std::time::Instant::now())) {
+        Decision::Quiet => None,
+        Decision::Log => Some(1),
+        Decision::Remind { failures } => Some(failures),
+    }
+}
+
 /// Uploads are paused: the server refuses the gateway as a whole (401, 403, 404, 405, 406,
 /// 415), or rejected `REJECTION_STREAK_LIMIT` readings in a row, each alone. The alarm of a
 /// pause episode: emitted once when it begins; [`UplinkResumed`] when it ends.
@@ -672,6 +723,16 @@ pub struct UplinkPaused {
 impl UplinkPaused {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_pauses);
+        health::uplink(UplinkState::Paused {
+            reason: match self.cause {
+                PauseCause::Refused { status } => {
+                    format!("the server refuses this gateway (HTTP {status})")
+                }
+                PauseCause::RejectionStreak { rejections, .. } => {
+                    format!("the server rejected {rejections} readings in a row, each alone")
+                }
+            },
+        });
         let next_probe_in_ms = self.next_probe_ms;
         match self.cause {
             PauseCause::Refused { status } => {
@@ -728,6 +789,7 @@ pub struct UplinkResumed {
 impl UplinkResumed {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_resumes);
+        health::uplink(UplinkState::Ok);
         tracing::warn!(
             alarm_cleared = "uplink_paused",
             status = self.cause.status(),
@@ -782,7 +844,16 @@ pub struct MqttConnected {
 impl MqttConnected {
     pub fn emit(self) {
         bump(&COUNTERS.mqtt_connects);
-        tracing::info!(session_present = self.session_present, "MQTT connected");
+        health::mqtt_link(true);
+        match episodes::with(|e| e.success("mqtt", std::time::Instant::now())) {
+            Some(end) if end.failures > 1 => tracing::info!(
+                session_present = self.session_present,
+                failures = end.failures,
+                lasted_s = end.lasted.as_secs(),
+                "MQTT connected"
+            ),
+            _ => tracing::info!(session_present = self.session_present, "MQTT connected"),
+        }
     }
 }
 
@@ -796,13 +867,39 @@ pub struct MqttConnectionError<'a> {
 impl MqttConnectionError<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.mqtt_connection_errors);
+        health::mqtt_link(false);
+        // One line per episode (plus a reminder every 10 minutes), not one per reconnect.
+        let failures = match episodes::with(|e| e.failure("mqtt", std::time::Instant::now())) {
+            Decision::Quiet => return,
+            Decision::Log => 1,
+            Decision::Remind { failures } => failures,
+        };
         match self.hint {
             Some(hint) => {
-                tracing::error!(error = %self.error, retry_in_ms = self.retry_in_ms, hint, "MQTT connection error")
+                tracing::error!(error = %self.error, retry_in_ms = self.retry_in_ms, failures, hint, "MQTT connection error")
             }
             None => {
-                tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, "MQTT connection error")
+                tracing::warn!(error = %self.error, retry_in_ms = self.retry_in_ms, failures, "MQTT connection error")
             }
+        }
+    }
+}
+
+/// A device transport's link came up or went down (BLE connection, serial port).
+pub struct DeviceLink<'a> {
+    pub device: &'a str,
+    pub up: bool,
+    pub reason: Option<&'a dyn Display>,
+}
+impl DeviceLink<'_> {
+    pub fn emit(self) {
+        health::device_link(self.device, self.up);
+        match (self.up, self.reason) {
+            (true, _) => tracing::info!(device = %self.device, "device connected"),
+            (false, Some(r)) => {
+                tracing::warn!(device = %self.device, reason = %r, "device disconnected")
+            }
+            (false, None) => tracing::info!(device = %self.device, "device disconnected"),
         }
     }
 }
@@ -953,6 +1050,7 @@ pub struct SerialPortOpened<'a> {
 impl SerialPortOpened<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.serial_port_opens);
+        health::device_link(self.device, true);
         match self.after {
             None => {
                 tracing::info!(device = %self.device, port = %self.port.display(), settings = %self.settings, "serial port opened")
@@ -1002,6 +1100,7 @@ pub struct SerialPortLost<'a> {
 impl SerialPortLost<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.serial_port_losses);
+        health::device_link(self.device, false);
         tracing::warn!(device = %self.device, port = %self.port.display(), reason = %self.reason, "serial port lost (unplugged?); reopening with backoff");
     }
 }
@@ -1145,6 +1244,129 @@ impl TaskFailed<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.tasks_failed);
         tracing::error!(task = %self.task, error = %self.error, "task failed");
+    }
+}
+
+/// A monitored task stopped making progress: the watchdog stops pinging systemd.
+pub struct TaskStalled<'a> {
+    pub task: &'a str,
+    pub silent_ms: u64,
+    /// Whether systemd's watchdog is armed (it will restart the agent).
+    pub watchdog: bool,
+}
+impl TaskStalled<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.tasks_stalled);
+        if self.watchdog {
+            tracing::error!(task = %self.task, silent_ms = self.silent_ms, "task makes no progress; watchdog pings stopped, systemd will restart the agent");
+        } else {
+            tracing::error!(task = %self.task, silent_ms = self.silent_ms, "task makes no progress (no systemd watchdog armed)");
+        }
+    }
+}
+
+/// A stalled task makes progress again.
+pub struct TaskRecovered<'a> {
+    pub task: &'a str,
+}
+impl TaskRecovered<'_> {
+    pub fn emit(self) {
+        tracing::warn!(task = %self.task, "task makes progress again; watchdog pings resume");
+    }
+}
+
+// ---- operations ----
+
+/// An alarm was raised or cleared: one journal line with `ALARM=<kind>` as a field.
+pub struct AlarmChanged<'a> {
+    pub event: &'a AlarmEvent,
+}
+impl AlarmChanged<'_> {
+    pub fn emit(self) {
+        let a = &self.event.alarm;
+        let device = a.device.as_deref().unwrap_or("");
+        match (self.event.state, a.severity) {
+            (AlarmState::Raised, Severity::Critical) => {
+                bump(&COUNTERS.alarms_raised);
+                tracing::error!(
+                    alarm = a.kind.as_str(),
+                    severity = "critical",
+                    device,
+                    "ALARM: {}",
+                    a.message
+                );
+            }
+            (AlarmState::Raised, Severity::Warning) => {
+                bump(&COUNTERS.alarms_raised);
+                tracing::warn!(
+                    alarm = a.kind.as_str(),
+                    severity = "warning",
+                    device,
+                    "ALARM: {}",
+                    a.message
+                );
+            }
+            (AlarmState::Cleared, _) => {
+                bump(&COUNTERS.alarms_cleared);
+                tracing::info!(
+                    alarm = a.kind.as_str(),
+                    device,
+                    "alarm cleared: {}",
+                    a.message
+                );
+            }
+        }
+        health::notify_change();
+    }
+}
+
+/// The configuration was re-read (SIGHUP) and applied.
+pub struct ConfigReloaded<'a> {
+    pub summary: &'a str,
+}
+impl ConfigReloaded<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.config_reloads);
+        tracing::info!(changes = %self.summary, "configuration reloaded");
+    }
+}
+
+/// A reload was refused; the running configuration stays. One line, with file:line:col.
+pub struct ConfigReloadRefused<'a> {
+    pub error: &'a dyn Display,
+}
+impl ConfigReloadRefused<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.config_reload_failures);
+        tracing::error!("reload refused, running configuration kept: {}", self.error);
+    }
+}
+
+/// The status snapshot could not be written (the first failure of an episode is logged).
+pub struct StatusWriteFailed<'a> {
+    pub path: &'a std::path::Path,
+    pub error: &'a dyn Display,
+}
+impl StatusWriteFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.status_write_failures);
+        if episodes::with(|e| e.failure("status", std::time::Instant::now())) == Decision::Log {
+            tracing::warn!(path = %self.path.display(), error = %self.error, "cannot write the status snapshot; `vitalgate status` will not see this daemon");
+        }
+    }
+}
+
+/// A fleet status or alarm could not be published.
+pub struct FleetPublishFailed<'a> {
+    pub topic: &'a str,
+    pub error: &'a dyn Display,
+}
+impl FleetPublishFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.fleet_publish_failures);
+        if episodes::with(|e| e.failure("fleet", std::time::Instant::now())) == Decision::Log {
+            tracing::warn!(topic = %self.topic, error = %self.error, "fleet publish failed");
+        }
     }
 }
 

@@ -142,6 +142,9 @@ impl<S: BundleSender> Uploader<S> {
             r.id.as_bytes().to_vec()
         });
         while !shutdown.is_cancelled() {
+            // The watchdog: a beat per round; the waits (backoff, pause, an empty outbox) are
+            // idle, the store and the HTTP request are work (bounded by uplink.timeout_secs).
+            crate::ops::watchdog::beat();
             // Consent is asked again before every send: a withdrawal during a retry, a pause
             // or a bisection takes the patient's readings out of the queue before the next
             // request (nothing is out at this point).
@@ -154,19 +157,31 @@ impl<S: BundleSender> Uploader<S> {
             self.consent.audit(&held);
             match scheduler.next(Instant::now().into_std()) {
                 Next::Wait { until } => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(Instant::from_std(until)) => {}
-                        _ = shutdown.cancelled() => return,
+                    let stop = crate::ops::watchdog::idle(async {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(Instant::from_std(until)) => false,
+                            _ = shutdown.cancelled() => true,
+                        }
+                    })
+                    .await;
+                    if stop {
+                        return;
                     }
                 }
                 Next::Fetch => {
                     let mut batch = self.pending().await;
                     batch.truncate(fhir::readings_that_fit(&batch));
                     if batch.is_empty() {
-                        tokio::select! {
-                            _ = self.wake.notified() => {}
-                            _ = tokio::time::sleep(IDLE_POLL) => {}
-                            _ = shutdown.cancelled() => return,
+                        let stop = crate::ops::watchdog::idle(async {
+                            tokio::select! {
+                                _ = self.wake.notified() => false,
+                                _ = tokio::time::sleep(IDLE_POLL) => false,
+                                _ = shutdown.cancelled() => true,
+                            }
+                        })
+                        .await;
+                        if stop {
+                            return;
                         }
                     } else {
                         scheduler.load(batch);

@@ -20,6 +20,7 @@ pub mod bench_serial;
 pub mod demo;
 pub mod fhir_server;
 pub mod https_client;
+pub mod man;
 pub mod pki;
 pub mod schema;
 pub mod serial_sim;

@@ -61,6 +61,12 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Write the `vitalgate` man pages (vitalgate.1 and vitalgate-<subcommand>.1), generated
+    /// from the agent's command-line definition, into DIR (the .deb build uses this).
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Measure the agent reading two serial streams on PTYs (CPU, RSS) beside an idle agent,
     /// and count Observations per day under each reduction mode. Prints Markdown tables.
     BenchSerial {
@@ -98,6 +104,11 @@ fn main() -> ExitCode {
             count,
             interval_ms,
             keep,
+        }),
+        Command::Man { out } => vitalgate_devkit::man::write_all(&out).map(|files| {
+            for f in files {
+                println!("{}", f.display());
+            }
         }),
         Command::BenchSerial { agent, seconds } => bench_serial(agent, seconds),
     };

@@ -376,7 +376,22 @@ backoff_max_secs = 1
 
     /// Spawns `vitalgate run` from `cmd` (e.g. the binary behind `setpriv`), waits until it is
     /// running (and, with `wait_subscribed`, until its MQTT subscriptions are acknowledged).
-    pub fn spawn_agent_from(&self, mut cmd: Command, wait_subscribed: bool) -> Agent {
+    pub fn spawn_agent_from(&self, cmd: Command, wait_subscribed: bool) -> Agent {
+        self.spawn_agent_from_env(cmd, wait_subscribed, &[])
+    }
+
+    /// As [`Harness::spawn_agent`], with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn spawn_agent_env(&self, env: &[(&str, &str)]) -> Agent {
+        self.spawn_agent_from_env(crate::common::vitalgate(), true, env)
+    }
+
+    /// As [`Harness::spawn_agent_from`], with extra environment variables.
+    pub fn spawn_agent_from_env(
+        &self,
+        mut cmd: Command,
+        wait_subscribed: bool,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let log = self.dir.path().join(format!("agent-{}.log", free_port()));
         let file = std::fs::File::create(&log).unwrap();
         let child = cmd
@@ -384,6 +399,7 @@ backoff_max_secs = 1
             .arg("--config")
             .arg(&self.config)
             .env("VITALGATE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -637,6 +653,7 @@ impl Agent {
         let _ = self.child.wait();
     }
 
+    /// The agent's process id (signals: SIGHUP reload, SIGSTOP).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

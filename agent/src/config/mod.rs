@@ -27,6 +27,7 @@ use crate::pipeline::reduce;
 use crate::reading::PatientRef;
 
 pub mod ble;
+mod ops;
 mod raw;
 mod validate;
 
@@ -88,11 +89,55 @@ pub struct Config {
     pub ble: BleConfig,
     pub devices: Vec<DeviceConfig>,
     pub simulators: Vec<SimulatorConfig>,
+    /// `[ops]`: the live status snapshot and alarms (defaults when the section is absent).
+    pub ops: OpsConfig,
+    /// `[fleet]`: status and alarms published over MQTT (off when the section is absent).
+    pub fleet: Option<FleetConfig>,
     pub consent: ConsentConfig,
 }
 
+/// The default directory of the live status snapshot (the unit's `RuntimeDirectory=`).
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/vitalgate";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsConfig {
+    /// Where `status.json` and `dead-letters.json` are written.
+    pub runtime_dir: PathBuf,
+    /// `ops.runtime_dir` was set: the daemon creates it. The default (`/run/vitalgate`) is
+    /// created by systemd (`RuntimeDirectory=`); without it (a development run) no snapshot
+    /// is written.
+    pub runtime_dir_configured: bool,
+    /// How often the snapshot is rewritten.
+    pub status_interval: Duration,
+    /// Alarm when the uplink's client certificate expires within this.
+    pub cert_expiry_warn: Duration,
+    /// Alarm when a named device (or simulator) sends nothing for this long.
+    pub device_silent_after: BTreeMap<String, Duration>,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            runtime_dir: PathBuf::from(DEFAULT_RUNTIME_DIR),
+            runtime_dir_configured: false,
+            status_interval: Duration::from_secs(5),
+            cert_expiry_warn: Duration::from_secs(30 * 86_400),
+            device_silent_after: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// The fleet connection: `[fleet.mqtt]`, or the `[mqtt]` section's broker and credentials
+    /// with the client id `<mqtt.client_id>-fleet`.
+    pub mqtt: MqttConfig,
+    /// The retained status is republished at least this often.
+    pub status_interval: Duration,
+}
+
 /// `[consent]`: patients whose consent is withdrawn (see [`crate::consent`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConsentConfig {
     pub withdrawn: Vec<PatientRef>,
     /// A clinic-written file of withdrawn patients, re-read on change.
@@ -129,7 +174,7 @@ pub const DEFAULT_STORE_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 /// Smallest `store.max_bytes` accepted: room for a few records (tests use small bounds).
 pub const MIN_STORE_BYTES: i64 = 16 * 1024;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UplinkConfig {
     pub fhir_base: url::Url,
     pub ca_file: PathBuf,
@@ -154,7 +199,7 @@ pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
 /// source decodes) with the longest topic MQTT allows still fits.
 pub const MQTT_MIN_PACKET_BYTES: usize = 131_072;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
@@ -172,7 +217,7 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
     pub name: String,
     pub kind: DeviceKind,
@@ -275,7 +320,7 @@ impl fmt::Debug for Attribution {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SimulatorConfig {
     pub name: String,
     pub kind: SimulatorKind,
@@ -839,5 +884,7 @@ mod example_tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.devices.len(), 3);
         assert!(c.mqtt.is_some());
+        assert_eq!(c.ops.device_silent_after.len(), 2);
+        assert!(c.fleet.is_none(), "the fleet section is commented out");
     }
 }

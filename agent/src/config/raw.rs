@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     pub(super) devices: Vec<RawDevice>,
     #[serde(default)]
     pub(super) simulators: Vec<RawSimulator>,
+    pub(super) ops: Option<RawOps>,
+    pub(super) fleet: Option<RawFleet>,
     pub(super) consent: Option<RawConsent>,
 }
 
@@ -145,4 +147,22 @@ pub(super) struct RawSimulator {
     pub(super) interval_ms: Option<Spanned<i64>>,
     pub(super) count: Option<Spanned<i64>>,
     pub(super) seed: Option<Spanned<i64>>,
+}
+
+/// `[ops]`: live status, alarms.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOps {
+    pub(super) runtime_dir: Option<Spanned<String>>,
+    pub(super) status_interval_secs: Option<Spanned<i64>>,
+    pub(super) cert_expiry_warn_days: Option<Spanned<i64>>,
+    pub(super) device_silent_after_secs: Option<Spanned<BTreeMap<String, Spanned<i64>>>>,
+}
+
+/// `[fleet]`: status and alarms over MQTT; `[fleet.mqtt]` its own connection.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub(super) status_interval_secs: Option<Spanned<i64>>,
+    pub(super) mqtt: Option<RawMqtt>,
 }

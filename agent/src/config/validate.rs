@@ -35,7 +35,7 @@ pub(super) struct Validator<'a> {
 type R<T> = Result<T, ConfigError>;
 
 impl Validator<'_> {
-    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             path: self.path.to_path_buf(),
             position: Some(line_col(self.text, span.start)),
@@ -43,7 +43,7 @@ impl Validator<'_> {
         }
     }
 
-    fn path_value(&self, s: &Spanned<String>, key: &str) -> R<PathBuf> {
+    pub(super) fn path_value(&self, s: &Spanned<String>, key: &str) -> R<PathBuf> {
         let v = s.get_ref();
         if v.trim().is_empty() {
             return Err(self.err(s.span(), format!("{key}: expected a file path, found \"\"")));
@@ -56,7 +56,7 @@ impl Validator<'_> {
         })
     }
 
-    fn int_in(
+    pub(super) fn int_in(
         &self,
         s: &Option<Spanned<i64>>,
         key: &str,
@@ -164,6 +164,11 @@ impl Validator<'_> {
             }
             simulators.push(sim);
         }
+        let ops = self.ops(raw.ops, &names)?;
+        let fleet = raw
+            .fleet
+            .map(|f| self.fleet(f, mqtt.as_ref(), &gateway.id))
+            .transpose()?;
         let mut consent = super::ConsentConfig::default();
         if let Some(c) = raw.consent {
             for (i, w) in c.withdrawn.iter().enumerate() {
@@ -186,6 +191,8 @@ impl Validator<'_> {
             ble,
             devices,
             simulators,
+            ops,
+            fleet,
             consent,
         })
     }
@@ -345,7 +352,7 @@ impl Validator<'_> {
         })
     }
 
-    fn mqtt(&self, m: RawMqtt, gateway_id: &str) -> R<MqttConfig> {
+    pub(super) fn mqtt(&self, m: RawMqtt, gateway_id: &str) -> R<MqttConfig> {
         let url = url::Url::parse(m.broker.get_ref()).map_err(|e| {
             self.err(
                 m.broker.span(),

@@ -127,9 +127,12 @@ pub async fn run(
     let mut fault: Option<Fault> = None;
     loop {
         let takes = pressure.level().takes_readings() && fault.is_none();
+        // The watchdog: a beat per batch and per tick; waiting for input is idle, the store
+        // write is not.
         tokio::select! {
-            msg = rx.recv(), if takes => {
+            msg = crate::ops::watchdog::idle(rx.recv()), if takes => {
                 let Some(first) = msg else { break };
+                crate::ops::watchdog::beat();
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
@@ -149,6 +152,7 @@ pub async fn run(
                 check_pressure(&store, &mut pressure).await;
             }
             _ = tick.tick() => {
+                crate::ops::watchdog::beat();
                 ticks = ticks.wrapping_add(1);
                 if let Some(f) = fault.as_mut() {
                     let now = tokio::time::Instant::now();
@@ -199,6 +203,8 @@ impl Fault {
 /// schedules the next attempt (exponential backoff, capped).
 async fn try_reopen(store: &Arc<Outbox>, f: &mut Fault, now: tokio::time::Instant) -> bool {
     f.attempts = f.attempts.saturating_add(1);
+    // Work, not a wait: not wrapped in watchdog::idle (a hung reopen must show). It takes at
+    // most the lock wait (5 s) plus a scan of the backlog, well inside the task's allowance.
     let store2 = Arc::clone(store);
     let result = tokio::task::spawn_blocking(move || {
         store2.reopen()?;

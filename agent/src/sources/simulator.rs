@@ -84,9 +84,16 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(simulator = %cfg.name, interval_ms = cfg.interval.as_millis() as u64, "simulator started");
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => break,
+        crate::ops::watchdog::beat();
+        let stop = crate::ops::watchdog::idle(async {
+            tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.cancelled() => true,
+            }
+        })
+        .await;
+        if stop {
+            break;
         }
         let mut record = simulate(cfg.kind, &mut rng, base_weight);
         record.device_time = now_device_time();

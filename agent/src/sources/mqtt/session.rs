@@ -71,7 +71,13 @@ pub async fn run(
 
     // When disconnected: the instant of the next connection attempt.
     let mut reconnect_at: Option<Instant> = None;
+    // The watchdog: each turn of the loops below is progress (their branches never await
+    // work); this tick makes a turn at least every second while nothing happens, so only a
+    // wedged branch stops the beats.
+    let mut beat = tokio::time::interval(crate::ops::watchdog::IDLE_BEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        crate::ops::watchdog::beat();
         s.flush_requests();
         if s.closing_done() {
             break;
@@ -81,6 +87,7 @@ pub async fn run(
             // Backing off: no connection, so nothing to poll; keep feeding the pipeline.
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => reconnect_at = None,
+                _ = beat.tick() => {}
                 r = s.held.feed(), if s.held.has_work() => s.held.fed(r),
                 _ = shutdown.cancelled() => break,
             }
@@ -94,6 +101,7 @@ pub async fn run(
             let poll = eventloop.poll();
             tokio::pin!(poll);
             loop {
+                crate::ops::watchdog::beat();
                 // While closing: first the end of the answers' grace, then the hard deadline.
                 let timer = s.closing.as_ref().map(|c| {
                     if c.disconnect_queued {
@@ -122,6 +130,7 @@ pub async fn run(
                     // Past the grace, flush_requests below queues the DISCONNECT; past the
                     // deadline, closing_done() ends the task.
                     _ = sleep_until_opt(timer), if timer.is_some() => {}
+                    _ = beat.tick() => {}
                 }
                 s.flush_requests();
                 if s.closing_done() {

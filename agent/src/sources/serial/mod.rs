@@ -147,6 +147,9 @@ impl SerialTask {
         let tx = self.tx.clone();
         tracing::info!(device = %name, port = %self.cfg.port.display(), protocol = self.cfg.protocol.name(), reduction = self.cfg.reduction.name(), "serial source started");
         loop {
+            // The watchdog: every turn of this loop is progress; the tick below makes one at
+            // least every TICK while nothing happens, so only a wedged branch stops the beats.
+            crate::ops::watchdog::beat();
             let can_send = self.in_flight.is_none()
                 && !self.held.is_empty()
                 && self.store_retry_at.is_none_or(|t| t <= Instant::now());
