@@ -156,6 +156,8 @@ pub struct Gauges {
     pub store_disk_bytes: AtomicU64,
     /// Free space on the store's filesystem, for this process.
     pub disk_available_bytes: AtomicU64,
+    /// 1 while the store is failed (an I/O error, reopen pending), else 0.
+    pub store_failed: AtomicU64,
 }
 
 /// The gauges.
@@ -164,12 +166,14 @@ pub static GAUGES: Gauges = Gauges {
     store_max_bytes: AtomicU64::new(0),
     store_disk_bytes: AtomicU64::new(0),
     disk_available_bytes: AtomicU64::new(0),
+    store_failed: AtomicU64::new(0),
 };
 
 impl Gauges {
     /// `(name, value)` pairs.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         vec![
+            ("store_failed", self.store_failed.load(Ordering::Relaxed)),
             (
                 "store_held_bytes",
                 self.store_held_bytes.load(Ordering::Relaxed),

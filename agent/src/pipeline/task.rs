@@ -146,6 +146,7 @@ pub async fn run(
                 }
                 if let Some(e) = done.store_error.filter(StoreError::needs_reopen) {
                     telemetry::StoreFaulted { error: &e }.emit();
+                    GAUGES.store_failed.store(1, Ordering::Relaxed);
                     fault = Some(Fault::new(tokio::time::Instant::now()));
                     continue;
                 }
@@ -158,6 +159,7 @@ pub async fn run(
                     let now = tokio::time::Instant::now();
                     if now >= f.next_try && try_reopen(&store, f, now).await {
                         fault = None;
+                        GAUGES.store_failed.store(0, Ordering::Relaxed);
                         probe_disk(&store).await;
                     }
                 }
