@@ -458,4 +458,139 @@ mod tests {
             Insert::Stored
         );
     }
+
+    mod model {
+        //! Model-based test: random sequences of insert, ack, dead-letter, reopen and an I/O
+        //! fault (with the reopen that ends it) against a plain model of the outbox. After every
+        //! step the store's pending ids are exactly the model's, in order of insertion.
+        use std::collections::{BTreeSet, HashSet};
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Insert(u8),
+            InsertMany(Vec<u8>),
+            Ack(Vec<u8>),
+            DeadLetter(u8),
+            Reopen,
+            /// The disk fails, one insert is tried and refused, the cause clears, the store is
+            /// reopened.
+            FaultedInsert(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let id = 0u8..12;
+            prop_oneof![
+                4 => id.clone().prop_map(Op::Insert),
+                2 => proptest::collection::vec(id.clone(), 1..5).prop_map(Op::InsertMany),
+                3 => proptest::collection::vec(id.clone(), 1..4).prop_map(Op::Ack),
+                1 => id.clone().prop_map(Op::DeadLetter),
+                1 => Just(Op::Reopen),
+                1 => id.prop_map(Op::FaultedInsert),
+            ]
+        }
+
+        #[derive(Default)]
+        struct Model {
+            /// Pending ids in insertion order.
+            pending: Vec<u8>,
+            /// Acked or dead-lettered: refused as duplicates.
+            tombstoned: HashSet<u8>,
+            dead: usize,
+        }
+
+        impl Model {
+            fn insert(&mut self, n: u8) -> Insert {
+                if self.pending.contains(&n) || self.tombstoned.contains(&n) {
+                    Insert::Duplicate
+                } else {
+                    self.pending.push(n);
+                    Insert::Stored
+                }
+            }
+        }
+
+        fn id(n: u8) -> [u8; 32] {
+            let mut id = [0xA5; 32];
+            id[0] = n;
+            id
+        }
+
+        fn value(n: u8) -> String {
+            format!("reading {n}")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+            #[test]
+            fn the_outbox_agrees_with_its_model_across_reopens_and_io_faults(
+                ops in proptest::collection::vec(op(), 1..25)
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Outbox::open(
+                    dir.path(),
+                    StoreKey::from_bytes([5; 32]),
+                    OutboxOptions::default(),
+                )
+                .unwrap();
+                let mut m = Model::default();
+                for op in ops {
+                    match op {
+                        Op::Insert(n) => {
+                            prop_assert_eq!(store.insert(id(n), &value(n)).unwrap(), m.insert(n));
+                        }
+                        Op::InsertMany(ns) => {
+                            let values: Vec<String> = ns.iter().map(|&n| value(n)).collect();
+                            let got = store
+                                .insert_many(ns.iter().zip(&values).map(|(&n, v)| (id(n), v)))
+                                .unwrap();
+                            let want: Vec<Insert> = ns.iter().map(|&n| m.insert(n)).collect();
+                            prop_assert_eq!(got, want);
+                        }
+                        Op::Ack(ns) => {
+                            let ids: Vec<[u8; 32]> = ns.iter().map(|&n| id(n)).collect();
+                            let unique: BTreeSet<u8> = ns.iter().copied().collect();
+                            // Only a pending id is acked (and then refused as a duplicate).
+                            let acked: Vec<u8> =
+                                unique.into_iter().filter(|n| m.pending.contains(n)).collect();
+                            prop_assert_eq!(store.ack(&ids).unwrap(), acked.len());
+                            m.pending.retain(|n| !acked.contains(n));
+                            m.tombstoned.extend(acked);
+                        }
+                        Op::DeadLetter(n) => {
+                            let got = store.dead_letter(&id(n), "model test");
+                            if m.pending.contains(&n) {
+                                prop_assert!(got.is_ok(), "{:?}", got);
+                                m.pending.retain(|&p| p != n);
+                                m.tombstoned.insert(n);
+                                m.dead += 1;
+                            } else {
+                                prop_assert!(matches!(got, Err(StoreError::NotPending)), "{:?}", got);
+                            }
+                        }
+                        Op::Reopen => store.reopen().unwrap(),
+                        Op::FaultedInsert(n) => {
+                            store.inject_io_fault(true);
+                            prop_assert!(store.insert(id(n), &value(n)).is_err());
+                            prop_assert!(store.reopen().is_err());
+                            store.inject_io_fault(false);
+                            store.reopen().unwrap();
+                        }
+                    }
+                    let pending: Vec<PendingRecord<String>> = store.pending(1000).unwrap();
+                    let got: Vec<u8> = pending.iter().map(|r| r.id[0]).collect();
+                    prop_assert_eq!(&got, &m.pending);
+                    for r in &pending {
+                        prop_assert_eq!(&r.value, &value(r.id[0]));
+                    }
+                    let stats = store.stats().unwrap();
+                    prop_assert_eq!(stats.pending, m.pending.len() as u64);
+                    prop_assert_eq!(stats.dead, m.dead as u64);
+                }
+            }
+        }
+    }
 }
