@@ -82,6 +82,16 @@
 //! the directory to quarantine, starts an empty store and raises an alarm; `vitalgate store
 //! salvage` recovers what still authenticates.
 //!
+//! # I/O errors at run time
+//!
+//! After an I/O error (a full disk, EIO) sled returns that error from every call until the
+//! database is reopened. [`Outbox`] is therefore a reopenable handle over the sled store
+//! ([`live`]): the pipeline task, on a failed write ([`StoreError::needs_reopen`]), raises one
+//! alarm, stops taking readings (sources acknowledge nothing and keep the data), and calls
+//! [`Outbox::reopen`] + [`Outbox::probe_write`] with an exponential backoff (1 s to 60 s) until
+//! the store writes again. Not yet shown with a real fault: the tests inject one behind
+//! [`Outbox`] (see `live::fault`).
+//!
 //! # Bound
 //!
 //! [`Outbox::held_bytes`] is what `store.max_bytes` bounds; [`pressure`] is the policy the
