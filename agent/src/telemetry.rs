@@ -64,6 +64,9 @@ counters!(
     store_pressure_resumed,
     store_usage_probe_failures,
     store_quarantined_on_open,
+    store_faults,
+    store_reopen_failures,
+    store_recoveries,
     uplink_bundles_sent,
     uplink_accepted,
     uplink_retries,
@@ -153,6 +156,8 @@ pub struct Gauges {
     pub store_disk_bytes: AtomicU64,
     /// Free space on the store's filesystem, for this process.
     pub disk_available_bytes: AtomicU64,
+    /// 1 while the store is failed (an I/O error, reopen pending), else 0.
+    pub store_failed: AtomicU64,
 }
 
 /// The gauges.
@@ -161,12 +166,14 @@ pub static GAUGES: Gauges = Gauges {
     store_max_bytes: AtomicU64::new(0),
     store_disk_bytes: AtomicU64::new(0),
     disk_available_bytes: AtomicU64::new(0),
+    store_failed: AtomicU64::new(0),
 };
 
 impl Gauges {
     /// `(name, value)` pairs.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         vec![
+            ("store_failed", self.store_failed.load(Ordering::Relaxed)),
             (
                 "store_held_bytes",
                 self.store_held_bytes.load(Ordering::Relaxed),
@@ -373,6 +380,49 @@ impl StoreWriteFailed<'_> {
 }
 
 // ---- store ----
+
+/// The store failed a write (an I/O error: full disk, failing card): ALARM, once per episode.
+/// The pipeline stops taking readings (nothing is acknowledged upstream) and reopens the store
+/// with a backoff until a probe write succeeds.
+pub struct StoreFaulted<'a> {
+    pub error: &'a crate::store::StoreError,
+}
+impl StoreFaulted<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_faults);
+        tracing::error!(error = %self.error, "ALARM store failed; not taking readings from sources (they keep them); reopening the store with a backoff until it writes again");
+    }
+}
+
+/// One failed attempt to reopen the store during a fault episode (debug log only: the episode
+/// has its one alarm line).
+pub struct StoreReopenFailed<'a> {
+    pub error: &'a crate::store::StoreError,
+    pub attempt: u32,
+    pub next_try_secs: u64,
+}
+impl StoreReopenFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_reopen_failures);
+        tracing::debug!(error = %self.error, attempt = self.attempt, next_try_secs = self.next_try_secs, "store reopen failed");
+    }
+}
+
+/// The store was reopened and wrote again: the fault episode is over.
+pub struct StoreRecovered {
+    pub attempts: u32,
+    pub down_secs: u64,
+}
+impl StoreRecovered {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_recoveries);
+        tracing::warn!(
+            attempts = self.attempts,
+            down_secs = self.down_secs,
+            "store reopened and writing again; taking readings again"
+        );
+    }
+}
 
 /// A record that does not open or decode was moved to `quarantine`.
 pub struct RecordQuarantined {

@@ -7,6 +7,7 @@
 //! | `uplink_paused`        | the FHIR server refuses the gateway as a whole      | critical            | uploads resume |
 //! | `certificate_expiring` | the uplink client certificate expires within `ops.cert_expiry_warn_days` | warning; expired: critical | a renewed certificate is loaded (reload) |
 //! | `device_silent`        | a device listed in `ops.device_silent_after_secs` (or a serial device's `silence_alarm_secs`) delivered nothing for that long | warning | it delivers again |
+//! | `store_failed`         | the store failed a write (I/O error) and is not reopened yet; no readings are taken | critical | the store is reopened and writes |
 //! | `quarantine`           | the outbox holds quarantined (corrupt) records; again on each new one | critical | the quarantine is empty |
 //! | `clock_unsynchronised` | the system clock is known not to be synchronised    | warning             | it is (unknown raises nothing) |
 //! | `identifier_collision` | a reading was dead-lettered because another holds its identifier; again on each new one | critical | no such dead letter is left |
@@ -39,6 +40,7 @@ pub enum AlarmKind {
     Quarantine,
     ClockUnsynchronised,
     IdentifierCollision,
+    StoreFailed,
 }
 
 impl AlarmKind {
@@ -51,6 +53,7 @@ impl AlarmKind {
             AlarmKind::Quarantine => "quarantine",
             AlarmKind::ClockUnsynchronised => "clock_unsynchronised",
             AlarmKind::IdentifierCollision => "identifier_collision",
+            AlarmKind::StoreFailed => "store_failed",
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct Inputs<'a> {
     pub collision_dead_letters: Option<u64>,
     /// `Some(false)`: known not synchronised; `None`: cannot tell.
     pub clock_synchronised: Option<bool>,
+    /// The store failed a write and is not reopened yet (the pipeline's gauge).
+    pub store_failed: bool,
 }
 
 type Key = (AlarmKind, Option<String>);
@@ -224,6 +229,16 @@ impl AlarmBook {
                     (Severity::Warning, msg),
                 );
             }
+        }
+
+        if inputs.store_failed {
+            wanted.insert(
+                (AlarmKind::StoreFailed, None),
+                (
+                    Severity::Critical,
+                    "the store failed a write (I/O error); no readings are taken until it is reopened".to_string(),
+                ),
+            );
         }
 
         if inputs.quarantined > 0 {
@@ -344,6 +359,7 @@ mod tests {
             collisions_seen: 0,
             collision_dead_letters: None,
             clock_synchronised: Some(true),
+            store_failed: false,
         }
     }
 
@@ -467,6 +483,25 @@ mod tests {
         assert_eq!(ev[0].state, AlarmState::Cleared);
         assert!(b.evaluate(&i, t("2026-01-01T00:20:59Z")).is_empty());
         assert_eq!(b.evaluate(&i, t("2026-01-01T00:21:00Z")).len(), 1);
+    }
+
+    #[test]
+    fn a_failed_store_raises_a_critical_alarm_once_and_clears_when_it_writes_again() {
+        let ok = UplinkState::Ok;
+        let now = t("2026-01-01T00:00:00Z");
+        let mut b = AlarmBook::default();
+        let mut i = calm(&ok);
+        i.store_failed = true;
+        let ev = b.evaluate(&i, now);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].state, AlarmState::Raised);
+        assert_eq!(ev[0].alarm.kind, AlarmKind::StoreFailed);
+        assert_eq!(ev[0].alarm.severity, Severity::Critical);
+        assert!(b.evaluate(&i, now).is_empty(), "raised once per episode");
+        i.store_failed = false;
+        let ev = b.evaluate(&i, now);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].state, AlarmState::Cleared);
     }
 
     #[test]

@@ -333,6 +333,10 @@ pub fn build(
             collisions_seen: counters.get("identifier_collisions").copied().unwrap_or(0),
             collision_dead_letters,
             clock_synchronised: clock.synchronised,
+            store_failed: telemetry::GAUGES
+                .store_failed
+                .load(std::sync::atomic::Ordering::Relaxed)
+                != 0,
         };
         shared
             .book

@@ -124,11 +124,13 @@ pub async fn run(
     let mut tick = tokio::time::interval(PRESSURE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u32 = 0;
+    let mut fault: Option<Fault> = None;
     loop {
+        let takes = pressure.level().takes_readings() && fault.is_none();
         // The watchdog: a beat per batch and per tick; waiting for input is idle, the store
         // write is not.
         tokio::select! {
-            msg = crate::ops::watchdog::idle(rx.recv()), if pressure.level().takes_readings() => {
+            msg = crate::ops::watchdog::idle(rx.recv()), if takes => {
                 let Some(first) = msg else { break };
                 crate::ops::watchdog::beat();
                 let mut batch = vec![first];
@@ -138,24 +140,108 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
-                if process(batch, &store).await {
+                let done = process(batch, &store).await;
+                if done.any_new {
                     uplink_wake.notify_one();
+                }
+                if let Some(e) = done.store_error.filter(StoreError::needs_reopen) {
+                    telemetry::StoreFaulted { error: &e }.emit();
+                    GAUGES.store_failed.store(1, Ordering::Relaxed);
+                    fault = Some(Fault::new(tokio::time::Instant::now()));
+                    continue;
                 }
                 check_pressure(&store, &mut pressure).await;
             }
             _ = tick.tick() => {
                 crate::ops::watchdog::beat();
                 ticks = ticks.wrapping_add(1);
-                if ticks % DISK_PROBE_TICKS == 0 {
-                    probe_disk(&store).await;
+                if let Some(f) = fault.as_mut() {
+                    let now = tokio::time::Instant::now();
+                    if now >= f.next_try && try_reopen(&store, f, now).await {
+                        fault = None;
+                        GAUGES.store_failed.store(0, Ordering::Relaxed);
+                        probe_disk(&store).await;
+                    }
                 }
-                check_pressure(&store, &mut pressure).await;
-                if !pressure.level().takes_readings() && rx.is_closed() {
+                if fault.is_none() {
+                    if ticks % DISK_PROBE_TICKS == 0 {
+                        probe_disk(&store).await;
+                    }
+                    check_pressure(&store, &mut pressure).await;
+                }
+                if !takes && rx.is_closed() {
                     break;
                 }
             }
         }
     }
+}
+
+/// First wait before reopening a failed store; doubled after each failed attempt.
+pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between two reopen attempts.
+pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A store fault episode: from a failed write to a reopen whose probe write succeeds.
+struct Fault {
+    since: tokio::time::Instant,
+    next_try: tokio::time::Instant,
+    backoff: Duration,
+    attempts: u32,
+}
+
+impl Fault {
+    fn new(now: tokio::time::Instant) -> Fault {
+        Fault {
+            since: now,
+            next_try: now + REOPEN_BACKOFF_MIN,
+            backoff: REOPEN_BACKOFF_MIN,
+            attempts: 0,
+        }
+    }
+}
+
+/// Reopens the store and proves it writes. Returns whether the episode is over; otherwise
+/// schedules the next attempt (exponential backoff, capped).
+async fn try_reopen(store: &Arc<Outbox>, f: &mut Fault, now: tokio::time::Instant) -> bool {
+    f.attempts = f.attempts.saturating_add(1);
+    // Work, not a wait: not wrapped in watchdog::idle (a hung reopen must show). It takes at
+    // most the lock wait (5 s) plus a scan of the backlog, well inside the task's allowance.
+    let store2 = Arc::clone(store);
+    let result = tokio::task::spawn_blocking(move || {
+        store2.reopen()?;
+        store2.probe_write()
+    })
+    .await;
+    let error = match result {
+        Ok(Ok(())) => {
+            telemetry::StoreRecovered {
+                attempts: f.attempts,
+                down_secs: now.duration_since(f.since).as_secs(),
+            }
+            .emit();
+            return true;
+        }
+        Ok(Err(e)) => e,
+        Err(e) => {
+            telemetry::TaskFailed {
+                task: "store reopen",
+                error: &e,
+            }
+            .emit();
+            f.next_try = now + f.backoff;
+            return false;
+        }
+    };
+    f.backoff = (f.backoff * 2).min(REOPEN_BACKOFF_MAX);
+    f.next_try = now + f.backoff;
+    telemetry::StoreReopenFailed {
+        error: &error,
+        attempt: f.attempts,
+        next_try_secs: f.backoff.as_secs(),
+    }
+    .emit();
+    false
 }
 
 /// Updates the held-bytes gauge and the pressure level. A change of level is decided on an
@@ -218,8 +304,16 @@ async fn probe_disk(store: &Arc<Outbox>) {
     }
 }
 
-/// Converts, stores and answers one batch. Returns whether a new reading was stored.
-async fn process(batch: Vec<Ingest>, store: &Arc<Outbox>) -> bool {
+/// What [`process`] did with a batch.
+struct Processed {
+    /// A new reading was stored (wake the uploader).
+    any_new: bool,
+    /// The store write failed (every request was answered `StoreFailed`).
+    store_error: Option<StoreError>,
+}
+
+/// Converts, stores and answers one batch.
+async fn process(batch: Vec<Ingest>, store: &Arc<Outbox>) -> Processed {
     // Pure step: readings and raw dead letters.
     let mut readings: Vec<Reading> = Vec::new();
     let mut dead: Vec<RawDead> = Vec::new();
@@ -287,10 +381,12 @@ async fn process(batch: Vec<Ingest>, store: &Arc<Outbox>) -> bool {
         store2.insert_records(&records)
     })
     .await;
+    let mut store_error = None;
     let inserts = match result {
         Ok(Ok(v)) => Some(v),
         Ok(Err(e)) => {
             telemetry::StoreWriteFailed { error: &e }.emit();
+            store_error = Some(e);
             None
         }
         Err(e) => {
@@ -352,7 +448,10 @@ async fn process(batch: Vec<Ingest>, store: &Arc<Outbox>) -> bool {
             let _ = done.send(outcome);
         }
     }
-    any_new
+    Processed {
+        any_new,
+        store_error,
+    }
 }
 
 #[cfg(test)]
@@ -595,7 +694,7 @@ mod tests {
         );
         let (undated, undated_done) = ingest(record(Status::FromMemory));
         let (invalid, invalid_done) = ingest(record(Status::Artifact));
-        let new = process(vec![undated, invalid], &store).await;
+        let new = process(vec![undated, invalid], &store).await.any_new;
 
         assert!(!new, "no reading stored");
         let undated_outcome = undated_done.await.unwrap();
@@ -616,5 +715,88 @@ mod tests {
         assert_eq!(back["flags"], serde_json::json!(["from_memory"]));
         assert_eq!(back["readings"][0]["type"], "systolic_pressure");
         assert_eq!(back["readings"][1]["value"].as_f64(), Some(82.0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_store_io_fault_the_pipeline_takes_nothing_and_reopens_once_the_cause_clears() {
+        use telemetry::COUNTERS;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Outbox::open(
+                dir.path(),
+                StoreKey::from_bytes([7; 32]),
+                OutboxOptions::default(),
+            )
+            .unwrap(),
+        );
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(run(
+            rx,
+            Arc::clone(&store),
+            Arc::new(Notify::new()),
+            u64::MAX / 2,
+        ));
+        let patience = Duration::from_secs(60);
+        let faults_before = COUNTERS.store_faults.load(Ordering::Relaxed);
+        let recoveries_before = COUNTERS.store_recoveries.load(Ordering::Relaxed);
+
+        let (m1, d1) = plain(1);
+        tx.send(m1).await.unwrap();
+        let o1 = tokio::time::timeout(patience, d1).await.unwrap().unwrap();
+        assert!(matches!(o1, Outcome::Durable { stored: 1, .. }), "{o1:?}");
+
+        // The disk fills: the write fails, nothing is acknowledged.
+        store.inject_io_fault(true);
+        let (m2, d2) = plain(2);
+        tx.send(m2).await.unwrap();
+        let o2 = tokio::time::timeout(patience, d2).await.unwrap().unwrap();
+        assert_eq!(o2, Outcome::StoreFailed);
+        assert!(!o2.is_safe_to_ack());
+
+        // While the cause lasts the pipeline takes nothing (no answer, no spin on a failing
+        // store) and its reopen attempts fail.
+        let (m3, mut d3) = plain(3);
+        tx.send(m3).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(
+            matches!(d3.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            "no answer while the store is failed"
+        );
+        assert!(!store.is_open(), "the failed reopen left it closed");
+        assert_eq!(
+            COUNTERS.store_faults.load(Ordering::Relaxed) - faults_before,
+            1,
+            "one alarm for the episode"
+        );
+
+        // Space is back: the next reopen succeeds, the waiting reading is stored, and the
+        // source's redelivery of the refused one too.
+        store.inject_io_fault(false);
+        let o3 = tokio::time::timeout(patience, d3).await.unwrap().unwrap();
+        assert!(matches!(o3, Outcome::Durable { stored: 1, .. }), "{o3:?}");
+        assert!(store.is_open());
+        assert_eq!(
+            COUNTERS.store_recoveries.load(Ordering::Relaxed) - recoveries_before,
+            1
+        );
+        let (m2again, d2again) = plain(2);
+        tx.send(m2again).await.unwrap();
+        let o2 = tokio::time::timeout(patience, d2again)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(o2, Outcome::Durable { stored: 1, .. }), "{o2:?}");
+        assert_eq!(
+            store.stats().unwrap().pending,
+            3,
+            "three records, one reading each"
+        );
+        assert_eq!(
+            COUNTERS.store_faults.load(Ordering::Relaxed) - faults_before,
+            1
+        );
+
+        drop(tx);
+        tokio::time::timeout(patience, task).await.unwrap().unwrap();
     }
 }

@@ -31,7 +31,8 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::outbox::{NewRecord, Outbox, OutboxOptions, TREE_DEAD, TREE_META, TREE_PENDING};
+use super::outbox::{NewRecord, OutboxOptions, TREE_DEAD, TREE_META, TREE_PENDING};
+use super::Outbox;
 use super::{Insert, StoreError, StoreKey};
 use crate::telemetry;
 

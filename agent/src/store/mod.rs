@@ -82,6 +82,16 @@
 //! the directory to quarantine, starts an empty store and raises an alarm; `vitalgate store
 //! salvage` recovers what still authenticates.
 //!
+//! # I/O errors at run time
+//!
+//! After an I/O error (a full disk, EIO) sled returns that error from every call until the
+//! database is reopened. [`Outbox`] is therefore a reopenable handle over the sled store
+//! ([`live`]): the pipeline task, on a failed write ([`StoreError::needs_reopen`]), raises one
+//! alarm, stops taking readings (sources acknowledge nothing and keep the data), and calls
+//! [`Outbox::reopen`] + [`Outbox::probe_write`] with an exponential backoff (1 s to 60 s) until
+//! the store writes again. Not yet shown with a real fault: the tests inject one behind
+//! [`Outbox`] (see `live::fault`).
+//!
 //! # Bound
 //!
 //! [`Outbox::held_bytes`] is what `store.max_bytes` bounds; [`pressure`] is the policy the
@@ -90,16 +100,18 @@
 pub mod codec;
 pub mod guard;
 pub mod keyfile;
+mod live;
 mod outbox;
 pub mod pressure;
 
 pub use codec::{CodecError, RecordCipher};
 pub use guard::{open_or_quarantine, salvage, QuarantinedStore, SalvageReport};
 pub use keyfile::{KeyFileError, StoreKey};
+pub use live::Outbox;
 pub use outbox::{
-    DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, Outbox, OutboxOptions,
-    PendingRecord, Requeue, RequeueSummary, Stats, MARKER_FILE, MAX_PAYLOAD_LEN, TREE_ACKED,
-    TREE_DEAD, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
+    DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, OutboxOptions, PendingRecord,
+    Requeue, RequeueSummary, Stats, MARKER_FILE, MAX_PAYLOAD_LEN, TREE_ACKED, TREE_DEAD,
+    TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;
@@ -152,9 +164,23 @@ pub enum StoreError {
     Lost { path: PathBuf },
     #[error("sled panicked while opening store {path}")]
     Panicked { path: PathBuf },
+    #[error("store {path} is closed after an I/O error and not reopened yet")]
+    Unavailable { path: PathBuf },
 }
 
 impl StoreError {
+    /// Is this a failure of the store itself (sled or file I/O: a full disk, a failing card, a
+    /// closed store), after which sled must be reopened, rather than a problem of one record?
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(_)
+                | StoreError::Io { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::Panicked { .. }
+        )
+    }
+
     /// Does this error on open mean the store's files are damaged (so the store is moved to
     /// quarantine and a fresh one started), rather than a problem to fix and retry (a lock, a
     /// wrong key, a newer format, permissions, a full disk)?

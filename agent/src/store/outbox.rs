@@ -43,6 +43,8 @@ pub const TREE_IDENTS: &str = "idents";
 
 const META_FORMAT: &[u8] = b"format";
 const META_KEY_CHECK: &[u8] = b"key_check";
+/// Written by [`SledOutbox::probe_write`]; holds the time of the last probe, nothing else.
+const META_PROBE: &[u8] = b"write_probe";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"vitalgate-store key check v1";
 
 /// Tuning for [`Outbox::open`].
@@ -242,8 +244,10 @@ pub struct Stats {
     pub corrupt_records: u64,
 }
 
-/// The encrypted outbox. See [`crate::store`] for the format and invariants.
-pub struct Outbox {
+/// The encrypted outbox on one open sled database. See [`crate::store`] for the format and
+/// invariants. The daemon uses it through [`super::Outbox`], which can reopen it after an I/O
+/// error (sled stays in its error state until reopened).
+pub struct SledOutbox {
     dir: PathBuf,
     db: sled::Db,
     /// Our own handle on `<dir>/db`, for `fdatasync` after sled's flush.
@@ -286,7 +290,7 @@ struct DeadEnvelope {
     payload: Vec<u8>,
 }
 
-impl Outbox {
+impl SledOutbox {
     /// Opens (or creates) the store in `dir`, checks the key and format, and prunes expired
     /// tombstones.
     ///
@@ -300,7 +304,7 @@ impl Outbox {
     /// [`StoreError::UnsupportedFormat`] for another format version or a non-empty directory
     /// without one; [`StoreError::Sled`] / [`StoreError::Io`] if sled cannot open its files (it
     /// also refuses a store another process has open).
-    pub fn open(dir: &Path, key: StoreKey, opts: OutboxOptions) -> Result<Outbox, StoreError> {
+    pub fn open(dir: &Path, key: StoreKey, opts: OutboxOptions) -> Result<SledOutbox, StoreError> {
         let io_err = |path: &Path| {
             let path = path.to_owned();
             move |source| StoreError::Io { path, source }
@@ -322,7 +326,7 @@ impl Outbox {
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(io_err(&db_path))?;
         let cipher = RecordCipher::new(&key)?;
-        let outbox = Outbox {
+        let outbox = SledOutbox {
             dir: dir.to_owned(),
             meta: db.open_tree(TREE_META)?,
             pending: db.open_tree(TREE_PENDING)?,
@@ -1027,11 +1031,6 @@ impl Outbox {
         })
     }
 
-    /// The store directory.
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// Bytes of records the store holds: keys and sealed values of `pending`, `dead` and
     /// `quarantine`, plus the `index` entry of each pending record — what `store.max_bytes`
     /// bounds ([`super::pressure`]). Tombstones (`acked`) and identities (`idents`) are not
@@ -1176,6 +1175,20 @@ impl Outbox {
                 self.make_durable()
             }
         }
+    }
+
+    /// Writes a small record to the meta tree and makes it durable: proves the store can write
+    /// again after an I/O error (used before the pipeline takes readings again).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`] / [`StoreError::Io`].
+    pub fn probe_write(&self) -> Result<(), StoreError> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.meta.insert(META_PROBE, &now_ms.to_be_bytes())?;
+        self.make_durable()
     }
 
     /// sled flush, then fdatasync of the data file and fsync of new blob files (module doc,
