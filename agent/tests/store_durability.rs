@@ -654,7 +654,7 @@ fn a_store_is_refused_with_another_key() {
 
 /// Rewrites the `n`th value of `pending` with `f`, through sled and without the codec.
 fn corrupt_pending(dir: &Path, n: usize, f: impl Fn(&mut Vec<u8>)) -> (Vec<u8>, Vec<u8>) {
-    let db = sled::open(dir).unwrap();
+    let db = sled_open_after_close(dir);
     let tree = db.open_tree(TREE_PENDING).unwrap();
     let (k, v) = tree.iter().nth(n).unwrap().unwrap();
     let mut bad = v.to_vec();
@@ -665,7 +665,7 @@ fn corrupt_pending(dir: &Path, n: usize, f: impl Fn(&mut Vec<u8>)) -> (Vec<u8>, 
 }
 
 fn quarantined(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let db = sled::open(dir).unwrap();
+    let db = sled_open_after_close(dir);
     let tree = db.open_tree(TREE_QUARANTINE).unwrap();
     tree.iter()
         .map(|kv| {
@@ -734,7 +734,7 @@ fn a_record_moved_to_another_key_is_quarantined() {
         outbox.insert(id(2), &sample(2)).unwrap();
     }
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled_open_after_close(dir.path());
         let tree = db.open_tree(TREE_PENDING).unwrap();
         let entries: Vec<_> = tree.iter().map(Result::unwrap).collect();
         // Swap the two values.
@@ -769,7 +769,7 @@ fn a_corrupt_dead_letter_is_quarantined_and_the_others_listed() {
         }
     }
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled_open_after_close(dir.path());
         let tree = db.open_tree(TREE_DEAD).unwrap();
         let (k, v) = tree.iter().next().unwrap().unwrap();
         let mut bad = v.to_vec();
@@ -795,7 +795,7 @@ fn a_corrupt_index_entry_cannot_remove_the_wrong_reading() {
     }
     {
         // Point both index entries at the first record.
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled_open_after_close(dir.path());
         let index = db.open_tree(TREE_INDEX).unwrap();
         let first_seq = db
             .open_tree(TREE_PENDING)
@@ -826,7 +826,7 @@ fn a_corrupt_index_entry_cannot_remove_the_wrong_reading() {
 fn a_sled_directory_that_is_not_an_outbox_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled_open_after_close(dir.path());
         db.open_tree(TREE_PENDING)
             .unwrap()
             .insert(b"x", b"y")
@@ -996,4 +996,23 @@ fn cases_or(default: u32) -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// `sled::open` of a store an `Outbox` just closed: sled's I/O threads release the file lock a
+/// little after the `Db` is dropped (seen on a loaded machine and under qemu), so a lock error
+/// is retried for up to 10 s; any other error, or the lock still held after that, fails.
+fn sled_open_after_close(path: &std::path::Path) -> sled::Db {
+    let start = std::time::Instant::now();
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && start.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("sled::open {}: {e}", path.display()),
+        }
+    }
 }

@@ -233,7 +233,7 @@ fn every_flipped_bit_and_every_swapped_pair_is_quarantined_and_the_rest_delivere
     // Records in seq order: [0, FLIPPED) flipped, then pairs swapped, then intact.
     let mut originals = Vec::new();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled_open_after_close(dir.path());
         let tree = db.open_tree(TREE_PENDING).unwrap();
         let entries: Vec<(sled::IVec, sled::IVec)> = tree.iter().map(Result::unwrap).collect();
         assert_eq!(entries.len(), total as usize);
@@ -280,11 +280,30 @@ fn every_flipped_bit_and_every_swapped_pair_is_quarantined_and_the_rest_delivere
     assert_eq!(outbox.stats().unwrap().pending, 0);
     drop(outbox);
     // Quarantine holds every damaged record byte for byte, under tree name, 0x00, its key.
-    let db = sled::open(dir.path()).unwrap();
+    let db = sled_open_after_close(dir.path());
     let q = db.open_tree(TREE_QUARANTINE).unwrap();
     for (k, v) in &originals {
         let mut qkey = b"pending\0".to_vec();
         qkey.extend_from_slice(k);
         assert_eq!(q.get(&qkey).unwrap().as_deref(), Some(&v[..]));
+    }
+}
+
+/// `sled::open` of a store an `Outbox` just closed: sled's I/O threads release the file lock a
+/// little after the `Db` is dropped (seen on a loaded machine and under qemu), so a lock error
+/// is retried for up to 10 s; any other error, or the lock still held after that, fails.
+fn sled_open_after_close(path: &std::path::Path) -> sled::Db {
+    let start = std::time::Instant::now();
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && start.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("sled::open {}: {e}", path.display()),
+        }
     }
 }
