@@ -689,22 +689,39 @@ mod on_pty {
             for code in [SPO2, PULSE] {
                 let mine = observations(&h, p, code);
                 assert!(mine.len() >= 4, "{p} {code}: {}", mine.len());
-                // Windows never overlap: effective times at least a window (2 s) apart, also
-                // across the kill (the window in progress then is lost, never sent twice).
-                let mut t: Vec<chrono::DateTime<chrono::FixedOffset>> = mine
+                // A window's median is a statistic over its window, never a spot reading
+                // (issue #8): effectivePeriod of the window (2 s) and the statistic in method.
+                // Windows never overlap, also across the kill (the window in progress then is
+                // lost, never sent twice).
+                let at = |o: &Value, k: &str| {
+                    chrono::DateTime::parse_from_rfc3339(
+                        o["effectivePeriod"][k]
+                            .as_str()
+                            .unwrap_or_else(|| panic!("{o:#}")),
+                    )
+                    .unwrap()
+                };
+                let mut t: Vec<_> = mine
                     .iter()
                     .map(|o| {
-                        chrono::DateTime::parse_from_rfc3339(
-                            o["effectiveDateTime"].as_str().unwrap(),
-                        )
-                        .unwrap()
+                        assert!(o.get("effectiveDateTime").is_none(), "{o:#}");
+                        assert!(
+                            o["method"]["text"]
+                                .as_str()
+                                .is_some_and(|m| m.starts_with("median of")),
+                            "{o:#}"
+                        );
+                        (at(o, "start"), at(o, "end"))
                     })
                     .collect();
                 t.sort();
+                for (start, end) in &t {
+                    assert_eq!(*end - *start, chrono::TimeDelta::seconds(2), "{p} {code}");
+                }
                 for w in t.windows(2) {
                     assert!(
-                        w[1] - w[0] >= chrono::TimeDelta::seconds(2),
-                        "{p} {code}: windows {} and {} overlap",
+                        w[1].0 >= w[0].1,
+                        "{p} {code}: windows {:?} and {:?} overlap",
                         w[0],
                         w[1]
                     );

@@ -160,7 +160,11 @@ pub fn readings_from_record(
     if let Some(status) = first_of_class(record, StatusClass::ClockUnreliable) {
         return Err(Rejection::NoValidDeviceTime(status));
     }
-    if let Some(stat) = &record.context.statistic {
+    // A statistic is uploaded only where a configured mapping states it in the resource and
+    // gives its period: the serial stream reduction's window median. Any other (an Open
+    // mHealth `descriptive_statistic`) is held as a dead letter `statistic` (issue #8).
+    let window_seconds = reduced_window(record, source);
+    if let (Some(stat), None) = (&record.context.statistic, window_seconds) {
         return Err(Rejection::Statistic(stat.clone()));
     }
     if record.device_time.is_none() && matches!(source, Source::Mqtt { .. }) {
@@ -207,8 +211,23 @@ pub fn readings_from_record(
             return Err(Rejection::NoValidDeviceTime(status));
         }
     }
+    // A reduced window: its reception time is the window's end; the Observation covers the
+    // whole window (a median of many values is not a measurement at the window's end).
+    let (effective, window_start) = match window_seconds {
+        Some(secs) => {
+            let start = received_at - chrono::Duration::seconds(secs);
+            (start.with_timezone(&chrono::Offset::fix(&Utc)), Some(start))
+        }
+        None => (effective, None),
+    };
     // Period or date: only from the device's own time (never stretched onto a receive time).
     let (timing, duration_seconds) = match (time_quality, &record.context) {
+        _ if window_seconds.is_some() => (
+            Timing::Period {
+                end: received_at.with_timezone(&chrono::Offset::fix(&Utc)),
+            },
+            window_seconds,
+        ),
         (TimeQuality::DeviceTrusted, c) if c.date_only => (Timing::Date, Some(86_400)),
         (TimeQuality::DeviceTrusted, c) => match (c.effective_end, record.device_time) {
             (Some(end), Some(start)) => {
@@ -273,7 +292,8 @@ pub fn readings_from_record(
             fraction: clock.fraction.clone(),
             utc_offset_minutes: clock.utc_offset_minutes,
         },
-        None => IdTimestamp::Gateway(received_at),
+        // §5.1 period form: the window's start and its duration.
+        None => IdTimestamp::Gateway(window_start.unwrap_or(received_at)),
     };
     Ok(groups
         .into_iter()
@@ -328,6 +348,24 @@ pub fn readings_from_record(
         )
         .collect())
 }
+/// The window length of a record the serial stream reduction made (a median over a window,
+/// [`super::reduce`]), in seconds; `None` for any other record (a device's own record, an Open
+/// mHealth data point: their statistics are never uploaded).
+fn reduced_window(record: &Record, source: &Source) -> Option<i64> {
+    if !matches!(source, Source::Serial { .. })
+        || record.context.statistic.as_deref() != Some(super::reduce::WINDOW_STATISTIC)
+        || record.device_time.is_some()
+    {
+        return None;
+    }
+    let mode = record.fields.get("reduction")?.as_str()?;
+    if !matches!(mode, "spot-check" | "interval") {
+        return None;
+    }
+    let secs = record.fields.get("window_seconds")?.as_u64()?;
+    i64::try_from(secs).ok().filter(|s| *s > 0)
+}
+
 /// Effective time of a BLE record: skew-corrected against the device clock read at connect
 /// (`device_drivers::gatt::clock::correct`), unless the gateway's own clock is not synchronised,
 /// in which case nothing is corrected and the reading says so.
@@ -834,6 +872,131 @@ mod tests {
             assert_eq!(rej, Rejection::NoValidDeviceTime(status), "{status}");
             assert!(rej.keeps_record());
         }
+    }
+
+    fn oximeter_stream_record(spo2: i64) -> Record {
+        Record {
+            readings: vec![
+                device_drivers::Reading::new(ReadingType::Spo2, Decimal::from_int(spo2), "%"),
+                device_drivers::Reading::new(ReadingType::PulseRate, Decimal::from_int(70), "/min"),
+            ],
+            ..Record::default()
+        }
+    }
+
+    /// The spot-check window median of a streaming oximeter, made by the real reducer.
+    fn spot_check_median() -> (Record, DateTime<Utc>) {
+        let mode = crate::pipeline::reduce::Mode::SpotCheck {
+            window: std::time::Duration::from_secs(30),
+            repeat: None,
+        };
+        let start = t0();
+        let mut reducer = crate::pipeline::reduce::Reducer::new(mode, start);
+        let mut out = Vec::new();
+        for (i, v) in [97, 95, 96, 98, 96, 97].into_iter().enumerate() {
+            let at = start + chrono::Duration::seconds(i64::try_from(i).unwrap() * 5);
+            out.extend(reducer.push(oximeter_stream_record(v), at).out);
+        }
+        out.extend(reducer.tick(start + chrono::Duration::seconds(31)).out);
+        assert_eq!(out.len(), 1, "one window closed");
+        let r = out.pop().unwrap();
+        (r.record, r.at)
+    }
+
+    fn serial_src() -> Source {
+        Source::Serial {
+            port: "/dev/ttyUSB0".into(),
+        }
+    }
+
+    /// Issue #8: a median over a window is a statistic, never a spot reading at the window's
+    /// end: it covers the window (`effectivePeriod`, §5.1 `..<duration>` identifier) and the
+    /// Observation states the statistic in `method`.
+    #[test]
+    fn a_serial_window_median_is_uploaded_over_its_window_and_says_it_is_a_median() {
+        let mut oximeter = cuff();
+        oximeter.class = DeviceClass::PulseOximeter;
+        oximeter.clock_is_provenance_only = true;
+        let (rec, end) = spot_check_median();
+        assert_eq!(rec.context.statistic.as_deref(), Some("median"));
+        let rs = readings_from_record(
+            &oximeter,
+            &rec,
+            &serial_src(),
+            &CaptureClock::default(),
+            end,
+        )
+        .unwrap();
+        assert_eq!(rs.len(), 2);
+        for r in &rs {
+            assert_eq!(r.effective.to_rfc3339(), "2026-11-23T10:00:00+00:00");
+            assert_eq!(
+                r.timing,
+                Timing::Period {
+                    end: Utc
+                        .with_ymd_and_hms(2026, 11, 23, 10, 0, 30)
+                        .unwrap()
+                        .fixed_offset()
+                }
+            );
+            assert!(
+                r.observation_identifier.ends_with("-G848743200..30"),
+                "{}",
+                r.observation_identifier
+            );
+            let obs = crate::uplink::fhir::observation(r, "Device/d", "Device/g").unwrap();
+            assert!(obs.get("effectiveDateTime").is_none(), "{obs:#}");
+            assert_eq!(obs["effectivePeriod"]["start"], "2026-11-23T10:00:00Z");
+            assert_eq!(obs["effectivePeriod"]["end"], "2026-11-23T10:00:30Z");
+            let method = obs["method"]["text"].as_str().unwrap();
+            assert!(method.starts_with("median of the values"), "{method}");
+        }
+        let spo2 = rs
+            .iter()
+            .find(|r| r.kind == ReadingKind::OxygenSaturation)
+            .unwrap();
+        // The lower median of 95 96 96 97 97 98: a value the device reported.
+        assert_eq!(spo2.components[0].value, Decimal::from_int(96));
+    }
+
+    /// Only the reducer's window median passes as a statistic: the same record from another
+    /// source, or a statistic the reducer did not make, is held as a dead letter `statistic`.
+    #[test]
+    fn any_other_statistic_is_held_never_uploaded() {
+        let mut oximeter = cuff();
+        oximeter.class = DeviceClass::PulseOximeter;
+        let (rec, end) = spot_check_median();
+        let clock = CaptureClock::default();
+        let held = Err(Rejection::Statistic("median".into()));
+        assert_eq!(
+            readings_from_record(&oximeter, &rec, &src(), &clock, end),
+            held
+        );
+        let mut no_window = rec.clone();
+        no_window.fields.remove("window_seconds");
+        assert_eq!(
+            readings_from_record(&oximeter, &no_window, &serial_src(), &clock, end),
+            held
+        );
+        let mut average = rec.clone();
+        average.context.statistic = Some("average".into());
+        assert_eq!(
+            readings_from_record(&oximeter, &average, &serial_src(), &clock, end),
+            Err(Rejection::Statistic("average".into()))
+        );
+        assert!(Rejection::Statistic("average".into()).keeps_record());
+        // A plain live record from the same stream stays a spot reading at its reception time.
+        let rs = readings_from_record(
+            &oximeter,
+            &oximeter_stream_record(97),
+            &serial_src(),
+            &clock,
+            end,
+        )
+        .unwrap();
+        assert_eq!(rs[0].timing, Timing::Instant);
+        let obs = crate::uplink::fhir::observation(&rs[0], "Device/d", "Device/g").unwrap();
+        assert!(obs.get("method").is_none());
     }
 
     /// Serial devices' clocks are provenance only (the reception time dates their live

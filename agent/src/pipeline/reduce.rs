@@ -25,7 +25,10 @@
 //!   median is a value the device reported, at its resolution. The reduced record carries the
 //!   union of the samples' (non-blocking) statuses, so a window with a questionable sample is
 //!   questionable, and the device serial of the last sample. It carries no device time: its
-//!   time is the window's end, on the gateway clock.
+//!   time is the window's end, on the gateway clock. It is a statistic, not a spot reading: it
+//!   carries the statistic [`WINDOW_STATISTIC`] and its window (`fields`: `reduction`,
+//!   `window_seconds`, `samples`), and the pipeline uploads it with the window as
+//!   `effectivePeriod` and the statistic in `Observation.method` (see `convert::reduced_window`).
 //! - **Identity**: a reduced record's time is the end of its window (spot check, interval) or
 //!   the reception time of the record (on change, all), made strictly increasing per device (a
 //!   read that delivers two Nonin packets gives them the same reception time). The pipeline
@@ -49,6 +52,10 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use device_drivers::{Decimal, Reading, ReadingType, Record, Status, StatusClass};
 
 use super::convert::unreliable_status;
+
+/// The statistic a reduced window carries (`MeasurementContext::statistic`; Open mHealth's
+/// `descriptive_statistic` name for it).
+pub const WINDOW_STATISTIC: &str = "median";
 
 /// A window's median of a type needs at least this many values of it.
 pub const MIN_SAMPLES: usize = 3;
@@ -483,9 +490,13 @@ impl Window {
             device_model: self.device_model.clone(),
             user_index: self.user_index,
             fields,
-            // No source context: the median's time is the window's end on the gateway clock
-            // (module doc), uploaded as a point in time.
-            context: Default::default(),
+            // A median over a window is a statistic, not one measurement: the pipeline uploads
+            // it with the window as `effectivePeriod` and the statistic stated in the resource
+            // (`Observation.method`), never as a spot reading at the window's end (issue #8).
+            context: Box::new(device_drivers::MeasurementContext {
+                statistic: Some(WINDOW_STATISTIC.into()),
+                ..Default::default()
+            }),
         })
     }
 }

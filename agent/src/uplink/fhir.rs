@@ -567,6 +567,20 @@ pub fn bp_status_identifier(bp_identifier: &str) -> String {
     format!("{bp_identifier}-8410608")
 }
 
+/// `Observation.method` of a statistic the pipeline let through (only the serial stream
+/// reduction's window median, always with `effectivePeriod`): states that the value is that
+/// statistic over the period, not one measurement. Text only: no standard code for "median of
+/// a device's values over a window" was sourced (README "Limits").
+fn statistic_method(r: &Reading) -> Option<Value> {
+    let stat = r.context.statistic.as_deref()?;
+    Some(json!({
+        "text": format!(
+            "{stat} of the values the device reported during effectivePeriod \
+             (gateway stream reduction); not a single measurement"
+        )
+    }))
+}
+
 fn effective(r: &Reading, obs: &mut Map<String, Value>) {
     let t =
         |d: &chrono::DateTime<chrono::FixedOffset>| d.to_rfc3339_opts(SecondsFormat::Secs, true);
@@ -695,6 +709,9 @@ pub fn observation(
     obs.insert("code".into(), codeable(&c));
     obs.insert("subject".into(), subject(&r.patient));
     effective(r, &mut obs);
+    if let Some(method) = statistic_method(r) {
+        obs.insert("method".into(), method);
+    }
     obs.insert("device".into(), json!({"reference": device_ref}));
 
     if r.kind == ReadingKind::BloodPressure {

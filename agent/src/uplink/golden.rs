@@ -92,6 +92,18 @@ pub(crate) fn cases() -> Vec<(&'static str, Reading)> {
             8,
         ),
     ));
+    // The serial reducer's spot-check median: a statistic over its window (effectivePeriod,
+    // method.text), never a spot reading (issue #8).
+    let mut median = reading(
+        ReadingKind::OxygenSaturation,
+        vec![(T::Spo2, dec(96, 0), "%")],
+        18,
+    );
+    median.context.statistic = Some(crate::pipeline::reduce::WINDOW_STATISTIC.into());
+    median.timing = Timing::Period {
+        end: median.effective + chrono::Duration::seconds(30),
+    };
+    out.push(("oxygen_saturation_spot_check_median", median));
     let mut w = reading(
         ReadingKind::BodyWeight,
         vec![(T::BodyWeight, dec(7235, -2), "kg")],
