@@ -820,6 +820,85 @@ mod tests {
         assert_eq!(server.sizes().len(), 5, "{:?}", server.sizes());
     }
 
+    /// Conditional-create idempotency with real HTTPS: three gateways' uploaders (each with its
+    /// own copy of the same 30 readings: one store cannot be opened twice) replay them at the
+    /// same time to the devkit's mTLS FHIR server. Every Observation exists exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_replays_of_the_same_readings_create_each_observation_once() {
+        use crate::uplink::client::{UplinkClient, UplinkTls};
+        use vitalgate_devkit::fhir_server::{FhirTestServer, ServerConfig};
+        use vitalgate_devkit::pki::TestPki;
+
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::generate(&dir.path().join("pki")).unwrap();
+        let fhir = FhirTestServer::start(ServerConfig::for_pki(&pki))
+            .await
+            .unwrap();
+        let readings: Vec<Reading> = (0..30).map(reading).collect();
+        let shutdown = CancellationToken::new();
+        let mut stores = Vec::new();
+        let mut tasks = Vec::new();
+        for (i, cap) in [5, 7, 30].into_iter().enumerate() {
+            let sub = tempfile::tempdir_in(dir.path()).unwrap();
+            let store = outbox(&sub, &readings);
+            let client = UplinkClient::new(&UplinkTls {
+                fhir_base: fhir.base_url().parse().unwrap(),
+                ca_file: pki.ca_cert.clone(),
+                client_cert: pki.client_cert.clone(),
+                client_key: pki.client_key.clone(),
+                allow_insecure_http: false,
+                timeout: Duration::from_secs(20),
+            })
+            .unwrap();
+            let up = Uploader {
+                store: Arc::clone(&store),
+                sender: client,
+                gateway: GatewayInfo::new("gw", "0"),
+                batch_size: cap,
+                schedule: SchedulerConfig {
+                    retry: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+                    pause: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+                    rejection_streak_limit: REJECTION_STREAK_LIMIT,
+                },
+                wake: Arc::new(Notify::new()),
+                seed: i as u64,
+                consent: ConsentSource::new(&Default::default()),
+            };
+            tasks.push(tokio::spawn(up.run(shutdown.clone())));
+            stores.push((sub, store));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while stores.iter().any(|(_, s)| counts(s).0 > 0) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for (_, s) in &stores {
+            assert_eq!(counts(s), (0, 0), "every copy delivered, no dead letter");
+        }
+        let mut ids = fhir.observation_identifiers();
+        let total = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(total, ids.len(), "no identifier twice: {total} stored");
+        let expected: std::collections::HashSet<String> = readings
+            .iter()
+            .map(|r| r.observation_identifier.clone())
+            .collect();
+        let stored: std::collections::HashSet<String> = ids
+            .iter()
+            .filter_map(|i| i.split_once('|').map(|(_, v)| v.to_owned()))
+            .filter(|v| expected.contains(v))
+            .collect();
+        assert_eq!(stored, expected, "each reading's Observation is there");
+        assert_eq!(fhir.duplicate_creates(), 0);
+        // Every gateway sent its whole copy: at least 6 + 5 + 2 Bundles (caps 5, 7, 30; the
+        // adaptive size starts at 10).
+        assert!(fhir.request_count() >= 13, "{}", fhir.request_count());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_403_for_an_hour_keeps_every_reading_pending_alarms_once_and_delivers_all_after() {
         let (logs, _guard) = Logs::capture();
