@@ -6,6 +6,9 @@
 //! a fresh server, once per row:
 //! - vitalgate, gzip bodies, cap `uplink.batch_size` = 20 (the default) and 40 (the maximum);
 //! - vitalgate, plain bodies (the server answers 415 to gzip; the client falls back at once);
+//! - a reference client: the same readings as Bundles of 20 built before the clock starts, sent
+//!   back to back by the same mTLS client (gzip), no store, no scheduler, no acks: the ceiling
+//!   of this server and transport;
 //! - the naive baseline in the same run: one reading per request (cap 1), plain bodies.
 //!
 //! readings/s (wall clock, until the outbox is empty) and bytes per reading: everything the
@@ -25,8 +28,9 @@ use vitalgate::pipeline::{readings_from_record, CaptureClock, DeviceContext};
 use vitalgate::reading::{DeviceClass, DeviceIdentifier, Reading, Source};
 use vitalgate::store::{NewRecord, Outbox, OutboxOptions, StoreKey};
 use vitalgate::uplink::backoff::Backoff;
+use vitalgate::uplink::client::BundleSender;
 use vitalgate::uplink::client::{UplinkClient, UplinkTls};
-use vitalgate::uplink::fhir::GatewayInfo;
+use vitalgate::uplink::fhir::{build_transaction_bundle, GatewayInfo};
 use vitalgate::uplink::scheduler::{SchedulerConfig, REJECTION_STREAK_LIMIT};
 use vitalgate::uploader::{ConsentSource, Uploader};
 use vitalgate_devkit::fhir_server::{FhirTestServer, ServerConfig};
@@ -159,6 +163,48 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
     }
 }
 
+/// The reference: the same readings as Bundles of `cap`, built before the clock starts, sent
+/// one after the other by the same mTLS client (gzip): no store, no scheduler, no acks.
+async fn reference(name: &'static str, readings: &[Reading], cap: usize) -> Row {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = TestPki::generate(&dir.path().join("pki")).expect("pki");
+    let fhir = FhirTestServer::start(ServerConfig::for_pki(&pki))
+        .await
+        .expect("server");
+    let client = UplinkClient::new(&UplinkTls {
+        fhir_base: fhir.base_url().parse().expect("url"),
+        ca_file: pki.ca_cert.clone(),
+        client_cert: pki.client_cert.clone(),
+        client_key: pki.client_key.clone(),
+        allow_insecure_http: false,
+        timeout: Duration::from_secs(30),
+    })
+    .expect("client");
+    let gateway = GatewayInfo::new("gw", "0");
+    let bundles: Vec<serde_json::Value> = readings
+        .chunks(cap)
+        .map(|c| build_transaction_bundle(&gateway, c).expect("bundle").0)
+        .collect();
+    let start = Instant::now();
+    for b in &bundles {
+        let r = client.send(b).await.expect("send");
+        assert_eq!(r.status, 200, "{name}");
+    }
+    let elapsed = start.elapsed();
+    let n = readings.len();
+    assert_eq!(
+        fhir.stored_observations().len(),
+        n,
+        "{name}: one Observation each"
+    );
+    Row {
+        name,
+        per_sec: n as f64 / elapsed.as_secs_f64(),
+        bytes_per_reading: fhir.wire_bytes_in() as f64 / n as f64,
+        requests: fhir.request_count(),
+    }
+}
+
 fn main() {
     let n: u64 = std::env::var("UPLINK_DRAIN_N")
         .ok()
@@ -175,28 +221,34 @@ fn main() {
             drain("vitalgate gzip, cap 20", &readings, 20, true).await,
             drain("vitalgate gzip, cap 40", &readings, 40, true).await,
             drain("vitalgate plain, cap 20", &readings, 20, false).await,
+            reference("reference: prebuilt Bundles of 20", &readings, 20).await,
             drain("naive: 1 reading/request, plain", &readings, 1, false).await,
         ]
     });
     let naive = rows.last().map_or(1.0, |r| r.per_sec);
+    let reference = rows
+        .iter()
+        .find(|r| r.name.starts_with("reference"))
+        .map_or(1.0, |r| r.per_sec);
     println!(
         "uplink drain: {} readings (BP panels) to the loopback mTLS server",
         readings.len()
     );
     println!(
-        "| {:<32} | {:>10} | {:>8} | {:>14} | {:>8} |",
-        "client", "readings/s", "x naive", "bytes/reading", "requests"
+        "| {:<34} | {:>10} | {:>8} | {:>6} | {:>14} | {:>8} |",
+        "client", "readings/s", "x naive", "% ref", "bytes/reading", "requests"
     );
     println!(
-        "|{:-<34}|{:->12}|{:->10}|{:->16}|{:->10}|",
-        "", "", "", "", ""
+        "|{:-<36}|{:->12}|{:->10}|{:->8}|{:->16}|{:->10}|",
+        "", "", "", "", "", ""
     );
     for r in &rows {
         println!(
-            "| {:<32} | {:>10.0} | {:>8.2} | {:>14.0} | {:>8} |",
+            "| {:<34} | {:>10.0} | {:>8.2} | {:>6.0} | {:>14.0} | {:>8} |",
             r.name,
             r.per_sec,
             r.per_sec / naive,
+            100.0 * r.per_sec / reference,
             r.bytes_per_reading,
             r.requests
         );
