@@ -8,7 +8,7 @@
 //!     (first)     -> consent = ConsentSource::refresh()     (re-reads the clinic file if changed)
 //!                    scheduler.retain(may_leave)            (held readings leave the queue,
 //!                                                            stay pending, audited once)
-//!     Fetch       -> batch = store.pending_where(batch_size, may_leave)
+//!     Fetch       -> batch = store.pending_where(size, may_leave)   size: uplink::batch, <= batch_size
 //!                                                           (FIFO; corrupt records quarantined;
 //!                                                            held readings skipped, not stalled on)
 //!                    empty? wait for the pipeline's wake-up, a 30 s tick, or shutdown
@@ -38,6 +38,7 @@ use crate::consent;
 use crate::reading::Reading;
 use crate::store::Outbox;
 use crate::telemetry;
+use crate::uplink::batch::{AdaptiveBatch, Exchanged};
 use crate::uplink::client::{BundleSender, SendError};
 use crate::uplink::fhir::{self, GatewayInfo, MappingError};
 use crate::uplink::outcome::{self, Outcome, RetryReason};
@@ -135,12 +136,24 @@ enum Exchange {
     Rejected { status: u16, detail: String },
 }
 
+/// What one exchange tells the adaptive batch size.
+fn exchanged(sent: usize, took: Duration, verdict: &Verdict, exchange: &Exchange) -> Exchanged {
+    match (verdict, exchange) {
+        (Verdict::Delivered, _) => Exchanged::Delivered { sent, took },
+        (Verdict::TooLarge, _) => Exchanged::TooLarge { sent },
+        (_, Exchange::NoAnswer(SendError::Timeout(_))) => Exchanged::TimedOut { sent },
+        _ => Exchanged::Other,
+    }
+}
+
 impl<S: BundleSender> Uploader<S> {
     /// Runs until shutdown. Returns at once when `shutdown` fires, also mid-upload.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut scheduler = UploadScheduler::new(self.schedule, self.seed, |r: &Reading| {
             r.id.as_bytes().to_vec()
         });
+        // `batch_size` is the cap; the size read for each fresh batch adapts within it.
+        let mut size = AdaptiveBatch::new(self.batch_size);
         while !shutdown.is_cancelled() {
             // The watchdog: a beat per round; the waits (backoff, pause, an empty outbox) are
             // idle, the store and the HTTP request are work (bounded by uplink.timeout_secs).
@@ -169,7 +182,7 @@ impl<S: BundleSender> Uploader<S> {
                     }
                 }
                 Next::Fetch => {
-                    let mut batch = self.pending().await;
+                    let mut batch = self.pending(size.size()).await;
                     batch.truncate(fhir::readings_that_fit(&batch));
                     if batch.is_empty() {
                         let stop = crate::ops::watchdog::idle(async {
@@ -188,19 +201,34 @@ impl<S: BundleSender> Uploader<S> {
                     }
                 }
                 Next::Send(batch) => {
+                    let started = Instant::now();
                     let Some((verdict, exchange)) = self.exchange(&batch, &shutdown).await else {
                         return;
                     };
+                    let before = size.size();
+                    let seen = exchanged(batch.len(), started.elapsed(), &verdict, &exchange);
+                    let after = size.observe(seen);
+                    if after != before {
+                        tracing::debug!(
+                            from = before,
+                            to = after,
+                            cap = size.cap(),
+                            "uplink batch size adapted"
+                        );
+                    }
                     let effect = scheduler.on_verdict(verdict, Instant::now().into_std());
+                    if matches!(seen, Exchanged::TimedOut { .. }) && after < batch.len() {
+                        // The same readings go again, in Bundles of the new size.
+                        scheduler.split_front(after);
+                    }
                     self.carry_out(effect, &exchange).await;
                 }
             }
         }
     }
 
-    async fn pending(&mut self) -> Vec<Reading> {
+    async fn pending(&mut self, n: usize) -> Vec<Reading> {
         let store = Arc::clone(&self.store);
-        let n = self.batch_size;
         let state = self.consent.refresh().clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut held = Vec::new();
@@ -462,6 +490,11 @@ mod tests {
         FailEntryOf(&'static str),
         /// `Commit`, after this long.
         Slow(Duration),
+        /// 413 for a Bundle of more than this many Observations, else `Commit`.
+        TooLargeAbove(usize),
+        /// No answer in time (`SendError::Timeout`, after 10 s) for more than this many
+        /// Observations, else `Commit`.
+        TimeoutAbove(usize),
     }
 
     struct Server {
@@ -469,6 +502,8 @@ mod tests {
         start: Instant,
         requests: Mutex<Vec<(Duration, u16)>>,
         committed: Mutex<Vec<String>>,
+        /// The number of Observations in every Bundle received, in order.
+        sizes: Mutex<Vec<usize>>,
     }
 
     #[derive(Clone)]
@@ -481,7 +516,11 @@ mod tests {
                 start: Instant::now(),
                 requests: Mutex::new(Vec::new()),
                 committed: Mutex::new(Vec::new()),
+                sizes: Mutex::new(Vec::new()),
             }))
+        }
+        fn sizes(&self) -> Vec<usize> {
+            self.0.sizes.lock().unwrap().clone()
         }
         fn requests(&self) -> Vec<(Duration, u16)> {
             self.0.requests.lock().unwrap().clone()
@@ -513,9 +552,20 @@ mod tests {
     }
 
     impl Server {
-        async fn answer(&self, bundle: &Value) -> RawResponse {
+        async fn answer(&self, bundle: &Value) -> Result<RawResponse, SendError> {
             let at = Instant::now() - self.start;
             let answer = (self.script)(at);
+            let n = observation_ids(bundle).len();
+            self.sizes.lock().unwrap().push(n);
+            let answer = match answer {
+                Answer::TooLargeAbove(max) if n > max => Answer::Empty(413),
+                Answer::TimeoutAbove(max) if n > max => {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    return Err(SendError::Timeout(Duration::from_secs(10)));
+                }
+                Answer::TooLargeAbove(_) | Answer::TimeoutAbove(_) => Answer::Commit,
+                other => other,
+            };
             let raw = |status, body| RawResponse {
                 status,
                 retry_after: None,
@@ -540,7 +590,11 @@ mod tests {
                         .collect();
                     raw(200, transaction_response(entries))
                 }
-                Answer::Commit | Answer::FailEntryOf(_) | Answer::Slow(_) => {
+                Answer::Commit
+                | Answer::FailEntryOf(_)
+                | Answer::Slow(_)
+                | Answer::TooLargeAbove(_)
+                | Answer::TimeoutAbove(_) => {
                     if let Answer::Slow(d) = answer {
                         tokio::time::sleep(d).await;
                     }
@@ -561,7 +615,7 @@ mod tests {
                 }
             };
             self.requests.lock().unwrap().push((at, response.status));
-            response
+            Ok(response)
         }
     }
 
@@ -579,7 +633,7 @@ mod tests {
         ) -> impl Future<Output = Result<RawResponse, SendError>> + Send {
             let server = Arc::clone(&self.0);
             let bundle = bundle.clone();
-            async move { Ok(server.answer(&bundle).await) }
+            async move { server.answer(&bundle).await }
         }
     }
 
@@ -674,6 +728,175 @@ mod tests {
     fn counts(store: &Outbox) -> (u64, u64) {
         let s = store.stats().unwrap();
         (s.pending, s.dead)
+    }
+
+    /// Runs an uploader (cap `cap`) over `n` readings against `server` until all are delivered
+    /// (or an hour passed); returns the Observations per Bundle the server received.
+    async fn drain(n: i64, cap: usize, server: &Scripted) -> (Vec<usize>, (u64, u64)) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox(&dir, &(0..n).map(reading).collect::<Vec<_>>());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uploader(&store, server, cap).run(shutdown.clone()));
+        for _ in 0..3600 {
+            if counts(&store).0 == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        let mut committed = server.committed();
+        committed.sort();
+        committed.dedup();
+        assert_eq!(committed.len(), n as usize, "every reading exactly once");
+        (server.sizes(), counts(&store))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_batch_grows_while_the_server_is_fast_up_to_the_cap() {
+        let server = Scripted::new(|_| Answer::Commit);
+        let (sizes, left) = drain(200, 40, &server).await;
+        assert_eq!(left, (0, 0));
+        assert_eq!(&sizes[..4], &[10, 20, 40, 40], "{sizes:?}");
+        assert!(
+            sizes.iter().all(|s| *s <= 40),
+            "never above the cap: {sizes:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_413_above_n_entries_shrinks_the_batch_below_the_limit_and_loses_nothing() {
+        let server = Scripted::new(|_| Answer::TooLargeAbove(25));
+        let (sizes, left) = drain(300, 40, &server).await;
+        assert_eq!(left, (0, 0), "all delivered, no dead letter");
+        let refused = sizes.iter().filter(|s| **s > 25).count();
+        // 40 refused once (then bisected into 20 + 20); later batches stay at most 39 and
+        // grow from 20: 39 refused once more; then the ceiling is 38... each refusal lowers
+        // it by at least one, and the size after each is half of the refused batch.
+        assert!(refused >= 1, "{sizes:?}");
+        let last: Vec<usize> = sizes.iter().rev().take(5).copied().collect();
+        assert!(
+            last.iter().all(|s| *s <= 25),
+            "settled under the limit: {sizes:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_shrink_the_batch_until_bundles_fit_and_everything_is_delivered() {
+        let server = Scripted::new(|_| Answer::TimeoutAbove(4));
+        let (sizes, left) = drain(60, 40, &server).await;
+        assert_eq!(left, (0, 0));
+        // 10 times out; the same 10 are retried (the scheduler keeps the batch), the fresh
+        // batches after it are smaller: 5, then 2 (each timeout halves it).
+        // 10 times out: its readings go again as 5 + 5 (times out: 2 + 2 + 1), ...
+        assert_eq!(&sizes[..4], &[10, 5, 2, 2], "{sizes:?}");
+        // ... and the size grows again while fast, up to the point that times out (no ceiling
+        // for timeouts: a slow moment is not a limit), never above the cap.
+        assert!(sizes.iter().all(|s| *s <= 40), "{sizes:?}");
+        let timed_out = sizes.iter().filter(|s| **s > 4).count();
+        let delivered = sizes.len() - timed_out;
+        assert!(
+            timed_out * 2 <= delivered + 2,
+            "mostly Bundles that fit: {sizes:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_413_on_a_single_reading_is_a_dead_letter_not_a_loop() {
+        let server = Scripted::new(|_| Answer::TooLargeAbove(0));
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox(&dir, &(0..3).map(reading).collect::<Vec<_>>());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uploader(&store, &server, 40).run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(
+            counts(&store),
+            (0, 3),
+            "three dead letters, nothing pending"
+        );
+        // 3 -> 1 + 2 -> 1 + 1: five Bundles, no retry of a single reading.
+        assert_eq!(server.sizes().len(), 5, "{:?}", server.sizes());
+    }
+
+    /// Conditional-create idempotency with real HTTPS: three gateways' uploaders (each with its
+    /// own copy of the same 30 readings: one store cannot be opened twice) replay them at the
+    /// same time to the devkit's mTLS FHIR server. Every Observation exists exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_replays_of_the_same_readings_create_each_observation_once() {
+        use crate::uplink::client::{UplinkClient, UplinkTls};
+        use vitalgate_devkit::fhir_server::{FhirTestServer, ServerConfig};
+        use vitalgate_devkit::pki::TestPki;
+
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::generate(&dir.path().join("pki")).unwrap();
+        let fhir = FhirTestServer::start(ServerConfig::for_pki(&pki))
+            .await
+            .unwrap();
+        let readings: Vec<Reading> = (0..30).map(reading).collect();
+        let shutdown = CancellationToken::new();
+        let mut stores = Vec::new();
+        let mut tasks = Vec::new();
+        for (i, cap) in [5, 7, 30].into_iter().enumerate() {
+            let sub = tempfile::tempdir_in(dir.path()).unwrap();
+            let store = outbox(&sub, &readings);
+            let client = UplinkClient::new(&UplinkTls {
+                fhir_base: fhir.base_url().parse().unwrap(),
+                ca_file: pki.ca_cert.clone(),
+                client_cert: pki.client_cert.clone(),
+                client_key: pki.client_key.clone(),
+                allow_insecure_http: false,
+                timeout: Duration::from_secs(20),
+            })
+            .unwrap();
+            let up = Uploader {
+                store: Arc::clone(&store),
+                sender: client,
+                gateway: GatewayInfo::new("gw", "0"),
+                batch_size: cap,
+                schedule: SchedulerConfig {
+                    retry: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+                    pause: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+                    rejection_streak_limit: REJECTION_STREAK_LIMIT,
+                },
+                wake: Arc::new(Notify::new()),
+                seed: i as u64,
+                consent: ConsentSource::new(&Default::default()),
+            };
+            tasks.push(tokio::spawn(up.run(shutdown.clone())));
+            stores.push((sub, store));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while stores.iter().any(|(_, s)| counts(s).0 > 0) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for (_, s) in &stores {
+            assert_eq!(counts(s), (0, 0), "every copy delivered, no dead letter");
+        }
+        let mut ids = fhir.observation_identifiers();
+        let total = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(total, ids.len(), "no identifier twice: {total} stored");
+        let expected: std::collections::HashSet<String> = readings
+            .iter()
+            .map(|r| r.observation_identifier.clone())
+            .collect();
+        let stored: std::collections::HashSet<String> = ids
+            .iter()
+            .filter_map(|i| i.split_once('|').map(|(_, v)| v.to_owned()))
+            .filter(|v| expected.contains(v))
+            .collect();
+        assert_eq!(stored, expected, "each reading's Observation is there");
+        assert_eq!(fhir.duplicate_creates(), 0);
+        // Every gateway sent its whole copy: at least 6 + 5 + 2 Bundles (caps 5, 7, 30; the
+        // adaptive size starts at 10).
+        assert!(fhir.request_count() >= 13, "{}", fhir.request_count());
     }
 
     #[tokio::test(start_paused = true)]

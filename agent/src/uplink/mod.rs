@@ -12,12 +12,15 @@
 //!   consecutive single-reading rejections, pause episodes with a capped probe schedule); takes
 //!   a verdict and `now`, returns the one effect to carry out.
 //! - [`backoff`] (pure): exponential backoff with jitter, the server's `Retry-After` as a floor.
+//! - [`batch`] (pure): the adaptive batch size (grows while fast, shrinks on timeouts and 413,
+//!   within `uplink.batch_size`).
 //! - [`client`]: reqwest on rustls/ring, trusting only the configured CA, presenting the
 //!   gateway's client certificate; no redirects, no proxies from the environment. Reached
 //!   through the `BundleSender` trait; a failed exchange is a `SendError` classified by type.
 //! - [`limits`] (pure): what a hostile server's answer may cost (body size, JSON depth,
 //!   redirects, time), and the JSON depth scan run before serde.
 pub mod backoff;
+pub mod batch;
 pub mod client;
 pub mod fhir;
 pub mod limits;

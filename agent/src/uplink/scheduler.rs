@@ -332,6 +332,20 @@ impl<T: Clone> UploadScheduler<T> {
         front.into_iter().next().map(Effect::DeadLetter)
     }
 
+    /// Splits the batch at the front of the queue into batches of at most `max` readings, in
+    /// order (after a timeout, so the resend fits; conditional create makes a resend of readings
+    /// the server did commit harmless).
+    pub fn split_front(&mut self, max: usize) {
+        let max = max.max(1);
+        let Some(front) = self.queue.pop_front() else {
+            return;
+        };
+        let mut chunks: Vec<Vec<T>> = front.chunks(max).map(<[T]>::to_vec).collect();
+        while let Some(c) = chunks.pop() {
+            self.queue.push_front(c);
+        }
+    }
+
     fn bisect(&mut self, mut batch: Vec<T>) {
         let right = batch.split_off(batch.len() / 2);
         self.queue.push_front(right);
@@ -826,6 +840,23 @@ mod tests {
                 until: until + next_probe_in
             }
         );
+    }
+
+    #[test]
+    fn split_front_cuts_the_front_batch_in_order_and_leaves_the_rest() {
+        let mut s = scheduler();
+        let now = Instant::now();
+        s.load(vec![1, 2, 3, 4, 5]);
+        s.load(vec![6]);
+        s.split_front(2);
+        let mut sent = Vec::new();
+        while let Next::Send(b) = s.next(now) {
+            sent.push(b);
+            s.on_verdict(Verdict::Delivered, now);
+        }
+        assert_eq!(sent, vec![vec![1, 2], vec![3, 4], vec![5], vec![6]]);
+        s.split_front(3); // nothing queued: no effect
+        assert_eq!(s.queued(), 0);
     }
 
     #[test]
