@@ -71,6 +71,9 @@ fn adverts(emu: &Emulator) -> u64 {
 }
 
 fn main() {
+    if !emulator_available("ble_footprint bench") {
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let h = rt.block_on(harness::Harness::new(harness::Broker::None));
     let bus = Bus::start();
