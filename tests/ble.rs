@@ -316,6 +316,38 @@ async fn a_device_configured_by_serial_number_only_is_found_among_lookalikes_and
     let log = agent.stderr();
     assert!(log.contains("ble_devices_identified=1"), "{log}");
     assert!(!log.contains("ble_identity_mismatches"), "{log}");
+
+    // Restart: the located address was persisted, so the scale is recognised by its address
+    // (no probe, the neighbour is not connected to again) and its next measurement delivers.
+    let neighbour_before = t
+        .emu
+        .count(|e| e["ev"] == "connect_request" && e["address"] == NEIGHBOUR);
+    let mut agent = t.agent();
+    t.emu
+        .cmd(json!({"cmd": "measure", "address": SCALE, "store": true,
+                     "payload": weight(71_000, Dt::now_utc().plus(-5), 1)}));
+    t.wait_obs(&agent, 2, 60).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let obs = t.observations();
+    assert_eq!(
+        obs.len(),
+        2,
+        "the new measurement once, the old one not again"
+    );
+    assert!(obs.iter().all(|o| subject(o) == "Patient/alice"));
+    assert_eq!(
+        t.emu
+            .count(|e| e["ev"] == "connect_request" && e["address"] == NEIGHBOUR),
+        neighbour_before,
+        "the neighbour was probed again after the restart"
+    );
+    t.assert_clean();
+    agent.terminate();
+    let log = agent.stderr();
+    assert!(
+        !log.contains("identified by its Device Information"),
+        "probed again after the restart: {log}"
+    );
 }
 
 /// 500 stored glucose records; the meter drops the link after 200. The download resumes from
