@@ -106,6 +106,9 @@ const TWO_YEARS: i64 = 2 * 365 * 86_400;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cuff_with_three_stored_records_and_a_clock_two_years_off_is_corrected_set_and_not_reingested(
 ) {
+    if !emulator_available("a_cuff_with_three_stored_records_and_a_clock_two_years_off_is_corrected_set_and_not_reingested") {
+        return;
+    }
     let real = Dt::now_utc();
     let dev_now = real.plus(-TWO_YEARS);
     // Oldest first, as cuffs replay their memory.
@@ -187,6 +190,11 @@ fn dis(serial: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scale_attributes_two_users_to_their_patients_and_holds_the_unmapped_third() {
+    if !emulator_available(
+        "a_scale_attributes_two_users_to_their_patients_and_holds_the_unmapped_third",
+    ) {
+        return;
+    }
     let now = Dt::now_utc();
     let stored = vec![
         weight(72_350, now.plus(-300), 1),
@@ -237,6 +245,9 @@ async fn a_scale_attributes_two_users_to_their_patients_and_holds_the_unmapped_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thermometer_whose_first_connect_fails_is_retried_and_delivers() {
+    if !emulator_available("a_thermometer_whose_first_connect_fails_is_retried_and_delivers") {
+        return;
+    }
     let now = Dt::now_utc();
     let t = BleTest::new(
         json!({"devices": [{"address": THERMO, "profile": "thermometer", "advertise_ms": 300,
@@ -262,6 +273,11 @@ async fn a_thermometer_whose_first_connect_fails_is_retried_and_delivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_configured_by_serial_number_only_is_found_among_lookalikes_and_only_it_delivers()
 {
+    if !emulator_available(
+        "a_device_configured_by_serial_number_only_is_found_among_lookalikes_and_only_it_delivers",
+    ) {
+        return;
+    }
     const NEIGHBOUR: &str = "00:09:1F:00:00:09";
     let now = Dt::now_utc();
     let t = BleTest::new(
@@ -300,6 +316,38 @@ async fn a_device_configured_by_serial_number_only_is_found_among_lookalikes_and
     let log = agent.stderr();
     assert!(log.contains("ble_devices_identified=1"), "{log}");
     assert!(!log.contains("ble_identity_mismatches"), "{log}");
+
+    // Restart: the located address was persisted, so the scale is recognised by its address
+    // (no probe, the neighbour is not connected to again) and its next measurement delivers.
+    let neighbour_before = t
+        .emu
+        .count(|e| e["ev"] == "connect_request" && e["address"] == NEIGHBOUR);
+    let mut agent = t.agent();
+    t.emu
+        .cmd(json!({"cmd": "measure", "address": SCALE, "store": true,
+                     "payload": weight(71_000, Dt::now_utc().plus(-5), 1)}));
+    t.wait_obs(&agent, 2, 60).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let obs = t.observations();
+    assert_eq!(
+        obs.len(),
+        2,
+        "the new measurement once, the old one not again"
+    );
+    assert!(obs.iter().all(|o| subject(o) == "Patient/alice"));
+    assert_eq!(
+        t.emu
+            .count(|e| e["ev"] == "connect_request" && e["address"] == NEIGHBOUR),
+        neighbour_before,
+        "the neighbour was probed again after the restart"
+    );
+    t.assert_clean();
+    agent.terminate();
+    let log = agent.stderr();
+    assert!(
+        !log.contains("identified by its Device Information"),
+        "probed again after the restart: {log}"
+    );
 }
 
 /// 500 stored glucose records; the meter drops the link after 200. The download resumes from
@@ -309,6 +357,9 @@ async fn a_device_configured_by_serial_number_only_is_found_among_lookalikes_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_glucose_download_interrupted_midway_resumes_loses_nothing_and_deletes_only_durable_records(
 ) {
+    if !emulator_available("a_glucose_download_interrupted_midway_resumes_loses_nothing_and_deletes_only_durable_records") {
+        return;
+    }
     let now = Dt::now_utc();
     let records: Vec<Value> = (1..=500u16)
         .map(|seq| {
@@ -363,6 +414,9 @@ async fn a_glucose_download_interrupted_midway_resumes_loses_nothing_and_deletes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_needs_pairing_is_paired_by_the_technician_and_re_paired_when_the_bond_is_lost(
 ) {
+    if !emulator_available("a_device_that_needs_pairing_is_paired_by_the_technician_and_re_paired_when_the_bond_is_lost") {
+        return;
+    }
     let now = Dt::now_utc();
     let t = BleTest::new(
         json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 300,
@@ -407,6 +461,11 @@ async fn a_device_that_needs_pairing_is_paired_by_the_technician_and_re_paired_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_disconnects_in_the_middle_of_notifications_lose_and_duplicate_nothing() {
+    if !emulator_available(
+        "a_hundred_disconnects_in_the_middle_of_notifications_lose_and_duplicate_nothing",
+    ) {
+        return;
+    }
     let t = BleTest::new(
         json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 50,
                             "stored_interval_ms": 2, "dis": dis("BP-2")}]}),
@@ -446,6 +505,9 @@ fn measure(t: &BleTest, address: &str, i: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bluez_restarting_is_survived() {
+    if !emulator_available("bluez_restarting_is_survived") {
+        return;
+    }
     let t = BleTest::new(
         json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 200, "dis": dis("BP-3")}]}),
         &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
@@ -482,6 +544,9 @@ async fn bluez_restarting_is_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adapter_that_powers_off_is_powered_on_again_and_scanning_resumes() {
+    if !emulator_available("an_adapter_that_powers_off_is_powered_on_again_and_scanning_resumes") {
+        return;
+    }
     let t = BleTest::new(
         json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 200, "dis": dis("BP-4")}]}),
         &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
@@ -511,6 +576,11 @@ async fn an_adapter_that_powers_off_is_powered_on_again_and_scanning_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_never_answers_connect_is_timed_out_disconnected_and_does_not_block_others() {
+    if !emulator_available(
+        "a_device_that_never_answers_connect_is_timed_out_disconnected_and_does_not_block_others",
+    ) {
+        return;
+    }
     let now = Dt::now_utc();
     let t = BleTest::new(
         json!({"devices": [
@@ -542,6 +612,11 @@ async fn a_device_that_never_answers_connect_is_timed_out_disconnected_and_does_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_thousand_advertising_devices_only_the_three_configured_are_connected() {
+    if !emulator_available(
+        "of_two_thousand_advertising_devices_only_the_three_configured_are_connected",
+    ) {
+        return;
+    }
     let now = Dt::now_utc();
     let mut devices = vec![
         json!({"address": CUFF, "profile": "blood-pressure", "advertise_ms": 1000,
@@ -608,6 +683,10 @@ async fn of_two_thousand_advertising_devices_only_the_three_configured_are_conne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adapter_whose_event_stream_goes_silent_is_recovered_by_the_watchdog() {
+    if !emulator_available("an_adapter_whose_event_stream_goes_silent_is_recovered_by_the_watchdog")
+    {
+        return;
+    }
     let t = BleTest::with_settings(
         json!({"devices": [
             {"address": CUFF, "profile": "blood-pressure", "advertise_ms": 200, "dis": dis("BP-7")},
@@ -636,6 +715,9 @@ async fn an_adapter_whose_event_stream_goes_silent_is_recovered_by_the_watchdog(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_taken_while_the_gateway_clock_is_unsynchronised_are_not_corrected_and_the_clock_is_not_set(
 ) {
+    if !emulator_available("readings_taken_while_the_gateway_clock_is_unsynchronised_are_not_corrected_and_the_clock_is_not_set") {
+        return;
+    }
     let now = Dt::now_utc();
     let t = BleTest::new(
         json!({"ntp_synchronized": false, "devices": [{"address": CUFF, "profile": "blood-pressure",
@@ -664,6 +746,9 @@ async fn readings_taken_while_the_gateway_clock_is_unsynchronised_are_not_correc
 
 #[test]
 fn scan_lists_health_devices_marks_configured_ones_and_prints_snippets() {
+    if !emulator_available("scan_lists_health_devices_marks_configured_ones_and_prints_snippets") {
+        return;
+    }
     let bus = Bus::start();
     let emu = Emulator::start(
         &bus,

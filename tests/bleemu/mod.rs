@@ -23,6 +23,47 @@ pub fn emulator_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../devkit/bluez-emu/bluez_emu.py")
 }
 
+/// The Debian packages the emulator needs at run time.
+pub const EMULATOR_PACKAGES: &str = "dbus-daemon python3-dbus python3-gi";
+
+/// Whether the emulator can run here (a `dbus-daemon`, and a python3 that imports `dbus` and
+/// `gi`). When it cannot: under `VITALGATE_REQUIRE_BLE_EMU=1` (`.ci/run` sets it) this fails the
+/// test, naming the packages; otherwise it prints one loud line and returns false, and the caller
+/// returns early (skipped, like the mosquitto variants).
+pub fn emulator_available(what: &str) -> bool {
+    let quiet = |c: &mut Command| {
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let daemon = quiet(Command::new("dbus-daemon").arg("--version"));
+    let py = quiet(Command::new(python()).args([
+        "-c",
+        "import dbus, dbus.service, dbus.mainloop.glib; from gi.repository import GLib",
+    ]));
+    if daemon && py {
+        return true;
+    }
+    let missing = format!(
+        "BLE emulator unavailable (dbus-daemon: {}, python3 with dbus+gi: {}); install: apt-get install {EMULATOR_PACKAGES}",
+        if daemon { "ok" } else { "MISSING" },
+        if py { "ok" } else { "MISSING" },
+    );
+    assert!(
+        std::env::var_os("VITALGATE_REQUIRE_BLE_EMU").is_none(),
+        "{missing} (VITALGATE_REQUIRE_BLE_EMU is set)"
+    );
+    // Straight to the process's stderr: libtest captures eprintln!, this line must show.
+    let _ = writeln!(
+        std::io::stderr(),
+        "*** {what}: SKIPPED: {missing}; .ci/run runs it (VITALGATE_REQUIRE_BLE_EMU=1) ***"
+    );
+    false
+}
+
 /// A private `dbus-daemon` (system-bus flavour) in a temp dir.
 pub struct Bus {
     pub dir: tempfile::TempDir,

@@ -24,6 +24,12 @@
 //! - `system_id`: the EUI-64 the device reported once, so the FHIR identifier stays the same on a
 //!   connection where Device Information could not be read.
 //!
+//! - `located` (beside the cursors): for a device configured by Device Information only (no
+//!   `address`), the address a probe found it at, so a restart does not probe again (one
+//!   connection to each health advertiser of that service) before the device is recognised. The
+//!   session still checks Device Information on every connection: a stale binding is never
+//!   trusted for attribution.
+//!
 //! Losing the file loses nothing but efficiency: the store deduplicates by content id and the
 //! server by identifier (conditional create).
 
@@ -38,7 +44,17 @@ use crate::store::codec::RecordCipher;
 use crate::store::StoreKey;
 
 const FILE: &str = "ble-cursors.sealed";
-const AAD: &[u8] = b"ble-cursors/v1";
+/// Format 2: cursors and located addresses. Format 1 (cursors only) is still read.
+const AAD: &[u8] = b"ble-cursors/v2";
+const AAD_V1: &[u8] = b"ble-cursors/v1";
+
+/// What the file holds (format 2).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Sealed {
+    devices: BTreeMap<String, DeviceCursor>,
+    /// Device name -> the address a Device Information probe located it at.
+    located: BTreeMap<String, String>,
+}
 /// Key used for records without a user index.
 pub const NO_USER: u8 = 255;
 
@@ -89,6 +105,7 @@ pub struct CursorStore {
     path: PathBuf,
     cipher: RecordCipher,
     devices: BTreeMap<String, DeviceCursor>,
+    located: BTreeMap<String, String>,
 }
 
 impl CursorStore {
@@ -111,20 +128,33 @@ impl CursorStore {
             path: path.clone(),
             cipher,
             devices: BTreeMap::new(),
+            located: BTreeMap::new(),
         };
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((store, None)),
             Err(e) => return Err(CursorError::Io { path, source: e }),
         };
-        let opened = store
-            .cipher
-            .open(AAD, &bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|plain| postcard::from_bytes(&plain).map_err(|e| e.to_string()));
+        let opened = match store.cipher.open(AAD, &bytes) {
+            Ok(plain) => postcard::from_bytes::<Sealed>(&plain).map_err(|e| e.to_string()),
+            // Format 1 (before located addresses): the cursors alone.
+            Err(v2) => store
+                .cipher
+                .open(AAD_V1, &bytes)
+                .map_err(|_| v2.to_string())
+                .and_then(|plain| {
+                    postcard::from_bytes(&plain)
+                        .map(|devices| Sealed {
+                            devices,
+                            located: BTreeMap::new(),
+                        })
+                        .map_err(|e| e.to_string())
+                }),
+        };
         match opened {
-            Ok(devices) => {
-                store.devices = devices;
+            Ok(sealed) => {
+                store.devices = sealed.devices;
+                store.located = sealed.located;
                 Ok((store, None))
             }
             Err(reason) => {
@@ -148,9 +178,27 @@ impl CursorStore {
         true
     }
 
+    /// Where a probe last located each device configured by Device Information only.
+    pub fn located(&self) -> &BTreeMap<String, String> {
+        &self.located
+    }
+
+    /// Records where a probe located `device`; returns whether it changed.
+    pub fn set_located(&mut self, device: &str, address: &str) -> bool {
+        if self.located.get(device).map(String::as_str) == Some(address) {
+            return false;
+        }
+        self.located.insert(device.to_string(), address.to_string());
+        true
+    }
+
     /// The sealed bytes and the path, to write outside any lock.
     pub fn snapshot(&self) -> Result<(PathBuf, Vec<u8>), CursorError> {
-        let plain = postcard::to_stdvec(&self.devices).map_err(|e| CursorError::Sealed {
+        let sealed = SealedRef {
+            devices: &self.devices,
+            located: &self.located,
+        };
+        let plain = postcard::to_stdvec(&sealed).map_err(|e| CursorError::Sealed {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
@@ -165,11 +213,25 @@ impl CursorStore {
     }
 }
 
+/// [`Sealed`] by reference, for writing.
+#[derive(Serialize)]
+struct SealedRef<'a> {
+    devices: &'a BTreeMap<String, DeviceCursor>,
+    located: &'a BTreeMap<String, String>,
+}
+
+/// Writers of the one file take turns (sessions of several devices and the prober save
+/// concurrently; they share the temp file's name).
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync directory.
 ///
 /// # Errors
 /// [`CursorError::Io`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CursorError> {
+    let _turn = WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let io = |source| CursorError::Io {
         path: path.to_path_buf(),
         source,
@@ -225,6 +287,39 @@ mod tests {
         let (other, err) = CursorStore::load(dir.path(), &StoreKey::from_bytes([8; 32])).unwrap();
         assert!(err.is_some());
         assert_eq!(other.get("cuff"), DeviceCursor::default());
+    }
+
+    #[test]
+    fn located_addresses_survive_a_reload_and_a_format_1_file_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StoreKey::from_bytes([7; 32]);
+        let (mut s, _) = CursorStore::load(dir.path(), &key).unwrap();
+        assert!(s.set_located("cuff", "00:09:1F:00:00:07"));
+        assert!(!s.set_located("cuff", "00:09:1F:00:00:07"));
+        let (path, bytes) = s.snapshot().unwrap();
+        write_atomic(&path, &bytes).unwrap();
+        let (again, err) = CursorStore::load(dir.path(), &key).unwrap();
+        assert!(err.is_none());
+        assert_eq!(
+            again.located().get("cuff").map(String::as_str),
+            Some("00:09:1F:00:00:07")
+        );
+
+        // A file written before located addresses existed (format 1: the cursors alone).
+        let c = DeviceCursor {
+            last_sequence: Some(9),
+            ..Default::default()
+        };
+        let v1: BTreeMap<String, DeviceCursor> = [("meter".to_string(), c.clone())].into();
+        let cipher = RecordCipher::new(&key).unwrap();
+        let sealed = cipher
+            .seal(AAD_V1, &postcard::to_stdvec(&v1).unwrap())
+            .unwrap();
+        std::fs::write(&path, sealed).unwrap();
+        let (old, err) = CursorStore::load(dir.path(), &key).unwrap();
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(old.get("meter"), c);
+        assert!(old.located().is_empty());
     }
 
     #[test]

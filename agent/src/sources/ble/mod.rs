@@ -160,6 +160,7 @@ async fn supervise(src: BleSource, tx: mpsc::Sender<Ingest>, shutdown: Cancellat
     let cursors = Arc::new(Mutex::new(cursors));
     let devices: Vec<Arc<DeviceEntry>> = src.devices.into_iter().map(Arc::new).collect();
     let mut bind = Bindings::new(&devices);
+    bind.seed_located(&devices, lock_cursors(&cursors).located());
     let mut slots: Vec<Slot> = devices
         .iter()
         .map(|_| Slot {
@@ -262,8 +263,10 @@ type Probes = JoinSet<(String, Result<ReportedInfo, BleError>)>;
 
 /// Which advertiser is which configured device: the configured addresses, plus the addresses
 /// learned by probing for devices configured by Device Information only (no `address`). Lives
-/// across epochs (an adapter recovery does not forget a located device); not persisted (after a
-/// restart such a device is probed again, one short connection).
+/// across epochs (an adapter recovery does not forget a located device), and a located address
+/// is persisted beside the cursors (`cursor::CursorStore::located`), so after a restart the
+/// device is recognised by its address without probing. The session still checks Device
+/// Information on every connection.
 struct Bindings {
     by_address: HashMap<String, usize>,
     /// Devices configured without an address, located by probing advertisers.
@@ -290,6 +293,21 @@ impl Bindings {
                 .collect(),
             not_ours: HashMap::new(),
             probing: false,
+        }
+    }
+
+    /// Addresses located by probes before a restart, for devices still configured by Device
+    /// Information only; never one that is some configured device's own address.
+    fn seed_located(
+        &mut self,
+        devices: &[Arc<DeviceEntry>],
+        located: &std::collections::BTreeMap<String, String>,
+    ) {
+        for &i in &self.identity_only {
+            let Some(address) = devices.get(i).and_then(|d| located.get(&d.name)) else {
+                continue;
+            };
+            self.by_address.entry(address.clone()).or_insert(i);
         }
     }
 
@@ -620,13 +638,15 @@ impl Epoch<'_> {
             // Not known yet (an advertisement without its service list): look again later.
             return;
         }
+        // Only for devices not located yet: a located one is known by its address.
         let wanted = bind.identity_only.iter().any(|&i| {
-            self.devices.get(i).is_some_and(|d| {
-                d.cfg
-                    .profiles
-                    .iter()
-                    .any(|p| services.contains(&p.service_uuid16()))
-            })
+            !bind.by_address.values().any(|&j| j == i)
+                && self.devices.get(i).is_some_and(|d| {
+                    d.cfg
+                        .profiles
+                        .iter()
+                        .any(|p| services.contains(&p.service_uuid16()))
+                })
         });
         if !wanted {
             bind.hold_off(address, NOT_OURS_FOR);
@@ -666,7 +686,8 @@ impl Epoch<'_> {
                     .emit();
                     // A device with a new (e.g. resolvable private) address: forget the old one.
                     bind.by_address.retain(|_, j| *j != i);
-                    bind.by_address.insert(address, i);
+                    bind.by_address.insert(address.clone(), i);
+                    self.save_located(name, &address);
                     if let Some(slot) = slots.get_mut(i) {
                         slot.not_before = Instant::now();
                     }
@@ -690,6 +711,27 @@ impl Epoch<'_> {
                 .emit();
                 bind.hold_off(address, PROBE_RETRY);
             }
+        }
+    }
+
+    /// Persists where a probe located a device (see [`Bindings`]); written off the event loop.
+    fn save_located(&self, device: &str, address: &str) {
+        let snapshot = {
+            let mut store = lock_cursors(&self.shared.cursors);
+            if !store.set_located(device, address) {
+                return;
+            }
+            store.snapshot()
+        };
+        match snapshot {
+            Ok((path, bytes)) => {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = cursor::write_atomic(&path, &bytes) {
+                        telemetry::BleCursorSaveFailed { error: &e }.emit();
+                    }
+                });
+            }
+            Err(e) => telemetry::BleCursorSaveFailed { error: &e }.emit(),
         }
     }
 
@@ -776,4 +818,9 @@ async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
         _ = tokio::time::sleep(d) => false,
         _ = shutdown.cancelled() => true,
     }
+}
+
+/// The cursor store's lock; a poisoned lock still holds valid cursors (they are replaced whole).
+fn lock_cursors(m: &Mutex<cursor::CursorStore>) -> std::sync::MutexGuard<'_, cursor::CursorStore> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
