@@ -37,26 +37,7 @@ fn key() -> StoreKey {
 }
 
 fn open(dir: &Path) -> Outbox {
-    reopen(dir, key(), OutboxOptions::default()).unwrap()
-}
-
-/// `Outbox::open` of a store this process just closed. sled releases its file lock when its
-/// last background I/O thread lets go of the file, which can be a little after the `Db` is
-/// dropped (seen under qemu-user on armv7: "could not acquire lock ... WouldBlock"); a new
-/// process (the daemon's restart) never meets this. Retries that one error for up to 10 s.
-fn reopen(dir: &Path, key: StoreKey, opts: OutboxOptions) -> Result<Outbox, StoreError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match Outbox::open(dir, key.clone(), opts.clone()) {
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return r,
-        }
-    }
+    Outbox::open(dir, key(), OutboxOptions::default()).unwrap()
 }
 
 fn pending_ns(outbox: &Outbox) -> Vec<u32> {
@@ -342,7 +323,7 @@ fn forget_tombstones(dir: &Path) -> Outbox {
         tombstone_retention: Duration::from_secs(1),
         ..OutboxOptions::default()
     };
-    let outbox = reopen(dir, key(), opts).unwrap();
+    let outbox = Outbox::open(dir, key(), opts).unwrap();
     outbox
         .prune_tombstones(SystemTime::now() + Duration::from_secs(5))
         .unwrap();
@@ -643,7 +624,7 @@ fn a_store_is_refused_with_another_key() {
     drop(outbox);
     let other = StoreKey::from_bytes([0x43; 32]);
     assert!(matches!(
-        reopen(dir.path(), other, OutboxOptions::default()),
+        Outbox::open(dir.path(), other, OutboxOptions::default()),
         Err(StoreError::WrongKey { .. })
     ));
     // Nothing was quarantined or lost by the failed attempt.
@@ -834,7 +815,7 @@ fn a_sled_directory_that_is_not_an_outbox_is_refused() {
         db.flush().unwrap();
     }
     assert!(matches!(
-        reopen(dir.path(), key(), OutboxOptions::default()),
+        Outbox::open(dir.path(), key(), OutboxOptions::default()),
         Err(StoreError::UnsupportedFormat { found: None, .. })
     ));
 }
@@ -999,20 +980,10 @@ fn cases_or(default: u32) -> u32 {
 }
 
 /// `sled::open` of a store an `Outbox` just closed: sled's I/O threads release the file lock a
-/// little after the `Db` is dropped (seen on a loaded machine and under qemu), so a lock error
-/// is retried for up to 10 s; any other error, or the lock still held after that, fails.
+/// little after the `Db` is dropped (seen on a loaded machine and under qemu), so wait for it
+/// with the store's own lock wait first.
 fn sled_open_after_close(path: &std::path::Path) -> sled::Db {
-    let start = std::time::Instant::now();
-    loop {
-        match sled::open(path) {
-            Ok(db) => return db,
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && start.elapsed() < std::time::Duration::from_secs(10) =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("sled::open {}: {e}", path.display()),
-        }
-    }
+    vitalgate::store::wait_for_lock(&path.join("db"), std::time::Duration::from_secs(10))
+        .expect("sled's lock released");
+    sled::open(path).expect("sled::open")
 }

@@ -290,20 +290,10 @@ fn every_flipped_bit_and_every_swapped_pair_is_quarantined_and_the_rest_delivere
 }
 
 /// `sled::open` of a store an `Outbox` just closed: sled's I/O threads release the file lock a
-/// little after the `Db` is dropped (seen on a loaded machine and under qemu), so a lock error
-/// is retried for up to 10 s; any other error, or the lock still held after that, fails.
+/// little after the `Db` is dropped (seen on a loaded machine and under qemu), so wait for it
+/// with the store's own lock wait first.
 fn sled_open_after_close(path: &std::path::Path) -> sled::Db {
-    let start = std::time::Instant::now();
-    loop {
-        match sled::open(path) {
-            Ok(db) => return db,
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && start.elapsed() < std::time::Duration::from_secs(10) =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("sled::open {}: {e}", path.display()),
-        }
-    }
+    vitalgate::store::wait_for_lock(&path.join("db"), std::time::Duration::from_secs(10))
+        .expect("sled's lock released");
+    sled::open(path).expect("sled::open")
 }

@@ -109,9 +109,9 @@ pub use guard::{open_or_quarantine, salvage, QuarantinedStore, SalvageReport};
 pub use keyfile::{KeyFileError, StoreKey};
 pub use live::Outbox;
 pub use outbox::{
-    DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, OutboxOptions, PendingRecord,
-    Requeue, RequeueSummary, Stats, MARKER_FILE, MAX_PAYLOAD_LEN, TREE_ACKED, TREE_DEAD,
-    TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
+    wait_for_lock, DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, OutboxOptions,
+    PendingRecord, Requeue, RequeueSummary, Stats, MARKER_FILE, MAX_PAYLOAD_LEN, TREE_ACKED,
+    TREE_DEAD, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;

@@ -1394,8 +1394,9 @@ const MARKER_TEXT: &str =
     "vitalgate outbox: sled database and sealed records; see `vitalgate status`\n";
 
 /// Waits until nobody holds the `flock` sled takes on `db` (or `wait` passed). A missing file is
-/// fine (a new store). The lock is released again at once: sled takes it itself.
-fn wait_for_lock(db: &Path, wait: Duration) -> Result<(), StoreError> {
+/// fine (a new store). The lock is released again at once: sled takes it itself. Public for
+/// tools and tests that open a store's sled files directly, right after an `Outbox` closed.
+pub fn wait_for_lock(db: &Path, wait: Duration) -> Result<(), StoreError> {
     use fs2::FileExt;
     let file = match File::open(db) {
         Ok(f) => f,
