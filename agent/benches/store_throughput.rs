@@ -18,17 +18,17 @@
 // These exercise sled directly (raw writes, as a baseline or to corrupt files on purpose).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+use common::{bp, device};
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
-use device_drivers::{Decimal, ReadingType, Record};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Notify};
-use vitalgate::config::Attribution;
-use vitalgate::pipeline::{readings_from_record, CaptureClock, DeviceContext, Ingest, Outcome};
-use vitalgate::reading::{DeviceClass, DeviceIdentifier, Reading, Source};
+use vitalgate::pipeline::{readings_from_record, CaptureClock, Ingest, Outcome};
+use vitalgate::reading::{Reading, Source};
 use vitalgate::store::{NewRecord, Outbox, OutboxOptions, RecordCipher, StoreKey};
 
 #[derive(Serialize)]
@@ -60,40 +60,6 @@ fn id(n: u64) -> [u8; 32] {
 
 fn rate(count: u64, start: Instant) -> f64 {
     count as f64 / start.elapsed().as_secs_f64()
-}
-
-fn device() -> Arc<DeviceContext> {
-    Arc::new(DeviceContext {
-        name: "cuff".into(),
-        class: DeviceClass::BloodPressureCuff,
-        identifier: DeviceIdentifier::Bluetooth("00091FAABBCC".into()),
-        attribution: Attribution::Single("Patient/p1".parse().expect("patient")),
-        utc_offset: chrono::FixedOffset::east_opt(3600).expect("offset"),
-        clock_is_provenance_only: false,
-        reported: Default::default(),
-    })
-}
-
-/// Reading `n`: a BP record received `n` seconds after a fixed time (its own identifier).
-fn bp(n: u64) -> (Record, chrono::DateTime<Utc>) {
-    let record = Record {
-        readings: vec![
-            device_drivers::Reading::new(
-                ReadingType::SystolicPressure,
-                Decimal::from_int(100 + (n % 60) as i64),
-                "mm[Hg]",
-            ),
-            device_drivers::Reading::new(
-                ReadingType::DiastolicPressure,
-                Decimal::from_int(60 + (n % 30) as i64),
-                "mm[Hg]",
-            ),
-        ],
-        ..Record::default()
-    };
-    let at =
-        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(n as i64);
-    (record, at)
 }
 
 struct Run {

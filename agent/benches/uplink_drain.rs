@@ -16,16 +16,16 @@
 //! divided by the readings. Compare rows within one run only: the machine is shared.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+use common::{bp, device};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
-use device_drivers::{Decimal, ReadingType, Record};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use vitalgate::config::Attribution;
-use vitalgate::pipeline::{readings_from_record, CaptureClock, DeviceContext};
-use vitalgate::reading::{DeviceClass, DeviceIdentifier, Reading, Source};
+use vitalgate::pipeline::{readings_from_record, CaptureClock};
+use vitalgate::reading::{Reading, Source};
 use vitalgate::store::{NewRecord, Outbox, OutboxOptions, StoreKey};
 use vitalgate::uplink::backoff::Backoff;
 use vitalgate::uplink::client::BundleSender;
@@ -37,34 +37,10 @@ use vitalgate_devkit::fhir_server::{FhirTestServer, ServerConfig};
 use vitalgate_devkit::pki::TestPki;
 
 fn readings(count: u64) -> Vec<Reading> {
-    let dev = DeviceContext {
-        name: "cuff".into(),
-        class: DeviceClass::BloodPressureCuff,
-        identifier: DeviceIdentifier::Bluetooth("00091FAABBCC".into()),
-        attribution: Attribution::Single("Patient/p1".parse().expect("patient")),
-        utc_offset: chrono::FixedOffset::east_opt(3600).expect("offset"),
-        clock_is_provenance_only: false,
-        reported: Default::default(),
-    };
+    let dev = device();
     (0..count)
         .flat_map(|n| {
-            let record = Record {
-                readings: vec![
-                    device_drivers::Reading::new(
-                        ReadingType::SystolicPressure,
-                        Decimal::from_int(100 + (n % 60) as i64),
-                        "mm[Hg]",
-                    ),
-                    device_drivers::Reading::new(
-                        ReadingType::DiastolicPressure,
-                        Decimal::from_int(60 + (n % 30) as i64),
-                        "mm[Hg]",
-                    ),
-                ],
-                ..Record::default()
-            };
-            let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
-                + chrono::Duration::seconds(n as i64);
+            let (record, at) = bp(n);
             readings_from_record(
                 &dev,
                 &record,
