@@ -5,43 +5,18 @@
 use std::time::Duration;
 
 use serde_json::json;
-use vitalgate::uplink::client::{BundleSender, SendError, UplinkClient, UplinkTls};
+use vitalgate::uplink::client::{BundleSender, SendError, UplinkClient};
 use vitalgate::uplink::limits::MAX_BODY;
-use vitalgate_devkit::fhir_server::{FhirTestServer, Mode, ServerConfig};
-use vitalgate_devkit::pki::TestPki;
+use vitalgate_devkit::fhir_server::Mode;
 
 const GIB: u64 = 1 << 30;
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    pki: TestPki,
-    fhir: FhirTestServer,
-}
-
-async fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::generate(&dir.path().join("pki")).unwrap();
-    let fhir = FhirTestServer::start(ServerConfig::for_pki(&pki))
-        .await
-        .unwrap();
-    Setup {
-        _dir: dir,
-        pki,
-        fhir,
-    }
-}
+mod support;
+use support::{setup, Setup};
 
 impl Setup {
     fn client(&self, timeout: Duration) -> UplinkClient {
-        UplinkClient::new(&UplinkTls {
-            fhir_base: self.fhir.base_url().parse().unwrap(),
-            ca_file: self.pki.ca_cert.clone(),
-            client_cert: self.pki.client_cert.clone(),
-            client_key: self.pki.client_key.clone(),
-            allow_insecure_http: false,
-            timeout,
-        })
-        .unwrap()
+        self.client_with_timeout(timeout)
     }
 
     async fn send(
