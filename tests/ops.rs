@@ -49,8 +49,13 @@ async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) 
 /// Publishes with QoS 1 to `topic`, `pace` apart, and waits for every PUBACK.
 async fn publish_to(port: u16, topic: &str, payloads: Vec<String>, pace: Duration) {
     let mut opts = MqttOptions::new(format!("ops-pub-{}", free_port()), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
+    // As harness::publisher: robust to a loaded machine.
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_session(false);
     let (client, mut el) = AsyncClient::new(opts, 256);
+    let mut net = el.network_options();
+    net.set_connection_timeout(30);
+    el.set_network_options(net);
     let n = payloads.len();
     let topic = topic.to_string();
     let sender = tokio::spawn({
@@ -65,17 +70,7 @@ async fn publish_to(port: u16, topic: &str, payloads: Vec<String>, pace: Duratio
             }
         }
     });
-    let mut acked = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while acked < n {
-        let ev = tokio::time::timeout_at(deadline, el.poll())
-            .await
-            .expect("PUBACKs in time")
-            .expect("publisher connection");
-        if let Event::Incoming(Packet::PubAck(_)) = ev {
-            acked += 1;
-        }
-    }
+    await_pubacks(&mut el, n, Duration::from_secs(60)).await;
     sender.await.unwrap();
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;

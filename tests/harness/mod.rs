@@ -438,29 +438,15 @@ backoff_max_secs = 1
     /// PUBACK.
     pub async fn publish_messages(&self, messages: &[(String, String)]) {
         let port = self.broker.port().expect("a broker");
-        let mut opts = MqttOptions::new(publisher_id(), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(5));
-        // Room for the 1 MiB poison-message test.
-        opts.set_max_packet_size(16 * 1024, 4 * 1024 * 1024);
         // Every request fits the channel: nothing awaits the (not yet polled) event loop.
-        let (client, mut el) = AsyncClient::new(opts, messages.len() + 8);
+        let (client, mut el) = publisher(port, messages.len() + 8);
         for (topic, p) in messages {
             client
                 .publish(topic, QoS::AtLeastOnce, false, p.clone().into_bytes())
                 .await
                 .unwrap();
         }
-        let mut acked = 0;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while acked < messages.len() {
-            let ev = tokio::time::timeout_at(deadline, el.poll())
-                .await
-                .expect("PUBACKs in time")
-                .expect("publisher connection");
-            if let Event::Incoming(Packet::PubAck(_)) = ev {
-                acked += 1;
-            }
-        }
+        await_pubacks(&mut el, messages.len(), Duration::from_secs(60)).await;
         let _ = client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
     }
@@ -542,6 +528,46 @@ pub fn agent_client_id(port: u16) -> String {
 
 /// A client id no other publisher of this test process uses. (Ids drawn from `free_port()`
 /// could repeat; a broker that sees one id twice drops the older session.)
+/// A test publisher for the broker on `port`, built to survive a loaded machine (CI runs the
+/// whole suite under qemu on two cores): a persistent session, so unacknowledged publishes
+/// are resent after a reconnect, and network timeouts far above rumqttc's 5 s default.
+pub fn publisher(port: u16, cap: usize) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut opts = MqttOptions::new(publisher_id(), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_session(false);
+    // Room for the 1 MiB poison-message test.
+    opts.set_max_packet_size(16 * 1024, 4 * 1024 * 1024);
+    let (client, mut el) = AsyncClient::new(opts, cap);
+    let mut net = el.network_options();
+    net.set_connection_timeout(30);
+    el.set_network_options(net);
+    (client, el)
+}
+
+/// Polls `el` until `n` PUBACKs arrived. A dropped connection is reconnected (the session
+/// resends what was not acknowledged, so a reading may arrive twice, which the agent's
+/// identity rule absorbs); more than five drops, or no acks by `within`, fail the test.
+pub async fn await_pubacks(el: &mut rumqttc::EventLoop, n: usize, within: Duration) {
+    let mut acked = 0;
+    let mut drops = 0;
+    let deadline = tokio::time::Instant::now() + within;
+    while acked < n {
+        match tokio::time::timeout_at(deadline, el.poll())
+            .await
+            .expect("PUBACKs in time")
+        {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => {
+                drops += 1;
+                assert!(drops <= 5, "publisher connection failed {drops} times: {e}");
+                eprintln!("publisher connection dropped ({e}); reconnecting");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 pub fn publisher_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
