@@ -136,15 +136,68 @@ async fn a_cuff_with_three_stored_records_and_a_clock_two_years_off_is_corrected
     )
     .await;
     let mut agent = t.agent();
-    // 3 BP panels + 3 cuff pulses.
-    t.wait_obs(&agent, 6, 60).await;
+    // 3 BP panels + 3 cuff pulses + the one Coincident Timestamp Observation of the connection.
+    t.wait_obs(&agent, 7, 60).await;
     // The clock was read first, then set to the gateway's time, after the records.
     let set = t
         .emu
         .wait_event(|e| e["ev"] == "clock_set", Duration::from_secs(30));
     assert!(set["offset_s"].as_f64().unwrap().abs() < 5.0, "{set}");
-    let obs = t.observations();
+    let (cts, obs): (Vec<Value>, Vec<Value>) = t
+        .observations()
+        .into_iter()
+        .partition(|o| o["identifier"][0]["system"] == "urn:vitalgate:phd-cts");
+    assert_eq!((cts.len(), obs.len()), (1, 6), "{cts:#?}");
+    // The cuff's clock and the gateway's at the clock read (PHD IG coincident timestamp):
+    // two years apart, subject the cuff, device the gateway, code MDC_ATTR_TIME_ABS.
+    let c = &cts[0];
+    assert_eq!(c["code"]["coding"][0]["code"], "67975");
+    let at = |k: &str| {
+        DateTime::parse_from_rfc3339(c[k].as_str().unwrap_or_else(|| panic!("{k}: {c:#}")))
+            .unwrap()
+            .timestamp()
+    };
+    let gateway_at_read = at("effectiveDateTime");
+    assert!((gateway_at_read - real.unix).abs() < 60, "{c:#}");
+    assert!(
+        (gateway_at_read - at("valueDateTime") - TWO_YEARS).abs() < 30,
+        "{c:#}"
+    );
+    let cts_value = c["identifier"][0]["value"].as_str().unwrap();
+    assert!(
+        cts_value.starts_with("e2e-gw-123456FFFE9ABCDE-"),
+        "{cts_value}"
+    );
+    let devices = t.h.fhir.stored_devices();
+    let by_ref = |r: &Value| {
+        let id = r["reference"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("Device/");
+        devices
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("{r} not a stored Device"))
+            .clone()
+    };
+    assert_eq!(
+        by_ref(&c["subject"])["meta"]["profile"][0],
+        "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdDevice"
+    );
+    assert_eq!(
+        by_ref(&c["device"])["meta"]["profile"][0],
+        "http://hl7.org/fhir/uv/phd/StructureDefinition/PhgDevice"
+    );
+    let cts_ref = format!("Observation/{}", c["id"].as_str().unwrap());
     for o in &obs {
+        // Every corrected measurement references it.
+        let ext = o["extension"].as_array().unwrap();
+        assert!(
+            ext.iter().any(|x| x["url"]
+                == "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference"
+                && x["valueReference"]["reference"] == cts_ref.as_str()),
+            "{o:#}"
+        );
         // Raw device time is two years back; the effective time is corrected to the real one.
         let ident = o["identifier"][0]["value"].as_str().unwrap();
         assert!(
@@ -172,7 +225,8 @@ async fn a_cuff_with_three_stored_records_and_a_clock_two_years_off_is_corrected
     t.emu
         .wait_count(|e| e["ev"] == "disconnected", 2, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(t.observations().len(), 6);
+    // The second connection found the clock set: nothing corrected, no second CTS.
+    assert_eq!(t.observations().len(), 7);
     t.assert_clean();
     agent.terminate();
     let log = agent.stderr();

@@ -987,3 +987,59 @@ fn sled_open_after_close(path: &std::path::Path) -> sled::Db {
         .expect("sled's lock released");
     sled::open(path).expect("sled::open")
 }
+
+/// Store format 4 only appended `TimeQuality::Corrected`: a format 3 store (here: a reading as
+/// the format 3 build encoded it, `store/testdata/reading-format-3.postcard`, under a format
+/// record of 3) opens, its format record becomes 4, its reading reads as before. Other versions
+/// are refused, never quarantined.
+#[test]
+fn a_format_3_store_is_upgraded_in_place_and_its_readings_still_read() {
+    use vitalgate::reading::{Reading, TimeQuality};
+    let fixture: &[u8] = include_bytes!("../src/store/testdata/reading-format-3.postcard");
+    let old: Reading = postcard::from_bytes(fixture).unwrap();
+    assert_eq!(old.time_quality, TimeQuality::CorrectedForSkew);
+    // The bytes the outbox stores for it are the format 3 bytes.
+    assert_eq!(postcard::to_stdvec(&old).unwrap(), fixture);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path());
+        assert_eq!(o.insert(*old.id.as_bytes(), &old).unwrap(), Insert::Stored);
+    }
+    let set_format = |v: u8| {
+        let db = sled_open_after_close(dir.path());
+        db.open_tree("meta")
+            .unwrap()
+            .insert("format", &[v])
+            .unwrap();
+        db.flush().unwrap();
+    };
+    let format = || {
+        let db = sled_open_after_close(dir.path());
+        let v = db
+            .open_tree("meta")
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .unwrap();
+        v.to_vec()
+    };
+    set_format(3);
+    {
+        let o = open(dir.path());
+        let p = o.pending::<Reading>(10).unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].value == old);
+    }
+    assert_eq!(format(), vec![vitalgate::store::FORMAT_VERSION]);
+    assert_eq!(vitalgate::store::FORMAT_VERSION, 4);
+    for other in [2u8, 5] {
+        set_format(other);
+        let Err(err) = Outbox::open(dir.path(), key(), OutboxOptions::default()) else {
+            panic!("format {other} opened");
+        };
+        assert!(
+            matches!(err, StoreError::UnsupportedFormat { found: Some(v), .. } if v == other),
+            "{err}"
+        );
+    }
+}

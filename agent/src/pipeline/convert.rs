@@ -11,7 +11,9 @@ use device_drivers::{ReadingType, Record, Status, StatusClass};
 use super::devices::DeviceContext;
 use crate::config::Attribution;
 use crate::identity::{self, IdTimestamp, ReadingId};
-use crate::reading::{DeviceClass, Reading, ReadingKind, Source, TimeQuality, Timing};
+use crate::reading::{
+    CoincidentTimestamp, DeviceClass, Reading, ReadingKind, Source, TimeQuality, Timing,
+};
 use crate::uplink::fhir;
 
 /// What the source knows about the device's clock beyond the record's wall-clock time.
@@ -405,7 +407,20 @@ fn ble_effective_time(
     );
     let quality = match corrected.quality {
         clock::TimeQuality::DeviceTrusted => TimeQuality::DeviceTrusted,
-        clock::TimeQuality::CorrectedForSkew { .. } => TimeQuality::CorrectedForSkew,
+        // The clock read the correction used travels with the reading: the uplink adds the
+        // Coincident Timestamp Observation from it (fhir-mapping.md §4).
+        clock::TimeQuality::CorrectedForSkew { .. } => match dc.device_now.and_then(|d| {
+            offset
+                .timestamp_opt(d.naive_unix_seconds() - i64::from(zone), 0)
+                .single()
+        }) {
+            Some(device_time) => TimeQuality::Corrected(CoincidentTimestamp {
+                gateway_time: dc.gateway_at_read,
+                device_time,
+            }),
+            // `correct` corrects only against a device clock it read; kept total all the same.
+            None => TimeQuality::CorrectedForSkew,
+        },
         clock::TimeQuality::DeviceUnverified => TimeQuality::DeviceUnverified,
         clock::TimeQuality::Unknown { .. } => TimeQuality::GatewayReceiveTime,
     };
@@ -717,7 +732,16 @@ mod tests {
             later,
         )
         .unwrap();
-        assert_eq!(rs[0].time_quality, TimeQuality::CorrectedForSkew);
+        // The clock read travels with the reading, for the Coincident Timestamp Observation.
+        let cts = rs[0]
+            .time_quality
+            .coincident_timestamp()
+            .expect("a corrected reading carries its clock read");
+        assert_eq!(cts.gateway_time, t0());
+        assert_eq!(cts.device_time.to_rfc3339(), "2026-11-23T09:00:00+01:00");
+        assert!(rs
+            .iter()
+            .all(|r| r.time_quality == TimeQuality::Corrected(*cts)));
         assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T10:15:30+01:00");
         let raw = DeviceTime::new(2026, 11, 23, 8, 15, 30)
             .unwrap()

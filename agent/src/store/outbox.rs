@@ -20,7 +20,7 @@ use sled::Transactional;
 
 use super::codec::RecordCipher;
 use super::keyfile::StoreKey;
-use super::{StoreError, FORMAT_VERSION};
+use super::{StoreError, FORMAT_VERSION, UPGRADABLE_FORMAT};
 use crate::telemetry;
 
 /// Largest encoded payload (postcard of `T`, or a raw dead-letter payload) stored in one record.
@@ -1126,18 +1126,30 @@ impl SledOutbox {
     fn check_or_init_meta(&self) -> Result<(), StoreError> {
         let check_key = record_key(TREE_META, META_KEY_CHECK);
         match self.meta.get(META_FORMAT)? {
-            Some(v) if v.as_ref() == [FORMAT_VERSION] => {
+            Some(v) if v.as_ref() == [FORMAT_VERSION] || v.as_ref() == [UPGRADABLE_FORMAT] => {
                 let sealed = self.meta.get(META_KEY_CHECK)?;
                 let ok = sealed
                     .and_then(|s| self.cipher.open(&check_key, &s).ok())
                     .is_some_and(|p| p == KEY_CHECK_PLAINTEXT);
-                if ok {
-                    Ok(())
-                } else {
-                    Err(StoreError::WrongKey {
+                if !ok {
+                    return Err(StoreError::WrongKey {
                         path: self.dir.clone(),
-                    })
+                    });
                 }
+                if v.as_ref() == [UPGRADABLE_FORMAT] {
+                    // Format 3 records are format 4 records (see `crate::store`): only the format
+                    // record changes, so an older build refuses the store from now on instead of
+                    // quarantining the records it cannot read.
+                    self.meta.insert(META_FORMAT, &[FORMAT_VERSION][..])?;
+                    self.make_durable()?;
+                    tracing::info!(
+                        store = %self.dir.display(),
+                        from = UPGRADABLE_FORMAT,
+                        to = FORMAT_VERSION,
+                        "store format upgraded"
+                    );
+                }
+                Ok(())
             }
             Some(v) => Err(StoreError::UnsupportedFormat {
                 path: self.dir.clone(),

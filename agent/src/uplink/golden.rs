@@ -196,6 +196,24 @@ pub(crate) fn cases() -> Vec<(&'static str, Reading)> {
     g_nres.context.specimen = Some(Specimen::CapillaryPlasma);
     g_nres.context.absent = vec![absent(T::BloodGlucose, "mmol/L", AbsentReason::Error)];
     out.push(("blood_glucose_nres_mmol", g_nres));
+    // A cuff whose clock was two years behind, corrected by the gateway: the Coincident
+    // Timestamp Observation and the extension on the BP and 8410608 Observations
+    // (fhir-mapping.md §4). The identifier keeps the raw device time (§5.1).
+    let mut bp_cts = super::fhir::tests::corrected(21, ReadingKind::BloodPressure);
+    bp_cts.flags = vec![device_drivers::Status::IrregularPulse];
+    let raw = device_drivers::DeviceTime::new(2023, 3, 15, 8, 15, 30).unwrap();
+    bp_cts.device_time = Some(raw);
+    bp_cts.observation_identifier = crate::identity::observation_identifier(
+        bp_cts.device.identifier.id_component(),
+        &bp_cts.patient,
+        150020,
+        &crate::identity::IdTimestamp::Device {
+            seconds_since_2000: raw.seconds_since_2000(),
+            fraction: None,
+            utc_offset_minutes: None,
+        },
+    );
+    out.push(("blood_pressure_corrected_clock", bp_cts));
     out.push((
         "respiratory_rate",
         reading(
