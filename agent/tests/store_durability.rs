@@ -1043,3 +1043,54 @@ fn a_format_3_store_is_upgraded_in_place_and_its_readings_still_read() {
         );
     }
 }
+
+/// The consent purge's store half: records a predicate selects leave `pending` durably, in one
+/// transaction per call (at most `limit`), become tombstones (a redelivery is a duplicate) and
+/// are counted persistently; the others stay, in order.
+#[test]
+fn purge_removes_only_the_selected_pending_records_durably_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path());
+        for n in 1..=6u8 {
+            assert_eq!(
+                o.insert(id(n), &sample(u32::from(n))).unwrap(),
+                Insert::Stored
+            );
+        }
+        assert_eq!(o.stats().unwrap().purged, 0);
+        // The predicate sees the record (value, id, reception time).
+        let before = o.held_bytes();
+        let purged = o
+            .purge_pending_where::<Sample>(2, |r| {
+                assert!(r.enqueued_at <= SystemTime::now());
+                r.value.n % 2 == 0
+            })
+            .unwrap();
+        assert_eq!(
+            purged.iter().map(|r| r.value.n).collect::<Vec<_>>(),
+            vec![2, 4],
+            "oldest first, at most the limit"
+        );
+        assert!(o.held_bytes() < before);
+        assert_eq!(pending_ns(&o), vec![1, 3, 5, 6]);
+        assert_eq!(o.stats().unwrap().purged, 2);
+        // A purged reading delivered again is not stored again.
+        assert_eq!(o.insert(id(2), &sample(2)).unwrap(), Insert::Duplicate);
+        // Nothing selected: nothing removed, the count unchanged.
+        assert!(o
+            .purge_pending_where::<Sample>(10, |_| false)
+            .unwrap()
+            .is_empty());
+        assert_eq!(o.stats().unwrap().purged, 2);
+    }
+    let o = open(dir.path());
+    assert_eq!(pending_ns(&o), vec![1, 3, 5, 6]);
+    assert_eq!(o.stats().unwrap().purged, 2, "the count survives a restart");
+    let purged = o
+        .purge_pending_where::<Sample>(10, |r| r.value.n == 6)
+        .unwrap();
+    assert_eq!(purged.len(), 1);
+    assert_eq!(o.stats().unwrap().purged, 3);
+    assert_eq!(pending_ns(&o), vec![1, 3, 5]);
+}

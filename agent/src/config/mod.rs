@@ -142,6 +142,9 @@ pub struct ConsentConfig {
     pub withdrawn: Vec<PatientRef>,
     /// A clinic-written file of withdrawn patients, re-read on change.
     pub file: Option<PathBuf>,
+    /// `purge_after_days`: held readings of a withdrawn patient stored this long ago are
+    /// removed from the outbox ([`crate::consent::purge_due`]). `None`: kept for ever.
+    pub purge_after: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -443,6 +446,30 @@ client_key = "tls/gw.key"
         assert_eq!(c.store.max_bytes, 20_000);
         let e = load(&MINIMAL.replace("[store]\n", "[store]\nmax_bytes = 100\n")).unwrap_err();
         assert!(e.to_string().contains("store.max_bytes"), "{e}");
+    }
+
+    #[test]
+    fn consent_purge_after_days_is_optional_bounded_and_the_seconds_are_test_only() {
+        assert_eq!(load(MINIMAL).unwrap().consent.purge_after, None);
+        let with = |extra: &str| load(&format!("{MINIMAL}\n[consent]\n{extra}\n"));
+        let c = with("purge_after_days = 30").unwrap();
+        assert_eq!(
+            c.consent.purge_after,
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        for bad in ["purge_after_days = 0", "purge_after_days = 3651"] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().contains("consent.purge_after_days"), "{e}");
+            assert!(e.position.is_some(), "{e}");
+        }
+        // Debug builds (the tests) accept the test-only seconds; never both.
+        let c = with("purge_after_seconds_test_only = 3").unwrap();
+        assert_eq!(
+            c.consent.purge_after,
+            Some(std::time::Duration::from_secs(3))
+        );
+        let e = with("purge_after_days = 1\npurge_after_seconds_test_only = 3").unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
     }
 
     #[test]

@@ -181,6 +181,7 @@ impl Validator<'_> {
             if let Some(f) = &c.file {
                 consent.file = Some(self.path_value(f, "consent.file")?);
             }
+            consent.purge_after = self.purge_after(&c)?;
         }
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -249,6 +250,38 @@ impl Validator<'_> {
                 None => chrono::Offset::fix(&chrono::Utc),
             },
         })
+    }
+
+    /// `consent.purge_after_days` (1 to 3650), or the test-only seconds of debug builds.
+    fn purge_after(&self, c: &RawConsent) -> R<Option<Duration>> {
+        let days = match &c.purge_after_days {
+            Some(_) => {
+                Some(self.int_in(&c.purge_after_days, "consent.purge_after_days", 1..3651, 1)?)
+            }
+            None => None,
+        };
+        let Some(secs) = &c.purge_after_seconds_test_only else {
+            return Ok(days.map(|d| Duration::from_secs(u64::try_from(d).unwrap_or(1) * 86_400)));
+        };
+        if !cfg!(debug_assertions) {
+            return Err(self.err(
+                secs.span(),
+                "consent.purge_after_seconds_test_only: a test-only setting, refused by release builds (use purge_after_days)",
+            ));
+        }
+        if days.is_some() {
+            return Err(self.err(
+                secs.span(),
+                "consent.purge_after_seconds_test_only: set either this or purge_after_days, not both",
+            ));
+        }
+        let s = self.int_in(
+            &c.purge_after_seconds_test_only,
+            "consent.purge_after_seconds_test_only",
+            1..86_401,
+            1,
+        )?;
+        Ok(Some(Duration::from_secs(u64::try_from(s).unwrap_or(1))))
     }
 
     fn store(&self, s: RawStore) -> R<StoreConfig> {

@@ -20,6 +20,7 @@
 //! |--------------|-------------------------------|----------------------------------------------|
 //! | `meta`       | `format`                      | `[4]`: the store format version              |
 //! | `meta`       | `key_check`                   | sealed constant: proves the key is the right one |
+//! | `meta`       | `purged`                      | pending records purged over the store's life (consent purge), u64 big-endian; absent = 0 |
 //! | `pending`    | seq: u64 big-endian           | sealed postcard `PendingEnvelope { id, enqueued_at_ms, payload }`, `payload` = postcard of the caller's `T` |
 //! | `index`      | `index_key(id)`: 32 bytes     | seq: u64 big-endian, the `pending` entry holding `id` |
 //! | `acked`      | `index_key(id)`: 32 bytes     | time of ack / dead-lettering, ms since Unix epoch, u64 big-endian |
