@@ -261,3 +261,85 @@ async fn a_withdrawn_patients_held_readings_are_purged_and_never_uploaded_while_
     );
     let _ = &mut h;
 }
+
+/// Issue #8: a `descriptive_statistic` is uploaded only where a configured mapping says so
+/// (`upload_statistics` on the hub), and then over its `effectivePeriod` with the statistic
+/// stated in `method`; every other statistic of the official test data is held as a dead
+/// letter `statistic`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_statistics_a_hub_is_configured_for_are_uploaded_each_over_its_period() {
+    let h = Harness::new(Broker::embedded()).await;
+    let cfg = std::fs::read_to_string(&h.config).unwrap();
+    let cfg = cfg.replacen(
+        "kind = \"mqtt\"\n",
+        "kind = \"mqtt\"\nupload_statistics = [\"minimum\"]\n",
+        1,
+    );
+    std::fs::write(&h.config, cfg).unwrap();
+    let mut agent = h.spawn_agent();
+    let stats: Vec<_> = official()
+        .into_iter()
+        .filter(|d| d.3 && d.4.get("descriptive_statistic").is_some())
+        .collect();
+    let minimum: Vec<_> = stats
+        .iter()
+        .filter(|d| d.4["descriptive_statistic"] == "minimum")
+        .collect();
+    assert!(
+        minimum.len() >= 10 && minimum.len() < stats.len(),
+        "{}",
+        stats.len()
+    );
+    let payloads: Vec<String> = stats
+        .iter()
+        .map(|(u, s, v, _, b)| wrap(u, s, v, b))
+        .collect();
+    h.publish(&payloads).await;
+    h.wait_for_observations(minimum.len(), Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.terminate();
+
+    let obs = h.fhir.stored_observations();
+    assert_eq!(obs.len(), minimum.len(), "only the configured statistic");
+    let instant = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    for (uuid, schema, version, _, body) in &minimum {
+        let o = obs
+            .iter()
+            .find(|o| {
+                o["identifier"][0]["value"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with(uuid.as_str()))
+            })
+            .unwrap_or_else(|| panic!("{schema} {version}: not uploaded"));
+        assert!(o.get("effectiveDateTime").is_none(), "{o:#}");
+        let ti = &body["effective_time_frame"]["time_interval"];
+        assert_eq!(
+            instant(&o["effectivePeriod"]["start"]),
+            instant(&ti["start_date_time"]),
+            "{schema} {version}"
+        );
+        if ti.get("end_date_time").is_some() {
+            assert_eq!(
+                instant(&o["effectivePeriod"]["end"]),
+                instant(&ti["end_date_time"]),
+                "{schema} {version}"
+            );
+        }
+        assert_eq!(
+            o["method"]["coding"][0]["system"],
+            "http://terminology.hl7.org/CodeSystem/observation-statistics"
+        );
+        assert_eq!(o["method"]["coding"][0]["code"], "minimum");
+    }
+    assert_eq!(h.fhir.schema_failures(), Vec::<String>::new());
+    h.assert_all_observations_valid();
+    let dead = h.vitalgate(&["dead-letters"]);
+    assert_eq!(
+        dead.lines()
+            .filter(|l| l.contains("reason=statistic"))
+            .count(),
+        stats.len() - minimum.len(),
+        "{dead}"
+    );
+}

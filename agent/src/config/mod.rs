@@ -232,7 +232,13 @@ pub struct DeviceConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceKind {
     /// A hub publishing Open mHealth data points on `topic`.
-    Mqtt { topic: String },
+    Mqtt {
+        topic: String,
+        /// `upload_statistics`: the Open mHealth `descriptive_statistic`s this hub's data points
+        /// may carry and still be uploaded (with `effectivePeriod` and `method` stating the
+        /// statistic). Empty (default): every statistic is held as a dead letter `statistic`.
+        upload_statistics: Vec<String>,
+    },
     /// A BLE device.
     Ble(BleDeviceConfig),
     /// A serial device (RS-232, USB-serial, Bluetooth SPP `/dev/rfcommN`).
@@ -605,6 +611,33 @@ client_key = "tls/gw.key"
         .unwrap();
         assert_eq!(c.ble.adapter, "hci1");
         assert_eq!(c.ble.watchdog_silence, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_mqtt_hub_may_name_the_statistics_it_uploads_and_nothing_else_may() {
+        let hub = |extra: &str| {
+            load(&format!("{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1\"\n[[devices]]\nname = \"h\"\nkind = \"mqtt\"\ntopic = \"t\"\npatient = \"Patient/a\"\n{extra}\n"))
+        };
+        let stats = |c: &Config| match &c.devices[0].kind {
+            DeviceKind::Mqtt {
+                upload_statistics, ..
+            } => upload_statistics.clone(),
+            _ => panic!("not mqtt"),
+        };
+        assert!(stats(&hub("").unwrap()).is_empty(), "default: none");
+        let c = hub("upload_statistics = [\"average\", \"standard deviation\"]").unwrap();
+        assert_eq!(stats(&c), vec!["average", "standard deviation"]);
+        // Not in the measurement's unit, or not a statistic: refused where it is written.
+        for bad in ["count", "variance", "mean"] {
+            let e = hub(&format!("upload_statistics = [\"minimum\", \"{bad}\"]")).unwrap_err();
+            assert!(e.message.contains("devices[0].upload_statistics[1]"), "{e}");
+            assert_eq!(e.position.map(|p| p.0), Some(22), "{e}");
+        }
+        let e = load(&ble_device(
+            "profile = \"glucose\"\naddress = \"00:09:1F:AA:BB:CC\"\nupload_statistics = [\"average\"]\n",
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("upload_statistics: not a key"), "{e}");
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub(super) struct RawDevice {
     pub(super) name: Spanned<String>,
     pub(super) kind: Spanned<String>,
     pub(super) topic: Option<Spanned<String>>,
+    // kind = "mqtt" only:
+    pub(super) upload_statistics: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) address: Option<Spanned<String>>,
     pub(super) profile: Option<Spanned<String>>,
     pub(super) port: Option<Spanned<String>>,

@@ -122,7 +122,7 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            if let DeviceKind::Mqtt { topic } = &dev.kind {
+            if let DeviceKind::Mqtt { topic, .. } = &dev.kind {
                 mqtt_device_span.get_or_insert(kind_span.clone());
                 filters.push((topic.clone(), i, topic_span));
             }
@@ -562,7 +562,44 @@ impl Validator<'_> {
                         ));
                     }
                 }
-                DeviceKind::Mqtt { topic }
+                let mut upload_statistics = Vec::new();
+                for (j, s) in d
+                    .upload_statistics
+                    .iter()
+                    .flat_map(|v| v.get_ref())
+                    .enumerate()
+                {
+                    if crate::uplink::fhir::statistic_code(s.get_ref()).is_none() {
+                        return Err(self.err(
+                            s.span(),
+                            format!(
+                                "{}: \"{}\" cannot be uploaded; expected an Open mHealth descriptive_statistic in the measurement's own unit: average, maximum, minimum, median, standard deviation, sum, 20th percentile, 80th percentile, lower quartile, upper quartile, quartile deviation, 1st quintile .. 4th quintile (count and variance are not in that unit)",
+                                key(&format!("upload_statistics[{j}]")),
+                                s.get_ref()
+                            ),
+                        ));
+                    }
+                    upload_statistics.push(s.get_ref().clone());
+                }
+                DeviceKind::Mqtt {
+                    topic,
+                    upload_statistics,
+                }
+            }
+            "ble" | "serial" if d.upload_statistics.is_some() => {
+                let span = d
+                    .upload_statistics
+                    .as_ref()
+                    .map(Spanned::span)
+                    .unwrap_or_default();
+                return Err(self.err(
+                    span,
+                    format!(
+                        "{}: not a key of kind \"{}\" (Open mHealth hubs only)",
+                        key("upload_statistics"),
+                        d.kind.get_ref()
+                    ),
+                ));
             }
             "ble" => {
                 forbid(&d.topic, "topic")?;

@@ -578,18 +578,62 @@ pub fn bp_status_identifier(bp_identifier: &str) -> String {
     format!("{bp_identifier}-8410608")
 }
 
-/// `Observation.method` of a statistic the pipeline let through (only the serial stream
-/// reduction's window median, always with `effectivePeriod`): states that the value is that
-/// statistic over the period, not one measurement. Text only: no standard code for "median of
-/// a device's values over a window" was sourced (README "Limits").
+/// R4's StatisticsCode code system (FHIR 4.0.1 `CodeSystem/observation-statistics`, the
+/// `statistic` codes of the Observation `$stats` operation).
+pub const OBSERVATION_STATISTICS: &str =
+    "http://terminology.hl7.org/CodeSystem/observation-statistics";
+
+/// The R4 StatisticsCode (code, display) of an Open mHealth `descriptive_statistic` (schema
+/// `omh:descriptive-statistic:1.x` enum) whose value is in the unit of the measurement itself,
+/// so it can be uploaded as that measurement's value over `effectivePeriod`. `None` for the
+/// others: `count` (a number of measurements, not a value in the measurement's unit),
+/// `variance` (the unit squared), and anything unknown. Codes from FHIR 4.0.1
+/// `CodeSystem/observation-statistics` (average, maximum, minimum, median, std-dev, sum,
+/// 20-percent, 80-percent, 4-lower, 4-upper, 4-dev, 5-1 .. 5-4).
+pub fn statistic_code(omh_name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match omh_name {
+        "average" => ("average", "Average"),
+        "maximum" => ("maximum", "Maximum"),
+        "minimum" => ("minimum", "Minimum"),
+        "median" => ("median", "Median"),
+        "standard deviation" => ("std-dev", "Standard Deviation"),
+        "sum" => ("sum", "Sum"),
+        "20th percentile" => ("20-percent", "20th Percentile"),
+        "80th percentile" => ("80-percent", "80th Percentile"),
+        "lower quartile" => ("4-lower", "Lower Quartile"),
+        "upper quartile" => ("4-upper", "Upper Quartile"),
+        "quartile deviation" => ("4-dev", "Quartile Deviation"),
+        "1st quintile" => ("5-1", "1st Quintile"),
+        "2nd quintile" => ("5-2", "2nd Quintile"),
+        "3rd quintile" => ("5-3", "3rd Quintile"),
+        "4th quintile" => ("5-4", "4th Quintile"),
+        _ => return None,
+    })
+}
+
+/// `Observation.method` of a statistic the pipeline let through, always with `effectivePeriod`
+/// (the serial stream reduction's window median, or an Open mHealth `descriptive_statistic` a
+/// device's `upload_statistics` names): states that the value is that statistic over the
+/// period, not one measurement, with the R4 StatisticsCode where there is one.
 fn statistic_method(r: &Reading) -> Option<Value> {
     let stat = r.context.statistic.as_deref()?;
-    Some(json!({
-        "text": format!(
+    let text = match r.source {
+        crate::reading::Source::Serial { .. } => format!(
             "{stat} of the values the device reported during effectivePeriod \
              (gateway stream reduction); not a single measurement"
-        )
-    }))
+        ),
+        _ => format!(
+            "{stat} of the measurements during effectivePeriod, as the source reported it \
+             (Open mHealth descriptive_statistic); not a single measurement"
+        ),
+    };
+    Some(match statistic_code(stat) {
+        Some((code, display)) => json!({
+            "coding": [{"system": OBSERVATION_STATISTICS, "code": code, "display": display}],
+            "text": text,
+        }),
+        None => json!({"text": text}),
+    })
 }
 
 fn effective(r: &Reading, obs: &mut Map<String, Value>) {
