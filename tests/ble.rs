@@ -811,6 +811,8 @@ async fn readings_taken_while_the_gateway_clock_is_unsynchronised_are_not_correc
         );
     }
     assert_eq!(t.emu.count(|e| e["ev"] == "clock_set"), 0);
+    // Nothing was corrected, so no Coincident Timestamp Observation claims a correction.
+    assert!(t.coincident_timestamps().is_empty());
     assert!(agent.stderr().contains("not NTP-synchronised"));
     t.assert_clean();
     agent.terminate();
