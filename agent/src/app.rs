@@ -285,6 +285,13 @@ impl App {
         } = self;
         // Installed first: SIGHUP's default action would terminate the daemon.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        // A file size limit (RLIMIT_FSIZE) must reach the store as an EFBIG write error, which
+        // it handles like a full disk (hold ingest, reopen once writes succeed), not as the
+        // kernel's default SIGXFSZ action, which kills the daemon mid-write. tokio's handler
+        // replaces that default; the signal itself needs no action. Held for the whole run.
+        let _xfsz =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+                .ok();
         if cfg.uplink.allow_insecure_http && cfg.uplink.fhir_base.scheme() == "http" {
             tracing::warn!("INSECURE: uplink.allow_insecure_http is set and fhir_base is http://; readings (PHI) travel unencrypted. Never use this outside a lab.");
         }
