@@ -503,6 +503,89 @@ fn measure(t: &BleTest, address: &str, i: i64) {
                      "payload": bp(115 + i as i16, 75, 88, 62, Dt::now_utc().plus(-600 + i), None)}));
 }
 
+/// The high-water mark file unreadable at start (a directory in its place), then garbage: the
+/// transport keeps running (it used to return, and the daemon exited 70). One log line and a
+/// counter each time; it runs without marks: the cuff's whole memory is handed over again and
+/// the store's identity rule drops what is already durable, so nothing is skipped and nothing
+/// reaches the server twice. Each time a good file is written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_or_garbage_cursor_file_does_not_stop_the_transport_and_skips_or_duplicates_nothing(
+) {
+    if !emulator_available("an_unreadable_or_garbage_cursor_file_does_not_stop_the_transport_and_skips_or_duplicates_nothing") {
+        return;
+    }
+    let now = Dt::now_utc();
+    let t = BleTest::new(
+        json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 300,
+               "dis": dis("BP-11"),
+               "stored": [bp(131, 81, 97, 66, now.plus(-7200), None),
+                          bp(132, 82, 98, 67, now.plus(-3600), None)]}]}),
+        &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
+    )
+    .await;
+    let marks = t.h.dir.path().join("data").join("ble-cursors.sealed");
+    // A first run leaves good marks (2 BP panels + 2 pulses).
+    let mut agent = t.agent();
+    t.wait_obs(&agent, 4, 60).await;
+    t.emu
+        .wait_count(|e| e["ev"] == "disconnected", 1, Duration::from_secs(30));
+    agent.wait_log("BLE device disconnected", 1, Duration::from_secs(30));
+    assert!(agent.terminate().success());
+    assert!(marks.is_file(), "the first run saved its marks");
+
+    let breakages: [(&str, fn(&std::path::Path)); 2] = [
+        ("unreadable", |p| {
+            std::fs::remove_file(p).unwrap();
+            std::fs::create_dir(p).unwrap();
+        }),
+        ("garbage", |p| {
+            std::fs::write(p, b"\x00garbage, not a sealed file").unwrap()
+        }),
+    ];
+    for (round, (what, break_it)) in breakages.into_iter().enumerate() {
+        break_it(&marks);
+        let mut agent = t.agent();
+        let i = round as i64 + 1;
+        measure(&t, CUFF, i);
+        let want = 4 + 2 * (round + 1);
+        t.wait_obs(&agent, want, 60).await;
+        // The whole memory was resent and handed over again: let that connection end.
+        agent.wait_log("BLE device disconnected", 1, Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = agent.terminate();
+        let log = agent.stderr();
+        assert!(
+            status.success(),
+            "{what}: the daemon ran on: {status}\n{log}"
+        );
+        assert_eq!(
+            log.matches("BLE high-water marks unreadable").count(),
+            1,
+            "{what}: one log line\n{log}"
+        );
+        assert!(
+            log.contains("ble_cursor_unreadable=1"),
+            "{what}: counter\n{log}"
+        );
+        // Nothing skipped: the stored records were handed over again, and dropped as
+        // duplicates (there are 2 + round of them on the cuff, the new one included).
+        assert!(
+            log.contains("readings_duplicate="),
+            "{what}: duplicates dropped\n{log}"
+        );
+        assert!(
+            !log.contains("ble_records_already_ingested"),
+            "{what}: no marks\n{log}"
+        );
+        assert_eq!(t.observations().len(), want, "{what}");
+        t.assert_clean();
+        assert!(
+            marks.is_file(),
+            "{what}: a good file was written in its place"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bluez_restarting_is_survived() {
     if !emulator_available("bluez_restarting_is_survived") {

@@ -147,15 +147,11 @@ struct Slot {
 }
 
 async fn supervise(src: BleSource, tx: mpsc::Sender<Ingest>, shutdown: CancellationToken) {
-    let (cursors, warning) = match cursor::CursorStore::load(&src.data_dir, &src.key) {
-        Ok(v) => v,
-        Err(e) => {
-            telemetry::BleCursorSaveFailed { error: &e }.emit();
-            return;
-        }
-    };
+    // Never returns early on a bad file: the transport runs on without the marks (the
+    // fallback is described at `CursorStore::load`).
+    let (cursors, warning) = cursor::CursorStore::load(&src.data_dir, &src.key);
     if let Some(w) = warning {
-        telemetry::BleCursorSaveFailed { error: &w }.emit();
+        telemetry::BleCursorUnreadable { error: &w }.emit();
     }
     let cursors = Arc::new(Mutex::new(cursors));
     let devices: Vec<Arc<DeviceEntry>> = src.devices.into_iter().map(Arc::new).collect();
