@@ -883,3 +883,77 @@ fn scan_lists_health_devices_marks_configured_ones_and_prints_snippets() {
     );
     drop(emu);
 }
+
+/// A scale configured by its serial number only (no address) beside a lookalike neighbour:
+/// the advertisement carries no Device Information, so `scan` connects briefly to each, reads
+/// it, disconnects, and marks the configured one (no snippet for it); the neighbour stays
+/// unconfigured with a snippet. A device configured by address is still marked without a probe.
+#[test]
+fn scan_marks_a_device_configured_by_device_information_only_after_reading_it() {
+    if !emulator_available(
+        "scan_marks_a_device_configured_by_device_information_only_after_reading_it",
+    ) {
+        return;
+    }
+    const NEIGHBOUR: &str = "00:09:1F:00:00:09";
+    let bus = Bus::start();
+    let emu = Emulator::start(
+        &bus,
+        &json!({"devices": [
+            {"address": CUFF, "profile": "blood-pressure", "advertise_ms": 100, "name": "BP-100",
+             "dis": dis("BP-1")},
+            {"address": SCALE, "profile": "weight-scale", "advertise_ms": 100, "name": "Scale X",
+             "dis": dis("SC-9")},
+            {"address": NEIGHBOUR, "profile": "weight-scale", "advertise_ms": 100,
+             "name": "Scale X", "dis": dis("SC-OTHER")}
+        ]}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("v.toml");
+    std::fs::write(
+        &cfg,
+        format!("[gateway]\nid = \"g\"\ndata_dir = \"d\"\n[store]\nkey_file = \"k\"\n[uplink]\nfhir_base = \"https://f.example/r4\"\nca_file = \"a\"\nclient_cert = \"b\"\nclient_key = \"c\"\n{BLE_SETTINGS}\n{}\n[[devices]]\nname = \"scale\"\nkind = \"ble\"\nprofile = \"weight-scale\"\nserial = \"SC-9\"\npatient = \"Patient/alice\"\n",
+            device("cuff", CUFF, "blood-pressure", &patient(PATIENT))),
+    )
+    .unwrap();
+    let out = common::vitalgate()
+        .args(["scan", "--seconds", "2", "--config"])
+        .arg(&cfg)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let line = |a: &str| {
+        s.lines()
+            .find(|l| l.starts_with(a))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line(CUFF).ends_with("cuff"), "{s}");
+    assert!(
+        line(SCALE).ends_with("scale (Device Information)"),
+        "{s}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(line(NEIGHBOUR).ends_with("no"), "{s}");
+    assert!(
+        !s.contains(&format!("address = \"{SCALE}\"")),
+        "no snippet for a configured device: {s}"
+    );
+    assert!(s.contains(&format!("address = \"{NEIGHBOUR}\"")), "{s}");
+    // Probed: connected and disconnected again; the address-configured cuff was not probed.
+    for a in [SCALE, NEIGHBOUR] {
+        assert_eq!(
+            emu.count(|e| e["ev"] == "connect_request" && e["address"] == a),
+            1,
+            "{a}"
+        );
+    }
+    assert_eq!(
+        emu.count(|e| e["ev"] == "connect_request" && e["address"] == CUFF),
+        0
+    );
+    emu.wait_count(|e| e["ev"] == "disconnected", 2, Duration::from_secs(10));
+    assert!(emu.events().iter().all(|e| e["ev"] != "subscribed"));
+}

@@ -324,10 +324,9 @@ fn identify(
     reported: &ReportedInfo,
 ) -> Option<usize> {
     let mut found = candidates.iter().copied().filter(|&i| {
-        devices.get(i).is_some_and(|d| {
-            !d.cfg.identity.is_empty()
-                && session::identity_mismatch(&d.cfg.identity, reported).is_none()
-        })
+        devices
+            .get(i)
+            .is_some_and(|d| session::identifies(&d.cfg.identity, reported))
     });
     match (found.next(), found.next()) {
         (Some(i), None) => Some(i),
