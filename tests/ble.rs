@@ -957,3 +957,85 @@ fn scan_marks_a_device_configured_by_device_information_only_after_reading_it() 
     emu.wait_count(|e| e["ev"] == "disconnected", 2, Duration::from_secs(10));
     assert!(emu.events().iter().all(|e| e["ev"] != "subscribed"));
 }
+
+/// The BLE transport under the liveness watchdog (WatchdogSec=2s; the BLE loop's allowance is
+/// that plus one BlueZ D-Bus call, 10 s). While BLE runs and delivers, the pings go on past
+/// that allowance: the BLE thread's beats reach the daemon's heartbeat. With the BLE thread
+/// wedged in a blocking read (a FIFO in place of the high-water mark file: the read waits for a
+/// writer, as a read from a hung disk would), the pings stop and the stalled task named is the
+/// BLE source, while the rest of the agent runs on; once the read returns, they resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_ble_loop_stops_the_watchdog_pings_and_a_running_one_keeps_them_going() {
+    if !emulator_available(
+        "a_wedged_ble_loop_stops_the_watchdog_pings_and_a_running_one_keeps_them_going",
+    ) {
+        return;
+    }
+    let t = BleTest::new(
+        json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 300,
+                            "dis": dis("BP-12")}]}),
+        &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
+    )
+    .await;
+    let f = harness::emulation_factor();
+    let notify = NotifySocket::bind(t.h.dir.path());
+    let socket = notify.path.display().to_string();
+    let watchdog_usec = (2_000_000 * u64::from(f)).to_string();
+    let env = [
+        ("NOTIFY_SOCKET", socket.as_str()),
+        ("WATCHDOG_USEC", watchdog_usec.as_str()),
+    ];
+    // The BLE loop's allowance: WatchdogSec plus one D-Bus call (10 s).
+    let allowance = Duration::from_secs(2) * f + Duration::from_secs(10);
+
+    let mut agent = BleAgent::spawn_env(&t.h.config, &t.bus, t.h.dir.path(), &env);
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    agent.wait_log("BLE scanning", 1, Duration::from_secs(30));
+    measure(&t, CUFF, 1);
+    t.wait_obs(&agent, 2, 60).await;
+    let _ = notify.collect(allowance);
+    let later = notify.collect(Duration::from_secs(3) * f);
+    assert!(
+        later.iter().any(|d| d == "WATCHDOG=1"),
+        "a running BLE loop keeps the pings going past its allowance: {later:?}\n{}",
+        agent.stderr()
+    );
+    assert!(agent.terminate().success());
+
+    // Wedge the BLE thread: it blocks opening the mark file for reading.
+    let marks = t.h.dir.path().join("data").join("ble-cursors.sealed");
+    let _ = std::fs::remove_file(&marks);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&marks)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut agent = BleAgent::spawn_env(&t.h.config, &t.bus, t.h.dir.path(), &env);
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    let _ = notify.collect(allowance + Duration::from_secs(2) * f);
+    let silent = notify.collect(Duration::from_secs(3) * f);
+    assert!(
+        silent.is_empty(),
+        "a wedged BLE loop must stop the pings: {silent:?}\n{}",
+        agent.stderr()
+    );
+    let log = agent.stderr();
+    assert!(
+        log.contains("task makes no progress") && log.contains("ble source"),
+        "{log}"
+    );
+    assert!(!log.contains("BLE scanning"), "{log}");
+
+    // Unwedge: a writer opens the FIFO and closes it; the read returns (empty, so the file is
+    // moved aside as unreadable), the transport starts and the pings resume.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&marks)
+        .unwrap();
+    agent.wait_log("BLE scanning", 1, Duration::from_secs(30));
+    notify.wait_for("WATCHDOG=1", Duration::from_secs(10));
+    measure(&t, CUFF, 2);
+    t.wait_obs(&agent, 4, 60).await;
+    t.assert_clean();
+    assert!(agent.terminate().success());
+}
