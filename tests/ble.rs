@@ -533,7 +533,8 @@ async fn an_unreadable_or_garbage_cursor_file_does_not_stop_the_transport_and_sk
     assert!(agent.terminate().success());
     assert!(marks.is_file(), "the first run saved its marks");
 
-    let breakages: [(&str, fn(&std::path::Path)); 2] = [
+    type Breakage = (&'static str, fn(&std::path::Path));
+    let breakages: [Breakage; 2] = [
         ("unreadable", |p| {
             std::fs::remove_file(p).unwrap();
             std::fs::create_dir(p).unwrap();
