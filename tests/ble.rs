@@ -587,6 +587,76 @@ async fn an_unreadable_or_garbage_cursor_file_does_not_stop_the_transport_and_sk
     }
 }
 
+/// A glucose meter's marks lost (the file unreadable at start): the next download asks for
+/// every stored record again instead of those after the lost mark (nothing skipped), the ones
+/// already stored are dropped as duplicates (nothing reaches the server twice), nothing is
+/// deleted on the meter (delete_after_download is off: the fallback never deletes on its own),
+/// and the mark is re-established, so the download after that resumes after the last record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glucose_meter_whose_marks_are_unreadable_is_downloaded_in_full_without_duplicates() {
+    if !emulator_available(
+        "a_glucose_meter_whose_marks_are_unreadable_is_downloaded_in_full_without_duplicates",
+    ) {
+        return;
+    }
+    let now = Dt::now_utc();
+    let records: Vec<Value> = (1..=5u16)
+        .map(|seq| {
+            json!([
+                seq,
+                glucose(seq, now.plus(-600 * (6 - i64::from(seq))), 90 + seq as i16)
+            ])
+        })
+        .collect();
+    let t = BleTest::new(
+        json!({"devices": [{"address": METER, "profile": "glucose", "advertise_ms": 300,
+                            "racp_records": records, "dis": dis("GL-2")}]}),
+        &device("meter", METER, "glucose", &patient(PATIENT)),
+    )
+    .await;
+    let report = |e: &Value| e["ev"] == "racp_report";
+    let mut agent = t.agent();
+    t.wait_obs(&agent, 5, 60).await;
+    agent.wait_log("BLE device disconnected", 1, Duration::from_secs(30));
+    assert!(agent.terminate().success());
+    assert_eq!(
+        t.emu.wait_event(report, Duration::from_secs(5))["start"],
+        Value::Null
+    );
+
+    let marks = t.h.dir.path().join("data").join("ble-cursors.sealed");
+    std::fs::remove_file(&marks).unwrap();
+    std::fs::create_dir(&marks).unwrap();
+    let from = t.emu.len();
+    let mut agent = t.agent();
+    let first = t
+        .emu
+        .wait_event_after(from, report, Duration::from_secs(60));
+    assert_eq!(
+        first["start"],
+        Value::Null,
+        "no mark: every record is asked for"
+    );
+    assert_eq!(first["count"].as_u64(), Some(5));
+    // The session after the next connection resumes after the re-established mark.
+    let from = t.emu.len();
+    let next = t
+        .emu
+        .wait_event_after(from, report, Duration::from_secs(60));
+    assert_eq!(
+        next["start"].as_u64(),
+        Some(6),
+        "the mark was saved again: {next}"
+    );
+    assert!(agent.terminate().success());
+    let log = agent.stderr();
+    assert!(log.contains("ble_cursor_unreadable=1"), "{log}");
+    assert!(log.contains("readings_duplicate=5"), "{log}");
+    assert_eq!(t.observations().len(), 5);
+    assert_eq!(t.emu.count(|e| e["ev"] == "racp_delete"), 0);
+    t.assert_clean();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bluez_restarting_is_survived() {
     if !emulator_available("bluez_restarting_is_survived") {
