@@ -46,16 +46,17 @@ impl BleTest {
         BleAgent::spawn(&self.h.config, &self.bus, self.h.dir.path())
     }
 
-    /// Waits for `n` Observations; on timeout shows the agent log and the emulator's events.
+    /// Waits for `n` measurement Observations; on timeout shows the agent log and the
+    /// emulator's events.
     async fn wait_obs(&self, agent: &BleAgent, n: usize, secs: u64) {
         let deadline =
             std::time::Instant::now() + Duration::from_secs(secs) * harness::emulation_factor();
-        while self.h.fhir.observation_identifiers().len() < n {
+        while self.observations().len() < n {
             if std::time::Instant::now() > deadline {
                 let ev: Vec<String> = self.emu.events().iter().map(|e| e.to_string()).collect();
                 panic!(
                     "expected {n} observations, have {}\n--- agent log ---\n{}\n--- emulator events (last 60) ---\n{}",
-                    self.h.fhir.observation_identifiers().len(),
+                    self.observations().len(),
                     agent.stderr(),
                     ev.iter().rev().take(60).rev().cloned().collect::<Vec<_>>().join("\n")
                 );
@@ -64,8 +65,25 @@ impl BleTest {
         }
     }
 
+    /// The measurement Observations (PHD identifier system): not the Coincident Timestamp
+    /// Observations, which a device clock found more than 2 s off adds (on a loaded machine a
+    /// slow clock read alone can do that; `coincident_timestamps` has them).
     fn observations(&self) -> Vec<Value> {
-        self.h.fhir.stored_observations()
+        self.h
+            .fhir
+            .stored_observations()
+            .into_iter()
+            .filter(|o| o["identifier"][0]["system"] != CTS_SYSTEM)
+            .collect()
+    }
+
+    fn coincident_timestamps(&self) -> Vec<Value> {
+        self.h
+            .fhir
+            .stored_observations()
+            .into_iter()
+            .filter(|o| o["identifier"][0]["system"] == CTS_SYSTEM)
+            .collect()
     }
 
     /// Every Observation valid, none twice.
@@ -101,6 +119,7 @@ fn subject(o: &Value) -> String {
 }
 
 const CUFF: &str = "00:09:1F:00:00:01";
+const CTS_SYSTEM: &str = "urn:vitalgate:phd-cts";
 const TWO_YEARS: i64 = 2 * 365 * 86_400;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,15 +155,66 @@ async fn a_cuff_with_three_stored_records_and_a_clock_two_years_off_is_corrected
     )
     .await;
     let mut agent = t.agent();
-    // 3 BP panels + 3 cuff pulses.
+    // 3 BP panels + 3 cuff pulses (and, in the same Bundles, the connection's Coincident
+    // Timestamp Observation).
     t.wait_obs(&agent, 6, 60).await;
     // The clock was read first, then set to the gateway's time, after the records.
     let set = t
         .emu
         .wait_event(|e| e["ev"] == "clock_set", Duration::from_secs(30));
     assert!(set["offset_s"].as_f64().unwrap().abs() < 5.0, "{set}");
-    let obs = t.observations();
+    let (cts, obs) = (t.coincident_timestamps(), t.observations());
+    assert_eq!((cts.len(), obs.len()), (1, 6), "{cts:#?}");
+    // The cuff's clock and the gateway's at the clock read (PHD IG coincident timestamp):
+    // two years apart, subject the cuff, device the gateway, code MDC_ATTR_TIME_ABS.
+    let c = &cts[0];
+    assert_eq!(c["code"]["coding"][0]["code"], "67975");
+    let at = |k: &str| {
+        DateTime::parse_from_rfc3339(c[k].as_str().unwrap_or_else(|| panic!("{k}: {c:#}")))
+            .unwrap()
+            .timestamp()
+    };
+    let gateway_at_read = at("effectiveDateTime");
+    assert!((gateway_at_read - real.unix).abs() < 60, "{c:#}");
+    assert!(
+        (gateway_at_read - at("valueDateTime") - TWO_YEARS).abs() < 30,
+        "{c:#}"
+    );
+    let cts_value = c["identifier"][0]["value"].as_str().unwrap();
+    assert!(
+        cts_value.starts_with("e2e-gw-123456FFFE9ABCDE-"),
+        "{cts_value}"
+    );
+    let devices = t.h.fhir.stored_devices();
+    let by_ref = |r: &Value| {
+        let id = r["reference"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("Device/");
+        devices
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("{r} not a stored Device"))
+            .clone()
+    };
+    assert_eq!(
+        by_ref(&c["subject"])["meta"]["profile"][0],
+        "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdDevice"
+    );
+    assert_eq!(
+        by_ref(&c["device"])["meta"]["profile"][0],
+        "http://hl7.org/fhir/uv/phd/StructureDefinition/PhgDevice"
+    );
+    let cts_ref = format!("Observation/{}", c["id"].as_str().unwrap());
     for o in &obs {
+        // Every corrected measurement references it.
+        let ext = o["extension"].as_array().unwrap();
+        assert!(
+            ext.iter().any(|x| x["url"]
+                == "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference"
+                && x["valueReference"]["reference"] == cts_ref.as_str()),
+            "{o:#}"
+        );
         // Raw device time is two years back; the effective time is corrected to the real one.
         let ident = o["identifier"][0]["value"].as_str().unwrap();
         assert!(
@@ -172,7 +242,9 @@ async fn a_cuff_with_three_stored_records_and_a_clock_two_years_off_is_corrected
     t.emu
         .wait_count(|e| e["ev"] == "disconnected", 2, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The second connection found the clock set: nothing new, no second CTS.
     assert_eq!(t.observations().len(), 6);
+    assert_eq!(t.coincident_timestamps().len(), 1);
     t.assert_clean();
     agent.terminate();
     let log = agent.stderr();
@@ -917,6 +989,8 @@ async fn readings_taken_while_the_gateway_clock_is_unsynchronised_are_not_correc
         );
     }
     assert_eq!(t.emu.count(|e| e["ev"] == "clock_set"), 0);
+    // Nothing was corrected, so no Coincident Timestamp Observation claims a correction.
+    assert!(t.coincident_timestamps().is_empty());
     assert!(agent.stderr().contains("not NTP-synchronised"));
     t.assert_clean();
     agent.terminate();

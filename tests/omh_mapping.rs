@@ -196,3 +196,150 @@ async fn a_consent_withdrawal_stops_pending_readings_without_a_restart() {
     );
     let _ = &mut h;
 }
+
+/// `[consent] purge_after_days` (here its test-only seconds): a withdrawn patient's held
+/// readings are removed from the outbox once old enough, one audit event each, and nothing of
+/// that patient reaches the FHIR server; another patient's readings still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_patients_held_readings_are_purged_and_never_uploaded_while_others_are() {
+    const OTHER_TOPIC: &str = "vitalgate/ingest/hub-2";
+    const OTHER: &str = "Patient/other-1";
+    let mut h = Harness::with_mqtt_devices(
+        Broker::embedded(),
+        vec![
+            MqttDevice::default_hub(),
+            MqttDevice {
+                name: "hub-2".into(),
+                topic: OTHER_TOPIC.into(),
+                patient: OTHER.into(),
+            },
+        ],
+    )
+    .await;
+    let mut cfg = std::fs::read_to_string(&h.config).unwrap();
+    cfg.push_str(&format!(
+        "\n[consent]\nwithdrawn = [\"{PATIENT}\"]\npurge_after_seconds_test_only = 3\n"
+    ));
+    std::fs::write(&h.config, cfg).unwrap();
+    let mut agent = h.spawn_agent();
+
+    h.publish(&[bp_point(1, 120, 80), weight_point(2, 7010)])
+        .await;
+    h.publish_to(OTHER_TOPIC, &[bp_point(3, 131, 85)]).await;
+    h.wait_for_observations(1, Duration::from_secs(60)).await;
+    h.wait_for_log(
+        &agent,
+        "AUDIT consent withdrawn: reading purged from the outbox",
+        2,
+        Duration::from_secs(60),
+    );
+    // Purged, not merely late: give the uploader time to send anything that was left.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let obs = h.fhir.stored_observations();
+    assert_eq!(obs.len(), 1, "{obs:#?}");
+    assert_eq!(obs[0]["subject"]["reference"], OTHER);
+    assert!(
+        !serde_json::to_string(&h.fhir.store())
+            .unwrap()
+            .contains("MRN-0001"),
+        "something of the withdrawn patient reached the server"
+    );
+    agent.terminate();
+    let log = agent.stderr();
+    assert_eq!(
+        log.matches("AUDIT consent withdrawn: reading purged from the outbox")
+            .count(),
+        2,
+        "one audit event per reading"
+    );
+    assert!(!log.contains("MRN-0001"), "patient identifier in the log");
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=0"), "{status}");
+    assert!(
+        status.contains("withdrawn_patients=1 held_readings=0 purged_readings=2"),
+        "{status}"
+    );
+    let _ = &mut h;
+}
+
+/// Issue #8: a `descriptive_statistic` is uploaded only where a configured mapping says so
+/// (`upload_statistics` on the hub), and then over its `effectivePeriod` with the statistic
+/// stated in `method`; every other statistic of the official test data is held as a dead
+/// letter `statistic`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_statistics_a_hub_is_configured_for_are_uploaded_each_over_its_period() {
+    let h = Harness::new(Broker::embedded()).await;
+    let cfg = std::fs::read_to_string(&h.config).unwrap();
+    let cfg = cfg.replacen(
+        "kind = \"mqtt\"\n",
+        "kind = \"mqtt\"\nupload_statistics = [\"minimum\"]\n",
+        1,
+    );
+    std::fs::write(&h.config, cfg).unwrap();
+    let mut agent = h.spawn_agent();
+    let stats: Vec<_> = official()
+        .into_iter()
+        .filter(|d| d.3 && d.4.get("descriptive_statistic").is_some())
+        .collect();
+    let minimum: Vec<_> = stats
+        .iter()
+        .filter(|d| d.4["descriptive_statistic"] == "minimum")
+        .collect();
+    assert!(
+        minimum.len() >= 10 && minimum.len() < stats.len(),
+        "{}",
+        stats.len()
+    );
+    let payloads: Vec<String> = stats
+        .iter()
+        .map(|(u, s, v, _, b)| wrap(u, s, v, b))
+        .collect();
+    h.publish(&payloads).await;
+    h.wait_for_observations(minimum.len(), Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.terminate();
+
+    let obs = h.fhir.stored_observations();
+    assert_eq!(obs.len(), minimum.len(), "only the configured statistic");
+    let instant = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    for (uuid, schema, version, _, body) in &minimum {
+        let o = obs
+            .iter()
+            .find(|o| {
+                o["identifier"][0]["value"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with(uuid.as_str()))
+            })
+            .unwrap_or_else(|| panic!("{schema} {version}: not uploaded"));
+        assert!(o.get("effectiveDateTime").is_none(), "{o:#}");
+        let ti = &body["effective_time_frame"]["time_interval"];
+        assert_eq!(
+            instant(&o["effectivePeriod"]["start"]),
+            instant(&ti["start_date_time"]),
+            "{schema} {version}"
+        );
+        if ti.get("end_date_time").is_some() {
+            assert_eq!(
+                instant(&o["effectivePeriod"]["end"]),
+                instant(&ti["end_date_time"]),
+                "{schema} {version}"
+            );
+        }
+        assert_eq!(
+            o["method"]["coding"][0]["system"],
+            "http://terminology.hl7.org/CodeSystem/observation-statistics"
+        );
+        assert_eq!(o["method"]["coding"][0]["code"], "minimum");
+    }
+    assert_eq!(h.fhir.schema_failures(), Vec::<String>::new());
+    h.assert_all_observations_valid();
+    let dead = h.vitalgate(&["dead-letters"]);
+    assert_eq!(
+        dead.lines()
+            .filter(|l| l.contains("reason=statistic"))
+            .count(),
+        stats.len() - minimum.len(),
+        "{dead}"
+    );
+}

@@ -613,6 +613,16 @@ impl Running {
         self.sup.spawn("ops", Some("ops"), true, None, move |stop| {
             Box::pin(ops::runner::run(ctx, store, shared, stop))
         });
+        if let Some(purge_after) = cfg.consent.purge_after {
+            let (store, consent) = (Arc::clone(&self.store), cfg.consent.clone());
+            self.sup.spawn(
+                "consent purge",
+                Some("consent purge"),
+                true,
+                None,
+                move |stop| Box::pin(crate::consent_purge::run(store, consent, purge_after, stop)),
+            );
+        }
         if let Some(f) = cfg.fleet.clone() {
             let gw = cfg.gateway.id.clone();
             let (snaps, alarms) = (self.ops.snapshots.subscribe(), self.ops.alarms.subscribe());
@@ -685,7 +695,7 @@ impl Running {
                 .count(),
         );
         let device_changes = describe_device_changes(&self.cfg, &cfg);
-        retire.extend(["uploader", "ops", "fleet"].map(String::from));
+        retire.extend(["uploader", "ops", "fleet", "consent purge"].map(String::from));
         let failure = self.sup.retire(&retire, SHUTDOWN_GRACE).await;
         self.cfg = cfg;
         self.start_sources(prepared.mqtt, &prepared.devices);

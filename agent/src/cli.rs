@@ -360,6 +360,8 @@ fn status(path: &Path, json: bool) -> ExitCode {
                         "withdrawn_patients": withdrawn,
                         "known": withdrawn.is_some(),
                         "held_readings": held,
+                        "purged_readings": s.purged,
+                        "purge_after_days": cfg.consent.purge_after.map(|d| d.as_secs() / 86_400),
                     },
                 });
                 println!("{v}");
@@ -368,10 +370,20 @@ fn status(path: &Path, json: bool) -> ExitCode {
                     "pending={} dead_letters={} quarantined={} acked_tombstones={}",
                     s.pending, s.dead, s.quarantined, s.acked_tombstones
                 );
+                let purge = match cfg.consent.purge_after {
+                    Some(d) if d.as_secs() % 86_400 == 0 => {
+                        format!("purged after {} days", d.as_secs() / 86_400)
+                    }
+                    Some(d) => format!("purged after {} s (test setting)", d.as_secs()),
+                    None => "kept (no purge_after_days)".to_string(),
+                };
+                let purged = s.purged;
                 match withdrawn {
-                    Some(n) => println!("consent: withdrawn_patients={n} held_readings={held}"),
+                    Some(n) => println!(
+                        "consent: withdrawn_patients={n} held_readings={held} purged_readings={purged} ({purge})"
+                    ),
                     None => println!(
-                        "consent: UNKNOWN (consent file unusable: uploads paused) held_readings={held}"
+                        "consent: UNKNOWN (consent file unusable: uploads paused) held_readings={held} purged_readings={purged}"
                     ),
                 }
                 println!("(the daemon is not running: this is the outbox only)");

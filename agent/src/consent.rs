@@ -14,10 +14,20 @@
 //! patient identifier). If the file is configured but missing or unreadable or has a bad line,
 //! the gate **fails closed**: nothing is uploaded until it is fixed (an error is logged).
 //!
+//! Optionally (`[consent] purge_after_days = N`), held readings are **purged**: a periodic task
+//! (`crate::consent_purge`) removes from the outbox every pending reading of a withdrawn patient
+//! that was stored more than N days ago ([`purge_due`]), one audit event each
+//! (`telemetry::ConsentPurged`, counter `consent_purged`, no patient identifier); the store
+//! counts them for good (`vitalgate status`: `purged_readings`). Without the setting, held
+//! readings are kept for ever. A consent source that is unusable purges nothing: deleting
+//! health data cannot be undone, so it needs a withdrawal we know of.
+//!
 //! Architecture invariant: this module decides only; the uploader asks [`Consent::may_leave`]
-//! for every reading it is about to put in a Bundle.
+//! for every reading it is about to put in a Bundle, the purge task asks [`purge_due`] for
+//! every pending reading.
 
 use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 
 use crate::reading::{PatientRef, Reading};
 
@@ -55,6 +65,33 @@ impl Consent {
             Consent::Unknown(_) => None,
         }
     }
+}
+
+/// Is this pending reading due to be purged? Its patient's consent is withdrawn (a known
+/// withdrawal: never while the consent source is unusable) and it was stored at least
+/// `purge_after` before `now`. Pure: `now` is an argument.
+pub fn purge_due(
+    consent: &Consent,
+    purge_after: Duration,
+    r: &Reading,
+    stored_at: SystemTime,
+    now: SystemTime,
+) -> bool {
+    match consent {
+        Consent::Withdrawn(set) => {
+            set.contains(&r.patient)
+                && now
+                    .duration_since(stored_at)
+                    .is_ok_and(|age| age >= purge_after)
+        }
+        Consent::Unknown(_) => false,
+    }
+}
+
+/// How often the purge task looks: a quarter of the purge age, at least every second and at
+/// most every hour (a reading is purged at most an hour after it became due).
+pub fn purge_interval(purge_after: Duration) -> Duration {
+    (purge_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
 }
 
 /// The consent from the config's static list and, if configured, the file's text (`Err` when
@@ -122,6 +159,63 @@ mod tests {
         // The error never echoes the file's content (patient identifiers).
         assert!(bad.withdrawn_count().is_none());
         assert!(!format!("{bad:?}").contains("MRN without"));
+    }
+
+    #[test]
+    fn only_a_withdrawn_patients_readings_older_than_the_purge_age_are_due() {
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::UNIX_EPOCH + 1000 * day;
+        let c = consent(&["Patient/gone".parse().unwrap()], None);
+        let gone = r("Patient/gone");
+        let staying = r("Patient/here");
+        let purge_after = 30 * day;
+        // By the time it was stored: 30 days and more is due, less is not.
+        assert!(purge_due(&c, purge_after, &gone, now - 30 * day, now));
+        assert!(purge_due(&c, purge_after, &gone, now - 400 * day, now));
+        assert!(!purge_due(
+            &c,
+            purge_after,
+            &gone,
+            now - 30 * day + Duration::from_secs(1),
+            now
+        ));
+        // A stored time in the future (clock stepped back) is not due.
+        assert!(!purge_due(&c, purge_after, &gone, now + day, now));
+        // Another patient's reading, however old, never.
+        assert!(!purge_due(&c, purge_after, &staying, now - 400 * day, now));
+        // An unusable consent source purges nothing (it holds everything, it deletes nothing).
+        let broken = consent(&[], Some(Err(ConsentError::Unreadable("gone".into()))));
+        assert!(!purge_due(
+            &broken,
+            purge_after,
+            &gone,
+            now - 400 * day,
+            now
+        ));
+        // Consent restored: no longer due.
+        assert!(!purge_due(
+            &consent(&[], None),
+            purge_after,
+            &gone,
+            now - 400 * day,
+            now
+        ));
+    }
+
+    #[test]
+    fn the_purge_task_looks_at_least_hourly_and_at_most_every_second() {
+        assert_eq!(
+            purge_interval(Duration::from_secs(30 * 86_400)),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            purge_interval(Duration::from_secs(8)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            purge_interval(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

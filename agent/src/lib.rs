@@ -14,6 +14,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod consent;
+pub mod consent_purge;
 pub mod events;
 pub mod identity;
 pub mod logging;

@@ -220,7 +220,9 @@ pub enum Timing {
 pub enum TimeQuality {
     /// The device's clock was used as is.
     DeviceTrusted,
-    /// The device's clock was off and the gateway corrected it (PHD coincident timestamp).
+    /// The device's clock was off and the gateway corrected it, in a reading stored before store
+    /// format 4 (which did not keep the clock read): uploaded corrected, without a Coincident
+    /// Timestamp Observation. This build writes [`TimeQuality::Corrected`] instead.
     CorrectedForSkew,
     /// The device sent no usable time; the gateway receive time is used (live readings only).
     GatewayReceiveTime,
@@ -230,6 +232,34 @@ pub enum TimeQuality {
     /// The gateway's own clock was not synchronised (no NTP since boot; a Pi has no RTC): no
     /// correction was made and the effective time may be wrong. Never silently misdated.
     GatewayClockUnsynchronized,
+    /// The device's clock was off by more than 2 s and the gateway corrected it
+    /// (fhir-mapping.md §4): `effective` = raw + (gateway - device) at the clock read, which
+    /// travels with the reading so the uplink can add the PHD Coincident Timestamp Observation.
+    ///
+    /// Store format 4. Appended as the last variant on purpose: postcard encodes a variant by
+    /// its index, so every record of a format 3 store still decodes unchanged.
+    Corrected(CoincidentTimestamp),
+}
+
+impl TimeQuality {
+    /// The clock read a corrected reading was corrected against, if the reading carries it.
+    pub fn coincident_timestamp(&self) -> Option<&CoincidentTimestamp> {
+        match self {
+            Self::Corrected(cts) => Some(cts),
+            _ => None,
+        }
+    }
+}
+
+/// The PHD Coincident Timestamp: the device's clock and the gateway's at one instant (the clock
+/// read at connect, BLE Current Time). One per connection; every reading corrected against it
+/// carries a copy. Not PHI (a clock reading of a device, no patient, no value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CoincidentTimestamp {
+    /// The gateway's (NTP-synchronised) time when the device's clock was read.
+    pub gateway_time: DateTime<Utc>,
+    /// What the device's clock said at that instant, with the device's UTC offset.
+    pub device_time: DateTime<FixedOffset>,
 }
 
 /// Where a reading entered the gateway.
@@ -334,6 +364,28 @@ mod tests {
         s.device.identifier = DeviceIdentifier::Local("gw/x".into());
         let back: Reading = postcard::from_bytes(&postcard::to_stdvec(&s).unwrap()).unwrap();
         assert!(back == s);
+    }
+
+    /// The postcard bytes of a corrected BP reading as the format 3 build stored it
+    /// (`store/testdata/reading-format-3.postcard`, written by that build): format 4 only
+    /// appended [`TimeQuality::Corrected`], so old records decode as they were.
+    #[test]
+    fn a_reading_stored_by_format_3_decodes_unchanged() {
+        let bytes = include_bytes!("store/testdata/reading-format-3.postcard");
+        let back: Reading = postcard::from_bytes(bytes).unwrap();
+        let mut expected = crate::uplink::fhir::tests::bp();
+        expected.time_quality = TimeQuality::CorrectedForSkew;
+        assert!(back == expected, "{back:?}");
+        assert_eq!(back.time_quality, TimeQuality::CorrectedForSkew);
+        assert_eq!(back.time_quality.coincident_timestamp(), None);
+        // And a format 4 corrected reading round-trips with its clock read.
+        let mut r = expected;
+        r.time_quality = TimeQuality::Corrected(CoincidentTimestamp {
+            gateway_time: "2026-11-23T08:00:00Z".parse().unwrap(),
+            device_time: "2024-11-23T09:00:05+01:00".parse().unwrap(),
+        });
+        let back: Reading = postcard::from_bytes(&postcard::to_stdvec(&r).unwrap()).unwrap();
+        assert!(back == r);
     }
 
     #[test]

@@ -113,6 +113,8 @@ counters!(
     fleet_publish_failures,
     consent_withheld,
     consent_source_errors,
+    consent_purged,
+    consent_purge_failures,
     ble_advertisements,
     ble_connects,
     ble_disconnects,
@@ -263,6 +265,40 @@ impl ConsentWithheld<'_> {
             device = %self.device,
             "AUDIT consent withdrawn: reading held, not uploaded"
         );
+    }
+}
+
+/// Audit: a held reading of a withdrawn patient was purged from the outbox (config
+/// `consent.purge_after_days`): one event per reading. No patient identifier, no value: the
+/// reading's short id, its kind, its device and how long it had been stored.
+pub struct ConsentPurged<'a> {
+    /// The reading's short id.
+    pub reading: &'a str,
+    pub kind: &'a str,
+    pub device: &'a str,
+    pub stored_days: u64,
+}
+impl ConsentPurged<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.consent_purged);
+        tracing::warn!(
+            reading = %self.reading,
+            kind = %self.kind,
+            device = %self.device,
+            stored_days = self.stored_days,
+            "AUDIT consent withdrawn: reading purged from the outbox"
+        );
+    }
+}
+
+/// The consent purge could not read or change the outbox (it tries again next round).
+pub struct ConsentPurgeFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+impl ConsentPurgeFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.consent_purge_failures);
+        tracing::error!(error = %self.error, "consent purge failed; retrying next round");
     }
 }
 

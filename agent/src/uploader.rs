@@ -989,6 +989,7 @@ mod tests {
         up.consent = ConsentSource::new(&crate::config::ConsentConfig {
             withdrawn: Vec::new(),
             file: Some(file.clone()),
+            purge_after: None,
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(up.run(shutdown.clone()));

@@ -987,3 +987,110 @@ fn sled_open_after_close(path: &std::path::Path) -> sled::Db {
         .expect("sled's lock released");
     sled::open(path).expect("sled::open")
 }
+
+/// Store format 4 only appended `TimeQuality::Corrected`: a format 3 store (here: a reading as
+/// the format 3 build encoded it, `store/testdata/reading-format-3.postcard`, under a format
+/// record of 3) opens, its format record becomes 4, its reading reads as before. Other versions
+/// are refused, never quarantined.
+#[test]
+fn a_format_3_store_is_upgraded_in_place_and_its_readings_still_read() {
+    use vitalgate::reading::{Reading, TimeQuality};
+    let fixture: &[u8] = include_bytes!("../src/store/testdata/reading-format-3.postcard");
+    let old: Reading = postcard::from_bytes(fixture).unwrap();
+    assert_eq!(old.time_quality, TimeQuality::CorrectedForSkew);
+    // The bytes the outbox stores for it are the format 3 bytes.
+    assert_eq!(postcard::to_stdvec(&old).unwrap(), fixture);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path());
+        assert_eq!(o.insert(*old.id.as_bytes(), &old).unwrap(), Insert::Stored);
+    }
+    let set_format = |v: u8| {
+        let db = sled_open_after_close(dir.path());
+        db.open_tree("meta")
+            .unwrap()
+            .insert("format", &[v])
+            .unwrap();
+        db.flush().unwrap();
+    };
+    let format = || {
+        let db = sled_open_after_close(dir.path());
+        let v = db
+            .open_tree("meta")
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .unwrap();
+        v.to_vec()
+    };
+    set_format(3);
+    {
+        let o = open(dir.path());
+        let p = o.pending::<Reading>(10).unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].value == old);
+    }
+    assert_eq!(format(), vec![vitalgate::store::FORMAT_VERSION]);
+    assert_eq!(vitalgate::store::FORMAT_VERSION, 4);
+    for other in [2u8, 5] {
+        set_format(other);
+        let Err(err) = Outbox::open(dir.path(), key(), OutboxOptions::default()) else {
+            panic!("format {other} opened");
+        };
+        assert!(
+            matches!(err, StoreError::UnsupportedFormat { found: Some(v), .. } if v == other),
+            "{err}"
+        );
+    }
+}
+
+/// The consent purge's store half: records a predicate selects leave `pending` durably, in one
+/// transaction per call (at most `limit`), become tombstones (a redelivery is a duplicate) and
+/// are counted persistently; the others stay, in order.
+#[test]
+fn purge_removes_only_the_selected_pending_records_durably_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path());
+        for n in 1..=6u8 {
+            assert_eq!(
+                o.insert(id(n), &sample(u32::from(n))).unwrap(),
+                Insert::Stored
+            );
+        }
+        assert_eq!(o.stats().unwrap().purged, 0);
+        // The predicate sees the record (value, id, reception time).
+        let before = o.held_bytes();
+        let purged = o
+            .purge_pending_where::<Sample>(2, |r| {
+                assert!(r.enqueued_at <= SystemTime::now());
+                r.value.n % 2 == 0
+            })
+            .unwrap();
+        assert_eq!(
+            purged.iter().map(|r| r.value.n).collect::<Vec<_>>(),
+            vec![2, 4],
+            "oldest first, at most the limit"
+        );
+        assert!(o.held_bytes() < before);
+        assert_eq!(pending_ns(&o), vec![1, 3, 5, 6]);
+        assert_eq!(o.stats().unwrap().purged, 2);
+        // A purged reading delivered again is not stored again.
+        assert_eq!(o.insert(id(2), &sample(2)).unwrap(), Insert::Duplicate);
+        // Nothing selected: nothing removed, the count unchanged.
+        assert!(o
+            .purge_pending_where::<Sample>(10, |_| false)
+            .unwrap()
+            .is_empty());
+        assert_eq!(o.stats().unwrap().purged, 2);
+    }
+    let o = open(dir.path());
+    assert_eq!(pending_ns(&o), vec![1, 3, 5, 6]);
+    assert_eq!(o.stats().unwrap().purged, 2, "the count survives a restart");
+    let purged = o
+        .purge_pending_where::<Sample>(10, |r| r.value.n == 6)
+        .unwrap();
+    assert_eq!(purged.len(), 1);
+    assert_eq!(o.stats().unwrap().purged, 3);
+    assert_eq!(pending_ns(&o), vec![1, 3, 5]);
+}

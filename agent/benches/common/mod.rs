@@ -19,6 +19,7 @@ pub fn device() -> Arc<DeviceContext> {
         utc_offset: chrono::FixedOffset::east_opt(3600).expect("offset"),
         clock_is_provenance_only: false,
         reported: Default::default(),
+        upload_statistics: Vec::new(),
     })
 }
 

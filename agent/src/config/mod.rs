@@ -142,6 +142,9 @@ pub struct ConsentConfig {
     pub withdrawn: Vec<PatientRef>,
     /// A clinic-written file of withdrawn patients, re-read on change.
     pub file: Option<PathBuf>,
+    /// `purge_after_days`: held readings of a withdrawn patient stored this long ago are
+    /// removed from the outbox ([`crate::consent::purge_due`]). `None`: kept for ever.
+    pub purge_after: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -229,7 +232,13 @@ pub struct DeviceConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceKind {
     /// A hub publishing Open mHealth data points on `topic`.
-    Mqtt { topic: String },
+    Mqtt {
+        topic: String,
+        /// `upload_statistics`: the Open mHealth `descriptive_statistic`s this hub's data points
+        /// may carry and still be uploaded (with `effectivePeriod` and `method` stating the
+        /// statistic). Empty (default): every statistic is held as a dead letter `statistic`.
+        upload_statistics: Vec<String>,
+    },
     /// A BLE device.
     Ble(BleDeviceConfig),
     /// A serial device (RS-232, USB-serial, Bluetooth SPP `/dev/rfcommN`).
@@ -446,6 +455,30 @@ client_key = "tls/gw.key"
     }
 
     #[test]
+    fn consent_purge_after_days_is_optional_bounded_and_the_seconds_are_test_only() {
+        assert_eq!(load(MINIMAL).unwrap().consent.purge_after, None);
+        let with = |extra: &str| load(&format!("{MINIMAL}\n[consent]\n{extra}\n"));
+        let c = with("purge_after_days = 30").unwrap();
+        assert_eq!(
+            c.consent.purge_after,
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        for bad in ["purge_after_days = 0", "purge_after_days = 3651"] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().contains("consent.purge_after_days"), "{e}");
+            assert!(e.position.is_some(), "{e}");
+        }
+        // Debug builds (the tests) accept the test-only seconds; never both.
+        let c = with("purge_after_seconds_test_only = 3").unwrap();
+        assert_eq!(
+            c.consent.purge_after,
+            Some(std::time::Duration::from_secs(3))
+        );
+        let e = with("purge_after_days = 1\npurge_after_seconds_test_only = 3").unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_line_and_column() {
         let text = MINIMAL.replace("[store]\n", "[store]\ncolour = 3\n");
         let e = load(&text).unwrap_err();
@@ -578,6 +611,33 @@ client_key = "tls/gw.key"
         .unwrap();
         assert_eq!(c.ble.adapter, "hci1");
         assert_eq!(c.ble.watchdog_silence, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_mqtt_hub_may_name_the_statistics_it_uploads_and_nothing_else_may() {
+        let hub = |extra: &str| {
+            load(&format!("{MINIMAL}\n[mqtt]\nbroker = \"mqtt://127.0.0.1\"\n[[devices]]\nname = \"h\"\nkind = \"mqtt\"\ntopic = \"t\"\npatient = \"Patient/a\"\n{extra}\n"))
+        };
+        let stats = |c: &Config| match &c.devices[0].kind {
+            DeviceKind::Mqtt {
+                upload_statistics, ..
+            } => upload_statistics.clone(),
+            _ => panic!("not mqtt"),
+        };
+        assert!(stats(&hub("").unwrap()).is_empty(), "default: none");
+        let c = hub("upload_statistics = [\"average\", \"standard deviation\"]").unwrap();
+        assert_eq!(stats(&c), vec!["average", "standard deviation"]);
+        // Not in the measurement's unit, or not a statistic: refused where it is written.
+        for bad in ["count", "variance", "mean"] {
+            let e = hub(&format!("upload_statistics = [\"minimum\", \"{bad}\"]")).unwrap_err();
+            assert!(e.message.contains("devices[0].upload_statistics[1]"), "{e}");
+            assert_eq!(e.position.map(|p| p.0), Some(22), "{e}");
+        }
+        let e = load(&ble_device(
+            "profile = \"glucose\"\naddress = \"00:09:1F:AA:BB:CC\"\nupload_statistics = [\"average\"]\n",
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("upload_statistics: not a key"), "{e}");
     }
 
     #[test]

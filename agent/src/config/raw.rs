@@ -30,6 +30,10 @@ pub(super) struct RawConsent {
     #[serde(default)]
     pub(super) withdrawn: Vec<Spanned<String>>,
     pub(super) file: Option<Spanned<String>>,
+    pub(super) purge_after_days: Option<Spanned<i64>>,
+    /// Test only (debug builds): the purge age in seconds, so an end-to-end test can age
+    /// readings without waiting days. Refused by release builds.
+    pub(super) purge_after_seconds_test_only: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +94,8 @@ pub(super) struct RawDevice {
     pub(super) name: Spanned<String>,
     pub(super) kind: Spanned<String>,
     pub(super) topic: Option<Spanned<String>>,
+    // kind = "mqtt" only:
+    pub(super) upload_statistics: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) address: Option<Spanned<String>>,
     pub(super) profile: Option<Spanned<String>>,
     pub(super) port: Option<Spanned<String>>,

@@ -122,7 +122,7 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            if let DeviceKind::Mqtt { topic } = &dev.kind {
+            if let DeviceKind::Mqtt { topic, .. } = &dev.kind {
                 mqtt_device_span.get_or_insert(kind_span.clone());
                 filters.push((topic.clone(), i, topic_span));
             }
@@ -181,6 +181,7 @@ impl Validator<'_> {
             if let Some(f) = &c.file {
                 consent.file = Some(self.path_value(f, "consent.file")?);
             }
+            consent.purge_after = self.purge_after(&c)?;
         }
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -249,6 +250,38 @@ impl Validator<'_> {
                 None => chrono::Offset::fix(&chrono::Utc),
             },
         })
+    }
+
+    /// `consent.purge_after_days` (1 to 3650), or the test-only seconds of debug builds.
+    fn purge_after(&self, c: &RawConsent) -> R<Option<Duration>> {
+        let days = match &c.purge_after_days {
+            Some(_) => {
+                Some(self.int_in(&c.purge_after_days, "consent.purge_after_days", 1..3651, 1)?)
+            }
+            None => None,
+        };
+        let Some(secs) = &c.purge_after_seconds_test_only else {
+            return Ok(days.map(|d| Duration::from_secs(u64::try_from(d).unwrap_or(1) * 86_400)));
+        };
+        if !cfg!(debug_assertions) {
+            return Err(self.err(
+                secs.span(),
+                "consent.purge_after_seconds_test_only: a test-only setting, refused by release builds (use purge_after_days)",
+            ));
+        }
+        if days.is_some() {
+            return Err(self.err(
+                secs.span(),
+                "consent.purge_after_seconds_test_only: set either this or purge_after_days, not both",
+            ));
+        }
+        let s = self.int_in(
+            &c.purge_after_seconds_test_only,
+            "consent.purge_after_seconds_test_only",
+            1..86_401,
+            1,
+        )?;
+        Ok(Some(Duration::from_secs(u64::try_from(s).unwrap_or(1))))
     }
 
     fn store(&self, s: RawStore) -> R<StoreConfig> {
@@ -529,7 +562,44 @@ impl Validator<'_> {
                         ));
                     }
                 }
-                DeviceKind::Mqtt { topic }
+                let mut upload_statistics = Vec::new();
+                for (j, s) in d
+                    .upload_statistics
+                    .iter()
+                    .flat_map(|v| v.get_ref())
+                    .enumerate()
+                {
+                    if crate::uplink::fhir::statistic_code(s.get_ref()).is_none() {
+                        return Err(self.err(
+                            s.span(),
+                            format!(
+                                "{}: \"{}\" cannot be uploaded; expected an Open mHealth descriptive_statistic in the measurement's own unit: average, maximum, minimum, median, standard deviation, sum, 20th percentile, 80th percentile, lower quartile, upper quartile, quartile deviation, 1st quintile .. 4th quintile (count and variance are not in that unit)",
+                                key(&format!("upload_statistics[{j}]")),
+                                s.get_ref()
+                            ),
+                        ));
+                    }
+                    upload_statistics.push(s.get_ref().clone());
+                }
+                DeviceKind::Mqtt {
+                    topic,
+                    upload_statistics,
+                }
+            }
+            "ble" | "serial" if d.upload_statistics.is_some() => {
+                let span = d
+                    .upload_statistics
+                    .as_ref()
+                    .map(Spanned::span)
+                    .unwrap_or_default();
+                return Err(self.err(
+                    span,
+                    format!(
+                        "{}: not a key of kind \"{}\" (Open mHealth hubs only)",
+                        key("upload_statistics"),
+                        d.kind.get_ref()
+                    ),
+                ));
             }
             "ble" => {
                 forbid(&d.topic, "topic")?;

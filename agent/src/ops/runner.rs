@@ -362,6 +362,7 @@ pub fn build(
             dead_letters: stats.dead,
             quarantined: stats.quarantined,
             acked_tombstones: stats.acked_tombstones,
+            consent_purged: stats.purged,
         },
         devices,
         uplink: UplinkStatus {

@@ -72,6 +72,9 @@ pub struct OutboxStatus {
     pub dead_letters: u64,
     pub quarantined: u64,
     pub acked_tombstones: u64,
+    /// Readings of withdrawn patients purged over the store's life (`consent.purge_after_days`).
+    #[serde(default)]
+    pub consent_purged: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,8 +272,8 @@ impl StatusSnapshot {
         let b = &self.outbox;
         let _ = writeln!(
             o,
-            "outbox:  {} pending, {} dead letters, {} quarantined",
-            b.pending, b.dead_letters, b.quarantined
+            "outbox:  {} pending, {} dead letters, {} quarantined, {} purged (consent withdrawn)",
+            b.pending, b.dead_letters, b.quarantined, b.consent_purged
         );
         let u = &self.uplink;
         let state = match &u.state {
@@ -422,6 +425,7 @@ pub(crate) mod tests {
                 dead_letters: 1,
                 quarantined: 0,
                 acked_tombstones: 9,
+                consent_purged: 0,
             },
             devices: vec![
                 DeviceStatus {

@@ -11,7 +11,9 @@ use device_drivers::{ReadingType, Record, Status, StatusClass};
 use super::devices::DeviceContext;
 use crate::config::Attribution;
 use crate::identity::{self, IdTimestamp, ReadingId};
-use crate::reading::{DeviceClass, Reading, ReadingKind, Source, TimeQuality, Timing};
+use crate::reading::{
+    CoincidentTimestamp, DeviceClass, Reading, ReadingKind, Source, TimeQuality, Timing,
+};
 use crate::uplink::fhir;
 
 /// What the source knows about the device's clock beyond the record's wall-clock time.
@@ -161,11 +163,21 @@ pub fn readings_from_record(
         return Err(Rejection::NoValidDeviceTime(status));
     }
     // A statistic is uploaded only where a configured mapping states it in the resource and
-    // gives its period: the serial stream reduction's window median. Any other (an Open
-    // mHealth `descriptive_statistic`) is held as a dead letter `statistic` (issue #8).
+    // gives its period: the serial stream reduction's window median, and an Open mHealth
+    // `descriptive_statistic` that the hub's `upload_statistics` names and that covers a time
+    // interval (`effectivePeriod`; never an instant or a date). Any other is held as a dead
+    // letter `statistic` (issue #8).
     let window_seconds = reduced_window(record, source);
     if let (Some(stat), None) = (&record.context.statistic, window_seconds) {
-        return Err(Rejection::Statistic(stat.clone()));
+        let configured = matches!(source, Source::Mqtt { .. })
+            && device.upload_statistics.iter().any(|s| s == stat)
+            && fhir::statistic_code(stat).is_some()
+            && record.device_time.is_some()
+            && record.context.effective_end.is_some()
+            && !record.context.date_only;
+        if !configured {
+            return Err(Rejection::Statistic(stat.clone()));
+        }
     }
     if record.device_time.is_none() && matches!(source, Source::Mqtt { .. }) {
         return Err(Rejection::NoEffectiveTime);
@@ -239,6 +251,10 @@ pub fn readings_from_record(
         },
         _ => (Timing::Instant, None),
     };
+    // A statistic goes up only over its period: never as an instant.
+    if let (Some(stat), Timing::Instant | Timing::Date) = (&record.context.statistic, timing) {
+        return Err(Rejection::Statistic(stat.clone()));
+    }
 
     // Group the values into observations: the numbers, and the values the device sent as a
     // special value (NaN, NRes, +/-INF), which become `dataAbsentReason` in the uplink.
@@ -405,7 +421,20 @@ fn ble_effective_time(
     );
     let quality = match corrected.quality {
         clock::TimeQuality::DeviceTrusted => TimeQuality::DeviceTrusted,
-        clock::TimeQuality::CorrectedForSkew { .. } => TimeQuality::CorrectedForSkew,
+        // The clock read the correction used travels with the reading: the uplink adds the
+        // Coincident Timestamp Observation from it (fhir-mapping.md §4).
+        clock::TimeQuality::CorrectedForSkew { .. } => match dc.device_now.and_then(|d| {
+            offset
+                .timestamp_opt(d.naive_unix_seconds() - i64::from(zone), 0)
+                .single()
+        }) {
+            Some(device_time) => TimeQuality::Corrected(CoincidentTimestamp {
+                gateway_time: dc.gateway_at_read,
+                device_time,
+            }),
+            // `correct` corrects only against a device clock it read; kept total all the same.
+            None => TimeQuality::CorrectedForSkew,
+        },
         clock::TimeQuality::DeviceUnverified => TimeQuality::DeviceUnverified,
         clock::TimeQuality::Unknown { .. } => TimeQuality::GatewayReceiveTime,
     };
@@ -428,6 +457,7 @@ mod tests {
             utc_offset: FixedOffset::east_opt(3600).unwrap(),
             clock_is_provenance_only: false,
             reported: Default::default(),
+            upload_statistics: Vec::new(),
         }
     }
 
@@ -717,7 +747,16 @@ mod tests {
             later,
         )
         .unwrap();
-        assert_eq!(rs[0].time_quality, TimeQuality::CorrectedForSkew);
+        // The clock read travels with the reading, for the Coincident Timestamp Observation.
+        let cts = rs[0]
+            .time_quality
+            .coincident_timestamp()
+            .expect("a corrected reading carries its clock read");
+        assert_eq!(cts.gateway_time, t0());
+        assert_eq!(cts.device_time.to_rfc3339(), "2026-11-23T09:00:00+01:00");
+        assert!(rs
+            .iter()
+            .all(|r| r.time_quality == TimeQuality::Corrected(*cts)));
         assert_eq!(rs[0].effective.to_rfc3339(), "2026-11-23T10:15:30+01:00");
         let raw = DeviceTime::new(2026, 11, 23, 8, 15, 30)
             .unwrap()
@@ -997,6 +1036,90 @@ mod tests {
         assert_eq!(rs[0].timing, Timing::Instant);
         let obs = crate::uplink::fhir::observation(&rs[0], "Device/d", "Device/g").unwrap();
         assert!(obs.get("method").is_none());
+    }
+
+    /// Issue #8: an Open mHealth `descriptive_statistic` is uploaded only where the hub's
+    /// `upload_statistics` names it and it covers an interval: then over `effectivePeriod`, its
+    /// `method` coded with the R4 StatisticsCode. Otherwise (not configured, or an instant) it is
+    /// held as a dead letter `statistic`. The datum is the official body-weight 2.0
+    /// `with-descriptive-statistic` test body.
+    #[test]
+    fn a_configured_omh_statistic_over_an_interval_is_uploaded_over_its_period_and_no_other() {
+        let point = |time_frame: &str, stat: &str| {
+            let v = serde_json::json!({
+                "header": {
+                    "uuid": "9f1c0000-0000-4000-8000-000000000001",
+                    "schema_id": {"namespace": "omh", "name": "body-weight", "version": "2.0"},
+                    "source_creation_date_time": "2020-03-05T10:41:00-08:00",
+                    "modality": "sensed"
+                },
+                "body": {
+                    "body_weight": {"value": 49.5, "unit": "kg"},
+                    "effective_time_frame": serde_json::from_str::<serde_json::Value>(time_frame).unwrap(),
+                    "descriptive_statistic": stat
+                }
+            });
+            let dp = device_drivers::omh::parse_value(&v).unwrap();
+            let clock = CaptureClock {
+                utc_offset_minutes: dp.utc_offset_minutes,
+                fraction: dp.time_fraction,
+                ..CaptureClock::default()
+            };
+            (dp.record, clock)
+        };
+        let interval = r#"{"time_interval": {"start_date_time": "2020-02-05T09:45:00-08:00", "end_date_time": "2020-03-05T10:40:00-08:00"}}"#;
+        let mut hub = DeviceContext {
+            class: DeviceClass::Generic,
+            identifier: DeviceIdentifier::Local("gw/hub".into()),
+            ..cuff()
+        };
+        let src = mqtt_src("9f1c0000-0000-4000-8000-000000000001");
+        let (rec, clock) = point(interval, "minimum");
+        // Default: held.
+        assert_eq!(
+            readings_from_record(&hub, &rec, &src, &clock, t0()),
+            Err(Rejection::Statistic("minimum".into()))
+        );
+        hub.upload_statistics = vec!["minimum".into()];
+        let rs = readings_from_record(&hub, &rec, &src, &clock, t0()).unwrap();
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].kind, ReadingKind::BodyWeight);
+        assert_eq!(rs[0].effective.to_rfc3339(), "2020-02-05T09:45:00-08:00");
+        match rs[0].timing {
+            Timing::Period { end } => assert_eq!(end.to_rfc3339(), "2020-03-05T10:40:00-08:00"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            rs[0].observation_identifier.contains(".."),
+            "{}",
+            rs[0].observation_identifier
+        );
+        let obs = crate::uplink::fhir::observation(&rs[0], "Device/d", "Device/g").unwrap();
+        assert_eq!(obs["effectivePeriod"]["end"], "2020-03-05T10:40:00-08:00");
+        assert!(obs.get("effectiveDateTime").is_none());
+        assert_eq!(
+            obs["method"]["coding"][0]["system"],
+            crate::uplink::fhir::OBSERVATION_STATISTICS
+        );
+        assert_eq!(obs["method"]["coding"][0]["code"], "minimum");
+        assert_eq!(obs["valueQuantity"]["value"].to_string(), "49.5");
+        // Another statistic of the same hub: held.
+        let (avg, clock_avg) = point(interval, "average");
+        assert_eq!(
+            readings_from_record(&hub, &avg, &src, &clock_avg, t0()),
+            Err(Rejection::Statistic("average".into()))
+        );
+        // The configured statistic at an instant: never an instant, held.
+        let (instant, clock_i) = point(r#"{"date_time": "2020-03-05T10:40:00-08:00"}"#, "minimum");
+        assert_eq!(
+            readings_from_record(&hub, &instant, &src, &clock_i, t0()),
+            Err(Rejection::Statistic("minimum".into()))
+        );
+        // The same record from a serial port or a BLE device: held (hubs only).
+        assert_eq!(
+            readings_from_record(&hub, &rec, &serial_src(), &clock, t0()),
+            Err(Rejection::Statistic("minimum".into()))
+        );
     }
 
     /// Serial devices' clocks are provenance only (the reception time dates their live

@@ -26,6 +26,8 @@ pub struct DeviceContext {
     pub clock_is_provenance_only: bool,
     /// What the device reported about itself (BLE Device Information), when a source read it.
     pub reported: ReportedInfo,
+    /// MQTT hubs: the Open mHealth statistics that may be uploaded (config `upload_statistics`).
+    pub upload_statistics: Vec<String>,
 }
 
 /// Device Information a source read from the device (BLE DIS 0x180A). Not PHI.
@@ -78,6 +80,12 @@ impl DeviceContext {
             utc_offset: d.utc_offset.unwrap_or(default_offset),
             clock_is_provenance_only: provenance_only,
             reported: ReportedInfo::default(),
+            upload_statistics: match &d.kind {
+                DeviceKind::Mqtt {
+                    upload_statistics, ..
+                } => upload_statistics.clone(),
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -93,6 +101,7 @@ impl DeviceContext {
             utc_offset: chrono::Offset::fix(&Utc),
             clock_is_provenance_only: false,
             reported: ReportedInfo::default(),
+            upload_statistics: Vec::new(),
         }
     }
 
@@ -172,7 +181,7 @@ impl DeviceTable {
             let ctx = Arc::new(DeviceContext::from_device(&gw.id, gw.device_utc_offset, d));
             t.by_name.insert(d.name.clone(), Arc::clone(&ctx));
             match &d.kind {
-                DeviceKind::Mqtt { topic } => t.mqtt.push((topic.clone(), ctx)),
+                DeviceKind::Mqtt { topic, .. } => t.mqtt.push((topic.clone(), ctx)),
                 DeviceKind::Ble { .. } => t.ble.push(ctx),
                 DeviceKind::Serial(s) => t.serial.push((s.clone(), ctx)),
             }

@@ -472,6 +472,7 @@ mod tests {
             utc_offset: FixedOffset::east_opt(3600).unwrap(),
             clock_is_provenance_only: false,
             reported: Default::default(),
+            upload_statistics: Vec::new(),
         })
     }
 

@@ -172,6 +172,19 @@ impl Outbox {
         self.core()?.pending_where(limit, keep)
     }
 
+    /// See [`SledOutbox::purge_pending_where`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::purge_pending_where`], and [`StoreError::Unavailable`].
+    pub fn purge_pending_where<T: DeserializeOwned>(
+        &self,
+        limit: usize,
+        purge: impl FnMut(&PendingRecord<T>) -> bool,
+    ) -> Result<Vec<PendingRecord<T>>, StoreError> {
+        self.core()?.purge_pending_where(limit, purge)
+    }
+
     /// See [`SledOutbox::ack`].
     ///
     /// # Errors

@@ -1,6 +1,14 @@
 //! The encrypted outbox: readings wait here, sealed, until the FHIR server has them.
 //!
-//! # On-disk format (store format version 3; 3 added `Reading::timing`, `Reading::context` and the PHD device fields)
+//! # On-disk format (store format version 4)
+//!
+//! History: 3 added `Reading::timing`, `Reading::context` and the PHD device fields; 4 added the
+//! variant `TimeQuality::Corrected` (the device clock read a corrected reading was corrected
+//! against, for the PHD Coincident Timestamp Observation). 4 only appended an enum variant, and
+//! postcard encodes a variant by its index, so every format 3 record is a valid format 4 record:
+//! a format 3 store is opened and its format record rewritten to 4 (`upgraded` in the log), its
+//! records untouched; an older build then refuses the store ([`StoreError::UnsupportedFormat`])
+//! rather than quarantining records it cannot decode. Other versions are refused.
 //!
 //! A store is one directory (mode 0700) holding a sled 0.34.7 database (`<dir>/db` is the data
 //! file, `<dir>/conf` sled's parameters, `<dir>/snap.*` its snapshots, `<dir>/blobs/` values too
@@ -10,8 +18,9 @@
 //!
 //! | tree         | key                           | value                                        |
 //! |--------------|-------------------------------|----------------------------------------------|
-//! | `meta`       | `format`                      | `[2]`: the store format version              |
+//! | `meta`       | `format`                      | `[4]`: the store format version              |
 //! | `meta`       | `key_check`                   | sealed constant: proves the key is the right one |
+//! | `meta`       | `purged`                      | pending records purged over the store's life (consent purge), u64 big-endian; absent = 0 |
 //! | `pending`    | seq: u64 big-endian           | sealed postcard `PendingEnvelope { id, enqueued_at_ms, payload }`, `payload` = postcard of the caller's `T` |
 //! | `index`      | `index_key(id)`: 32 bytes     | seq: u64 big-endian, the `pending` entry holding `id` |
 //! | `acked`      | `index_key(id)`: 32 bytes     | time of ack / dead-lettering, ms since Unix epoch, u64 big-endian |
@@ -117,7 +126,10 @@ pub use outbox::{
 use std::path::PathBuf;
 
 /// The store format version written to `meta/format`.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
+
+/// The older format this build opens and upgrades in place (module docs, "History").
+pub const UPGRADABLE_FORMAT: u8 = 3;
 
 /// Everything that can go wrong in the store. Carries paths, tree names, sequence numbers and
 /// sizes; never record content.
@@ -139,7 +151,7 @@ pub enum StoreError {
     #[error("store {path} was written with another key (the key-check record does not open); refusing to use it")]
     WrongKey { path: PathBuf },
     #[error(
-        "store {path} has format version {found:?}, this build reads version {FORMAT_VERSION}"
+        "store {path} has format version {found:?}, this build reads versions {UPGRADABLE_FORMAT} and {FORMAT_VERSION}"
     )]
     UnsupportedFormat { path: PathBuf, found: Option<u8> },
     #[error("encoded record is {len} bytes, more than the {max} a record may have")]

@@ -20,7 +20,7 @@ use sled::Transactional;
 
 use super::codec::RecordCipher;
 use super::keyfile::StoreKey;
-use super::{StoreError, FORMAT_VERSION};
+use super::{StoreError, FORMAT_VERSION, UPGRADABLE_FORMAT};
 use crate::telemetry;
 
 /// Largest encoded payload (postcard of `T`, or a raw dead-letter payload) stored in one record.
@@ -42,6 +42,8 @@ pub const TREE_QUARANTINE: &str = "quarantine";
 pub const TREE_IDENTS: &str = "idents";
 
 const META_FORMAT: &[u8] = b"format";
+/// How many pending records were purged over the store's life: u64 big-endian.
+const META_PURGED: &[u8] = b"purged";
 const META_KEY_CHECK: &[u8] = b"key_check";
 /// Written by [`SledOutbox::probe_write`]; holds the time of the last probe, nothing else.
 const META_PROBE: &[u8] = b"write_probe";
@@ -242,6 +244,9 @@ pub struct Stats {
     pub inserts: u64,
     pub duplicates: u64,
     pub corrupt_records: u64,
+    /// Pending records removed by [`SledOutbox::purge_pending_where`] over the store's life
+    /// (persistent, `meta/purged`).
+    pub purged: u64,
 }
 
 /// The encrypted outbox on one open sled database. See [`crate::store`] for the format and
@@ -630,6 +635,82 @@ impl SledOutbox {
             }
         }
         Ok((out, refused))
+    }
+
+    /// Removes, for good, up to `limit` pending records that `purge` selects (oldest first), in
+    /// one sled transaction, and returns them. Each id becomes a tombstone (a redelivery within
+    /// the tombstone retention is a duplicate, not stored again) and the store's persistent
+    /// purge count (`meta/purged`, [`Stats::purged`]) grows by the number removed, in the same
+    /// transaction. Used for the consent purge (`crate::consent::purge_due`): the caller decides,
+    /// the store only removes. Records that do not open are quarantined, as everywhere.
+    ///
+    /// A record whose index entry changed between the scan and the transaction (acked or
+    /// dead-lettered meanwhile) is left alone. On `Ok` the removal is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`] / [`StoreError::Io`]; then nothing was removed.
+    pub fn purge_pending_where<T: DeserializeOwned>(
+        &self,
+        limit: usize,
+        mut purge: impl FnMut(&PendingRecord<T>) -> bool,
+    ) -> Result<Vec<PendingRecord<T>>, StoreError> {
+        let mut chosen = Vec::new();
+        if limit == 0 {
+            return Ok(chosen);
+        }
+        let mut sizes = HashMap::new();
+        for item in self.pending.iter() {
+            let (key, raw) = item?;
+            match self.decode_pending::<T>(&key, &raw) {
+                Ok(record) => {
+                    if purge(&record) {
+                        sizes.insert(record.seq, raw.len() + PENDING_OVERHEAD);
+                        chosen.push(record);
+                        if chosen.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                Err(reason) => self.quarantine_record(TREE_PENDING, &key, &raw, reason)?,
+            }
+        }
+        if chosen.is_empty() {
+            return Ok(chosen);
+        }
+        let plan: Vec<([u8; 32], u64)> = chosen
+            .iter()
+            .map(|r| (self.cipher.index_key(&r.id), r.seq))
+            .collect();
+        let now = now_ms(SystemTime::now()).to_be_bytes();
+        let result: TransactionResult<Vec<u64>, StoreError> =
+            (&self.pending, &self.index, &self.acked, &self.meta).transaction(
+                |(pending, index, acked, meta)| {
+                    let mut removed = Vec::new();
+                    for (mac, seq) in &plan {
+                        let key = seq.to_be_bytes();
+                        if index.get(mac)?.as_deref() == Some(&key[..]) {
+                            pending.remove(&key[..])?;
+                            index.remove(&mac[..])?;
+                            acked.insert(&mac[..], &now[..])?;
+                            removed.push(*seq);
+                        }
+                    }
+                    let before = meta
+                        .get(META_PURGED)?
+                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                        .map_or(0, u64::from_be_bytes);
+                    let after = before.saturating_add(removed.len() as u64);
+                    meta.insert(META_PURGED, &after.to_be_bytes()[..])?;
+                    Ok(removed)
+                },
+            );
+        let removed = result?;
+        self.make_durable()?;
+        let freed: usize = removed.iter().filter_map(|seq| sizes.get(seq)).sum();
+        self.release_held(freed as u64);
+        chosen.retain(|r| removed.contains(&r.seq));
+        Ok(chosen)
     }
 
     /// Removes uploaded records (server 2xx and per-entry success) and remembers their ids as
@@ -1028,6 +1109,11 @@ impl SledOutbox {
             inserts: self.inserts.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             corrupt_records: self.corrupt_records.load(Ordering::Relaxed),
+            purged: self
+                .meta
+                .get(META_PURGED)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map_or(0, u64::from_be_bytes),
         })
     }
 
@@ -1126,18 +1212,30 @@ impl SledOutbox {
     fn check_or_init_meta(&self) -> Result<(), StoreError> {
         let check_key = record_key(TREE_META, META_KEY_CHECK);
         match self.meta.get(META_FORMAT)? {
-            Some(v) if v.as_ref() == [FORMAT_VERSION] => {
+            Some(v) if v.as_ref() == [FORMAT_VERSION] || v.as_ref() == [UPGRADABLE_FORMAT] => {
                 let sealed = self.meta.get(META_KEY_CHECK)?;
                 let ok = sealed
                     .and_then(|s| self.cipher.open(&check_key, &s).ok())
                     .is_some_and(|p| p == KEY_CHECK_PLAINTEXT);
-                if ok {
-                    Ok(())
-                } else {
-                    Err(StoreError::WrongKey {
+                if !ok {
+                    return Err(StoreError::WrongKey {
                         path: self.dir.clone(),
-                    })
+                    });
                 }
+                if v.as_ref() == [UPGRADABLE_FORMAT] {
+                    // Format 3 records are format 4 records (see `crate::store`): only the format
+                    // record changes, so an older build refuses the store from now on instead of
+                    // quarantining the records it cannot read.
+                    self.meta.insert(META_FORMAT, &[FORMAT_VERSION][..])?;
+                    self.make_durable()?;
+                    tracing::info!(
+                        store = %self.dir.display(),
+                        from = UPGRADABLE_FORMAT,
+                        to = FORMAT_VERSION,
+                        "store format upgraded"
+                    );
+                }
+                Ok(())
             }
             Some(v) => Err(StoreError::UnsupportedFormat {
                 path: self.dir.clone(),

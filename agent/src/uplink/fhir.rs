@@ -45,6 +45,17 @@ pub const BTMAC_SYSTEM: &str = "http://hl7.org/fhir/sid/eui-48/bluetooth";
 pub const LOCAL_DEVICE_SYSTEM: &str = "urn:vitalgate:device";
 pub const GATEWAY_SYSTEM: &str = "urn:vitalgate:gateway";
 const CONTINUA_IDS: &str = "http://terminology.hl7.org/CodeSystem/ContinuaDeviceIdentifiers";
+/// The extension by which a measurement the gateway re-timed references its Coincident
+/// Timestamp Observation (fhir-mapping.md §3).
+pub const CTS_EXTENSION: &str =
+    "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference";
+/// Identifier system of our Coincident Timestamp Observations. fhir-mapping.md §5.2 asks for
+/// `https://<our-domain>/fhir/sid/phd-cts`; the project owns no domain and already names its own
+/// identifier systems `urn:vitalgate:*` (`urn:vitalgate:device`, `urn:vitalgate:gateway`), so
+/// this one is `urn:vitalgate:phd-cts`. (The PHD IG's own examples send CTS Observations without
+/// an identifier, always created; we make them conditional creates like everything else, so a
+/// resent Bundle creates none twice.)
+pub const CTS_SYSTEM: &str = "urn:vitalgate:phd-cts";
 
 /// At most this many entries per Bundle (§5.3).
 pub const MAX_ENTRIES: usize = 50;
@@ -567,18 +578,62 @@ pub fn bp_status_identifier(bp_identifier: &str) -> String {
     format!("{bp_identifier}-8410608")
 }
 
-/// `Observation.method` of a statistic the pipeline let through (only the serial stream
-/// reduction's window median, always with `effectivePeriod`): states that the value is that
-/// statistic over the period, not one measurement. Text only: no standard code for "median of
-/// a device's values over a window" was sourced (README "Limits").
+/// R4's StatisticsCode code system (FHIR 4.0.1 `CodeSystem/observation-statistics`, the
+/// `statistic` codes of the Observation `$stats` operation).
+pub const OBSERVATION_STATISTICS: &str =
+    "http://terminology.hl7.org/CodeSystem/observation-statistics";
+
+/// The R4 StatisticsCode (code, display) of an Open mHealth `descriptive_statistic` (schema
+/// `omh:descriptive-statistic:1.x` enum) whose value is in the unit of the measurement itself,
+/// so it can be uploaded as that measurement's value over `effectivePeriod`. `None` for the
+/// others: `count` (a number of measurements, not a value in the measurement's unit),
+/// `variance` (the unit squared), and anything unknown. Codes from FHIR 4.0.1
+/// `CodeSystem/observation-statistics` (average, maximum, minimum, median, std-dev, sum,
+/// 20-percent, 80-percent, 4-lower, 4-upper, 4-dev, 5-1 .. 5-4).
+pub fn statistic_code(omh_name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match omh_name {
+        "average" => ("average", "Average"),
+        "maximum" => ("maximum", "Maximum"),
+        "minimum" => ("minimum", "Minimum"),
+        "median" => ("median", "Median"),
+        "standard deviation" => ("std-dev", "Standard Deviation"),
+        "sum" => ("sum", "Sum"),
+        "20th percentile" => ("20-percent", "20th Percentile"),
+        "80th percentile" => ("80-percent", "80th Percentile"),
+        "lower quartile" => ("4-lower", "Lower Quartile"),
+        "upper quartile" => ("4-upper", "Upper Quartile"),
+        "quartile deviation" => ("4-dev", "Quartile Deviation"),
+        "1st quintile" => ("5-1", "1st Quintile"),
+        "2nd quintile" => ("5-2", "2nd Quintile"),
+        "3rd quintile" => ("5-3", "3rd Quintile"),
+        "4th quintile" => ("5-4", "4th Quintile"),
+        _ => return None,
+    })
+}
+
+/// `Observation.method` of a statistic the pipeline let through, always with `effectivePeriod`
+/// (the serial stream reduction's window median, or an Open mHealth `descriptive_statistic` a
+/// device's `upload_statistics` names): states that the value is that statistic over the
+/// period, not one measurement, with the R4 StatisticsCode where there is one.
 fn statistic_method(r: &Reading) -> Option<Value> {
     let stat = r.context.statistic.as_deref()?;
-    Some(json!({
-        "text": format!(
+    let text = match r.source {
+        crate::reading::Source::Serial { .. } => format!(
             "{stat} of the values the device reported during effectivePeriod \
              (gateway stream reduction); not a single measurement"
-        )
-    }))
+        ),
+        _ => format!(
+            "{stat} of the measurements during effectivePeriod, as the source reported it \
+             (Open mHealth descriptive_statistic); not a single measurement"
+        ),
+    };
+    Some(match statistic_code(stat) {
+        Some((code, display)) => json!({
+            "coding": [{"system": OBSERVATION_STATISTICS, "code": code, "display": display}],
+            "text": text,
+        }),
+        None => json!({"text": text}),
+    })
 }
 
 fn effective(r: &Reading, obs: &mut Map<String, Value>) {
@@ -837,22 +892,93 @@ pub fn bp_status_observation(
     Value::Object(obs)
 }
 
+/// The identifier value of the Coincident Timestamp Observation a corrected reading references
+/// (fhir-mapping.md §5.2): `<gateway>-<PHD>-<gateway time of the clock read, ms since the Unix
+/// epoch>`. `<gateway>` is the configured gateway id (the gateway Device's identifier: we have
+/// no EUI-64 for the gateway); `<PHD>` is the §5.1 device part (EUI-64, else Bluetooth address).
+/// One per connection: every reading corrected against one clock read shares it. `None` for a
+/// reading that was not corrected (or was stored before format 4 and does not carry its clock
+/// read).
+pub fn cts_identifier(gateway_id: &str, r: &Reading) -> Option<String> {
+    let cts = r.time_quality.coincident_timestamp()?;
+    Some(format!(
+        "{gateway_id}-{}-{}",
+        r.device.identifier.id_component(),
+        cts.gateway_time.timestamp_millis()
+    ))
+}
+
+/// The PHD Coincident Timestamp Observation of a corrected reading (pure): the PHD's clock
+/// (`valueDateTime`) at the gateway's time (`effectiveDateTime`), subject the PHD Device,
+/// device the gateway (fhir-mapping.md §4). `None` for a reading without a clock read.
+///
+/// Code 67975 MDC_ATTR_TIME_ABS "Absolute time": the PHD IG's PhdCoincidentTimeStampObservation
+/// profile (HL7/phd `input/fsh/StructureDefinition.PhdCoincidentTimeStampObservation.fsh`,
+/// `code.coding[MDCType]` comment: "The code for absolute time is 67975 with reference id
+/// MDC_ATTR_TIME_ABS") and its example Observation `coin-1234`; a BLE Current Time clock is an
+/// absolute (wall-clock) time.
+pub fn cts_observation(
+    gateway_id: &str,
+    r: &Reading,
+    device_ref: &str,
+    gateway_ref: &str,
+) -> Option<Value> {
+    let cts = r.time_quality.coincident_timestamp()?;
+    let identifier = cts_identifier(gateway_id, r)?;
+    // The gateway's time shown in the device's offset, as the IG example does, so the two read
+    // side by side; the instant is the same.
+    let gateway_time = cts
+        .gateway_time
+        .with_timezone(cts.device_time.offset())
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    Some(json!({
+        "resourceType": "Observation",
+        "meta": {"profile": ["http://hl7.org/fhir/uv/phd/StructureDefinition/PhdCoincidentTimeStampObservation"]},
+        "extension": [{"url": GATEWAY_EXTENSION, "valueReference": {"reference": gateway_ref}}],
+        "identifier": [{"system": CTS_SYSTEM, "value": identifier}],
+        "status": "final",
+        "code": {"coding": [mdc_coding(67975, "MDC_ATTR_TIME_ABS")], "text": "Absolute time"},
+        "subject": {"reference": device_ref},
+        "effectiveDateTime": gateway_time,
+        "valueDateTime": cts.device_time.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "device": {"reference": gateway_ref},
+    }))
+}
+
+/// Adds the CoincidentTimeStampReference extension to an Observation built by this module.
+fn reference_cts(obs: &mut Value, cts_ref: &str) {
+    if let Some(ext) = obs.get_mut("extension").and_then(Value::as_array_mut) {
+        ext.push(json!({"url": CTS_EXTENSION, "valueReference": {"reference": cts_ref}}));
+    }
+}
+
 /// How many of `readings` (taken in order) fit in one Bundle of at most [`MAX_ENTRIES`].
 pub fn readings_that_fit(readings: &[Reading]) -> usize {
     let mut devices = std::collections::HashSet::new();
     let mut identifiers = std::collections::HashSet::new();
+    let mut clock_reads = std::collections::HashSet::new();
     let mut entries = 1; // the gateway
     for (i, r) in readings.iter().enumerate() {
         let new_device = !devices.contains(&r.device.identifier);
         let new_obs = !identifiers.contains(&r.observation_identifier);
-        let need =
-            usize::from(new_device) + usize::from(new_obs) * (1 + usize::from(has_bp_status(r)));
+        // One Coincident Timestamp Observation per device and clock read (the gateway id is
+        // the same for the whole Bundle).
+        let cts = r
+            .time_quality
+            .coincident_timestamp()
+            .filter(|_| new_obs)
+            .map(|c| (r.device.identifier.clone(), c.gateway_time));
+        let new_cts = cts.as_ref().is_some_and(|c| !clock_reads.contains(c));
+        let need = usize::from(new_device)
+            + usize::from(new_obs) * (1 + usize::from(has_bp_status(r)))
+            + usize::from(new_cts);
         if entries + need > MAX_ENTRIES {
             return i;
         }
         entries += need;
         devices.insert(r.device.identifier.clone());
         identifiers.insert(r.observation_identifier.clone());
+        clock_reads.extend(cts);
     }
     readings.len()
 }
@@ -895,6 +1021,7 @@ pub fn build_transaction_bundle(
     let mut entries = vec![gw_entry];
     let mut device_urls: BTreeMap<String, String> = BTreeMap::new();
     let mut obs_index: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut cts_urls: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut refs: Vec<EntryRef> = Vec::new();
     for r in readings {
         if let Some(&i) = obs_index.get(r.observation_identifier.as_str()) {
@@ -919,7 +1046,23 @@ pub fn build_transaction_bundle(
                 url
             }
         };
-        let obs = observation(r, &dev_url, &gw_url)?;
+        let mut obs = observation(r, &dev_url, &gw_url)?;
+        // A reading the gateway re-timed: its Coincident Timestamp Observation (once per clock
+        // read in this Bundle) and the extension that references it.
+        let cts_url = match (
+            cts_identifier(&gateway.id, r),
+            cts_observation(&gateway.id, r, &dev_url, &gw_url),
+        ) {
+            (Some(cts_id), Some(cts_obs)) => {
+                let url = urn_uuid(&format!("{CTS_SYSTEM}|{cts_id}"));
+                if cts_urls.insert(url.clone()) {
+                    entries.push(entry(&url, cts_obs, "Observation", CTS_SYSTEM, &cts_id));
+                }
+                reference_cts(&mut obs, &url);
+                Some(url)
+            }
+            _ => None,
+        };
         let full_url = urn_uuid(&format!(
             "{OBS_IDENTIFIER_SYSTEM}|{}",
             r.observation_identifier
@@ -940,9 +1083,13 @@ pub fn build_transaction_bundle(
         if has_bp_status(r) {
             let status_id = bp_status_identifier(&r.observation_identifier);
             let url = urn_uuid(&format!("{OBS_IDENTIFIER_SYSTEM}|{status_id}"));
+            let mut status_obs = bp_status_observation(r, &full_url, &dev_url, &gw_url);
+            if let Some(cts_url) = &cts_url {
+                reference_cts(&mut status_obs, cts_url);
+            }
             entries.push(entry(
                 &url,
-                bp_status_observation(r, &full_url, &dev_url, &gw_url),
+                status_obs,
                 "Observation",
                 OBS_IDENTIFIER_SYSTEM,
                 &status_id,
@@ -1201,6 +1348,125 @@ pub(crate) mod tests {
         assert!(build_transaction_bundle(&GatewayInfo::new("gw", "0"), &many).is_err());
         let (b, _) = build_transaction_bundle(&GatewayInfo::new("gw", "0"), &many[..n]).unwrap();
         assert!(b["entry"].as_array().unwrap().len() <= MAX_ENTRIES);
+    }
+
+    /// A BP reading (with status bits) and its pulse, corrected against one clock read.
+    pub(crate) fn corrected(n: i64, kind: ReadingKind) -> Reading {
+        let mut r = if kind == ReadingKind::BloodPressure {
+            bp()
+        } else {
+            reading(
+                kind,
+                vec![(ReadingType::PulseRate, Decimal::from_int(61), "/min")],
+                n,
+            )
+        };
+        r.id = test_id(n);
+        r.time_quality = TimeQuality::Corrected(crate::reading::CoincidentTimestamp {
+            gateway_time: Utc.with_ymd_and_hms(2025, 3, 14, 7, 45, 0).unwrap(),
+            device_time: FixedOffset::east_opt(3600)
+                .unwrap()
+                .with_ymd_and_hms(2023, 3, 15, 8, 45, 0)
+                .unwrap(),
+        });
+        r
+    }
+
+    #[test]
+    fn corrected_readings_bring_one_coincident_timestamp_observation_per_clock_read_and_reference_it(
+    ) {
+        let gw = GatewayInfo::new("gw-1", "0");
+        let mut bp_r = corrected(1, ReadingKind::BloodPressure);
+        bp_r.flags = vec![Status::IrregularPulse];
+        let pulse = corrected(2, ReadingKind::PulseRateCuff);
+        let (b, refs) = build_transaction_bundle(&gw, &[bp_r.clone(), pulse.clone()]).unwrap();
+        let entries = b["entry"].as_array().unwrap();
+        let cts: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["resource"]["identifier"][0]["system"] == CTS_SYSTEM)
+            .collect();
+        assert_eq!(cts.len(), 1, "one per clock read: {b:#}");
+        let cts_entry = cts[0];
+        let c = &cts_entry["resource"];
+        let ms = Utc
+            .with_ymd_and_hms(2025, 3, 14, 7, 45, 0)
+            .unwrap()
+            .timestamp_millis();
+        let value = format!("gw-1-00091FFFFE801234-{ms}");
+        assert_eq!(c["identifier"][0]["value"], value.as_str());
+        assert_eq!(
+            cts_entry["request"]["ifNoneExist"],
+            format!("identifier={CTS_SYSTEM}|{value}")
+        );
+        assert_eq!(c["code"]["coding"][0]["code"], "67975");
+        assert_eq!(c["code"]["coding"][0]["system"], MDC);
+        assert_eq!(c["status"], "final");
+        // Subject the PHD, device the gateway; gateway time and PHD time at that instant.
+        assert_eq!(c["subject"]["reference"], entries[1]["fullUrl"]);
+        assert_eq!(c["device"]["reference"], entries[0]["fullUrl"]);
+        assert_eq!(c["effectiveDateTime"], "2025-03-14T08:45:00.000+01:00");
+        assert_eq!(c["valueDateTime"], "2023-03-15T08:45:00+01:00");
+        // Every Observation of the corrected readings references it, the 8410608 one too.
+        let referencing: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Observation")
+            .filter(|e| e["resource"]["identifier"][0]["system"] == OBS_IDENTIFIER_SYSTEM)
+            .collect();
+        assert_eq!(referencing.len(), 3);
+        for e in referencing {
+            let ext = &e["resource"]["extension"];
+            assert!(
+                ext.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["url"] == CTS_EXTENSION
+                        && x["valueReference"]["reference"] == cts_entry["fullUrl"]),
+                "{e:#}"
+            );
+        }
+        assert_eq!(refs.len(), 2);
+        assert_eq!(readings_that_fit(&[bp_r.clone(), pulse]), 2);
+
+        // A second connection's clock read: its own CTS Observation.
+        let mut later = corrected(3, ReadingKind::PulseRateCuff);
+        later.observation_identifier.push_str("-later");
+        if let TimeQuality::Corrected(c) = &mut later.time_quality {
+            c.gateway_time += chrono::Duration::hours(1);
+        }
+        let (b, _) = build_transaction_bundle(&gw, &[bp_r, later]).unwrap();
+        let n = b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["resource"]["identifier"][0]["system"] == CTS_SYSTEM)
+            .count();
+        assert_eq!(n, 2);
+
+        // A reading that was not corrected (or stored before format 4): neither.
+        let mut old = bp();
+        old.time_quality = TimeQuality::CorrectedForSkew;
+        for r in [bp(), old] {
+            let (b, _) = build_transaction_bundle(&gw, &[r]).unwrap();
+            let text = b.to_string();
+            assert!(!text.contains(CTS_SYSTEM) && !text.contains(CTS_EXTENSION));
+        }
+    }
+
+    #[test]
+    fn the_entry_limit_counts_coincident_timestamp_observations() {
+        // Each reading from its own device and clock read: device + CTS + observation.
+        let many: Vec<Reading> = (0..30)
+            .map(|i| {
+                let mut r = corrected(i, ReadingKind::PulseRateCuff);
+                r.observation_identifier = format!("obs-{i}");
+                r.device.identifier = DeviceIdentifier::Local(format!("gw/dev{i}"));
+                r
+            })
+            .collect();
+        let n = readings_that_fit(&many);
+        assert_eq!(n, 16, "1 gateway + 16 × 3 = 49");
+        let (b, _) = build_transaction_bundle(&GatewayInfo::new("gw", "0"), &many[..n]).unwrap();
+        assert_eq!(b["entry"].as_array().unwrap().len(), 49);
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub(crate) fn cases() -> Vec<(&'static str, Reading)> {
         18,
     );
     median.context.statistic = Some(crate::pipeline::reduce::WINDOW_STATISTIC.into());
+    median.source = crate::reading::Source::Serial {
+        port: "/dev/serial/by-id/usb-nonin-if00".into(),
+    };
     median.timing = Timing::Period {
         end: median.effective + chrono::Duration::seconds(30),
     };
@@ -116,6 +119,39 @@ pub(crate) fn cases() -> Vec<(&'static str, Reading)> {
             .unwrap(),
     };
     out.push(("body_weight_over_a_period", w));
+    // An Open mHealth `descriptive_statistic` a hub's `upload_statistics` names: over its
+    // period, `method` coded with the R4 StatisticsCode (issue #8).
+    let mut wmin = reading(
+        ReadingKind::BodyWeight,
+        vec![(T::BodyWeight, dec(495, -1), "kg")],
+        22,
+    );
+    wmin.context.statistic = Some("minimum".into());
+    wmin.source = crate::reading::Source::Mqtt {
+        topic: "vitalgate/ingest/hub-1".into(),
+        source_id: "9f1c0000-0000-4000-8000-000000000001".into(),
+    };
+    wmin.device.class = crate::reading::DeviceClass::Generic;
+    wmin.device.identifier = crate::reading::DeviceIdentifier::Local("gw-golden/hub-1".into());
+    wmin.timing = Timing::Period {
+        end: FixedOffset::east_opt(3600)
+            .unwrap()
+            .with_ymd_and_hms(2025, 4, 14, 8, 15, 30)
+            .unwrap(),
+    };
+    // §5.1: the data point's uuid in place of the device, the period form of the timestamp.
+    wmin.observation_identifier = crate::identity::observation_identifier_for_period(
+        "9f1c0000-0000-4000-8000-000000000001",
+        &wmin.patient,
+        188736,
+        &crate::identity::IdTimestamp::Device {
+            seconds_since_2000: wmin.device_time.unwrap().seconds_since_2000(),
+            fraction: None,
+            utc_offset_minutes: Some(60),
+        },
+        Some(31 * 86_400),
+    );
+    out.push(("body_weight_minimum_over_a_period_omh", wmin));
     out.push((
         "body_height",
         reading(
@@ -196,6 +232,24 @@ pub(crate) fn cases() -> Vec<(&'static str, Reading)> {
     g_nres.context.specimen = Some(Specimen::CapillaryPlasma);
     g_nres.context.absent = vec![absent(T::BloodGlucose, "mmol/L", AbsentReason::Error)];
     out.push(("blood_glucose_nres_mmol", g_nres));
+    // A cuff whose clock was two years behind, corrected by the gateway: the Coincident
+    // Timestamp Observation and the extension on the BP and 8410608 Observations
+    // (fhir-mapping.md §4). The identifier keeps the raw device time (§5.1).
+    let mut bp_cts = super::fhir::tests::corrected(21, ReadingKind::BloodPressure);
+    bp_cts.flags = vec![device_drivers::Status::IrregularPulse];
+    let raw = device_drivers::DeviceTime::new(2023, 3, 15, 8, 15, 30).unwrap();
+    bp_cts.device_time = Some(raw);
+    bp_cts.observation_identifier = crate::identity::observation_identifier(
+        bp_cts.device.identifier.id_component(),
+        &bp_cts.patient,
+        150020,
+        &crate::identity::IdTimestamp::Device {
+            seconds_since_2000: raw.seconds_since_2000(),
+            fraction: None,
+            utc_offset_minutes: None,
+        },
+    );
+    out.push(("blood_pressure_corrected_clock", bp_cts));
     out.push((
         "respiratory_rate",
         reading(

@@ -102,6 +102,7 @@ mod tests {
                 utc_offset: chrono::Offset::fix(&chrono::Utc),
                 clock_is_provenance_only: false,
                 reported: Default::default(),
+                upload_statistics: Vec::new(),
             }),
         }
     }
