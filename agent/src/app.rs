@@ -325,19 +325,25 @@ impl App {
         };
         running.start_sources(prepared.mqtt, &prepared.devices);
         if let Some(src) = ble {
-            // BLE runs btleplug on its own thread and runtime (sources::ble); not watched by
-            // the liveness watchdog yet (its own adapter watchdog recovers BlueZ and the
-            // adapter). A change of BLE devices needs a restart (see `needs_restart`).
+            // BLE runs btleplug on its own thread and runtime (sources::ble); the heartbeat is
+            // handed to that thread and its loop beats it, so a wedged BLE loop stops the
+            // WATCHDOG=1 pings (its own adapter watchdog recovers BlueZ and the adapter). A
+            // change of BLE devices needs a restart (see `needs_restart`).
             let tx = running.ingest_tx.clone();
-            running
-                .sup
-                .spawn("ble source", Some("ble"), true, None, move |stop| {
+            let allowance = sources::ble::watchdog_allowance(&src.cfg, watchdog.max_silence);
+            running.sup.spawn(
+                "ble source",
+                Some("ble"),
+                true,
+                Some(allowance),
+                move |stop| {
                     Box::pin(async move {
                         if let Err(e) = sources::ble::run(src, tx, stop).await {
                             tracing::error!(error = %e, "BLE source stopped");
                         }
                     })
-                });
+                },
+            );
         }
         running.start_services(prepared.client);
         {
