@@ -139,6 +139,10 @@ pub enum Mode {
     Garbage200,
     /// Commit, then close the connection without any answer (a response lost in transit).
     HangUpAfterCommit,
+    /// Commit, then wait this long before the normal `transaction-response` (a slow server, or
+    /// a slow network back): widens the window in which the server has committed and the
+    /// client has not yet heard it, so a crash test can land a kill inside it.
+    DelayAfterCommit(Duration),
     /// A slow-loris answer: `200` headers at once, then one body byte every `byte_every`,
     /// never finishing (until the client goes away). Nothing is stored.
     SlowLoris { byte_every: Duration },
@@ -1042,6 +1046,13 @@ async fn respond(
             )))
             .expect("static response")),
         Mode::HangUpAfterCommit => Err(HangUp),
+        Mode::DelayAfterCommit(delay) => {
+            tokio::time::sleep(delay).await;
+            Ok(fhir_json(
+                200,
+                &response_bundle(outcomes.iter().map(EntryOutcome::response_entry).collect()),
+            ))
+        }
         _ => Ok(fhir_json(
             200,
             &response_bundle(outcomes.iter().map(EntryOutcome::response_entry).collect()),
