@@ -15,6 +15,12 @@
 //!    against SQLite (WAL, `synchronous=FULL`) doing the same work: the same sealed records,
 //!    a keyed index entry per reading, the duplicate check, one transaction per batch.
 //! 3. Raw insert rates: one record per durable insert, batches, and sled without our fsync.
+//! 4. Footprint of a backlog (`VITALGATE_BENCH_BACKLOG` readings, default 100,000, ingested in
+//!    durable batches of 64): bytes on disk per reading with the backlog pending, after all of
+//!    it is delivered (acked: removed, tombstones kept), and after the tombstones expire and
+//!    the store is reopened; next to the sealed record size (the `pending` value, read back
+//!    raw); and the process's RSS with the backlog (this section runs first, in a fresh
+//!    process, so the figure is the store's, not the other sections' leftovers).
 // These exercise sled directly (raw writes, as a baseline or to corrupt files on purpose).
 #![allow(clippy::disallowed_methods)]
 
@@ -314,6 +320,141 @@ fn sqlite_batches(path: &Path, readings: &[Reading], batch: usize) -> Run {
     summarise(readings.len() as u64, elapsed, lat, held as u64)
 }
 
+/// `VmRSS` and `VmHWM` of this process, in KiB.
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct FootprintRow {
+    state: &'static str,
+    pending: u64,
+    held: u64,
+    disk: u64,
+    rss_kib: u64,
+}
+
+/// Section 4: `n` readings into a fresh outbox at `dir` (durable batches of 64), then
+/// delivered. Returns the rows and the mean sealed record size (bytes of a `pending` value).
+fn footprint(dir: &Path, n: u64) -> (Vec<FootprintRow>, f64, u64) {
+    let key = || StoreKey::from_bytes([7; 32]);
+    let (rss_before, _) = rss_kib();
+    let mut rows = Vec::new();
+    let store = Outbox::open(dir, key(), OutboxOptions::default()).expect("open");
+    let dev = device();
+    let source = Source::Ble {
+        address: "00:09:1F:AA:BB:CC".into(),
+    };
+    let mut next = 0u64;
+    while next < n {
+        let end = (next + 64).min(n);
+        let batch: Vec<Reading> = (next..end)
+            .flat_map(|i| {
+                let (record, at) = bp(i);
+                readings_from_record(&dev, &record, &source, &CaptureClock::default(), at)
+                    .expect("reading")
+            })
+            .collect();
+        let recs: Vec<NewRecord<'_, Reading>> = batch
+            .iter()
+            .map(|r| NewRecord {
+                id: *r.id.as_bytes(),
+                identity: Some(r.observation_identifier.as_str()),
+                value: r,
+            })
+            .collect();
+        store.insert_records(&recs).expect("insert");
+        next = end;
+    }
+    let stats = store.stats().expect("stats");
+    rows.push(FootprintRow {
+        state: "backlog pending (store open)",
+        pending: stats.pending,
+        held: store.recount_held_bytes().expect("recount"),
+        disk: store.disk_bytes().expect("disk"),
+        rss_kib: rss_kib().0,
+    });
+    drop(store);
+
+    // The sealed records as stored: the `pending` tree's values, read back raw.
+    let (mut sealed_total, mut sealed_count) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let raw = loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => break db,
+            // sled's threads keep the lock a moment after the drop.
+            Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("raw open: {e}"),
+        }
+    };
+    for item in raw
+        .open_tree(vitalgate::store::TREE_PENDING)
+        .expect("pending tree")
+        .iter()
+    {
+        let (_, v) = item.expect("pending value");
+        sealed_total += v.len() as u64;
+        sealed_count += 1;
+    }
+    drop(raw);
+
+    // A restart with the backlog: open and count it (what the agent does at start).
+    let store = Outbox::open(dir, key(), OutboxOptions::default()).expect("reopen");
+    let stats = store.stats().expect("stats");
+    rows.push(FootprintRow {
+        state: "backlog pending, after reopen + stats",
+        pending: stats.pending,
+        held: store.held_bytes(),
+        disk: store.disk_bytes().expect("disk"),
+        rss_kib: rss_kib().0,
+    });
+
+    // Delivery: read and ack in the uploader's way, until nothing is pending.
+    loop {
+        let page: Vec<vitalgate::store::PendingRecord<Reading>> =
+            store.pending(256).expect("pending");
+        if page.is_empty() {
+            break;
+        }
+        let ids: Vec<[u8; 32]> = page.iter().map(|p| p.id).collect();
+        store.ack(&ids).expect("ack");
+    }
+    let stats = store.stats().expect("stats");
+    rows.push(FootprintRow {
+        state: "all delivered (acked; tombstones kept)",
+        pending: stats.pending,
+        held: store.recount_held_bytes().expect("recount"),
+        disk: store.disk_bytes().expect("disk"),
+        rss_kib: rss_kib().0,
+    });
+    let later = std::time::SystemTime::now()
+        + OutboxOptions::default().tombstone_retention
+        + Duration::from_secs(24 * 3600);
+    store.prune_tombstones(later).expect("prune");
+    drop(store);
+    let store = Outbox::open(dir, key(), OutboxOptions::default()).expect("reopen");
+    let stats = store.stats().expect("stats");
+    rows.push(FootprintRow {
+        state: "delivered, tombstones expired, reopened",
+        pending: stats.pending,
+        held: store.recount_held_bytes().expect("recount"),
+        disk: store.disk_bytes().expect("disk"),
+        rss_kib: rss_kib().0,
+    });
+    let sealed = sealed_total as f64 / sealed_count.max(1) as f64;
+    (rows, sealed, rss_before)
+}
+
 fn main() {
     let base = std::env::var_os("VITALGATE_BENCH_DIR")
         .map(std::path::PathBuf::from)
@@ -321,6 +462,15 @@ fn main() {
     std::fs::create_dir_all(&base).expect("bench dir");
     let tmp = tempfile::tempdir_in(&base).expect("temp dir");
     let key = || StoreKey::from_bytes([7; 32]);
+
+    // Section 4 first: RSS is only meaningful before the other sections' allocations.
+    let backlog: u64 = std::env::var("VITALGATE_BENCH_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let started = Instant::now();
+    let (rows, sealed, rss_before) = footprint(&tmp.path().join("footprint"), backlog);
+    let footprint_secs = started.elapsed().as_secs_f64();
 
     const SINGLE: u64 = 200;
     const BATCHED: u64 = 2000;
@@ -463,4 +613,27 @@ fn main() {
         "sled insert + flush per record (no fdatasync)", raw_flush
     );
     println!("{:<58} {:>10.0}", "sled insert, no flush (baseline)", raw);
+    println!();
+    println!(
+        "footprint of a backlog of {backlog} readings (durable batches of 64; {footprint_secs:.1} s); \
+         sealed record (pending value) {sealed:.0} B; RSS before opening the store {} KiB",
+        rss_before
+    );
+    println!(
+        "{:<42} {:>8} {:>11} {:>12} {:>12} {:>13} {:>9}",
+        "state", "pending", "held B", "disk B", "disk B/rdg", "disk/sealed", "RSS MiB"
+    );
+    for r in rows {
+        let per = r.disk as f64 / backlog.max(1) as f64;
+        println!(
+            "{:<42} {:>8} {:>11} {:>12} {:>12.0} {:>12.2}x {:>9.1}",
+            r.state,
+            r.pending,
+            r.held,
+            r.disk,
+            per,
+            per / sealed,
+            r.rss_kib as f64 / 1024.0
+        );
+    }
 }
