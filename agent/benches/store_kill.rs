@@ -22,13 +22,13 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+async fn main() -> std::process::ExitCode {
     // `cargo bench` passes `--bench`; nothing else is taken from the command line.
     let kills = env_usize("VITALGATE_KILLS", 200);
     let per_kill = env_usize("VITALGATE_KILL_READINGS", 10);
     let Some(r) = kill_soak::run(kills, per_kill, kill_soak::seed()).await else {
         eprintln!("mosquitto is not installed: nothing measured");
-        std::process::exit(2);
+        return std::process::ExitCode::from(2);
     };
     println!(
         "| kills | aimed at a commit | readings acked | on server | lost | duplicates | resent after commit | store damaged | panics | wall s |"
@@ -49,9 +49,12 @@ async fn main() {
     );
     println!(
         "seed {} ; final `vitalgate status`: {}",
-        r.seed, r.final_status
+        r.seed,
+        r.final_status.lines().next().unwrap_or("")
     );
-    if !r.clean() {
-        std::process::exit(1);
+    if r.clean() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }

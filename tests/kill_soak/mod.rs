@@ -87,12 +87,7 @@ fn reading(i: usize) -> String {
 /// Waits for the next commit the server reports; false after `within` without one.
 async fn next_commit(rx: &mut broadcast::Receiver<EntryEvent>, within: Duration) -> bool {
     // Forget commits that happened before now.
-    loop {
-        match rx.try_recv() {
-            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
-            Err(_) => break,
-        }
-    }
+    while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {}
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
