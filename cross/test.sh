@@ -48,13 +48,13 @@ echo "cross/test.sh: NOTE: skipping the on_pty tests (pseudo-terminal termios is
 case "${CROSS_SCOPE:-all}" in
   all)  scope=(--workspace) ;;
   core) scope=(-p device-drivers --lib --tests)
-        echo "cross/test.sh: CROSS_SCOPE=core: device-drivers, then the agent's unit, store and e2e tests" ;;
+        echo "cross/test.sh: CROSS_SCOPE=core: device-drivers, then the agent's unit, store, e2e and kill tests" ;;
   *) echo "cross/test.sh: unknown CROSS_SCOPE ${CROSS_SCOPE} (all | core)" >&2; exit 2 ;;
 esac
 nice -n 10 cargo test "${scope[@]}" --target "$target" -j 2 --no-fail-fast -- --skip on_pty >"$log" 2>&1
 status=$?
 if [ "${CROSS_SCOPE:-all}" = core ]; then
-  nice -n 10 cargo test -p vitalgate --lib --test store_durability --test store_recovery --test e2e \
+  nice -n 10 cargo test -p vitalgate --lib --test store_durability --test store_recovery --test e2e --test store_kill \
     --target "$target" -j 2 --no-fail-fast -- --skip on_pty >>"$log" 2>&1 || status=$?
 fi
 set -e
