@@ -440,18 +440,28 @@ fn footprint(dir: &Path, n: u64) -> (Vec<FootprintRow>, f64, u64) {
     let later = std::time::SystemTime::now()
         + OutboxOptions::default().tombstone_retention
         + Duration::from_secs(24 * 3600);
-    store.prune_tombstones(later).expect("prune");
+    let pruned = store.prune_tombstones(later).expect("prune");
+    let stats = store.stats().expect("stats");
+    rows.push(FootprintRow {
+        state: "delivered, tombstones expired and pruned",
+        pending: stats.pending,
+        held: store.recount_held_bytes().expect("recount"),
+        disk: store.disk_bytes().expect("disk"),
+        rss_kib: rss_kib().0,
+    });
+    assert_eq!(pruned as u64, n, "every tombstone pruned");
     drop(store);
     let store = Outbox::open(dir, key(), OutboxOptions::default()).expect("reopen");
     let stats = store.stats().expect("stats");
     rows.push(FootprintRow {
-        state: "delivered, tombstones expired, reopened",
+        state: "delivered and pruned, reopened",
         pending: stats.pending,
         held: store.recount_held_bytes().expect("recount"),
         disk: store.disk_bytes().expect("disk"),
         rss_kib: rss_kib().0,
     });
     let sealed = sealed_total as f64 / sealed_count.max(1) as f64;
+    eprintln!("footprint: peak RSS (VmHWM) {} KiB", rss_kib().1);
     (rows, sealed, rss_before)
 }
 
