@@ -564,3 +564,50 @@ async fn entry_events_are_published_for_committed_entries() {
         ]
     );
 }
+
+#[tokio::test]
+async fn metadata_answers_a_schema_valid_r4_capability_statement_and_the_deficient_one_on_request(
+) {
+    use vitalgate_devkit::fhir_server::Capability;
+    let f = fixture().await;
+    let get = |path: &'static str| {
+        https_client::request(f.client.clone(), f.server.addr(), "GET", path, &[], b"")
+    };
+    let full = within(get("/fhir/r4/metadata")).await.unwrap();
+    assert_eq!(full.status, 200);
+    let cs = full.json().unwrap();
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    assert_eq!(validate_resource(&cs), Vec::<String>::new());
+    let rest = &cs["rest"][0];
+    assert_eq!(rest["mode"], "server");
+    assert_eq!(rest["interaction"][0]["code"], "transaction");
+    for (i, ty) in ["Observation", "Device"].iter().enumerate() {
+        assert_eq!(rest["resource"][i]["type"], *ty);
+        assert_eq!(rest["resource"][i]["interaction"][0]["code"], "create");
+        assert_eq!(rest["resource"][i]["conditionalCreate"], true);
+    }
+    f.server.set_capability(Capability::NoConditionalCreate);
+    let poor = within(get("/fhir/r4/metadata")).await.unwrap().json().unwrap();
+    assert_eq!(validate_resource(&poor), Vec::<String>::new());
+    assert_eq!(poor["rest"][0]["resource"][0]["conditionalCreate"], false);
+    assert_eq!(poor["rest"][0]["resource"][1]["conditionalCreate"], false);
+    // Only GET; the fault-injection mode does not touch it.
+    f.server.set_mode(Mode::Fail {
+        status: 503,
+        retry_after: None,
+    });
+    assert_eq!(within(get("/fhir/r4/metadata")).await.unwrap().status, 200);
+    let post = within(https_client::request(
+        f.client.clone(),
+        f.server.addr(),
+        "POST",
+        "/fhir/r4/metadata",
+        &[("Content-Type", "application/fhir+json")],
+        b"{}",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(post.status, 405);
+    assert!(f.server.stored_observations().is_empty());
+}
