@@ -162,3 +162,37 @@ async fn a_server_from_an_unknown_ca_fails_with_the_tls_reason_and_nothing_is_se
     assert!(h.fhir.requests().is_empty(), "{:#?}", h.fhir.requests());
     assert_nothing_posted(&h);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_the_server_does_not_trust_fails_naming_the_refusal() {
+    let h = Harness::new(Broker::None).await;
+    // The gateway presents a certificate from a CA the server does not know.
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    let text = text
+        .replace(
+            &h.pki.client_cert.display().to_string(),
+            &h.pki.rogue_client_cert.display().to_string(),
+        )
+        .replace(
+            &h.pki.client_key.display().to_string(),
+            &h.pki.rogue_client_key.display().to_string(),
+        );
+    std::fs::write(&h.config, text).unwrap();
+    let (code, out) = check_uplink(&h);
+    assert_eq!(code, Some(1), "exit 1:\n{out}");
+    let at = out
+        .find("✗ ")
+        .unwrap_or_else(|| panic!("no ✗ line:\n{out}"));
+    let mut lines = out[at..].lines();
+    let failed = lines.next().unwrap();
+    assert!(
+        failed.contains("refused the gateway's client certificate"),
+        "{failed}"
+    );
+    assert!(
+        lines.next().unwrap_or("").contains("uplink.client_cert"),
+        "{out}"
+    );
+    assert!(!h.fhir.tls_failures().is_empty(), "the server refused it");
+    assert_nothing_posted(&h);
+}

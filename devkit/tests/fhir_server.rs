@@ -566,8 +566,8 @@ async fn entry_events_are_published_for_committed_entries() {
 }
 
 #[tokio::test]
-async fn metadata_answers_a_schema_valid_r4_capability_statement_and_the_deficient_one_on_request(
-) {
+async fn metadata_answers_a_schema_valid_r4_capability_statement_and_the_deficient_one_on_request()
+{
     use vitalgate_devkit::fhir_server::Capability;
     let f = fixture().await;
     let get = |path: &'static str| {
@@ -588,7 +588,11 @@ async fn metadata_answers_a_schema_valid_r4_capability_statement_and_the_deficie
         assert_eq!(rest["resource"][i]["conditionalCreate"], true);
     }
     f.server.set_capability(Capability::NoConditionalCreate);
-    let poor = within(get("/fhir/r4/metadata")).await.unwrap().json().unwrap();
+    let poor = within(get("/fhir/r4/metadata"))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(validate_resource(&poor), Vec::<String>::new());
     assert_eq!(poor["rest"][0]["resource"][0]["conditionalCreate"], false);
     assert_eq!(poor["rest"][0]["resource"][1]["conditionalCreate"], false);

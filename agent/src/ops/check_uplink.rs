@@ -77,8 +77,9 @@ pub fn handshake(
     let host = base.host_str().unwrap_or("").to_owned();
     let port = base.port_or_known_default().unwrap_or(443);
     let name: ServerName<'static> = match base.host() {
-        Some(url::Host::Domain(d)) => ServerName::try_from(d.to_owned())
-            .map_err(|_| SendError::Dns { host: host.clone() })?,
+        Some(url::Host::Domain(d)) => {
+            ServerName::try_from(d.to_owned()).map_err(|_| SendError::Dns { host: host.clone() })?
+        }
         Some(url::Host::Ipv4(ip)) => ServerName::from(std::net::IpAddr::V4(ip)),
         Some(url::Host::Ipv6(ip)) => ServerName::from(std::net::IpAddr::V6(ip)),
         None => return Err(SendError::Dns { host }),
@@ -177,7 +178,7 @@ pub fn tls_checks(base: &url::Url, r: &TlsReport, now: DateTime<Utc>) -> Vec<Che
         name: "TLS".into(),
         mark: Mark::Pass,
         detail: format!(
-            "{base}: {}, cipher {}, key exchange {}; the server accepted the CA in uplink.ca_file",
+            "{base}: {}, cipher {}, key exchange {}; server certificate verified against uplink.ca_file",
             r.version, r.cipher_suite, r.kx_group
         ),
         fix: None,
@@ -254,7 +255,9 @@ pub fn capability_checks(status: u16, body: &[u8]) -> Vec<Check> {
             mark: Mark::Fail,
             detail: format!(
                 "the answer is a {}, not a CapabilityStatement",
-                cs["resourceType"].as_str().unwrap_or("JSON value without resourceType")
+                cs["resourceType"]
+                    .as_str()
+                    .unwrap_or("JSON value without resourceType")
             ),
             fix: Some("uplink.fhir_base must be the FHIR base URL".into()),
         }];
@@ -285,7 +288,11 @@ pub fn capability_checks(status: u16, body: &[u8]) -> Vec<Check> {
             "FHIR version",
             format!(
                 "fhirVersion {}: vitalgate sends FHIR R4 (4.0.x)",
-                if version.is_empty() { "missing" } else { version }
+                if version.is_empty() {
+                    "missing"
+                } else {
+                    version
+                }
             ),
             "point uplink.fhir_base at the server's R4 endpoint",
         )
@@ -382,7 +389,11 @@ pub async fn uplink_checks(u: &UplinkTls, now: DateTime<Utc>) -> Vec<Check> {
                 return out;
             }
             Err(e) => {
-                out.push(fail("TLS", e.to_string(), "report this: the check itself failed"));
+                out.push(fail(
+                    "TLS",
+                    e.to_string(),
+                    "report this: the check itself failed",
+                ));
                 return out;
             }
         }
@@ -494,7 +505,13 @@ mod tests {
         let names: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["metadata", "FHIR version", "transaction", "Observation", "Device"]
+            [
+                "metadata",
+                "FHIR version",
+                "transaction",
+                "Observation",
+                "Device"
+            ]
         );
         assert!(v.iter().all(|(_, m)| *m == Mark::Pass), "{v:?}");
     }
@@ -517,7 +534,10 @@ mod tests {
         assert_eq!(failed(&s), ["Device"]);
         let c = capability_checks(200, s.to_string().as_bytes());
         let device = c.iter().find(|c| c.name == "Device").unwrap();
-        assert!(device.detail.contains("no conditional create"), "{device:?}");
+        assert!(
+            device.detail.contains("no conditional create"),
+            "{device:?}"
+        );
         assert!(device.fix.as_deref().unwrap().contains("If-None-Exist"));
 
         let mut s = statement();
@@ -563,11 +583,17 @@ mod tests {
             })],
         };
         let mut checks = tls_checks(&base, &report, now);
-        assert!(checks[1].detail.contains("valid until 2026-01-31 (30 days)"));
+        assert!(checks[1]
+            .detail
+            .contains("valid until 2026-01-31 (30 days)"));
         checks.extend(capability_checks(200, statement().to_string().as_bytes()));
         let s = summary(&base, &checks);
         assert_eq!(s.mark, Mark::Pass);
-        assert!(s.detail.contains("TLS 1.3, cipher TLS13_CHACHA20_POLY1305_SHA256, key exchange X25519"), "{s:?}");
+        assert!(
+            s.detail
+                .contains("TLS 1.3, cipher TLS13_CHACHA20_POLY1305_SHA256, key exchange X25519"),
+            "{s:?}"
+        );
         let mut bad = statement();
         bad["rest"][0]["resource"][0]["conditionalCreate"] = json!(false);
         checks.truncate(2);
