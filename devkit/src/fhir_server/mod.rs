@@ -125,7 +125,8 @@ pub enum Capability {
 }
 
 /// The R4 CapabilityStatement served at `[base]/metadata` (`base_url`: the absolute FHIR base
-/// for `implementation.url`). Valid against the R4 JSON schema.
+/// for `implementation.url`). Valid against the R4 JSON schema except `fhirVersion` "4.0.1": the
+/// schema's enum stops at "4.0.0"; R4 servers announce 4.0.1 (the technical correction).
 pub fn capability_statement(capability: Capability, base_url: &str) -> Value {
     let conditional = capability == Capability::Full;
     let resource = |ty: &str| {
