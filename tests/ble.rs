@@ -248,8 +248,32 @@ async fn a_cuff_with_three_stored_records_and_a_clock_two_years_off_is_corrected
     t.assert_clean();
     agent.terminate();
     let log = agent.stderr();
-    assert!(log.contains("ble_records_already_ingested=3"), "{log}");
+    // Every reconnection resent the 3 records and each was skipped by the mark (on a slow
+    // machine, e.g. under qemu, the cuff may be connected more than twice before the stop).
+    let connects = counter(&log, "ble_connects");
+    assert!(connects >= 2, "{log}");
+    assert_eq!(
+        counter(&log, "ble_records_already_ingested"),
+        3 * (connects - 1),
+        "{log}"
+    );
     assert!(!log.contains("MRN-0001"), "patient identifier in the log");
+}
+
+/// A counter's value in the agent's stop line (`name=N`; 0 when absent).
+fn counter(log: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    [format!(" {key}"), format!("counters={key}")]
+        .iter()
+        .filter_map(|k| log.rfind(k.as_str()).map(|at| at + k.len()))
+        .max()
+        .and_then(|at| {
+            log[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 const SCALE: &str = "00:09:1F:00:00:02";
@@ -575,6 +599,160 @@ fn measure(t: &BleTest, address: &str, i: i64) {
                      "payload": bp(115 + i as i16, 75, 88, 62, Dt::now_utc().plus(-600 + i), None)}));
 }
 
+/// The high-water mark file unreadable at start (a directory in its place), then garbage: the
+/// transport keeps running (it used to return, and the daemon exited 70). One log line and a
+/// counter each time; it runs without marks: the cuff's whole memory is handed over again and
+/// the store's identity rule drops what is already durable, so nothing is skipped and nothing
+/// reaches the server twice. Each time a good file is written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_or_garbage_cursor_file_does_not_stop_the_transport_and_skips_or_duplicates_nothing(
+) {
+    if !emulator_available("an_unreadable_or_garbage_cursor_file_does_not_stop_the_transport_and_skips_or_duplicates_nothing") {
+        return;
+    }
+    let now = Dt::now_utc();
+    let t = BleTest::new(
+        json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 300,
+               "dis": dis("BP-11"),
+               "stored": [bp(131, 81, 97, 66, now.plus(-7200), None),
+                          bp(132, 82, 98, 67, now.plus(-3600), None)]}]}),
+        &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
+    )
+    .await;
+    let marks = t.h.dir.path().join("data").join("ble-cursors.sealed");
+    // A first run leaves good marks (2 BP panels + 2 pulses).
+    let mut agent = t.agent();
+    t.wait_obs(&agent, 4, 60).await;
+    t.emu
+        .wait_count(|e| e["ev"] == "disconnected", 1, Duration::from_secs(30));
+    agent.wait_log("BLE device disconnected", 1, Duration::from_secs(30));
+    assert!(agent.terminate().success());
+    assert!(marks.is_file(), "the first run saved its marks");
+
+    type Breakage = (&'static str, fn(&std::path::Path));
+    let breakages: [Breakage; 2] = [
+        ("unreadable", |p| {
+            std::fs::remove_file(p).unwrap();
+            std::fs::create_dir(p).unwrap();
+        }),
+        ("garbage", |p| {
+            std::fs::write(p, b"\x00garbage, not a sealed file").unwrap()
+        }),
+    ];
+    for (round, (what, break_it)) in breakages.into_iter().enumerate() {
+        break_it(&marks);
+        let mut agent = t.agent();
+        let i = round as i64 + 1;
+        measure(&t, CUFF, i);
+        let want = 4 + 2 * (round + 1);
+        t.wait_obs(&agent, want, 60).await;
+        // The whole memory was resent and handed over again: let that connection end.
+        agent.wait_log("BLE device disconnected", 1, Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = agent.terminate();
+        let log = agent.stderr();
+        assert!(
+            status.success(),
+            "{what}: the daemon ran on: {status}\n{log}"
+        );
+        assert_eq!(
+            log.matches("BLE high-water marks unreadable").count(),
+            1,
+            "{what}: one log line\n{log}"
+        );
+        assert!(
+            log.contains("ble_cursor_unreadable=1"),
+            "{what}: counter\n{log}"
+        );
+        // Nothing skipped: the stored records were handed over again, and dropped as
+        // duplicates (there are 2 + round of them on the cuff, the new one included).
+        assert!(
+            log.contains("readings_duplicate="),
+            "{what}: duplicates dropped\n{log}"
+        );
+        assert!(
+            !log.contains("ble_records_already_ingested"),
+            "{what}: no marks\n{log}"
+        );
+        assert_eq!(t.observations().len(), want, "{what}");
+        t.assert_clean();
+        assert!(
+            marks.is_file(),
+            "{what}: a good file was written in its place"
+        );
+    }
+}
+
+/// A glucose meter's marks lost (the file unreadable at start): the next download asks for
+/// every stored record again instead of those after the lost mark (nothing skipped), the ones
+/// already stored are dropped as duplicates (nothing reaches the server twice), nothing is
+/// deleted on the meter (delete_after_download is off: the fallback never deletes on its own),
+/// and the mark is re-established, so the download after that resumes after the last record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glucose_meter_whose_marks_are_unreadable_is_downloaded_in_full_without_duplicates() {
+    if !emulator_available(
+        "a_glucose_meter_whose_marks_are_unreadable_is_downloaded_in_full_without_duplicates",
+    ) {
+        return;
+    }
+    let now = Dt::now_utc();
+    let records: Vec<Value> = (1..=5u16)
+        .map(|seq| {
+            json!([
+                seq,
+                glucose(seq, now.plus(-600 * (6 - i64::from(seq))), 90 + seq as i16)
+            ])
+        })
+        .collect();
+    let t = BleTest::new(
+        json!({"devices": [{"address": METER, "profile": "glucose", "advertise_ms": 300,
+                            "racp_records": records, "dis": dis("GL-2")}]}),
+        &device("meter", METER, "glucose", &patient(PATIENT)),
+    )
+    .await;
+    let report = |e: &Value| e["ev"] == "racp_report";
+    let mut agent = t.agent();
+    t.wait_obs(&agent, 5, 60).await;
+    agent.wait_log("BLE device disconnected", 1, Duration::from_secs(30));
+    assert!(agent.terminate().success());
+    assert_eq!(
+        t.emu.wait_event(report, Duration::from_secs(5))["start"],
+        Value::Null
+    );
+
+    let marks = t.h.dir.path().join("data").join("ble-cursors.sealed");
+    std::fs::remove_file(&marks).unwrap();
+    std::fs::create_dir(&marks).unwrap();
+    let from = t.emu.len();
+    let mut agent = t.agent();
+    let first = t
+        .emu
+        .wait_event_after(from, report, Duration::from_secs(60));
+    assert_eq!(
+        first["start"],
+        Value::Null,
+        "no mark: every record is asked for"
+    );
+    assert_eq!(first["count"].as_u64(), Some(5));
+    // The session after the next connection resumes after the re-established mark.
+    let from = t.emu.len();
+    let next = t
+        .emu
+        .wait_event_after(from, report, Duration::from_secs(60));
+    assert_eq!(
+        next["start"].as_u64(),
+        Some(6),
+        "the mark was saved again: {next}"
+    );
+    assert!(agent.terminate().success());
+    let log = agent.stderr();
+    assert!(log.contains("ble_cursor_unreadable=1"), "{log}");
+    assert!(log.contains("readings_duplicate=5"), "{log}");
+    assert_eq!(t.observations().len(), 5);
+    assert_eq!(t.emu.count(|e| e["ev"] == "racp_delete"), 0);
+    t.assert_clean();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bluez_restarting_is_survived() {
     if !emulator_available("bluez_restarting_is_survived") {
@@ -873,4 +1051,160 @@ fn scan_lists_health_devices_marks_configured_ones_and_prints_snippets() {
         "no snippet for a configured device: {s}"
     );
     drop(emu);
+}
+
+/// A scale configured by its serial number only (no address) beside a lookalike neighbour:
+/// the advertisement carries no Device Information, so `scan` connects briefly to each, reads
+/// it, disconnects, and marks the configured one (no snippet for it); the neighbour stays
+/// unconfigured with a snippet. A device configured by address is still marked without a probe.
+#[test]
+fn scan_marks_a_device_configured_by_device_information_only_after_reading_it() {
+    if !emulator_available(
+        "scan_marks_a_device_configured_by_device_information_only_after_reading_it",
+    ) {
+        return;
+    }
+    const NEIGHBOUR: &str = "00:09:1F:00:00:09";
+    let bus = Bus::start();
+    let emu = Emulator::start(
+        &bus,
+        &json!({"devices": [
+            {"address": CUFF, "profile": "blood-pressure", "advertise_ms": 100, "name": "BP-100",
+             "dis": dis("BP-1")},
+            {"address": SCALE, "profile": "weight-scale", "advertise_ms": 100, "name": "Scale X",
+             "dis": dis("SC-9")},
+            {"address": NEIGHBOUR, "profile": "weight-scale", "advertise_ms": 100,
+             "name": "Scale X", "dis": dis("SC-OTHER")}
+        ]}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("v.toml");
+    std::fs::write(
+        &cfg,
+        format!("[gateway]\nid = \"g\"\ndata_dir = \"d\"\n[store]\nkey_file = \"k\"\n[uplink]\nfhir_base = \"https://f.example/r4\"\nca_file = \"a\"\nclient_cert = \"b\"\nclient_key = \"c\"\n{BLE_SETTINGS}\n{}\n[[devices]]\nname = \"scale\"\nkind = \"ble\"\nprofile = \"weight-scale\"\nserial = \"SC-9\"\npatient = \"Patient/alice\"\n",
+            device("cuff", CUFF, "blood-pressure", &patient(PATIENT))),
+    )
+    .unwrap();
+    let out = common::vitalgate()
+        .args(["scan", "--seconds", "2", "--config"])
+        .arg(&cfg)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let line = |a: &str| {
+        s.lines()
+            .find(|l| l.starts_with(a))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line(CUFF).ends_with("cuff"), "{s}");
+    assert!(
+        line(SCALE).ends_with("scale (Device Information)"),
+        "{s}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(line(NEIGHBOUR).ends_with("no"), "{s}");
+    assert!(
+        !s.contains(&format!("address = \"{SCALE}\"")),
+        "no snippet for a configured device: {s}"
+    );
+    assert!(s.contains(&format!("address = \"{NEIGHBOUR}\"")), "{s}");
+    // Probed: connected and disconnected again; the address-configured cuff was not probed.
+    for a in [SCALE, NEIGHBOUR] {
+        assert_eq!(
+            emu.count(|e| e["ev"] == "connect_request" && e["address"] == a),
+            1,
+            "{a}"
+        );
+    }
+    assert_eq!(
+        emu.count(|e| e["ev"] == "connect_request" && e["address"] == CUFF),
+        0
+    );
+    emu.wait_count(|e| e["ev"] == "disconnected", 2, Duration::from_secs(10));
+    assert!(emu.events().iter().all(|e| e["ev"] != "subscribed"));
+}
+
+/// The BLE transport under the liveness watchdog (WatchdogSec=2s; the BLE loop's allowance is
+/// that plus one BlueZ D-Bus call, 10 s). While BLE runs and delivers, the pings go on past
+/// that allowance: the BLE thread's beats reach the daemon's heartbeat. With the BLE thread
+/// wedged in a blocking read (a FIFO in place of the high-water mark file: the read waits for a
+/// writer, as a read from a hung disk would), the pings stop and the stalled task named is the
+/// BLE source, while the rest of the agent runs on; once the read returns, they resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_ble_loop_stops_the_watchdog_pings_and_a_running_one_keeps_them_going() {
+    if !emulator_available(
+        "a_wedged_ble_loop_stops_the_watchdog_pings_and_a_running_one_keeps_them_going",
+    ) {
+        return;
+    }
+    let t = BleTest::new(
+        json!({"devices": [{"address": CUFF, "profile": "blood-pressure", "advertise_ms": 300,
+                            "dis": dis("BP-12")}]}),
+        &device("cuff", CUFF, "blood-pressure", &patient(PATIENT)),
+    )
+    .await;
+    let f = harness::emulation_factor();
+    let notify = NotifySocket::bind(t.h.dir.path());
+    let socket = notify.path.display().to_string();
+    let watchdog_usec = (2_000_000 * u64::from(f)).to_string();
+    let env = [
+        ("NOTIFY_SOCKET", socket.as_str()),
+        ("WATCHDOG_USEC", watchdog_usec.as_str()),
+    ];
+    // The BLE loop's allowance: WatchdogSec plus one D-Bus call (10 s).
+    let allowance = Duration::from_secs(2) * f + Duration::from_secs(10);
+
+    let mut agent = BleAgent::spawn_env(&t.h.config, &t.bus, t.h.dir.path(), &env);
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    agent.wait_log("BLE scanning", 1, Duration::from_secs(30));
+    measure(&t, CUFF, 1);
+    t.wait_obs(&agent, 2, 60).await;
+    let _ = notify.collect(allowance);
+    let later = notify.collect(Duration::from_secs(3) * f);
+    assert!(
+        later.iter().any(|d| d == "WATCHDOG=1"),
+        "a running BLE loop keeps the pings going past its allowance: {later:?}\n{}",
+        agent.stderr()
+    );
+    assert!(agent.terminate().success());
+
+    // Wedge the BLE thread: it blocks opening the mark file for reading.
+    let marks = t.h.dir.path().join("data").join("ble-cursors.sealed");
+    let _ = std::fs::remove_file(&marks);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&marks)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut agent = BleAgent::spawn_env(&t.h.config, &t.bus, t.h.dir.path(), &env);
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    let _ = notify.collect(allowance + Duration::from_secs(2) * f);
+    let silent = notify.collect(Duration::from_secs(3) * f);
+    assert!(
+        silent.is_empty(),
+        "a wedged BLE loop must stop the pings: {silent:?}\n{}",
+        agent.stderr()
+    );
+    let log = agent.stderr();
+    assert!(
+        log.contains("task makes no progress") && log.contains("ble source"),
+        "{log}"
+    );
+    assert!(!log.contains("BLE scanning"), "{log}");
+
+    // Unwedge: a writer opens the FIFO and closes it; the read returns (empty, so the file is
+    // moved aside as unreadable), the transport starts and the pings resume.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&marks)
+        .unwrap();
+    agent.wait_log("BLE scanning", 1, Duration::from_secs(30));
+    notify.wait_for("WATCHDOG=1", Duration::from_secs(10));
+    measure(&t, CUFF, 2);
+    t.wait_obs(&agent, 4, 60).await;
+    t.assert_clean();
+    assert!(agent.terminate().success());
 }

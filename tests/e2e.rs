@@ -271,3 +271,108 @@ fn version_flag_prints_the_version() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// The pid of the process `parent` started whose command line names `needle` (the agent behind
+/// a shell pipeline).
+fn child_with(parent: u32, needle: &str) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`: comm may hold spaces; fields after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(needle) {
+                return pid;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no child of {parent} runs {needle}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn set_file_size_limit(pid: u32, soft: &str) {
+    let st = std::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--fsize={soft}:unlimited"))
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(st.success(), "prlimit --fsize={soft}");
+}
+
+/// A disk that refuses writes, for real: the running agent's file size limit (RLIMIT_FSIZE) is
+/// lowered so every write past 4 KiB into the store's files fails with EFBIG, as a full card's
+/// ENOSPC would. The daemon must not die (the kernel's SIGXFSZ would kill it by default), must
+/// not acknowledge what it could not store, and must store and deliver everything once the
+/// limit is lifted, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_write_holds_ingest_and_recovers_without_a_restart_or_a_loss() {
+    let h = Harness::new(Broker::embedded()).await;
+    // The agent's stderr goes through a pipe to `cat` (no file size limit), so its log still
+    // reaches the test while the agent itself may not grow any file.
+    let cmd = common::command_after(
+        &["sh", "-c", "\"$@\" 2>&1 | cat >&2", "sh"],
+        env!("CARGO_BIN_EXE_vitalgate"),
+    );
+    let mut agent = h.spawn_agent_from(cmd, true);
+    let vg = child_with(agent.pid(), "vitalgate");
+
+    let first: Vec<String> = (0..2).map(|i| bp_point(i, 120 + i as i64, 80)).collect();
+    h.publish(&first).await;
+    h.wait_for_observations(2, Duration::from_secs(60)).await;
+
+    set_file_size_limit(vg, "4096");
+    let second: Vec<String> = (2..7)
+        .map(|i| weight_point(i, 7000 + i as i64 * 5))
+        .collect();
+    h.publish(&second).await;
+    h.wait_for_log(&agent, "ALARM store failed", 1, Duration::from_secs(60));
+    // Held, not lost: a few reopen attempts fail while the limit stands; the agent lives on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        std::path::Path::new(&format!("/proc/{vg}")).exists(),
+        "the agent died on a refused write:\n{}",
+        agent.stderr()
+    );
+    assert!(
+        h.fhir.observation_identifiers().len() < 7,
+        "nothing published during the fault can have been stored"
+    );
+
+    set_file_size_limit(vg, "unlimited");
+    h.wait_for_log(
+        &agent,
+        "store reopened and writing again",
+        1,
+        Duration::from_secs(90),
+    );
+    h.wait_for_observations(7, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut obs = h.fhir.observation_identifiers();
+    assert_eq!(obs.len(), 7, "every reading once: {obs:#?}");
+    obs.sort();
+    obs.dedup();
+    assert_eq!(obs.len(), 7, "no Observation twice");
+
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(vg.to_string())
+        .status();
+    agent.terminate();
+    let log = agent.stderr();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        !log.contains("MRN-"),
+        "patient identifier leaked into the log"
+    );
+}

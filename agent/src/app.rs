@@ -278,6 +278,13 @@ impl App {
         } = self;
         // Installed first: SIGHUP's default action would terminate the daemon.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        // A file size limit (RLIMIT_FSIZE) must reach the store as an EFBIG write error, which
+        // it handles like a full disk (hold ingest, reopen once writes succeed), not as the
+        // kernel's default SIGXFSZ action, which kills the daemon mid-write. tokio's handler
+        // replaces that default; the signal itself needs no action. Held for the whole run.
+        let _xfsz =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+                .ok();
         if cfg.uplink.allow_insecure_http && cfg.uplink.fhir_base.scheme() == "http" {
             tracing::warn!("INSECURE: uplink.allow_insecure_http is set and fhir_base is http://; readings (PHI) travel unencrypted. Never use this outside a lab.");
         }
@@ -311,19 +318,25 @@ impl App {
         };
         running.start_sources(prepared.mqtt, &prepared.devices);
         if let Some(src) = ble {
-            // BLE runs btleplug on its own thread and runtime (sources::ble); not watched by
-            // the liveness watchdog yet (its own adapter watchdog recovers BlueZ and the
-            // adapter). A change of BLE devices needs a restart (see `needs_restart`).
+            // BLE runs btleplug on its own thread and runtime (sources::ble); the heartbeat is
+            // handed to that thread and its loop beats it, so a wedged BLE loop stops the
+            // WATCHDOG=1 pings (its own adapter watchdog recovers BlueZ and the adapter). A
+            // change of BLE devices needs a restart (see `needs_restart`).
             let tx = running.ingest_tx.clone();
-            running
-                .sup
-                .spawn("ble source", Some("ble"), true, None, move |stop| {
+            let allowance = sources::ble::watchdog_allowance(&src.cfg, watchdog.max_silence);
+            running.sup.spawn(
+                "ble source",
+                Some("ble"),
+                true,
+                Some(allowance),
+                move |stop| {
                     Box::pin(async move {
                         if let Err(e) = sources::ble::run(src, tx, stop).await {
                             tracing::error!(error = %e, "BLE source stopped");
                         }
                     })
-                });
+                },
+            );
         }
         running.start_services(prepared.client);
         {

@@ -586,29 +586,18 @@ fn ble_runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 fn scan(seconds: u64, adapter: &str, config: Option<&Path>) -> ExitCode {
-    let mut configured = std::collections::HashMap::new();
-    if let Some(path) = config {
-        match Config::load(path) {
-            Ok(cfg) => {
-                for d in &cfg.devices {
-                    if let crate::config::DeviceKind::Ble(b) = &d.kind {
-                        if let Some(a) = &b.address {
-                            configured.insert(a.clone(), d.name.clone());
-                        }
-                    }
-                }
-            }
-            Err(e) => return config_error(&e),
-        }
-    }
+    use crate::sources::ble::scan::Configured;
+    // Without a config: the defaults of `[ble]` (timeouts), and nothing is configured.
+    let (mut ble, configured) = match config.map(Config::load) {
+        Some(Ok(cfg)) => (cfg.ble.clone(), Configured::from_config(&cfg)),
+        Some(Err(e)) => return config_error(&e),
+        None => (crate::config::BleConfig::default(), Configured::default()),
+    };
+    ble.adapter = adapter.to_string();
     let Some(rt) = ble_runtime() else {
         return ExitCode::FAILURE;
     };
-    match rt.block_on(crate::sources::ble::scan::scan(
-        adapter,
-        seconds,
-        &configured,
-    )) {
+    match rt.block_on(crate::sources::ble::scan::scan(&ble, seconds, &configured)) {
         Ok(seen) => {
             print!("{}", crate::sources::ble::scan::table(&seen));
             for d in &seen {

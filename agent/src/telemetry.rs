@@ -136,6 +136,7 @@ counters!(
     ble_racp_deletes,
     ble_gateway_clock_unsynchronized,
     ble_cursor_save_failures,
+    ble_cursor_unreadable,
 );
 
 fn bump(c: &AtomicU64) {
@@ -1675,6 +1676,18 @@ impl BleGatewayClockUnsynchronized<'_> {
         {
             tracing::warn!(device = %self.device, "gateway clock is not NTP-synchronised: BLE readings are marked gateway_clock_unsynchronized and device clocks are not corrected or set");
         }
+    }
+}
+
+/// The BLE high-water mark file could not be read or opened at start: the transport runs on
+/// without the marks (see `sources::ble::cursor::CursorStore::load` for what that does).
+pub struct BleCursorUnreadable<'a> {
+    pub error: &'a dyn Display,
+}
+impl BleCursorUnreadable<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.ble_cursor_unreadable);
+        tracing::error!(error = %self.error, "BLE high-water marks unreadable; moved aside, starting without them: devices' stored records are downloaded again in full and those already durable are dropped as duplicates (nothing skipped, nothing deleted before it is durable)");
     }
 }
 

@@ -318,6 +318,13 @@ pub struct BleAgent {
 
 impl BleAgent {
     pub fn spawn(config: &Path, bus: &Bus, log_dir: &Path) -> BleAgent {
+        let a = Self::spawn_env(config, bus, log_dir, &[]);
+        a.wait_log("BLE scanning", 1, Duration::from_secs(30));
+        a
+    }
+
+    /// Starts the agent with extra environment variables; does not wait for anything.
+    pub fn spawn_env(config: &Path, bus: &Bus, log_dir: &Path, env: &[(&str, &str)]) -> BleAgent {
         let log = log_dir.join(format!("agent-{}.log", now_ns()));
         let file = std::fs::File::create(&log).unwrap();
         let child = crate::common::vitalgate()
@@ -326,13 +333,12 @@ impl BleAgent {
             .arg(config)
             .env("VITALGATE_LOG", "info")
             .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("spawn vitalgate run");
-        let a = BleAgent { child, log };
-        a.wait_log("BLE scanning", 1, Duration::from_secs(30));
-        a
+        BleAgent { child, log }
     }
 
     pub fn stderr(&self) -> String {
@@ -531,4 +537,50 @@ pub fn glucose(seq: u16, t: Dt, mg_dl: i16) -> String {
     v.extend(w.to_le_bytes());
     v.push(0x11);
     hex(&v)
+}
+
+/// Receives the agent's sd_notify datagrams (`READY=1`, `WATCHDOG=1`...) on a socket of the test.
+pub struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    pub path: PathBuf,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join(format!("notify-{}.sock", now_ns()));
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        NotifySocket { sock, path }
+    }
+
+    /// Datagrams received within `window`.
+    pub fn collect(&self, window: Duration) -> Vec<String> {
+        let end = Instant::now() + window;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            self.sock
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match self.sock.recv(&mut buf) {
+                Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Waits for `want` (the deadline scaled for emulation).
+    pub fn wait_for(&self, want: &str, timeout: Duration) {
+        let end = Instant::now() + timeout * crate::harness::emulation_factor();
+        let mut seen = Vec::new();
+        while Instant::now() < end {
+            for d in self.collect(Duration::from_millis(200)) {
+                if d == want {
+                    return;
+                }
+                seen.push(d);
+            }
+        }
+        panic!("no {want:?} within {timeout:?}; got {seen:?}");
+    }
 }

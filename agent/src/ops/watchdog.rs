@@ -149,6 +149,13 @@ pub async fn monitored<F: Future>(hb: Heartbeat, fut: F) -> F::Output {
     CURRENT.scope(hb, fut).await
 }
 
+/// The heartbeat of the current task, to hand to work that runs elsewhere on its behalf (a
+/// thread with its own runtime, such as the BLE transport's, which then runs its loop inside
+/// [`monitored`] with it). `None` outside [`monitored`].
+pub fn current() -> Option<Heartbeat> {
+    CURRENT.try_with(Heartbeat::clone).ok()
+}
+
 /// The current task made progress. Does nothing outside [`monitored`].
 pub fn beat() {
     let _ = CURRENT.try_with(Heartbeat::beat);

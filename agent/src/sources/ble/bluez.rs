@@ -22,7 +22,8 @@ use super::error::BleError;
 
 const BLUEZ: &str = "org.bluez";
 const AGENT_PATH: &str = "/org/vitalgate/agent";
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The deadline of every D-Bus call this module makes.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A D-Bus connection of our own, with its I/O task running on the current runtime.
 pub struct Bus {

@@ -103,43 +103,72 @@ impl DeviceCursor {
 /// Every device's cursor, loaded once, saved atomically after changes.
 pub struct CursorStore {
     path: PathBuf,
-    cipher: RecordCipher,
+    /// `None` only if the store key cannot be turned into a cipher: the marks then live in
+    /// memory for this run and every save reports [`CursorError::Sealed`].
+    cipher: Option<RecordCipher>,
     devices: BTreeMap<String, DeviceCursor>,
     located: BTreeMap<String, String>,
 }
 
 impl CursorStore {
-    /// Loads `<data_dir>/ble-cursors.sealed` (empty if absent).
+    /// Loads `<data_dir>/ble-cursors.sealed` (empty if absent). Never fails: the BLE transport
+    /// must keep running whatever this file is (a source that returns makes the daemon exit).
     ///
-    /// # Errors
-    /// [`CursorError`] if the file cannot be read or does not open with this key. A file that
-    /// does not open is moved aside (`.corrupt`) and an empty store is used: losing marks only
-    /// costs re-downloading, and the daemon must keep running.
-    pub fn load(
-        data_dir: &Path,
-        key: &StoreKey,
-    ) -> Result<(CursorStore, Option<CursorError>), CursorError> {
+    /// A file that cannot be read (an I/O error: permissions, a directory or a device node in
+    /// its place, a failing disk) or does not open with this key (garbage, truncated, another
+    /// key) is moved aside (`.unreadable` / `.corrupt`, kept for inspection) and the returned
+    /// store starts empty, with the problem as the second value for the caller to report once.
+    ///
+    /// # What starting empty does (the fallback is safe, only less efficient)
+    /// - No `last_sequence`: a RACP device is asked for *all* its stored records, not those
+    ///   after the mark. Nothing is skipped. Records the store already holds are dropped by the
+    ///   pipeline's identity rule (the reading id: answered `Outcome::Durable` with
+    ///   `duplicates`, which counts as durable), and any that slip through (pruned from the
+    ///   store's index after upload) are idempotent upstream (conditional create by
+    ///   identifier). The download completes normally.
+    /// - RACP deletion stays what it always is: only the range of *this* download, only once
+    ///   every record of it is durable (already-stored duplicates count as durable). A record
+    ///   never downloaded is never deleted; nothing is deleted twice on our behalf.
+    /// - No `last_time`: devices without sequence numbers (cuffs, scales) have their whole
+    ///   memory handed to the pipeline again; duplicates are dropped the same way.
+    /// - No `system_id`: the identifier comes from the configured System ID or what the device
+    ///   reports on this connection (it is remembered again at once).
+    /// - No `located` address: a device configured by Device Information only is probed again.
+    pub fn load(data_dir: &Path, key: &StoreKey) -> (CursorStore, Option<CursorError>) {
         let path = data_dir.join(FILE);
-        let cipher = RecordCipher::new(key).map_err(|e| CursorError::Sealed {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let (cipher, cipher_err) = match RecordCipher::new(key) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (
+                None,
+                Some(CursorError::Sealed {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }),
+            ),
+        };
         let mut store = CursorStore {
             path: path.clone(),
             cipher,
             devices: BTreeMap::new(),
             located: BTreeMap::new(),
         };
+        let Some(cipher) = &store.cipher else {
+            return (store, cipher_err);
+        };
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((store, None)),
-            Err(e) => return Err(CursorError::Io { path, source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (store, None),
+            Err(e) => {
+                // Moved aside so the next save can write a good file in its place; if even
+                // that fails, every save reports it (and the marks live in memory).
+                let _ = std::fs::rename(&path, path.with_extension("sealed.unreadable"));
+                return (store, Some(CursorError::Io { path, source: e }));
+            }
         };
-        let opened = match store.cipher.open(AAD, &bytes) {
+        let opened = match cipher.open(AAD, &bytes) {
             Ok(plain) => postcard::from_bytes::<Sealed>(&plain).map_err(|e| e.to_string()),
             // Format 1 (before located addresses): the cursors alone.
-            Err(v2) => store
-                .cipher
+            Err(v2) => cipher
                 .open(AAD_V1, &bytes)
                 .map_err(|_| v2.to_string())
                 .and_then(|plain| {
@@ -155,12 +184,11 @@ impl CursorStore {
             Ok(sealed) => {
                 store.devices = sealed.devices;
                 store.located = sealed.located;
-                Ok((store, None))
+                (store, None)
             }
             Err(reason) => {
-                let aside = path.with_extension("sealed.corrupt");
-                let _ = std::fs::rename(&path, &aside);
-                Ok((store, Some(CursorError::Sealed { path, reason })))
+                let _ = std::fs::rename(&path, path.with_extension("sealed.corrupt"));
+                (store, Some(CursorError::Sealed { path, reason }))
             }
         }
     }
@@ -202,13 +230,14 @@ impl CursorStore {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        let sealed = self
-            .cipher
-            .seal(AAD, &plain)
-            .map_err(|e| CursorError::Sealed {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+        let cipher = self.cipher.as_ref().ok_or_else(|| CursorError::Sealed {
+            path: self.path.clone(),
+            reason: "no cipher for the store key".to_string(),
+        })?;
+        let sealed = cipher.seal(AAD, &plain).map_err(|e| CursorError::Sealed {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
         Ok((self.path.clone(), sealed))
     }
 }
@@ -268,7 +297,7 @@ mod tests {
     fn cursors_survive_a_reload_and_do_not_open_with_another_key() {
         let dir = tempfile::tempdir().unwrap();
         let key = StoreKey::from_bytes([7; 32]);
-        let (mut s, err) = CursorStore::load(dir.path(), &key).unwrap();
+        let (mut s, err) = CursorStore::load(dir.path(), &key);
         assert!(err.is_none());
         let mut c = DeviceCursor {
             last_sequence: Some(42),
@@ -279,12 +308,12 @@ mod tests {
         assert!(!s.set("cuff", c.clone()));
         let (path, bytes) = s.snapshot().unwrap();
         write_atomic(&path, &bytes).unwrap();
-        let (again, _) = CursorStore::load(dir.path(), &key).unwrap();
+        let (again, _) = CursorStore::load(dir.path(), &key);
         assert_eq!(again.get("cuff"), c);
         // No plaintext on disk.
         let raw = std::fs::read(&path).unwrap();
         assert!(!raw.windows(4).any(|w| w == b"cuff"));
-        let (other, err) = CursorStore::load(dir.path(), &StoreKey::from_bytes([8; 32])).unwrap();
+        let (other, err) = CursorStore::load(dir.path(), &StoreKey::from_bytes([8; 32]));
         assert!(err.is_some());
         assert_eq!(other.get("cuff"), DeviceCursor::default());
     }
@@ -293,12 +322,12 @@ mod tests {
     fn located_addresses_survive_a_reload_and_a_format_1_file_still_opens() {
         let dir = tempfile::tempdir().unwrap();
         let key = StoreKey::from_bytes([7; 32]);
-        let (mut s, _) = CursorStore::load(dir.path(), &key).unwrap();
+        let (mut s, _) = CursorStore::load(dir.path(), &key);
         assert!(s.set_located("cuff", "00:09:1F:00:00:07"));
         assert!(!s.set_located("cuff", "00:09:1F:00:00:07"));
         let (path, bytes) = s.snapshot().unwrap();
         write_atomic(&path, &bytes).unwrap();
-        let (again, err) = CursorStore::load(dir.path(), &key).unwrap();
+        let (again, err) = CursorStore::load(dir.path(), &key);
         assert!(err.is_none());
         assert_eq!(
             again.located().get("cuff").map(String::as_str),
@@ -316,10 +345,45 @@ mod tests {
             .seal(AAD_V1, &postcard::to_stdvec(&v1).unwrap())
             .unwrap();
         std::fs::write(&path, sealed).unwrap();
-        let (old, err) = CursorStore::load(dir.path(), &key).unwrap();
+        let (old, err) = CursorStore::load(dir.path(), &key);
         assert!(err.is_none(), "{err:?}");
         assert_eq!(old.get("meter"), c);
         assert!(old.located().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_or_garbage_file_is_moved_aside_and_the_store_starts_empty_and_saves_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StoreKey::from_bytes([7; 32]);
+        let path = dir.path().join(FILE);
+        // Unreadable: a directory where the file should be (EISDIR; as root, permissions
+        // would not stop a read).
+        std::fs::create_dir(&path).unwrap();
+        let (mut s, err) = CursorStore::load(dir.path(), &key);
+        assert!(matches!(err, Some(CursorError::Io { .. })), "{err:?}");
+        assert_eq!(s.get("cuff"), DeviceCursor::default());
+        assert!(dir.path().join("ble-cursors.sealed.unreadable").is_dir());
+        // The next save writes a good file in its place.
+        s.set(
+            "cuff",
+            DeviceCursor {
+                last_sequence: Some(3),
+                ..Default::default()
+            },
+        );
+        let (p, bytes) = s.snapshot().unwrap();
+        write_atomic(&p, &bytes).unwrap();
+        let (again, err) = CursorStore::load(dir.path(), &key);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(again.get("cuff").last_sequence, Some(3));
+
+        // Garbage: moved aside as corrupt, empty store.
+        std::fs::write(&path, b"not a sealed file at all").unwrap();
+        let (s, err) = CursorStore::load(dir.path(), &key);
+        assert!(matches!(err, Some(CursorError::Sealed { .. })), "{err:?}");
+        assert_eq!(s.get("cuff"), DeviceCursor::default());
+        assert!(dir.path().join("ble-cursors.sealed.corrupt").is_file());
+        assert!(!path.exists());
     }
 
     #[test]

@@ -60,6 +60,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BleConfig;
+use crate::ops::watchdog;
 use crate::pipeline::{DeviceContext, Ingest, ReportedInfo};
 use crate::store::StoreKey;
 use crate::telemetry;
@@ -106,13 +107,29 @@ impl BleSource {
     }
 }
 
+/// How long the BLE loop may go without a watchdog beat: the daemon's allowance plus the
+/// longest single step between two beats (the wait for sessions to stop at an adapter recovery,
+/// two operation timeouts, or one BlueZ D-Bus call).
+pub fn watchdog_allowance(cfg: &BleConfig, max_silence: Duration) -> Duration {
+    max_silence + (cfg.operation_timeout * 2).max(bluez::CALL_TIMEOUT)
+}
+
 /// Runs the transport on its own thread until `shutdown`. Returns early only if the thread
 /// dies (a panic that escaped), which the app treats as a failed source.
+///
+/// Liveness: if called inside [`crate::ops::watchdog::monitored`], the heartbeat is handed to
+/// the thread and the transport's loop beats it ([`watchdog_allowance`]); a wedged loop (a
+/// blocking call on its thread, a step that never ends) stops the beats and so the daemon's
+/// `WATCHDOG=1`. Sessions and probes are separate tasks and do not beat: each of their steps
+/// has a timeout, and the loop that spawns them runs on regardless.
 pub async fn run(
     src: BleSource,
     tx: mpsc::Sender<Ingest>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
+    // Taken here, where the task-local is set; awaiting the thread below is deliberately not
+    // `idle`: only the thread's own progress keeps this task live.
+    let heartbeat = watchdog::current();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("ble".into())
@@ -122,7 +139,11 @@ pub async fn run(
                     .enable_all()
                     .build()
                     .map_err(|e| format!("cannot start the BLE runtime: {e}"))?;
-                rt.block_on(supervise(src, tx, shutdown));
+                let transport = supervise(src, tx, shutdown);
+                match heartbeat {
+                    Some(hb) => rt.block_on(watchdog::monitored(hb, transport)),
+                    None => rt.block_on(transport),
+                }
                 Ok::<(), String>(())
             }));
             let _ = done_tx.send(match result {
@@ -147,15 +168,11 @@ struct Slot {
 }
 
 async fn supervise(src: BleSource, tx: mpsc::Sender<Ingest>, shutdown: CancellationToken) {
-    let (cursors, warning) = match cursor::CursorStore::load(&src.data_dir, &src.key) {
-        Ok(v) => v,
-        Err(e) => {
-            telemetry::BleCursorSaveFailed { error: &e }.emit();
-            return;
-        }
-    };
+    // Never returns early on a bad file: the transport runs on without the marks (the
+    // fallback is described at `CursorStore::load`).
+    let (cursors, warning) = cursor::CursorStore::load(&src.data_dir, &src.key);
     if let Some(w) = warning {
-        telemetry::BleCursorSaveFailed { error: &w }.emit();
+        telemetry::BleCursorUnreadable { error: &w }.emit();
     }
     let cursors = Arc::new(Mutex::new(cursors));
     let devices: Vec<Arc<DeviceEntry>> = src.devices.into_iter().map(Arc::new).collect();
@@ -187,6 +204,7 @@ async fn supervise(src: BleSource, tx: mpsc::Sender<Ingest>, shutdown: Cancellat
     tracing::info!(devices = devices.len(), adapter = %cfg.adapter, "BLE transport starting");
 
     while !shutdown.is_cancelled() {
+        watchdog::beat();
         let bus = match Bus::connect() {
             Ok(b) => Arc::new(b),
             Err(e) => {
@@ -196,7 +214,7 @@ async fn supervise(src: BleSource, tx: mpsc::Sender<Ingest>, shutdown: Cancellat
                     error: Some(&e),
                 }
                 .emit();
-                if sleep_or_stop(backoff, &shutdown).await {
+                if watchdog::idle(sleep_or_stop(backoff, &shutdown)).await {
                     break;
                 }
                 backoff = (backoff * 2).min(cfg.reconnect_backoff_max);
@@ -225,7 +243,7 @@ async fn supervise(src: BleSource, tx: mpsc::Sender<Ingest>, shutdown: Cancellat
                     error: error.as_ref().map(|e| e as &dyn std::fmt::Display),
                 }
                 .emit();
-                if sleep_or_stop(backoff, &shutdown).await {
+                if watchdog::idle(sleep_or_stop(backoff, &shutdown)).await {
                     break;
                 }
                 backoff = (backoff * 2).min(cfg.reconnect_backoff_max);
@@ -328,10 +346,9 @@ fn identify(
     reported: &ReportedInfo,
 ) -> Option<usize> {
     let mut found = candidates.iter().copied().filter(|&i| {
-        devices.get(i).is_some_and(|d| {
-            !d.cfg.identity.is_empty()
-                && session::identity_mismatch(&d.cfg.identity, reported).is_none()
-        })
+        devices
+            .get(i)
+            .is_some_and(|d| session::identifies(&d.cfg.identity, reported))
     });
     match (found.next(), found.next()) {
         (Some(i), None) => Some(i),
@@ -363,6 +380,7 @@ impl Epoch<'_> {
             Ok(v) => v,
             Err(e) => return recover("cannot watch org.bluez", Some(e)),
         };
+        watchdog::beat();
         let manager = match tokio::time::timeout(op, Manager::new()).await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return recover("BlueZ unavailable", Some(BleError::btle("manager", e))),
@@ -376,11 +394,14 @@ impl Epoch<'_> {
                 )
             }
         };
+        watchdog::beat();
         let adapter = match self.find_adapter(&manager).await {
             Ok(a) => a,
             Err(e) => return recover("adapter missing", Some(e)),
         };
+        watchdog::beat();
         if let Some((false, _)) = self.bus.adapter_state(adapter_name).await {
+            watchdog::beat();
             if let Err(e) = self.bus.set_powered(adapter_name, true).await {
                 return recover("adapter powered off and cannot be powered on", Some(e));
             }
@@ -391,13 +412,16 @@ impl Epoch<'_> {
             }
             .emit();
         }
+        watchdog::beat();
         let mut events = match error::with_timeout("events", op, adapter.events()).await {
             Ok(ev) => ev,
             Err(e) => return recover("adapter event stream", Some(e)),
         };
+        watchdog::beat();
         if let Err(e) = self.start_scan(&adapter).await {
             return recover("cannot start discovery", Some(e));
         }
+        watchdog::beat();
         *session_ntp(&self.shared) = self.bus.ntp_synchronized().await;
         tracing::info!(adapter = adapter_name, "BLE scanning");
 
@@ -410,9 +434,13 @@ impl Epoch<'_> {
             (cfg.watchdog_silence / 4).clamp(Duration::from_millis(250), Duration::from_secs(15)),
         );
         let mut ntp_tick = tokio::time::interval(Duration::from_secs(60));
+        // Beats while the loop waits for events; a handler that never returns stops them.
+        let mut beat = tokio::time::interval(watchdog::IDLE_BEAT);
         let stop = shutdown.child_token();
         let end = loop {
+            watchdog::beat();
             tokio::select! {
+                _ = beat.tick() => {}
                 _ = shutdown.cancelled() => break EpochEnd::Shutdown,
                 ev = events.next() => {
                     let Some(ev) = ev else { break recover("adapter event stream ended", None) };
@@ -478,6 +506,7 @@ impl Epoch<'_> {
                         Watchdog::DiscoveryRestarted => {
                             telemetry::BleWatchdog { stage: "power-cycle adapter", silent_s: last_event.elapsed().as_secs() }.emit();
                             let _ = self.bus.set_powered(adapter_name, false).await;
+                            watchdog::beat();
                             tokio::time::sleep(Duration::from_millis(200)).await;
                             let _ = self.bus.set_powered(adapter_name, true).await;
                             break recover("adapter silent (power-cycled)", None);
@@ -499,12 +528,14 @@ impl Epoch<'_> {
                 self.on_session_end(done, slots);
             }
         };
+        watchdog::beat();
         if tokio::time::timeout(cfg.operation_timeout * 2, drain)
             .await
             .is_err()
         {
             sessions.abort_all();
         }
+        watchdog::beat();
         for s in slots.iter_mut() {
             s.session = None;
             s.peripheral = None;
@@ -532,6 +563,7 @@ impl Epoch<'_> {
         let op = self.shared.cfg.operation_timeout;
         let adapters = error::with_timeout("adapters", op, manager.adapters()).await?;
         for a in adapters {
+            watchdog::beat();
             if let Ok(info) = error::with_timeout("adapter info", op, a.adapter_info()).await {
                 if info.split_whitespace().next() == Some(self.shared.cfg.adapter.as_str()) {
                     return Ok(a);

@@ -936,6 +936,12 @@ pub fn identity_mismatch(want: &DisIdentity, got: &ReportedInfo) -> Option<&'sta
     })
 }
 
+/// Whether a device that reported `got` is the one configured with `want`: at least one field
+/// configured, and every configured field reported equal. Pure.
+pub fn identifies(want: &DisIdentity, got: &ReportedInfo) -> bool {
+    !want.is_empty() && identity_mismatch(want, got).is_none()
+}
+
 /// Identifies an advertiser that may be a device configured by Device Information only (no
 /// `address`): connect (bounded; always disconnected afterwards), discover, read Device
 /// Information, disconnect. Nothing is subscribed, written or ingested.
