@@ -151,15 +151,8 @@ struct Prepared {
 /// exactly what a start would.
 fn prepare(cfg: &Config) -> Result<Prepared, StartError> {
     let devices = DeviceTable::from_config(cfg);
-    let client = UplinkClient::new(&UplinkTls {
-        fhir_base: cfg.uplink.fhir_base.clone(),
-        ca_file: cfg.uplink.ca_file.clone(),
-        client_cert: cfg.uplink.client_cert.clone(),
-        client_key: cfg.uplink.client_key.clone(),
-        allow_insecure_http: cfg.uplink.allow_insecure_http,
-        timeout: cfg.uplink.timeout,
-    })
-    .map_err(StartError::Uplink)?;
+    let client =
+        UplinkClient::new(&UplinkTls::from_config(&cfg.uplink)).map_err(StartError::Uplink)?;
     let subs: Vec<Subscription> = devices
         .mqtt
         .iter()

@@ -62,6 +62,13 @@ enum Command {
     /// ports, MQTT broker, uplink. ✓/✗ per check with the fix; exit 1 if anything is ✗. Run it
     /// as the service user: sudo -u vitalgate vitalgate doctor
     Doctor(ConfigArg),
+    /// Check the uplink to the FHIR server as the daemon connects to it, posting nothing: the
+    /// TLS version, cipher and key-exchange group, the server's certificate chain and expiry,
+    /// the client certificate's expiry, and whether the server's CapabilityStatement
+    /// (GET [base]/metadata) supports FHIR R4, transaction, and create with conditional create
+    /// of Observation and Device. ✓/✗ per item with the fix; exit 0 only when all pass, 1
+    /// otherwise, 64 for a bad configuration.
+    CheckUplink(ConfigArg),
     /// List nearby Bluetooth devices, their health services and whether they are configured;
     /// print a `[[devices]]` snippet for each health device.
     Scan {
@@ -193,6 +200,7 @@ pub fn main() -> ExitCode {
         Command::Decode(d) => decode(d),
         Command::Status { config, json } => status(&config.config, json),
         Command::Doctor(c) => doctor(&c.config),
+        Command::CheckUplink(c) => check_uplink(&c.config),
         Command::Scan {
             seconds,
             adapter,
@@ -423,6 +431,38 @@ fn doctor(path: &Path) -> ExitCode {
         println!("  (as root every file is accessible: run `sudo -u vitalgate vitalgate doctor` to check what the service can reach)");
     }
     let checks = rt.block_on(crate::ops::doctor::run(path));
+    let (text, ok) = crate::ops::doctor::render(&checks);
+    print!("{text}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn check_uplink(path: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vitalgate check-uplink: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[allow(clippy::disallowed_methods)] // the edge: a technician checks the uplink now
+    let now = chrono::Utc::now();
+    println!(
+        "vitalgate check-uplink: {} -> {} (nothing is posted)",
+        path.display(),
+        cfg.uplink.fhir_base
+    );
+    let checks = rt.block_on(crate::ops::check_uplink::run(&cfg, now));
     let (text, ok) = crate::ops::doctor::render(&checks);
     print!("{text}");
     if ok {

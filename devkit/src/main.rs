@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vitalgate_devkit::fhir_server::{FhirTestServer, ServerConfig};
+use vitalgate_devkit::fhir_server::{Capability, FhirTestServer, ServerConfig};
 use vitalgate_devkit::pki::{TestPki, DEFAULT_GATEWAY_ID};
 
 #[derive(Debug, Parser)]
@@ -47,6 +47,10 @@ enum Command {
         /// JSON file the store is loaded from and written to after each transaction.
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// Announce no conditional create in GET [base]/metadata (to see `vitalgate
+        /// check-uplink` refuse such a server).
+        #[arg(long)]
+        no_conditional_create: bool,
     },
     /// Run the agent's main job end to end on loopback: test PKI, mTLS FHIR receiver,
     /// simulated BP cuff and scale, encrypted store, the real pipeline.
@@ -95,7 +99,8 @@ fn main() -> ExitCode {
             listen,
             base,
             state_file,
-        } => serve(pki, listen, base, state_file),
+            no_conditional_create,
+        } => serve(pki, listen, base, state_file, no_conditional_create),
         Command::Demo {
             count,
             interval_ms,
@@ -169,6 +174,7 @@ fn serve(
     listen: SocketAddr,
     base: String,
     state_file: Option<PathBuf>,
+    no_conditional_create: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(base.starts_with('/'), "--base must start with '/'");
     let pki = TestPki::paths(&pki_dir, DEFAULT_GATEWAY_ID);
@@ -181,6 +187,9 @@ fn serve(
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async move {
         let mut server = FhirTestServer::start(config).await?;
+        if no_conditional_create {
+            server.set_capability(Capability::NoConditionalCreate);
+        }
         let mut events = server.subscribe();
         println!(
             "FHIR test server on {} (client certificates from {} required); Ctrl-C stops",

@@ -564,3 +564,58 @@ async fn entry_events_are_published_for_committed_entries() {
         ]
     );
 }
+
+#[tokio::test]
+async fn metadata_answers_a_schema_valid_r4_capability_statement_and_the_deficient_one_on_request()
+{
+    use vitalgate_devkit::fhir_server::Capability;
+    let f = fixture().await;
+    let get = |path: &'static str| {
+        https_client::request(f.client.clone(), f.server.addr(), "GET", path, &[], b"")
+    };
+    let full = within(get("/fhir/r4/metadata")).await.unwrap();
+    assert_eq!(full.status, 200);
+    let cs = full.json().unwrap();
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    // Schema-valid, but for one known quirk of the official R4 JSON schema: its FHIRVersion
+    // enum stops at "4.0.0", while R4 servers (HAPI and others) announce "4.0.1", the R4
+    // technical correction. We announce what real servers do.
+    let known = ["/fhirVersion: \"4.0.1\" is not one of \"0.01\", \"0.05\" or 19 other candidates"];
+    assert_eq!(validate_resource(&cs), known);
+    let rest = &cs["rest"][0];
+    assert_eq!(rest["mode"], "server");
+    assert_eq!(rest["interaction"][0]["code"], "transaction");
+    for (i, ty) in ["Observation", "Device"].iter().enumerate() {
+        assert_eq!(rest["resource"][i]["type"], *ty);
+        assert_eq!(rest["resource"][i]["interaction"][0]["code"], "create");
+        assert_eq!(rest["resource"][i]["conditionalCreate"], true);
+    }
+    f.server.set_capability(Capability::NoConditionalCreate);
+    let poor = within(get("/fhir/r4/metadata"))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(validate_resource(&poor), known);
+    assert_eq!(poor["rest"][0]["resource"][0]["conditionalCreate"], false);
+    assert_eq!(poor["rest"][0]["resource"][1]["conditionalCreate"], false);
+    // Only GET; the fault-injection mode does not touch it.
+    f.server.set_mode(Mode::Fail {
+        status: 503,
+        retry_after: None,
+    });
+    assert_eq!(within(get("/fhir/r4/metadata")).await.unwrap().status, 200);
+    let post = within(https_client::request(
+        f.client.clone(),
+        f.server.addr(),
+        "POST",
+        "/fhir/r4/metadata",
+        &[("Content-Type", "application/fhir+json")],
+        b"{}",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(post.status, 405);
+    assert!(f.server.stored_observations().is_empty());
+}

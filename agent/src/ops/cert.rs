@@ -44,6 +44,45 @@ pub fn not_after_pem_file(path: &Path) -> Result<DateTime<Utc>, CertError> {
 ///
 /// [`CertError::Malformed`] naming what was not as expected.
 pub fn not_after_der(der: &[u8]) -> Result<DateTime<Utc>, CertError> {
+    let f = tbs_fields(der)?;
+    let (_, _, after_not_before) = tlv(f.validity)?;
+    let (tag, value, _) = tlv(after_not_before)?;
+    parse_time(tag, value)
+}
+
+/// What `check-uplink` prints for one certificate of the server's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// The subject's common attributes, e.g. `CN=fhir.example, O=Hospital` (RFC 4514 order
+    /// reversed as x509-parser and OpenSSL print it: as they appear in the certificate).
+    pub subject: String,
+    pub issuer: String,
+    pub not_after: DateTime<Utc>,
+}
+
+/// Subject, issuer and `notAfter` of a DER certificate. Names show CN, O, OU, C, L, ST (other
+/// attributes are left out).
+///
+/// # Errors
+///
+/// [`CertError::Malformed`] naming what was not as expected.
+pub fn summary_der(der: &[u8]) -> Result<CertSummary, CertError> {
+    let f = tbs_fields(der)?;
+    Ok(CertSummary {
+        subject: name_string(f.subject)?,
+        issuer: name_string(f.issuer)?,
+        not_after: not_after_der(der)?,
+    })
+}
+
+/// The contents of the tbsCertificate fields `check-uplink` reads.
+struct TbsFields<'a> {
+    issuer: &'a [u8],
+    validity: &'a [u8],
+    subject: &'a [u8],
+}
+
+fn tbs_fields(der: &[u8]) -> Result<TbsFields<'_>, CertError> {
     let (tag, cert, _) = tlv(der)?;
     expect(tag, 0x30, "Certificate is not a SEQUENCE")?;
     let (tag, tbs, _) = tlv(cert)?;
@@ -54,21 +93,56 @@ pub fn not_after_der(der: &[u8]) -> Result<DateTime<Utc>, CertError> {
     if tag == 0xA0 {
         rest = after;
     }
-    // serialNumber, signature, issuer.
+    // serialNumber, signature.
     for (want, what) in [
         (0x02, "serialNumber is not an INTEGER"),
         (0x30, "signature is not a SEQUENCE"),
-        (0x30, "issuer is not a SEQUENCE"),
     ] {
         let (tag, _, after) = tlv(rest)?;
         expect(tag, want, what)?;
         rest = after;
     }
-    let (tag, validity, _) = tlv(rest)?;
+    let (tag, issuer, rest) = tlv(rest)?;
+    expect(tag, 0x30, "issuer is not a SEQUENCE")?;
+    let (tag, validity, rest) = tlv(rest)?;
     expect(tag, 0x30, "validity is not a SEQUENCE")?;
-    let (_, _, after_not_before) = tlv(validity)?;
-    let (tag, value, _) = tlv(after_not_before)?;
-    parse_time(tag, value)
+    let (tag, subject, _) = tlv(rest)?;
+    expect(tag, 0x30, "subject is not a SEQUENCE")?;
+    Ok(TbsFields {
+        issuer,
+        validity,
+        subject,
+    })
+}
+
+/// An X.501 Name (the contents of its RDNSequence) as `CN=.., O=..`.
+fn name_string(mut rdns: &[u8]) -> Result<String, CertError> {
+    let mut parts = Vec::new();
+    while !rdns.is_empty() {
+        let (tag, set, after) = tlv(rdns)?;
+        expect(tag, 0x31, "a name's RDN is not a SET")?;
+        rdns = after;
+        let mut atvs = set;
+        while !atvs.is_empty() {
+            let (tag, atv, after) = tlv(atvs)?;
+            expect(tag, 0x30, "an attribute of a name is not a SEQUENCE")?;
+            atvs = after;
+            let (tag, oid, value) = tlv(atv)?;
+            expect(tag, 0x06, "an attribute type is not an OID")?;
+            let (_, value, _) = tlv(value)?;
+            let label = match oid {
+                [0x55, 0x04, 0x03] => "CN",
+                [0x55, 0x04, 0x0A] => "O",
+                [0x55, 0x04, 0x0B] => "OU",
+                [0x55, 0x04, 0x06] => "C",
+                [0x55, 0x04, 0x07] => "L",
+                [0x55, 0x04, 0x08] => "ST",
+                _ => continue,
+            };
+            parts.push(format!("{label}={}", String::from_utf8_lossy(value)));
+        }
+    }
+    Ok(parts.join(", "))
 }
 
 fn expect(tag: u8, want: u8, what: &'static str) -> Result<(), CertError> {
@@ -150,6 +224,36 @@ mod tests {
             let theirs = theirs.validity().not_after.timestamp();
             assert_eq!(ours.timestamp(), theirs, "{year}");
             assert_eq!(ours.format("%Y-%m-%d").to_string(), format!("{year}-03-04"));
+        }
+    }
+
+    #[test]
+    fn subject_and_issuer_match_x509_parser() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name = rcgen::DistinguishedName::new();
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "Clinic Test CA");
+        ca.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Clinic");
+        let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+        let mut leaf = rcgen::CertificateParams::new(vec!["fhir.example".into()]).unwrap();
+        leaf.distinguished_name = rcgen::DistinguishedName::new();
+        leaf.distinguished_name
+            .push(rcgen::DnType::CommonName, "fhir.example");
+        leaf.not_after = rcgen::date_time_ymd(2031, 5, 6);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = leaf.signed_by(&key, &issuer).unwrap().der().to_vec();
+        let s = summary_der(&der).unwrap();
+        let (_, theirs) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(s.subject, theirs.subject().to_string());
+        assert_eq!(s.issuer, theirs.issuer().to_string());
+        assert_eq!(s.subject, "CN=fhir.example");
+        assert_eq!(s.issuer, "CN=Clinic Test CA, O=Clinic");
+        assert_eq!(s.not_after.format("%Y-%m-%d").to_string(), "2031-05-06");
+        for n in 0..der.len() {
+            let _ = summary_der(&der[..n]);
         }
     }
 

@@ -17,10 +17,7 @@
 //! | serial ports | each configured port exists, is a character device, and this user may read and write it |
 //! | MQTT broker(s) | an MQTT CONNECT/CONNACK with the configured credentials and TLS, under a client id of its own (`<client_id>-doctor`: never the daemon's session) |
 //! | uplink certificate | readable, not expired |
-//! | uplink | [`uplink_check`]: a TLS handshake with the client certificate and one `GET [base]/metadata` |
-//!
-//! The uplink check is a seam: the full `check-uplink` (issue 12) replaces [`uplink_check`]'s
-//! body and keeps its signature.
+//! | uplink | [`uplink_check`]: the checks of `vitalgate check-uplink` in one line (TLS handshake, server capabilities) |
 
 use std::fmt::Write as _;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -585,104 +582,16 @@ fn cert_check(path: &Path, now: DateTime<Utc>) -> Check {
     )
 }
 
-/// The uplink: a TLS handshake with the client certificate and one `GET [base]/metadata`.
-/// Any HTTP answer (even 401 or 404) proves the network path, the server certificate against
-/// `uplink.ca_file`, and that the server accepted the client certificate.
-///
-/// The seam for `check-uplink` (a later issue): it replaces this body with the full check
-/// (a test transaction, the server's capabilities) and keeps the signature.
+/// The uplink: the checks of `check-uplink` ([`super::check_uplink::uplink_checks`]: a TLS
+/// handshake with the uplink's own configuration, `GET [base]/metadata` through the daemon's
+/// HTTP client, the CapabilityStatement's transaction and conditional create), as one line
+/// ([`super::check_uplink::summary`]). Posts nothing.
 pub async fn uplink_check(cfg: &Config) -> Check {
-    let name = "uplink";
-    let u = &cfg.uplink;
-    let mut tls = match crate::tls::client_config(&u.ca_file, Some((&u.client_cert, &u.client_key)))
-    {
-        Ok(t) => t,
-        Err(e) => {
-            return Check::fail(
-                name,
-                e.to_string(),
-                "uplink.ca_file, client_cert and client_key must be readable PEM files",
-            )
-        }
-    };
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let client = match reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .https_only(!u.allow_insecure_http)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(NET_TIMEOUT)
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return Check::fail(
-                name,
-                e.to_string(),
-                "report this: the HTTP client could not be built",
-            )
-        }
-    };
-    let url = format!("{}/metadata", u.fhir_base.as_str().trim_end_matches('/'));
-    match client
-        .get(&url)
-        .header("Accept", "application/fhir+json")
-        .send()
-        .await
-    {
-        Ok(resp) => Check::pass(
-            name,
-            format!(
-                "{}: TLS with the client certificate ok; GET metadata answered {}",
-                u.fhir_base,
-                resp.status().as_u16()
-            ),
-        ),
-        Err(e) => {
-            let (what, fix) = classify(&e);
-            Check::fail(name, format!("{}: {what}", u.fhir_base), fix)
-        }
-    }
-}
-
-fn classify(e: &reqwest::Error) -> (String, &'static str) {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if let Some(t) = c.downcast_ref::<rustls::Error>() {
-            return (
-                format!("TLS failed: {t}"),
-                match t {
-                    rustls::Error::InvalidCertificate(_) => "the server's certificate is not from uplink.ca_file (or names another host): get the right CA from the FHIR server's operators",
-                    rustls::Error::AlertReceived(_) => "the server refused the handshake: is this gateway's client certificate registered and unexpired on the server?",
-                    _ => "check uplink.ca_file and the client certificate with the FHIR server's operators",
-                },
-            );
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return (
-                    "connection refused".into(),
-                    "the server does not listen there: check the host and port of uplink.fhir_base",
-                );
-            }
-            // rustls' errors reach us wrapped in an io::Error (not as its source).
-            if let Some(inner) = io.get_ref() {
-                cur = Some(inner);
-                continue;
-            }
-        }
-        cur = c.source();
-    }
-    if e.is_timeout() {
-        return (
-            "no answer in time".into(),
-            "check the network path to the FHIR server (firewall, proxy, DNS)",
-        );
-    }
-    (
-        format!("cannot connect: {e}"),
-        "check DNS and the network path to the host of uplink.fhir_base",
-    )
+    let mut u = crate::uplink::client::UplinkTls::from_config(&cfg.uplink);
+    // doctor's own bound on every network check.
+    u.timeout = u.timeout.min(NET_TIMEOUT);
+    let checks = super::check_uplink::uplink_checks(&u, now()).await;
+    super::check_uplink::summary(&u.fhir_base, &checks)
 }
 
 async fn run_tool(program: &str, args: &[&str]) -> Result<String, String> {

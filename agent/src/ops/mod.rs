@@ -4,6 +4,7 @@
 //! - [`alarms`]: which conditions need someone (pure: inputs and `now` in, changes out).
 pub mod alarms;
 pub mod cert;
+pub mod check_uplink;
 pub mod doctor;
 pub mod episodes;
 pub mod fleet;

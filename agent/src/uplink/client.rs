@@ -33,6 +33,20 @@ pub struct UplinkTls {
     pub timeout: Duration,
 }
 
+impl UplinkTls {
+    /// The settings of `[uplink]`: what the daemon and `check-uplink` both connect with.
+    pub fn from_config(u: &crate::config::UplinkConfig) -> UplinkTls {
+        UplinkTls {
+            fhir_base: u.fhir_base.clone(),
+            ca_file: u.ca_file.clone(),
+            client_cert: u.client_cert.clone(),
+            client_key: u.client_key.clone(),
+            allow_insecure_http: u.allow_insecure_http,
+            timeout: u.timeout,
+        }
+    }
+}
+
 /// The client cannot be built (start-up).
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -162,7 +176,7 @@ impl TlsProblem {
     pub fn hint(&self) -> &'static str {
         match self {
             TlsProblem::UnknownIssuer => {
-                "put the CA that issued the server's certificate in uplink.ca_file, or check that uplink.fhir_base names the right server"
+                "the server's certificate is not from uplink.ca_file: put the CA that issued it there (get it from the FHIR server's operators), or check that uplink.fhir_base names the right server"
             }
             TlsProblem::Expired => {
                 "renew the server's certificate; if it is in date, check the gateway's clock (NTP)"
@@ -257,6 +271,18 @@ pub struct UplinkClient {
     body_bytes_sent: AtomicU64,
 }
 
+/// The rustls client configuration the uplink uses: [`client_config`] with the client
+/// certificate, ALPN `http/1.1`. `check-uplink` handshakes with exactly this.
+///
+/// # Errors
+///
+/// [`UplinkError::Setup`] naming the file.
+pub fn tls_config(cfg: &UplinkTls) -> Result<rustls::ClientConfig, UplinkError> {
+    let mut tls = client_config(&cfg.ca_file, Some((&cfg.client_cert, &cfg.client_key)))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 impl UplinkClient {
     /// Builds the client (reads the CA, certificate and key files).
     ///
@@ -267,8 +293,7 @@ impl UplinkClient {
         if cfg.fhir_base.scheme() != "https" && !cfg.allow_insecure_http {
             return Err(UplinkError::Insecure(cfg.fhir_base.to_string()));
         }
-        let mut tls = client_config(&cfg.ca_file, Some((&cfg.client_cert, &cfg.client_key)))?;
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = tls_config(cfg)?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .https_only(!cfg.allow_insecure_http)
@@ -353,7 +378,39 @@ impl UplinkClient {
             gzip,
         }
         .emit();
-        let mut resp = request.body(body).send().await.map_err(classify)?;
+        let resp = request.body(body).send().await.map_err(classify)?;
+        self.read_response(resp).await
+    }
+
+    /// `GET [base]/metadata` (the server's CapabilityStatement), with the limits of every
+    /// exchange: no redirects, the body cap, the JSON depth limit, the timeouts. Sends nothing
+    /// but the request line and headers (`check-uplink`, `doctor`).
+    ///
+    /// # Errors
+    ///
+    /// A classified [`SendError`].
+    pub async fn get_metadata(&self) -> Result<RawResponse, SendError> {
+        let classify = |e: reqwest::Error| classify_reqwest_error(&e, &self.base, self.timeout);
+        let url = self.metadata_url();
+        let resp = self
+            .http
+            .get(url)
+            .header("Accept", "application/fhir+json")
+            .send()
+            .await
+            .map_err(classify)?;
+        self.read_response(resp).await
+    }
+
+    /// `[base]/metadata`.
+    pub fn metadata_url(&self) -> String {
+        format!("{}/metadata", self.base.as_str().trim_end_matches('/'))
+    }
+
+    /// The answer's status, `Retry-After` and body, within [`MAX_BODY`] and
+    /// [`MAX_JSON_DEPTH`]; a redirect is an error.
+    async fn read_response(&self, mut resp: reqwest::Response) -> Result<RawResponse, SendError> {
+        let classify = |e: reqwest::Error| classify_reqwest_error(&e, &self.base, self.timeout);
         let status = resp.status().as_u16();
         if resp.status().is_redirection() {
             return Err(SendError::Redirected { status });

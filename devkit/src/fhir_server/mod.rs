@@ -18,7 +18,11 @@
 //!
 //! # HTTP interface
 //!
-//! Only `POST [base]` (exactly the base path, a trailing `/` tolerated) with
+//! `GET [base]/metadata` answers an R4 CapabilityStatement ([`capability_statement`]): transaction,
+//! and create with conditional create of Observation and Device, unless
+//! [`ServerState::set_capability`] chose a deficient one. It ignores the fault-injection mode.
+//!
+//! Otherwise only `POST [base]` (exactly the base path, a trailing `/` tolerated) with
 //! `Content-Type: application/fhir+json` (parameters such as `charset` allowed) and a body of at
 //! most [`MAX_BODY_BYTES`]. Anything else: 404 (other path), 405 (other method), 415 (other
 //! content type), 413 (body too large), 400 (not JSON, schema errors, transaction rule broken),
@@ -106,6 +110,53 @@ pub struct Handshake {
     pub version: String,
     pub cipher_suite: String,
     pub kx_group: String,
+}
+
+/// What `GET [base]/metadata` says the server can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Capability {
+    /// What this server does: transaction; create and conditional create of Observation and
+    /// Device.
+    #[default]
+    Full,
+    /// A server without conditional create (`conditionalCreate: false` on every resource):
+    /// one on which a resent Bundle would duplicate readings.
+    NoConditionalCreate,
+}
+
+/// The R4 CapabilityStatement served at `[base]/metadata` (`base_url`: the absolute FHIR base
+/// for `implementation.url`). Valid against the R4 JSON schema except `fhirVersion` "4.0.1": the
+/// schema's enum stops at "4.0.0"; R4 servers announce 4.0.1 (the technical correction).
+pub fn capability_statement(capability: Capability, base_url: &str) -> Value {
+    let conditional = capability == Capability::Full;
+    let resource = |ty: &str| {
+        json!({
+            "type": ty,
+            "interaction": [{"code": "create"}],
+            "conditionalCreate": conditional,
+        })
+    };
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-01-01",
+        "kind": "instance",
+        "software": {
+            "name": "vitalgate-devkit FHIR test server",
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+        "implementation": {
+            "description": "loopback mTLS FHIR R4 test server",
+            "url": base_url,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": [resource("Observation"), resource("Device")],
+            "interaction": [{"code": "transaction"}],
+        }],
+    })
 }
 
 /// Fault injection. The mode applies to every `POST [base]` until changed (or, with
@@ -200,6 +251,8 @@ struct Inner {
     body_bytes_sent: u64,
     /// Refuse `Content-Encoding: gzip` bodies with 415 (a server without compression support).
     refuse_gzip: bool,
+    /// What `GET [base]/metadata` announces.
+    capability: Capability,
     /// Bytes read from / written to client TCP connections (TLS records, HTTP, everything).
     wire_bytes_in: u64,
     wire_bytes_out: u64,
@@ -340,6 +393,11 @@ impl ServerState {
     /// to the connections so far: how much a client read before it gave up.
     pub fn body_bytes_sent(&self) -> u64 {
         self.lock().body_bytes_sent
+    }
+
+    /// What `GET [base]/metadata` announces from now on ([`Capability::Full`] by default).
+    pub fn set_capability(&self, capability: Capability) {
+        self.lock().capability = capability;
     }
 
     /// `true`: answer `415` to every `Content-Encoding: gzip` body (like a server without
@@ -827,6 +885,26 @@ async fn respond(
     record: &mut RequestRecord,
 ) -> Result<Resp, HangUp> {
     let path = req.uri().path();
+    if path.trim_end_matches('/') == format!("{}/metadata", ctx.base_path) {
+        if req.method() != Method::GET {
+            let mut resp = outcome(
+                405,
+                "not-supported",
+                &["only GET [base]/metadata is supported".into()],
+            );
+            resp.headers_mut()
+                .insert("allow", HeaderValue::from_static("GET"));
+            return Ok(resp);
+        }
+        let capability = ctx.state.lock().capability;
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost");
+        let base_url = format!("https://{host}{}", ctx.base_path);
+        return Ok(fhir_json(200, &capability_statement(capability, &base_url)));
+    }
     if path.trim_end_matches('/') != &*ctx.base_path {
         return Ok(outcome(
             404,
