@@ -78,6 +78,8 @@ counters!(
     uplink_resumes,
     uplink_body_bytes_sent,
     uplink_gzip_refused,
+    uplink_client_cert_rotations,
+    uplink_client_cert_reload_failures,
     mqtt_connects,
     mqtt_connection_errors,
     mqtt_subscriptions_refused,
@@ -672,6 +674,41 @@ impl UplinkGzipRefused {
         tracing::warn!(
             hint = "the FHIR server does not accept Content-Encoding: gzip; enabling it saves most of the bytes on metered links",
             "the FHIR server refused a gzip-compressed body (415): sending plain bodies from now on"
+        );
+    }
+}
+
+/// A changed client certificate and key loaded: the uplink handshakes with them from now on.
+pub struct UplinkClientCertInUse<'a> {
+    pub path: &'a std::path::Path,
+    pub not_after: Option<chrono::DateTime<chrono::Utc>>,
+}
+impl UplinkClientCertInUse<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_client_cert_rotations);
+        let not_after = self
+            .not_after
+            .map_or_else(|| "unknown".to_string(), |t| t.to_rfc3339());
+        tracing::info!(
+            path = %self.path.display(),
+            %not_after,
+            "new uplink client certificate in use"
+        );
+    }
+}
+
+/// The changed client certificate or key does not load: the one in use stays. No PHI (paths
+/// and the TLS setup reason).
+pub struct UplinkClientCertReloadFailed<'a> {
+    pub error: &'a crate::uplink::client::UplinkError,
+}
+impl UplinkClientCertReloadFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_client_cert_reload_failures);
+        tracing::warn!(
+            error = %self.error,
+            hint = "install the certificate and its key together (write to a temporary file, chmod 600 the key, rename over); it is tried again when the files change",
+            "the changed uplink client certificate or key does not load: keeping the certificate in use"
         );
     }
 }

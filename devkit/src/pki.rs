@@ -8,6 +8,7 @@
 //! | `test-ca.crt` | the test CA (self-signed, ECDSA P-256) |
 //! | `test-server.crt` / `test-server.key` | server leaf: SANs `localhost`, `127.0.0.1`, `::1`; EKU serverAuth |
 //! | `test-client.crt` / `test-client.key` | client leaf: CN = gateway id; EKU clientAuth |
+//! | `test-client-next.crt` / `test-client-next.key` | a second client leaf of the test CA, same CN (the renewed certificate of rotation tests) |
 //! | `test-rogue-ca.crt` | a second, unrelated CA |
 //! | `test-rogue-server.crt` / `.key` | server leaf signed by the rogue CA (same SANs) |
 //! | `test-rogue-client.crt` / `.key` | client leaf signed by the rogue CA (same CN as the good one) |
@@ -50,6 +51,10 @@ pub struct TestPki {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// A second client certificate of the test CA with the same CN (its own key and serial):
+    /// what an operator's tooling would put in place at renewal.
+    pub next_client_cert: PathBuf,
+    pub next_client_key: PathBuf,
     pub rogue_ca_cert: PathBuf,
     pub rogue_server_cert: PathBuf,
     pub rogue_server_key: PathBuf,
@@ -110,6 +115,10 @@ impl TestPki {
             write_file(client.1, key.as_bytes(), true)?;
 
             if ca_path == &pki.ca_cert {
+                let (cert, key) = new_leaf(&issuer, gateway_id, Leaf::Client)?;
+                write_file(&pki.next_client_cert, cert.as_bytes(), false)?;
+                write_file(&pki.next_client_key, key.as_bytes(), true)?;
+
                 let day = Duration::from_secs(86_400);
                 let now = SystemTime::now();
                 for (window, (cert_path, key_path)) in [
@@ -146,6 +155,8 @@ impl TestPki {
             server_key: p("test-server.key"),
             client_cert: p("test-client.crt"),
             client_key: p("test-client.key"),
+            next_client_cert: p("test-client-next.crt"),
+            next_client_key: p("test-client-next.key"),
             rogue_ca_cert: p("test-rogue-ca.crt"),
             rogue_server_cert: p("test-rogue-server.crt"),
             rogue_server_key: p("test-rogue-server.key"),

@@ -82,12 +82,22 @@ fn generates_two_unrelated_cas_with_server_and_client_leaves() {
         // localhost, and two IP addresses: 127.0.0.1 (4 bytes) and ::1 (16 bytes).
         assert_eq!(server.sans, ["localhost", "ip:4", "ip:16"]);
     }
-    for (leaf, issuer) in [(&pki.client_cert, &ca), (&pki.rogue_client_cert, &rogue_ca)] {
+    for (leaf, issuer) in [
+        (&pki.client_cert, &ca),
+        (&pki.next_client_cert, &ca),
+        (&pki.rogue_client_cert, &rogue_ca),
+    ] {
         let client = inspect(leaf);
         assert_eq!(client.issuer, issuer.subject);
         assert!(client.client_auth && !client.server_auth && !client.is_ca && client.p256);
         assert!(client.subject.contains(&format!("CN={DEFAULT_GATEWAY_ID}")));
     }
+    // The renewed client certificate: same CA and subject, a certificate (and key) of its own.
+    assert_ne!(pem_der(&pki.client_cert), pem_der(&pki.next_client_cert));
+    assert_ne!(
+        std::fs::read(&pki.client_key).unwrap(),
+        std::fs::read(&pki.next_client_key).unwrap()
+    );
 }
 
 #[test]
@@ -98,6 +108,7 @@ fn keys_are_private_and_names_say_test() {
     for key in [
         &pki.server_key,
         &pki.client_key,
+        &pki.next_client_key,
         &pki.rogue_server_key,
         &pki.rogue_client_key,
     ] {

@@ -5,7 +5,7 @@
 //! |------------------------|----------------------------------------------------|---------------------|--------------|
 //! | `disk`                 | the data directory's filesystem is ≥ 80 % used      | warning; ≥ 90 % critical | below 78 % (88 % for critical → warning) |
 //! | `uplink_paused`        | the FHIR server refuses the gateway as a whole      | critical            | uploads resume |
-//! | `certificate_expiring` | the uplink client certificate expires within `ops.cert_expiry_warn_days` | warning; expired: critical | a renewed certificate is loaded (reload) |
+//! | `certificate_expiring` | the uplink client certificate expires within `ops.cert_expiry_warn_days` | warning; expired: critical | a renewed certificate is loaded (reload, or rotation of the files) |
 //! | `device_silent`        | a device listed in `ops.device_silent_after_secs` (or a serial device's `silence_alarm_secs`) delivered nothing for that long | warning | it delivers again |
 //! | `store_failed`         | the store failed a write (I/O error) and is not reopened yet; no readings are taken | critical | the store is reopened and writes |
 //! | `quarantine`           | the outbox holds quarantined (corrupt) records; again on each new one | critical | the quarantine is empty |

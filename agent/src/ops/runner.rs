@@ -37,7 +37,8 @@ use crate::telemetry;
 
 /// How often the clock state is asked (it may start a `timedatectl`).
 pub const CLOCK_EVERY: Duration = Duration::from_secs(60);
-/// How often the client certificate is re-read (a renewed one is also picked up by reload).
+/// How often the client certificate is re-read (a renewed one is also picked up by reload, and
+/// at once when the uplink puts a rotated one in use).
 pub const CERT_EVERY: Duration = Duration::from_secs(600);
 
 /// What the ops task needs from the configuration.
@@ -172,6 +173,7 @@ pub async fn run(
         value: Err("not read yet".into()),
         at: None,
     };
+    let mut cert_rotations = crate::uplink::client::client_cert_rotations();
     let mut dead_seen: Option<u64> = None;
     let mut collision_dead_letters: Option<u64> = None;
     loop {
@@ -181,7 +183,11 @@ pub async fn run(
                 at: Some(Instant::now()),
             };
         }
-        if cert.at.is_none_or(|t| t.elapsed() >= CERT_EVERY) {
+        // A rotated client certificate the uplink put in use is read at once, so the expiry
+        // alarm follows it (and clears when the renewed certificate is in date).
+        let rotations = crate::uplink::client::client_cert_rotations();
+        if cert.at.is_none_or(|t| t.elapsed() >= CERT_EVERY) || rotations != cert_rotations {
+            cert_rotations = rotations;
             cert = Cached {
                 value: super::cert::not_after_pem_file(&ctx.client_cert).map_err(|e| e.to_string()),
                 at: Some(Instant::now()),

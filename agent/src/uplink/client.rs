@@ -1,6 +1,6 @@
 //! The mTLS HTTP client: sends a Bundle, reports what came back. No decisions here.
 //!
-//! Built once at start-up; fails closed: a missing or empty CA file, a missing client key, or an
+//! Built at start-up; fails closed: a missing or empty CA file, a missing client key, or an
 //! `http://` base without `allow_insecure_http` is an error before anything is sent. Trust comes
 //! only from the configured CA (no system roots). Redirects are not followed (a redirect to
 //! another host must not receive PHI) and proxy environment variables are ignored.
@@ -10,6 +10,12 @@
 //! errors and alerts), `hyper::Error`, `std::io::ErrorKind`. Each class has its own message and
 //! a fix hint ([`SendError::hint`]) that names the setting or the place to look.
 //!
+//! Certificate rotation: before each exchange the client compares the metadata (size, mtime,
+//! ctime, inode) of `uplink.client_cert` and `uplink.client_key` with what it last saw, a pair
+//! of `stat` calls. When they changed it builds a new HTTP client from the files; a pair that
+//! does not load (half-written, key not matching the certificate, key readable by others)
+//! keeps the client in use, is logged once and counted, and is tried again at the next change.
+//!
 //! The uploader talks to the server through the [`BundleSender`] trait, so its tests can script
 //! the answers; [`UplinkClient`] is the real implementation.
 
@@ -17,10 +23,13 @@ use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
 
 use super::limits::{json_depth_exceeds, MAX_BODY, MAX_JSON_DEPTH};
-use crate::telemetry::{UplinkBodySent, UplinkGzipRefused};
+use crate::telemetry::{
+    UplinkBodySent, UplinkClientCertInUse, UplinkClientCertReloadFailed, UplinkGzipRefused,
+};
 use crate::tls::{client_config, TlsSetupError};
 
 #[derive(Debug, Clone)]
@@ -264,7 +273,12 @@ pub trait BundleSender: Send + Sync {
 /// tenfold) until the server answers 415 to one: then that Bundle is resent plain at once and
 /// every later one goes plain too (remembered for the life of the client).
 pub struct UplinkClient {
-    http: reqwest::Client,
+    /// The client built from the certificate and key files as [`Self::files`] last saw them
+    /// load; replaced (never torn down mid-request: a request holds its own handle) on rotation.
+    http: RwLock<reqwest::Client>,
+    cfg: UplinkTls,
+    /// What the certificate and key files looked like at the last check.
+    files: Mutex<Option<FileStamps>>,
     base: url::Url,
     timeout: Duration,
     gzip: AtomicBool,
@@ -283,6 +297,77 @@ pub fn tls_config(cfg: &UplinkTls) -> Result<rustls::ClientConfig, UplinkError> 
     Ok(tls)
 }
 
+/// Times the client certificate in use was replaced by a rotated one (process-wide). The
+/// certificate-expiry check re-reads the certificate when this changes.
+static CLIENT_CERT_ROTATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times an [`UplinkClient`] has put a rotated client certificate in use.
+pub fn client_cert_rotations() -> u64 {
+    CLIENT_CERT_ROTATIONS.load(Ordering::Relaxed)
+}
+
+/// The metadata of one file that changes when the file is rewritten, replaced by a rename, or
+/// has its mode changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    #[cfg(unix)]
+    ctime: (i64, i64),
+    #[cfg(unix)]
+    inode: (u64, u64),
+}
+
+impl FileStamp {
+    /// `None` when the file cannot be stat'ed (e.g. between an unlink and a rename).
+    fn of(path: &std::path::Path) -> Option<FileStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt as _;
+        Some(FileStamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            #[cfg(unix)]
+            ctime: (m.ctime(), m.ctime_nsec()),
+            #[cfg(unix)]
+            inode: (m.dev(), m.ino()),
+        })
+    }
+}
+
+/// The certificate's and the key's stamps.
+type FileStamps = (Option<FileStamp>, Option<FileStamp>);
+
+fn stamps(cfg: &UplinkTls) -> FileStamps {
+    (
+        FileStamp::of(&cfg.client_cert),
+        FileStamp::of(&cfg.client_key),
+    )
+}
+
+/// The `notAfter` of the first certificate in `cfg.client_cert`, for the log line (best effort).
+fn cert_not_after(cfg: &UplinkTls) -> Option<chrono::DateTime<chrono::Utc>> {
+    let chain = crate::tls::load_certs(&cfg.client_cert).ok()?;
+    crate::ops::cert::not_after_der(chain.first()?.as_ref()).ok()
+}
+
+/// The HTTP client for `cfg` (reads the CA, certificate and key files).
+fn build_http(cfg: &UplinkTls) -> Result<reqwest::Client, UplinkError> {
+    let tls = tls_config(cfg)?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .https_only(!cfg.allow_insecure_http)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        // Total deadline (ends a slow-loris answer), idle deadline per read, connect deadline.
+        .timeout(cfg.timeout)
+        .read_timeout(cfg.timeout)
+        .connect_timeout(cfg.timeout.min(Duration::from_secs(15)))
+        .user_agent(concat!("vitalgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| UplinkError::Client(error_chain(&e)))
+}
+
 impl UplinkClient {
     /// Builds the client (reads the CA, certificate and key files).
     ///
@@ -293,26 +378,59 @@ impl UplinkClient {
         if cfg.fhir_base.scheme() != "https" && !cfg.allow_insecure_http {
             return Err(UplinkError::Insecure(cfg.fhir_base.to_string()));
         }
-        let tls = tls_config(cfg)?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .https_only(!cfg.allow_insecure_http)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            // Total deadline (ends a slow-loris answer), idle deadline per read, connect deadline.
-            .timeout(cfg.timeout)
-            .read_timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(15)))
-            .user_agent(concat!("vitalgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| UplinkError::Client(error_chain(&e)))?;
+        // Stat before reading: a change made while the files are read is seen at the next check.
+        let seen = stamps(cfg);
+        let http = build_http(cfg)?;
         Ok(Self {
-            http,
+            http: RwLock::new(http),
+            cfg: cfg.clone(),
+            files: Mutex::new(Some(seen)),
             base: cfg.fhir_base.clone(),
             timeout: cfg.timeout,
             gzip: AtomicBool::new(true),
             body_bytes_sent: AtomicU64::new(0),
         })
+    }
+
+    /// The HTTP client in use (a cheap handle).
+    fn http(&self) -> reqwest::Client {
+        self.http
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Rotation: when `uplink.client_cert` or `uplink.client_key` changed since the last check
+    /// (two `stat` calls), builds a new HTTP client from them and puts it in use; later
+    /// exchanges handshake with the new certificate. A pair that does not load keeps the client
+    /// in use, is logged once and counted ([`UplinkClientCertReloadFailed`]), and is tried again
+    /// when the files change again (a half-written file completed, a key's mode fixed). Returns
+    /// whether a new certificate was put in use.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = stamps(&self.cfg);
+        {
+            let mut seen = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+            if seen.as_ref() == Some(&now) {
+                return false;
+            }
+            *seen = Some(now);
+        }
+        match build_http(&self.cfg) {
+            Ok(http) => {
+                *self.http.write().unwrap_or_else(PoisonError::into_inner) = http;
+                CLIENT_CERT_ROTATIONS.fetch_add(1, Ordering::Relaxed);
+                UplinkClientCertInUse {
+                    path: &self.cfg.client_cert,
+                    not_after: cert_not_after(&self.cfg),
+                }
+                .emit();
+                true
+            }
+            Err(error) => {
+                UplinkClientCertReloadFailed { error: &error }.emit();
+                false
+            }
+        }
     }
 
     /// Turns gzip request bodies on (the default) or off.
@@ -338,6 +456,7 @@ impl UplinkClient {
     ///
     /// A classified [`SendError`].
     pub async fn send_bundle(&self, bundle: &serde_json::Value) -> Result<RawResponse, SendError> {
+        self.reload_if_changed();
         let plain = serde_json::to_vec(bundle).map_err(|e| SendError::Other(e.to_string()))?;
         if self.sends_gzip() {
             let resp = self.post(gzip(&plain)?, plain.len(), true).await?;
@@ -363,7 +482,7 @@ impl UplinkClient {
         let classify = |e: reqwest::Error| classify_reqwest_error(&e, &self.base, self.timeout);
         let bytes = body.len();
         let mut request = self
-            .http
+            .http()
             .post(self.base.clone())
             .header("Content-Type", "application/fhir+json")
             .header("Accept", "application/fhir+json");
@@ -393,7 +512,7 @@ impl UplinkClient {
         let classify = |e: reqwest::Error| classify_reqwest_error(&e, &self.base, self.timeout);
         let url = self.metadata_url();
         let resp = self
-            .http
+            .http()
             .get(url)
             .header("Accept", "application/fhir+json")
             .send()
@@ -592,6 +711,60 @@ mod tests {
             TlsProblem::from_rustls(&E::InvalidCertificate(C::Revoked)),
             TlsProblem::BadCertificate(_)
         ));
+    }
+
+    /// Rotation without a server: each kind of bad new pair keeps the client in use and is
+    /// not retried while the files stay as they are; a good pair is then put in use.
+    #[test]
+    fn a_changed_pair_that_does_not_load_is_refused_until_a_good_pair_arrives() {
+        use std::os::unix::fs::PermissionsExt as _;
+        use vitalgate_devkit::pki::TestPki;
+
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::generate(dir.path()).unwrap();
+        let client = UplinkClient::new(&UplinkTls {
+            fhir_base: "https://127.0.0.1:9/fhir".parse().unwrap(),
+            ca_file: pki.ca_cert.clone(),
+            client_cert: pki.client_cert.clone(),
+            client_key: pki.client_key.clone(),
+            allow_insecure_http: false,
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        let failures = || {
+            crate::telemetry::COUNTERS
+                .uplink_client_cert_reload_failures
+                .load(Ordering::Relaxed)
+        };
+        let put = |dest: &std::path::Path, from: &std::path::Path, mode: u32| {
+            let tmp = dest.with_extension("tmp");
+            std::fs::copy(from, &tmp).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::rename(&tmp, dest).unwrap();
+        };
+        assert!(!client.reload_if_changed(), "nothing changed");
+
+        // The renewed key readable by others: refused.
+        let before = failures();
+        put(&pki.client_key, &pki.next_client_key, 0o644);
+        assert!(!client.reload_if_changed());
+        assert!(failures() > before);
+        // Unchanged files are not tried (nor logged) again.
+        let before = failures();
+        assert!(!client.reload_if_changed());
+        assert_eq!(failures(), before);
+
+        // The key made private, but the certificate is still the old one: keys do not match.
+        std::fs::set_permissions(&pki.client_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!client.reload_if_changed());
+        assert!(failures() > before);
+
+        // The matching certificate arrives: the new pair is in use.
+        let rotations = client_cert_rotations();
+        put(&pki.client_cert, &pki.next_client_cert, 0o644);
+        assert!(client.reload_if_changed());
+        assert!(client_cert_rotations() > rotations);
+        assert!(!client.reload_if_changed(), "in use, nothing to do");
     }
 
     #[test]

@@ -244,6 +244,7 @@ struct Inner {
     requests: Vec<RequestRecord>,
     schema_failures: Vec<String>,
     client_subjects: Vec<String>,
+    client_certificates: Vec<Vec<u8>>,
     handshakes: Vec<Handshake>,
     tls_failures: Vec<String>,
     state_file: Option<PathBuf>,
@@ -379,6 +380,12 @@ impl ServerState {
         self.lock().client_subjects.clone()
     }
 
+    /// The DER of the client (leaf) certificate of every accepted TLS connection, in order
+    /// (empty when none was presented): tells two certificates of the same subject apart.
+    pub fn client_certificates(&self) -> Vec<Vec<u8>> {
+        self.lock().client_certificates.clone()
+    }
+
     /// What every accepted TLS handshake negotiated, in order.
     pub fn handshakes(&self) -> Vec<Handshake> {
         self.lock().handshakes.clone()
@@ -434,6 +441,7 @@ impl ServerState {
         inner.requests.clear();
         inner.schema_failures.clear();
         inner.client_subjects.clear();
+        inner.client_certificates.clear();
         inner.handshakes.clear();
         inner.tls_failures.clear();
         inner.body_bytes_sent = 0;
@@ -748,13 +756,13 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, ctx: Ctx) {
             return;
         }
     };
-    let subject = tls
+    let leaf = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|certs| certs.first())
-        .map(|cert| subject_of(cert))
-        .unwrap_or_default();
+        .and_then(|certs| certs.first());
+    let subject = leaf.map(|cert| subject_of(cert)).unwrap_or_default();
+    let leaf_der = leaf.map(|cert| cert.as_ref().to_vec()).unwrap_or_default();
     let conn = tls.get_ref().1;
     let handshake = Handshake {
         version: conn
@@ -773,6 +781,7 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, ctx: Ctx) {
     {
         let mut inner = ctx.state.lock();
         inner.client_subjects.push(subject);
+        inner.client_certificates.push(leaf_der);
         inner.handshakes.push(handshake);
     }
 
