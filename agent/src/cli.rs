@@ -415,15 +415,8 @@ fn status(path: &Path, json: bool) -> ExitCode {
 }
 
 fn doctor(path: &Path) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vitalgate doctor: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = local_runtime() else {
+        return ExitCode::FAILURE;
     };
     let who = crate::ops::doctor::Identity::current();
     println!("vitalgate doctor: {} (as uid {})", path.display(), who.uid);
@@ -431,13 +424,7 @@ fn doctor(path: &Path) -> ExitCode {
         println!("  (as root every file is accessible: run `sudo -u vitalgate vitalgate doctor` to check what the service can reach)");
     }
     let checks = rt.block_on(crate::ops::doctor::run(path));
-    let (text, ok) = crate::ops::doctor::render(&checks);
-    print!("{text}");
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    report(&checks)
 }
 
 fn check_uplink(path: &Path) -> ExitCode {
@@ -445,15 +432,8 @@ fn check_uplink(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vitalgate check-uplink: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = local_runtime() else {
+        return ExitCode::FAILURE;
     };
     #[allow(clippy::disallowed_methods)] // the edge: a technician checks the uplink now
     let now = chrono::Utc::now();
@@ -463,7 +443,12 @@ fn check_uplink(path: &Path) -> ExitCode {
         cfg.uplink.fhir_base
     );
     let checks = rt.block_on(crate::ops::check_uplink::run(&cfg, now));
-    let (text, ok) = crate::ops::doctor::render(&checks);
+    report(&checks)
+}
+
+/// Prints ✓/✗ checks (doctor, check-uplink); success only when none failed.
+fn report(checks: &[crate::ops::doctor::Check]) -> ExitCode {
+    let (text, ok) = crate::ops::doctor::render(checks);
     print!("{text}");
     if ok {
         ExitCode::SUCCESS
@@ -571,8 +556,9 @@ fn dead_letters(path: &Path, show: Option<u64>) -> ExitCode {
     }
 }
 
-/// A current-thread runtime for the BLE commands (btleplug's tasks stay on this thread).
-fn ble_runtime() -> Option<tokio::runtime::Runtime> {
+/// A current-thread runtime for the one-shot commands (doctor, check-uplink, and the BLE
+/// commands, whose btleplug tasks stay on this thread).
+fn local_runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -594,7 +580,7 @@ fn scan(seconds: u64, adapter: &str, config: Option<&Path>) -> ExitCode {
         None => (crate::config::BleConfig::default(), Configured::default()),
     };
     ble.adapter = adapter.to_string();
-    let Some(rt) = ble_runtime() else {
+    let Some(rt) = local_runtime() else {
         return ExitCode::FAILURE;
     };
     match rt.block_on(crate::sources::ble::scan::scan(&ble, seconds, &configured)) {
@@ -621,7 +607,7 @@ fn pair(address: &str, passkey: Option<u32>, adapter: &str, seconds: u64) -> Exi
         eprintln!("vitalgate pair: expected an address like 00:09:1F:AA:BB:CC, found {address:?}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let Some(rt) = ble_runtime() else {
+    let Some(rt) = local_runtime() else {
         return ExitCode::FAILURE;
     };
     let wait = std::time::Duration::from_secs(seconds);

@@ -411,7 +411,7 @@ pub fn is_enumeration_order_name(port: &Path) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::validate::valid_topic_filter;
     use super::*;
 

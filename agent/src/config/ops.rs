@@ -133,25 +133,13 @@ mod tests {
 
     use super::super::Config;
 
-    const BASE: &str = r#"
-[gateway]
-id = "gw-1"
-data_dir = "data"
-
-[store]
-key_file = "store.key"
-
-[uplink]
-fhir_base = "https://fhir.example.org/r4"
-ca_file = "tls/ca.crt"
-client_cert = "tls/gw.crt"
-client_key = "tls/gw.key"
-
-[[simulators]]
-name = "sim"
-kind = "scale"
-patient = "Patient/1"
-"#;
+    /// The minimal config (config's own tests) with one simulator.
+    fn base() -> String {
+        format!(
+            "{}\n[[simulators]]\nname = \"sim\"\nkind = \"scale\"\npatient = \"Patient/1\"\n",
+            super::super::tests::MINIMAL
+        )
+    }
 
     fn load(text: &str) -> Result<Config, super::ConfigError> {
         Config::from_str_at(text, Path::new("/etc/vitalgate/vitalgate.toml"))
@@ -159,7 +147,7 @@ patient = "Patient/1"
 
     #[test]
     fn ops_defaults_apply_without_the_section() {
-        let c = load(BASE).unwrap();
+        let c = load(&base()).unwrap();
         assert_eq!(c.ops, super::OpsConfig::default());
         assert!(c.fleet.is_none());
     }
@@ -167,14 +155,15 @@ patient = "Patient/1"
     #[test]
     fn ops_values_are_checked_and_silence_thresholds_name_configured_devices() {
         let c = load(&format!(
-            "{BASE}\n[ops]\nruntime_dir = \"run\"\nstatus_interval_secs = 2\ndevice_silent_after_secs = {{ sim = 600 }}\n"
-        ))
+            "{}\n[ops]\nruntime_dir = \"run\"\nstatus_interval_secs = 2\ndevice_silent_after_secs = {{ sim = 600 }}\n",
+        base()))
         .unwrap();
         assert_eq!(c.ops.runtime_dir, Path::new("/etc/vitalgate/run"));
         assert_eq!(c.ops.status_interval.as_secs(), 2);
         assert_eq!(c.ops.device_silent_after["sim"].as_secs(), 600);
         let e = load(&format!(
-            "{BASE}\n[ops]\ndevice_silent_after_secs = {{ cuff = 600 }}\n"
+            "{}\n[ops]\ndevice_silent_after_secs = {{ cuff = 600 }}\n",
+            base()
         ))
         .unwrap_err();
         assert!(
@@ -182,7 +171,7 @@ patient = "Patient/1"
             "{e}"
         );
         assert!(e.position.is_some());
-        let e = load(&format!("{BASE}\n[ops]\nstatus_interval_secs = 0\n")).unwrap_err();
+        let e = load(&format!("{}\n[ops]\nstatus_interval_secs = 0\n", base())).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("/etc/vitalgate/vitalgate.toml:21:24: ops.status_interval_secs"),
@@ -192,7 +181,10 @@ patient = "Patient/1"
 
     #[test]
     fn fleet_reuses_the_ingest_broker_under_its_own_client_id_or_takes_its_own() {
-        let with_mqtt = format!("{BASE}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:1883\"\n\n[fleet]\n");
+        let with_mqtt = format!(
+            "{}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:1883\"\n\n[fleet]\n",
+            base()
+        );
         let c = load(&with_mqtt).unwrap();
         let f = c.fleet.unwrap();
         assert_eq!(f.mqtt.client_id, "vitalgate-gw-1-fleet");
@@ -200,8 +192,8 @@ patient = "Patient/1"
         assert!(f.mqtt.clean_session);
 
         let own = format!(
-            "{BASE}\n[fleet]\nstatus_interval_secs = 60\n[fleet.mqtt]\nbroker = \"mqtts://fleet.example.org\"\nca_file = \"tls/fleet-ca.crt\"\nclient_cert = \"tls/fleet.crt\"\nclient_key = \"tls/fleet.key\"\n"
-        );
+            "{}\n[fleet]\nstatus_interval_secs = 60\n[fleet.mqtt]\nbroker = \"mqtts://fleet.example.org\"\nca_file = \"tls/fleet-ca.crt\"\nclient_cert = \"tls/fleet.crt\"\nclient_key = \"tls/fleet.key\"\n",
+        base());
         let f = load(&own).unwrap().fleet.unwrap();
         assert_eq!(
             (f.mqtt.host.as_str(), f.mqtt.port, f.mqtt.tls),
@@ -219,7 +211,7 @@ patient = "Patient/1"
                 .starts_with("fleet.mqtt: mqtts:// needs fleet.mqtt.ca_file"),
             "{e}"
         );
-        let e = load(&format!("{BASE}\n[fleet]\n")).unwrap_err();
+        let e = load(&format!("{}\n[fleet]\n", base())).unwrap_err();
         assert!(e.message.contains("needs a broker"), "{e}");
     }
 }

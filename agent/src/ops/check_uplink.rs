@@ -282,9 +282,9 @@ pub fn capability_checks(status: u16, body: &[u8]) -> Vec<Check> {
     }];
     let version = cs["fhirVersion"].as_str().unwrap_or("");
     out.push(if version.starts_with("4.0.") {
-        pass("FHIR version", format!("{version} (R4)"))
+        Check::pass("FHIR version", format!("{version} (R4)"))
     } else {
-        fail(
+        Check::fail(
             "FHIR version",
             format!(
                 "fhirVersion {}: vitalgate sends FHIR R4 (4.0.x)",
@@ -301,7 +301,7 @@ pub fn capability_checks(status: u16, body: &[u8]) -> Vec<Check> {
         .as_array()
         .and_then(|r| r.iter().find(|r| r["mode"] == "server"));
     let Some(server) = server else {
-        out.push(fail(
+        out.push(Check::fail(
             "transaction",
             "the CapabilityStatement has no rest entry with mode server",
             "uplink.fhir_base must be a FHIR server's REST base",
@@ -314,9 +314,9 @@ pub fn capability_checks(status: u16, body: &[u8]) -> Vec<Check> {
             .is_some_and(|a| a.iter().any(|i| i["code"] == code))
     };
     out.push(if has(&server["interaction"], "transaction") {
-        pass("transaction", "supported (POST [base] with a transaction Bundle)")
+        Check::pass("transaction", "supported (POST [base] with a transaction Bundle)")
     } else {
-        fail(
+        Check::fail(
             "transaction",
             "the server does not list the transaction interaction",
             "vitalgate uploads transaction Bundles: the server must support them (ask its operators to enable transactions)",
@@ -327,43 +327,25 @@ pub fn capability_checks(status: u16, body: &[u8]) -> Vec<Check> {
             .as_array()
             .and_then(|a| a.iter().find(|r| r["type"] == ty));
         out.push(match res {
-            None => fail(
+            None => Check::fail(
                 ty,
                 format!("{ty} is not among the server's resources"),
                 format!("the server must accept {ty} resources: ask its operators"),
             ),
-            Some(r) if !has(&r["interaction"], "create") => fail(
+            Some(r) if !has(&r["interaction"], "create") => Check::fail(
                 ty,
                 format!("the server does not allow create on {ty}"),
                 format!("the server must allow create on {ty}: ask its operators"),
             ),
-            Some(r) if r["conditionalCreate"] != true => fail(
+            Some(r) if r["conditionalCreate"] != true => Check::fail(
                 ty,
                 format!("create ok, but no conditional create on {ty} (conditionalCreate is not true)"),
                 format!("enable conditional create (If-None-Exist) for {ty} on the server: without it a resent Bundle duplicates readings"),
             ),
-            Some(_) => pass(ty, "create and conditional create"),
+            Some(_) => Check::pass(ty, "create and conditional create"),
         });
     }
     out
-}
-
-fn pass(name: &str, detail: impl Into<String>) -> Check {
-    Check {
-        name: name.into(),
-        mark: Mark::Pass,
-        detail: detail.into(),
-        fix: None,
-    }
-}
-
-fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-    Check {
-        name: name.into(),
-        mark: Mark::Fail,
-        detail: detail.into(),
-        fix: Some(fix.into()),
-    }
 }
 
 /// The uplink checks: TLS (handshake and server chain) then the CapabilityStatement. Without a
@@ -389,7 +371,7 @@ pub async fn uplink_checks(u: &UplinkTls, now: DateTime<Utc>) -> Vec<Check> {
                 return out;
             }
             Err(e) => {
-                out.push(fail(
+                out.push(Check::fail(
                     "TLS",
                     e.to_string(),
                     "report this: the check itself failed",
@@ -398,7 +380,7 @@ pub async fn uplink_checks(u: &UplinkTls, now: DateTime<Utc>) -> Vec<Check> {
             }
         }
     } else {
-        out.push(fail(
+        out.push(Check::fail(
             "TLS",
             format!("{}: plaintext http:// (allow_insecure_http)", u.fhir_base),
             "use an https:// fhir_base: PHI must not travel in plaintext",

@@ -58,7 +58,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn pass(name: &str, detail: impl Into<String>) -> Check {
+    pub(crate) fn pass(name: &str, detail: impl Into<String>) -> Check {
         Check {
             name: name.into(),
             mark: Mark::Pass,
@@ -66,7 +66,7 @@ impl Check {
             fix: None,
         }
     }
-    fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    pub(crate) fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
         Check {
             name: name.into(),
             mark: Mark::Fail,

@@ -394,24 +394,13 @@ mod tests {
     use super::OpsContext;
     use crate::config::Config;
 
-    const BASE: &str = r#"
-[gateway]
-id = "gw-1"
-data_dir = "data"
-[store]
-key_file = "store.key"
-[uplink]
-fhir_base = "https://fhir.example.org/r4"
-ca_file = "tls/ca.crt"
-client_cert = "tls/gw.crt"
-client_key = "tls/gw.key"
-[[devices]]
-name = "ox"
-kind = "serial"
-port = "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0"
-protocol = "nonin-df7"
-patient = "Patient/p1"
-"#;
+    /// The minimal config (config's own tests) with one serial oximeter.
+    fn base() -> String {
+        format!(
+            "{}[[devices]]\nname = \"ox\"\nkind = \"serial\"\nport = \"/dev/serial/by-id/usb-FTDI_FT232R-if00-port0\"\nprotocol = \"nonin-df7\"\npatient = \"Patient/p1\"\n",
+            crate::config::tests::MINIMAL
+        )
+    }
 
     fn silent_after(text: &str) -> Option<Duration> {
         let cfg = Config::from_str_at(text, Path::new("/etc/vitalgate/t.toml")).unwrap();
@@ -426,15 +415,18 @@ patient = "Patient/p1"
     fn a_serial_devices_silence_alarm_watches_it_unless_ops_names_it() {
         // A streaming oximeter has a 60 s silence alarm by default: the ops alarm book (status,
         // fleet alarm) watches it with the same allowance.
-        assert_eq!(silent_after(BASE), Some(Duration::from_secs(60)));
+        assert_eq!(silent_after(&base()), Some(Duration::from_secs(60)));
         // Switched off on the device: not watched.
-        let off = BASE.replace(
+        let off = base().replace(
             "patient = \"Patient/p1\"",
             "patient = \"Patient/p1\"\nsilence_alarm_secs = 0",
         );
         assert_eq!(silent_after(&off), None);
         // Named in [ops]: that value wins.
-        let ops = format!("{BASE}\n[ops]\ndevice_silent_after_secs = {{ \"ox\" = 900 }}\n");
+        let ops = format!(
+            "{}\n[ops]\ndevice_silent_after_secs = {{ \"ox\" = 900 }}\n",
+            base()
+        );
         assert_eq!(silent_after(&ops), Some(Duration::from_secs(900)));
     }
 }
