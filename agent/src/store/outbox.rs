@@ -686,16 +686,7 @@ impl SledOutbox {
         let result: TransactionResult<Vec<u64>, StoreError> =
             (&self.pending, &self.index, &self.acked, &self.meta).transaction(
                 |(pending, index, acked, meta)| {
-                    let mut removed = Vec::new();
-                    for (mac, seq) in &plan {
-                        let key = seq.to_be_bytes();
-                        if index.get(mac)?.as_deref() == Some(&key[..]) {
-                            pending.remove(&key[..])?;
-                            index.remove(&mac[..])?;
-                            acked.insert(&mac[..], &now[..])?;
-                            removed.push(*seq);
-                        }
-                    }
+                    let removed = retire(pending, index, acked, &plan, &now)?;
                     let before = meta
                         .get(META_PURGED)?
                         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -738,19 +729,8 @@ impl SledOutbox {
         }
         let now = now_ms(SystemTime::now()).to_be_bytes();
         let result: TransactionResult<Vec<u64>, StoreError> =
-            (&self.pending, &self.index, &self.acked).transaction(|(pending, index, acked)| {
-                let mut removed = Vec::new();
-                for (mac, seq) in &plan {
-                    let key = seq.to_be_bytes();
-                    if index.get(mac)?.as_deref() == Some(&key[..]) {
-                        pending.remove(&key[..])?;
-                        index.remove(&mac[..])?;
-                        acked.insert(&mac[..], &now[..])?;
-                        removed.push(*seq);
-                    }
-                }
-                Ok(removed)
-            });
+            (&self.pending, &self.index, &self.acked)
+                .transaction(|(pending, index, acked)| retire(pending, index, acked, &plan, &now));
         let removed = result?;
         self.make_durable()?;
         let freed: usize = removed.iter().filter_map(|seq| sizes.get(seq)).sum();
@@ -1597,6 +1577,29 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
     out
+}
+
+/// Inside a transaction: removes each planned `(index key, seq)` record that is still the
+/// pending one for its id, and leaves its tombstone (`acked`, at `now`). Returns the sequence
+/// numbers removed. Shared by [`SledOutbox::ack`] and the consent purge.
+fn retire(
+    pending: &sled::transaction::TransactionalTree,
+    index: &sled::transaction::TransactionalTree,
+    acked: &sled::transaction::TransactionalTree,
+    plan: &[([u8; 32], u64)],
+    now: &[u8; 8],
+) -> ConflictableTransactionResult<Vec<u64>, StoreError> {
+    let mut removed = Vec::new();
+    for (mac, seq) in plan {
+        let key = seq.to_be_bytes();
+        if index.get(mac)?.as_deref() == Some(&key[..]) {
+            pending.remove(&key[..])?;
+            index.remove(&mac[..])?;
+            acked.insert(&mac[..], &now[..])?;
+            removed.push(*seq);
+        }
+    }
+    Ok(removed)
 }
 
 fn truncate_str(s: &str, max: usize) -> String {
