@@ -181,14 +181,8 @@ fn per_reading_run(dir: &Path, producers: u64, per_producer: u64) -> Run {
                         received_at,
                     )
                     .expect("reading");
-                    let recs: Vec<NewRecord<'_, Reading>> = readings
-                        .iter()
-                        .map(|r| NewRecord {
-                            id: *r.id.as_bytes(),
-                            identity: Some(r.observation_identifier.as_str()),
-                            value: r,
-                        })
-                        .collect();
+                    let recs: Vec<NewRecord<'_, Reading>> =
+                        readings.iter().map(Reading::as_record).collect();
                     store.insert_records(&recs).expect("insert");
                     lat.push(t.elapsed());
                 }
@@ -232,14 +226,7 @@ fn outbox_batches(dir: &Path, readings: &[Reading], batch: usize) -> Run {
     let start = Instant::now();
     for chunk in readings.chunks(batch) {
         let t = Instant::now();
-        let recs: Vec<NewRecord<'_, Reading>> = chunk
-            .iter()
-            .map(|r| NewRecord {
-                id: *r.id.as_bytes(),
-                identity: Some(r.observation_identifier.as_str()),
-                value: r,
-            })
-            .collect();
+        let recs: Vec<NewRecord<'_, Reading>> = chunk.iter().map(Reading::as_record).collect();
         store.insert_records(&recs).expect("insert");
         lat.push(t.elapsed());
     }
@@ -363,14 +350,7 @@ fn footprint(dir: &Path, n: u64) -> (Vec<FootprintRow>, f64, u64) {
                     .expect("reading")
             })
             .collect();
-        let recs: Vec<NewRecord<'_, Reading>> = batch
-            .iter()
-            .map(|r| NewRecord {
-                id: *r.id.as_bytes(),
-                identity: Some(r.observation_identifier.as_str()),
-                value: r,
-            })
-            .collect();
+        let recs: Vec<NewRecord<'_, Reading>> = batch.iter().map(Reading::as_record).collect();
         store.insert_records(&recs).expect("insert");
         next = end;
     }

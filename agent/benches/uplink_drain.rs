@@ -78,14 +78,7 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
         .expect("outbox"),
     );
     for chunk in readings.chunks(500) {
-        let recs: Vec<NewRecord<'_, Reading>> = chunk
-            .iter()
-            .map(|r| NewRecord {
-                id: *r.id.as_bytes(),
-                identity: Some(r.observation_identifier.as_str()),
-                value: r,
-            })
-            .collect();
+        let recs: Vec<NewRecord<'_, Reading>> = chunk.iter().map(Reading::as_record).collect();
         store.insert_records(&recs).expect("insert");
     }
     let client = UplinkClient::new(&UplinkTls {

@@ -335,6 +335,16 @@ impl Reading {
     pub fn component(&self, kind: ReadingType) -> Option<&Component> {
         self.components.iter().find(|c| c.kind == kind)
     }
+
+    /// This reading as a store record: keyed by its content id, with its Observation
+    /// identifier as the identity the store checks for collisions.
+    pub fn as_record(&self) -> crate::store::NewRecord<'_, Reading> {
+        crate::store::NewRecord {
+            id: *self.id.as_bytes(),
+            identity: Some(self.observation_identifier.as_str()),
+            value: self,
+        }
+    }
 }
 
 /// A builder-free helper for tests and the simulator: a decimal from an f64 with `digits`

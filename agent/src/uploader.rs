@@ -651,14 +651,8 @@ mod tests {
             OutboxOptions::default(),
         )
         .unwrap();
-        let records: Vec<NewRecord<'_, Reading>> = readings
-            .iter()
-            .map(|r| NewRecord {
-                id: *r.id.as_bytes(),
-                identity: Some(r.observation_identifier.as_str()),
-                value: r,
-            })
-            .collect();
+        let records: Vec<NewRecord<'_, Reading>> =
+            readings.iter().map(Reading::as_record).collect();
         store.insert_records(&records).unwrap();
         Arc::new(store)
     }

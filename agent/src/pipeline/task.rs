@@ -370,14 +370,8 @@ async fn process(batch: Vec<Ingest>, store: &Arc<Outbox>) -> Processed {
         for (label, payload, reason) in &dead {
             store2.put_dead_letter_raw(label, payload, reason)?;
         }
-        let records: Vec<NewRecord<'_, Reading>> = readings2
-            .iter()
-            .map(|r| NewRecord {
-                id: *r.id.as_bytes(),
-                identity: Some(r.observation_identifier.as_str()),
-                value: r,
-            })
-            .collect();
+        let records: Vec<NewRecord<'_, Reading>> =
+            readings2.iter().map(Reading::as_record).collect();
         store2.insert_records(&records)
     })
     .await;
