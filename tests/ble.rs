@@ -246,16 +246,45 @@ async fn a_cuff_with_three_stored_records_and_a_clock_two_years_off_is_corrected
     assert_eq!(t.observations().len(), 6);
     assert_eq!(t.coincident_timestamps().len(), 1);
     t.assert_clean();
+    // Let no connection be cut by the stop: the cuff stops advertising, and the agent is
+    // stopped only once every connection it made has ended (under qemu a third one may be
+    // under way here; stopped mid-replay, it would have skipped fewer than 3 records).
+    t.emu
+        .cmd(json!({"cmd": "stop_advertising", "address": CUFF}));
+    // Quiet means no connection open for 2 s (an advertisement seen just before the stop may
+    // still bring one).
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(30) * harness::emulation_factor();
+    let mut quiet_since = None;
+    loop {
+        let open =
+            t.emu.count(|e| e["ev"] == "connected") > t.emu.count(|e| e["ev"] == "disconnected");
+        let now = std::time::Instant::now();
+        match (open, quiet_since) {
+            (true, _) => quiet_since = None,
+            (false, None) => quiet_since = Some(now),
+            (false, Some(at)) if now - at >= Duration::from_secs(2) => break,
+            (false, Some(_)) => {}
+        }
+        assert!(now < deadline, "a connection never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     agent.terminate();
     let log = agent.stderr();
     // Every reconnection resent the 3 records and each was skipped by the mark (on a slow
     // machine, e.g. under qemu, the cuff may be connected more than twice before the stop).
+    // A session that failed part-way (a step's timeout on a loaded machine) skips fewer.
     let connects = counter(&log, "ble_connects");
+    let failed = counter(&log, "ble_session_failures");
+    let skipped = counter(&log, "ble_records_already_ingested");
     assert!(connects >= 2, "{log}");
-    assert_eq!(
-        counter(&log, "ble_records_already_ingested"),
-        3 * (connects - 1),
-        "{log}"
+    assert!(
+        skipped <= 3 * (connects - 1) && skipped >= 3 * (connects - 1).saturating_sub(failed),
+        "{skipped} skipped over {connects} connections, {failed} failed: {log}"
+    );
+    assert!(
+        skipped >= 3,
+        "the second connection's replay was not skipped: {log}"
     );
     assert!(!log.contains("MRN-0001"), "patient identifier in the log");
 }

@@ -934,6 +934,29 @@ async fn respond(
             .insert("allow", HeaderValue::from_static("POST"));
         return Ok(resp);
     }
+    // The body is read before a mode is taken: an upload the client abandons mid-body (its
+    // timeout, under emulation) is never recorded, so it must not use up a queued mode either.
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(error) => {
+            return Ok(if error.is::<http_body_util::LengthLimitError>() {
+                outcome(
+                    413,
+                    "too-costly",
+                    &[format!("body larger than {MAX_BODY_BYTES} bytes")],
+                )
+            } else {
+                outcome(
+                    400,
+                    "invalid",
+                    &[format!("reading the body failed: {error}")],
+                )
+            });
+        }
+    };
     let mode = ctx.state.take_mode();
     if let Mode::Fail {
         status,
@@ -966,27 +989,6 @@ async fn respond(
             )],
         ));
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(error) => {
-            return Ok(if error.is::<http_body_util::LengthLimitError>() {
-                outcome(
-                    413,
-                    "too-costly",
-                    &[format!("body larger than {MAX_BODY_BYTES} bytes")],
-                )
-            } else {
-                outcome(
-                    400,
-                    "invalid",
-                    &[format!("reading the body failed: {error}")],
-                )
-            });
-        }
-    };
     record.body_bytes = body.len();
     let body = match record.content_encoding.as_deref().map(str::trim) {
         None | Some("") | Some("identity") => body,
