@@ -55,8 +55,12 @@ async fn a_bundle_committed_three_times_without_an_answer_gives_one_observation_
     tokio::time::sleep(Duration::from_millis(1500)).await;
     agent.terminate();
     let requests = h.fhir.requests();
-    let hang_ups = requests.iter().filter(|r| r.status == 0).count();
-    assert_eq!(hang_ups, 3, "{requests:?}");
+    // Every queued hang-up was taken by an upload that got no answer. Under emulation the agent
+    // may also give up on an upload itself (its timeout while the server validates and commits):
+    // that upload is unanswered too, so "at least three" is the bound, not "exactly three".
+    assert_eq!(h.fhir.queued_modes(), 0, "{requests:?}");
+    let unanswered = requests.iter().filter(|r| r.status == 0).count();
+    assert!(unanswered >= 3, "{requests:?}");
     assert_each_once(&h, 4);
     let status = h.vitalgate(&["status"]);
     assert!(status.contains("pending=0"), "{status}");

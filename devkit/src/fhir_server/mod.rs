@@ -321,6 +321,11 @@ impl ServerState {
         self.lock().mode_queue.extend(modes);
     }
 
+    /// Queued modes ([`ServerState::queue_modes`]) not yet taken by a request.
+    pub fn queued_modes(&self) -> usize {
+        self.lock().mode_queue.len()
+    }
+
     /// The current mode.
     pub fn mode(&self) -> Mode {
         self.lock().mode.clone()
@@ -872,7 +877,7 @@ async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Resp, HangUp> {
             .and_then(|v: &HeaderValue| v.to_str().ok())
             .map(str::to_owned)
     };
-    let mut record = RequestRecord {
+    let record = RequestRecord {
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
         content_type: header(CONTENT_TYPE),
@@ -882,16 +887,43 @@ async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Resp, HangUp> {
         content_encoding: header(hyper::header::CONTENT_ENCODING),
         body_bytes: 0,
     };
-    let result = respond(&ctx, req, &mut record).await;
-    record.status = result.as_ref().map_or(0, |r| r.status().as_u16());
-    ctx.state.lock().requests.push(record);
+    let mut recording = Recording {
+        state: ctx.state.clone(),
+        record,
+        mode_taken: false,
+        finished: false,
+    };
+    let result = respond(&ctx, req, &mut recording).await;
+    recording.record.status = result.as_ref().map_or(0, |r| r.status().as_u16());
+    recording.finished = true;
+    drop(recording);
     result
+}
+
+/// The record of one request, pushed when the request ends: answered, hung up on, or abandoned
+/// by the client (its future dropped) after it took a mode. A client that gives up while the
+/// server validates and commits (a timeout under emulation) used up a queued mode, so the
+/// request is recorded (status `0`: no answer) and a test counting answers sees it. A request
+/// abandoned before its body was read took nothing and stays unrecorded.
+struct Recording {
+    state: ServerState,
+    record: RequestRecord,
+    mode_taken: bool,
+    finished: bool,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if self.finished || self.mode_taken {
+            self.state.lock().requests.push(self.record.clone());
+        }
+    }
 }
 
 async fn respond(
     ctx: &Ctx,
     req: Request<Incoming>,
-    record: &mut RequestRecord,
+    recording: &mut Recording,
 ) -> Result<Resp, HangUp> {
     let path = req.uri().path();
     if path.trim_end_matches('/') == format!("{}/metadata", ctx.base_path) {
@@ -958,6 +990,8 @@ async fn respond(
         }
     };
     let mode = ctx.state.take_mode();
+    recording.mode_taken = true;
+    let record = &mut recording.record;
     if let Mode::Fail {
         status,
         retry_after,
