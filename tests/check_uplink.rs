@@ -200,3 +200,111 @@ async fn a_client_certificate_the_server_does_not_trust_fails_naming_the_refusal
     assert!(!h.fhir.tls_failures().is_empty(), "the server refused it");
     assert_nothing_posted(&h);
 }
+
+/// The `pin-sha256` of the first certificate of a PEM file, computed independently of the
+/// agent: x509-parser's SubjectPublicKeyInfo bytes, SHA-256 by ring, standard base64.
+fn key_pin(pem: &Path) -> String {
+    use base64::Engine as _;
+    let bytes = std::fs::read(pem).unwrap();
+    let der = rustls_pemfile::certs(&mut bytes.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki);
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+/// Adds `pin_spki_sha256 = [pins]` to the harness config's `[uplink]` section.
+fn pin(h: &Harness, pins: &[&str]) {
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    let list: Vec<String> = pins.iter().map(|p| format!("\"{p}\"")).collect();
+    let text = text.replacen(
+        "[uplink]\n",
+        &format!("[uplink]\npin_spki_sha256 = [{}]\n", list.join(", ")),
+        1,
+    );
+    std::fs::write(&h.config, text).unwrap();
+}
+
+/// A pin of another key (any 32 bytes that are not the server's key's hash).
+const OTHER_PIN: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_uplink_prints_the_server_key_pin_and_passes_when_it_is_pinned() {
+    let h = Harness::new(Broker::None).await;
+    let server_pin = key_pin(&h.pki.server_cert);
+    // Unpinned: the pin is printed so a technician can copy it into the config.
+    let (code, out) = check_uplink(&h);
+    assert_eq!(code, Some(0), "{out}");
+    let server = line(&out, "✓ server certificate 1");
+    assert!(
+        server.contains(&format!("key pin-sha256 {server_pin}")),
+        "{server} vs {server_pin}"
+    );
+    // Pinned (beside a backup pin of another key, as RFC 7469 recommends): still all well.
+    pin(&h, &[OTHER_PIN, &server_pin]);
+    let (code, out) = check_uplink(&h);
+    assert_eq!(code, Some(0), "{out}");
+    line(&out, "✓ TLS");
+    assert_nothing_posted(&h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_key_is_not_pinned_is_refused_by_check_uplink_and_by_the_daemon_and_nothing_is_sent(
+) {
+    let h = Harness::new(Broker::embedded()).await;
+    let server_pin = key_pin(&h.pki.server_cert);
+    pin(&h, &[OTHER_PIN]);
+    let (code, out) = check_uplink(&h);
+    assert_eq!(code, Some(1), "exit 1:\n{out}");
+    let tls = line(&out, "✗ TLS");
+    assert!(tls.contains("not pinned"), "{tls}");
+    assert!(
+        tls.contains(&server_pin),
+        "the server's pin is named: {tls}"
+    );
+    assert!(
+        out.contains("uplink.pin_spki_sha256"),
+        "the fix names the setting:\n{out}"
+    );
+    assert!(h.fhir.requests().is_empty(), "{:?}", h.fhir.requests());
+
+    // The daemon: the chain is valid (the CA is trusted), the key is not pinned: nothing is
+    // sent, the readings stay pending (never dead-lettered), the log names the class.
+    let mut agent = h.spawn_agent();
+    let points: Vec<String> = (0..3).map(|i| bp_point(i, 120 + i as i64, 80)).collect();
+    h.publish(&points).await;
+    h.wait_for_log(
+        &agent,
+        "reading stored",
+        3,
+        std::time::Duration::from_secs(30),
+    );
+    h.wait_for_log(
+        &agent,
+        "pin_spki_sha256",
+        2,
+        std::time::Duration::from_secs(30),
+    );
+    agent.terminate();
+    assert!(h.fhir.requests().is_empty(), "{:?}", h.fhir.requests());
+    assert!(h.fhir.stored_observations().is_empty());
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=3"), "{status}");
+    assert!(status.contains("dead_letters=0"), "{status}");
+
+    // The right pin: everything is delivered, once.
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(&h.config, text.replace(OTHER_PIN, &server_pin)).unwrap();
+    let mut agent = h.spawn_agent();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while h.fhir.observation_identifiers().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    agent.terminate();
+    assert_eq!(h.fhir.observation_identifiers().len(), 3);
+    assert_eq!(h.fhir.duplicate_creates(), 0);
+}

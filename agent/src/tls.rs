@@ -12,6 +12,8 @@
 //! several times faster than software AES-GCM. A server with AES hardware still gets AES-GCM if
 //! it prefers it (servers pick from our list).
 
+pub mod pin;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

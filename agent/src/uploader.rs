@@ -837,6 +837,7 @@ mod tests {
             let store = outbox(&sub, &readings);
             let client = UplinkClient::new(&UplinkTls {
                 fhir_base: fhir.base_url().parse().unwrap(),
+                pin_spki_sha256: Vec::new(),
                 ca_file: pki.ca_cert.clone(),
                 client_cert: pki.client_cert.clone(),
                 client_key: pki.client_key.clone(),

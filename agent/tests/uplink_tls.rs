@@ -30,6 +30,7 @@ impl Setup {
     fn tls(&self, base: &str) -> UplinkTls {
         UplinkTls {
             fhir_base: base.parse().unwrap(),
+            pin_spki_sha256: Vec::new(),
             ca_file: self.pki.ca_cert.clone(),
             client_cert: self.pki.client_cert.clone(),
             client_key: self.pki.client_key.clone(),

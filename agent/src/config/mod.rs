@@ -193,6 +193,8 @@ pub struct UplinkConfig {
     /// far apart and double up to `pause_max` (at most 300 s).
     pub pause_initial: Duration,
     pub pause_max: Duration,
+    /// `pin_spki_sha256`: SHA-256 pins of server keys (RFC 7469 `pin-sha256`); empty = none.
+    pub pin_spki_sha256: Vec<crate::tls::pin::SpkiPin>,
 }
 
 /// The largest MQTT packet: the remaining length is at most 268,435,455 bytes (MQTT 3.1.1 §2.2.3).
@@ -526,6 +528,26 @@ client_key = "tls/gw.key"
         assert_eq!(e.position.map(|p| p.0), Some(10), "{e}");
         assert!(e.message.contains("more than uplink.pause_max_secs"), "{e}");
         assert!(load(&with("pause_initial_secs = 0")).is_err());
+    }
+
+    #[test]
+    fn spki_pins_are_optional_and_a_bad_one_names_its_line_and_column() {
+        assert!(load(MINIMAL).unwrap().uplink.pin_spki_sha256.is_empty());
+        let with = |extra: &str| MINIMAL.replace("[uplink]\n", &format!("[uplink]\n{extra}\n"));
+        let good = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let c = load(&with(&format!("pin_spki_sha256 = [\"{good}\"]"))).unwrap();
+        let expected: Vec<u8> = (0u8..32).collect();
+        assert_eq!(
+            c.uplink.pin_spki_sha256,
+            vec![<[u8; 32]>::try_from(expected).unwrap()]
+        );
+        let e = load(&with(&format!(
+            "pin_spki_sha256 = [\"{good}\", \"c2hvcnQ=\"]"
+        )))
+        .unwrap_err();
+        assert_eq!(e.position, Some((10, 68)), "{e}");
+        assert!(e.message.contains("uplink.pin_spki_sha256"), "{e}");
+        assert!(e.message.contains("5 bytes"), "{e}");
     }
 
     #[test]

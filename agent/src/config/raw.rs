@@ -68,6 +68,7 @@ pub(super) struct RawUplink {
     pub(super) backoff_max_secs: Option<Spanned<i64>>,
     pub(super) pause_initial_secs: Option<Spanned<i64>>,
     pub(super) pause_max_secs: Option<Spanned<i64>>,
+    pub(super) pin_spki_sha256: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]

@@ -370,8 +370,22 @@ impl Validator<'_> {
                 ));
             }
         }
+        let mut pins = Vec::new();
+        for pin in u.pin_spki_sha256.iter().flatten() {
+            let parsed = crate::tls::pin::parse_pin(pin.get_ref()).map_err(|e| {
+                self.err(
+                    pin.span(),
+                    format!(
+                        "uplink.pin_spki_sha256: {:?} is not a pin-sha256 value: {e}",
+                        pin.get_ref()
+                    ),
+                )
+            })?;
+            pins.push(parsed);
+        }
         Ok(UplinkConfig {
             fhir_base: base,
+            pin_spki_sha256: pins,
             ca_file: self.path_value(&u.ca_file, "uplink.ca_file")?,
             client_cert: self.path_value(&u.client_cert, "uplink.client_cert")?,
             client_key: self.path_value(&u.client_key, "uplink.client_key")?,

@@ -42,6 +42,8 @@ pub struct TlsReport {
     pub kx_group: String,
     /// The server's chain, leaf first.
     pub chain: Vec<Result<super::cert::CertSummary, super::cert::CertError>>,
+    /// The `pin-sha256` of each certificate of `chain` (for `uplink.pin_spki_sha256`).
+    pub pins: Vec<Option<String>>,
 }
 
 /// Why the handshake could not even start.
@@ -133,6 +135,12 @@ pub fn handshake(
             .iter()
             .map(|c| super::cert::summary_der(c.as_ref()))
             .collect(),
+        pins: conn
+            .peer_certificates()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| crate::tls::pin::spki_pin(c).map(|p| crate::tls::pin::pin_to_string(&p)))
+            .collect(),
     };
     conn.send_close_notify();
     let _ = conn.complete_io(&mut tcp);
@@ -185,12 +193,16 @@ pub fn tls_checks(base: &url::Url, r: &TlsReport, now: DateTime<Utc>) -> Vec<Che
     }];
     for (i, c) in r.chain.iter().enumerate() {
         let name = format!("server certificate {}", i + 1);
+        let pin = match r.pins.get(i) {
+            Some(Some(pin)) => format!("; key pin-sha256 {pin}"),
+            _ => String::new(),
+        };
         out.push(match c {
             Ok(s) if s.not_after <= now => Check {
                 name,
                 mark: Mark::Fail,
                 detail: format!(
-                    "{} (issued by {}): expired {}",
+                    "{} (issued by {}): expired {}{pin}",
                     s.subject,
                     s.issuer,
                     s.not_after.format("%Y-%m-%d")
@@ -204,7 +216,7 @@ pub fn tls_checks(base: &url::Url, r: &TlsReport, now: DateTime<Utc>) -> Vec<Che
                 name,
                 mark: Mark::Pass,
                 detail: format!(
-                    "{} (issued by {}): valid until {} ({} days)",
+                    "{} (issued by {}): valid until {} ({} days){pin}",
                     s.subject,
                     s.issuer,
                     s.not_after.format("%Y-%m-%d"),
@@ -216,7 +228,7 @@ pub fn tls_checks(base: &url::Url, r: &TlsReport, now: DateTime<Utc>) -> Vec<Che
             Err(e) => Check {
                 name,
                 mark: Mark::Pass,
-                detail: format!("verified, but its fields cannot be shown: {e}"),
+                detail: format!("verified, but its fields cannot be shown: {e}{pin}"),
                 fix: None,
             },
         });
@@ -563,11 +575,12 @@ mod tests {
                 issuer: "CN=CA".into(),
                 not_after: now + chrono::Duration::days(30),
             })],
+            pins: vec![Some("pin=".into())],
         };
         let mut checks = tls_checks(&base, &report, now);
         assert!(checks[1]
             .detail
-            .contains("valid until 2026-01-31 (30 days)"));
+            .contains("valid until 2026-01-31 (30 days); key pin-sha256 pin="));
         checks.extend(capability_checks(200, statement().to_string().as_bytes()));
         let s = summary(&base, &checks);
         assert_eq!(s.mark, Mark::Pass);

@@ -35,6 +35,8 @@ use crate::tls::{client_config, TlsSetupError};
 #[derive(Debug, Clone)]
 pub struct UplinkTls {
     pub fhir_base: url::Url,
+    /// `uplink.pin_spki_sha256`: empty = no pinning (the CA bundle alone decides).
+    pub pin_spki_sha256: Vec<crate::tls::pin::SpkiPin>,
     pub ca_file: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
@@ -47,6 +49,7 @@ impl UplinkTls {
     pub fn from_config(u: &crate::config::UplinkConfig) -> UplinkTls {
         UplinkTls {
             fhir_base: u.fhir_base.clone(),
+            pin_spki_sha256: u.pin_spki_sha256.clone(),
             ca_file: u.ca_file.clone(),
             client_cert: u.client_cert.clone(),
             client_key: u.client_key.clone(),
@@ -128,6 +131,10 @@ pub enum TlsProblem {
     /// `https://` URL), or not a TLS server at all.
     #[error("the server did not answer in TLS (a plaintext endpoint?)")]
     NotTls,
+    /// `uplink.pin_spki_sha256` is set and no certificate of the server's (otherwise valid)
+    /// chain has a pinned key; the server's own key pin is given.
+    #[error("the server's key is not pinned in uplink.pin_spki_sha256 (its pin-sha256 is {0})")]
+    PinMismatch(String),
     #[error("the server sent TLS alert {0}")]
     Alert(String),
     #[error("{0}")]
@@ -195,6 +202,9 @@ impl TlsProblem {
                 "use in uplink.fhir_base the host name the server's certificate names"
             }
             TlsProblem::BadCertificate(_) => "check the server's certificate chain",
+            TlsProblem::PinMismatch(_) => {
+                "the server presented a key that is not pinned: if its operators changed the key on purpose, add its pin-sha256 (vitalgate check-uplink prints it) to uplink.pin_spki_sha256; otherwise something is intercepting the connection"
+            }
             TlsProblem::ClientCertificateRefused(_) => {
                 "check uplink.client_cert and uplink.client_key, and that the server trusts their CA"
             }
@@ -219,6 +229,10 @@ impl TlsProblem {
                 C::Expired | C::ExpiredContext { .. } => TlsProblem::Expired,
                 C::NotValidYet | C::NotValidYetContext { .. } => TlsProblem::NotValidYet,
                 C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::WrongHostName,
+                C::Other(other) => match other.0.downcast_ref::<crate::tls::pin::PinMismatch>() {
+                    Some(m) => TlsProblem::PinMismatch(m.server_pin.clone()),
+                    None => TlsProblem::BadCertificate(format!("{other:?}")),
+                },
                 other => TlsProblem::BadCertificate(format!("{other:?}")),
             },
             rustls::Error::AlertReceived(a) => match a {
@@ -294,6 +308,11 @@ pub struct UplinkClient {
 pub fn tls_config(cfg: &UplinkTls) -> Result<rustls::ClientConfig, UplinkError> {
     let mut tls = client_config(&cfg.ca_file, Some((&cfg.client_cert, &cfg.client_key)))?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if !cfg.pin_spki_sha256.is_empty() {
+        let roots = crate::tls::root_store(&cfg.ca_file)?;
+        crate::tls::pin::pin_server_keys(&mut tls, roots, &cfg.pin_spki_sha256)
+            .map_err(TlsSetupError::from)?;
+    }
     Ok(tls)
 }
 
@@ -724,6 +743,7 @@ mod tests {
         let pki = TestPki::generate(dir.path()).unwrap();
         let client = UplinkClient::new(&UplinkTls {
             fhir_base: "https://127.0.0.1:9/fhir".parse().unwrap(),
+            pin_spki_sha256: Vec::new(),
             ca_file: pki.ca_cert.clone(),
             client_cert: pki.client_cert.clone(),
             client_key: pki.client_key.clone(),

@@ -31,6 +31,7 @@ impl Setup {
     pub fn client_with_timeout(&self, timeout: Duration) -> UplinkClient {
         UplinkClient::new(&UplinkTls {
             fhir_base: self.fhir.base_url().parse().unwrap(),
+            pin_spki_sha256: Vec::new(),
             ca_file: self.pki.ca_cert.clone(),
             client_cert: self.pki.client_cert.clone(),
             client_key: self.pki.client_key.clone(),
