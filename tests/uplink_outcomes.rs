@@ -196,3 +196,137 @@ async fn a_reading_refused_inside_a_200_is_dead_lettered_alone_and_can_be_requeu
     assert!(status.contains("pending=0"), "{status}");
     h.assert_all_observations_valid();
 }
+
+/// `uplink.daily_byte_budget` on a metered link: Bundles go until the day's body bytes reach
+/// the budget (at most one Bundle over it), then the uploader holds: nothing more is sent, the
+/// rest stays pending, `status` says why. The day's count survives a restart. A raised budget
+/// (SIGHUP) lets everything go, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_daily_byte_budget_holds_uploads_across_a_restart_and_loses_nothing() {
+    let h = Harness::with_uplink_settings(
+        Broker::embedded(),
+        &format!("daily_byte_budget = 1024\n{LIVE_STATUS}"),
+    )
+    .await;
+    let mut agent = h.spawn_agent();
+    let points: Vec<String> = (0..20).map(|i| bp_point(i, 100 + i as i64, 70)).collect();
+    h.publish(&points).await;
+    h.wait_for_log(&agent, "reading stored", 20, Duration::from_secs(60));
+    h.wait_for_log(&agent, "uploads held", 1, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requests = h.fhir.requests();
+    let bodies: Vec<usize> = requests.iter().map(|r| r.body_bytes).collect();
+    let total: usize = bodies.iter().sum();
+    let before_last: usize = total - bodies.last().copied().unwrap_or(0);
+    assert!(
+        total >= 1024,
+        "held before the budget was spent: {bodies:?}"
+    );
+    assert!(
+        before_last < 1024,
+        "a Bundle went after the budget was spent: {bodies:?}"
+    );
+    let delivered = h.fhir.observation_identifiers().len();
+    assert!((1..20).contains(&delivered), "{delivered}");
+    let status = h.vitalgate(&["status"]);
+    assert!(
+        status.contains(&format!("{} pending, 0 dead letters", 20 - delivered)),
+        "{status}"
+    );
+    assert!(
+        status.contains("held: uplink.daily_byte_budget spent"),
+        "{status}"
+    );
+    let log = agent.stderr();
+    assert!(log.contains("daily_byte_budget_spent"), "{log}");
+    agent.terminate();
+
+    // A restart on the same day does not hand the budget out again.
+    let sent = h.fhir.request_count();
+    let mut agent = h.spawn_agent();
+    h.wait_for_log(&agent, "uploads held", 1, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.fhir.request_count(), sent, "{:?}", h.fhir.requests());
+
+    // A larger budget, by reload: everything goes, each reading once.
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(
+        &h.config,
+        text.replace("daily_byte_budget = 1024", "daily_byte_budget = 100000000"),
+    )
+    .unwrap();
+    nix_hup(agent.pid());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.fhir.observation_identifiers().len() < 20 {
+        assert!(Instant::now() < deadline, "{}", agent.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.terminate();
+    let obs = h.fhir.observation_identifiers();
+    assert_eq!(obs.len(), 20);
+    assert_eq!(h.fhir.duplicate_creates(), 0);
+}
+
+/// `uplink.upload_windows`: outside every window nothing is sent (not even a first Bundle),
+/// readings stay pending and `status` names the next window; when a window includes now
+/// (reload), they go, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_the_upload_windows_nothing_is_sent_until_a_window_opens() {
+    // The agent runs in UTC here, so the window two hours from now is computed in UTC.
+    // The test reads the wall clock to place a window the agent will find closed.
+    #[allow(clippy::disallowed_methods)]
+    let now = chrono::Utc::now();
+    let from = (now + chrono::Duration::hours(2))
+        .format("%H:%M")
+        .to_string();
+    let to = (now + chrono::Duration::hours(3))
+        .format("%H:%M")
+        .to_string();
+    let window = format!("upload_windows = [\"{from}-{to}\"]");
+    let h = Harness::with_uplink_settings(Broker::embedded(), &format!("{window}\n{LIVE_STATUS}"))
+        .await;
+    let mut agent = h.spawn_agent_env(&[("TZ", "UTC")]);
+    let points: Vec<String> = (0..3).map(|i| bp_point(i, 130 + i as i64, 85)).collect();
+    h.publish(&points).await;
+    h.wait_for_log(&agent, "reading stored", 3, Duration::from_secs(60));
+    h.wait_for_log(&agent, "uploads held", 1, Duration::from_secs(60));
+    let log = agent.stderr();
+    assert!(log.contains("outside_upload_window"), "{log}");
+    assert!(log.contains(&format!("{from} (local time)")), "{log}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.fhir.request_count(), 0, "{:?}", h.fhir.requests());
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("3 pending, 0 dead letters"), "{status}");
+    assert!(
+        status.contains("held: outside uplink.upload_windows"),
+        "{status}"
+    );
+
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(
+        &h.config,
+        text.replace(&window, "upload_windows = [\"00:00-24:00\"]"),
+    )
+    .unwrap();
+    nix_hup(agent.pid());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.fhir.observation_identifiers().len() < 3 {
+        assert!(Instant::now() < deadline, "{}", agent.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.terminate();
+    assert_eq!(h.fhir.observation_identifiers().len(), 3);
+    assert_eq!(h.fhir.duplicate_creates(), 0);
+}
+
+/// A live status snapshot every second (the `[ops]` table closes the harness's `[uplink]`).
+const LIVE_STATUS: &str = "\n[ops]\nruntime_dir = \"run\"\nstatus_interval_secs = 1\n";
+
+fn nix_hup(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP {pid}");
+}

@@ -104,6 +104,8 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
         wake: Arc::new(Notify::new()),
         seed: 1,
         consent: ConsentSource::new(&Default::default()),
+        metering: Default::default(),
+        ledger_file: None,
     };
     let shutdown = CancellationToken::new();
     let start = Instant::now();

@@ -595,6 +595,14 @@ impl Running {
             wake: Arc::clone(&self.wake),
             seed: rand::random(),
             consent: crate::uploader::ConsentSource::new(&cfg.consent),
+            metering: cfg.uplink.metering.clone(),
+            // The day's byte count, beside the store: a restart must not hand out the
+            // budget again.
+            ledger_file: cfg
+                .uplink
+                .metering
+                .daily_byte_budget
+                .map(|_| cfg.gateway.data_dir.join("uplink-bytes-today")),
         };
         // An HTTP request is work, bounded by its timeout: the uploader may be silent that long.
         let allowance = self.watchdog.max_silence + cfg.uplink.timeout;

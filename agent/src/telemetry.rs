@@ -78,6 +78,8 @@ counters!(
     uplink_resumes,
     uplink_body_bytes_sent,
     uplink_gzip_refused,
+    uplink_holds,
+    uplink_ledger_write_failures,
     uplink_client_cert_rotations,
     uplink_client_cert_reload_failures,
     mqtt_connects,
@@ -667,6 +669,50 @@ impl UplinkBodySent {
 
 /// The server answered 415 to a gzip-compressed body: bodies go plain from now on (until the
 /// daemon restarts).
+/// Uploads wait for an upload window or the next day's byte budget (metered links). Emitted
+/// once when a hold begins (or its reason changes); [`UplinkHoldEnded`] when Bundles go again.
+pub struct UplinkHeld<'a> {
+    pub hold: &'a crate::uplink::metering::Hold,
+}
+impl UplinkHeld<'_> {
+    pub fn emit(self) {
+        use crate::uplink::metering::Hold;
+        bump(&COUNTERS.uplink_holds);
+        let until = self.hold.until().format("%Y-%m-%d %H:%M").to_string();
+        let reason = match self.hold {
+            Hold::OutsideWindow { .. } => {
+                format!("outside uplink.upload_windows until {until} (local time)")
+            }
+            Hold::BudgetSpent { used, budget, .. } => format!(
+                "uplink.daily_byte_budget spent ({used} of {budget} bytes) until {until} (local time)"
+            ),
+        };
+        tracing::info!(class = self.hold.class(), until = %until, "uploads held: {reason}; every reading stays pending");
+        health::uplink(UplinkState::Held { reason });
+    }
+}
+
+/// A hold ([`UplinkHeld`]) ended: Bundles go again.
+pub struct UplinkHoldEnded;
+impl UplinkHoldEnded {
+    pub fn emit(self) {
+        tracing::info!("uploads resume (upload window open, byte budget left)");
+    }
+}
+
+/// The day's byte count could not be written beside the store: a restart today would count
+/// the day from zero again (the budget could be exceeded once; no reading is affected).
+pub struct UplinkLedgerUnwritable<'a> {
+    pub path: &'a std::path::Path,
+    pub error: &'a std::io::Error,
+}
+impl UplinkLedgerUnwritable<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_ledger_write_failures);
+        tracing::warn!(path = %self.path.display(), error = %self.error, "cannot record the day's upload bytes; after a restart today the byte budget would start again from zero");
+    }
+}
+
 pub struct UplinkGzipRefused;
 impl UplinkGzipRefused {
     pub fn emit(self) {

@@ -41,6 +41,7 @@ use crate::telemetry;
 use crate::uplink::batch::{AdaptiveBatch, Exchanged};
 use crate::uplink::client::{BundleSender, SendError};
 use crate::uplink::fhir::{self, GatewayInfo, MappingError};
+use crate::uplink::metering::{DayLedger, Metering};
 use crate::uplink::outcome::{self, Outcome, RetryReason};
 use crate::uplink::scheduler::{Effect, Next, SchedulerConfig, UploadScheduler, Verdict};
 
@@ -58,6 +59,66 @@ pub struct Uploader<S> {
     pub seed: u64,
     /// Consent per patient ([`crate::consent`]); asked before every batch and every send.
     pub consent: ConsentSource,
+    /// Upload windows and the daily byte budget (asked before every send), and the file that
+    /// keeps the day's byte count across restarts (`None`: not kept).
+    pub metering: Metering,
+    pub ledger_file: Option<std::path::PathBuf>,
+}
+
+/// How long a hold sleeps before it looks again (the clock may be set, the day may change).
+const HOLD_RECHECK: Duration = Duration::from_secs(60);
+
+/// The metering state of one run: the day's byte count and the hold being logged.
+struct Meter {
+    ledger: DayLedger,
+    held: Option<&'static str>,
+}
+
+/// The gateway's local time: upload windows and the budget's day are the clinic's.
+fn local_now() -> chrono::NaiveDateTime {
+    // The edge: the uploader's task loop reads the clock.
+    chrono::Local::now().naive_local()
+}
+
+impl Meter {
+    /// The count recorded in `file` for today, or a fresh day (a missing or unreadable file
+    /// starts from zero: a budget is a cost limit, no reading depends on it).
+    fn load(file: Option<&std::path::Path>) -> Meter {
+        let today = local_now().date();
+        let recorded = file
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|t| DayLedger::parse(&t).ok());
+        Meter {
+            ledger: recorded
+                .unwrap_or(DayLedger {
+                    day: today,
+                    used: 0,
+                })
+                .for_day(today),
+            held: None,
+        }
+    }
+
+    /// Adds `bytes` sent now to the day's count and writes it (temporary file, then rename).
+    fn record(&mut self, bytes: u64, file: Option<&std::path::Path>) {
+        if bytes == 0 {
+            return;
+        }
+        let mut ledger = self.ledger.for_day(local_now().date());
+        ledger.used = ledger.used.saturating_add(bytes);
+        self.ledger = ledger;
+        let Some(file) = file else { return };
+        let tmp = file.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, ledger.to_text()).and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(error) = written {
+            telemetry::UplinkLedgerUnwritable {
+                path: file,
+                error: &error,
+            }
+            .emit();
+        }
+    }
 }
 
 /// Where the consent state comes from: the config's list and the clinic's file, re-read when
@@ -154,6 +215,7 @@ impl<S: BundleSender> Uploader<S> {
         });
         // `batch_size` is the cap; the size read for each fresh batch adapts within it.
         let mut size = AdaptiveBatch::new(self.batch_size);
+        let mut meter = Meter::load(self.ledger_file.as_deref());
         while !shutdown.is_cancelled() {
             // The watchdog: a beat per round; the waits (backoff, pause, an empty outbox) are
             // idle, the store and the HTTP request are work (bounded by uplink.timeout_secs).
@@ -201,8 +263,42 @@ impl<S: BundleSender> Uploader<S> {
                     }
                 }
                 Next::Send(batch) => {
+                    if !self.metering.is_unlimited() {
+                        let now = local_now();
+                        let used = meter.ledger.for_day(now.date()).used;
+                        if let Some(hold) = self.metering.hold(now, used) {
+                            if meter.held != Some(hold.class()) {
+                                meter.held = Some(hold.class());
+                                telemetry::UplinkHeld { hold: &hold }.emit();
+                            }
+                            let wait = (hold.until() - now)
+                                .to_std()
+                                .unwrap_or(Duration::ZERO)
+                                .clamp(Duration::from_secs(1), HOLD_RECHECK);
+                            let stop = crate::ops::watchdog::idle(async {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => false,
+                                    _ = shutdown.cancelled() => true,
+                                }
+                            })
+                            .await;
+                            if stop {
+                                return;
+                            }
+                            continue;
+                        }
+                        if meter.held.take().is_some() {
+                            telemetry::UplinkHoldEnded.emit();
+                        }
+                    }
+                    let sent_before = self.sender.body_bytes_sent();
                     let started = Instant::now();
-                    let Some((verdict, exchange)) = self.exchange(&batch, &shutdown).await else {
+                    let exchanged_now = self.exchange(&batch, &shutdown).await;
+                    meter.record(
+                        self.sender.body_bytes_sent().saturating_sub(sent_before),
+                        self.ledger_file.as_deref(),
+                    );
+                    let Some((verdict, exchange)) = exchanged_now else {
                         return;
                     };
                     let before = size.size();
@@ -671,6 +767,8 @@ mod tests {
             wake: Arc::new(Notify::new()),
             seed: 1,
             consent: ConsentSource::new(&Default::default()),
+            metering: Metering::default(),
+            ledger_file: None,
         }
     }
 
@@ -858,6 +956,8 @@ mod tests {
                 wake: Arc::new(Notify::new()),
                 seed: i as u64,
                 consent: ConsentSource::new(&Default::default()),
+                metering: Metering::default(),
+                ledger_file: None,
             };
             tasks.push(tokio::spawn(up.run(shutdown.clone())));
             stores.push((sub, store));

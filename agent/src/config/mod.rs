@@ -177,6 +177,10 @@ pub const DEFAULT_STORE_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 /// Smallest `store.max_bytes` accepted: room for a few records (tests use small bounds).
 pub const MIN_STORE_BYTES: i64 = 16 * 1024;
 
+/// Smallest `uplink.daily_byte_budget` accepted: about one gzip-compressed Bundle of a few
+/// readings. (The budget is checked before each Bundle, so any budget lets one Bundle a day go.)
+pub const MIN_DAILY_BYTE_BUDGET: i64 = 1024;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct UplinkConfig {
     pub fhir_base: url::Url,
@@ -195,6 +199,8 @@ pub struct UplinkConfig {
     pub pause_max: Duration,
     /// `pin_spki_sha256`: SHA-256 pins of server keys (RFC 7469 `pin-sha256`); empty = none.
     pub pin_spki_sha256: Vec<crate::tls::pin::SpkiPin>,
+    /// `upload_windows` and `daily_byte_budget` (metered links); default: no limits.
+    pub metering: crate::uplink::metering::Metering,
 }
 
 /// The largest MQTT packet: the remaining length is at most 268,435,455 bytes (MQTT 3.1.1 §2.2.3).
@@ -548,6 +554,28 @@ client_key = "tls/gw.key"
         assert_eq!(e.position, Some((10, 68)), "{e}");
         assert!(e.message.contains("uplink.pin_spki_sha256"), "{e}");
         assert!(e.message.contains("5 bytes"), "{e}");
+    }
+
+    #[test]
+    fn upload_windows_and_the_byte_budget_are_typed_and_name_line_and_column() {
+        use crate::uplink::metering::UploadWindow;
+        assert!(load(MINIMAL).unwrap().uplink.metering.is_unlimited());
+        let with = |extra: &str| MINIMAL.replace("[uplink]\n", &format!("[uplink]\n{extra}\n"));
+        let c = load(&with(
+            "upload_windows = [\"22:00-06:00\"]\ndaily_byte_budget = 5000000",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.uplink.metering.windows,
+            vec![UploadWindow::parse("22:00-06:00").unwrap()]
+        );
+        assert_eq!(c.uplink.metering.daily_byte_budget, Some(5_000_000));
+        let e = load(&with("upload_windows = [\"22:00-06:00\", \"25:00-01:00\"]")).unwrap_err();
+        assert_eq!(e.position, Some((10, 34)), "{e}");
+        assert!(e.message.contains("uplink.upload_windows"), "{e}");
+        let e = load(&with("daily_byte_budget = 100")).unwrap_err();
+        assert_eq!(e.position, Some((10, 21)), "{e}");
+        assert!(e.message.contains("1024"), "{e}");
     }
 
     #[test]

@@ -383,8 +383,31 @@ impl Validator<'_> {
             })?;
             pins.push(parsed);
         }
+        let mut windows = Vec::new();
+        for w in u.upload_windows.iter().flatten() {
+            windows.push(
+                crate::uplink::metering::UploadWindow::parse(w.get_ref())
+                    .map_err(|e| self.err(w.span(), format!("uplink.upload_windows: {e}")))?,
+            );
+        }
+        let daily_byte_budget = match &u.daily_byte_budget {
+            None => None,
+            Some(_) => Some(
+                self.int_in(
+                    &u.daily_byte_budget,
+                    "uplink.daily_byte_budget",
+                    MIN_DAILY_BYTE_BUDGET..i64::MAX,
+                    0,
+                )?
+                .unsigned_abs(),
+            ),
+        };
         Ok(UplinkConfig {
             fhir_base: base,
+            metering: crate::uplink::metering::Metering {
+                windows,
+                daily_byte_budget,
+            },
             pin_spki_sha256: pins,
             ca_file: self.path_value(&u.ca_file, "uplink.ca_file")?,
             client_cert: self.path_value(&u.client_cert, "uplink.client_cert")?,

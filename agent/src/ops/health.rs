@@ -28,6 +28,9 @@ pub enum UplinkState {
     Retrying { reason: String },
     /// The server refuses the gateway as a whole; uploads wait for a probe to succeed.
     Paused { reason: String },
+    /// Uploads wait by the gateway's own choice: outside `uplink.upload_windows`, or the
+    /// day's `uplink.daily_byte_budget` spent. Readings stay pending.
+    Held { reason: String },
 }
 
 impl UplinkState {
@@ -38,6 +41,7 @@ impl UplinkState {
             UplinkState::Ok => "ok",
             UplinkState::Retrying { .. } => "retrying",
             UplinkState::Paused { .. } => "paused",
+            UplinkState::Held { .. } => "held",
         }
     }
 }

@@ -281,6 +281,7 @@ impl StatusSnapshot {
             UplinkState::Ok => "ok".to_string(),
             UplinkState::Retrying { reason } => format!("retrying: {reason}"),
             UplinkState::Paused { reason } => format!("PAUSED: {reason}"),
+            UplinkState::Held { reason } => format!("held: {reason}"),
         };
         let _ = writeln!(o, "uplink:  {state}; last upload {}", when(u.last_upload));
         match (&u.client_certificate_expires, &u.client_certificate_error) {

@@ -279,6 +279,11 @@ pub trait BundleSender: Send + Sync {
         &self,
         bundle: &serde_json::Value,
     ) -> impl Future<Output = Result<RawResponse, SendError>> + Send;
+
+    /// Request body bytes put on the wire so far (for `uplink.daily_byte_budget`).
+    fn body_bytes_sent(&self) -> u64 {
+        0
+    }
 }
 
 /// The real [`BundleSender`]: reqwest on rustls/ring, mutual TLS.
@@ -585,6 +590,10 @@ impl BundleSender for UplinkClient {
         bundle: &serde_json::Value,
     ) -> impl Future<Output = Result<RawResponse, SendError>> + Send {
         self.send_bundle(bundle)
+    }
+
+    fn body_bytes_sent(&self) -> u64 {
+        UplinkClient::body_bytes_sent(self)
     }
 }
 

@@ -24,6 +24,7 @@ pub mod batch;
 pub mod client;
 pub mod fhir;
 pub mod limits;
+pub mod metering;
 pub mod outcome;
 pub mod scheduler;
 
