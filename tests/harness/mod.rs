@@ -588,6 +588,27 @@ pub struct MosquittoPub {
 }
 
 impl MosquittoPub {
+    /// Whether `mosquitto_pub` (Debian package mosquitto-clients, separate from the broker) can
+    /// be run. Without it a test skips with one line; with VITALGATE_REQUIRE_MOSQUITTO=1 (CI)
+    /// a missing client is a failure, as a missing broker is.
+    pub fn available() -> bool {
+        let found = Command::new("mosquitto_pub")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            assert!(
+                std::env::var("VITALGATE_REQUIRE_MOSQUITTO").is_err(),
+                "VITALGATE_REQUIRE_MOSQUITTO is set but mosquitto_pub (Debian package \
+                 mosquitto-clients) is not installed"
+            );
+            eprintln!("SKIPPED: mosquitto_pub not found (install Debian's mosquitto-clients)");
+        }
+        found
+    }
+
     /// Starts publishing `lines` (no newlines inside) to `topic` on the broker at `port`.
     /// `work` holds the input and output files.
     pub fn spawn(port: u16, topic: &str, lines: &[String], work: &Path) -> MosquittoPub {
