@@ -69,6 +69,55 @@ async fn a_bundle_committed_three_times_without_an_answer_gives_one_observation_
     h.assert_all_observations_valid();
 }
 
+/// `uplink.write_mode = "put"` (update as create at client-assigned ids, for servers whose
+/// conditional create is unreliable): the same three commits without an answer give one
+/// Observation per reading, each at the id its identifier hashes to, updated in place by each
+/// resend; check-uplink accepts a server that allows update as create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_put_mode_a_bundle_committed_three_times_without_an_answer_gives_one_observation_per_reading(
+) {
+    let h = Harness::with_uplink_settings(Broker::embedded(), "write_mode = \"put\"").await;
+    let check = h.vitalgate_output(&["check-uplink"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{text}");
+    assert!(text.contains("update as create"), "{text}");
+    h.fhir.queue_modes([
+        Mode::HangUpAfterCommit,
+        Mode::HangUpAfterCommit,
+        Mode::HangUpAfterCommit,
+    ]);
+    let mut agent = h.spawn_agent();
+    let points: Vec<String> = (0..4).map(|i| bp_point(i, 120 + i as i64, 80)).collect();
+    h.publish(&points).await;
+    h.wait_for_log(&agent, "reading stored", 4, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !h.fhir.requests().iter().any(|r| r.status == 200) {
+        assert!(Instant::now() < deadline, "{:?}", h.fhir.requests());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.terminate();
+    let requests = h.fhir.requests();
+    assert_eq!(h.fhir.queued_modes(), 0, "{requests:?}");
+    let unanswered = requests.iter().filter(|r| r.status == 0).count();
+    assert!(unanswered >= 3, "{requests:?}");
+    assert_each_once(&h, 4);
+    for o in h.fhir.stored_observations() {
+        let (system, value) = (
+            o["identifier"][0]["system"].as_str().unwrap(),
+            o["identifier"][0]["value"].as_str().unwrap(),
+        );
+        assert_eq!(o["id"], vitalgate::uplink::fhir::put_id(system, value));
+        // Written by the three unanswered commits and the answered one (at least: under
+        // emulation the agent may abandon one more itself).
+        let version: u32 = o["meta"]["versionId"].as_str().unwrap().parse().unwrap();
+        assert!(version >= 4, "{o}");
+    }
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=0"), "{status}");
+    h.assert_all_observations_valid();
+}
+
 /// One answer of each hostile kind in a row, then a normal server: the daemon neither panics
 /// nor exits, each answer is logged with its class, and every reading arrives exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

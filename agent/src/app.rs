@@ -585,7 +585,8 @@ impl Running {
         let uploader = Uploader {
             store: Arc::clone(&self.store),
             sender: client,
-            gateway: GatewayInfo::new(&cfg.gateway.id, env!("CARGO_PKG_VERSION")),
+            gateway: GatewayInfo::new(&cfg.gateway.id, env!("CARGO_PKG_VERSION"))
+                .with_write_mode(cfg.uplink.write_mode),
             batch_size: cfg.uplink.batch_size,
             schedule: SchedulerConfig {
                 retry: Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max),

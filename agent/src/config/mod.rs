@@ -201,6 +201,8 @@ pub struct UplinkConfig {
     pub pin_spki_sha256: Vec<crate::tls::pin::SpkiPin>,
     /// `upload_windows` and `daily_byte_budget` (metered links); default: no limits.
     pub metering: crate::uplink::metering::Metering,
+    /// `write_mode`: `conditional-create` (default) or `put`.
+    pub write_mode: crate::uplink::fhir::WriteMode,
 }
 
 /// The largest MQTT packet: the remaining length is at most 268,435,455 bytes (MQTT 3.1.1 §2.2.3).
@@ -576,6 +578,29 @@ client_key = "tls/gw.key"
         let e = load(&with("daily_byte_budget = 100")).unwrap_err();
         assert_eq!(e.position, Some((10, 21)), "{e}");
         assert!(e.message.contains("1024"), "{e}");
+    }
+
+    #[test]
+    fn write_mode_is_typed_and_names_line_and_column() {
+        use crate::uplink::fhir::WriteMode;
+        assert_eq!(
+            load(MINIMAL).unwrap().uplink.write_mode,
+            WriteMode::ConditionalCreate
+        );
+        let with = |extra: &str| MINIMAL.replace("[uplink]\n", &format!("[uplink]\n{extra}\n"));
+        assert_eq!(
+            load(&with("write_mode = \"put\""))
+                .unwrap()
+                .uplink
+                .write_mode,
+            WriteMode::Put
+        );
+        let e = load(&with("write_mode = \"PUT\"")).unwrap_err();
+        assert_eq!(e.position, Some((10, 14)), "{e}");
+        assert!(
+            e.message.contains("\"conditional-create\" or \"put\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -402,8 +402,19 @@ impl Validator<'_> {
                 .unsigned_abs(),
             ),
         };
+        let write_mode = match u.write_mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
+            None | Some((_, "conditional-create")) => crate::uplink::fhir::WriteMode::ConditionalCreate,
+            Some((_, "put")) => crate::uplink::fhir::WriteMode::Put,
+            Some((m, other)) => {
+                return Err(self.err(
+                    m.span(),
+                    format!("uplink.write_mode: expected \"conditional-create\" or \"put\", found {other:?}"),
+                ))
+            }
+        };
         Ok(UplinkConfig {
             fhir_base: base,
+            write_mode,
             metering: crate::uplink::metering::Metering {
                 windows,
                 daily_byte_budget,

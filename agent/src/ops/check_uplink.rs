@@ -27,6 +27,7 @@ use serde_json::Value;
 use super::doctor::{Check, Mark};
 use crate::config::Config;
 use crate::uplink::client::{tls_config, SendError, TlsProblem, UplinkClient, UplinkTls};
+use crate::uplink::fhir::WriteMode;
 
 /// The resources the uploader sends in its transaction Bundles (conditional create each).
 pub const RESOURCES_SENT: [&str; 2] = ["Observation", "Device"];
@@ -236,8 +237,9 @@ pub fn tls_checks(base: &url::Url, r: &TlsReport, now: DateTime<Utc>) -> Vec<Che
     out
 }
 
-/// Pure: the verdicts on a `GET [base]/metadata` answer (status and body).
-pub fn capability_checks(status: u16, body: &[u8]) -> Vec<Check> {
+/// Pure: the verdicts on a `GET [base]/metadata` answer (status and body), for the way entries
+/// are written (`uplink.write_mode`).
+pub fn capability_checks(status: u16, body: &[u8], write_mode: WriteMode) -> Vec<Check> {
     let name = "metadata";
     if status != 200 {
         return vec![Check {
@@ -349,10 +351,23 @@ pub fn capability_checks(status: u16, body: &[u8]) -> Vec<Check> {
                 format!("the server does not allow create on {ty}"),
                 format!("the server must allow create on {ty}: ask its operators"),
             ),
+            Some(r) if write_mode == WriteMode::Put && !has(&r["interaction"], "update") => Check::fail(
+                ty,
+                format!("the server does not allow update on {ty} (uplink.write_mode = \"put\" writes with PUT)"),
+                format!("enable update as create for {ty} on the server, or set uplink.write_mode = \"conditional-create\""),
+            ),
+            Some(r) if write_mode == WriteMode::Put && r["updateCreate"] != true => Check::fail(
+                ty,
+                format!("update ok, but no update as create on {ty} (updateCreate is not true)"),
+                format!("enable update as create (PUT to a new id) for {ty} on the server, or set uplink.write_mode = \"conditional-create\""),
+            ),
+            Some(_) if write_mode == WriteMode::Put => {
+                Check::pass(ty, "create and update as create (uplink.write_mode = \"put\")")
+            }
             Some(r) if r["conditionalCreate"] != true => Check::fail(
                 ty,
                 format!("create ok, but no conditional create on {ty} (conditionalCreate is not true)"),
-                format!("enable conditional create (If-None-Exist) for {ty} on the server: without it a resent Bundle duplicates readings"),
+                format!("enable conditional create (If-None-Exist) for {ty} on the server: without it a resent Bundle duplicates readings; or, if it allows update as create, set uplink.write_mode = \"put\""),
             ),
             Some(_) => Check::pass(ty, "create and conditional create"),
         });
@@ -362,7 +377,7 @@ pub fn capability_checks(status: u16, body: &[u8]) -> Vec<Check> {
 
 /// The uplink checks: TLS (handshake and server chain) then the CapabilityStatement. Without a
 /// handshake the metadata is not fetched. Posts nothing.
-pub async fn uplink_checks(u: &UplinkTls, now: DateTime<Utc>) -> Vec<Check> {
+pub async fn uplink_checks(u: &UplinkTls, write_mode: WriteMode, now: DateTime<Utc>) -> Vec<Check> {
     let client = match UplinkClient::new(u) {
         Ok(c) => c,
         Err(e) => return vec![setup_error(&e)],
@@ -399,7 +414,7 @@ pub async fn uplink_checks(u: &UplinkTls, now: DateTime<Utc>) -> Vec<Check> {
         ));
     }
     match client.get_metadata().await {
-        Ok(resp) => out.extend(capability_checks(resp.status, &resp.body)),
+        Ok(resp) => out.extend(capability_checks(resp.status, &resp.body, write_mode)),
         Err(e) => out.push(send_failure("metadata", &u.fhir_base, &e)),
     }
     out
@@ -408,7 +423,7 @@ pub async fn uplink_checks(u: &UplinkTls, now: DateTime<Utc>) -> Vec<Check> {
 /// Every `check-uplink` line for `cfg`: the uplink checks and the client certificate's expiry.
 pub async fn run(cfg: &Config, now: DateTime<Utc>) -> Vec<Check> {
     let u = UplinkTls::from_config(&cfg.uplink);
-    let mut out = uplink_checks(&u, now).await;
+    let mut out = uplink_checks(&u, cfg.uplink.write_mode, now).await;
     let mut cert = super::doctor::cert_verdict(
         &u.client_cert,
         super::cert::not_after_pem_file(&u.client_cert).map_err(|e| e.to_string()),
@@ -479,7 +494,7 @@ mod tests {
     }
 
     fn verdicts(v: &Value) -> Vec<(String, Mark)> {
-        capability_checks(200, v.to_string().as_bytes())
+        capability_checks(200, v.to_string().as_bytes(), WriteMode::ConditionalCreate)
             .into_iter()
             .map(|c| (c.name, c.mark))
             .collect()
@@ -511,6 +526,48 @@ mod tests {
     }
 
     #[test]
+    fn put_mode_needs_update_as_create_not_conditional_create() {
+        let put = |v: &Value| -> Vec<String> {
+            capability_checks(200, v.to_string().as_bytes(), WriteMode::Put)
+                .into_iter()
+                .filter(|c| c.mark == Mark::Fail)
+                .map(|c| c.detail)
+                .collect()
+        };
+        // The statement above has conditional create but no update: fine for the default, not
+        // for PUT.
+        let fails = put(&statement());
+        assert_eq!(fails.len(), 2, "{fails:?}");
+        assert!(
+            fails[0].contains("does not allow update on Observation"),
+            "{fails:?}"
+        );
+        let mut s = statement();
+        for r in s["rest"][0]["resource"].as_array_mut().unwrap() {
+            r["interaction"] = json!([{"code": "create"}, {"code": "update"}]);
+            r["conditionalCreate"] = json!(false);
+        }
+        let fails = put(&s);
+        assert!(
+            fails.len() == 2 && fails[1].contains("no update as create on Device"),
+            "{fails:?}"
+        );
+        for r in s["rest"][0]["resource"].as_array_mut().unwrap() {
+            r["updateCreate"] = json!(true);
+        }
+        assert!(put(&s).is_empty());
+        // ... and the same statement fails the default mode, whose fix names PUT.
+        let c = capability_checks(200, s.to_string().as_bytes(), WriteMode::ConditionalCreate);
+        let device = c.iter().find(|c| c.name == "Device").unwrap();
+        assert_eq!(device.mark, Mark::Fail);
+        assert!(device
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("write_mode = \"put\""));
+    }
+
+    #[test]
     fn each_missing_capability_fails_its_own_item_with_a_fix() {
         let mut s = statement();
         s["fhirVersion"] = json!("3.0.2");
@@ -526,7 +583,7 @@ mod tests {
             .unwrap()
             .remove("conditionalCreate");
         assert_eq!(failed(&s), ["Device"]);
-        let c = capability_checks(200, s.to_string().as_bytes());
+        let c = capability_checks(200, s.to_string().as_bytes(), WriteMode::ConditionalCreate);
         let device = c.iter().find(|c| c.name == "Device").unwrap();
         assert!(
             device.detail.contains("no conditional create"),
@@ -554,7 +611,7 @@ mod tests {
             (200, b"<html>".as_slice()),
             (200, br#"{"resourceType":"OperationOutcome"}"#.as_slice()),
         ] {
-            let c = capability_checks(status, body);
+            let c = capability_checks(status, body, WriteMode::ConditionalCreate);
             assert_eq!(c.len(), 1, "{c:?}");
             assert_eq!(c[0].name, "metadata");
             assert_eq!(c[0].mark, Mark::Fail);
@@ -581,7 +638,11 @@ mod tests {
         assert!(checks[1]
             .detail
             .contains("valid until 2026-01-31 (30 days); key pin-sha256 pin="));
-        checks.extend(capability_checks(200, statement().to_string().as_bytes()));
+        checks.extend(capability_checks(
+            200,
+            statement().to_string().as_bytes(),
+            WriteMode::ConditionalCreate,
+        ));
         let s = summary(&base, &checks);
         assert_eq!(s.mark, Mark::Pass);
         assert!(
@@ -592,7 +653,11 @@ mod tests {
         let mut bad = statement();
         bad["rest"][0]["resource"][0]["conditionalCreate"] = json!(false);
         checks.truncate(2);
-        checks.extend(capability_checks(200, bad.to_string().as_bytes()));
+        checks.extend(capability_checks(
+            200,
+            bad.to_string().as_bytes(),
+            WriteMode::ConditionalCreate,
+        ));
         let s = summary(&base, &checks);
         assert_eq!(s.mark, Mark::Fail);
         assert!(s.detail.starts_with("Observation: "), "{s:?}");

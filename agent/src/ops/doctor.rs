@@ -590,7 +590,7 @@ pub async fn uplink_check(cfg: &Config) -> Check {
     let mut u = crate::uplink::client::UplinkTls::from_config(&cfg.uplink);
     // doctor's own bound on every network check.
     u.timeout = u.timeout.min(NET_TIMEOUT);
-    let checks = super::check_uplink::uplink_checks(&u, now()).await;
+    let checks = super::check_uplink::uplink_checks(&u, cfg.uplink.write_mode, now()).await;
     super::check_uplink::summary(&u.fhir_base, &checks)
 }
 

@@ -60,11 +60,12 @@ pub const CTS_SYSTEM: &str = "urn:vitalgate:phd-cts";
 /// At most this many entries per Bundle (§5.3).
 pub const MAX_ENTRIES: usize = 50;
 
-/// The identity of this gateway, for its Device resource.
+/// The identity of this gateway, for its Device resource, and how entries are written.
 #[derive(Debug, Clone)]
 pub struct GatewayInfo {
     pub id: String,
     pub software_version: String,
+    pub write_mode: WriteMode,
 }
 
 impl GatewayInfo {
@@ -72,8 +73,64 @@ impl GatewayInfo {
         Self {
             id: id.to_string(),
             software_version: software_version.to_string(),
+            write_mode: WriteMode::ConditionalCreate,
         }
     }
+
+    pub fn with_write_mode(mut self, write_mode: WriteMode) -> Self {
+        self.write_mode = write_mode;
+        self
+    }
+}
+
+/// How each Bundle entry asks the server to write its resource (`uplink.write_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// `POST <Type>` with `ifNoneExist = identifier=<system>|<value>` (fhir-mapping.md §5.2):
+    /// the server assigns the id; a resent entry finds the resource and creates nothing.
+    #[default]
+    ConditionalCreate,
+    /// `PUT <Type>/<id>` (update as create) with a client-assigned id derived from the same
+    /// identifier ([`put_id`]): for servers whose conditional create is unreliable (a search
+    /// index that lags the write, so two resends inside the lag create two resources). A resent
+    /// entry writes the same resource at the same id: idempotent without any search. Needs a
+    /// server that allows update as create (`CapabilityStatement.rest.resource.updateCreate`).
+    Put,
+}
+
+/// The client-assigned id of a resource in [`WriteMode::Put`]: the lowercase hex SHA-256 of
+/// `<system>|<value>` of the identifier its conditional create would use (64 characters, the
+/// longest FHIR id: `[A-Za-z0-9\-\.]{1,64}`). Stable for the life of the reading, so a resend
+/// addresses the same resource.
+pub fn put_id(system: &str, value: &str) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{system}|{value}").as_bytes(),
+    ))
+}
+
+/// Rewrites a conditional-create entry ([`entry`]) as `PUT <Type>/<put_id>` with the id in the
+/// resource. `fullUrl` stays the entry's `urn:uuid:`: references inside the Bundle keep
+/// pointing at it, and the server resolves them to `<Type>/<id>` (FHIR R4 RESTful API, transaction processing rules).
+fn as_put(entry: &mut Value) {
+    let Some(identity) = entry["request"]["ifNoneExist"]
+        .as_str()
+        .and_then(|q| q.strip_prefix("identifier="))
+        .and_then(|q| q.split_once('|'))
+        .map(|(s, v)| put_id(s, v))
+    else {
+        return;
+    };
+    let Some(resource_type) = entry["resource"]["resourceType"]
+        .as_str()
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    if let Some(resource) = entry["resource"].as_object_mut() {
+        resource.insert("id".into(), Value::String(identity.clone()));
+    }
+    entry["request"] = json!({"method": "PUT", "url": format!("{resource_type}/{identity}")});
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1096,6 +1153,9 @@ pub fn build_transaction_bundle(
             ));
         }
     }
+    if gateway.write_mode == WriteMode::Put {
+        entries.iter_mut().for_each(as_put);
+    }
     let bundle = json!({
         "resourceType": "Bundle",
         "type": "transaction",
@@ -1249,6 +1309,56 @@ pub(crate) mod tests {
         assert_eq!(
             entries[1]["request"]["ifNoneExist"],
             format!("identifier={SYSID_SYSTEM}|00-09-1F-FF-FE-80-12-34")
+        );
+    }
+
+    #[test]
+    fn put_mode_writes_each_entry_at_the_id_its_identifier_hashes_to() {
+        let gw = GatewayInfo::new("gw-1", "0.1.0");
+        let (post, post_refs) = build_transaction_bundle(&gw, &[bp()]).unwrap();
+        let (put, put_refs) =
+            build_transaction_bundle(&gw.with_write_mode(WriteMode::Put), &[bp()]).unwrap();
+        assert_eq!(post_refs, put_refs);
+        let (post, put) = (
+            post["entry"].as_array().unwrap(),
+            put["entry"].as_array().unwrap(),
+        );
+        assert_eq!(post.len(), put.len());
+        for (p, q) in post.iter().zip(put) {
+            let query = p["request"]["ifNoneExist"].as_str().unwrap();
+            let (system, value) = query["identifier=".len()..].split_once('|').unwrap();
+            let id = put_id(system, value);
+            assert_eq!(id.len(), 64);
+            assert!(id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            let ty = p["resource"]["resourceType"].as_str().unwrap();
+            assert_eq!(
+                q["request"],
+                json!({"method": "PUT", "url": format!("{ty}/{id}")})
+            );
+            assert_eq!(q["resource"]["id"], id.as_str());
+            // Same fullUrl, so references inside the Bundle stay as they were.
+            assert_eq!(q["fullUrl"], p["fullUrl"]);
+            let mut without_id = q["resource"].clone();
+            without_id.as_object_mut().unwrap().remove("id");
+            assert_eq!(without_id, p["resource"]);
+        }
+        // The id is the identifier's: a resend of the reading addresses the same resource, and
+        // another reading another one.
+        let obs_id = |r: &Reading| {
+            let gw = GatewayInfo::new("gw-1", "0.1.0").with_write_mode(WriteMode::Put);
+            let (b, _) = build_transaction_bundle(&gw, std::slice::from_ref(r)).unwrap();
+            b["entry"][2]["resource"]["id"].as_str().unwrap().to_owned()
+        };
+        let mut other = bp();
+        other.observation_identifier.push('x');
+        assert_eq!(obs_id(&bp()), obs_id(&bp()));
+        assert_ne!(obs_id(&bp()), obs_id(&other));
+        // SHA-256 of "urn:x|y", from sha256sum.
+        assert_eq!(
+            put_id("urn:x", "y"),
+            "f3ea7a78f92d10b759bb744b6cbe0f1c703c45dbabc610be29c49ba2da0b1e39"
         );
     }
 

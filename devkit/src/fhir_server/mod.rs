@@ -115,8 +115,8 @@ pub struct Handshake {
 /// What `GET [base]/metadata` says the server can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Capability {
-    /// What this server does: transaction; create and conditional create of Observation and
-    /// Device.
+    /// What this server does: transaction; create, conditional create and update as create
+    /// (PUT to a new id) of Observation and Device.
     #[default]
     Full,
     /// A server without conditional create (`conditionalCreate: false` on every resource):
@@ -132,8 +132,9 @@ pub fn capability_statement(capability: Capability, base_url: &str) -> Value {
     let resource = |ty: &str| {
         json!({
             "type": ty,
-            "interaction": [{"code": "create"}],
+            "interaction": [{"code": "create"}, {"code": "update"}],
             "conditionalCreate": conditional,
+            "updateCreate": true,
         })
     };
     json!({

@@ -8,14 +8,23 @@
 //! - `Bundle.type` must be `transaction`; at most [`MAX_ENTRIES`] entries (more is a 400, not a
 //!   413: the limit is the agent's own rule, and a 413 would make the agent split instead of
 //!   surfacing the bug).
-//! - Every entry is `request.method = POST`, `request.url = <resourceType>`, with
-//!   `request.ifNoneExist = identifier=<system>|<value>` (percent-decoded; `+` stays a plus,
-//!   because identifier values carry `+N` TZ offsets), and that identifier must be one of the
-//!   resource's own identifiers. Two entries with the same identity, or two with the same
+//! - Every entry is either a conditional create or an update as create:
+//!   - `request.method = POST`, `request.url = <resourceType>`, with
+//!     `request.ifNoneExist = identifier=<system>|<value>` (percent-decoded; `+` stays a plus,
+//!     because identifier values carry `+N` TZ offsets), and that identifier must be one of the
+//!     resource's own identifiers (the agent's default, `uplink.write_mode = "conditional-create"`);
+//!   - `request.method = PUT`, `request.url = <resourceType>/<id>` with a valid FHIR id
+//!     (`[A-Za-z0-9\-\.]{1,64}`) equal to the resource's own `id`, and no `ifNoneExist`
+//!     (`uplink.write_mode = "put"`).
+//!
+//!   Two entries with the same identity (identifier, or type and id), or two with the same
 //!   `fullUrl`, are a 400.
 //! - Conditional create: a stored resource of that type with that identifier → `200 OK` and its
 //!   location, nothing written; none → a new id `<n>` (per type, from 1), `201 Created`,
 //!   location `<Type>/<n>/_history/1`; several → `412` (cannot happen here by construction).
+//! - Update as create (`PUT <Type>/<id>`): no stored resource with that id → created with that id,
+//!   `201 Created`; one → replaced by the new content with the next version, `200 OK`, location
+//!   `<Type>/<id>/_history/<version>`. Either way exactly one resource holds that id.
 //! - References in created resources: `urn:uuid:` → the `fullUrl` of an entry of this Bundle,
 //!   rewritten to its `<Type>/<id>` (unknown one → 400). Conditional references
 //!   (`Device?identifier=<system>|<value>`) are recorded; if exactly one stored or
@@ -48,8 +57,16 @@ pub struct Store {
 pub struct EntryOutcome {
     pub resource_type: String,
     pub id: String,
-    /// True: created now (`201 Created`); false: already there (`200 OK`).
+    /// True: created now (`201 Created`); false: already there (`200 OK`; found by a
+    /// conditional create, or updated by a PUT).
     pub created: bool,
+    /// The resource's version after this entry (1 for a create; an update adds one).
+    #[serde(default = "first_version")]
+    pub version: u32,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 impl EntryOutcome {
@@ -64,7 +81,10 @@ impl EntryOutcome {
 
     /// `response.location` for this entry.
     pub fn location(&self) -> String {
-        format!("{}/{}/_history/1", self.resource_type, self.id)
+        format!(
+            "{}/{}/_history/{}",
+            self.resource_type, self.id, self.version
+        )
     }
 
     /// The `Bundle.entry` of a `transaction-response` for this outcome.
@@ -73,7 +93,7 @@ impl EntryOutcome {
             "response": {
                 "status": self.status(),
                 "location": self.location(),
-                "etag": "W/\"1\"",
+                "etag": format!("W/\"{}\"", self.version),
             }
         })
     }
@@ -84,6 +104,8 @@ impl EntryOutcome {
 pub struct Plan {
     pub outcomes: Vec<EntryOutcome>,
     new_resources: Vec<(String, Value)>,
+    /// Stored resources a PUT replaces: type and the new content (with its `id`).
+    replacements: Vec<(String, Value)>,
     conditional_references: Vec<String>,
     unresolved_references: Vec<String>,
 }
@@ -117,6 +139,16 @@ impl Store {
                 .or_default()
                 .push(resource);
         }
+        for (resource_type, resource) in plan.replacements {
+            let id = resource.get("id").cloned();
+            if let Some(slot) = self
+                .resources
+                .get_mut(&resource_type)
+                .and_then(|rs| rs.iter_mut().find(|r| r.get("id") == id.as_ref()))
+            {
+                *slot = resource;
+            }
+        }
         self.conditional_references
             .extend(plan.conditional_references);
         self.unresolved_references
@@ -129,6 +161,13 @@ impl Store {
             .get(resource_type)
             .map(Vec::as_slice)
             .unwrap_or(&[])
+    }
+
+    /// The stored resource of `resource_type` with this `id`.
+    fn by_id(&self, resource_type: &str, id: &str) -> Option<&Value> {
+        self.of_type(resource_type)
+            .iter()
+            .find(|r| r.get("id").and_then(Value::as_str) == Some(id))
     }
 
     /// Ids of stored resources of `resource_type` carrying identifier `system|value`.
@@ -246,10 +285,43 @@ pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection
     let mut full_urls: HashMap<String, String> = HashMap::new();
     let mut next_id: HashMap<String, usize> = HashMap::new();
     let mut just_created: Vec<(String, String, String, String)> = Vec::new(); // type, system, value, id
+    let mut puts: Vec<usize> = Vec::new(); // entries written by PUT
     for (i, entry) in entries.iter().enumerate() {
         match check_entry(i, entry) {
             Err(msg) => issues.push(msg),
-            Ok((resource_type, system, value)) => {
+            Ok((resource_type, Write::Put { id })) => {
+                if !identities.insert((resource_type.clone(), String::new(), id.clone())) {
+                    issues.push(format!(
+                        "entry[{i}]: a second PUT of {resource_type}/{id} in the same Bundle"
+                    ));
+                    continue;
+                }
+                let version = match store.by_id(&resource_type, &id) {
+                    None => 1,
+                    Some(stored) => {
+                        stored["meta"]["versionId"]
+                            .as_str()
+                            .and_then(|v| v.parse::<u32>().ok())
+                            .unwrap_or(1)
+                            + 1
+                    }
+                };
+                let outcome = EntryOutcome {
+                    resource_type,
+                    id,
+                    created: version == 1,
+                    version,
+                };
+                if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
+                    let target = format!("{}/{}", outcome.resource_type, outcome.id);
+                    if full_urls.insert(full_url.to_owned(), target).is_some() {
+                        issues.push(format!("entry[{i}]: fullUrl {full_url} used twice"));
+                    }
+                }
+                puts.push(i);
+                outcomes.push(outcome);
+            }
+            Ok((resource_type, Write::Conditional { system, value })) => {
                 if !identities.insert((resource_type.clone(), system.clone(), value.clone())) {
                     issues.push(format!(
                         "entry[{i}]: a second {resource_type} with identifier {system}|{value} in the same Bundle"
@@ -274,12 +346,14 @@ pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection
                             resource_type,
                             id,
                             created: true,
+                            version: 1,
                         }
                     }
                     [id] => EntryOutcome {
                         resource_type,
                         id: id.clone(),
                         created: false,
+                        version: 1,
                     },
                     _ => {
                         return Err(Rejection {
@@ -314,6 +388,7 @@ pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection
     let mut plan = Plan {
         outcomes,
         new_resources: Vec::new(),
+        replacements: Vec::new(),
         conditional_references: Vec::new(),
         unresolved_references: Vec::new(),
     };
@@ -323,7 +398,8 @@ pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection
         just_created: &just_created,
     };
     for (i, (entry, outcome)) in entries.iter().zip(&plan.outcomes).enumerate() {
-        if !outcome.created {
+        let put = puts.contains(&i);
+        if !outcome.created && !put {
             continue;
         }
         let mut resource = entry.get("resource").cloned().unwrap_or(Value::Null);
@@ -338,11 +414,16 @@ pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection
             obj.insert("id".into(), Value::String(outcome.id.clone()));
             let meta = obj.entry("meta").or_insert_with(|| json!({}));
             if let Some(meta) = meta.as_object_mut() {
-                meta.insert("versionId".into(), json!("1"));
+                meta.insert("versionId".into(), json!(outcome.version.to_string()));
             }
         }
-        plan.new_resources
-            .push((outcome.resource_type.clone(), resource));
+        if outcome.created {
+            plan.new_resources
+                .push((outcome.resource_type.clone(), resource));
+        } else {
+            plan.replacements
+                .push((outcome.resource_type.clone(), resource));
+        }
     }
     if !issues.is_empty() {
         return Err(Rejection {
@@ -354,8 +435,24 @@ pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection
     Ok(plan)
 }
 
-/// Checks one entry's shape; returns its type and ifNoneExist identity.
-fn check_entry(i: usize, entry: &Value) -> Result<(String, String, String), String> {
+/// How an entry writes its resource.
+enum Write {
+    /// `POST` with `ifNoneExist = identifier=<system>|<value>`.
+    Conditional { system: String, value: String },
+    /// `PUT <Type>/<id>`.
+    Put { id: String },
+}
+
+/// A FHIR R4 id: `[A-Za-z0-9\-\.]{1,64}`.
+fn is_fhir_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Checks one entry's shape; returns its type and how it writes (its identity).
+fn check_entry(i: usize, entry: &Value) -> Result<(String, Write), String> {
     let resource = entry
         .get("resource")
         .ok_or_else(|| format!("entry[{i}]: no resource"))?;
@@ -367,12 +464,43 @@ fn check_entry(i: usize, entry: &Value) -> Result<(String, String, String), Stri
         .get("request")
         .ok_or_else(|| format!("entry[{i}]: no request"))?;
     let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+    let url = request.get("url").and_then(Value::as_str).unwrap_or("");
+    if let Some(full_url) = entry.get("fullUrl") {
+        if full_url.as_str().is_none_or(str::is_empty) {
+            return Err(format!("entry[{i}]: fullUrl is not a non-empty string"));
+        }
+    }
+    if method == "PUT" {
+        let id = url
+            .strip_prefix(resource_type)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .ok_or_else(|| {
+                format!(
+                    "entry[{i}]: PUT request.url {url:?} is not {resource_type}/<id> (update as create)"
+                )
+            })?;
+        if !is_fhir_id(id) {
+            return Err(format!(
+                "entry[{i}]: PUT request.url {url:?}: {id:?} is not a FHIR id ([A-Za-z0-9-.]{{1,64}})"
+            ));
+        }
+        if resource.get("id").and_then(Value::as_str) != Some(id) {
+            return Err(format!(
+                "entry[{i}]: PUT {url}: the resource's id is not {id:?} (it must match the URL)"
+            ));
+        }
+        if request.get("ifNoneExist").is_some() {
+            return Err(format!(
+                "entry[{i}]: PUT with request.ifNoneExist (only a POST is a conditional create)"
+            ));
+        }
+        return Ok((resource_type.to_owned(), Write::Put { id: id.to_owned() }));
+    }
     if method != "POST" {
         return Err(format!(
-            "entry[{i}]: request.method {method:?} not supported; only POST (conditional create)"
+            "entry[{i}]: request.method {method:?} not supported; only POST (conditional create) or PUT (update as create)"
         ));
     }
-    let url = request.get("url").and_then(Value::as_str).unwrap_or("");
     if url != resource_type {
         return Err(format!(
             "entry[{i}]: request.url {url:?} does not match resourceType {resource_type:?}"
@@ -392,12 +520,10 @@ fn check_entry(i: usize, entry: &Value) -> Result<(String, String, String), Stri
             "entry[{i}]: ifNoneExist identifier {system}|{value} is not an identifier of the resource"
         ));
     }
-    if let Some(full_url) = entry.get("fullUrl") {
-        if full_url.as_str().is_none_or(str::is_empty) {
-            return Err(format!("entry[{i}]: fullUrl is not a non-empty string"));
-        }
-    }
-    Ok((resource_type.to_owned(), system, value))
+    Ok((
+        resource_type.to_owned(),
+        Write::Conditional { system, value },
+    ))
 }
 
 struct Resolver<'a> {
@@ -567,7 +693,33 @@ mod tests {
             ),
             (
                 "only POST",
+                Box::new(|b| b["entry"][0]["request"]["method"] = json!("PATCH")),
+            ),
+            (
+                "is not Device/<id>",
                 Box::new(|b| b["entry"][0]["request"]["method"] = json!("PUT")),
+            ),
+            (
+                "is not a FHIR id",
+                Box::new(|b| {
+                    b["entry"][0]["request"] = json!({"method": "PUT", "url": "Device/a_b"});
+                    b["entry"][0]["resource"]["id"] = json!("a_b");
+                }),
+            ),
+            (
+                "must match the URL",
+                Box::new(|b| {
+                    b["entry"][0]["request"] = json!({"method": "PUT", "url": "Device/ab"});
+                    b["entry"][0]["resource"]["id"] = json!("ac");
+                }),
+            ),
+            (
+                "PUT with request.ifNoneExist",
+                Box::new(|b| {
+                    b["entry"][0]["request"]["method"] = json!("PUT");
+                    b["entry"][0]["request"]["url"] = json!("Device/ab");
+                    b["entry"][0]["resource"]["id"] = json!("ab");
+                }),
             ),
             (
                 "does not match resourceType",
@@ -623,6 +775,58 @@ mod tests {
                 err.issues
             );
         }
+    }
+
+    /// The example Bundle written as the agent's `write_mode = "put"` writes it.
+    fn example_as_put() -> Value {
+        let mut b = example();
+        for (n, e) in b["entry"].as_array_mut().unwrap().iter_mut().enumerate() {
+            let ty = e["resource"]["resourceType"].as_str().unwrap().to_owned();
+            let id = format!("id-{n}");
+            e["resource"]["id"] = json!(id);
+            e["request"] = json!({"method": "PUT", "url": format!("{ty}/{id}")});
+        }
+        b
+    }
+
+    #[test]
+    fn put_creates_at_the_given_id_then_updates_in_place() {
+        let mut store = Store::default();
+        let plan = plan_transaction(&store, &example_as_put()).unwrap();
+        assert!(plan.outcomes.iter().all(|o| o.created && o.version == 1));
+        store.commit(plan);
+        assert_eq!(store.of_type("Observation").len(), 2);
+        let bp = &store.of_type("Observation")[0];
+        assert_eq!(bp["id"], "id-2");
+        // urn:uuid references resolve to the PUT ids.
+        assert_eq!(bp["device"]["reference"], "Device/id-1");
+        // A resend (the server committed, the answer was lost) updates, creates nothing.
+        let again = plan_transaction(&store, &example_as_put()).unwrap();
+        assert!(again.outcomes.iter().all(|o| !o.created && o.version == 2));
+        assert_eq!(again.outcomes[2].status(), "200 OK");
+        assert_eq!(again.outcomes[2].location(), "Observation/id-2/_history/2");
+        store.commit(again);
+        assert_eq!(store.of_type("Observation").len(), 2);
+        assert_eq!(store.of_type("Observation")[0]["meta"]["versionId"], "2");
+        assert_eq!(store.duplicate_creates(), 0);
+        // Two PUTs of one id in one Bundle are refused.
+        let mut twice = example_as_put();
+        let e = twice["entry"][3].clone();
+        twice["entry"].as_array_mut().unwrap().push(e);
+        let err = plan_transaction(&store, &twice).unwrap_err();
+        assert!(
+            err.issues.iter().any(|m| m.contains("a second PUT")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn fhir_ids() {
+        assert!(is_fhir_id("a-B.9"));
+        assert!(is_fhir_id(&"f".repeat(64)));
+        assert!(!is_fhir_id(&"f".repeat(65)));
+        assert!(!is_fhir_id(""));
+        assert!(!is_fhir_id("a/b"));
     }
 
     #[test]
