@@ -151,8 +151,9 @@ struct Prepared {
 /// exactly what a start would.
 fn prepare(cfg: &Config) -> Result<Prepared, StartError> {
     let devices = DeviceTable::from_config(cfg);
-    let client =
-        UplinkClient::new(&UplinkTls::from_config(&cfg.uplink)).map_err(StartError::Uplink)?;
+    let client = UplinkClient::new(&UplinkTls::from_config(&cfg.uplink))
+        .and_then(|c| c.with_oauth2(cfg.uplink.oauth2.as_ref()))
+        .map_err(StartError::Uplink)?;
     let subs: Vec<Subscription> = devices
         .mqtt
         .iter()

@@ -82,6 +82,8 @@ counters!(
     uplink_ledger_write_failures,
     uplink_client_cert_rotations,
     uplink_client_cert_reload_failures,
+    uplink_tokens_fetched,
+    uplink_tokens_refused,
     mqtt_connects,
     mqtt_connection_errors,
     mqtt_subscriptions_refused,
@@ -759,6 +761,37 @@ impl UplinkClientCertReloadFailed<'_> {
     }
 }
 
+/// An OAuth access token was obtained (`[uplink.oauth2]`). Never the token itself.
+pub struct UplinkTokenFetched {
+    pub lifetime_secs: u64,
+}
+impl UplinkTokenFetched {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_tokens_fetched);
+        tracing::debug!(
+            lifetime_secs = self.lifetime_secs,
+            "OAuth access token obtained"
+        );
+    }
+}
+
+/// The OAuth token endpoint gave no token (refused, unusable answer, unreachable). Debug level:
+/// the uploader logs the failure once per episode (a pause alarm or a retry line) with its
+/// hint. No secrets: statuses and OAuth error codes.
+pub struct UplinkTokenRefused<'a> {
+    pub problem: &'a crate::uplink::oauth::TokenProblem,
+}
+impl UplinkTokenRefused<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_tokens_refused);
+        tracing::debug!(
+            class = self.problem.class(),
+            problem = %self.problem,
+            "no OAuth access token"
+        );
+    }
+}
+
 /// No HTTP answer at all. One log line per class of failure, each with its fix hint; TLS
 /// failures are errors (they do not heal by themselves), the others warnings.
 pub struct UplinkSendFailed<'a> {
@@ -813,6 +846,9 @@ impl UplinkSendFailed<'_> {
             SendError::Connect(error) => {
                 tracing::warn!(class, %error, hint, retry_in_ms, "cannot connect to the FHIR server");
             }
+            SendError::Token(problem) => {
+                tracing::warn!(class, %problem, hint, retry_in_ms, "no OAuth access token for the FHIR server");
+            }
             SendError::ResponseTooLarge
             | SendError::ResponseTooDeep
             | SendError::Redirected { .. }
@@ -840,11 +876,13 @@ fn uplink_episode(cause: &'static str) -> Option<u64> {
 /// Uploads are paused: the server refuses the gateway as a whole (401, 403, 404, 405, 406,
 /// 415), or rejected `REJECTION_STREAK_LIMIT` readings in a row, each alone. The alarm of a
 /// pause episode: emitted once when it begins; [`UplinkResumed`] when it ends.
-pub struct UplinkPaused {
+pub struct UplinkPaused<'a> {
     pub cause: PauseCause,
     pub next_probe_ms: u64,
+    /// The failure that started the episode when there was no HTTP answer (a refused token).
+    pub error: Option<&'a SendError>,
 }
-impl UplinkPaused {
+impl UplinkPaused<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_pauses);
         health::uplink(UplinkState::Paused {
@@ -854,6 +892,9 @@ impl UplinkPaused {
                 }
                 PauseCause::RejectionStreak { rejections, .. } => {
                     format!("the server rejected {rejections} readings in a row, each alone")
+                }
+                PauseCause::TokenRefused => {
+                    "the OAuth token endpoint refuses this gateway's credentials".to_string()
                 }
             },
         });
@@ -869,6 +910,14 @@ impl UplinkPaused {
             } => {
                 tracing::error!(alarm = "uplink_paused", status = last_status, rejections, hint = "the server's validation rejects every reading: check its profiles and terminology, and the dead letters (`vitalgate dead-letters`; requeue them once fixed)", next_probe_in_ms, "ALARM: the FHIR server rejected every reading sent alone; taken as server-wide: uploads paused, no more dead letters");
             }
+            PauseCause::TokenRefused => {
+                let problem = self.error.map_or_else(String::new, ToString::to_string);
+                let hint = self.error.map_or(
+                    "check [uplink.oauth2] against the gateway's registration on the authorization server",
+                    SendError::hint,
+                );
+                tracing::error!(alarm = "uplink_paused", %problem, hint, next_probe_in_ms, "ALARM: the OAuth token endpoint refuses this gateway's credentials; uploads paused, every reading kept pending");
+            }
         }
         notify(|| AgentEvent::UplinkPaused {
             status: self.cause.status(),
@@ -878,7 +927,7 @@ impl UplinkPaused {
 
 fn refusal_hint(status: u16) -> &'static str {
     match status {
-        401 => "the server does not accept the gateway's credentials: check uplink.client_cert and the server's access policy for this gateway",
+        401 => "the server does not accept the gateway's credentials: check uplink.client_cert and the server's access policy for this gateway (with [uplink.oauth2]: a fresh token was refused too; check uplink.oauth2.scope and that the server trusts the authorization server)",
         403 => "the gateway is not authorised on the server: check the server's access policy for this gateway's certificate",
         404 => "no FHIR endpoint at uplink.fhir_base: check the base URL (transactions go to [base] itself)",
         405 => "the server does not accept POST at uplink.fhir_base: check the base URL",

@@ -384,6 +384,11 @@ impl<S: BundleSender> Uploader<S> {
         };
         let resp = match answer {
             Ok(r) => r,
+            // No access token because the token endpoint refuses the credentials: server-wide,
+            // like a 401 that persists after a token refresh (never a dead letter).
+            Err(e) if e.pauses_uploads() => {
+                return Some((Verdict::TokenRefused, Exchange::NoAnswer(e)))
+            }
             Err(e) => return Some((Verdict::Retry { after: None }, Exchange::NoAnswer(e))),
         };
         // The edge: the wall clock, only to read a Retry-After HTTP-date.
@@ -442,9 +447,10 @@ impl<S: BundleSender> Uploader<S> {
                 },
             ),
             Outcome::Refused { status } => (Verdict::Refused { status }, Exchange::Refused),
-            // SEAM(oauth): once the uplink has a token source, refresh the token here and
-            // resend once before pausing (fhir-mapping.md §5.5: "401 that persists after a token
-            // refresh" pauses). Today authentication is the client certificate only: pause.
+            // fhir-mapping.md §5.5: a "401 that persists after a token refresh" pauses. With
+            // [uplink.oauth2] the client has already refreshed the token and resent once
+            // (UplinkClient::send_bundle); without it the client certificate is the only
+            // credential: pause either way.
             Outcome::Unauthorized => (Verdict::Refused { status: 401 }, Exchange::Refused),
         })
     }
@@ -506,6 +512,10 @@ impl<S: BundleSender> Uploader<S> {
             }) => telemetry::UplinkPaused {
                 cause,
                 next_probe_ms: ms(next_probe_in),
+                error: match exchange {
+                    Exchange::NoAnswer(e) => Some(e),
+                    _ => None,
+                },
             }
             .emit(),
             Some(Effect::StillPaused {

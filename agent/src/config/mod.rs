@@ -203,6 +203,9 @@ pub struct UplinkConfig {
     pub metering: crate::uplink::metering::Metering,
     /// `write_mode`: `conditional-create` (default) or `put`.
     pub write_mode: crate::uplink::fhir::WriteMode,
+    /// `[uplink.oauth2]`: bearer tokens from a SMART Backend Services token endpoint, on top of
+    /// the client certificate; `None`: the client certificate alone.
+    pub oauth2: Option<crate::uplink::oauth::OAuth2Config>,
 }
 
 /// The largest MQTT packet: the remaining length is at most 268,435,455 bytes (MQTT 3.1.1 §2.2.3).
@@ -601,6 +604,61 @@ client_key = "tls/gw.key"
             e.message.contains("\"conditional-create\" or \"put\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn oauth2_is_optional_typed_defaults_its_scope_and_names_line_and_column() {
+        use crate::uplink::oauth::JwsAlgorithm;
+        assert!(load(MINIMAL).unwrap().uplink.oauth2.is_none());
+        let with = |lines: &str| {
+            load(&format!(
+                "{MINIMAL}\n[uplink.oauth2]\ntoken_url = \"https://auth.example/token\"\nclient_id = \"gw-1\"\nkey_file = \"oauth.key\"\n{lines}\n"
+            ))
+        };
+        let o = with("algorithm = \"ES384\"")
+            .unwrap()
+            .uplink
+            .oauth2
+            .unwrap();
+        assert_eq!(o.token_url.as_str(), "https://auth.example/token");
+        assert_eq!(o.client_id, "gw-1");
+        assert_eq!(o.key_file, PathBuf::from("/etc/vitalgate/oauth.key"));
+        assert_eq!(o.algorithm, JwsAlgorithm::Es384);
+        assert_eq!(o.key_id, None);
+        assert_eq!(o.scope, "system/Observation.c system/Device.c");
+        let o = with("algorithm = \"RS384\"\nkey_id = \"k1\"\nscope = \"system/*.cruds\"")
+            .unwrap()
+            .uplink
+            .oauth2
+            .unwrap();
+        assert_eq!(o.algorithm, JwsAlgorithm::Rs384);
+        assert_eq!(o.key_id.as_deref(), Some("k1"));
+        assert_eq!(o.scope, "system/*.cruds");
+        // MINIMAL ends on line 13; the table starts on line 15, the extra lines on 19.
+        let e = with("algorithm = \"HS256\"").unwrap_err();
+        assert_eq!(e.position, Some((19, 13)), "{e}");
+        assert!(e.message.contains("uplink.oauth2.algorithm"), "{e}");
+        assert!(e.message.contains("\"ES384\" or \"RS384\""), "{e}");
+        let e = with("algorithm = \"ES384\"\nscope = \"\"").unwrap_err();
+        assert_eq!(e.position, Some((20, 9)), "{e}");
+        assert!(e.message.contains("uplink.oauth2.scope"), "{e}");
+        let e = with("algorithm = \"ES384\"\ncolour = 1").unwrap_err();
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(20), "{e}");
+        // Missing algorithm: the table is named.
+        let e = with("").unwrap_err();
+        assert!(e.message.contains("algorithm"), "{e}");
+        assert!(e.position.is_some(), "{e}");
+        // Plaintext token URL: refused unless the lab switch is set.
+        let text = format!(
+            "{MINIMAL}\n[uplink.oauth2]\ntoken_url = \"http://auth.example/token\"\nclient_id = \"gw-1\"\nkey_file = \"k\"\nalgorithm = \"ES384\"\n"
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.position, Some((16, 13)), "{e}");
+        assert!(e.message.contains("uplink.oauth2.token_url"), "{e}");
+        assert!(e.message.contains("plaintext"), "{e}");
+        let text = text.replace("[uplink]\n", "[uplink]\nallow_insecure_http = true\n");
+        assert!(load(&text).is_ok());
     }
 
     #[test]

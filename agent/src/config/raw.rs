@@ -72,6 +72,20 @@ pub(super) struct RawUplink {
     pub(super) upload_windows: Option<Vec<Spanned<String>>>,
     pub(super) daily_byte_budget: Option<Spanned<i64>>,
     pub(super) write_mode: Option<Spanned<String>>,
+    /// `[uplink.oauth2]`.
+    pub(super) oauth2: Option<RawOAuth2>,
+}
+
+/// `[uplink.oauth2]`: SMART Backend Services client credentials.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOAuth2 {
+    pub(super) token_url: Spanned<String>,
+    pub(super) client_id: Spanned<String>,
+    pub(super) key_file: Spanned<String>,
+    pub(super) algorithm: Spanned<String>,
+    pub(super) key_id: Option<Spanned<String>>,
+    pub(super) scope: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -412,9 +412,14 @@ impl Validator<'_> {
                 ))
             }
         };
+        let oauth2 = match &u.oauth2 {
+            None => None,
+            Some(o) => Some(self.oauth2(o, u.allow_insecure_http)?),
+        };
         Ok(UplinkConfig {
             fhir_base: base,
             write_mode,
+            oauth2,
             metering: crate::uplink::metering::Metering {
                 windows,
                 daily_byte_budget,
@@ -430,6 +435,79 @@ impl Validator<'_> {
             backoff_max: Duration::from_secs(max.unsigned_abs()),
             pause_initial: Duration::from_secs(pause_initial.unsigned_abs()),
             pause_max: Duration::from_secs(pause_max.unsigned_abs()),
+        })
+    }
+
+    /// `[uplink.oauth2]`.
+    fn oauth2(
+        &self,
+        o: &RawOAuth2,
+        allow_insecure_http: bool,
+    ) -> R<crate::uplink::oauth::OAuth2Config> {
+        use crate::uplink::oauth::{JwsAlgorithm, OAuth2Config, DEFAULT_SCOPE};
+        let url = url::Url::parse(o.token_url.get_ref()).map_err(|e| {
+            self.err(
+                o.token_url.span(),
+                format!("uplink.oauth2.token_url: expected an absolute https:// URL ({e})"),
+            )
+        })?;
+        match url.scheme() {
+            "https" => {}
+            "http" if allow_insecure_http => {}
+            "http" => {
+                return Err(self.err(
+                    o.token_url.span(),
+                    "uplink.oauth2.token_url: plaintext http:// is refused (the client assertion and the token would travel in clear); use https:// (or set uplink.allow_insecure_http = true for a lab setup)",
+                ))
+            }
+            other => {
+                return Err(self.err(
+                    o.token_url.span(),
+                    format!("uplink.oauth2.token_url: expected an https:// URL, found scheme \"{other}\""),
+                ))
+            }
+        }
+        if url.host_str().is_none() || url.fragment().is_some() {
+            return Err(self.err(
+                o.token_url.span(),
+                "uplink.oauth2.token_url: expected a URL with a host and no fragment",
+            ));
+        }
+        let text = |s: &Spanned<String>, key: &str| -> R<String> {
+            let v = s.get_ref().trim();
+            if v.is_empty() || v.chars().any(char::is_control) {
+                return Err(self.err(
+                    s.span(),
+                    format!("{key}: expected a non-empty value without control characters"),
+                ));
+            }
+            Ok(v.to_owned())
+        };
+        let client_id = text(&o.client_id, "uplink.oauth2.client_id")?;
+        let algorithm = JwsAlgorithm::parse(o.algorithm.get_ref()).ok_or_else(|| {
+            self.err(
+                o.algorithm.span(),
+                format!(
+                    "uplink.oauth2.algorithm: expected \"ES384\" or \"RS384\", found {:?}",
+                    o.algorithm.get_ref()
+                ),
+            )
+        })?;
+        let key_id = match &o.key_id {
+            None => None,
+            Some(k) => Some(text(k, "uplink.oauth2.key_id")?),
+        };
+        let scope = match &o.scope {
+            None => DEFAULT_SCOPE.to_owned(),
+            Some(s) => text(s, "uplink.oauth2.scope")?,
+        };
+        Ok(OAuth2Config {
+            token_url: url,
+            client_id,
+            key_file: self.path_value(&o.key_file, "uplink.oauth2.key_file")?,
+            algorithm,
+            key_id,
+            scope,
         })
     }
 

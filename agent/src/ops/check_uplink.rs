@@ -10,6 +10,7 @@
 //! | FHIR version | the CapabilityStatement's `fhirVersion` is 4.0.x (R4) |
 //! | transaction | a `rest` entry with mode `server` lists the `transaction` interaction |
 //! | Observation, Device | the resources we send: interaction `create` and `conditionalCreate: true` (the uploader's idempotency rests on conditional create) |
+//! | OAuth token | with `[uplink.oauth2]` only: a token request to `token_url` with a fresh signed client assertion, through the uplink's own HTTP client ([`UplinkClient::check_token`]); the token is not used, nothing is posted to the FHIR server |
 //!
 //! A TLS refusal is a typed [`SendError`] ([`TlsProblem`] from the `rustls::Error`), printed with
 //! its fix. The report uses `doctor`'s ✓/✗ lines; exit 0 only when nothing is ✗. `doctor`'s
@@ -436,7 +437,45 @@ pub async fn run(cfg: &Config, now: DateTime<Utc>) -> Vec<Check> {
         .position(|c| !c.name.starts_with("TLS") && !c.name.starts_with("server certificate"))
         .unwrap_or(out.len());
     out.insert(at, cert);
+    if let Some(o) = &cfg.uplink.oauth2 {
+        out.insert(at + 1, oauth_check(&u, o).await);
+    }
     out
+}
+
+/// The `OAuth token` line: asks `o.token_url` for a token exactly as the uploader would (the
+/// same TLS configuration, a fresh signed assertion). Posts nothing to the FHIR server.
+pub async fn oauth_check(u: &UplinkTls, o: &crate::uplink::oauth::OAuth2Config) -> Check {
+    const NAME: &str = "OAuth token";
+    let client = match UplinkClient::new(u).and_then(|c| c.with_oauth2(Some(o))) {
+        Ok(c) => c,
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                e.to_string(),
+                "uplink.oauth2.key_file must be a PEM private key (PKCS#8, mode 0600) of the type uplink.oauth2.algorithm names, and token_url https://",
+            )
+        }
+    };
+    match client.check_token().await {
+        Ok(Some(lifetime)) => Check::pass(
+            NAME,
+            format!(
+                "{}: bearer token granted for {} s (client_id {}, {} assertion, scope \"{}\")",
+                o.token_url,
+                lifetime.as_secs(),
+                o.client_id,
+                o.algorithm.name(),
+                o.scope
+            ),
+        ),
+        Ok(None) => Check::fail(
+            NAME,
+            "not configured",
+            "report this: the check itself failed",
+        ),
+        Err(e) => send_failure(NAME, &o.token_url, &e),
+    }
 }
 
 /// Pure: `doctor`'s one uplink line from the uplink checks: ✓ with the negotiated parameters

@@ -68,6 +68,8 @@ pub enum UplinkError {
     Insecure(String),
     #[error("HTTP client setup: {0}")]
     Client(String),
+    #[error("OAuth setup: {0}")]
+    OAuth(#[from] super::oauth::OAuthSetupError),
 }
 
 /// Why an exchange with the FHIR server produced no HTTP answer. No PHI: host names, statuses,
@@ -103,6 +105,11 @@ pub enum SendError {
     /// go to a URL the configuration does not name.
     #[error("the FHIR server answered with a redirect (HTTP {status}), which is never followed")]
     Redirected { status: u16 },
+    /// No access token for the FHIR server (`[uplink.oauth2]`): the token endpoint refused the
+    /// gateway's credentials, gave an unusable answer, or could not be reached. Nothing was
+    /// sent to the FHIR server.
+    #[error("{0}")]
+    Token(#[from] super::oauth::TokenProblem),
     /// Anything else (the error chain, for the log).
     #[error("request to the FHIR server failed: {0}")]
     Other(String),
@@ -154,8 +161,15 @@ impl SendError {
             SendError::ResponseTooLarge => "response_too_large",
             SendError::ResponseTooDeep => "response_too_deep",
             SendError::Redirected { .. } => "redirected",
+            SendError::Token(p) => p.class(),
             SendError::Other(_) => "other",
         }
+    }
+
+    /// Whether this failure pauses uploads server-wide (a technician must act) instead of
+    /// being retried: the OAuth token endpoint refused the credentials or answered nonsense.
+    pub fn pauses_uploads(&self) -> bool {
+        matches!(self, SendError::Token(p) if p.pauses_uploads())
     }
 
     /// Where a technician should look.
@@ -182,6 +196,7 @@ impl SendError {
             SendError::Redirected { .. } => {
                 "set uplink.fhir_base to the final URL of the FHIR base (scheme, host, path); redirects are not followed"
             }
+            SendError::Token(p) => p.hint(),
             SendError::Other(_) => "see the error for details",
         }
     }
@@ -302,6 +317,8 @@ pub struct UplinkClient {
     timeout: Duration,
     gzip: AtomicBool,
     body_bytes_sent: AtomicU64,
+    /// `[uplink.oauth2]`: each Bundle carries `Authorization: Bearer <token>` from here.
+    oauth: Option<super::oauth::TokenSource>,
 }
 
 /// The rustls client configuration the uplink uses: [`client_config`] with the client
@@ -413,7 +430,50 @@ impl UplinkClient {
             timeout: cfg.timeout,
             gzip: AtomicBool::new(true),
             body_bytes_sent: AtomicU64::new(0),
+            oauth: None,
         })
+    }
+
+    /// With `[uplink.oauth2]`: loads the assertion key; every Bundle then carries a bearer
+    /// token (fetched through this client's own TLS configuration, cached until shortly before
+    /// it expires). `None`: the client certificate alone authenticates.
+    ///
+    /// # Errors
+    ///
+    /// [`UplinkError::OAuth`] naming the key file; [`UplinkError::Insecure`] for an
+    /// `http://` token URL without `allow_insecure_http`.
+    pub fn with_oauth2(
+        mut self,
+        cfg: Option<&super::oauth::OAuth2Config>,
+    ) -> Result<Self, UplinkError> {
+        let Some(cfg) = cfg else {
+            self.oauth = None;
+            return Ok(self);
+        };
+        if cfg.token_url.scheme() != "https" && !self.cfg.allow_insecure_http {
+            return Err(UplinkError::Insecure(cfg.token_url.to_string()));
+        }
+        self.oauth = Some(super::oauth::TokenSource::new(cfg)?);
+        Ok(self)
+    }
+
+    /// Whether Bundles carry an OAuth bearer token.
+    pub fn uses_oauth2(&self) -> bool {
+        self.oauth.is_some()
+    }
+
+    /// Fetches a new access token now, bypassing the cache, and posts nothing to the FHIR
+    /// server (`check-uplink`). Returns the token's lifetime.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Token`]; `Ok(None)` when OAuth is not configured.
+    pub async fn check_token(&self) -> Result<Option<Duration>, SendError> {
+        let Some(oauth) = &self.oauth else {
+            return Ok(None);
+        };
+        let grant = oauth.fetch(&self.http(), self.timeout).await?;
+        Ok(Some(grant.lifetime))
     }
 
     /// The HTTP client in use (a cheap handle).
@@ -479,11 +539,37 @@ impl UplinkClient {
     /// # Errors
     ///
     /// A classified [`SendError`].
+    ///
+    /// With `[uplink.oauth2]` the request carries a bearer token. A 401 answer invalidates it:
+    /// a new token is fetched and the Bundle is sent once more; a second 401 is returned as it
+    /// is (the uploader pauses). No token from the endpoint is [`SendError::Token`], and
+    /// nothing goes to the FHIR server.
     pub async fn send_bundle(&self, bundle: &serde_json::Value) -> Result<RawResponse, SendError> {
         self.reload_if_changed();
         let plain = serde_json::to_vec(bundle).map_err(|e| SendError::Other(e.to_string()))?;
+        let Some(oauth) = &self.oauth else {
+            return self.send_plain_or_gzip(&plain, None).await;
+        };
+        let token = oauth.token(&self.http(), self.timeout).await?;
+        let resp = self.send_plain_or_gzip(&plain, Some(&token)).await?;
+        if resp.status != 401 {
+            return Ok(resp);
+        }
+        // The token was revoked or expired early: one new token, one resend (a resend is
+        // harmless: conditional create).
+        oauth.invalidate();
+        let token = oauth.token(&self.http(), self.timeout).await?;
+        self.send_plain_or_gzip(&plain, Some(&token)).await
+    }
+
+    /// The Bundle gzip-compressed unless the server refused that (then plain, at once).
+    async fn send_plain_or_gzip(
+        &self,
+        plain: &[u8],
+        bearer: Option<&str>,
+    ) -> Result<RawResponse, SendError> {
         if self.sends_gzip() {
-            let resp = self.post(gzip(&plain)?, plain.len(), true).await?;
+            let resp = self.post(gzip(plain)?, plain.len(), true, bearer).await?;
             if resp.status != 415 {
                 return Ok(resp);
             }
@@ -493,8 +579,7 @@ impl UplinkClient {
                 UplinkGzipRefused.emit();
             }
         }
-        let n = plain.len();
-        self.post(plain, n, false).await
+        self.post(plain.to_vec(), plain.len(), false, bearer).await
     }
 
     async fn post(
@@ -502,6 +587,7 @@ impl UplinkClient {
         body: Vec<u8>,
         plain_bytes: usize,
         gzip: bool,
+        bearer: Option<&str>,
     ) -> Result<RawResponse, SendError> {
         let classify = |e: reqwest::Error| classify_reqwest_error(&e, &self.base, self.timeout);
         let bytes = body.len();
@@ -512,6 +598,16 @@ impl UplinkClient {
             .header("Accept", "application/fhir+json");
         if gzip {
             request = request.header("Content-Encoding", "gzip");
+        }
+        if let Some(token) = bearer {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    SendError::Token(super::oauth::TokenProblem::BadAnswer(
+                        "access_token is not a valid header value".into(),
+                    ))
+                })?;
+            value.set_sensitive(true);
+            request = request.header(reqwest::header::AUTHORIZATION, value);
         }
         self.body_bytes_sent
             .fetch_add(bytes as u64, Ordering::Relaxed);

@@ -17,6 +17,9 @@
 //! - [`client`]: reqwest on rustls/ring, trusting only the configured CA, presenting the
 //!   gateway's client certificate; no redirects, no proxies from the environment. Reached
 //!   through the `BundleSender` trait; a failed exchange is a `SendError` classified by type.
+//! - [`oauth`]: optional OAuth 2.0 (SMART Backend Services): the signed client assertion, the
+//!   token answer and the cache decision are pure; the token request goes through the client's
+//!   own HTTP client (mutual TLS still applies).
 //! - [`limits`] (pure): what a hostile server's answer may cost (body size, JSON depth,
 //!   redirects, time), and the JSON depth scan run before serde.
 pub mod backoff;
@@ -25,6 +28,7 @@ pub mod client;
 pub mod fhir;
 pub mod limits;
 pub mod metering;
+pub mod oauth;
 pub mod outcome;
 pub mod scheduler;
 

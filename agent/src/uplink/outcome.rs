@@ -7,7 +7,7 @@
 //! | **200**, a `transaction-response` Bundle with the right entry count in which some entries failed | `EntriesFailed`: the readings of the failed entries are suspects (all readings when a Device or the gateway entry failed); nothing is acked |
 //! | 200 with anything else (garbage, wrong entry count); any other 2xx (an empty `202` or `204` confirms nothing) | `Retry` (unconfirmed): never ack what was not confirmed |
 //! | 408, 409, 429, 5xx, 1xx, 3xx | `Retry` (with `Retry-After` as a floor when given) |
-//! | 401 | `Unauthorized` (no token support yet: the uploader pauses) |
+//! | 401 | `Unauthorized` (with `[uplink.oauth2]` the client has already refreshed the token and resent once; the uploader pauses) |
 //! | 403, 404, 405, 406, 415 | `Refused`: server-wide (not authorised, wrong base URL, method or media type); pause, never dead-letter |
 //! | 413 | `Split` |
 //! | 400, 412, 422, any other 4xx | `Reject`: reading-level; bisect, dead-letter a reading rejected alone |

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `Delivered` | pop the batch; reset the backoff and the rejection streak | the same, and end the episode: `Resumed` (status, how long, how many probes) |
 //! | `Retry` (408, 409, 429, 5xx, network, unconfirmed 2xx) | same batch after exponential backoff with jitter, `Retry-After` as a floor: `RetryIn` | same batch at the next probe |
-//! | `Refused` (401, 403, 404, 405, 406, 415) | keep every reading; start an episode: `Paused` (the one alarm), first probe after `pause.initial` | next probe, exponential up to `pause.max` |
+//! | `Refused` (401, 403, 404, 405, 406, 415), `TokenRefused` (the OAuth token endpoint refuses the credentials) | keep every reading; start an episode: `Paused` (the one alarm), first probe after `pause.initial` | next probe, exponential up to `pause.max` |
 //! | `Rejected` (400, 412, 422, other 4xx), `TooLarge` (413) on several readings | bisect: both halves go to the front of the queue | bisect; next probe later |
 //! | `Rejected` on one reading | `DeadLetter` it, count it in the streak; the `rejection_streak_limit`-th in a row starts an episode instead (`Paused`, nothing dead-lettered) | set it aside for this episode (never dead-lettered); next probe later |
 //! | `EntriesFailed` (a 200 naming failed entries) | the suspects and the others go to the front as two batches, the others first | the same; next probe later |
@@ -69,6 +69,9 @@ pub enum Verdict {
     Retry { after: Option<Duration> },
     /// Server-wide refusal: the gateway is not authorised or misconfigured.
     Refused { status: u16 },
+    /// No access token: the OAuth token endpoint refused the gateway's credentials (or
+    /// answered nonsense). Nothing reached the FHIR server; handled like `Refused`.
+    TokenRefused,
     /// Reading-level refusal of the whole Bundle.
     Rejected { status: u16 },
     /// A 200 naming failed entries; `suspects` are positions in the batch.
@@ -88,6 +91,8 @@ pub enum PauseCause {
     Refused { status: u16 },
     /// `rejections` single-reading Bundles in a row were rejected, the last with `last_status`.
     RejectionStreak { rejections: u32, last_status: u16 },
+    /// The OAuth token endpoint refuses the gateway's credentials (`[uplink.oauth2]`).
+    TokenRefused,
 }
 
 impl PauseCause {
@@ -96,6 +101,8 @@ impl PauseCause {
         match self {
             PauseCause::Refused { status } => *status,
             PauseCause::RejectionStreak { last_status, .. } => *last_status,
+            // Not authenticated: what the FHIR server would say without a token.
+            PauseCause::TokenRefused => 401,
         }
     }
 }
@@ -233,6 +240,11 @@ impl<T: Clone> UploadScheduler<T> {
                 self.queue.push_front(front);
                 self.retry_attempt = 0;
                 self.pause_or_probe(now, PauseCause::Refused { status })
+            }
+            Verdict::TokenRefused => {
+                self.queue.push_front(front);
+                self.retry_attempt = 0;
+                self.pause_or_probe(now, PauseCause::TokenRefused)
             }
             Verdict::Rejected { status } => self.rejected(front, status, now),
             Verdict::TooLarge => self.rejected(front, 413, now),

@@ -18,6 +18,9 @@
 //!
 //! # HTTP interface
 //!
+//! `POST /token` is an OAuth token endpoint once [`ServerState::enable_oauth`] turned it on (see
+//! [`oauth`]; it can also require a bearer token on `POST [base]`).
+//!
 //! `GET [base]/metadata` answers an R4 CapabilityStatement ([`capability_statement`]): transaction,
 //! and create with conditional create of Observation and Device, unless
 //! [`ServerState::set_capability`] chose a deficient one. It ignores the fault-injection mode.
@@ -36,6 +39,7 @@
 //! does not block it) and serves the same state. With [`ServerConfig::state_file`] the store is
 //! also loaded from, and written to, a JSON file after each committed transaction.
 
+pub mod oauth;
 pub mod transaction;
 
 use std::net::SocketAddr;
@@ -59,6 +63,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use crate::pki::TestPki;
+pub use oauth::{OAuthConfig, TokenRequest};
 use transaction::{EntryOutcome, Rejection, Store};
 
 /// Largest request body accepted (a 50-entry Bundle is well under 1 MiB).
@@ -258,6 +263,8 @@ struct Inner {
     /// Bytes read from / written to client TCP connections (TLS records, HTTP, everything).
     wire_bytes_in: u64,
     wire_bytes_out: u64,
+    /// The OAuth token endpoint and the bearer check ([`oauth`]).
+    oauth: oauth::OAuthState,
 }
 
 /// Everything the server stores and records, shared by all its connections and kept across
@@ -542,6 +549,16 @@ impl FhirTestServer {
             "https://localhost:{}{}",
             self.addr.port(),
             self.config.base_path
+        )
+    }
+
+    /// `https://localhost:<port>/token`: the OAuth token endpoint (once
+    /// [`ServerState::enable_oauth`] turned it on).
+    pub fn token_url(&self) -> String {
+        format!(
+            "https://localhost:{}{}",
+            self.addr.port(),
+            oauth::TOKEN_PATH
         )
     }
 
@@ -927,6 +944,9 @@ async fn respond(
     recording: &mut Recording,
 ) -> Result<Resp, HangUp> {
     let path = req.uri().path();
+    if path == oauth::TOKEN_PATH {
+        return Ok(oauth::token_endpoint(&ctx.state, req).await);
+    }
     if path.trim_end_matches('/') == format!("{}/metadata", ctx.base_path) {
         if req.method() != Method::GET {
             let mut resp = outcome(
@@ -965,6 +985,9 @@ async fn respond(
         );
         resp.headers_mut()
             .insert("allow", HeaderValue::from_static("POST"));
+        return Ok(resp);
+    }
+    if let Some(resp) = oauth::check_bearer(&ctx.state, &req) {
         return Ok(resp);
     }
     // The body is read before a mode is taken: an upload the client abandons mid-body (its

@@ -1,0 +1,768 @@
+//! Optional OAuth 2.0 for FHIR servers that want an access token in addition to (or instead
+//! of) the client certificate: SMART Backend Services (client credentials grant with a
+//! `private_key_jwt` client assertion, signed ES384 or RS384 with ring).
+//!
+//! Pure parts, unit-tested: the client assertion ([`client_assertion`]: header `alg`, `typ`
+//! `JWT`, `kid`; claims `iss` = `sub` = client id, `aud` = token URL, `exp` at most
+//! [`ASSERTION_LIFETIME`] ahead, `iat`, a random unique `jti`; base64url without padding), the
+//! token request body ([`token_request_body`]), the token endpoint's answer
+//! ([`parse_token_response`]) and the cache decision ([`refresh_margin`], [`CachedToken`]:
+//! `now` is an argument).
+//!
+//! The I/O part, [`TokenSource`], POSTs the form to `token_url` through the uplink's own HTTP
+//! client (the same rustls configuration: mutual TLS still applies; no redirects; timeouts), with
+//! a body cap of [`MAX_TOKEN_ANSWER`]. The token is kept until `min(10 % of its lifetime, 60 s)`
+//! before it expires. Neither the token nor the assertion is ever logged: [`TokenProblem`] holds
+//! statuses, OAuth error codes and short reasons only.
+
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use ring::rand::SecureRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
+
+use super::client::{classify_reqwest_error, SendError};
+use crate::telemetry::{UplinkTokenFetched, UplinkTokenRefused};
+
+/// The client assertion is valid this long (SMART: "no more than five minutes in the future";
+/// a minute less leaves room for a server clock behind the gateway's).
+pub const ASSERTION_LIFETIME: Duration = Duration::from_secs(240);
+
+/// The longest token endpoint answer read (a token response is a few hundred bytes).
+pub const MAX_TOKEN_ANSWER: usize = 64 * 1024;
+
+/// Lifetime assumed when the token endpoint gives no `expires_in` (SMART recommends 300 s).
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
+/// `uplink.oauth2.scope` unless set: SMART v2 scopes for what the uploader creates.
+pub const DEFAULT_SCOPE: &str = "system/Observation.c system/Device.c";
+
+/// The JWS algorithm of the client assertion (`uplink.oauth2.algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwsAlgorithm {
+    /// ECDSA P-384 with SHA-384, the fixed-length (r || s) signature JWS requires.
+    Es384,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    Rs384,
+}
+
+impl JwsAlgorithm {
+    /// `ES384` or `RS384`, as in the JWS header.
+    pub fn name(self) -> &'static str {
+        match self {
+            JwsAlgorithm::Es384 => "ES384",
+            JwsAlgorithm::Rs384 => "RS384",
+        }
+    }
+
+    /// From the config value (exact, upper case as JWS spells it).
+    pub fn parse(s: &str) -> Option<JwsAlgorithm> {
+        match s {
+            "ES384" => Some(JwsAlgorithm::Es384),
+            "RS384" => Some(JwsAlgorithm::Rs384),
+            _ => None,
+        }
+    }
+}
+
+/// `[uplink.oauth2]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2Config {
+    /// The token endpoint (https, or http with `uplink.allow_insecure_http`).
+    pub token_url: url::Url,
+    pub client_id: String,
+    /// PEM private key (PKCS#8; an RSA key may also be PKCS#1), mode 0600.
+    pub key_file: std::path::PathBuf,
+    pub algorithm: JwsAlgorithm,
+    /// The JWT header's `kid`, when the server's registration names keys.
+    pub key_id: Option<String>,
+    pub scope: String,
+}
+
+/// The key that signs client assertions.
+pub enum AssertionKey {
+    Es384(EcdsaKeyPair),
+    Rs384(RsaKeyPair),
+}
+
+impl std::fmt::Debug for AssertionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AssertionKey::Es384(_) => "AssertionKey::Es384(..)",
+            AssertionKey::Rs384(_) => "AssertionKey::Rs384(..)",
+        })
+    }
+}
+
+/// The OAuth key cannot be used (start-up, reload, `check-uplink`).
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthSetupError {
+    #[error("uplink.oauth2.key_file: {0}")]
+    Key(#[from] crate::tls::TlsSetupError),
+    #[error("uplink.oauth2.key_file {path}: not a {alg} private key ({reason})")]
+    WrongKey {
+        path: std::path::PathBuf,
+        alg: &'static str,
+        reason: String,
+    },
+}
+
+impl AssertionKey {
+    /// Reads the PEM key at `path` (refused when group or others may read it, like the client
+    /// key) for `alg`.
+    ///
+    /// # Errors
+    ///
+    /// [`OAuthSetupError`] naming the file.
+    pub fn load(path: &Path, alg: JwsAlgorithm) -> Result<AssertionKey, OAuthSetupError> {
+        use rustls::pki_types::PrivateKeyDer;
+        let key = crate::tls::load_key(path)?;
+        let wrong = |reason: String| OAuthSetupError::WrongKey {
+            path: path.to_path_buf(),
+            alg: alg.name(),
+            reason,
+        };
+        match (alg, &key) {
+            (_, PrivateKeyDer::Pkcs8(der)) => {
+                AssertionKey::from_pkcs8(alg, der.secret_pkcs8_der()).map_err(wrong)
+            }
+            (JwsAlgorithm::Rs384, PrivateKeyDer::Pkcs1(der)) => {
+                RsaKeyPair::from_der(der.secret_pkcs1_der())
+                    .map(AssertionKey::Rs384)
+                    .map_err(|e| wrong(e.to_string()))
+            }
+            _ => Err(wrong(
+                "expected a PKCS#8 PEM key (BEGIN PRIVATE KEY); convert it with `openssl pkcs8 -topk8 -nocrypt`".into(),
+            )),
+        }
+    }
+
+    /// From PKCS#8 DER.
+    ///
+    /// # Errors
+    ///
+    /// Why ring refused the key (wrong type or curve, too short an RSA key...).
+    pub fn from_pkcs8(alg: JwsAlgorithm, der: &[u8]) -> Result<AssertionKey, String> {
+        match alg {
+            JwsAlgorithm::Es384 => EcdsaKeyPair::from_pkcs8(
+                &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                der,
+                &ring::rand::SystemRandom::new(),
+            )
+            .map(AssertionKey::Es384)
+            .map_err(|e| e.to_string()),
+            JwsAlgorithm::Rs384 => RsaKeyPair::from_pkcs8(der)
+                .map(AssertionKey::Rs384)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn algorithm(&self) -> JwsAlgorithm {
+        match self {
+            AssertionKey::Es384(_) => JwsAlgorithm::Es384,
+            AssertionKey::Rs384(_) => JwsAlgorithm::Rs384,
+        }
+    }
+
+    /// The public key as ring verifies it (an uncompressed P-384 point, or a DER RSAPublicKey).
+    pub fn public_key(&self) -> Vec<u8> {
+        match self {
+            AssertionKey::Es384(k) => k.public_key().as_ref().to_vec(),
+            AssertionKey::Rs384(k) => k.public_key().as_ref().to_vec(),
+        }
+    }
+
+    fn sign(&self, rng: &dyn SecureRandom, message: &[u8]) -> Result<Vec<u8>, TokenProblem> {
+        match self {
+            AssertionKey::Es384(k) => k
+                .sign(rng, message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| TokenProblem::Signing),
+            AssertionKey::Rs384(k) => {
+                let mut sig = vec![0; k.public().modulus_len()];
+                k.sign(&signature::RSA_PKCS1_SHA384, rng, message, &mut sig)
+                    .map_err(|_| TokenProblem::Signing)?;
+                Ok(sig)
+            }
+        }
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A fresh `jti`: 128 random bits, hex.
+///
+/// # Errors
+///
+/// [`TokenProblem::Signing`] if the system's random source fails.
+pub fn new_jti(rng: &dyn SecureRandom) -> Result<String, TokenProblem> {
+    let mut bytes = [0u8; 16];
+    rng.fill(&mut bytes).map_err(|_| TokenProblem::Signing)?;
+    Ok(hex::encode(bytes))
+}
+
+/// The signed client assertion (a compact JWS) of SMART Backend Services, at `now_unix`
+/// (seconds since the epoch).
+///
+/// # Errors
+///
+/// [`TokenProblem::Signing`] if ring cannot sign (its random source failed).
+pub fn client_assertion(
+    key: &AssertionKey,
+    key_id: Option<&str>,
+    client_id: &str,
+    token_url: &str,
+    now_unix: i64,
+    jti: &str,
+    rng: &dyn SecureRandom,
+) -> Result<String, TokenProblem> {
+    let mut header = serde_json::json!({"alg": key.algorithm().name(), "typ": "JWT"});
+    if let Some(kid) = key_id {
+        header["kid"] = kid.into();
+    }
+    let exp = now_unix.saturating_add(ASSERTION_LIFETIME.as_secs() as i64);
+    let claims = serde_json::json!({
+        "iss": client_id,
+        "sub": client_id,
+        "aud": token_url,
+        "exp": exp,
+        "iat": now_unix,
+        "jti": jti,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let sig = key.sign(rng, signing_input.as_bytes())?;
+    Ok(format!("{signing_input}.{}", b64url(&sig)))
+}
+
+/// The form body of the client credentials request (`application/x-www-form-urlencoded`).
+pub fn token_request_body(scope: &str, assertion: &str) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("scope", scope)
+        .append_pair(
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        )
+        .append_pair("client_assertion", assertion)
+        .finish()
+}
+
+/// An access token as the endpoint granted it. `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub access_token: String,
+    pub lifetime: Duration,
+}
+
+impl std::fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenGrant")
+            .field("access_token", &"<redacted>")
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}
+
+/// Why no token was obtained. No secrets: statuses, OAuth error codes, short reasons.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenProblem {
+    /// The endpoint refused the request (400/401 with an OAuth error such as `invalid_client`,
+    /// or another 4xx): the credentials or the registration are wrong. Pauses uploads.
+    #[error("the OAuth token endpoint refused the gateway's credentials (HTTP {status}{})", if error.is_empty() { String::new() } else { format!(", {error}") })]
+    Refused { status: u16, error: String },
+    /// 408, 429 or 5xx: the endpoint is temporarily unavailable. Retried.
+    #[error("the OAuth token endpoint is unavailable (HTTP {status})")]
+    Unavailable { status: u16 },
+    /// A 200 that is not a usable bearer token response. Pauses uploads.
+    #[error("the OAuth token endpoint's answer is not a usable bearer token: {0}")]
+    BadAnswer(String),
+    /// No answer from the token endpoint (DNS, TLS, timeout...). Retried.
+    #[error("the OAuth token endpoint could not be reached: {0}")]
+    Unreachable(Box<SendError>),
+    /// ring could not sign the assertion (its random source failed). Retried.
+    #[error("the client assertion could not be signed")]
+    Signing,
+}
+
+impl TokenProblem {
+    /// Whether this pauses uploads (a technician must act) rather than being retried.
+    pub fn pauses_uploads(&self) -> bool {
+        matches!(
+            self,
+            TokenProblem::Refused { .. } | TokenProblem::BadAnswer(_)
+        )
+    }
+
+    pub fn class(&self) -> &'static str {
+        match self {
+            TokenProblem::Refused { .. } => "token_refused",
+            TokenProblem::Unavailable { .. } => "token_unavailable",
+            TokenProblem::BadAnswer(_) => "token_bad_answer",
+            TokenProblem::Unreachable(_) => "token_unreachable",
+            TokenProblem::Signing => "token_signing",
+        }
+    }
+
+    pub fn hint(&self) -> &'static str {
+        match self {
+            TokenProblem::Refused { .. } => {
+                "check uplink.oauth2.client_id, key_file, algorithm and key_id against the gateway's registration on the authorization server (it must hold this key's public key), uplink.oauth2.scope, and the gateway's clock (NTP): the assertion is valid for 4 minutes"
+            }
+            TokenProblem::Unavailable { .. } => {
+                "the authorization server is overloaded or down: it is retried; check with its operators if it lasts"
+            }
+            TokenProblem::BadAnswer(_) => {
+                "check that uplink.oauth2.token_url is the server's token endpoint (SMART configuration's token_endpoint)"
+            }
+            TokenProblem::Unreachable(inner) => inner.hint(),
+            TokenProblem::Signing => "the system's random source failed: check the gateway",
+        }
+    }
+}
+
+/// Reads the token endpoint's answer (`status`, `body`).
+///
+/// # Errors
+///
+/// A [`TokenProblem`] when it grants no usable bearer token.
+pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenGrant, TokenProblem> {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    match status {
+        200 => {}
+        408 | 429 | 500..=599 => return Err(TokenProblem::Unavailable { status }),
+        _ => {
+            let error = json
+                .as_ref()
+                .and_then(|j| j["error"].as_str())
+                .map(|e| e.chars().take(64).collect())
+                .unwrap_or_default();
+            return Err(TokenProblem::Refused { status, error });
+        }
+    }
+    let json = json.ok_or_else(|| TokenProblem::BadAnswer("not JSON".into()))?;
+    let token = json["access_token"]
+        .as_str()
+        .ok_or_else(|| TokenProblem::BadAnswer("no access_token".into()))?;
+    // RFC 6750 b64token: it goes into an HTTP header as is.
+    let header_safe = !token.is_empty()
+        && token.len() <= 8192
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+    if !header_safe {
+        return Err(TokenProblem::BadAnswer(
+            "access_token is not a bearer token (RFC 6750 characters)".into(),
+        ));
+    }
+    match json["token_type"].as_str() {
+        Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(_) => return Err(TokenProblem::BadAnswer("token_type is not bearer".into())),
+        None => return Err(TokenProblem::BadAnswer("no token_type".into())),
+    }
+    let lifetime = match &json["expires_in"] {
+        serde_json::Value::Null => DEFAULT_TOKEN_LIFETIME,
+        v => match v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        {
+            Some(secs) if secs > 0 => Duration::from_secs(secs.min(86_400)),
+            _ => {
+                return Err(TokenProblem::BadAnswer(
+                    "expires_in is not a positive number of seconds".into(),
+                ))
+            }
+        },
+    };
+    Ok(TokenGrant {
+        access_token: token.to_owned(),
+        lifetime,
+    })
+}
+
+/// How long before it expires a token is replaced: 10 % of its lifetime, at most 60 s.
+pub fn refresh_margin(lifetime: Duration) -> Duration {
+    (lifetime / 10).min(Duration::from_secs(60))
+}
+
+/// A token in the cache: usable until `refresh_at`.
+#[derive(Clone)]
+pub struct CachedToken {
+    access_token: String,
+    refresh_at: Instant,
+}
+
+impl CachedToken {
+    /// `grant`, requested at `requested_at` (its lifetime counts from the request, not the
+    /// answer: the conservative end).
+    pub fn new(grant: TokenGrant, requested_at: Instant) -> CachedToken {
+        let keep = grant
+            .lifetime
+            .saturating_sub(refresh_margin(grant.lifetime));
+        CachedToken {
+            access_token: grant.access_token,
+            refresh_at: requested_at + keep,
+        }
+    }
+
+    /// The token, if it may still be used at `now`.
+    pub fn usable_at(&self, now: Instant) -> Option<&str> {
+        (now < self.refresh_at).then_some(self.access_token.as_str())
+    }
+}
+
+/// Where the uplink gets its access tokens: the configuration, the signing key and the cache.
+pub struct TokenSource {
+    cfg: OAuth2Config,
+    key: AssertionKey,
+    rng: ring::rand::SystemRandom,
+    cached: Mutex<Option<CachedToken>>,
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource")
+            .field("token_url", &self.cfg.token_url.as_str())
+            .field("client_id", &self.cfg.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSource {
+    /// Loads the key of `cfg`.
+    ///
+    /// # Errors
+    ///
+    /// [`OAuthSetupError`] naming the key file.
+    pub fn new(cfg: &OAuth2Config) -> Result<TokenSource, OAuthSetupError> {
+        let key = AssertionKey::load(&cfg.key_file, cfg.algorithm)?;
+        Ok(TokenSource {
+            cfg: cfg.clone(),
+            key,
+            rng: ring::rand::SystemRandom::new(),
+            cached: Mutex::new(None),
+        })
+    }
+
+    pub fn token_url(&self) -> &url::Url {
+        &self.cfg.token_url
+    }
+
+    /// Forgets the cached token (the FHIR server answered 401 to it).
+    pub fn invalidate(&self) {
+        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The cached token if still usable, else a new one from the endpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Token`].
+    pub async fn token(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<String, SendError> {
+        let now = Instant::now();
+        if let Some(t) = self
+            .cached
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|c| c.usable_at(now))
+        {
+            return Ok(t.to_owned());
+        }
+        let grant = match self.fetch(http, timeout).await {
+            Ok(g) => g,
+            Err(problem) => {
+                UplinkTokenRefused { problem: &problem }.emit();
+                return Err(SendError::Token(problem));
+            }
+        };
+        UplinkTokenFetched {
+            lifetime_secs: grant.lifetime.as_secs(),
+        }
+        .emit();
+        let cached = CachedToken::new(grant, now);
+        let token = cached.access_token.clone();
+        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = Some(cached);
+        Ok(token)
+    }
+
+    /// One token request (no cache).
+    ///
+    /// # Errors
+    ///
+    /// A [`TokenProblem`].
+    pub async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<TokenGrant, TokenProblem> {
+        // The edge: the assertion's `iat`/`exp` are wall-clock times.
+        #[allow(clippy::disallowed_methods)]
+        let now = chrono::Utc::now().timestamp();
+        let jti = new_jti(&self.rng)?;
+        let assertion = client_assertion(
+            &self.key,
+            self.cfg.key_id.as_deref(),
+            &self.cfg.client_id,
+            self.cfg.token_url.as_str(),
+            now,
+            &jti,
+            &self.rng,
+        )?;
+        let url = &self.cfg.token_url;
+        let unreachable = |e: SendError| TokenProblem::Unreachable(Box::new(e));
+        let classify = |e: reqwest::Error| unreachable(classify_reqwest_error(&e, url, timeout));
+        let mut resp = http
+            .post(url.clone())
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Accept", "application/json")
+            .body(token_request_body(&self.cfg.scope, &assertion))
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            return Err(unreachable(SendError::Redirected { status }));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_TOKEN_ANSWER as u64)
+        {
+            return Err(TokenProblem::BadAnswer("answer too large".into()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+            if body.len() + chunk.len() > MAX_TOKEN_ANSWER {
+                return Err(TokenProblem::BadAnswer("answer too large".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        parse_token_response(status, &body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn es384() -> AssertionKey {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, &rng)
+            .unwrap();
+        AssertionKey::from_pkcs8(JwsAlgorithm::Es384, pkcs8.as_ref()).unwrap()
+    }
+
+    fn rs384() -> AssertionKey {
+        let pem = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/data/oauth/rsa-test-key.pem"
+        ))
+        .unwrap();
+        let key = rustls_pemfile::private_key(&mut pem.as_slice())
+            .unwrap()
+            .unwrap();
+        let rustls::pki_types::PrivateKeyDer::Pkcs8(der) = key else {
+            panic!("PKCS#8 expected")
+        };
+        AssertionKey::from_pkcs8(JwsAlgorithm::Rs384, der.secret_pkcs8_der()).unwrap()
+    }
+
+    fn decode(part: &str) -> Vec<u8> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap()
+    }
+
+    /// Splits a compact JWS, checks its signature with ring's verification and returns the
+    /// header and the claims.
+    fn verify(jwt: &str, key: &AssertionKey) -> (Value, Value) {
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3, "{jwt}");
+        assert!(!jwt.contains('='), "no padding");
+        let alg: &dyn signature::VerificationAlgorithm = match key.algorithm() {
+            JwsAlgorithm::Es384 => &signature::ECDSA_P384_SHA384_FIXED,
+            JwsAlgorithm::Rs384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        };
+        let message = format!("{}.{}", parts[0], parts[1]);
+        signature::UnparsedPublicKey::new(alg, key.public_key())
+            .verify(message.as_bytes(), &decode(parts[2]))
+            .expect("the signature verifies with the public key");
+        (
+            serde_json::from_slice(&decode(parts[0])).unwrap(),
+            serde_json::from_slice(&decode(parts[1])).unwrap(),
+        )
+    }
+
+    #[test]
+    fn es384_and_rs384_assertions_verify_and_carry_the_smart_claims() {
+        let rng = ring::rand::SystemRandom::new();
+        for (key, kid) in [(es384(), Some("gw-key-1")), (rs384(), None)] {
+            let url = "https://auth.example/token";
+            let jwt = client_assertion(&key, kid, "gw-7", url, 1_700_000_000, "j-1", &rng).unwrap();
+            let (header, claims) = verify(&jwt, &key);
+            assert_eq!(header["alg"], key.algorithm().name());
+            assert_eq!(header["typ"], "JWT");
+            match kid {
+                Some(k) => assert_eq!(header["kid"], k),
+                None => assert!(header.get("kid").is_none()),
+            }
+            assert_eq!(claims["iss"], "gw-7");
+            assert_eq!(claims["sub"], "gw-7");
+            assert_eq!(claims["aud"], url);
+            assert_eq!(claims["jti"], "j-1");
+            assert_eq!(claims["iat"].as_i64(), Some(1_700_000_000));
+            let exp = claims["exp"].as_i64().unwrap();
+            assert!(exp > 1_700_000_000 && exp <= 1_700_000_300, "{exp}");
+        }
+        // ES384 signatures are the fixed 96-byte r||s, not DER.
+        let key = es384();
+        let jwt = client_assertion(&key, None, "c", "https://a/t", 0, "j", &rng).unwrap();
+        assert_eq!(decode(jwt.rsplit('.').next().unwrap()).len(), 96);
+        // A tampered claim no longer verifies.
+        let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+        parts[1] = b64url(br#"{"iss":"other"}"#);
+        let message = format!("{}.{}", parts[0], parts[1]);
+        assert!(signature::UnparsedPublicKey::new(
+            &signature::ECDSA_P384_SHA384_FIXED,
+            key.public_key()
+        )
+        .verify(message.as_bytes(), &decode(&parts[2]))
+        .is_err());
+    }
+
+    #[test]
+    fn jtis_are_random_and_unique() {
+        let rng = ring::rand::SystemRandom::new();
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| new_jti(&rng).unwrap()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|j| j.len() == 32));
+    }
+
+    #[test]
+    fn the_request_body_is_the_client_credentials_form() {
+        let body = token_request_body("system/Observation.c system/Device.c", "a.b.c");
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("grant_type", "client_credentials"),
+                ("scope", "system/Observation.c system/Device.c"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+                ),
+                ("client_assertion", "a.b.c"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+    }
+
+    #[test]
+    fn token_answers_are_parsed_strictly() {
+        let ok = parse_token_response(
+            200,
+            br#"{"access_token":"abc-123","token_type":"Bearer","expires_in":300,"scope":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.access_token, "abc-123");
+        assert_eq!(ok.lifetime, Duration::from_secs(300));
+        assert!(!format!("{ok:?}").contains("abc-123"), "Debug hides it");
+        let no_expiry =
+            parse_token_response(200, br#"{"access_token":"t","token_type":"bearer"}"#).unwrap();
+        assert_eq!(no_expiry.lifetime, DEFAULT_TOKEN_LIFETIME);
+
+        let refused = parse_token_response(
+            400,
+            br#"{"error":"invalid_client","error_description":"bad sig"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&refused, TokenProblem::Refused { status: 400, error } if error == "invalid_client"),
+            "{refused:?}"
+        );
+        assert!(refused.pauses_uploads());
+        assert!(refused.to_string().contains("invalid_client"));
+        let down = parse_token_response(503, b"").unwrap_err();
+        assert!(matches!(down, TokenProblem::Unavailable { status: 503 }));
+        assert!(!down.pauses_uploads());
+        for bad in [
+            &b"<html>"[..],
+            br#"{"token_type":"bearer"}"#,
+            br#"{"access_token":"t","token_type":"mac"}"#,
+            br#"{"access_token":"t"}"#,
+            br#"{"access_token":"a b\r\nX-Evil: 1","token_type":"bearer"}"#,
+            br#"{"access_token":"t","token_type":"bearer","expires_in":0}"#,
+            br#"{"access_token":"t","token_type":"bearer","expires_in":-5}"#,
+        ] {
+            let e = parse_token_response(200, bad).unwrap_err();
+            assert!(matches!(e, TokenProblem::BadAnswer(_)), "{e:?}");
+            assert!(e.pauses_uploads());
+        }
+    }
+
+    #[test]
+    fn a_token_is_replaced_ten_percent_or_at_most_a_minute_before_it_expires() {
+        assert_eq!(
+            refresh_margin(Duration::from_secs(300)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(5)),
+            Duration::from_millis(500)
+        );
+        let t0 = Instant::now();
+        let grant = |secs| TokenGrant {
+            access_token: "t".into(),
+            lifetime: Duration::from_secs(secs),
+        };
+        let c = CachedToken::new(grant(300), t0);
+        assert_eq!(c.usable_at(t0), Some("t"));
+        assert_eq!(c.usable_at(t0 + Duration::from_secs(269)), Some("t"));
+        assert_eq!(c.usable_at(t0 + Duration::from_secs(270)), None);
+        let c = CachedToken::new(grant(3600), t0);
+        assert!(c.usable_at(t0 + Duration::from_secs(3539)).is_some());
+        assert!(c.usable_at(t0 + Duration::from_secs(3540)).is_none());
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_or_mode_is_refused_naming_the_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, &rng)
+            .unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
+        );
+        let path = dir.path().join("oauth.key");
+        std::fs::write(&path, pem).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = AssertionKey::load(&path, JwsAlgorithm::Es384).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(AssertionKey::load(&path, JwsAlgorithm::Es384).is_ok());
+        let e = AssertionKey::load(&path, JwsAlgorithm::Rs384).unwrap_err();
+        assert!(e.to_string().contains("not a RS384 private key"), "{e}");
+        assert!(e.to_string().contains("oauth.key"), "{e}");
+    }
+}
