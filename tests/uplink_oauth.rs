@@ -237,6 +237,17 @@ async fn a_refusing_token_endpoint_pauses_uploads_keeps_readings_and_they_go_onc
         "{text}"
     );
     assert!(text.contains("uplink.oauth2.client_id"), "the fix: {text}");
+    // doctor's one uplink line names the same refusal.
+    let doctor = h.vitalgate_output(&["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(" uplink ") && !l.contains("certificate"))
+        .unwrap_or_else(|| panic!("no uplink line:\n{text}"));
+    assert!(
+        line.contains("✗") && line.contains("OAuth token") && line.contains("invalid_client"),
+        "{text}"
+    );
 
     let mut agent = h.spawn_agent();
     h.publish(&(0..4).map(|i| bp_point(i, 125, 85)).collect::<Vec<_>>())

@@ -523,12 +523,15 @@ impl<S: BundleSender> Uploader<S> {
                 probes,
             }) => match exchange {
                 // A probe that got no answer at all still says why (a TLS failure needs a
-                // technician as much as the pause does).
-                Exchange::NoAnswer(error) => telemetry::UplinkSendFailed {
-                    error,
-                    retry_in_ms: ms(next_probe_in),
+                // technician as much as the pause does). A refused token is what the pause's
+                // alarm already said: not again.
+                Exchange::NoAnswer(error) if !error.pauses_uploads() => {
+                    telemetry::UplinkSendFailed {
+                        error,
+                        retry_in_ms: ms(next_probe_in),
+                    }
+                    .emit()
                 }
-                .emit(),
                 _ => telemetry::UplinkProbeFailed {
                     probes,
                     next_probe_ms: ms(next_probe_in),
@@ -601,6 +604,11 @@ mod tests {
         /// No answer in time (`SendError::Timeout`, after 10 s) for more than this many
         /// Observations, else `Commit`.
         TimeoutAbove(usize),
+        /// No access token: the OAuth token endpoint refuses the credentials (nothing reaches
+        /// the FHIR server; recorded as status 0).
+        TokenRefused,
+        /// No access token: the token endpoint cannot be reached (status 0).
+        TokenUnreachable,
     }
 
     struct Server {
@@ -661,6 +669,23 @@ mod tests {
         async fn answer(&self, bundle: &Value) -> Result<RawResponse, SendError> {
             let at = Instant::now() - self.start;
             let answer = (self.script)(at);
+            let token_problem = match answer {
+                Answer::TokenRefused => Some(crate::uplink::oauth::TokenProblem::Refused {
+                    status: 400,
+                    error: "invalid_client".into(),
+                }),
+                Answer::TokenUnreachable => Some(crate::uplink::oauth::TokenProblem::Unreachable(
+                    Box::new(SendError::Refused {
+                        host: "auth.example".into(),
+                        port: 443,
+                    }),
+                )),
+                _ => None,
+            };
+            if let Some(problem) = token_problem {
+                self.requests.lock().unwrap().push((at, 0));
+                return Err(SendError::Token(problem));
+            }
             let n = observation_ids(bundle).len();
             self.sizes.lock().unwrap().push(n);
             let answer = match answer {
@@ -700,7 +725,9 @@ mod tests {
                 | Answer::FailEntryOf(_)
                 | Answer::Slow(_)
                 | Answer::TooLargeAbove(_)
-                | Answer::TimeoutAbove(_) => {
+                | Answer::TimeoutAbove(_)
+                | Answer::TokenRefused
+                | Answer::TokenUnreachable => {
                     if let Answer::Slow(d) = answer {
                         tokio::time::sleep(d).await;
                     }
@@ -1064,6 +1091,56 @@ mod tests {
         assert!((12..=30).contains(&refused.len()), "{}", refused.len());
         let first_ok = server.requests().iter().find(|(_, s)| *s == 200).unwrap().0;
         assert!(first_ok >= HOUR && first_ok <= HOUR + Duration::from_secs(301));
+    }
+
+    /// `[uplink.oauth2]`: an unreachable token endpoint is retried like the FHIR server (no
+    /// alarm); one that refuses the credentials pauses uploads with its own alarm, once, keeps
+    /// every reading pending (no dead letter), and the readings go once it grants tokens again.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_pauses_with_its_own_alarm_and_an_unreachable_endpoint_is_retried() {
+        let (logs, _guard) = Logs::capture();
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox(&dir, &(0..4).map(reading).collect::<Vec<_>>());
+        let minute = Duration::from_secs(60);
+        let server = Scripted::new(move |at| {
+            if at < minute {
+                Answer::TokenUnreachable
+            } else if at < 30 * minute {
+                Answer::TokenRefused
+            } else {
+                Answer::Commit
+            }
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uploader(&store, &server, 4).run(shutdown.clone()));
+
+        tokio::time::sleep(minute - Duration::from_secs(1)).await;
+        assert_eq!(counts(&store), (4, 0));
+        assert_eq!(logs.count("ALARM"), 0, "unreachable: retried, no alarm");
+        assert_eq!(logs.count("no OAuth access token for the FHIR server"), 1);
+        // Retried with the transient backoff (100 ms doubling to 5 s): many attempts.
+        assert!(server.requests().len() >= 10, "{}", server.requests().len());
+
+        tokio::time::sleep(29 * minute).await;
+        assert_eq!(counts(&store), (4, 0), "all pending, no dead letter");
+        assert_eq!(
+            logs.count("ALARM: the OAuth token endpoint refuses this gateway's credentials"),
+            1,
+            "one alarm per episode"
+        );
+        assert_eq!(logs.count("invalid_client"), 1, "the reason, in the alarm");
+        tokio::time::sleep(Duration::from_secs(400)).await;
+        assert_eq!(counts(&store), (0, 0), "all delivered");
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(logs.count("pause ended"), 1);
+        assert_eq!(logs.count("dead letter"), 0);
+        let mut committed = server.committed();
+        committed.sort();
+        assert_eq!(
+            committed,
+            (0..4).map(|i| format!("obs-{i}")).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -498,11 +498,16 @@ pub fn summary(base: &url::Url, checks: &[Check]) -> Check {
                 .map_or(c.detail.clone(), |(_, d)| d.to_string())
         });
     let tls = tls.split(';').next().unwrap_or("").to_string();
+    let oauth = if checks.iter().any(|c| c.name == "OAuth token") {
+        "; OAuth token granted"
+    } else {
+        ""
+    };
     Check {
         name: "uplink".into(),
         mark: Mark::Pass,
         detail: format!(
-            "{base}: TLS with the client certificate ok ({tls}); metadata: R4, transaction, conditional create for {} (details: vitalgate check-uplink)",
+            "{base}: TLS with the client certificate ok ({tls}); metadata: R4, transaction, conditional create for {}{oauth} (details: vitalgate check-uplink)",
             RESOURCES_SENT.join(", ")
         ),
         fix: None,

@@ -584,13 +584,17 @@ fn cert_check(path: &Path, now: DateTime<Utc>) -> Check {
 
 /// The uplink: the checks of `check-uplink` ([`super::check_uplink::uplink_checks`]: a TLS
 /// handshake with the uplink's own configuration, `GET [base]/metadata` through the daemon's
-/// HTTP client, the CapabilityStatement's transaction and conditional create), as one line
-/// ([`super::check_uplink::summary`]). Posts nothing.
+/// HTTP client, the CapabilityStatement's transaction and conditional create; with
+/// `[uplink.oauth2]` a token request), as one line ([`super::check_uplink::summary`]). Posts
+/// nothing to the FHIR server.
 pub async fn uplink_check(cfg: &Config) -> Check {
     let mut u = crate::uplink::client::UplinkTls::from_config(&cfg.uplink);
     // doctor's own bound on every network check.
     u.timeout = u.timeout.min(NET_TIMEOUT);
-    let checks = super::check_uplink::uplink_checks(&u, cfg.uplink.write_mode, now()).await;
+    let mut checks = super::check_uplink::uplink_checks(&u, cfg.uplink.write_mode, now()).await;
+    if let Some(o) = &cfg.uplink.oauth2 {
+        checks.push(super::check_uplink::oauth_check(&u, o).await);
+    }
     super::check_uplink::summary(&u.fhir_base, &checks)
 }
 
