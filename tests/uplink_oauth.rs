@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use harness::*;
 use ring::signature::KeyPair as _;
-use vitalgate_devkit::fhir_server::OAuthConfig;
+use vitalgate_devkit::fhir_server::{Mode, OAuthConfig};
 
 const CLIENT_ID: &str = "e2e-gw-client";
 
@@ -236,7 +236,10 @@ async fn a_refusing_token_endpoint_pauses_uploads_keeps_readings_and_they_go_onc
         line.contains("✗") && line.contains("invalid_client"),
         "{text}"
     );
-    assert!(text.contains("uplink.oauth2.client_id"), "the fix: {text}");
+    assert!(
+        text.contains("uplink.oauth2.token_url, client_id, key_file"),
+        "the fix: {text}"
+    );
     // doctor's one uplink line names the same refusal.
     let doctor = h.vitalgate_output(&["doctor"]);
     let text = String::from_utf8_lossy(&doctor.stdout);
@@ -294,4 +297,63 @@ async fn a_refusing_token_endpoint_pauses_uploads_keeps_readings_and_they_go_onc
     assert!(check.status.success(), "{text}");
     assert!(text.contains("bearer token granted"), "{text}");
     assert_eq!(fhir_posts(&h), posts);
+}
+
+/// A FHIR server that answers 401 even to a fresh token: one refresh and one resend, then the
+/// second 401 pauses uploads (one alarm, readings pending, no dead letter); delivered once the
+/// server accepts the gateway again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_that_persists_after_one_refresh_pauses_uploads_and_dead_letters_nothing() {
+    let h = Harness::with_uplink_settings(
+        Broker::embedded(),
+        "pause_initial_secs = 5\npause_max_secs = 5",
+    )
+    .await;
+    enable_oauth(&h, "ES384", 3600);
+    h.fhir.set_mode(Mode::Fail {
+        status: 401,
+        retry_after: None,
+    });
+    let mut agent = h.spawn_agent();
+    h.publish(&(0..4).map(|i| bp_point(i, 126, 86)).collect::<Vec<_>>())
+        .await;
+    h.wait_for_log(
+        &agent,
+        "ALARM: the FHIR server refuses this gateway",
+        1,
+        Duration::from_secs(30),
+    );
+    // The first exchange, before the alarm (the first probe comes 5 s later): a token, the
+    // Bundle, one new token, the Bundle once more.
+    let seen: Vec<(bool, u16)> = h
+        .fhir
+        .requests()
+        .iter()
+        .map(|r| (r.path == "/token", r.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [(true, 200), (false, 401), (true, 200), (false, 401)],
+        "{:?}",
+        h.fhir.requests()
+    );
+    h.fhir.set_mode(Mode::Normal);
+    wait_delivered(&h, &agent, 4, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    agent.terminate();
+    let log = agent.stderr();
+    assert_eq!(
+        log.matches("ALARM: the FHIR server refuses this gateway")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("status=401"), "{log}");
+    assert!(!log.contains("dead letter"), "{log}");
+    assert_no_secret_logged(&log);
+    assert_assertions_valid(&h, "ES384");
+    assert_each_once(&h, 4);
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=0"), "{status}");
+    assert!(status.contains("dead_letters=0"), "{status}");
 }

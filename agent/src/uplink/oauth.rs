@@ -314,7 +314,7 @@ impl TokenProblem {
     pub fn hint(&self) -> &'static str {
         match self {
             TokenProblem::Refused { .. } => {
-                "check uplink.oauth2.client_id, key_file, algorithm and key_id against the gateway's registration on the authorization server (it must hold this key's public key), uplink.oauth2.scope, and the gateway's clock (NTP): the assertion is valid for 4 minutes"
+                "check uplink.oauth2.token_url, client_id, key_file, algorithm and key_id against the gateway's registration on the authorization server (it must hold this key's public key), uplink.oauth2.scope, and the gateway's clock (NTP): the assertion is valid for 4 minutes"
             }
             TokenProblem::Unavailable { .. } => {
                 "the authorization server is overloaded or down: it is retried; check with its operators if it lasts"
