@@ -331,3 +331,95 @@ fn judge(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::{EcdsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
+    use vitalgate::uplink::oauth::{
+        client_assertion, token_request_body, AssertionKey, JwsAlgorithm,
+    };
+
+    const AUD: &str = "https://localhost:1/token";
+
+    fn key() -> AssertionKey {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
+        AssertionKey::from_pkcs8(JwsAlgorithm::Es384, pkcs8.as_ref()).unwrap()
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    /// The verdict on a request carrying `assertion`, for a server that registered `registered`.
+    fn verdict(
+        registered: &AssertionKey,
+        assertion: &str,
+        jtis: &HashSet<String>,
+    ) -> Result<(), String> {
+        let config = OAuthConfig {
+            client_id: "gw".into(),
+            keys: vec![("ES384".into(), registered.public_key())],
+            expires_in: 60,
+            require_bearer: true,
+        };
+        let body = token_request_body("system/Observation.c", assertion);
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
+        let (header, claims) = decode(assertion).unwrap_or((Value::Null, Value::Null));
+        judge(&config, &form, assertion, &header, &claims, AUD, jtis)
+    }
+
+    #[test]
+    fn the_token_endpoint_checks_the_signature_and_every_claim() {
+        let rng = ring::rand::SystemRandom::new();
+        let k = key();
+        let none = HashSet::new();
+        let sign = |key: &AssertionKey, client: &str, aud: &str, at: i64, jti: &str| {
+            client_assertion(key, None, client, aud, at, jti, &rng).unwrap()
+        };
+        assert_eq!(
+            verdict(&k, &sign(&k, "gw", AUD, now(), "j1"), &none),
+            Ok(())
+        );
+        // Signed by another key.
+        let e = verdict(&k, &sign(&key(), "gw", AUD, now(), "j1"), &none).unwrap_err();
+        assert!(e.contains("signature"), "{e}");
+        // Another client, another audience.
+        let e = verdict(&k, &sign(&k, "other", AUD, now(), "j1"), &none).unwrap_err();
+        assert!(e.contains("iss and sub"), "{e}");
+        let e = verdict(
+            &k,
+            &sign(&k, "gw", "https://elsewhere/token", now(), "j1"),
+            &none,
+        )
+        .unwrap_err();
+        assert!(e.contains("aud"), "{e}");
+        // Expired (signed 10 minutes ago), or valid for too long (signed in the future).
+        let e = verdict(&k, &sign(&k, "gw", AUD, now() - 600, "j1"), &none).unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        let e = verdict(&k, &sign(&k, "gw", AUD, now() + 600, "j1"), &none).unwrap_err();
+        assert!(e.contains("five minutes"), "{e}");
+        // Replayed.
+        let seen: HashSet<String> = ["j1".to_string()].into();
+        let e = verdict(&k, &sign(&k, "gw", AUD, now(), "j1"), &seen).unwrap_err();
+        assert!(e.contains("jti"), "{e}");
+        // A tampered payload.
+        let good = sign(&k, "gw", AUD, now(), "j2");
+        let parts: Vec<&str> = good.split('.').collect();
+        let other = sign(&k, "gw", AUD, now(), "j3");
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            other.split('.').nth(1).unwrap(),
+            parts[2]
+        );
+        assert!(verdict(&k, &forged, &none).is_err());
+        assert!(verdict(&k, "not-a-jwt", &none).is_err());
+    }
+}
