@@ -457,11 +457,6 @@ impl UplinkClient {
         Ok(self)
     }
 
-    /// Whether Bundles carry an OAuth bearer token.
-    pub fn uses_oauth2(&self) -> bool {
-        self.oauth.is_some()
-    }
-
     /// Fetches a new access token now, bypassing the cache, and posts nothing to the FHIR
     /// server (`check-uplink`). Returns the token's lifetime.
     ///
@@ -536,14 +531,14 @@ impl UplinkClient {
 
     /// POSTs a transaction Bundle to `[base]`, gzip-compressed unless the server refused that.
     ///
-    /// # Errors
-    ///
-    /// A classified [`SendError`].
-    ///
     /// With `[uplink.oauth2]` the request carries a bearer token. A 401 answer invalidates it:
     /// a new token is fetched and the Bundle is sent once more; a second 401 is returned as it
     /// is (the uploader pauses). No token from the endpoint is [`SendError::Token`], and
     /// nothing goes to the FHIR server.
+    ///
+    /// # Errors
+    ///
+    /// A classified [`SendError`].
     pub async fn send_bundle(&self, bundle: &serde_json::Value) -> Result<RawResponse, SendError> {
         self.reload_if_changed();
         let plain = serde_json::to_vec(bundle).map_err(|e| SendError::Other(e.to_string()))?;

@@ -322,7 +322,9 @@ impl TokenProblem {
             TokenProblem::BadAnswer(_) => {
                 "check that uplink.oauth2.token_url is the server's token endpoint (SMART configuration's token_endpoint)"
             }
-            TokenProblem::Unreachable(inner) => inner.hint(),
+            TokenProblem::Unreachable(_) => {
+                "check the host and port in uplink.oauth2.token_url and the network path to the authorization server (DNS, firewall); TLS to it uses uplink.ca_file and the client certificate too; it is retried"
+            }
             TokenProblem::Signing => "the system's random source failed: check the gateway",
         }
     }
@@ -533,7 +535,10 @@ impl TokenSource {
             .map_err(classify)?;
         let status = resp.status().as_u16();
         if resp.status().is_redirection() {
-            return Err(unreachable(SendError::Redirected { status }));
+            // Never followed (the assertion must not go elsewhere): a wrong token_url.
+            return Err(TokenProblem::BadAnswer(format!(
+                "HTTP {status} redirect (not followed)"
+            )));
         }
         if resp
             .content_length()
@@ -700,6 +705,14 @@ mod tests {
         let down = parse_token_response(503, b"").unwrap_err();
         assert!(matches!(down, TokenProblem::Unavailable { status: 503 }));
         assert!(!down.pauses_uploads());
+        // No answer at all: retried like the FHIR server, never a pause.
+        let unreachable = SendError::Token(TokenProblem::Unreachable(Box::new(SendError::Dns {
+            host: "auth.example".into(),
+        })));
+        assert!(!unreachable.pauses_uploads());
+        assert_eq!(unreachable.class(), "token_unreachable");
+        assert!(unreachable.hint().contains("uplink.oauth2.token_url"));
+        assert!(SendError::Token(refused).pauses_uploads());
         for bad in [
             &b"<html>"[..],
             br#"{"token_type":"bearer"}"#,
