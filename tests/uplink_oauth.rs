@@ -175,14 +175,14 @@ async fn es384_readings_are_delivered_with_one_token_reused_across_bundles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs384_tokens_are_renewed_before_expiry_and_a_revoked_one_is_refreshed_once() {
     let h = Harness::new(Broker::embedded()).await;
-    enable_oauth(&h, "RS384", 4);
+    enable_oauth(&h, "RS384", 6);
     let mut agent = h.spawn_agent();
     h.publish(&(0..4).map(|i| bp_point(i, 120, 80)).collect::<Vec<_>>())
         .await;
     wait_delivered(&h, &agent, 4, Duration::from_secs(60)).await;
     assert_eq!(h.fhir.tokens_issued(), 1);
-    // The token lives 4 s; the agent replaces it 0.4 s before that. The next ones live long.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // The token lives 6 s; the agent replaces it 0.6 s before that. The next ones live long.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
     h.fhir.set_token_lifetime(3600);
     h.publish(&(4..8).map(|i| bp_point(i, 121, 81)).collect::<Vec<_>>())
         .await;
