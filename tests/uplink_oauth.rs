@@ -357,3 +357,62 @@ async fn a_401_that_persists_after_one_refresh_pauses_uploads_and_dead_letters_n
     assert!(status.contains("pending=0"), "{status}");
     assert!(status.contains("dead_letters=0"), "{status}");
 }
+
+/// A gateway configured with the wrong client id: the server refuses its assertions, uploads
+/// pause (one alarm, readings pending); the technician fixes `uplink.oauth2.client_id` and
+/// reloads with SIGHUP: the new key and id are used and every reading goes, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_client_id_pauses_and_a_sighup_with_the_fixed_config_delivers() {
+    let h = Harness::with_uplink_settings(
+        Broker::embedded(),
+        "pause_initial_secs = 1\npause_max_secs = 2",
+    )
+    .await;
+    enable_oauth(&h, "ES384", 3600);
+    let good = std::fs::read_to_string(&h.config).unwrap();
+    let wrong = good.replace(
+        &format!("client_id = \"{CLIENT_ID}\""),
+        "client_id = \"not-registered\"",
+    );
+    assert_ne!(good, wrong);
+    std::fs::write(&h.config, wrong).unwrap();
+    let mut agent = h.spawn_agent();
+    h.publish(&(0..4).map(|i| bp_point(i, 127, 87)).collect::<Vec<_>>())
+        .await;
+    h.wait_for_log(
+        &agent,
+        "ALARM: the OAuth token endpoint refuses",
+        1,
+        Duration::from_secs(30),
+    );
+    let refused = h.fhir.token_requests();
+    assert!(refused.iter().all(|r| !r.accepted), "{refused:?}");
+    assert!(refused[0].reason.contains("iss and sub"), "{refused:?}");
+    assert_eq!(fhir_posts(&h), 0);
+
+    std::fs::write(&h.config, good).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    h.wait_for_log(&agent, "configuration reloaded", 1, Duration::from_secs(30));
+    wait_delivered(&h, &agent, 4, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    agent.terminate();
+    let log = agent.stderr();
+    assert_eq!(
+        log.matches("ALARM: the OAuth token endpoint refuses")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("dead letter"), "{log}");
+    assert_no_secret_logged(&log);
+    assert_each_once(&h, 4);
+    let last = h.fhir.token_requests().pop().unwrap();
+    assert!(last.accepted, "{}", last.reason);
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("pending=0"), "{status}");
+    assert!(status.contains("dead_letters=0"), "{status}");
+}
