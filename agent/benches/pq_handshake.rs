@@ -78,6 +78,25 @@ mod bench {
         (took, hello, group)
     }
 
+    /// The client's own key-exchange work for one handshake (what the gateway's CPU pays):
+    /// `start` (key generation, the share) plus `complete` with the server's share, the server's
+    /// half (aws-lc-rs) done outside the clock.
+    fn client_kx(
+        ours: &'static dyn rustls::crypto::SupportedKxGroup,
+        server: &'static dyn rustls::crypto::SupportedKxGroup,
+    ) -> Duration {
+        let t = Instant::now();
+        let kx = ours.start().expect("start");
+        let mut took = t.elapsed();
+        let done = server
+            .start_and_complete(kx.pub_key())
+            .expect("server side");
+        let t = Instant::now();
+        kx.complete(&done.pub_key).expect("complete");
+        took += t.elapsed();
+        took
+    }
+
     fn median(mut v: Vec<Duration>) -> Duration {
         v.sort();
         v[v.len() / 2]
@@ -144,6 +163,28 @@ mod bench {
             }
         }
         let medians: Vec<Duration> = times.into_iter().map(median).collect();
+        let kx_pairs: [(
+            &str,
+            &'static dyn rustls::crypto::SupportedKxGroup,
+            &'static dyn rustls::crypto::SupportedKxGroup,
+        ); 2] = [
+            (
+                "X25519 (ring)",
+                rustls::crypto::ring::kx_group::X25519,
+                rustls::crypto::aws_lc_rs::kx_group::X25519,
+            ),
+            (
+                "X25519MLKEM768 (ring + ml-kem)",
+                vitalgate::tls::pq::X25519MLKEM768,
+                rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+            ),
+        ];
+        let kx_medians: Vec<Duration> = kx_pairs
+            .iter()
+            .map(|(_, ours, theirs)| {
+                median((0..rounds).map(|_| client_kx(*ours, *theirs)).collect())
+            })
+            .collect();
         let base = medians[0].as_secs_f64();
         println!(
             "pq_handshake: {rounds} rounds, mutual TLS 1.3, rustls/aws-lc-rs server (X25519MLKEM768, X25519)"
@@ -158,6 +199,16 @@ mod bench {
                 hello[i],
                 medians[i].as_secs_f64() * 1e6,
                 medians[i].as_secs_f64() / base
+            );
+        }
+        println!();
+        println!("| client key exchange alone (start + complete) | median | vs X25519 |");
+        println!("|---|---:|---:|");
+        for (i, (name, _, _)) in kx_pairs.iter().enumerate() {
+            println!(
+                "| {name} | {:.0} µs | {:.2}x |",
+                kx_medians[i].as_secs_f64() * 1e6,
+                kx_medians[i].as_secs_f64() / kx_medians[0].as_secs_f64()
             );
         }
     }

@@ -66,8 +66,8 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
 /// decrypt later"); the hybrid stays as strong as X25519 alone if ML-KEM were ever broken. A
 /// server without it still works (it takes the X25519 share sent alongside, no extra round
 /// trip). The cost, measured (BENCHMARKS.md, "Post-quantum key exchange"): about 1.2 KB more
-/// ClientHello and about 2x the handshake CPU time on loopback, once per connection (the
-/// uplink keeps its connection open between Bundles).
+/// ClientHello and about 1.6x the handshake time (x86_64), once per connection (the
+/// HTTP client reuses an open connection for the next Bundle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PostQuantum {
     /// Offer X25519MLKEM768 first (key share sent), then X25519 (key share sent too), P-256,
