@@ -250,8 +250,17 @@ impl TlsProblem {
         if pq != PostQuantum::Require {
             return self;
         }
+        // The alert names as `from_rustls` writes them (the alert's Debug form).
+        let refusal = |a: &str| {
+            [
+                rustls::AlertDescription::HandshakeFailure,
+                rustls::AlertDescription::InsufficientSecurity,
+            ]
+            .iter()
+            .any(|d| format!("{d:?}") == a)
+        };
         match self {
-            TlsProblem::Alert(a) if a == "HandshakeFailure" || a == "InsufficientSecurity" => {
+            TlsProblem::Alert(a) if refusal(&a) => {
                 TlsProblem::PostQuantumRequired(format!("TLS alert {a}"))
             }
             TlsProblem::ProtocolVersion => {
