@@ -84,6 +84,7 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
     let client = UplinkClient::new(&UplinkTls {
         fhir_base: fhir.base_url().parse().expect("url"),
         pin_spki_sha256: Vec::new(),
+        post_quantum: vitalgate::tls::PostQuantum::default(),
         ca_file: pki.ca_cert.clone(),
         client_cert: pki.client_cert.clone(),
         client_key: pki.client_key.clone(),
@@ -146,6 +147,7 @@ async fn reference(name: &'static str, readings: &[Reading], cap: usize) -> Row 
     let client = UplinkClient::new(&UplinkTls {
         fhir_base: fhir.base_url().parse().expect("url"),
         pin_spki_sha256: Vec::new(),
+        post_quantum: vitalgate::tls::PostQuantum::default(),
         ca_file: pki.ca_cert.clone(),
         client_cert: pki.client_cert.clone(),
         client_key: pki.client_key.clone(),

@@ -973,6 +973,7 @@ mod tests {
             let client = UplinkClient::new(&UplinkTls {
                 fhir_base: fhir.base_url().parse().unwrap(),
                 pin_spki_sha256: Vec::new(),
+                post_quantum: crate::tls::PostQuantum::default(),
                 ca_file: pki.ca_cert.clone(),
                 client_cert: pki.client_cert.clone(),
                 client_key: pki.client_key.clone(),

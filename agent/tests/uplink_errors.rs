@@ -34,6 +34,7 @@ impl Setup {
         UplinkClient::new(&UplinkTls {
             fhir_base: base.parse().unwrap(),
             pin_spki_sha256: Vec::new(),
+            post_quantum: vitalgate::tls::PostQuantum::default(),
             ca_file: self.pki.ca_cert.clone(),
             client_cert: cert.clone(),
             client_key: key.clone(),

@@ -199,6 +199,8 @@ pub struct UplinkConfig {
     pub pause_max: Duration,
     /// `pin_spki_sha256`: SHA-256 pins of server keys (RFC 7469 `pin-sha256`); empty = none.
     pub pin_spki_sha256: Vec<crate::tls::pin::SpkiPin>,
+    /// `post_quantum`: `prefer` (default), `require` or `off` (see [`crate::tls::PostQuantum`]).
+    pub post_quantum: crate::tls::PostQuantum,
     /// `upload_windows` and `daily_byte_budget` (metered links); default: no limits.
     pub metering: crate::uplink::metering::Metering,
     /// `write_mode`: `conditional-create` (default) or `put`.
@@ -559,6 +561,30 @@ client_key = "tls/gw.key"
         assert_eq!(e.position, Some((10, 68)), "{e}");
         assert!(e.message.contains("uplink.pin_spki_sha256"), "{e}");
         assert!(e.message.contains("5 bytes"), "{e}");
+    }
+
+    #[test]
+    fn post_quantum_defaults_to_prefer_and_a_bad_value_names_its_line_and_column() {
+        use crate::tls::PostQuantum;
+        assert_eq!(
+            load(MINIMAL).unwrap().uplink.post_quantum,
+            PostQuantum::Prefer
+        );
+        let with = |extra: &str| MINIMAL.replace("[uplink]\n", &format!("[uplink]\n{extra}\n"));
+        for (value, want) in [
+            ("prefer", PostQuantum::Prefer),
+            ("require", PostQuantum::Require),
+            ("off", PostQuantum::Off),
+        ] {
+            let c = load(&with(&format!("post_quantum = \"{value}\""))).unwrap();
+            assert_eq!(c.uplink.post_quantum, want);
+        }
+        let e = load(&with("post_quantum = \"always\"")).unwrap_err();
+        assert_eq!(e.position, Some((10, 16)), "{e}");
+        assert!(e.message.contains("uplink.post_quantum"), "{e}");
+        assert!(e.message.contains("\"require\""), "{e}");
+        let e = load(&with("post_quantum = true")).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(10), "{e}");
     }
 
     #[test]

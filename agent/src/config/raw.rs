@@ -69,6 +69,7 @@ pub(super) struct RawUplink {
     pub(super) pause_initial_secs: Option<Spanned<i64>>,
     pub(super) pause_max_secs: Option<Spanned<i64>>,
     pub(super) pin_spki_sha256: Option<Vec<Spanned<String>>>,
+    pub(super) post_quantum: Option<Spanned<String>>,
     pub(super) upload_windows: Option<Vec<Spanned<String>>>,
     pub(super) daily_byte_budget: Option<Spanned<i64>>,
     pub(super) write_mode: Option<Spanned<String>>,

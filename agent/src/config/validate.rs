@@ -383,6 +383,18 @@ impl Validator<'_> {
             })?;
             pins.push(parsed);
         }
+        let post_quantum = match &u.post_quantum {
+            None => crate::tls::PostQuantum::default(),
+            Some(v) => crate::tls::PostQuantum::parse(v.get_ref()).ok_or_else(|| {
+                self.err(
+                    v.span(),
+                    format!(
+                        "uplink.post_quantum: expected \"prefer\", \"require\" or \"off\", found {:?}",
+                        v.get_ref()
+                    ),
+                )
+            })?,
+        };
         let mut windows = Vec::new();
         for w in u.upload_windows.iter().flatten() {
             windows.push(
@@ -425,6 +437,7 @@ impl Validator<'_> {
                 daily_byte_budget,
             },
             pin_spki_sha256: pins,
+            post_quantum,
             ca_file: self.path_value(&u.ca_file, "uplink.ca_file")?,
             client_cert: self.path_value(&u.client_cert, "uplink.client_cert")?,
             client_key: self.path_value(&u.client_key, "uplink.client_key")?,

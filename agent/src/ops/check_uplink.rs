@@ -391,7 +391,11 @@ pub async fn uplink_checks(u: &UplinkTls, write_mode: WriteMode, now: DateTime<U
     if u.fhir_base.scheme() == "https" {
         let base = u.fhir_base.clone();
         let timeout = u.timeout;
-        let shook = tokio::task::spawn_blocking(move || handshake(tls, &base, timeout)).await;
+        let pq = u.post_quantum;
+        let shook = tokio::task::spawn_blocking(move || {
+            handshake(tls, &base, timeout).map_err(|e| e.under_policy(pq))
+        })
+        .await;
         match shook {
             Ok(Ok(report)) => out.extend(tls_checks(&u.fhir_base, &report, now)),
             Ok(Err(e)) => {

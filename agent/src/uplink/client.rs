@@ -30,13 +30,16 @@ use super::limits::{json_depth_exceeds, MAX_BODY, MAX_JSON_DEPTH};
 use crate::telemetry::{
     UplinkBodySent, UplinkClientCertInUse, UplinkClientCertReloadFailed, UplinkGzipRefused,
 };
-use crate::tls::{client_config, TlsSetupError};
+use crate::tls::{client_config_for, PostQuantum, TlsSetupError};
 
 #[derive(Debug, Clone)]
 pub struct UplinkTls {
     pub fhir_base: url::Url,
     /// `uplink.pin_spki_sha256`: empty = no pinning (the CA bundle alone decides).
     pub pin_spki_sha256: Vec<crate::tls::pin::SpkiPin>,
+    /// `uplink.post_quantum`: the key exchange groups offered (default: the hybrid
+    /// X25519MLKEM768 first, classical groups after it).
+    pub post_quantum: PostQuantum,
     pub ca_file: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
@@ -50,6 +53,7 @@ impl UplinkTls {
         UplinkTls {
             fhir_base: u.fhir_base.clone(),
             pin_spki_sha256: u.pin_spki_sha256.clone(),
+            post_quantum: u.post_quantum,
             ca_file: u.ca_file.clone(),
             client_cert: u.client_cert.clone(),
             client_key: u.client_key.clone(),
@@ -142,6 +146,10 @@ pub enum TlsProblem {
     /// chain has a pinned key; the server's own key pin is given.
     #[error("the server's key is not pinned in uplink.pin_spki_sha256 (its pin-sha256 is {0})")]
     PinMismatch(String),
+    /// `uplink.post_quantum = "require"` and the handshake failed where a server without
+    /// X25519MLKEM768 fails it (no common group, or no TLS 1.3); the reason is given.
+    #[error("the server did not agree to the post-quantum key exchange X25519MLKEM768, which uplink.post_quantum = \"require\" demands ({0})")]
+    PostQuantumRequired(String),
     #[error("the server sent TLS alert {0}")]
     Alert(String),
     #[error("{0}")]
@@ -149,6 +157,16 @@ pub enum TlsProblem {
 }
 
 impl SendError {
+    /// A TLS problem read under `uplink.post_quantum` ([`TlsProblem::under_policy`]); any other
+    /// error unchanged.
+    #[must_use]
+    pub fn under_policy(self, pq: PostQuantum) -> SendError {
+        match self {
+            SendError::Tls(p) => SendError::Tls(p.under_policy(pq)),
+            other => other,
+        }
+    }
+
     /// A short stable name of the class, for logs and counters.
     pub fn class(&self) -> &'static str {
         match self {
@@ -229,9 +247,41 @@ impl TlsProblem {
             TlsProblem::NotTls => {
                 "check the port and scheme in uplink.fhir_base: this endpoint does not speak TLS"
             }
+            TlsProblem::PostQuantumRequired(_) => {
+                "the server does not offer X25519MLKEM768 (or not over TLS 1.3): have its operators enable it, or set uplink.post_quantum = \"prefer\" to accept classical X25519 from servers without it; readings stay pending until then"
+            }
             TlsProblem::Alert(_) | TlsProblem::Other(_) => {
                 "check the server's TLS setup (protocol versions, cipher suites) and uplink.ca_file"
             }
+        }
+    }
+
+    /// `self` as seen under the `uplink.post_quantum` policy `pq`: with `require`, a refusal
+    /// of the kind a server without X25519MLKEM768 gives (handshake_failure or
+    /// insufficient_security alert, no common group, no TLS 1.3) is
+    /// [`TlsProblem::PostQuantumRequired`]. Otherwise unchanged.
+    #[must_use]
+    pub fn under_policy(self, pq: PostQuantum) -> TlsProblem {
+        if pq != PostQuantum::Require {
+            return self;
+        }
+        // The alert names as `from_rustls` writes them (the alert's Debug form).
+        let refusal = |a: &str| {
+            [
+                rustls::AlertDescription::HandshakeFailure,
+                rustls::AlertDescription::InsufficientSecurity,
+            ]
+            .iter()
+            .any(|d| format!("{d:?}") == a)
+        };
+        match self {
+            TlsProblem::Alert(a) if refusal(&a) => {
+                TlsProblem::PostQuantumRequired(format!("TLS alert {a}"))
+            }
+            TlsProblem::ProtocolVersion => {
+                TlsProblem::PostQuantumRequired("the server does not speak TLS 1.3".into())
+            }
+            other => other,
         }
     }
 
@@ -328,7 +378,11 @@ pub struct UplinkClient {
 ///
 /// [`UplinkError::Setup`] naming the file.
 pub fn tls_config(cfg: &UplinkTls) -> Result<rustls::ClientConfig, UplinkError> {
-    let mut tls = client_config(&cfg.ca_file, Some((&cfg.client_cert, &cfg.client_key)))?;
+    let mut tls = client_config_for(
+        &cfg.ca_file,
+        Some((&cfg.client_cert, &cfg.client_key)),
+        cfg.post_quantum,
+    )?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     if !cfg.pin_spki_sha256.is_empty() {
         let roots = crate::tls::root_store(&cfg.ca_file)?;
@@ -512,6 +566,12 @@ impl UplinkClient {
         }
     }
 
+    /// [`classify_reqwest_error`], a TLS problem read under `uplink.post_quantum`
+    /// ([`TlsProblem::under_policy`]).
+    fn classify(&self, e: &reqwest::Error) -> SendError {
+        classify_reqwest_error(e, &self.base, self.timeout).under_policy(self.cfg.post_quantum)
+    }
+
     /// Turns gzip request bodies on (the default) or off.
     #[must_use]
     pub fn with_gzip(self, gzip: bool) -> Self {
@@ -584,7 +644,7 @@ impl UplinkClient {
         gzip: bool,
         bearer: Option<&str>,
     ) -> Result<RawResponse, SendError> {
-        let classify = |e: reqwest::Error| classify_reqwest_error(&e, &self.base, self.timeout);
+        let classify = |e: reqwest::Error| self.classify(&e);
         let bytes = body.len();
         let mut request = self
             .http()
@@ -624,7 +684,7 @@ impl UplinkClient {
     ///
     /// A classified [`SendError`].
     pub async fn get_metadata(&self) -> Result<RawResponse, SendError> {
-        let classify = |e: reqwest::Error| classify_reqwest_error(&e, &self.base, self.timeout);
+        let classify = |e: reqwest::Error| self.classify(&e);
         let url = self.metadata_url();
         let resp = self
             .http()
@@ -644,7 +704,7 @@ impl UplinkClient {
     /// The answer's status, `Retry-After` and body, within [`MAX_BODY`] and
     /// [`MAX_JSON_DEPTH`]; a redirect is an error.
     async fn read_response(&self, mut resp: reqwest::Response) -> Result<RawResponse, SendError> {
-        let classify = |e: reqwest::Error| classify_reqwest_error(&e, &self.base, self.timeout);
+        let classify = |e: reqwest::Error| self.classify(&e);
         let status = resp.status().as_u16();
         if resp.status().is_redirection() {
             return Err(SendError::Redirected { status });
@@ -832,6 +892,35 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_refused_handshake_is_post_quantum_required_only_under_require() {
+        use rustls::{AlertDescription as A, Error as E};
+        let failure = TlsProblem::from_rustls(&E::AlertReceived(A::HandshakeFailure));
+        assert_eq!(
+            failure.clone().under_policy(PostQuantum::Prefer),
+            TlsProblem::Alert("HandshakeFailure".into())
+        );
+        assert_eq!(
+            failure.clone().under_policy(PostQuantum::Off),
+            TlsProblem::Alert("HandshakeFailure".into())
+        );
+        let required = failure.under_policy(PostQuantum::Require);
+        assert!(
+            matches!(required, TlsProblem::PostQuantumRequired(_)),
+            "{required:?}"
+        );
+        assert!(required.hint().contains("uplink.post_quantum"));
+        assert!(matches!(
+            TlsProblem::ProtocolVersion.under_policy(PostQuantum::Require),
+            TlsProblem::PostQuantumRequired(_)
+        ));
+        // A certificate problem stays what it is.
+        assert_eq!(
+            TlsProblem::UnknownIssuer.under_policy(PostQuantum::Require),
+            TlsProblem::UnknownIssuer
+        );
+    }
+
     /// Rotation without a server: each kind of bad new pair keeps the client in use and is
     /// not retried while the files stay as they are; a good pair is then put in use.
     #[test]
@@ -844,6 +933,7 @@ mod tests {
         let client = UplinkClient::new(&UplinkTls {
             fhir_base: "https://127.0.0.1:9/fhir".parse().unwrap(),
             pin_spki_sha256: Vec::new(),
+            post_quantum: PostQuantum::default(),
             ca_file: pki.ca_cert.clone(),
             client_cert: pki.client_cert.clone(),
             client_key: pki.client_key.clone(),

@@ -32,6 +32,7 @@ impl Setup {
         UplinkClient::new(&UplinkTls {
             fhir_base: self.fhir.base_url().parse().unwrap(),
             pin_spki_sha256: Vec::new(),
+            post_quantum: vitalgate::tls::PostQuantum::default(),
             ca_file: self.pki.ca_cert.clone(),
             client_cert: self.pki.client_cert.clone(),
             client_key: self.pki.client_key.clone(),

@@ -90,6 +90,21 @@ pub struct ServerConfig {
     pub tls12_only: bool,
     /// Ask for (and require) a client certificate. `false`: a server that never asks for one.
     pub ask_client_cert: bool,
+    /// The crypto provider (cipher suites, key exchange groups) to serve with. `None`: ring's
+    /// default provider (X25519, P-256, P-384). Tests pass e.g. an aws-lc-rs provider with
+    /// X25519MLKEM768, or ring with X25519 alone ([`ring_provider_with_groups`]).
+    pub provider: Option<Arc<rustls::crypto::CryptoProvider>>,
+}
+
+/// ring's default provider offering only `groups` (e.g. `[X25519]`: a server without
+/// post-quantum key exchange that also refuses P-256 and P-384).
+pub fn ring_provider_with_groups(
+    groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+) -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: groups.to_vec(),
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 impl ServerConfig {
@@ -104,6 +119,7 @@ impl ServerConfig {
             state_file: None,
             tls12_only: false,
             ask_client_cert: true,
+            provider: None,
         }
     }
 }
@@ -115,6 +131,9 @@ pub struct Handshake {
     pub version: String,
     pub cipher_suite: String,
     pub kx_group: String,
+    /// Whether this server sent a HelloRetryRequest (the client's first key share was for a
+    /// group it does not take).
+    pub hello_retry: bool,
 }
 
 /// What `GET [base]/metadata` says the server can do.
@@ -646,6 +665,7 @@ pub fn tls_config(
         state_file: None,
         tls12_only: false,
         ask_client_cert: true,
+        provider: None,
     })
 }
 
@@ -655,7 +675,10 @@ pub fn tls_config(
 ///
 /// As [`tls_config`].
 pub fn tls_config_with(config: &ServerConfig) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = config
+        .provider
+        .clone()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
     let mut roots = rustls::RootCertStore::empty();
     for cert in load_certs(&config.client_ca)? {
         roots.add(cert).context("adding the client CA")?;
@@ -800,6 +823,8 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, ctx: Ctx) {
             .negotiated_key_exchange_group()
             .map(|g| format!("{:?}", g.name()))
             .unwrap_or_default(),
+        hello_retry: conn.handshake_kind()
+            == Some(rustls::HandshakeKind::FullWithHelloRetryRequest),
     };
     {
         let mut inner = ctx.state.lock();
