@@ -91,7 +91,13 @@ async fn in_put_mode_a_bundle_committed_three_times_without_an_answer_gives_one_
     h.publish(&points).await;
     h.wait_for_log(&agent, "reading stored", 4, Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !h.fhir.requests().iter().any(|r| r.status == 200) {
+    // A POST answered 200 (check-uplink's GET /metadata above was answered 200 too).
+    while !h
+        .fhir
+        .requests()
+        .iter()
+        .any(|r| r.method == "POST" && r.status == 200)
+    {
         assert!(Instant::now() < deadline, "{:?}", h.fhir.requests());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
