@@ -8,6 +8,7 @@
 //! fails) is logged at once, with the count. Pure: `now` is an argument.
 
 use std::collections::HashMap;
+#[cfg(not(test))]
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -98,12 +99,30 @@ impl Episodes {
     }
 }
 
+#[cfg(not(test))]
 static EPISODES: Mutex<Option<Episodes>> = Mutex::new(None);
 
 /// The process-wide episodes (telemetry's).
+#[cfg(not(test))]
 pub fn with<R>(f: impl FnOnce(&mut Episodes) -> R) -> R {
     let mut g = EPISODES.lock().unwrap_or_else(PoisonError::into_inner);
     f(g.get_or_insert_with(Episodes::default))
+}
+
+// The agent's unit tests run in parallel threads of one process, and each captures its own log
+// lines (a thread-default subscriber). With one process-wide state, a test's failure or success
+// changed what a test on another thread logged ("a new cause": a second line; under qemu, where
+// the tests overlap more, an OAuth test saw 5 lines where its episode had 1). In unit tests each
+// thread has its own episodes, as it has its own log.
+#[cfg(test)]
+thread_local! {
+    static EPISODES: std::cell::RefCell<Episodes> = std::cell::RefCell::new(Episodes::default());
+}
+
+/// The episodes of this test thread (the process-wide ones outside unit tests).
+#[cfg(test)]
+pub fn with<R>(f: impl FnOnce(&mut Episodes) -> R) -> R {
+    EPISODES.with(|e| f(&mut e.borrow_mut()))
 }
 
 #[cfg(test)]
