@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 use harness::*;
 use vitalgate_devkit::fhir_server::Mode;
 
-fn assert_each_once(h: &Harness, n: usize) {
-    let obs = h.fhir.observation_identifiers();
-    let mut unique = obs.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(obs.len(), n, "{obs:#?}");
-    assert_eq!(unique.len(), n, "no Observation twice");
-    assert_eq!(h.fhir.duplicate_creates(), 0);
-}
-
 async fn wait_for_requests(h: &Harness, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while h.fhir.request_count() < n {
@@ -31,12 +21,12 @@ async fn wait_for_requests(h: &Harness, n: usize, timeout: Duration) {
     }
 }
 
-/// The server commits the Bundle and drops the connection before answering, three times in a
-/// row; the fourth attempt gets `200` with every entry `200 OK` (conditional create found
-/// them). Exactly one Observation per reading, and the readings are acked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bundle_committed_three_times_without_an_answer_gives_one_observation_per_reading() {
-    let h = Harness::new(Broker::embedded()).await;
+/// Four readings in one Bundle; the server commits it and hangs up three times in a row, then
+/// answers. Returns the stopped agent once an upload was answered, after checking that every
+/// queued hang-up was taken by an upload that got no answer. Under emulation the agent may also
+/// give up on an upload itself (its timeout while the server validates and commits): that upload
+/// is unanswered too, so "at least three" is the bound, not "exactly three".
+async fn four_readings_through_three_unanswered_commits(h: &Harness) -> Agent {
     h.fhir.queue_modes([
         Mode::HangUpAfterCommit,
         Mode::HangUpAfterCommit,
@@ -46,22 +36,35 @@ async fn a_bundle_committed_three_times_without_an_answer_gives_one_observation_
     let points: Vec<String> = (0..4).map(|i| bp_point(i, 120 + i as i64, 80)).collect();
     h.publish(&points).await;
     h.wait_for_log(&agent, "reading stored", 4, Duration::from_secs(30));
-    // Three hang-ups, then one answered request (batch_size = 4: one Bundle).
+    // Three hang-ups, then one answered upload (batch_size = 4: one Bundle). A POST: a
+    // check-uplink run before gets its GET /metadata answered 200 too.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !h.fhir.requests().iter().any(|r| r.status == 200) {
+    while !h
+        .fhir
+        .requests()
+        .iter()
+        .any(|r| r.method == "POST" && r.status == 200)
+    {
         assert!(Instant::now() < deadline, "{:?}", h.fhir.requests());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     agent.terminate();
     let requests = h.fhir.requests();
-    // Every queued hang-up was taken by an upload that got no answer. Under emulation the agent
-    // may also give up on an upload itself (its timeout while the server validates and commits):
-    // that upload is unanswered too, so "at least three" is the bound, not "exactly three".
     assert_eq!(h.fhir.queued_modes(), 0, "{requests:?}");
     let unanswered = requests.iter().filter(|r| r.status == 0).count();
     assert!(unanswered >= 3, "{requests:?}");
-    assert_each_once(&h, 4);
+    agent
+}
+
+/// The server commits the Bundle and drops the connection before answering, three times in a
+/// row; the fourth attempt gets `200` with every entry `200 OK` (conditional create found
+/// them). Exactly one Observation per reading, and the readings are acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_committed_three_times_without_an_answer_gives_one_observation_per_reading() {
+    let h = Harness::new(Broker::embedded()).await;
+    let agent = four_readings_through_three_unanswered_commits(&h).await;
+    h.assert_each_once(4);
     let status = h.vitalgate(&["status"]);
     assert!(status.contains("pending=0"), "{status}");
     let log = agent.stderr();
@@ -81,33 +84,8 @@ async fn in_put_mode_a_bundle_committed_three_times_without_an_answer_gives_one_
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{text}");
     assert!(text.contains("update as create"), "{text}");
-    h.fhir.queue_modes([
-        Mode::HangUpAfterCommit,
-        Mode::HangUpAfterCommit,
-        Mode::HangUpAfterCommit,
-    ]);
-    let mut agent = h.spawn_agent();
-    let points: Vec<String> = (0..4).map(|i| bp_point(i, 120 + i as i64, 80)).collect();
-    h.publish(&points).await;
-    h.wait_for_log(&agent, "reading stored", 4, Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // A POST answered 200 (check-uplink's GET /metadata above was answered 200 too).
-    while !h
-        .fhir
-        .requests()
-        .iter()
-        .any(|r| r.method == "POST" && r.status == 200)
-    {
-        assert!(Instant::now() < deadline, "{:?}", h.fhir.requests());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    agent.terminate();
-    let requests = h.fhir.requests();
-    assert_eq!(h.fhir.queued_modes(), 0, "{requests:?}");
-    let unanswered = requests.iter().filter(|r| r.status == 0).count();
-    assert!(unanswered >= 3, "{requests:?}");
-    assert_each_once(&h, 4);
+    four_readings_through_three_unanswered_commits(&h).await;
+    h.assert_each_once(4);
     for o in h.fhir.stored_observations() {
         let (system, value) = (
             o["identifier"][0]["system"].as_str().unwrap(),
@@ -179,7 +157,7 @@ async fn the_daemon_survives_every_hostile_answer_and_then_delivers_everything_o
         sent < 64 << 20,
         "bodies were not downloaded: {sent} bytes sent"
     );
-    assert_each_once(&h, 4);
+    h.assert_each_once(4);
     let status = h.vitalgate(&["status"]);
     assert!(status.contains("pending=0"), "{status}");
     assert!(status.contains("dead_letters=0"), "{status}");

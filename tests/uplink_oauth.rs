@@ -116,16 +116,6 @@ fn assert_assertions_valid(h: &Harness, alg: &str) {
     }
 }
 
-fn assert_each_once(h: &Harness, n: usize) {
-    let obs = h.fhir.observation_identifiers();
-    let mut unique = obs.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(obs.len(), n, "{obs:#?}");
-    assert_eq!(unique.len(), n, "no Observation twice");
-    assert_eq!(h.fhir.duplicate_creates(), 0);
-}
-
 async fn wait_delivered(h: &Harness, agent: &Agent, n: usize, within: Duration) {
     let deadline = Instant::now() + within;
     while h.fhir.observation_identifiers().len() < n {
@@ -163,7 +153,7 @@ async fn es384_readings_are_delivered_with_one_token_reused_across_bundles() {
     assert_eq!(h.fhir.tokens_issued(), 1, "one token for every Bundle");
     assert_eq!(h.fhir.bearer_refusals(), 0);
     assert_assertions_valid(&h, "ES384");
-    assert_each_once(&h, 12);
+    h.assert_each_once(12);
     assert_no_secret_logged(&agent.stderr());
     let status = h.vitalgate(&["status"]);
     assert!(status.contains("pending=0"), "{status}");
@@ -199,7 +189,7 @@ async fn rs384_tokens_are_renewed_before_expiry_and_a_revoked_one_is_refreshed_o
     assert_eq!(h.fhir.bearer_refusals(), 1, "{:?}", h.fhir.requests());
     assert_eq!(h.fhir.tokens_issued(), 3);
     assert_assertions_valid(&h, "RS384");
-    assert_each_once(&h, 12);
+    h.assert_each_once(12);
     let log = agent.stderr();
     assert!(
         !log.contains("uploads paused"),
@@ -285,7 +275,7 @@ async fn a_refusing_token_endpoint_pauses_uploads_keeps_readings_and_they_go_onc
     assert_eq!(log.matches("pause ended").count(), 1, "{log}");
     assert!(!log.contains("dead letter"), "{log}");
     assert_no_secret_logged(&log);
-    assert_each_once(&h, 4);
+    h.assert_each_once(4);
     let status = h.vitalgate(&["status"]);
     assert!(status.contains("pending=0"), "{status}");
     assert!(status.contains("dead_letters=0"), "{status}");
@@ -352,7 +342,7 @@ async fn a_401_that_persists_after_one_refresh_pauses_uploads_and_dead_letters_n
     assert!(!log.contains("dead letter"), "{log}");
     assert_no_secret_logged(&log);
     assert_assertions_valid(&h, "ES384");
-    assert_each_once(&h, 4);
+    h.assert_each_once(4);
     let status = h.vitalgate(&["status"]);
     assert!(status.contains("pending=0"), "{status}");
     assert!(status.contains("dead_letters=0"), "{status}");
@@ -409,7 +399,7 @@ async fn a_wrong_client_id_pauses_and_a_sighup_with_the_fixed_config_delivers() 
     );
     assert!(!log.contains("dead letter"), "{log}");
     assert_no_secret_logged(&log);
-    assert_each_once(&h, 4);
+    h.assert_each_once(4);
     let last = h.fhir.token_requests().pop().unwrap();
     assert!(last.accepted, "{}", last.reason);
     let status = h.vitalgate(&["status"]);

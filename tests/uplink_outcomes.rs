@@ -95,13 +95,7 @@ async fn a_minute_of_403_dead_letters_nothing_and_everything_arrives_once_afterw
     let status = h.vitalgate(&["status"]);
     assert!(status.contains("pending=0"), "{status}");
     assert!(status.contains("dead_letters=0"), "{status}");
-    let obs = h.fhir.observation_identifiers();
-    let mut unique = obs.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(obs.len(), published, "{obs:#?}");
-    assert_eq!(unique.len(), published, "no Observation twice");
-    assert_eq!(h.fhir.duplicate_creates(), 0);
+    h.assert_each_once(published);
     h.assert_all_observations_valid();
     assert!(!log.contains("MRN-0001"), "patient identifier leaked");
 }

@@ -452,6 +452,18 @@ backoff_max_secs = 1
     }
 
     /// Every stored Observation validates against the FHIR R4 schema on its own too.
+    /// The server holds exactly `n` Observations, no identifier twice, and no identity was
+    /// created twice.
+    pub fn assert_each_once(&self, n: usize) {
+        let obs = self.fhir.observation_identifiers();
+        let mut unique = obs.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(obs.len(), n, "{obs:#?}");
+        assert_eq!(unique.len(), n, "no Observation twice");
+        assert_eq!(self.fhir.duplicate_creates(), 0);
+    }
+
     pub fn assert_all_observations_valid(&self) {
         for o in self.fhir.stored_observations() {
             let errors = vitalgate_devkit::validate_resource(&o);
