@@ -312,12 +312,7 @@ pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection
                     created: version == 1,
                     version,
                 };
-                if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
-                    let target = format!("{}/{}", outcome.resource_type, outcome.id);
-                    if full_urls.insert(full_url.to_owned(), target).is_some() {
-                        issues.push(format!("entry[{i}]: fullUrl {full_url} used twice"));
-                    }
-                }
+                register_full_url(i, entry, &outcome, &mut full_urls, &mut issues);
                 puts.push(i);
                 outcomes.push(outcome);
             }
@@ -366,12 +361,7 @@ pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection
                         })
                     }
                 };
-                if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
-                    let target = format!("{}/{}", outcome.resource_type, outcome.id);
-                    if full_urls.insert(full_url.to_owned(), target).is_some() {
-                        issues.push(format!("entry[{i}]: fullUrl {full_url} used twice"));
-                    }
-                }
+                register_full_url(i, entry, &outcome, &mut full_urls, &mut issues);
                 outcomes.push(outcome);
             }
         }
@@ -433,6 +423,23 @@ pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection
         });
     }
     Ok(plan)
+}
+
+/// Maps the entry's `fullUrl` (if any) to where its resource ends up, `<Type>/<id>`, for the
+/// references of the other entries; a `fullUrl` used twice is an issue.
+fn register_full_url(
+    i: usize,
+    entry: &Value,
+    outcome: &EntryOutcome,
+    full_urls: &mut HashMap<String, String>,
+    issues: &mut Vec<String>,
+) {
+    if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
+        let target = format!("{}/{}", outcome.resource_type, outcome.id);
+        if full_urls.insert(full_url.to_owned(), target).is_some() {
+            issues.push(format!("entry[{i}]: fullUrl {full_url} used twice"));
+        }
+    }
 }
 
 /// How an entry writes its resource.
