@@ -346,7 +346,8 @@ async fn a_store_that_cannot_write_holds_ingest_and_recovers_without_a_restart_o
     );
     assert!(
         h.fhir.observation_identifiers().len() < 7,
-        "nothing published during the fault can have been stored"
+        "nothing published during the fault can have been stored:\n{}",
+        agent.stderr()
     );
 
     set_file_size_limit(vg, "unlimited");

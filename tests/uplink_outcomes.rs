@@ -324,3 +324,86 @@ fn nix_hup(pid: u32) {
         .success();
     assert!(ok, "kill -HUP {pid}");
 }
+
+/// fhir-mapping.md §5.4: Devices the server confirmed are referenced as `Device/<id>`
+/// afterwards, not sent again in every Bundle (the gateway and hub Device entries were most of a
+/// small Bundle's bytes). A server that lost them (an administrator purged its Devices) refuses
+/// the next Bundle for its unresolvable references: the agent forgets what it knew and sends the
+/// conditional creates again; nothing is dead-lettered, every reading arrives once, and every
+/// stored Observation references a Device the server holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_devices_are_referenced_not_resent_and_a_server_that_lost_them_costs_nothing() {
+    use vitalgate_devkit::fhir_server as devkit;
+    let h = Harness::new(Broker::embedded()).await;
+    let mut agent = h.spawn_agent();
+    let posts = |h: &Harness| {
+        h.fhir
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect::<Vec<_>>()
+    };
+    let entries = |posts: &[devkit::RequestRecord]| -> usize {
+        posts
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| r.entries)
+            .sum()
+    };
+    // Bundles of at most 4 (batch_size = 4); the first carries the gateway and hub Devices,
+    // the others only Observations (however the readings were cut into Bundles).
+    h.publish(&(0..4).map(|i| bp_point(i, 120, 80)).collect::<Vec<_>>())
+        .await;
+    h.wait_for_observations(4, Duration::from_secs(60)).await;
+    h.publish(&(4..8).map(|i| bp_point(i, 121, 80)).collect::<Vec<_>>())
+        .await;
+    h.wait_for_observations(8, Duration::from_secs(60)).await;
+    assert_eq!(h.fhir.stored_devices().len(), 2, "no Device created twice");
+    let before = posts(&h);
+    assert!(before.iter().all(|r| r.status == 200), "{before:?}");
+    assert!(before.len() >= 2, "{before:?}");
+    assert_eq!(
+        entries(&before),
+        2 + 8,
+        "the two Devices once, then Observations only: {before:?}"
+    );
+
+    // The server loses its Devices: the next Bundle's references no longer resolve; it is
+    // sent again at once with the Devices (no bisection, no dead letter).
+    assert_eq!(h.fhir.remove_all("Device"), 2);
+    h.publish(&(8..12).map(|i| bp_point(i, 122, 80)).collect::<Vec<_>>())
+        .await;
+    h.wait_for_observations(12, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.terminate();
+    let log = agent.stderr();
+    let after: Vec<_> = posts(&h).split_off(before.len());
+    assert_eq!(after[0].status, 400, "unresolvable references: {after:?}");
+    assert_eq!(after[1].status, 200, "{after:?}");
+    assert_eq!(after[1].entries, after[0].entries + 2, "{after:?}");
+    assert!(after[1..].iter().all(|r| r.status == 200), "{after:?}");
+    assert_eq!(entries(&after), 2 + 4, "{after:?}");
+    assert_eq!(log.matches("dead letter").count(), 0, "{log}");
+    h.assert_each_once(12);
+    let status = h.vitalgate(&["status"]);
+    assert!(status.contains("dead_letters=0"), "{status}");
+    // Every Observation references Devices the server holds (the two re-created ones for the
+    // last four).
+    let devices: Vec<String> = h
+        .fhir
+        .stored_devices()
+        .iter()
+        .map(|d| format!("Device/{}", d["id"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(devices.len(), 2, "{devices:?}");
+    let last_four = h.fhir.stored_observations().split_off(8);
+    for obs in last_four {
+        let device = obs["device"]["reference"].as_str().unwrap_or_default();
+        let gateway = obs["extension"][0]["valueReference"]["reference"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(devices.iter().any(|d| d == device), "{obs}");
+        assert!(devices.iter().any(|d| d == gateway), "{obs}");
+    }
+    h.assert_all_observations_valid();
+}

@@ -1,15 +1,19 @@
 //! Drain an outbox backlog to the devkit's loopback mTLS FHIR server (issue #12).
 //!
-//! Run: `cargo bench -p vitalgate --bench uplink_drain` (or `--profile dev` for a quick,
-//! unoptimised run). `UPLINK_DRAIN_N` readings (default 2,000) are stored in a fresh outbox and
-//! drained by the real `Uploader` (store, adaptive batch, Bundle building, mTLS client, acks) to
-//! a fresh server, once per row:
-//! - vitalgate, gzip bodies, cap `uplink.batch_size` = 20 (the default) and 40 (the maximum);
+//! Run: `UPLINK_DRAIN_N=100000 cargo bench -p vitalgate --bench uplink_drain` (or `--profile
+//! dev` for a quick, unoptimised run). `UPLINK_DRAIN_N` readings (default 2,000) are stored in a
+//! fresh outbox and drained by the real `Uploader` (store, adaptive batch, Bundle building,
+//! Device cache, mTLS client, acks) to a fresh server, once per row:
+//! - vitalgate, gzip bodies, cap `uplink.batch_size` = 50 (the default) and 20;
 //! - vitalgate, plain bodies (the server answers 415 to gzip; the client falls back at once);
-//! - a reference client: the same readings as Bundles of 20 built before the clock starts, sent
-//!   back to back by the same mTLS client (gzip), no store, no scheduler, no acks: the ceiling
-//!   of this server and transport;
-//! - the naive baseline in the same run: one reading per request (cap 1), plain bodies.
+//! - a reference client: the same Bundles the uploader sends at the default cap (as many
+//!   readings as fit in 50 entries, the Devices referenced by the ids the first Bundle's answer
+//!   gave), all built before the clock starts and sent back to back by the same mTLS client
+//!   (gzip): no store, no scheduler, no acks, the ceiling of this server and transport. Its
+//!   first Bundle (which creates the Devices) is sent before the clock starts;
+//! - the naive baseline in the same run: one reading per request (cap 1), plain bodies, on the
+//!   first `UPLINK_DRAIN_NAIVE_N` readings (default 5,000: its rate is steady, and 100,000 would
+//!   take a quarter of an hour).
 //!
 //! readings/s (wall clock, until the outbox is empty) and bytes per reading: everything the
 //! server read from the TCP connections (TLS handshakes, records, HTTP headers and bodies)
@@ -30,7 +34,7 @@ use vitalgate::store::{NewRecord, Outbox, OutboxOptions, StoreKey};
 use vitalgate::uplink::backoff::Backoff;
 use vitalgate::uplink::client::BundleSender;
 use vitalgate::uplink::client::{UplinkClient, UplinkTls};
-use vitalgate::uplink::fhir::{build_transaction_bundle, GatewayInfo};
+use vitalgate::uplink::fhir::{build_bundle, readings_that_fit, GatewayInfo, KnownDevices};
 use vitalgate::uplink::scheduler::{SchedulerConfig, REJECTION_STREAK_LIMIT};
 use vitalgate::uploader::{ConsentSource, Uploader};
 use vitalgate_devkit::fhir_server::{FhirTestServer, ServerConfig};
@@ -55,6 +59,10 @@ fn readings(count: u64) -> Vec<Reading> {
         .collect()
 }
 
+async fn start_server(config: ServerConfig) -> FhirTestServer {
+    FhirTestServer::start(config).await.expect("server")
+}
+
 struct Row {
     name: &'static str,
     per_sec: f64,
@@ -65,9 +73,7 @@ struct Row {
 async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool) -> Row {
     let dir = tempfile::tempdir().expect("tmp");
     let pki = TestPki::generate(&dir.path().join("pki")).expect("pki");
-    let fhir = FhirTestServer::start(ServerConfig::for_pki(&pki))
-        .await
-        .expect("server");
+    let fhir = start_server(ServerConfig::for_pki(&pki)).await;
     fhir.set_refuse_gzip(!gzip);
     let store = Arc::new(
         Outbox::open(
@@ -111,18 +117,23 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
     let shutdown = CancellationToken::new();
     let start = Instant::now();
     let task = tokio::spawn(uploader.run(shutdown.clone()));
+    let n = readings.len();
+    // Until the server holds every reading (a cheap count: the outbox's own count walks the
+    // whole tree, which would steal a core from the uploader), then until the outbox is empty.
+    while fhir.observation_count() < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     loop {
         let s = store.stats().expect("stats");
         assert_eq!(s.dead, 0, "{name}: dead letters");
         if s.pending == 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = start.elapsed();
     shutdown.cancel();
     task.await.expect("uploader");
-    let n = readings.len();
     assert_eq!(
         fhir.stored_observations().len(),
         n,
@@ -136,14 +147,12 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
     }
 }
 
-/// The reference: the same readings as Bundles of `cap`, built before the clock starts, sent
-/// one after the other by the same mTLS client (gzip): no store, no scheduler, no acks.
-async fn reference(name: &'static str, readings: &[Reading], cap: usize) -> Row {
+/// The reference: the uploader's Bundles at cap 50, built before the clock starts, sent one
+/// after the other by the same mTLS client (gzip): no store, no scheduler, no acks.
+async fn reference(name: &'static str, readings: &[Reading]) -> Row {
     let dir = tempfile::tempdir().expect("tmp");
     let pki = TestPki::generate(&dir.path().join("pki")).expect("pki");
-    let fhir = FhirTestServer::start(ServerConfig::for_pki(&pki))
-        .await
-        .expect("server");
+    let fhir = start_server(ServerConfig::for_pki(&pki)).await;
     let client = UplinkClient::new(&UplinkTls {
         fhir_base: fhir.base_url().parse().expect("url"),
         pin_spki_sha256: Vec::new(),
@@ -156,26 +165,35 @@ async fn reference(name: &'static str, readings: &[Reading], cap: usize) -> Row 
     })
     .expect("client");
     let gateway = GatewayInfo::new("gw", "0");
-    let bundles: Vec<serde_json::Value> = readings
-        .chunks(cap)
-        .map(|c| build_transaction_bundle(&gateway, c).expect("bundle").0)
+    // As many readings as the uploader puts in one Bundle at cap 50 (Device entries counted).
+    let per_bundle = readings_that_fit(&readings[..readings.len().min(50)]);
+    let chunks: Vec<&[Reading]> = readings.chunks(per_bundle).collect();
+    let mut known = KnownDevices::default();
+    let first = build_bundle(&gateway, chunks[0], &known).expect("bundle");
+    let r = client.send(&first.bundle).await.expect("send");
+    assert_eq!(r.status, 200, "{name}");
+    assert_eq!(known.learn_from_response(&r.body, &first.devices), 2);
+    let bundles: Vec<serde_json::Value> = chunks[1..]
+        .iter()
+        .map(|c| build_bundle(&gateway, c, &known).expect("bundle").bundle)
         .collect();
+    let bytes_before = fhir.wire_bytes_in();
     let start = Instant::now();
     for b in &bundles {
         let r = client.send(b).await.expect("send");
         assert_eq!(r.status, 200, "{name}");
     }
     let elapsed = start.elapsed();
-    let n = readings.len();
     assert_eq!(
         fhir.stored_observations().len(),
-        n,
+        readings.len(),
         "{name}: one Observation each"
     );
+    let n = readings.len() - chunks[0].len();
     Row {
         name,
         per_sec: n as f64 / elapsed.as_secs_f64(),
-        bytes_per_reading: fhir.wire_bytes_in() as f64 / n as f64,
+        bytes_per_reading: (fhir.wire_bytes_in() - bytes_before) as f64 / n as f64,
         requests: fhir.request_count(),
     }
 }
@@ -190,14 +208,19 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let naive_n: usize = std::env::var("UPLINK_DRAIN_NAIVE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
     let readings = readings(n);
+    let naive_readings = &readings[..readings.len().min(naive_n)];
     let rows = rt.block_on(async {
         vec![
+            reference("reference: same Bundles, prebuilt", &readings).await,
+            drain("vitalgate gzip, cap 50 (default)", &readings, 50, true).await,
             drain("vitalgate gzip, cap 20", &readings, 20, true).await,
-            drain("vitalgate gzip, cap 40", &readings, 40, true).await,
-            drain("vitalgate plain, cap 20", &readings, 20, false).await,
-            reference("reference: prebuilt Bundles of 20", &readings, 20).await,
-            drain("naive: 1 reading/request, plain", &readings, 1, false).await,
+            drain("vitalgate plain, cap 50", &readings, 50, false).await,
+            drain("naive: 1 reading/request, plain", naive_readings, 1, false).await,
         ]
     });
     let naive = rows.last().map_or(1.0, |r| r.per_sec);
@@ -206,8 +229,10 @@ fn main() {
         .find(|r| r.name.starts_with("reference"))
         .map_or(1.0, |r| r.per_sec);
     println!(
-        "uplink drain: {} readings (BP panels) to the loopback mTLS server",
-        readings.len()
+        "uplink drain: {} readings (BP panels) to the loopback mTLS server, in this process \
+         (naive row: the first {})",
+        readings.len(),
+        naive_readings.len(),
     );
     println!(
         "| {:<34} | {:>10} | {:>8} | {:>6} | {:>14} | {:>8} |",

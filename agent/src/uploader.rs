@@ -216,6 +216,8 @@ impl<S: BundleSender> Uploader<S> {
         // `batch_size` is the cap; the size read for each fresh batch adapts within it.
         let mut size = AdaptiveBatch::new(self.batch_size);
         let mut meter = Meter::load(self.ledger_file.as_deref());
+        // Devices the server confirmed, referenced as `Device/<id>` instead of resent.
+        let mut known = fhir::KnownDevices::default();
         while !shutdown.is_cancelled() {
             // The watchdog: a beat per round; the waits (backoff, pause, an empty outbox) are
             // idle, the store and the HTTP request are work (bounded by uplink.timeout_secs).
@@ -293,7 +295,7 @@ impl<S: BundleSender> Uploader<S> {
                     }
                     let sent_before = self.sender.body_bytes_sent();
                     let started = Instant::now();
-                    let exchanged_now = self.exchange(&batch, &shutdown).await;
+                    let exchanged_now = self.exchange(&batch, &mut known, &shutdown).await;
                     meter.record(
                         self.sender.body_bytes_sent().saturating_sub(sent_before),
                         self.ledger_file.as_deref(),
@@ -356,12 +358,49 @@ impl<S: BundleSender> Uploader<S> {
 
     /// Builds, sends and classifies one Bundle; acks it if the server confirmed it. `None` if
     /// shutdown came first (the request is dropped, nothing is acked).
+    ///
+    /// `known`: the Devices to reference instead of resending; learnt from a commit, forgotten
+    /// after anything else (a server that lost a Device rejects the reference). A reading-level
+    /// refusal of a Bundle that referenced Devices is resent at once with their conditional
+    /// creates, before it counts against any reading.
     async fn exchange(
         &self,
         batch: &[Reading],
+        known: &mut fhir::KnownDevices,
         shutdown: &CancellationToken,
     ) -> Option<(Verdict, Exchange)> {
-        let (bundle, entries) = match fhir::build_transaction_bundle(&self.gateway, batch) {
+        let mut result = self.exchange_with(batch, known, shutdown).await;
+        if let Some((Verdict::Rejected { .. } | Verdict::EntriesFailed { .. }, _)) = &result {
+            if !known.is_empty() {
+                tracing::debug!(
+                    devices = known.len(),
+                    "uplink resends a refused Bundle with its Devices' conditional creates"
+                );
+                known.forget_all();
+                result = self.exchange_with(batch, known, shutdown).await;
+            }
+        }
+        if let Some((verdict, _)) = &result {
+            if !matches!(verdict, Verdict::Delivered | Verdict::Unmappable { .. })
+                && !known.is_empty()
+            {
+                tracing::debug!(
+                    devices = known.len(),
+                    "uplink forgets the Devices it referenced; the next Bundle creates them again"
+                );
+                known.forget_all();
+            }
+        }
+        result
+    }
+
+    async fn exchange_with(
+        &self,
+        batch: &[Reading],
+        known: &mut fhir::KnownDevices,
+        shutdown: &CancellationToken,
+    ) -> Option<(Verdict, Exchange)> {
+        let built = match fhir::build_bundle(&self.gateway, batch, known) {
             Ok(v) => v,
             Err(e) => {
                 let culprit = match e {
@@ -371,16 +410,17 @@ impl<S: BundleSender> Uploader<S> {
                 return Some((Verdict::Unmappable { culprit }, Exchange::Unmappable(e)));
             }
         };
+        let (bundle, entries) = (&built.bundle, &built.entries);
         let total = bundle["entry"].as_array().map_or(0, Vec::len);
         telemetry::BundleSent {
-            bundle: &bundle,
+            bundle,
             entries: total,
         }
         .emit();
         let answer = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return None,
-            r = self.sender.send(&bundle) => r,
+            r = self.sender.send(bundle) => r,
         };
         let resp = match answer {
             Ok(r) => r,
@@ -399,11 +439,12 @@ impl<S: BundleSender> Uploader<S> {
             resp.retry_after.as_deref(),
             &resp.body,
             total,
-            &entries,
+            entries,
             now,
         );
         Some(match outcome {
             Outcome::Accepted(accepted) => {
+                known.learn_from_response(&resp.body, &built.devices);
                 self.ack(accepted).await;
                 (Verdict::Delivered, Exchange::Delivered)
             }

@@ -1155,3 +1155,29 @@ fn purge_removes_only_the_selected_pending_records_durably_and_counts_them() {
     assert_eq!(o.stats().unwrap().purged, 3);
     assert_eq!(pending_ns(&o), vec![1, 3, 5]);
 }
+
+/// The uploader's read while acks are being written: records whose sequence number is in the
+/// skip set are passed over (without being opened), the limit counts only what is returned,
+/// and the predicate still filters the rest.
+#[test]
+fn a_read_skipping_sequence_numbers_returns_the_next_records_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = open(dir.path());
+    for n in 1..=6u8 {
+        o.insert(id(n), &sample(u32::from(n))).unwrap();
+    }
+    let all = o.pending::<Sample>(10).unwrap();
+    let skip: std::collections::HashSet<u64> = all[..2].iter().map(|r| r.seq).collect();
+    let (got, refused) = o
+        .pending_where_skipping::<Sample>(2, &skip, |s| s.n != 4)
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.value.n).collect::<Vec<_>>(),
+        vec![3, 5]
+    );
+    assert_eq!(refused, 1, "only the predicate's refusals are counted");
+    let (got, _) = o
+        .pending_where_skipping::<Sample>(10, &std::collections::HashSet::new(), |_| true)
+        .unwrap();
+    assert_eq!(got.len(), 6, "an empty skip set skips nothing");
+}

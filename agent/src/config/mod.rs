@@ -189,7 +189,8 @@ pub struct UplinkConfig {
     pub client_key: PathBuf,
     pub allow_insecure_http: bool,
     pub timeout: Duration,
-    /// Readings per transaction Bundle (Device entries come on top; at most 50 entries total).
+    /// Most readings per transaction Bundle (the adaptive size stays within it). A batch is
+    /// cut where its entries, Device entries included, would pass 50.
     pub batch_size: usize,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -455,7 +456,7 @@ client_key = "tls/gw.key"
         assert_eq!(c.gateway.id, "gw-1");
         assert_eq!(c.gateway.data_dir, PathBuf::from("/etc/vitalgate/data"));
         assert_eq!(c.store.cache_capacity_bytes, 16 * 1024 * 1024);
-        assert_eq!(c.uplink.batch_size, 20);
+        assert_eq!(c.uplink.batch_size, 50);
         assert!(c.mqtt.is_none());
     }
 

@@ -341,7 +341,7 @@ impl Validator<'_> {
             ));
         }
         let timeout = self.int_in(&u.timeout_secs, "uplink.timeout_secs", 1..601, 30)?;
-        let batch = self.int_in(&u.batch_size, "uplink.batch_size", 1..41, 20)?;
+        let batch = self.int_in(&u.batch_size, "uplink.batch_size", 1..51, 50)?;
         let initial = self.int_in(
             &u.backoff_initial_ms,
             "uplink.backoff_initial_ms",
@@ -443,7 +443,7 @@ impl Validator<'_> {
             client_key: self.path_value(&u.client_key, "uplink.client_key")?,
             allow_insecure_http: u.allow_insecure_http,
             timeout: Duration::from_secs(timeout.unsigned_abs()),
-            batch_size: usize::try_from(batch).unwrap_or(20),
+            batch_size: usize::try_from(batch).unwrap_or(50),
             backoff_initial: Duration::from_millis(initial.unsigned_abs()),
             backoff_max: Duration::from_secs(max.unsigned_abs()),
             pause_initial: Duration::from_secs(pause_initial.unsigned_abs()),

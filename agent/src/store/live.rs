@@ -172,6 +172,20 @@ impl Outbox {
         self.core()?.pending_where(limit, keep)
     }
 
+    /// See [`SledOutbox::pending_where_skipping`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::pending_where_skipping`], and [`StoreError::Unavailable`].
+    pub fn pending_where_skipping<T: DeserializeOwned>(
+        &self,
+        limit: usize,
+        skip: &std::collections::HashSet<u64>,
+        keep: impl FnMut(&T) -> bool,
+    ) -> Result<(Vec<PendingRecord<T>>, usize), StoreError> {
+        self.core()?.pending_where_skipping(limit, skip, keep)
+    }
+
     /// See [`SledOutbox::purge_pending_where`].
     ///
     /// # Errors

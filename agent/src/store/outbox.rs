@@ -611,6 +611,22 @@ impl SledOutbox {
     pub fn pending_where<T: DeserializeOwned>(
         &self,
         limit: usize,
+        keep: impl FnMut(&T) -> bool,
+    ) -> Result<(Vec<PendingRecord<T>>, usize), StoreError> {
+        self.pending_where_skipping(limit, &std::collections::HashSet::new(), keep)
+    }
+
+    /// [`Outbox::pending_where`], passing over the records whose sequence number is in `skip`
+    /// without opening them (the uploader's readings whose ack is being written: opening each
+    /// only to refuse it cost more than the upload itself).
+    ///
+    /// # Errors
+    ///
+    /// As [`Outbox::pending_where`].
+    pub fn pending_where_skipping<T: DeserializeOwned>(
+        &self,
+        limit: usize,
+        skip: &std::collections::HashSet<u64>,
         mut keep: impl FnMut(&T) -> bool,
     ) -> Result<(Vec<PendingRecord<T>>, usize), StoreError> {
         let mut out = Vec::new();
@@ -620,6 +636,9 @@ impl SledOutbox {
         }
         for item in self.pending.iter() {
             let (key, raw) = item?;
+            if !skip.is_empty() && parse_seq(&key).is_some_and(|seq| skip.contains(&seq)) {
+                continue;
+            }
             match self.decode_pending::<T>(&key, &raw) {
                 Ok(record) => {
                     if !keep(&record.value) {

@@ -11,7 +11,9 @@
 //!   `dataAbsentReason` instead (§2), on the Observation or on the BP component, never a number;
 //! - every entry is `POST` with `ifNoneExist = "identifier=<system>|<value>"` built from the
 //!   same strings as the resource identifier, so a retried Bundle creates nothing twice;
-//! - one Device entry per distinct device, the gateway Device once, at most 50 entries;
+//! - one Device entry per distinct device, the gateway Device once, at most 50 entries; a
+//!   Device the server already confirmed ([`KnownDevices`]) is referenced as `Device/<id>`
+//!   instead (§5.4);
 //! - references inside the Bundle use `urn:uuid:` fullUrls derived deterministically from the
 //!   resource identifier (the same Bundle on retry is byte-identical, and tests are stable).
 //!
@@ -446,15 +448,20 @@ fn specialization(class: DeviceClass) -> (u32, &'static str) {
 }
 
 fn entry(full_url: &str, resource: Value, url: &str, system: &str, value: &str) -> Value {
-    json!({
-        "fullUrl": full_url,
-        "resource": resource,
-        "request": {
+    // Built by hand, not with `json!`: the macro serializes an interpolated `Value` into a new
+    // one (a deep copy of the whole resource, then a drop of the original).
+    let mut e = Map::new();
+    e.insert("fullUrl".into(), Value::String(full_url.to_owned()));
+    e.insert("resource".into(), resource);
+    e.insert(
+        "request".into(),
+        json!({
             "method": "POST",
             "url": url,
             "ifNoneExist": format!("identifier={system}|{value}"),
-        }
-    })
+        }),
+    );
+    Value::Object(e)
 }
 
 fn gateway_entry(gw: &GatewayInfo) -> (String, Value) {
@@ -1009,6 +1016,120 @@ fn reference_cts(obs: &mut Value, cts_ref: &str) {
     }
 }
 
+/// Devices the server already holds: `<system>|<value>` of a Device's identifier → its literal
+/// reference `Device/<id>` (fhir-mapping.md §5.4: "cache `response.location` of Devices and
+/// reference `Device/<id>` afterwards").
+///
+/// Learnt only from a committed Bundle (every entry 200/201) whose Device entry came back with a
+/// usable `response.location`; forgotten as a whole after any exchange that was not a commit
+/// (the server may have lost or merged a Device: the next Bundle sends the conditional creates
+/// again, which costs bytes, never a reading). In memory only: a restart re-learns from its first
+/// Bundle. Bounded by [`MAX_KNOWN_DEVICES`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnownDevices {
+    refs: BTreeMap<String, String>,
+}
+
+/// Most Devices remembered; one more and the cache starts again (a gateway has a few dozen).
+pub const MAX_KNOWN_DEVICES: usize = 4096;
+
+impl KnownDevices {
+    /// `Device/<id>` of the Device keyed `key` (see [`device_key`], [`gateway_key`]), if known.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.refs.get(key).map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+
+    pub fn forget_all(&mut self) {
+        self.refs.clear();
+    }
+
+    /// Remembers the Device keyed `key` at `location` (a `response.location`); false, and
+    /// nothing remembered, when the location names no Device id.
+    pub fn learn(&mut self, key: &str, location: &str) -> bool {
+        let Some(reference) = device_reference(location) else {
+            return false;
+        };
+        if self.refs.len() >= MAX_KNOWN_DEVICES && !self.refs.contains_key(key) {
+            self.refs.clear();
+        }
+        self.refs.insert(key.to_owned(), reference);
+        true
+    }
+
+    /// Learns every Device entry's location from a committed `transaction-response` (`body`);
+    /// `devices` are the Device entries of the Bundle sent ([`BuiltBundle::devices`]). Returns
+    /// how many were learnt. Anything unexpected (not JSON, no location) teaches nothing.
+    pub fn learn_from_response(&mut self, body: &[u8], devices: &[(usize, String)]) -> usize {
+        if devices.is_empty() || body.len() > super::outcome::MAX_BODY {
+            return 0;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return 0;
+        };
+        let Some(entries) = v.get("entry").and_then(Value::as_array) else {
+            return 0;
+        };
+        let mut learnt = 0;
+        for (index, key) in devices {
+            let location = entries
+                .get(*index)
+                .and_then(|e| e.pointer("/response/location"))
+                .and_then(Value::as_str);
+            if location.is_some_and(|l| self.learn(key, l)) {
+                learnt += 1;
+            }
+        }
+        learnt
+    }
+}
+
+/// `Device/<id>` from a `response.location` (`Device/7/_history/1`, or an absolute URL ending
+/// so); `None` when it names no Device with a valid FHIR id (`[A-Za-z0-9\-\.]{1,64}`).
+pub fn device_reference(location: &str) -> Option<String> {
+    let path = location.split(['?', '#']).next().unwrap_or("");
+    let segments: Vec<&str> = path.split('/').collect();
+    let at = segments
+        .windows(2)
+        .rposition(|w| w[0] == "Device" && valid_id(w[1]))?;
+    Some(format!("Device/{}", segments[at + 1]))
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// The [`KnownDevices`] key of a PHD (or local) device.
+pub fn device_key(id: &DeviceIdentifier) -> String {
+    let (system, value, _) = device_identifier(id);
+    format!("{system}|{value}")
+}
+
+/// The [`KnownDevices`] key of the gateway's own Device.
+pub fn gateway_key(gw: &GatewayInfo) -> String {
+    format!("{GATEWAY_SYSTEM}|{}", gw.id)
+}
+
+/// A transaction Bundle and what the uploader needs to read its answer.
+#[derive(Debug, Clone)]
+pub struct BuiltBundle {
+    pub bundle: Value,
+    /// Per Observation entry, the reading ids it carries.
+    pub entries: Vec<EntryRef>,
+    /// Per Device entry (the gateway's included): its position and [`KnownDevices`] key.
+    pub devices: Vec<(usize, String)>,
+}
+
 /// How many of `readings` (taken in order) fit in one Bundle of at most [`MAX_ENTRIES`].
 pub fn readings_that_fit(readings: &[Reading]) -> usize {
     let mut devices = std::collections::HashSet::new();
@@ -1068,14 +1189,36 @@ pub fn build_transaction_bundle(
     gateway: &GatewayInfo,
     readings: &[Reading],
 ) -> Result<(Value, Vec<EntryRef>), MappingError> {
+    build_bundle(gateway, readings, &KnownDevices::default()).map(|b| (b.bundle, b.entries))
+}
+
+/// [`build_transaction_bundle`], referencing the Devices in `known` as `Device/<id>` instead of
+/// sending their conditional creates again. `readings` must fit as if no Device were known
+/// ([`readings_that_fit`]): what fits never depends on the cache, so a batch stays buildable
+/// after the cache is forgotten.
+pub fn build_bundle(
+    gateway: &GatewayInfo,
+    readings: &[Reading],
+    known: &KnownDevices,
+) -> Result<BuiltBundle, MappingError> {
     if readings.is_empty() {
         return Err(MappingError::Empty);
     }
     if readings_that_fit(readings) < readings.len() {
         return Err(MappingError::TooManyEntries(readings.len()));
     }
-    let (gw_url, gw_entry) = gateway_entry(gateway);
-    let mut entries = vec![gw_entry];
+    let mut entries = Vec::new();
+    let mut devices: Vec<(usize, String)> = Vec::new();
+    let gw_key = gateway_key(gateway);
+    let gw_url = match known.get(&gw_key) {
+        Some(reference) => reference.to_owned(),
+        None => {
+            let (url, e) = gateway_entry(gateway);
+            devices.push((entries.len(), gw_key));
+            entries.push(e);
+            url
+        }
+    };
     let mut device_urls: BTreeMap<String, String> = BTreeMap::new();
     let mut obs_index: BTreeMap<&str, usize> = BTreeMap::new();
     let mut cts_urls: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
@@ -1097,8 +1240,16 @@ pub fn build_transaction_bundle(
         let dev_url = match device_urls.get(&dev_key) {
             Some(u) => u.clone(),
             None => {
-                let (url, e) = device_entry(r);
-                entries.push(e);
+                let key = device_key(&r.device.identifier);
+                let url = match known.get(&key) {
+                    Some(reference) => reference.to_owned(),
+                    None => {
+                        let (url, e) = device_entry(r);
+                        devices.push((entries.len(), key));
+                        entries.push(e);
+                        url
+                    }
+                };
                 device_urls.insert(dev_key, url.clone());
                 url
             }
@@ -1156,12 +1307,16 @@ pub fn build_transaction_bundle(
     if gateway.write_mode == WriteMode::Put {
         entries.iter_mut().for_each(as_put);
     }
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": entries,
-    });
-    Ok((bundle, refs))
+    let mut bundle = Map::new();
+    bundle.insert("resourceType".into(), Value::String("Bundle".into()));
+    bundle.insert("type".into(), Value::String("transaction".into()));
+    bundle.insert("entry".into(), Value::Array(entries));
+    let bundle = Value::Object(bundle);
+    Ok(BuiltBundle {
+        bundle,
+        entries: refs,
+        devices,
+    })
 }
 
 #[cfg(test)]
@@ -1587,5 +1742,101 @@ pub(crate) mod tests {
         let u = a.trim_start_matches("urn:uuid:");
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
+    }
+
+    #[test]
+    fn confirmed_devices_are_referenced_by_id_and_learnt_only_from_their_own_locations() {
+        let gw = GatewayInfo::new("gw-1", "0.1.0");
+        let first = build_bundle(&gw, &[bp()], &KnownDevices::default()).unwrap();
+        let gw_key = gateway_key(&gw);
+        let dev_key = device_key(&bp().device.identifier);
+        assert_eq!(
+            first.devices,
+            vec![(0, gw_key.clone()), (1, dev_key.clone())]
+        );
+        // The server's transaction-response: locations absolute or relative, in entry order.
+        let response = json!({"resourceType": "Bundle", "type": "transaction-response", "entry": [
+            {"response": {"status": "201 Created", "location": "https://fhir.example/r4/Device/gw7/_history/1"}},
+            {"response": {"status": "200 OK", "location": "Device/12/_history/3"}},
+            {"response": {"status": "201 Created", "location": "Observation/99/_history/1"}},
+        ]});
+        let mut known = KnownDevices::default();
+        let body = serde_json::to_vec(&response).unwrap();
+        assert_eq!(known.learn_from_response(&body, &first.devices), 2);
+        assert_eq!(known.get(&gw_key), Some("Device/gw7"));
+        assert_eq!(known.get(&dev_key), Some("Device/12"));
+
+        let next = build_bundle(&gw, &[bp()], &known).unwrap();
+        let entries = next.bundle["entry"].as_array().unwrap();
+        assert_eq!(entries.len(), 1, "the Observation only");
+        assert!(next.devices.is_empty());
+        assert_eq!(next.entries[0].entry_index, 0);
+        let obs = &entries[0]["resource"];
+        assert_eq!(obs["device"]["reference"], "Device/12");
+        assert_eq!(
+            obs["extension"][0]["valueReference"]["reference"],
+            "Device/gw7"
+        );
+        // The Bundle stays one a server accepts: validated in the devkit and e2e tests; here
+        // its entry is the same Observation as before, but for the references.
+        let mut before = first.bundle["entry"][2]["resource"].clone();
+        before["device"]["reference"] = json!("Device/12");
+        before["extension"][0]["valueReference"]["reference"] = json!("Device/gw7");
+        assert_eq!(&before, obs);
+
+        // A known device that is not in this batch changes nothing; forgetting restores the
+        // full Bundle, byte for byte.
+        known.forget_all();
+        let again = build_bundle(&gw, &[bp()], &known).unwrap();
+        assert_eq!(again.bundle, first.bundle);
+    }
+
+    #[test]
+    fn only_a_device_location_with_a_valid_id_teaches_anything() {
+        assert_eq!(device_reference("Device/7"), Some("Device/7".into()));
+        assert_eq!(
+            device_reference("Device/a-b.c/_history/2?x=1"),
+            Some("Device/a-b.c".into())
+        );
+        assert_eq!(
+            device_reference("https://h/fhir/Device/5/_history/1"),
+            Some("Device/5".into())
+        );
+        for bad in [
+            "",
+            "Device",
+            "Device/",
+            "Observation/7/_history/1",
+            "Device/_history",
+            "Device/a b",
+            &format!("Device/{}", "x".repeat(65)),
+        ] {
+            assert_eq!(device_reference(bad), None, "{bad}");
+        }
+        let devices = vec![(0, "k".to_string())];
+        let mut known = KnownDevices::default();
+        for body in [
+            &b"not json"[..],
+            br#"{"entry": []}"#,
+            br#"{"entry": [{"response": {"status": "201 Created"}}]}"#,
+            br#"{"entry": [{"response": {"location": 7}}]}"#,
+            br#"[1, 2]"#,
+        ] {
+            assert_eq!(known.learn_from_response(body, &devices), 0);
+        }
+        assert!(known.is_empty());
+    }
+
+    #[test]
+    fn the_device_cache_is_bounded() {
+        let mut known = KnownDevices::default();
+        for i in 0..MAX_KNOWN_DEVICES {
+            assert!(known.learn(&format!("k{i}"), &format!("Device/{i}")));
+        }
+        assert_eq!(known.len(), MAX_KNOWN_DEVICES);
+        assert!(known.learn("k0", "Device/0"), "a known key does not reset");
+        assert_eq!(known.len(), MAX_KNOWN_DEVICES);
+        assert!(known.learn("one more", "Device/x"));
+        assert_eq!(known.len(), 1, "starts again");
     }
 }

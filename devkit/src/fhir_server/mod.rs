@@ -315,8 +315,10 @@ impl ServerState {
             if path.exists() {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                state.lock().store = serde_json::from_str(&text)
+                let mut store: Store = serde_json::from_str(&text)
                     .with_context(|| format!("parsing {}", path.display()))?;
+                store.reindex();
+                state.lock().store = store;
             }
         }
         state.lock().state_file = state_file;
@@ -366,6 +368,11 @@ impl ServerState {
     /// Stored Observations, in creation order.
     pub fn stored_observations(&self) -> Vec<Value> {
         self.stored("Observation")
+    }
+
+    /// How many Observations are stored (cheap: no copy).
+    pub fn observation_count(&self) -> usize {
+        self.lock().store.of_type("Observation").len()
     }
 
     /// Stored Devices, in creation order.
@@ -464,6 +471,12 @@ impl ServerState {
     /// One [`EntryEvent`] per entry of every committed transaction, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<EntryEvent> {
         self.events.subscribe()
+    }
+
+    /// Deletes every stored resource of one type (a server that lost them); ids are never
+    /// given twice. Returns how many were removed.
+    pub fn remove_all(&self, resource_type: &str) -> usize {
+        self.lock().store.remove_all(resource_type)
     }
 
     /// Empties the store and the records (not the mode).

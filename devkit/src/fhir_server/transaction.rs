@@ -30,13 +30,17 @@
 //!   (`Device?identifier=<system>|<value>`) are recorded; if exactly one stored or
 //!   just-created resource matches they are rewritten to `<Type>/<id>` like a real server would,
 //!   otherwise kept as they are (the test server has no Patients, and accepts them as a lenient
-//!   server would). Literal references (`Device/7`) to a type the store holds but an id it does
-//!   not are accepted and recorded as unresolved.
+//!   server would). A literal reference to a Device or Observation the store does not hold
+//!   (`Device/7`) is a 400, as on a server that enforces referential integrity; to another
+//!   type the store holds but an id it does not, it is accepted and recorded as unresolved.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+/// Types this server holds and checks literal references to (`Device/7` must exist).
+const MANAGED_TYPES: [&str; 2] = ["Device", "Observation"];
 
 /// Most entries accepted in one Bundle (fhir-mapping.md §5.3).
 pub const MAX_ENTRIES: usize = 50;
@@ -50,6 +54,15 @@ pub struct Store {
     pub conditional_references: Vec<String>,
     /// Literal references to ids the store did not have when committed.
     pub unresolved_references: Vec<String>,
+    /// Resources removed per type ([`Store::remove_all`]): new ids continue after them, so an
+    /// id is never given twice.
+    #[serde(default)]
+    pub removed: BTreeMap<String, usize>,
+    /// `(type, system, value)` → ids: conditional-create lookups in O(1), so the server's
+    /// ceiling does not fall as it fills (a linear scan made a 100,000-reading drain
+    /// quadratic). Derived from `resources`: not serialized, rebuilt by [`Store::reindex`].
+    #[serde(skip)]
+    index: HashMap<(String, String, String), Vec<String>>,
 }
 
 /// What happened to one entry.
@@ -130,10 +143,63 @@ impl Rejection {
 }
 
 impl Store {
+    /// Deletes every resource of one type, as an administrator's purge would; their ids are
+    /// not given again. Returns how many were removed.
+    pub fn remove_all(&mut self, resource_type: &str) -> usize {
+        let n = self.resources.remove(resource_type).map_or(0, |v| v.len());
+        *self.removed.entry(resource_type.to_owned()).or_insert(0) += n;
+        self.index.retain(|(t, _, _), _| t != resource_type);
+        n
+    }
+
+    /// Rebuilds the identifier index from `resources` (after loading a state file).
+    pub fn reindex(&mut self) {
+        self.index.clear();
+        let all: Vec<(String, Value)> = self
+            .resources
+            .iter()
+            .flat_map(|(t, rs)| rs.iter().map(move |r| (t.clone(), r.clone())))
+            .collect();
+        for (t, r) in &all {
+            self.index_resource(t, r);
+        }
+    }
+
+    fn index_resource(&mut self, resource_type: &str, resource: &Value) {
+        let Some(id) = resource.get("id").and_then(Value::as_str) else {
+            return;
+        };
+        for (system, value) in identifiers(resource) {
+            let ids = self
+                .index
+                .entry((resource_type.to_owned(), system, value))
+                .or_default();
+            if !ids.iter().any(|i| i == id) {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+
+    fn unindex_resource(&mut self, resource_type: &str, resource: &Value) {
+        let Some(id) = resource.get("id").and_then(Value::as_str) else {
+            return;
+        };
+        for (system, value) in identifiers(resource) {
+            let key = (resource_type.to_owned(), system, value);
+            if let Some(ids) = self.index.get_mut(&key) {
+                ids.retain(|i| i != id);
+                if ids.is_empty() {
+                    self.index.remove(&key);
+                }
+            }
+        }
+    }
+
     /// Applies a plan made against this very store (the caller holds the lock between
     /// [`plan_transaction`] and this).
     pub fn commit(&mut self, plan: Plan) {
         for (resource_type, resource) in plan.new_resources {
+            self.index_resource(&resource_type, &resource);
             self.resources
                 .entry(resource_type)
                 .or_default()
@@ -141,6 +207,15 @@ impl Store {
         }
         for (resource_type, resource) in plan.replacements {
             let id = resource.get("id").cloned();
+            let old = self
+                .resources
+                .get(&resource_type)
+                .and_then(|rs| rs.iter().find(|r| r.get("id") == id.as_ref()))
+                .cloned();
+            if let Some(old) = old {
+                self.unindex_resource(&resource_type, &old);
+                self.index_resource(&resource_type, &resource);
+            }
             if let Some(slot) = self
                 .resources
                 .get_mut(&resource_type)
@@ -172,11 +247,14 @@ impl Store {
 
     /// Ids of stored resources of `resource_type` carrying identifier `system|value`.
     fn find(&self, resource_type: &str, system: &str, value: &str) -> Vec<String> {
-        self.of_type(resource_type)
-            .iter()
-            .filter(|r| has_identifier(r, system, value))
-            .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_owned))
-            .collect()
+        self.index
+            .get(&(
+                resource_type.to_owned(),
+                system.to_owned(),
+                value.to_owned(),
+            ))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Number of `(type, system|value)` identities held by more than one stored resource.
@@ -327,7 +405,9 @@ pub fn plan_transaction(store: &Store, bundle: &Value) -> Result<Plan, Rejection
                 let outcome = match found.as_slice() {
                     [] => {
                         let n = next_id.entry(resource_type.clone()).or_insert_with(|| {
-                            store.of_type(&resource_type).len() + 1
+                            store.of_type(&resource_type).len()
+                                + store.removed.get(&resource_type).copied().unwrap_or(0)
+                                + 1
                         });
                         let id = n.to_string();
                         *n += 1;
@@ -604,7 +684,11 @@ impl Resolver<'_> {
                     .just_created
                     .iter()
                     .any(|(t, _, _, i)| t == resource_type && i == id);
-            if known_type && !known_id && !id.contains('/') {
+            if MANAGED_TYPES.contains(&resource_type) && !known_id {
+                // Like a server that enforces referential integrity (HAPI's default): a
+                // reference to a Device or Observation it does not hold refuses the Bundle.
+                log.bad.push(reference.to_owned());
+            } else if known_type && !known_id && !id.contains('/') {
                 log.unresolved.push(reference.to_owned());
             }
         }
