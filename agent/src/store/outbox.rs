@@ -274,6 +274,20 @@ pub struct SledOutbox {
     /// Bytes of records held (see [`Outbox::held_bytes`]): counted exactly at open and by
     /// [`Outbox::recount_held_bytes`], kept up to date in between by the hot paths.
     held: AtomicU64,
+    /// The highest pending sequence number whose record is in the tree (written, not
+    /// necessarily durable yet).
+    written_upto: AtomicU64,
+    /// Every pending record up to this sequence number is durable: reads
+    /// ([`Outbox::pending_where`]) return none above it. After a failed flush sled still shows
+    /// the records it could not make durable; without this bound the uploader could read them
+    /// during the fault and send readings whose source was never acknowledged. Sequence numbers
+    /// grow (sled's `generate_id`, across restarts too), and the store has one writer at a time
+    /// (the pipeline's group commit; requeue runs with the daemon stopped), so "written before
+    /// the flush started" covers every record up to the mark.
+    durable_upto: AtomicU64,
+    /// Test only: the next flushes fail, as a full disk's would.
+    #[cfg(test)]
+    fail_flush: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -349,7 +363,18 @@ impl SledOutbox {
             duplicates: AtomicU64::new(0),
             corrupt_records: AtomicU64::new(0),
             held: AtomicU64::new(0),
+            written_upto: AtomicU64::new(0),
+            durable_upto: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_flush: std::sync::atomic::AtomicBool::new(false),
         };
+        // What is on disk at open is what sled recovered: durable.
+        let last = match outbox.pending.last()? {
+            Some((key, _)) => parse_seq(&key).unwrap_or(0),
+            None => 0,
+        };
+        outbox.written_upto.store(last, Ordering::Release);
+        outbox.durable_upto.store(last, Ordering::Release);
         outbox.check_or_init_meta()?;
         let marker = dir.join(MARKER_FILE);
         if !marker.exists() {
@@ -535,6 +560,17 @@ impl SledOutbox {
                 });
             match result {
                 Ok(outcomes) => {
+                    let written = prepared
+                        .iter()
+                        .zip(&outcomes)
+                        .filter_map(|((_, _, item), outcome)| match (item, outcome) {
+                            (Prepared::Pending(seq, _), Insert::Stored) => Some(*seq),
+                            _ => None,
+                        })
+                        .max();
+                    if let Some(seq) = written {
+                        self.written_upto.fetch_max(seq, Ordering::AcqRel);
+                    }
                     // Also for duplicates: the first copy may belong to a thread that has not
                     // synced yet.
                     self.make_durable()?;
@@ -590,7 +626,8 @@ impl SledOutbox {
         if limit == 0 {
             return Ok(out);
         }
-        for item in self.pending.iter() {
+        let durable = self.durable_upto.load(Ordering::Acquire);
+        for item in self.pending.range(..=durable.to_be_bytes()) {
             let (key, raw) = item?;
             match self.decode_pending::<T>(&key, &raw) {
                 Ok(record) => {
@@ -634,7 +671,8 @@ impl SledOutbox {
         if limit == 0 {
             return Ok((out, refused));
         }
-        for item in self.pending.iter() {
+        let durable = self.durable_upto.load(Ordering::Acquire);
+        for item in self.pending.range(..=durable.to_be_bytes()) {
             let (key, raw) = item?;
             if !skip.is_empty() && parse_seq(&key).is_some_and(|seq| skip.contains(&seq)) {
                 continue;
@@ -1013,6 +1051,9 @@ impl SledOutbox {
                 Ok(Requeue::Requeued { seq: new_seq })
             });
         let outcome = result?;
+        if let Requeue::Requeued { seq } = outcome {
+            self.written_upto.fetch_max(seq, Ordering::AcqRel);
+        }
         self.make_durable()?;
         tracing::info!(dead_seq = seq, ?outcome, "dead letter requeued");
         Ok(outcome)
@@ -1300,6 +1341,15 @@ impl SledOutbox {
     /// sled flush, then fdatasync of the data file and fsync of new blob files (module doc,
     /// invariant 5).
     fn make_durable(&self) -> Result<(), StoreError> {
+        // Read before the flush: every record written by now is covered by it.
+        let written = self.written_upto.load(Ordering::Acquire);
+        #[cfg(test)]
+        if self.fail_flush.load(Ordering::Relaxed) {
+            return Err(StoreError::Io {
+                path: self.dir.join("db"),
+                source: std::io::Error::other("injected: flush failed"),
+            });
+        }
         // The one place sled's flush is allowed: followed by our own fdatasync.
         #[allow(clippy::disallowed_methods)]
         self.db.flush()?;
@@ -1307,7 +1357,9 @@ impl SledOutbox {
             path: self.dir.join("db"),
             source,
         })?;
-        self.sync_new_blobs()
+        self.sync_new_blobs()?;
+        self.durable_upto.fetch_max(written, Ordering::AcqRel);
+        Ok(())
     }
 
     fn sync_new_blobs(&self) -> Result<(), StoreError> {
@@ -1627,4 +1679,48 @@ fn truncate_str(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> StoreKey {
+        StoreKey::from_bytes([9; 32])
+    }
+
+    /// A flush that fails leaves the batch in sled's memory: it must not be readable as
+    /// pending, or the uploader would send readings whose source was never acknowledged.
+    /// Once a later flush succeeds (the source's redelivery, a retry), they are.
+    #[test]
+    fn records_a_failed_flush_left_in_memory_are_not_pending_until_a_flush_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SledOutbox::open(dir.path(), key(), OutboxOptions::default()).unwrap();
+        o.insert([1; 32], &1u32).unwrap();
+        o.fail_flush.store(true, Ordering::Relaxed);
+        assert!(o.insert([2; 32], &2u32).is_err());
+        let read = |o: &SledOutbox| -> Vec<u32> {
+            let (v, _) = o.pending_where::<u32>(10, |_| true).unwrap();
+            assert_eq!(
+                o.pending::<u32>(10).unwrap().len(),
+                v.len(),
+                "pending and pending_where agree"
+            );
+            v.into_iter().map(|r| r.value).collect()
+        };
+        assert_eq!(read(&o), vec![1], "the unflushed record is not pending");
+        o.fail_flush.store(false, Ordering::Relaxed);
+        // The source redelivers: a duplicate of the record in memory, and this flush succeeds.
+        assert_eq!(o.insert([2; 32], &2u32).unwrap(), Insert::Duplicate);
+        assert_eq!(read(&o), vec![1, 2]);
+        drop(o);
+        let o = SledOutbox::open(dir.path(), key(), OutboxOptions::default()).unwrap();
+        assert_eq!(read(&o), vec![1, 2], "and after a reopen");
+        o.insert([3; 32], &3u32).unwrap();
+        assert_eq!(
+            read(&o),
+            vec![1, 2, 3],
+            "new records after a reopen are read"
+        );
+    }
 }
