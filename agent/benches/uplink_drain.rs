@@ -59,10 +59,6 @@ fn readings(count: u64) -> Vec<Reading> {
         .collect()
 }
 
-async fn start_server(config: ServerConfig) -> FhirTestServer {
-    FhirTestServer::start(config).await.expect("server")
-}
-
 struct Row {
     name: &'static str,
     per_sec: f64,
@@ -73,7 +69,9 @@ struct Row {
 async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool) -> Row {
     let dir = tempfile::tempdir().expect("tmp");
     let pki = TestPki::generate(&dir.path().join("pki")).expect("pki");
-    let fhir = start_server(ServerConfig::for_pki(&pki)).await;
+    let fhir = FhirTestServer::start(ServerConfig::for_pki(&pki))
+        .await
+        .expect("server");
     fhir.set_refuse_gzip(!gzip);
     let store = Arc::new(
         Outbox::open(
@@ -152,7 +150,9 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
 async fn reference(name: &'static str, readings: &[Reading]) -> Row {
     let dir = tempfile::tempdir().expect("tmp");
     let pki = TestPki::generate(&dir.path().join("pki")).expect("pki");
-    let fhir = start_server(ServerConfig::for_pki(&pki)).await;
+    let fhir = FhirTestServer::start(ServerConfig::for_pki(&pki))
+        .await
+        .expect("server");
     let client = UplinkClient::new(&UplinkTls {
         fhir_base: fhir.base_url().parse().expect("url"),
         pin_spki_sha256: Vec::new(),

@@ -62,7 +62,7 @@ pub struct Store {
     /// ceiling does not fall as it fills (a linear scan made a 100,000-reading drain
     /// quadratic). Derived from `resources`: not serialized, rebuilt by [`Store::reindex`].
     #[serde(skip)]
-    index: HashMap<(String, String, String), Vec<String>>,
+    index: IdentifierIndex,
 }
 
 /// What happened to one entry.
@@ -154,52 +154,20 @@ impl Store {
 
     /// Rebuilds the identifier index from `resources` (after loading a state file).
     pub fn reindex(&mut self) {
-        self.index.clear();
-        let all: Vec<(String, Value)> = self
-            .resources
-            .iter()
-            .flat_map(|(t, rs)| rs.iter().map(move |r| (t.clone(), r.clone())))
-            .collect();
-        for (t, r) in &all {
-            self.index_resource(t, r);
-        }
-    }
-
-    fn index_resource(&mut self, resource_type: &str, resource: &Value) {
-        let Some(id) = resource.get("id").and_then(Value::as_str) else {
-            return;
-        };
-        for (system, value) in identifiers(resource) {
-            let ids = self
-                .index
-                .entry((resource_type.to_owned(), system, value))
-                .or_default();
-            if !ids.iter().any(|i| i == id) {
-                ids.push(id.to_owned());
+        let mut index = HashMap::new();
+        for (t, rs) in &self.resources {
+            for r in rs {
+                index_resource(&mut index, t, r);
             }
         }
-    }
-
-    fn unindex_resource(&mut self, resource_type: &str, resource: &Value) {
-        let Some(id) = resource.get("id").and_then(Value::as_str) else {
-            return;
-        };
-        for (system, value) in identifiers(resource) {
-            let key = (resource_type.to_owned(), system, value);
-            if let Some(ids) = self.index.get_mut(&key) {
-                ids.retain(|i| i != id);
-                if ids.is_empty() {
-                    self.index.remove(&key);
-                }
-            }
-        }
+        self.index = index;
     }
 
     /// Applies a plan made against this very store (the caller holds the lock between
     /// [`plan_transaction`] and this).
     pub fn commit(&mut self, plan: Plan) {
         for (resource_type, resource) in plan.new_resources {
-            self.index_resource(&resource_type, &resource);
+            index_resource(&mut self.index, &resource_type, &resource);
             self.resources
                 .entry(resource_type)
                 .or_default()
@@ -207,20 +175,13 @@ impl Store {
         }
         for (resource_type, resource) in plan.replacements {
             let id = resource.get("id").cloned();
-            let old = self
-                .resources
-                .get(&resource_type)
-                .and_then(|rs| rs.iter().find(|r| r.get("id") == id.as_ref()))
-                .cloned();
-            if let Some(old) = old {
-                self.unindex_resource(&resource_type, &old);
-                self.index_resource(&resource_type, &resource);
-            }
             if let Some(slot) = self
                 .resources
                 .get_mut(&resource_type)
                 .and_then(|rs| rs.iter_mut().find(|r| r.get("id") == id.as_ref()))
             {
+                unindex_resource(&mut self.index, &resource_type, slot);
+                index_resource(&mut self.index, &resource_type, &resource);
                 *slot = resource;
             }
         }
@@ -275,6 +236,39 @@ impl Store {
 }
 
 /// `(system, value)` of every identifier of a resource that has both.
+type IdentifierIndex = HashMap<(String, String, String), Vec<String>>;
+
+/// Adds `resource`'s identifiers to `index`, pointing at its id.
+fn index_resource(index: &mut IdentifierIndex, resource_type: &str, resource: &Value) {
+    let Some(id) = resource.get("id").and_then(Value::as_str) else {
+        return;
+    };
+    for (system, value) in identifiers(resource) {
+        let ids = index
+            .entry((resource_type.to_owned(), system, value))
+            .or_default();
+        if !ids.iter().any(|i| i == id) {
+            ids.push(id.to_owned());
+        }
+    }
+}
+
+/// Removes `resource`'s identifiers from `index`.
+fn unindex_resource(index: &mut IdentifierIndex, resource_type: &str, resource: &Value) {
+    let Some(id) = resource.get("id").and_then(Value::as_str) else {
+        return;
+    };
+    for (system, value) in identifiers(resource) {
+        let key = (resource_type.to_owned(), system, value);
+        if let Some(ids) = index.get_mut(&key) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                index.remove(&key);
+            }
+        }
+    }
+}
+
 pub fn identifiers(resource: &Value) -> Vec<(String, String)> {
     resource
         .get("identifier")
