@@ -9,6 +9,27 @@ use std::time::{Duration, Instant};
 use harness::*;
 use vitalgate_devkit::fhir_server::Mode;
 
+/// Stores `points` with the agent running while the server answers 503, then stops the agent
+/// and sets the server back to normal: the next agent's first read takes them all, in one
+/// Bundle (readings arriving one by one may otherwise go out in several: the uploader reads
+/// only durable records, and the store makes them durable as they come).
+async fn store_while_the_server_refuses(h: &Harness, points: &[String]) {
+    h.fhir.set_mode(Mode::Fail {
+        status: 503,
+        retry_after: None,
+    });
+    let mut agent = h.spawn_agent();
+    h.publish(points).await;
+    h.wait_for_log(
+        &agent,
+        "reading stored",
+        points.len(),
+        Duration::from_secs(30),
+    );
+    agent.terminate();
+    h.fhir.set_mode(Mode::Normal);
+}
+
 async fn wait_for_requests(h: &Harness, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while h.fhir.request_count() < n {
@@ -26,16 +47,17 @@ async fn wait_for_requests(h: &Harness, n: usize, timeout: Duration) {
 /// queued hang-up was taken by an upload that got no answer. Under emulation the agent may also
 /// give up on an upload itself (its timeout while the server validates and commits): that upload
 /// is unanswered too, so "at least three" is the bound, not "exactly three".
+///
+/// One Bundle for certain: the readings are stored first ([`store_while_the_server_refuses`]).
 async fn four_readings_through_three_unanswered_commits(h: &Harness) -> Agent {
+    let points: Vec<String> = (0..4).map(|i| bp_point(i, 120 + i as i64, 80)).collect();
+    store_while_the_server_refuses(h, &points).await;
     h.fhir.queue_modes([
         Mode::HangUpAfterCommit,
         Mode::HangUpAfterCommit,
         Mode::HangUpAfterCommit,
     ]);
     let mut agent = h.spawn_agent();
-    let points: Vec<String> = (0..4).map(|i| bp_point(i, 120 + i as i64, 80)).collect();
-    h.publish(&points).await;
-    h.wait_for_log(&agent, "reading stored", 4, Duration::from_secs(30));
     // Three hang-ups, then one answered upload (batch_size = 4: one Bundle). A POST: a
     // check-uplink run before gets its GET /metadata answered 200 too.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -104,6 +126,8 @@ async fn in_put_mode_a_bundle_committed_three_times_without_an_answer_gives_one_
 
 /// One answer of each hostile kind in a row, then a normal server: the daemon neither panics
 /// nor exits, each answer is logged with its class, and every reading arrives exactly once.
+/// The four readings are stored first ([`store_while_the_server_refuses`]): one Bundle takes
+/// every hostile answer, and the failed gateway entry (`FailEntry(0)`) is bisected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_survives_every_hostile_answer_and_then_delivers_everything_once() {
     let h = Harness::new(Broker::embedded()).await;
@@ -124,11 +148,12 @@ async fn the_daemon_survives_every_hostile_answer_and_then_delivers_everything_o
         Mode::FailEntry(0),
     ];
     let n_hostile = hostile.len();
+    let points: Vec<String> = (0..4).map(|i| bp_point(i, 130 + i as i64, 85)).collect();
+    store_while_the_server_refuses(&h, &points).await;
+    let refused = h.fhir.request_count();
     h.fhir.queue_modes(hostile);
     let mut agent = h.spawn_agent();
-    let points: Vec<String> = (0..4).map(|i| bp_point(i, 130 + i as i64, 85)).collect();
-    h.publish(&points).await;
-    wait_for_requests(&h, n_hostile, Duration::from_secs(120)).await;
+    wait_for_requests(&h, refused + n_hostile, Duration::from_secs(120)).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while h.fhir.observation_identifiers().len() < 4 {
         assert!(

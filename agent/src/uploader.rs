@@ -27,7 +27,8 @@
 //! That is also why shutdown abandons an upload in flight instead of waiting for it: nothing is
 //! acked before the answer, and the resend after a restart is idempotent.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -35,8 +36,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::consent;
+use crate::identity::ReadingId;
 use crate::reading::Reading;
-use crate::store::Outbox;
+use crate::store::{Outbox, StoreError};
 use crate::telemetry;
 use crate::uplink::batch::{AdaptiveBatch, Exchanged};
 use crate::uplink::client::{BundleSender, SendError};
@@ -63,6 +65,156 @@ pub struct Uploader<S> {
     /// keeps the day's byte count across restarts (`None`: not kept).
     pub metering: Metering,
     pub ledger_file: Option<std::path::PathBuf>,
+}
+
+/// Acks of confirmed Bundles, written by a task of their own while the next Bundles are read,
+/// built and sent: the outbox's `fdatasync` is off the upload's critical path, and acks that
+/// queue up while one is written share the next one (group commit). At most [`ACKS_QUEUED`]
+/// Bundles wait (then the uploader waits for the disk). Reads skip the readings being acked
+/// ([`AckQueue::skip`]), so nothing confirmed is sent twice. An ack that fails leaves its
+/// readings pending: they are resent, which conditional create makes harmless; so does a kill
+/// before the queue is written.
+struct AckQueue {
+    state: Arc<Mutex<AckState>>,
+    tx: Option<tokio::sync::mpsc::Sender<Vec<ReadingId>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Confirmed Bundles whose acks may wait for the disk at once.
+const ACKS_QUEUED: usize = 8;
+
+/// Readings whose ack is queued or being written, by id and by outbox sequence number (a read
+/// passes over those by key, without opening them), and the sequence numbers of readings read
+/// lately (so a confirmed reading's is known).
+#[derive(Default)]
+struct AckState {
+    skip: Skip,
+    seq_of: std::collections::HashMap<ReadingId, u64>,
+}
+
+/// What a read passes over.
+#[derive(Clone, Default)]
+struct Skip {
+    ids: HashSet<ReadingId>,
+    seqs: HashSet<u64>,
+}
+
+/// Most sequence numbers remembered for readings read but not confirmed (held, bisected,
+/// dead-lettered); past it the memory starts again (a miss costs a record opened, not a
+/// reading: the id is checked too).
+const SEQS_REMEMBERED: usize = 65_536;
+
+impl AckState {
+    fn note_read(&mut self, records: impl IntoIterator<Item = (ReadingId, u64)>) {
+        if self.seq_of.len() > SEQS_REMEMBERED {
+            self.seq_of.clear();
+        }
+        self.seq_of.extend(records);
+    }
+}
+
+fn lock(state: &Mutex<AckState>) -> std::sync::MutexGuard<'_, AckState> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AckQueue {
+    fn new(store: Arc<Outbox>) -> Self {
+        let state: Arc<Mutex<AckState>> = Arc::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<ReadingId>>(ACKS_QUEUED);
+        let worker = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            while let Some(mut done) = rx.recv().await {
+                while let Ok(more) = rx.try_recv() {
+                    done.extend(more);
+                }
+                ack(Arc::clone(&store), done.clone()).await;
+                let mut st = lock(&worker);
+                for id in &done {
+                    st.skip.ids.remove(id);
+                    if let Some(seq) = st.seq_of.remove(id) {
+                        st.skip.seqs.remove(&seq);
+                    }
+                }
+            }
+        });
+        Self {
+            state,
+            tx: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The readings whose ack is queued or being written.
+    fn skip(&self) -> Skip {
+        lock(&self.state).skip.clone()
+    }
+
+    /// Reports each of `accepted` (the server has it: in the order of the answers, before any
+    /// later hold or pause is reported) and queues its ack (waits while [`ACKS_QUEUED`]
+    /// Bundles are queued).
+    async fn push(&mut self, accepted: Vec<outcome::Accepted>) {
+        let mut ids = Vec::with_capacity(accepted.len());
+        {
+            let mut st = lock(&self.state);
+            for a in &accepted {
+                st.skip.ids.insert(a.reading_id);
+                if let Some(seq) = st.seq_of.get(&a.reading_id).copied() {
+                    st.skip.seqs.insert(seq);
+                }
+                ids.push(a.reading_id);
+            }
+        }
+        for a in accepted {
+            telemetry::UplinkAccepted {
+                reading_id: &a.reading_id,
+                created: a.is_created(),
+                location: a.location.as_deref(),
+            }
+            .emit();
+        }
+        let Some(tx) = &self.tx else { return };
+        if let Err(e) = tx.send(ids).await {
+            tracing::error!(
+                readings = e.0.len(),
+                "ack task gone; the confirmed readings stay pending and will be resent"
+            );
+        }
+    }
+
+    /// Writes every queued ack, then stops the ack task.
+    async fn close(&mut self) {
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "ack task failed");
+            }
+        }
+    }
+}
+
+/// A batch read (and its Bundle built) by a read task. Read ahead, it is used only if the
+/// Bundle in flight was confirmed and the next step is a fresh batch; dropped otherwise (its
+/// readings simply stay pending). The consent filter is applied again before it is sent, as
+/// for any batch; the Bundle built ahead is used only for exactly the readings then sent.
+struct Ahead {
+    batch: Vec<Reading>,
+    held: Vec<(ReadingId, String, String)>,
+    built: Option<fhir::BuiltBundle>,
+}
+
+/// Removes confirmed readings from the outbox (durably).
+async fn ack(store: Arc<Outbox>, ids: Vec<ReadingId>) {
+    let ids: Vec<[u8; 32]> = ids.iter().map(|id| *id.as_bytes()).collect();
+    match tokio::task::spawn_blocking(move || store.ack(&ids)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            // The server has them; a resend is harmless (conditional create).
+            tracing::error!(error = %e, "server accepted the readings but the outbox could not record it; they will be resent");
+        }
+        Err(e) => tracing::error!(error = %e, "ack task failed"),
+    }
 }
 
 /// How long a hold sleeps before it looks again (the clock may be set, the day may change).
@@ -208,8 +360,15 @@ fn exchanged(sent: usize, took: Duration, verdict: &Verdict, exchange: &Exchange
 }
 
 impl<S: BundleSender> Uploader<S> {
-    /// Runs until shutdown. Returns at once when `shutdown` fires, also mid-upload.
+    /// Runs until shutdown. Returns at once when `shutdown` fires, also mid-upload (after
+    /// writing the acks of the Bundles the server confirmed).
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut acks = AckQueue::new(Arc::clone(&self.store));
+        self.rounds(&mut acks, &shutdown).await;
+        acks.close().await;
+    }
+
+    async fn rounds(&mut self, acks: &mut AckQueue, shutdown: &CancellationToken) {
         let mut scheduler = UploadScheduler::new(self.schedule, self.seed, |r: &Reading| {
             r.id.as_bytes().to_vec()
         });
@@ -218,6 +377,10 @@ impl<S: BundleSender> Uploader<S> {
         let mut meter = Meter::load(self.ledger_file.as_deref());
         // Devices the server confirmed, referenced as `Device/<id>` instead of resent.
         let mut known = fhir::KnownDevices::default();
+        // The next fresh batch, read and built while a Bundle is in flight, and the Bundle
+        // built ahead for the batch then loaded from it.
+        let mut ahead: Option<tokio::task::JoinHandle<Result<Ahead, StoreError>>> = None;
+        let mut prebuilt: Option<(Vec<ReadingId>, fhir::BuiltBundle)> = None;
         while !shutdown.is_cancelled() {
             // The watchdog: a beat per round; the waits (backoff, pause, an empty outbox) are
             // idle, the store and the HTTP request are work (bounded by uplink.timeout_secs).
@@ -246,8 +409,17 @@ impl<S: BundleSender> Uploader<S> {
                     }
                 }
                 Next::Fetch => {
-                    let mut batch = self.pending(size.size()).await;
+                    let (mut batch, mut built) = match ahead.take() {
+                        Some(task) => self.take_ahead(task).await,
+                        None => (self.pending(size.size(), acks).await, None),
+                    };
+                    // Read ahead for a fast answer; the answer was slower: the size stayed.
+                    if batch.len() > size.size() {
+                        batch.truncate(size.size());
+                        built = None;
+                    }
                     batch.truncate(fhir::readings_that_fit(&batch));
+                    prebuilt = built.map(|b| (batch.iter().map(|r| r.id).collect(), b));
                     if batch.is_empty() {
                         let stop = crate::ops::watchdog::idle(async {
                             tokio::select! {
@@ -293,9 +465,21 @@ impl<S: BundleSender> Uploader<S> {
                             telemetry::UplinkHoldEnded.emit();
                         }
                     }
+                    // The next fresh batch is read and built while this one is out (only when
+                    // nothing else is queued: bisection halves and retries come first).
+                    ahead = (scheduler.queued() == batch.len()).then(|| {
+                        let n = size.if_delivered_fast(batch.len());
+                        self.read_ahead(n, &batch, acks, &known)
+                    });
+                    let ids: Vec<ReadingId> = batch.iter().map(|r| r.id).collect();
+                    let built = prebuilt
+                        .take()
+                        .and_then(|(for_ids, b)| (for_ids == ids).then_some(b));
                     let sent_before = self.sender.body_bytes_sent();
                     let started = Instant::now();
-                    let exchanged_now = self.exchange(&batch, &mut known, &shutdown).await;
+                    let exchanged_now = self
+                        .exchange(&batch, built, &mut known, acks, shutdown)
+                        .await;
                     meter.record(
                         self.sender.body_bytes_sent().saturating_sub(sent_before),
                         self.ledger_file.as_deref(),
@@ -303,6 +487,10 @@ impl<S: BundleSender> Uploader<S> {
                     let Some((verdict, exchange)) = exchanged_now else {
                         return;
                     };
+                    if verdict != Verdict::Delivered {
+                        // Not a fresh batch next: the readings read ahead stay pending.
+                        ahead = None;
+                    }
                     let before = size.size();
                     let seen = exchanged(batch.len(), started.elapsed(), &verdict, &exchange);
                     let after = size.observe(seen);
@@ -325,33 +513,83 @@ impl<S: BundleSender> Uploader<S> {
         }
     }
 
-    async fn pending(&mut self, n: usize) -> Vec<Reading> {
+    /// The next `n` pending readings that may leave, skipping those whose ack is being
+    /// written.
+    async fn pending(&mut self, n: usize, acks: &AckQueue) -> Vec<Reading> {
+        let task = self.read_task(n, acks.skip(), acks, None);
+        self.take_ahead(task).await.0
+    }
+
+    /// Starts reading the next batch (at most `n` readings that may leave, skipping `batch`,
+    /// about to be sent, and the readings being acked) and building its Bundle with what is
+    /// known of the Devices now.
+    fn read_ahead(
+        &mut self,
+        n: usize,
+        batch: &[Reading],
+        acks: &AckQueue,
+        known: &fhir::KnownDevices,
+    ) -> tokio::task::JoinHandle<Result<Ahead, StoreError>> {
+        let mut skip = acks.skip();
+        skip.ids.extend(batch.iter().map(|r| r.id));
+        self.read_task(n, skip, acks, Some(known.clone()))
+    }
+
+    /// Reads up to `n` pending readings that may leave, except `skip`, in a blocking task; with
+    /// `known`, also builds their Bundle.
+    fn read_task(
+        &mut self,
+        n: usize,
+        skip: Skip,
+        acks: &AckQueue,
+        known: Option<fhir::KnownDevices>,
+    ) -> tokio::task::JoinHandle<Result<Ahead, StoreError>> {
         let store = Arc::clone(&self.store);
         let state = self.consent.refresh().clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let gateway = self.gateway.clone();
+        let noted = Arc::clone(&acks.state);
+        tokio::task::spawn_blocking(move || {
             let mut held = Vec::new();
-            let r = store.pending_where::<Reading>(n, |r| {
+            let (records, _) = store.pending_where_skipping::<Reading>(n, &skip.seqs, |r| {
+                if skip.ids.contains(&r.id) {
+                    return false;
+                }
                 let ok = state.may_leave(r);
                 if !ok {
                     held.push(held_entry(r));
                 }
                 ok
-            });
-            r.map(|(v, _)| (v, held))
+            })?;
+            lock(&noted).note_read(records.iter().map(|p| (p.value.id, p.seq)));
+            let mut batch: Vec<Reading> = records.into_iter().map(|p| p.value).collect();
+            let built = match known {
+                Some(known) if !batch.is_empty() => {
+                    batch.truncate(fhir::readings_that_fit(&batch));
+                    fhir::build_bundle(&gateway, &batch, &known).ok()
+                }
+                _ => None,
+            };
+            Ok(Ahead { batch, held, built })
         })
-        .await;
-        match result {
-            Ok(Ok((v, held))) => {
-                self.consent.audit(&held);
-                v.into_iter().map(|p| p.value).collect()
+    }
+
+    /// The batch (and Bundle) a read task made; an empty batch if the outbox could not be read.
+    async fn take_ahead(
+        &mut self,
+        task: tokio::task::JoinHandle<Result<Ahead, StoreError>>,
+    ) -> (Vec<Reading>, Option<fhir::BuiltBundle>) {
+        match task.await {
+            Ok(Ok(a)) => {
+                self.consent.audit(&a.held);
+                (a.batch, a.built)
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the outbox");
-                Vec::new()
+                (Vec::new(), None)
             }
             Err(e) => {
                 tracing::error!(error = %e, "outbox read task failed");
-                Vec::new()
+                (Vec::new(), None)
             }
         }
     }
@@ -366,10 +604,14 @@ impl<S: BundleSender> Uploader<S> {
     async fn exchange(
         &self,
         batch: &[Reading],
+        built: Option<fhir::BuiltBundle>,
         known: &mut fhir::KnownDevices,
+        acks: &mut AckQueue,
         shutdown: &CancellationToken,
     ) -> Option<(Verdict, Exchange)> {
-        let mut result = self.exchange_with(batch, known, shutdown).await;
+        let mut result = self
+            .exchange_with(batch, built, known, acks, shutdown)
+            .await;
         if let Some((Verdict::Rejected { .. } | Verdict::EntriesFailed { .. }, _)) = &result {
             if !known.is_empty() {
                 tracing::debug!(
@@ -377,7 +619,7 @@ impl<S: BundleSender> Uploader<S> {
                     "uplink resends a refused Bundle with its Devices' conditional creates"
                 );
                 known.forget_all();
-                result = self.exchange_with(batch, known, shutdown).await;
+                result = self.exchange_with(batch, None, known, acks, shutdown).await;
             }
         }
         if let Some((verdict, _)) = &result {
@@ -397,10 +639,13 @@ impl<S: BundleSender> Uploader<S> {
     async fn exchange_with(
         &self,
         batch: &[Reading],
+        built: Option<fhir::BuiltBundle>,
         known: &mut fhir::KnownDevices,
+        acks: &mut AckQueue,
         shutdown: &CancellationToken,
     ) -> Option<(Verdict, Exchange)> {
-        let built = match fhir::build_bundle(&self.gateway, batch, known) {
+        let built = match built.map_or_else(|| fhir::build_bundle(&self.gateway, batch, known), Ok)
+        {
             Ok(v) => v,
             Err(e) => {
                 let culprit = match e {
@@ -445,7 +690,7 @@ impl<S: BundleSender> Uploader<S> {
         Some(match outcome {
             Outcome::Accepted(accepted) => {
                 known.learn_from_response(&resp.body, &built.devices);
-                self.ack(accepted).await;
+                acks.push(accepted).await;
                 (Verdict::Delivered, Exchange::Delivered)
             }
             Outcome::EntriesFailed {
@@ -494,27 +739,6 @@ impl<S: BundleSender> Uploader<S> {
             // credential: pause either way.
             Outcome::Unauthorized => (Verdict::Refused { status: 401 }, Exchange::Refused),
         })
-    }
-
-    async fn ack(&self, accepted: Vec<outcome::Accepted>) {
-        let ids: Vec<[u8; 32]> = accepted.iter().map(|a| *a.reading_id.as_bytes()).collect();
-        let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || store.ack(&ids)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                // The server has them; a resend is harmless (conditional create).
-                tracing::error!(error = %e, "server accepted the readings but the outbox could not record it; they will be resent");
-            }
-            Err(e) => tracing::error!(error = %e, "ack task failed"),
-        }
-        for a in accepted {
-            telemetry::UplinkAccepted {
-                reading_id: &a.reading_id,
-                created: a.is_created(),
-                location: a.location.as_deref(),
-            }
-            .emit();
-        }
     }
 
     async fn carry_out(&self, effect: Option<Effect<Reading>>, exchange: &Exchange) {
@@ -920,6 +1144,21 @@ mod tests {
         committed.dedup();
         assert_eq!(committed.len(), n as usize, "every reading exactly once");
         (server.sizes(), counts(&store))
+    }
+
+    /// A burst drained at the default cap: acks are written by their own task while the next
+    /// Bundles are read and sent, yet no confirmed reading is ever sent a second time (the
+    /// reads skip the readings whose ack is not written yet).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_drains_with_acks_in_the_background_and_sends_each_reading_once() {
+        let server = Scripted::new(|_| Answer::Commit);
+        let (sizes, left) = drain(3_000, 50, &server).await;
+        assert_eq!(left, (0, 0));
+        assert_eq!(
+            sizes.iter().sum::<usize>(),
+            3_000,
+            "no reading sent twice: {sizes:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -63,6 +63,16 @@ impl AdaptiveBatch {
         self.cap
     }
 
+    /// The size the next fresh batch will have if a batch of `sent` readings is confirmed
+    /// fast: what the uploader reads ahead while that batch is in flight.
+    pub fn if_delivered_fast(&self, sent: usize) -> usize {
+        let mut next = *self;
+        next.observe(Exchanged::Delivered {
+            sent,
+            took: Duration::ZERO,
+        })
+    }
+
     /// Takes the outcome of one exchange into account; returns the new size.
     pub fn observe(&mut self, e: Exchanged) -> usize {
         self.size = match e {
