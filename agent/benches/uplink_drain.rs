@@ -6,11 +6,13 @@
 //! Device cache, mTLS client, acks) to a fresh server, once per row:
 //! - vitalgate, gzip bodies, cap `uplink.batch_size` = 50 (the default) and 20;
 //! - vitalgate, plain bodies (the server answers 415 to gzip; the client falls back at once);
-//! - a reference client: the same Bundles the uploader sends at the default cap (as many
+//! - two reference clients: the same Bundles the uploader sends at the default cap (as many
 //!   readings as fit in 50 entries, the Devices referenced by the ids the first Bundle's answer
-//!   gave), all built before the clock starts and sent back to back by the same mTLS client
-//!   (gzip): no store, no scheduler, no acks, the ceiling of this server and transport. Its
-//!   first Bundle (which creates the Devices) is sent before the clock starts;
+//!   gave), all built before the clock starts and sent back to back: as gzip bodies encoded
+//!   beforehand, by a bare reqwest client on the uplink's TLS configuration (the server's own
+//!   ceiling, the `% ref` baseline), and as JSON values by the uplink client (which serializes
+//!   and compresses each as it sends). No store, no scheduler, no acks. Their first Bundle
+//!   (which creates the Devices) is sent before the clock starts;
 //! - the naive baseline in the same run: one reading per request (cap 1), plain bodies, on the
 //!   first `UPLINK_DRAIN_NAIVE_N` readings (default 5,000: its rate is steady, and 100,000 would
 //!   take a quarter of an hour).
@@ -33,7 +35,7 @@ use vitalgate::reading::{Reading, Source};
 use vitalgate::store::{NewRecord, Outbox, OutboxOptions, StoreKey};
 use vitalgate::uplink::backoff::Backoff;
 use vitalgate::uplink::client::BundleSender;
-use vitalgate::uplink::client::{UplinkClient, UplinkTls};
+use vitalgate::uplink::client::{tls_config, UplinkClient, UplinkTls};
 use vitalgate::uplink::fhir::{build_bundle, readings_that_fit, GatewayInfo, KnownDevices};
 use vitalgate::uplink::scheduler::{SchedulerConfig, REJECTION_STREAK_LIMIT};
 use vitalgate::uploader::{ConsentSource, Uploader};
@@ -59,6 +61,50 @@ fn readings(count: u64) -> Vec<Reading> {
         .collect()
 }
 
+/// `UPLINK_DRAIN_PIN=1` (and at least 2 CPUs): the server runs on a runtime of its own, its
+/// threads pinned to CPU 1, the clients, the outbox and everything else on CPU 0, as with a
+/// server on another machine. Unset, all share every CPU.
+fn pinned() -> bool {
+    std::env::var("UPLINK_DRAIN_PIN").is_ok_and(|v| v == "1")
+        && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
+}
+
+/// Pins the calling thread to `cpu` with util-linux's `taskset` (the workspace forbids the
+/// `unsafe` a direct `sched_setaffinity` needs). Threads it starts later inherit the mask.
+fn pin_current_thread(cpu: usize) {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let tid = link
+        .file_name()
+        .and_then(|t| t.to_str())
+        .expect("thread id")
+        .to_owned();
+    let ok = std::process::Command::new("taskset")
+        .args(["-p", "-c", &cpu.to_string(), &tid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset could not pin thread {tid} to CPU {cpu}");
+}
+
+static SERVER_RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+
+async fn start_server(config: ServerConfig) -> FhirTestServer {
+    if !pinned() {
+        return FhirTestServer::start(config).await.expect("server");
+    }
+    let rt = SERVER_RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .on_thread_start(|| pin_current_thread(1))
+            .build()
+            .expect("server runtime")
+    });
+    rt.spawn(async move { FhirTestServer::start(config).await.expect("server") })
+        .await
+        .expect("server task")
+}
+
 struct Row {
     name: &'static str,
     per_sec: f64,
@@ -69,9 +115,7 @@ struct Row {
 async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool) -> Row {
     let dir = tempfile::tempdir().expect("tmp");
     let pki = TestPki::generate(&dir.path().join("pki")).expect("pki");
-    let fhir = FhirTestServer::start(ServerConfig::for_pki(&pki))
-        .await
-        .expect("server");
+    let fhir = start_server(ServerConfig::for_pki(&pki)).await;
     fhir.set_refuse_gzip(!gzip);
     let store = Arc::new(
         Outbox::open(
@@ -132,11 +176,7 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
     let elapsed = start.elapsed();
     shutdown.cancel();
     task.await.expect("uploader");
-    assert_eq!(
-        fhir.stored_observations().len(),
-        n,
-        "{name}: one Observation each"
-    );
+    assert_eq!(fhir.observation_count(), n, "{name}: one Observation each");
     Row {
         name,
         per_sec: n as f64 / elapsed.as_secs_f64(),
@@ -145,15 +185,17 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
     }
 }
 
-/// The reference: the uploader's Bundles at cap 50, built before the clock starts, sent one
-/// after the other by the same mTLS client (gzip): no store, no scheduler, no acks.
-async fn reference(name: &'static str, readings: &[Reading]) -> Row {
+/// The reference clients: the uploader's Bundles at cap 50, built before the clock starts and
+/// sent one after the other, no store, no scheduler, no acks. `raw`: as gzip bodies encoded
+/// before the clock starts, by a bare reqwest client on the uplink's TLS configuration (the
+/// server's own ceiling); otherwise as JSON values by the uplink client (which serializes and
+/// compresses each as it sends). The first Bundle (which creates the Devices) goes before the
+/// clock starts; its answer gives the Devices' ids.
+async fn reference(name: &'static str, readings: &[Reading], raw: bool) -> Row {
     let dir = tempfile::tempdir().expect("tmp");
     let pki = TestPki::generate(&dir.path().join("pki")).expect("pki");
-    let fhir = FhirTestServer::start(ServerConfig::for_pki(&pki))
-        .await
-        .expect("server");
-    let client = UplinkClient::new(&UplinkTls {
+    let fhir = start_server(ServerConfig::for_pki(&pki)).await;
+    let tls = UplinkTls {
         fhir_base: fhir.base_url().parse().expect("url"),
         pin_spki_sha256: Vec::new(),
         post_quantum: vitalgate::tls::PostQuantum::default(),
@@ -162,8 +204,8 @@ async fn reference(name: &'static str, readings: &[Reading]) -> Row {
         client_key: pki.client_key.clone(),
         allow_insecure_http: false,
         timeout: Duration::from_secs(30),
-    })
-    .expect("client");
+    };
+    let client = UplinkClient::new(&tls).expect("client");
     let gateway = GatewayInfo::new("gw", "0");
     // As many readings as the uploader puts in one Bundle at cap 50 (Device entries counted).
     let per_bundle = readings_that_fit(&readings[..readings.len().min(50)]);
@@ -173,19 +215,54 @@ async fn reference(name: &'static str, readings: &[Reading]) -> Row {
     let r = client.send(&first.bundle).await.expect("send");
     assert_eq!(r.status, 200, "{name}");
     assert_eq!(known.learn_from_response(&r.body, &first.devices), 2);
-    let bundles: Vec<serde_json::Value> = chunks[1..]
+    let bundles = chunks[1..]
         .iter()
-        .map(|c| build_bundle(&gateway, c, &known).expect("bundle").bundle)
-        .collect();
-    let bytes_before = fhir.wire_bytes_in();
-    let start = Instant::now();
-    for b in &bundles {
-        let r = client.send(b).await.expect("send");
-        assert_eq!(r.status, 200, "{name}");
+        .map(|c| build_bundle(&gateway, c, &known).expect("bundle").bundle);
+    let bytes_before;
+    let start;
+    if raw {
+        let bodies: Vec<Vec<u8>> = bundles
+            .map(|b| {
+                use std::io::Write;
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                enc.write_all(&serde_json::to_vec(&b).expect("json"))
+                    .expect("gzip");
+                enc.finish().expect("gzip")
+            })
+            .collect();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(&tls).expect("tls"))
+            .build()
+            .expect("http");
+        let base = fhir.base_url();
+        bytes_before = fhir.wire_bytes_in();
+        start = Instant::now();
+        for body in bodies {
+            let resp = http
+                .post(&base)
+                .header("Content-Type", "application/fhir+json")
+                .header("Accept", "application/fhir+json")
+                .header("Content-Encoding", "gzip")
+                .body(body)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status().as_u16(), 200, "{name}");
+            resp.bytes().await.expect("answer");
+        }
+    } else {
+        let bundles: Vec<serde_json::Value> = bundles.collect();
+        bytes_before = fhir.wire_bytes_in();
+        start = Instant::now();
+        for b in &bundles {
+            let r = client.send(b).await.expect("send");
+            assert_eq!(r.status, 200, "{name}");
+        }
     }
     let elapsed = start.elapsed();
     assert_eq!(
-        fhir.stored_observations().len(),
+        fhir.observation_count(),
         readings.len(),
         "{name}: one Observation each"
     );
@@ -203,9 +280,18 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
+    let pin = pinned();
+    if pin {
+        pin_current_thread(0);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .on_thread_start(move || {
+            if pin {
+                pin_current_thread(0);
+            }
+        })
         .build()
         .expect("runtime");
     let naive_n: usize = std::env::var("UPLINK_DRAIN_NAIVE_N")
@@ -216,7 +302,8 @@ fn main() {
     let naive_readings = &readings[..readings.len().min(naive_n)];
     let rows = rt.block_on(async {
         vec![
-            reference("reference: same Bundles, prebuilt", &readings).await,
+            reference("reference: same Bundles, gzip bytes", &readings, true).await,
+            reference("reference: same Bundles, JSON values", &readings, false).await,
             drain("vitalgate gzip, cap 50 (default)", &readings, 50, true).await,
             drain("vitalgate gzip, cap 20", &readings, 20, true).await,
             drain("vitalgate plain, cap 50", &readings, 50, false).await,
@@ -230,21 +317,26 @@ fn main() {
         .map_or(1.0, |r| r.per_sec);
     println!(
         "uplink drain: {} readings (BP panels) to the loopback mTLS server, in this process \
-         (naive row: the first {})",
+         (naive row: the first {}); {}",
         readings.len(),
         naive_readings.len(),
+        if pin {
+            "server threads on CPU 1, clients and outbox on CPU 0"
+        } else {
+            "server and clients share the CPUs"
+        }
     );
     println!(
-        "| {:<34} | {:>10} | {:>8} | {:>6} | {:>14} | {:>8} |",
+        "| {:<36} | {:>10} | {:>8} | {:>6} | {:>14} | {:>8} |",
         "client", "readings/s", "x naive", "% ref", "bytes/reading", "requests"
     );
     println!(
-        "|{:-<36}|{:->12}|{:->10}|{:->8}|{:->16}|{:->10}|",
+        "|{:-<38}|{:->12}|{:->10}|{:->8}|{:->16}|{:->10}|",
         "", "", "", "", "", ""
     );
     for r in &rows {
         println!(
-            "| {:<34} | {:>10.0} | {:>8.2} | {:>6.0} | {:>14.0} | {:>8} |",
+            "| {:<36} | {:>10.0} | {:>8.2} | {:>6.0} | {:>14.0} | {:>8} |",
             r.name,
             r.per_sec,
             r.per_sec / naive,
