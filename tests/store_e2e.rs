@@ -304,3 +304,139 @@ async fn no_canary_value_reaches_the_store_files_or_the_log_in_clear() {
         }
     }
 }
+
+/// Issue #11, key rotation: `vitalgate keys rotate` while the daemon runs with a backlog. The
+/// daemon picks the new data key up at once (new readings are sealed with it), re-seals the
+/// backlog in the background, and every reading stays readable and is delivered once; the
+/// algorithm can change on the way (`store.cipher`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_while_the_daemon_runs_reseals_the_backlog_and_loses_nothing() {
+    let mut h = Harness::new(Broker::embedded()).await;
+    h.fhir.stop().await;
+    let patience = Duration::from_secs(60) * emulation_factor();
+    let before = h.vitalgate(&["keys", "status"]);
+    assert!(
+        before.contains("data key 1 chacha20-poly1305") && before.contains("ACTIVE, 0 records"),
+        "{before}"
+    );
+    let mut agent = h.spawn_agent();
+    let first: Vec<String> = (0..20).map(|i| bp_point(i, 100 + i as i64, 70)).collect();
+    h.publish(&first).await;
+    h.wait_for_log(&agent, "reading stored", 20, patience);
+
+    store_settings(&h, "cipher = \"aes-256-gcm\"");
+    let out = h.vitalgate(&["keys", "rotate"]);
+    assert!(
+        out.contains("data key 2 (aes-256-gcm) is now the active"),
+        "{out}"
+    );
+    // While the daemon holds the store, status shows the keyring without counts.
+    let status = h.vitalgate(&["keys", "status"]);
+    assert!(
+        status.contains("data key 2 aes-256-gcm") && status.contains("ACTIVE"),
+        "{status}"
+    );
+    assert!(
+        status.contains("not shown while the daemon holds the store"),
+        "{status}"
+    );
+    h.wait_for_log(&agent, "store data key rotated", 1, patience);
+    h.wait_for_log(&agent, "store records re-sealed", 1, patience);
+
+    let second: Vec<String> = (20..30).map(|i| bp_point(i, 100 + i as i64, 70)).collect();
+    h.publish(&second).await;
+    h.wait_for_log(&agent, "reading stored", 30, patience);
+    agent.terminate();
+    let log = agent.stderr();
+    assert_eq!(
+        counter(&log, "store_records_resealed"),
+        Some(20),
+        "{}",
+        tail(&log, 5)
+    );
+
+    // Every record is sealed with key 2 now, key 1 seals none (and stays, harmlessly).
+    let status = h.vitalgate(&["keys", "status"]);
+    assert!(
+        status.contains("aes-256-gcm") && status.contains("ACTIVE, 30 records"),
+        "{status}"
+    );
+    assert!(
+        status.contains("chacha20-poly1305") && status.contains(", 0 records"),
+        "{status}"
+    );
+    assert!(!status.contains("legacy"), "{status}");
+
+    h.fhir.restart().await.unwrap();
+    let mut agent = h.spawn_agent();
+    h.wait_for_observations(30, patience).await;
+    agent.terminate();
+    h.assert_each_once(30);
+    assert!(
+        counter(&agent.stderr(), "store_records_quarantined").is_none(),
+        "nothing failed to open"
+    );
+}
+
+/// Issue #11: the store key (the key-encryption key) comes from the systemd credential
+/// `vitalgate-store-key` in `$CREDENTIALS_DIRECTORY` when there is one (what
+/// `LoadCredentialEncrypted=` provides, TPM2- or host-sealed), before `store.key_file`; the key
+/// file can then be removed from the card. A credential with another key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_key_can_come_from_a_systemd_credential_and_the_key_file_can_go() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::new(Broker::embedded()).await;
+    h.fhir.stop().await;
+    let patience = Duration::from_secs(60) * emulation_factor();
+    let mut agent = h.spawn_agent();
+    h.publish(&[bp_point(0, 120, 80)]).await;
+    h.wait_for_log(&agent, "reading stored", 1, patience);
+    agent.terminate();
+
+    let creds = h.dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let cred = creds.join("vitalgate-store-key");
+    let key_file = h.dir.path().join("store.key");
+    std::fs::copy(&key_file, &cred).unwrap();
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    let creds_s = creds.to_str().unwrap();
+
+    let run = |env: Option<&str>, args: &[&str]| {
+        let mut cmd = common::vitalgate();
+        cmd.args(args).arg("--config").arg(&h.config);
+        match env {
+            Some(d) => cmd.env("CREDENTIALS_DIRECTORY", d),
+            None => cmd.env_remove("CREDENTIALS_DIRECTORY"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = run(None, &["keys", "status"]);
+    assert!(!out.status.success(), "no key file, no credential: {out:?}");
+    let out = run(Some(creds_s), &["keys", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains(&format!("key-encryption key): {}", cred.display())),
+        "{text}"
+    );
+    assert!(text.contains("ACTIVE, 1 records"), "{text}");
+
+    // The daemon too: it reads the pending reading, takes a new one, delivers both.
+    h.fhir.restart().await.unwrap();
+    let mut agent = h.spawn_agent_env(&[("CREDENTIALS_DIRECTORY", creds_s)]);
+    h.publish(&[bp_point(1, 121, 81)]).await;
+    h.wait_for_observations(2, patience).await;
+    agent.terminate();
+    h.assert_each_once(2);
+
+    // A credential holding another key: the store says so and is not touched.
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&cred, format!("{}\n", "ab".repeat(32))).unwrap();
+    let out = run(Some(creds_s), &["status"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another key"),
+        "{out:?}"
+    );
+}

@@ -126,7 +126,7 @@ pub fn store_dir(cfg: &Config) -> std::path::PathBuf {
 }
 
 fn store_setup(cfg: &Config) -> Result<(StoreKey, OutboxOptions), StartError> {
-    let key = StoreKey::load(&cfg.store.key_file).map_err(StartError::Key)?;
+    let (key, _) = StoreKey::load_kek(&cfg.store.key_file).map_err(StartError::Key)?;
     std::fs::create_dir_all(&cfg.gateway.data_dir).map_err(|e| StartError::DataDir {
         path: cfg.gateway.data_dir.clone(),
         source: e,
@@ -134,6 +134,7 @@ fn store_setup(cfg: &Config) -> Result<(StoreKey, OutboxOptions), StartError> {
     let opts = OutboxOptions {
         cache_capacity: cfg.store.cache_capacity_bytes,
         tombstone_retention: cfg.store.acked_retention,
+        cipher: cfg.store.cipher,
         ..OutboxOptions::default()
     };
     Ok((key, opts))
@@ -212,7 +213,7 @@ impl App {
             None
         } else {
             // The BLE high-water marks are sealed with the store key (see sources::ble::cursor).
-            let key = StoreKey::load(&cfg.store.key_file).map_err(StartError::Key)?;
+            let (key, _) = StoreKey::load_kek(&cfg.store.key_file).map_err(StartError::Key)?;
             Some(sources::ble::BleSource::new(
                 &cfg,
                 &prepared.devices.ble,
@@ -623,6 +624,11 @@ impl Running {
         self.sup.spawn("ops", Some("ops"), true, None, move |stop| {
             Box::pin(ops::runner::run(ctx, store, shared, stop))
         });
+        let store = Arc::clone(&self.store);
+        self.sup
+            .spawn("store keys", Some("store keys"), true, None, move |stop| {
+                Box::pin(crate::store_keys::run(store, stop))
+            });
         if let Some(purge_after) = cfg.consent.purge_after {
             let (store, consent) = (Arc::clone(&self.store), cfg.consent.clone());
             self.sup.spawn(

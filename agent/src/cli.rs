@@ -146,7 +146,15 @@ enum DeadLettersCommand {
 #[derive(Subcommand, Debug)]
 enum KeysCommand {
     /// Create the store key file named by `store.key_file` (mode 0600; never overwrites).
+    /// It is the key-encryption key: it wraps the store's data keys (the keyring).
     Init(ConfigArg),
+    /// Start sealing new records with a new data key (algorithm `store.cipher`). A running
+    /// daemon picks it up within seconds and re-seals older records in the background; every
+    /// record stays readable throughout. Works while the daemon runs.
+    Rotate(ConfigArg),
+    /// Where the store key comes from, the data keys (id, algorithm, created, active) and,
+    /// with the daemon stopped, how many records each key seals.
+    Status(ConfigArg),
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +205,12 @@ pub fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::Init(c),
         } => keys_init(&c.config),
+        Command::Keys {
+            command: KeysCommand::Rotate(c),
+        } => keys_rotate(&c.config),
+        Command::Keys {
+            command: KeysCommand::Status(c),
+        } => keys_status(&c.config),
         Command::Decode(d) => decode(d),
         Command::Status { config, json } => status(&config.config, json),
         Command::Doctor(c) => doctor(&c.config),
@@ -303,6 +317,118 @@ fn keys_init(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The store key and the store's keyring, for `keys rotate` and `keys status`. A store that
+/// has no keyring yet (new, or written by a format 4 build) gets one by being opened once.
+fn load_keyring(
+    cfg: &Config,
+) -> Result<
+    (
+        crate::store::StoreKey,
+        PathBuf,
+        crate::store::keyring::Keyring,
+    ),
+    String,
+> {
+    use crate::store::keyring::Keyring;
+    let (kek, from) =
+        crate::store::StoreKey::load_kek(&cfg.store.key_file).map_err(|e| e.to_string())?;
+    let dir = crate::app::store_dir(cfg);
+    if let Some(ring) = Keyring::load(&dir, &kek).map_err(|e| e.to_string())? {
+        return Ok((kek, from, ring));
+    }
+    // Opening the store creates its keyring (or restores it from the store's copy).
+    drop(crate::app::open_store(cfg).map_err(|e| e.to_string())?);
+    match Keyring::load(&dir, &kek).map_err(|e| e.to_string())? {
+        Some(ring) => Ok((kek, from, ring)),
+        None => Err(format!("store {} has no keyring", dir.display())),
+    }
+}
+
+fn keys_rotate(path: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let (kek, _, mut ring) = match load_keyring(&cfg) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("vitalgate: keys rotate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now_ms = u64::try_from(now().timestamp_millis()).unwrap_or(0);
+    let dir = crate::app::store_dir(&cfg);
+    let saved = ring
+        .rotate(&kek, cfg.store.cipher, now_ms)
+        .and_then(|id| ring.save(&dir, &kek).map(|()| id));
+    match saved {
+        Ok(id) => {
+            println!(
+                "data key {id} ({}) is now the active store key. A running daemon seals new records with it within {} s and re-seals older ones in the background; every record stays readable throughout.",
+                cfg.store.cipher.as_str(),
+                crate::store_keys::POLL.as_secs()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitalgate: keys rotate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keys_status(path: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let (_, from, ring) = match load_keyring(&cfg) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("vitalgate: keys status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("store key (key-encryption key): {}", from.display());
+    let usage = match crate::app::open_store(&cfg) {
+        Ok(store) => store.key_usage().ok(),
+        Err(_) => None,
+    };
+    println!(
+        "keyring: {}",
+        crate::app::store_dir(&cfg)
+            .join(crate::store::keyring::KEYRING_FILE)
+            .display()
+    );
+    for k in &ring.keys {
+        let created =
+            chrono::DateTime::from_timestamp_millis(i64::try_from(k.created_ms).unwrap_or(0))
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+        let records = usage
+            .as_ref()
+            .map(|u| format!(", {} records", u.get(&k.id).copied().unwrap_or(0)))
+            .unwrap_or_default();
+        println!(
+            "  data key {} {} created {created}{}{records}",
+            k.id,
+            k.alg.as_str(),
+            if k.id == ring.active { " ACTIVE" } else { "" }
+        );
+    }
+    match usage {
+        Some(u) => {
+            if let Some(n) = u.get(&0) {
+                println!("  legacy key (store format 4): {n} records, re-sealed by the daemon");
+            }
+        }
+        None => println!(
+            "  records per key: not shown while the daemon holds the store (it re-seals older records to the active key in the background)"
+        ),
+    }
+    ExitCode::SUCCESS
 }
 
 fn now() -> chrono::DateTime<chrono::Utc> {

@@ -67,6 +67,9 @@ counters!(
     store_faults,
     store_reopen_failures,
     store_recoveries,
+    store_key_rotations,
+    store_records_resealed,
+    store_keyring_reload_failures,
     uplink_bundles_sent,
     uplink_accepted,
     uplink_retries,
@@ -448,6 +451,50 @@ impl StoreReopenFailed<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.store_reopen_failures);
         tracing::debug!(error = %self.error, attempt = self.attempt, next_try_secs = self.next_try_secs, "store reopen failed");
+    }
+}
+
+/// The store seals new records with another data key (`vitalgate keys rotate` took effect).
+pub struct StoreKeyActivated {
+    pub key_id: u32,
+}
+impl StoreKeyActivated {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_key_rotations);
+        tracing::info!(
+            key_id = self.key_id,
+            "store data key rotated: new records are sealed with it; re-sealing older records in the background"
+        );
+    }
+}
+
+/// A re-sealing pass ended: `records` records now sealed with the active key `key_id`.
+pub struct StoreResealed {
+    pub key_id: u32,
+    pub records: usize,
+}
+impl StoreResealed {
+    pub fn emit(self) {
+        bump_by(&COUNTERS.store_records_resealed, self.records);
+        if self.records > 0 {
+            tracing::info!(
+                key_id = self.key_id,
+                records = self.records,
+                "store records re-sealed with the active data key"
+            );
+        }
+    }
+}
+
+/// The keyring file changed but could not be used (damaged, written under another store key,
+/// dropping a key in use); the keys in use stay.
+pub struct StoreKeyringReloadFailed<'a> {
+    pub error: &'a crate::store::StoreError,
+}
+impl StoreKeyringReloadFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_keyring_reload_failures);
+        tracing::warn!(error = %self.error, "store keyring not reloaded; the keys in use stay");
     }
 }
 

@@ -1049,9 +1049,10 @@ fn sled_open_after_close(path: &std::path::Path) -> sled::Db {
     sled::open(path).expect("sled::open")
 }
 
-/// Store format 4 only appended `TimeQuality::Corrected`: a format 3 store (here: a reading as
-/// the format 3 build encoded it, `store/testdata/reading-format-3.postcard`, under a format
-/// record of 3) opens, its format record becomes 4, its reading reads as before. Other versions
+/// Store format 4 only appended `TimeQuality::Corrected` (and 5 changed the sealing, not the
+/// payload): a format 3 store (here: a reading as the format 3 build encoded it,
+/// `store/testdata/reading-format-3.postcard`, under a format record of 3) opens, its format
+/// record becomes 5, its reading reads as before. Other versions
 /// are refused, never quarantined.
 #[test]
 fn a_format_3_store_is_upgraded_in_place_and_its_readings_still_read() {
@@ -1092,8 +1093,8 @@ fn a_format_3_store_is_upgraded_in_place_and_its_readings_still_read() {
         assert!(p[0].value == old);
     }
     assert_eq!(format(), vec![vitalgate::store::FORMAT_VERSION]);
-    assert_eq!(vitalgate::store::FORMAT_VERSION, 4);
-    for other in [2u8, 5] {
+    assert_eq!(vitalgate::store::FORMAT_VERSION, 5);
+    for other in [2u8, 6] {
         set_format(other);
         let Err(err) = Outbox::open(dir.path(), key(), OutboxOptions::default()) else {
             panic!("format {other} opened");

@@ -165,6 +165,9 @@ pub struct StoreConfig {
     /// (they are not acknowledged, so brokers and devices keep them) until the uplink drains it
     /// below 70%; at 90% a second alarm. Default [`DEFAULT_STORE_MAX_BYTES`].
     pub max_bytes: u64,
+    /// The algorithm of data keys made from now on (`vitalgate keys rotate`, a new store):
+    /// `store.cipher`, default ChaCha20-Poly1305 (a Raspberry Pi 4 has no AES instructions).
+    pub cipher: crate::store::keyring::Alg,
 }
 
 /// Default `store.max_bytes`: 1 GiB of held records, sized for a 16 GB SD card. The card has

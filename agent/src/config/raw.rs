@@ -51,6 +51,7 @@ pub(super) struct RawStore {
     pub(super) cache_capacity_mib: Option<Spanned<i64>>,
     pub(super) acked_retention_days: Option<Spanned<i64>>,
     pub(super) max_bytes: Option<Spanned<i64>>,
+    pub(super) cipher: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -303,7 +303,20 @@ impl Validator<'_> {
             MIN_STORE_BYTES..i64::MAX,
             DEFAULT_STORE_MAX_BYTES,
         )?;
+        let cipher = match &s.cipher {
+            None => crate::store::keyring::Alg::ChaCha20Poly1305,
+            Some(v) => crate::store::keyring::Alg::parse(v.get_ref()).ok_or_else(|| {
+                self.err(
+                    v.span(),
+                    format!(
+                        "store.cipher: expected \"chacha20-poly1305\" or \"aes-256-gcm\", found {:?}",
+                        v.get_ref()
+                    ),
+                )
+            })?,
+        };
         Ok(StoreConfig {
+            cipher,
             key_file: self.path_value(&s.key_file, "store.key_file")?,
             cache_capacity_bytes: u64::try_from(mib).unwrap_or(16) * 1024 * 1024,
             acked_retention: Duration::from_secs(u64::try_from(days).unwrap_or(30) * 86_400),

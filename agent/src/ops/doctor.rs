@@ -184,15 +184,19 @@ pub fn render(checks: &[Check]) -> (String, bool) {
 }
 
 fn key_check(path: &Path) -> Check {
-    match crate::store::StoreKey::load(path) {
+    match crate::store::StoreKey::load_kek(path) {
+        Ok((_, from)) if from != path => Check::pass(
+            "store key",
+            format!("systemd credential {}: present", from.display()),
+        ),
         Ok(_) => Check::pass(
             "store key",
-            format!("{}: present, mode 0600", path.display()),
+            format!("{}: present, mode 0600, owned by this user", path.display()),
         ),
         Err(e) => {
             let fix = match std::fs::metadata(path) {
                 Err(_) => "create it as the service user: sudo -u vitalgate vitalgate keys init --config <config> (or restore it from the provisioning backup: without it the outbox cannot be read)".to_string(),
-                Ok(m) if m.mode() & 0o077 != 0 => format!(
+                Ok(m) if m.mode() & 0o077 != 0 || m.uid() != rustix::process::geteuid().as_raw() => format!(
                     "chmod 600 {p} && chown vitalgate:vitalgate {p}",
                     p = path.display()
                 ),

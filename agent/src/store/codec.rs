@@ -62,6 +62,9 @@ pub enum CodecError {
     /// Bit flip, truncation, wrong key, or record moved to another key: indistinguishable.
     #[error("sealed record failed authentication (corrupted, truncated, moved, or sealed with another key)")]
     Authentication,
+    /// A version 2 record names a data key the keyring does not hold.
+    #[error("sealed record names data key {id}, which the keyring does not hold")]
+    UnknownKey { id: u32 },
     #[error("the system random number generator failed")]
     Rng,
     #[error("key derivation failed")]
@@ -174,6 +177,167 @@ impl RecordCipher {
         }
         out
     }
+}
+
+/// Sealed record version 2 (store format 5): the data key's id and a counter nonce.
+///
+/// ```text
+/// +---------+---------------+-------------------------------+------------------------------+
+/// | 0x02    | key id u32 BE | nonce: counter u64 BE | salt  | ciphertext || tag            |
+/// | 1 byte  | 4 bytes       | 8 bytes               | 4     | len(plaintext) + 16 bytes    |
+/// +---------+---------------+-------------------------------+------------------------------+
+/// AEAD = the data key's algorithm (ChaCha20-Poly1305 or AES-256-GCM), key = the data key
+/// AAD  = 0x02 || key id || record_key
+/// ```
+///
+/// **Nonces never repeat under one key**: the counter is a sled `generate_id` of the store the
+/// record is sealed in, which is unique and grows across restarts (sled persists it ahead of
+/// use and, on recovery, skips past anything it may have handed out); data keys belong to one
+/// store (a fresh store makes its own keyring). The 4 random salt bytes only matter if a
+/// store's directory is copied and both copies write under the same key.
+pub const SEALED_VERSION_V2: u8 = 2;
+
+const V2_HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+
+/// Bytes a version-2 sealed record adds to its plaintext.
+pub const SEAL_OVERHEAD_V2: usize = V2_HEADER_LEN + TAG_LEN;
+
+/// The keys a store seals and opens records with: its data keys (version 2 records) and the
+/// legacy cipher derived from the store key (version 1 records, the index MAC).
+pub struct KeySet {
+    legacy: RecordCipher,
+    keys: Vec<super::keyring::DataKey>,
+    active: usize,
+    salt: [u8; 4],
+}
+
+impl KeySet {
+    /// `keys` must hold the key with id `active` (checked by the keyring's unwrap).
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::KeyDerivation`] if `active` is missing, [`CodecError::Rng`].
+    pub fn new(
+        master: &StoreKey,
+        keys: Vec<super::keyring::DataKey>,
+        active: u32,
+    ) -> Result<KeySet, CodecError> {
+        let active = keys
+            .iter()
+            .position(|k| k.id == active)
+            .ok_or(CodecError::KeyDerivation)?;
+        let mut salt = [0u8; 4];
+        SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| CodecError::Rng)?;
+        Ok(KeySet {
+            legacy: RecordCipher::new(master)?,
+            keys,
+            active,
+            salt,
+        })
+    }
+
+    /// The id of the key new records are sealed with.
+    pub fn active_id(&self) -> u32 {
+        self.keys[self.active].id
+    }
+
+    /// The ids of the data keys this set holds.
+    pub fn ids(&self) -> Vec<u32> {
+        self.keys.iter().map(|k| k.id).collect()
+    }
+
+    /// The legacy cipher (version 1 records, the key check, the index MAC).
+    pub fn legacy(&self) -> &RecordCipher {
+        &self.legacy
+    }
+
+    /// The keyed hash under which a reading id is stored in the plaintext trees.
+    pub fn index_key(&self, id: &[u8; 32]) -> [u8; 32] {
+        self.legacy.index_key(id)
+    }
+
+    /// Which key a sealed record names: `Some(0)` for a version 1 record, `None` if it is too
+    /// short or of an unknown version to say.
+    pub fn key_id_of(sealed: &[u8]) -> Option<u32> {
+        match *sealed.first()? {
+            SEALED_VERSION => Some(0),
+            SEALED_VERSION_V2 => sealed
+                .get(1..5)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            _ => None,
+        }
+    }
+
+    /// Seals `plaintext` under the active key for `record_key`; `counter` must be unique in
+    /// the store (a sled `generate_id`): it is the nonce.
+    pub fn seal(&self, record_key: &[u8], plaintext: &[u8], counter: u64) -> Vec<u8> {
+        let key = &self.keys[self.active];
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..8].copy_from_slice(&counter.to_be_bytes());
+        nonce[8..].copy_from_slice(&self.salt);
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD_V2);
+        out.push(SEALED_VERSION_V2);
+        out.extend_from_slice(&key.id.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = key.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad_v2(key.id, record_key)),
+            &mut out[V2_HEADER_LEN..],
+        );
+        match tag {
+            Ok(tag) => out.extend_from_slice(tag.as_ref()),
+            // As in `RecordCipher::seal_with_nonce`: unreachable for capped record sizes; a
+            // record that never authenticates rather than a panic.
+            Err(_) => out.truncate(V2_HEADER_LEN),
+        }
+        out
+    }
+
+    /// Opens a version 1 or version 2 record sealed for `record_key`.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::TooShort`], [`CodecError::UnknownVersion`], [`CodecError::UnknownKey`],
+    /// [`CodecError::Authentication`].
+    pub fn open(&self, record_key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CodecError> {
+        match sealed.first() {
+            None => Err(CodecError::TooShort { len: 0 }),
+            Some(&SEALED_VERSION) => self.legacy.open(record_key, sealed),
+            Some(&SEALED_VERSION_V2) => {
+                if sealed.len() < SEAL_OVERHEAD_V2 {
+                    return Err(CodecError::TooShort { len: sealed.len() });
+                }
+                let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
+                let key = self
+                    .keys
+                    .iter()
+                    .find(|k| k.id == id)
+                    .ok_or(CodecError::UnknownKey { id })?;
+                let nonce = Nonce::try_assume_unique_for_key(&sealed[5..V2_HEADER_LEN])
+                    .map_err(|_| CodecError::Authentication)?;
+                let mut buf = sealed[V2_HEADER_LEN..].to_vec();
+                let len = key
+                    .key
+                    .open_in_place(nonce, Aad::from(aad_v2(id, record_key)), &mut buf)
+                    .map_err(|_| CodecError::Authentication)?
+                    .len();
+                buf.truncate(len);
+                Ok(buf)
+            }
+            Some(&found) => Err(CodecError::UnknownVersion { found }),
+        }
+    }
+}
+
+fn aad_v2(id: u32, record_key: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(5 + record_key.len());
+    aad.push(SEALED_VERSION_V2);
+    aad.extend_from_slice(&id.to_be_bytes());
+    aad.extend_from_slice(record_key);
+    aad
 }
 
 fn aad(record_key: &[u8]) -> Vec<u8> {
@@ -296,5 +460,73 @@ mod tests {
         assert_ne!(cipher(1).index_key(&id), cipher(2).index_key(&id));
         assert_ne!(cipher(1).index_key(&id), id);
         assert_ne!(cipher(1).index_key(&id), cipher(1).index_key(&[8u8; 32]));
+    }
+
+    fn keyset(master: u8, ring: &crate::store::keyring::Keyring) -> KeySet {
+        let kek = StoreKey::from_bytes([master; 32]);
+        let keys = ring.unwrap_all(&kek, std::path::Path::new("k")).unwrap();
+        KeySet::new(&kek, keys, ring.active).unwrap()
+    }
+
+    #[test]
+    fn v2_records_name_their_key_and_old_keys_keep_opening_after_rotation() {
+        use crate::store::keyring::{Alg, Keyring};
+        let kek = StoreKey::from_bytes([3; 32]);
+        let mut ring = Keyring::new(&kek, Alg::ChaCha20Poly1305, 0).unwrap();
+        let one = keyset(3, &ring);
+        let v1 = one.legacy().seal(KEY, PLAINTEXT).unwrap();
+        let a = one.seal(KEY, PLAINTEXT, 1);
+        assert_eq!(KeySet::key_id_of(&a), Some(1));
+        assert_eq!(KeySet::key_id_of(&v1), Some(0));
+        assert_eq!(a.len(), PLAINTEXT.len() + SEAL_OVERHEAD_V2);
+        ring.rotate(&kek, Alg::Aes256Gcm, 1).unwrap();
+        let two = keyset(3, &ring);
+        let b = two.seal(KEY, PLAINTEXT, 2);
+        assert_eq!(KeySet::key_id_of(&b), Some(2));
+        for sealed in [&v1, &a, &b] {
+            assert_eq!(two.open(KEY, sealed).unwrap(), PLAINTEXT);
+        }
+        // The old set does not hold key 2.
+        assert_eq!(one.open(KEY, &b), Err(CodecError::UnknownKey { id: 2 }));
+    }
+
+    #[test]
+    fn v2_records_moved_relabelled_or_flipped_fail_to_open() {
+        use crate::store::keyring::{Alg, Keyring};
+        let kek = StoreKey::from_bytes([3; 32]);
+        let mut ring = Keyring::new(&kek, Alg::ChaCha20Poly1305, 0).unwrap();
+        ring.rotate(&kek, Alg::ChaCha20Poly1305, 1).unwrap();
+        let set = keyset(3, &ring);
+        let sealed = set.seal(KEY, PLAINTEXT, 9);
+        assert_eq!(
+            set.open(b"pending\0other", &sealed),
+            Err(CodecError::Authentication)
+        );
+        // Claiming another key id (key 1 exists too) fails.
+        let mut relabelled = sealed.clone();
+        relabelled[4] = 1;
+        assert_eq!(set.open(KEY, &relabelled), Err(CodecError::Authentication));
+        for byte in 1..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[byte] ^= 0x01;
+            assert!(set.open(KEY, &bad).is_err(), "byte {byte}");
+        }
+        for len in 0..sealed.len() {
+            assert!(set.open(KEY, &sealed[..len]).is_err(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn v2_nonces_are_the_counter_so_distinct_counters_never_share_a_nonce() {
+        use crate::store::keyring::{Alg, Keyring};
+        let kek = StoreKey::from_bytes([3; 32]);
+        let ring = Keyring::new(&kek, Alg::ChaCha20Poly1305, 0).unwrap();
+        let set = keyset(3, &ring);
+        let mut seen = std::collections::HashSet::new();
+        for counter in 0..10_000u64 {
+            let sealed = set.seal(KEY, PLAINTEXT, counter);
+            assert_eq!(&sealed[5..13], &counter.to_be_bytes());
+            assert!(seen.insert(sealed[5..17].to_vec()), "nonce repeated");
+        }
     }
 }

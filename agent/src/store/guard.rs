@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::outbox::{NewRecord, OutboxOptions, TREE_DEAD, TREE_META, TREE_PENDING};
+use super::outbox::{NewRecord, OutboxOptions, SledOutbox, TREE_DEAD, TREE_META, TREE_PENDING};
 use super::Outbox;
 use super::{Insert, StoreError, StoreKey};
 use crate::telemetry;
@@ -160,11 +160,11 @@ fn salvage_copy<T: Serialize + DeserializeOwned>(
         // No key check left (meta lost): each record still proves its key by authenticating.
         None => {}
     }
+    let keys = live.foreign_keys(work, &meta)?;
     for item in db.open_tree(TREE_PENDING)?.iter() {
         let (key, raw) = item?;
-        let value = live
-            .open_foreign_pending(&key, &raw)
-            .and_then(|(id, payload)| {
+        let value =
+            SledOutbox::open_foreign_pending(&keys, &key, &raw).and_then(|(id, payload)| {
                 postcard::from_bytes::<T>(&payload)
                     .map(|v| (id, v))
                     .map_err(|_| "payload does not decode")
@@ -187,7 +187,7 @@ fn salvage_copy<T: Serialize + DeserializeOwned>(
     }
     for item in db.open_tree(TREE_DEAD)?.iter() {
         let (key, raw) = item?;
-        match live.open_foreign_dead(&key, &raw) {
+        match SledOutbox::open_foreign_dead(&keys, &key, &raw) {
             Ok((source, reason, payload)) => {
                 live.put_dead_letter_raw(&source, &payload, &format!("salvaged: {reason}"))?;
                 report.dead_recovered += 1;

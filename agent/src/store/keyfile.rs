@@ -15,6 +15,7 @@
 //! - [`StoreKey::load`] refuses a file with any group or other permission bit set
 //!   (`mode & 0o077 != 0`), like ssh does for private keys. The check runs on the opened file
 //!   descriptor, not on the path, so the file checked is the file read.
+//! - [`StoreKey::load`] also refuses a file not owned by the user the agent runs as.
 //! - Neither the key nor any part of the file content appears in `Debug` output or in errors.
 
 use std::fmt;
@@ -24,6 +25,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
+
+/// The systemd credential the store key is taken from when present (see
+/// [`StoreKey::load_kek`]).
+pub const CREDENTIAL_NAME: &str = "vitalgate-store-key";
 
 /// Length of the key in bytes.
 pub const KEY_LEN: usize = 32;
@@ -47,6 +52,12 @@ pub enum KeyFileError {
     NotFound { path: PathBuf },
     #[error("key file {path} has mode {mode:04o}, which lets group or others access it; run `chmod 600 {path}` (and check who could have copied it)")]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error("key file {path} is owned by uid {owner}, not by the user the agent runs as (uid {euid}); run `chown <service user> {path}`")]
+    WrongOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
     #[error("key file {path} is not a regular file")]
     NotRegularFile { path: PathBuf },
     #[error("key file {path} is malformed: {reason} (expected 64 hex digits and a newline, {FILE_LEN} bytes)")]
@@ -126,6 +137,15 @@ impl StoreKey {
                 path: path.to_owned(),
             });
         }
+        let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+        let euid = rustix::process::geteuid().as_raw();
+        if owner != euid {
+            return Err(KeyFileError::WrongOwner {
+                path: path.to_owned(),
+                owner,
+                euid,
+            });
+        }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
             return Err(KeyFileError::TooOpen {
@@ -142,6 +162,26 @@ impl StoreKey {
             path: path.to_owned(),
             reason,
         })
+    }
+
+    /// Loads the store key (the key-encryption key of [`crate::store::keyring`]) from where it
+    /// is kept, in this order: the systemd credential [`CREDENTIAL_NAME`] in
+    /// `$CREDENTIALS_DIRECTORY` (set by `LoadCredentialEncrypted=`: decrypted by systemd into
+    /// a private in-memory directory, sealed to the TPM2 where the board has one, else to the
+    /// host key), else `key_file`. Both have the key file's format and checks. Returns where it
+    /// came from, for logs and `vitalgate keys status`.
+    ///
+    /// # Errors
+    ///
+    /// As [`StoreKey::load`] for the path it chose.
+    pub fn load_kek(key_file: &Path) -> Result<(StoreKey, PathBuf), KeyFileError> {
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let cred = Path::new(&dir).join(CREDENTIAL_NAME);
+            if cred.exists() {
+                return StoreKey::load(&cred).map(|k| (k, cred));
+            }
+        }
+        StoreKey::load(key_file).map(|k| (k, key_file.to_owned()))
     }
 
     /// Wraps raw key bytes (tests, tools that manage keys themselves).
@@ -303,5 +343,24 @@ mod tests {
         let shown = format!("{key:?}");
         assert_eq!(shown, "StoreKey(<redacted>)");
         assert!(!shown.contains("abab"));
+    }
+
+    #[test]
+    fn a_key_file_owned_by_another_user_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.key");
+        StoreKey::init(&path).unwrap();
+        let euid = rustix::process::geteuid().as_raw();
+        // Only root can give a file away; elsewhere the check is shown by the owner matching.
+        if euid == 0 {
+            std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
+            let err = StoreKey::load(&path).unwrap_err();
+            assert!(
+                matches!(err, KeyFileError::WrongOwner { owner: 4242, .. }),
+                "{err}"
+            );
+        } else {
+            StoreKey::load(&path).unwrap();
+        }
     }
 }

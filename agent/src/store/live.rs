@@ -332,24 +332,48 @@ impl Outbox {
         self.core()?.disk_available_bytes()
     }
 
-    pub(super) fn open_foreign_pending(
+    pub(super) fn foreign_keys(
         &self,
-        key: &[u8],
-        raw: &[u8],
-    ) -> Result<([u8; 32], Vec<u8>), &'static str> {
-        self.core()
-            .map_err(|_| "live store unavailable")?
-            .open_foreign_pending(key, raw)
+        dir: &Path,
+        meta: &sled::Tree,
+    ) -> Result<super::codec::KeySet, StoreError> {
+        self.core()?.foreign_keys(dir, meta)
     }
 
-    pub(super) fn open_foreign_dead(
+    /// See [`SledOutbox::reload_keyring`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::reload_keyring`], and [`StoreError::Unavailable`].
+    pub fn reload_keyring(&self) -> Result<Option<u32>, StoreError> {
+        self.core()?.reload_keyring()
+    }
+
+    /// See [`SledOutbox::active_key_id`]; `None` while closed.
+    pub fn active_key_id(&self) -> Option<u32> {
+        self.slot().as_ref().map(|c| c.active_key_id())
+    }
+
+    /// See [`SledOutbox::key_usage`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::key_usage`], and [`StoreError::Unavailable`].
+    pub fn key_usage(&self) -> Result<std::collections::BTreeMap<u32, u64>, StoreError> {
+        self.core()?.key_usage()
+    }
+
+    /// See [`SledOutbox::reseal_batch`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::reseal_batch`], and [`StoreError::Unavailable`].
+    pub fn reseal_batch(
         &self,
-        key: &[u8],
-        raw: &[u8],
-    ) -> Result<(String, String, Vec<u8>), &'static str> {
-        self.core()
-            .map_err(|_| "live store unavailable")?
-            .open_foreign_dead(key, raw)
+        from: super::ResealCursor,
+        limit: usize,
+    ) -> Result<(usize, Option<super::ResealCursor>), StoreError> {
+        self.core()?.reseal_batch(from, limit)
     }
 
     pub(super) fn key_check_opens(&self, sealed: &[u8]) -> bool {

@@ -1,10 +1,14 @@
 //! The encrypted outbox: readings wait here, sealed, until the FHIR server has them.
 //!
-//! # On-disk format (store format version 4)
+//! # On-disk format (store format version 5)
 //!
-//! History: 3 added `Reading::timing`, `Reading::context` and the PHD device fields; 4 added the
-//! variant `TimeQuality::Corrected` (the device clock read a corrected reading was corrected
-//! against, for the PHD Coincident Timestamp Observation). 4 only appended an enum variant, and
+//! History: 5 seals records with data keys from the store's keyring (envelope encryption,
+//! [`keyring`]; sealed record version 2, [`codec::KeySet`]); a format 3 or 4 store opens, gets
+//! a keyring, and the daemon re-seals its version 1 records in the background
+//! ([`crate::store_keys`]); records are readable throughout. 3 added `Reading::timing`,
+//! `Reading::context` and the PHD device fields; 4 added the variant `TimeQuality::Corrected`
+//! (the device clock read a corrected reading was corrected against, for the PHD Coincident
+//! Timestamp Observation). 4 only appended an enum variant, and
 //! postcard encodes a variant by its index, so every format 3 record is a valid format 4 record:
 //! a format 3 store is opened and its format record rewritten to 4 (`upgraded` in the log), its
 //! records untouched; an older build then refuses the store ([`StoreError::UnsupportedFormat`])
@@ -12,14 +16,16 @@
 //!
 //! A store is one directory (mode 0700) holding a sled 0.34.7 database (`<dir>/db` is the data
 //! file, `<dir>/conf` sled's parameters, `<dir>/snap.*` its snapshots, `<dir>/blobs/` values too
-//! large for a log segment) and our marker file `vitalgate-store` ([`MARKER_FILE`], written after
-//! the store's first open: a store that has it but no format record has lost its records).
+//! large for a log segment), the keyring `keyring` (the data keys, wrapped by the store key:
+//! [`keyring`]) and our marker file `vitalgate-store` ([`MARKER_FILE`], written after the
+//! store's first open: a store that has it but no format record has lost its records).
 //! Inside sled, these trees:
 //!
 //! | tree         | key                           | value                                        |
 //! |--------------|-------------------------------|----------------------------------------------|
-//! | `meta`       | `format`                      | `[4]`: the store format version              |
-//! | `meta`       | `key_check`                   | sealed constant: proves the key is the right one |
+//! | `meta`       | `format`                      | `[5]`: the store format version              |
+//! | `meta`       | `key_check`                   | sealed constant (version 1, legacy key): proves the store key is the right one |
+//! | `meta`       | `keyring`                     | a copy of the `keyring` file, used if the file is lost or damaged |
 //! | `meta`       | `purged`                      | pending records purged over the store's life (consent purge), u64 big-endian; absent = 0 |
 //! | `pending`    | seq: u64 big-endian           | sealed postcard `PendingEnvelope { id, enqueued_at_ms, payload }`, `payload` = postcard of the caller's `T` |
 //! | `index`      | `index_key(id)`: 32 bytes     | seq: u64 big-endian, the `pending` entry holding `id` |
@@ -28,8 +34,12 @@
 //! | `quarantine` | tree name, `0x00`, original key | the original value, byte for byte, never opened |
 //! | `idents`     | `index_key(sha256("identity\0" ‖ identity))` | `index_key(id)` ‖ time of insert, ms, u64 big-endian: which record holds an upstream identity (FHIR Observation identifier) |
 //!
-//! "Sealed" is the [`codec`] format: version byte, 12-byte random nonce, ChaCha20-Poly1305
-//! ciphertext and tag, with AAD = version byte ‖ tree name ‖ `0x00` ‖ sled key. `index_key` is
+//! "Sealed" is the [`codec`] format version 2: version byte, the data key's id, a 12-byte
+//! nonce (a sled id of this store, never repeated, and 4 salt bytes), ciphertext and tag of the
+//! data key's AEAD (ChaCha20-Poly1305 by default, AES-256-GCM with `store.cipher`), with AAD =
+//! version byte ‖ key id ‖ tree name ‖ `0x00` ‖ sled key. Records of format 4 and older are
+//! version 1 (random nonce, ChaCha20-Poly1305 under a key derived from the store key: key id
+//! 0) until re-sealed. `index_key` is
 //! HMAC-SHA256 of the reading id under a key derived from the store key (reading ids are
 //! content hashes of low-entropy data and are not written in clear). Sequence numbers come from
 //! sled's `generate_id`, which is monotonic across restarts, so key order is arrival order and
@@ -109,6 +119,7 @@
 pub mod codec;
 pub mod guard;
 pub mod keyfile;
+pub mod keyring;
 mod live;
 mod outbox;
 pub mod pressure;
@@ -119,17 +130,17 @@ pub use keyfile::{KeyFileError, StoreKey};
 pub use live::Outbox;
 pub use outbox::{
     wait_for_lock, DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, OutboxOptions,
-    PendingRecord, Requeue, RequeueSummary, Stats, MARKER_FILE, MAX_PAYLOAD_LEN, TREE_ACKED,
-    TREE_DEAD, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
+    PendingRecord, Requeue, RequeueSummary, ResealCursor, Stats, MARKER_FILE, MAX_PAYLOAD_LEN,
+    TREE_ACKED, TREE_DEAD, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;
 
 /// The store format version written to `meta/format`.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 
-/// The older format this build opens and upgrades in place (module docs, "History").
-pub const UPGRADABLE_FORMAT: u8 = 3;
+/// The older formats this build opens and upgrades in place (module docs, "History").
+pub const UPGRADABLE_FORMATS: [u8; 2] = [3, 4];
 
 /// Everything that can go wrong in the store. Carries paths, tree names, sequence numbers and
 /// sizes; never record content.
@@ -151,7 +162,7 @@ pub enum StoreError {
     #[error("store {path} was written with another key (the key-check record does not open); refusing to use it")]
     WrongKey { path: PathBuf },
     #[error(
-        "store {path} has format version {found:?}, this build reads versions {UPGRADABLE_FORMAT} and {FORMAT_VERSION}"
+        "store {path} has format version {found:?}, this build reads versions 3 to {FORMAT_VERSION}"
     )]
     UnsupportedFormat { path: PathBuf, found: Option<u8> },
     #[error("encoded record is {len} bytes, more than the {max} a record may have")]
@@ -174,6 +185,12 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("store {path} lost its records: sled opens it as an empty database, but it held a vitalgate store")]
     Lost { path: PathBuf },
+    #[error(transparent)]
+    Keyring(#[from] keyring::KeyringError),
+    #[error("store {path} is missing: the store seals records with data keys, and without the keyring (and with its copy in the store gone) they cannot be opened")]
+    KeyringLost { path: PathBuf },
+    #[error("keyring {path} no longer holds data key {id}, which records in the store are sealed with; keeping the keys in use")]
+    KeyringDropsKey { path: PathBuf, id: u32 },
     #[error("sled panicked while opening store {path}")]
     Panicked { path: PathBuf },
     #[error("store {path} is closed after an I/O error and not reopened yet")]
@@ -204,6 +221,15 @@ impl StoreError {
                 | StoreError::Panicked { .. }
                 // sled holds data but no format record: the meta tree was lost.
                 | StoreError::UnsupportedFormat { found: None, .. }
+                // The key check passed (it runs first), yet the keyring and its copy are gone or
+                // fail to authenticate: the store's files are damaged.
+                | StoreError::KeyringLost { .. }
+                | StoreError::Keyring(
+                    keyring::KeyringError::Authentication { .. }
+                        | keyring::KeyringError::Malformed { .. }
+                        | keyring::KeyringError::Unwrap { .. }
+                        | keyring::KeyringError::NoActiveKey { .. }
+                )
         )
     }
 }

@@ -9,7 +9,7 @@ use std::fs::{DirBuilder, File};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::digest;
@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{abort, ConflictableTransactionResult, TransactionResult};
 use sled::Transactional;
 
-use super::codec::RecordCipher;
+use super::codec::{KeySet, RecordCipher};
 use super::keyfile::StoreKey;
-use super::{StoreError, FORMAT_VERSION, UPGRADABLE_FORMAT};
+use super::keyring::{Alg, Keyring, KEYRING_FILE};
+use super::{StoreError, FORMAT_VERSION, UPGRADABLE_FORMATS};
 use crate::telemetry;
 
 /// Largest encoded payload (postcard of `T`, or a raw dead-letter payload) stored in one record.
@@ -48,6 +49,8 @@ const META_KEY_CHECK: &[u8] = b"key_check";
 /// Written by [`SledOutbox::probe_write`]; holds the time of the last probe, nothing else.
 const META_PROBE: &[u8] = b"write_probe";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"vitalgate-store key check v1";
+/// A copy of `<dir>/keyring` (see [`super::keyring`]), used if the file is lost or damaged.
+const META_KEYRING: &[u8] = b"keyring";
 
 /// Tuning for [`Outbox::open`].
 #[derive(Clone, Debug)]
@@ -64,6 +67,9 @@ pub struct OutboxOptions {
     /// and its lock, a moment after a `Db` is dropped, so a reopen right after a drop can find it
     /// locked. Default 5 s.
     pub lock_wait: Duration,
+    /// The algorithm of the data key a new store's keyring starts with. Default
+    /// ChaCha20-Poly1305.
+    pub cipher: Alg,
 }
 
 impl Default for OutboxOptions {
@@ -72,6 +78,7 @@ impl Default for OutboxOptions {
             cache_capacity: 16 * 1024 * 1024,
             tombstone_retention: Duration::from_secs(30 * 24 * 3600),
             lock_wait: Duration::from_secs(5),
+            cipher: Alg::ChaCha20Poly1305,
         }
     }
 }
@@ -264,7 +271,10 @@ pub struct SledOutbox {
     dead: sled::Tree,
     quarantine: sled::Tree,
     idents: sled::Tree,
-    cipher: RecordCipher,
+    /// The store key (the KEK): reloads of the keyring unwrap with it.
+    kek: StoreKey,
+    /// The data keys and the legacy cipher; replaced when the keyring changes.
+    keys: RwLock<Arc<KeySet>>,
     opts: OutboxOptions,
     /// Blob files already fsynced, with the length synced (a blob may be mid-write).
     synced_blobs: Mutex<HashMap<std::ffi::OsString, u64>>,
@@ -344,10 +354,11 @@ impl SledOutbox {
             .open()?;
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(io_err(&db_path))?;
-        let cipher = RecordCipher::new(&key)?;
+        let meta = db.open_tree(TREE_META)?;
+        let keys = open_keyring(dir, &key, &meta, opts.cipher)?;
         let outbox = SledOutbox {
             dir: dir.to_owned(),
-            meta: db.open_tree(TREE_META)?,
+            meta,
             pending: db.open_tree(TREE_PENDING)?,
             index: db.open_tree(TREE_INDEX)?,
             acked: db.open_tree(TREE_ACKED)?,
@@ -356,7 +367,8 @@ impl SledOutbox {
             idents: db.open_tree(TREE_IDENTS)?,
             db,
             db_file,
-            cipher,
+            kek: key,
+            keys: RwLock::new(Arc::new(keys)),
             opts,
             synced_blobs: Mutex::new(HashMap::new()),
             inserts: AtomicU64::new(0),
@@ -472,7 +484,7 @@ impl SledOutbox {
         for _round in 0..3 {
             let mut prepared = Vec::with_capacity(records.len());
             for (i, (r, payload)) in records.iter().zip(&encoded).enumerate() {
-                let mac = self.cipher.index_key(&r.id);
+                let mac = self.keys().index_key(&r.id);
                 let ident = r.identity.map(|s| self.identity_key(s));
                 let sealed = match dead_for.get(&i) {
                     Some(reason) => {
@@ -501,9 +513,8 @@ impl SledOutbox {
                             payload: payload.clone(),
                         })
                         .map_err(StoreError::Encode)?;
-                        let sealed = self
-                            .cipher
-                            .seal(&record_key(TREE_PENDING, &seq.to_be_bytes()), &plain)?;
+                        let sealed =
+                            self.seal(&record_key(TREE_PENDING, &seq.to_be_bytes()), &plain)?;
                         Prepared::Pending(seq, sealed)
                     }
                 };
@@ -736,7 +747,7 @@ impl SledOutbox {
         }
         let plan: Vec<([u8; 32], u64)> = chosen
             .iter()
-            .map(|r| (self.cipher.index_key(&r.id), r.seq))
+            .map(|r| (self.keys().index_key(&r.id), r.seq))
             .collect();
         let now = now_ms(SystemTime::now()).to_be_bytes();
         let result: TransactionResult<Vec<u64>, StoreError> =
@@ -772,7 +783,7 @@ impl SledOutbox {
         let mut plan = Vec::with_capacity(ids.len());
         let mut sizes = HashMap::new();
         for id in ids {
-            let mac = self.cipher.index_key(id);
+            let mac = self.keys().index_key(id);
             if let Some(seq) = self.verified_seq(id, &mac)? {
                 plan.push((mac, seq));
                 if let Some(raw) = self.pending.get(seq.to_be_bytes())? {
@@ -802,7 +813,7 @@ impl SledOutbox {
     /// [`StoreError::NotPending`] if `id` is not pending; [`StoreError::Corrupt`] if its record
     /// does not open (it stays where it is, and the next [`Outbox::pending`] quarantines it).
     pub fn dead_letter(&self, id: &[u8; 32], reason: &str) -> Result<(), StoreError> {
-        let mac = self.cipher.index_key(id);
+        let mac = self.keys().index_key(id);
         let Some(seq) = self.index_seq(&mac)? else {
             return Err(StoreError::NotPending);
         };
@@ -1000,7 +1011,7 @@ impl SledOutbox {
         let Ok(value) = postcard::from_bytes::<T>(&d.payload) else {
             return refuse(NotRequeueable::Undecodable);
         };
-        let mac = self.cipher.index_key(&id);
+        let mac = self.keys().index_key(&id);
         let ident = identity_of(&value).map(|s| self.identity_key(&s));
         let now = now_ms(SystemTime::now());
         let new_seq = self.db.generate_id()?;
@@ -1010,9 +1021,7 @@ impl SledOutbox {
             payload: d.payload,
         })
         .map_err(StoreError::Encode)?;
-        let sealed = self
-            .cipher
-            .seal(&record_key(TREE_PENDING, &new_seq.to_be_bytes()), &plain)?;
+        let sealed = self.seal(&record_key(TREE_PENDING, &new_seq.to_be_bytes()), &plain)?;
         let result: TransactionResult<Requeue, StoreError> = (
             &self.pending,
             &self.index,
@@ -1220,30 +1229,200 @@ impl SledOutbox {
     /// For salvage ([`super::guard`]): opens a `pending` record of another store sealed under
     /// this store's key; returns its reading id and payload.
     pub(super) fn open_foreign_pending(
-        &self,
+        keys: &KeySet,
         key: &[u8],
         raw: &[u8],
     ) -> Result<([u8; 32], Vec<u8>), &'static str> {
         let seq = parse_seq(key).ok_or("key is not a sequence number")?;
-        let envelope = self.open_pending_envelope(seq, raw)?;
+        let plain = keys
+            .open(&record_key(TREE_PENDING, &seq.to_be_bytes()), raw)
+            .map_err(|_| "does not authenticate")?;
+        let envelope: PendingEnvelope =
+            postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")?;
         Ok((envelope.id, envelope.payload))
+    }
+
+    /// For salvage: the keys of another store sealed under this store's key: its keyring file,
+    /// else its store's copy; with neither, only its version 1 (legacy) records can open.
+    pub(super) fn foreign_keys(&self, dir: &Path, meta: &sled::Tree) -> Result<KeySet, StoreError> {
+        let path = dir.join(KEYRING_FILE);
+        let ring = match Keyring::load(dir, &self.kek) {
+            Ok(Some(ring)) => Some(ring),
+            _ => match meta.get(META_KEYRING)? {
+                Some(bytes) => Keyring::decode(&bytes, &self.kek, &path).ok(),
+                None => None,
+            },
+        };
+        let ring = match ring {
+            Some(ring) => ring,
+            None => Keyring::new(&self.kek, Alg::ChaCha20Poly1305, 0)?,
+        };
+        let keys = ring.unwrap_all(&self.kek, &path)?;
+        Ok(KeySet::new(&self.kek, keys, ring.active)?)
     }
 
     /// For salvage: opens a `dead` record of another store; returns source, reason, payload.
     pub(super) fn open_foreign_dead(
-        &self,
+        keys: &KeySet,
         key: &[u8],
         raw: &[u8],
     ) -> Result<(String, String, Vec<u8>), &'static str> {
-        let (_, d) = self.open_dead(key, raw)?;
+        let seq = parse_seq(key).ok_or("key is not a sequence number")?;
+        let plain = keys
+            .open(&record_key(TREE_DEAD, &seq.to_be_bytes()), raw)
+            .map_err(|_| "does not authenticate")?;
+        let d: DeadEnvelope =
+            postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")?;
         Ok((d.source, d.reason, d.payload))
     }
 
     /// For salvage: does another store's `meta/key_check` open under this store's key?
     pub(super) fn key_check_opens(&self, sealed: &[u8]) -> bool {
-        self.cipher
+        self.keys()
+            .legacy()
             .open(&record_key(TREE_META, META_KEY_CHECK), sealed)
             .is_ok_and(|p| p == KEY_CHECK_PLAINTEXT)
+    }
+
+    /// The current keys (a cheap `Arc` clone; a reload swaps them).
+    fn keys(&self) -> Arc<KeySet> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Seals under the active data key, with a fresh sled id as the nonce counter.
+    fn seal(&self, record_key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let counter = self.db.generate_id()?;
+        Ok(self.keys().seal(record_key, plain, counter))
+    }
+
+    /// Reads the keyring file again; if it changed (a `vitalgate keys rotate`), seals new
+    /// records with its active key from now on and updates the store's copy of it. Returns the
+    /// new active key's id, or `None` if nothing changed.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Keyring`] (the file is unreadable, damaged, or does not hold the keys
+    /// this store's records name); the keys in use stay as they were.
+    pub fn reload_keyring(&self) -> Result<Option<u32>, StoreError> {
+        let Some(ring) = Keyring::load(&self.dir, &self.kek)? else {
+            return Ok(None);
+        };
+        let current = self.keys();
+        let mut ids: Vec<u32> = ring.keys.iter().map(|k| k.id).collect();
+        ids.sort_unstable();
+        let mut held = current.ids();
+        held.sort_unstable();
+        if ring.active == current.active_id() && ids == held {
+            return Ok(None);
+        }
+        // A keyring that dropped a key some record still names would make that record
+        // unreadable: refuse it.
+        if let Some(missing) = held.iter().find(|id| !ids.contains(id)) {
+            return Err(StoreError::KeyringDropsKey {
+                path: self.dir.join(KEYRING_FILE),
+                id: *missing,
+            });
+        }
+        let keys = ring.unwrap_all(&self.kek, &self.dir.join(KEYRING_FILE))?;
+        let set = KeySet::new(&self.kek, keys, ring.active)?;
+        self.meta.insert(META_KEYRING, ring.encode(&self.kek)?)?;
+        self.make_durable()?;
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        Ok(Some(ring.active))
+    }
+
+    /// The id of the data key new records are sealed with.
+    pub fn active_key_id(&self) -> u32 {
+        self.keys().active_id()
+    }
+
+    /// Records in `pending` and `dead` per key id they are sealed with (0 = the legacy key of
+    /// store format 4 and older). O(n): for `vitalgate keys status`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`].
+    pub fn key_usage(&self) -> Result<std::collections::BTreeMap<u32, u64>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        for tree in [&self.pending, &self.dead] {
+            for item in tree.iter() {
+                let (_, v) = item?;
+                if let Some(id) = KeySet::key_id_of(&v) {
+                    *out.entry(id).or_insert(0) += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-seals up to `limit` records of `pending` and then `dead` that are sealed with a key
+    /// other than the active one, starting after `from`; durable before it returns. A record
+    /// that changed meanwhile (acked, dead-lettered) is left alone (compare-and-swap); one that
+    /// does not open is left for the read path to quarantine. Pass the returned cursor back in
+    /// until it is `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`] / [`StoreError::Io`].
+    pub fn reseal_batch(
+        &self,
+        from: ResealCursor,
+        limit: usize,
+    ) -> Result<(usize, Option<ResealCursor>), StoreError> {
+        let keys = self.keys();
+        let active = keys.active_id();
+        let mut done = 0usize;
+        let mut cursor = from;
+        loop {
+            let (tree, tree_name) = if cursor.dead {
+                (&self.dead, TREE_DEAD)
+            } else {
+                (&self.pending, TREE_PENDING)
+            };
+            let start = cursor.after.map_or(0, |s| s.saturating_add(1));
+            let mut last = None;
+            let mut scanned = 0usize;
+            for item in tree.range(start.to_be_bytes()..) {
+                let (k, v) = item?;
+                let Some(seq) = parse_seq(&k) else { continue };
+                last = Some(seq);
+                scanned += 1;
+                if KeySet::key_id_of(&v).is_some_and(|id| id != active) {
+                    let rk = record_key(tree_name, &k);
+                    if let Ok(plain) = keys.open(&rk, &v) {
+                        let counter = self.db.generate_id()?;
+                        let sealed = keys.seal(&rk, &plain, counter);
+                        let grew = sealed.len() as u64;
+                        let shrank = v.len() as u64;
+                        if tree.compare_and_swap(&k, Some(&v), Some(sealed))?.is_ok() {
+                            done += 1;
+                            self.held.fetch_add(grew, Ordering::Relaxed);
+                            self.release_held(shrank);
+                        }
+                    }
+                }
+                if done >= limit || scanned >= limit.saturating_mul(8) {
+                    break;
+                }
+            }
+            match last {
+                Some(seq) if done >= limit || scanned >= limit.saturating_mul(8) => {
+                    cursor.after = Some(seq);
+                    self.make_durable()?;
+                    return Ok((done, Some(cursor)));
+                }
+                _ if !cursor.dead => {
+                    cursor = ResealCursor {
+                        dead: true,
+                        after: None,
+                    };
+                }
+                _ => {
+                    self.make_durable()?;
+                    return Ok((done, None));
+                }
+            }
+        }
     }
 
     fn release_held(&self, bytes: u64) {
@@ -1260,25 +1439,28 @@ impl SledOutbox {
     fn check_or_init_meta(&self) -> Result<(), StoreError> {
         let check_key = record_key(TREE_META, META_KEY_CHECK);
         match self.meta.get(META_FORMAT)? {
-            Some(v) if v.as_ref() == [FORMAT_VERSION] || v.as_ref() == [UPGRADABLE_FORMAT] => {
+            Some(v)
+                if v.as_ref() == [FORMAT_VERSION]
+                    || UPGRADABLE_FORMATS.iter().any(|f| v.as_ref() == [*f]) =>
+            {
                 let sealed = self.meta.get(META_KEY_CHECK)?;
                 let ok = sealed
-                    .and_then(|s| self.cipher.open(&check_key, &s).ok())
+                    .and_then(|s| self.keys().legacy().open(&check_key, &s).ok())
                     .is_some_and(|p| p == KEY_CHECK_PLAINTEXT);
                 if !ok {
                     return Err(StoreError::WrongKey {
                         path: self.dir.clone(),
                     });
                 }
-                if v.as_ref() == [UPGRADABLE_FORMAT] {
-                    // Format 3 records are format 4 records (see `crate::store`): only the format
-                    // record changes, so an older build refuses the store from now on instead of
-                    // quarantining the records it cannot read.
+                if v.as_ref() != [FORMAT_VERSION] {
+                    // Format 3 and 4 records are format 5 records (see `crate::store`): only the
+                    // format record changes, so an older build refuses the store from now on
+                    // instead of quarantining the records it cannot read.
                     self.meta.insert(META_FORMAT, &[FORMAT_VERSION][..])?;
                     self.make_durable()?;
                     tracing::info!(
                         store = %self.dir.display(),
-                        from = UPGRADABLE_FORMAT,
+                        from = v.first().copied().unwrap_or_default(),
                         to = FORMAT_VERSION,
                         "store format upgraded"
                     );
@@ -1313,7 +1495,7 @@ impl SledOutbox {
                         found: None,
                     });
                 }
-                let sealed = self.cipher.seal(&check_key, KEY_CHECK_PLAINTEXT)?;
+                let sealed = self.keys().legacy().seal(&check_key, KEY_CHECK_PLAINTEXT)?;
                 let mut batch = sled::Batch::default();
                 batch.insert(META_KEY_CHECK, sealed);
                 batch.insert(META_FORMAT, &[FORMAT_VERSION][..]);
@@ -1412,7 +1594,7 @@ impl SledOutbox {
         let mut pre = Vec::with_capacity(identity.len() + 9);
         pre.extend_from_slice(b"identity\0");
         pre.extend_from_slice(identity.as_bytes());
-        self.cipher.index_key(&sha256(&pre))
+        self.keys().index_key(&sha256(&pre))
     }
 
     fn index_seq(&self, mac: &[u8; 32]) -> Result<Option<u64>, StoreError> {
@@ -1441,7 +1623,7 @@ impl SledOutbox {
 
     fn open_pending_envelope(&self, seq: u64, raw: &[u8]) -> Result<PendingEnvelope, &'static str> {
         let plain = self
-            .cipher
+            .keys()
             .open(&record_key(TREE_PENDING, &seq.to_be_bytes()), raw)
             .map_err(|_| "does not authenticate")?;
         postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")
@@ -1466,15 +1648,13 @@ impl SledOutbox {
 
     fn seal_dead(&self, seq: u64, envelope: DeadEnvelope) -> Result<Vec<u8>, StoreError> {
         let plain = postcard::to_stdvec(&envelope).map_err(StoreError::Encode)?;
-        Ok(self
-            .cipher
-            .seal(&record_key(TREE_DEAD, &seq.to_be_bytes()), &plain)?)
+        self.seal(&record_key(TREE_DEAD, &seq.to_be_bytes()), &plain)
     }
 
     fn open_dead(&self, key: &[u8], raw: &[u8]) -> Result<(u64, DeadEnvelope), &'static str> {
         let seq = parse_seq(key).ok_or("key is not a sequence number")?;
         let plain = self
-            .cipher
+            .keys()
             .open(&record_key(TREE_DEAD, &seq.to_be_bytes()), raw)
             .map_err(|_| "does not authenticate")?;
         let d = postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")?;
@@ -1549,6 +1729,79 @@ struct NeedsDeadLetter(usize);
 pub const MARKER_FILE: &str = "vitalgate-store";
 const MARKER_TEXT: &str =
     "vitalgate outbox: sled database and sealed records; see `vitalgate status`\n";
+
+/// Where [`SledOutbox::reseal_batch`] goes on from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResealCursor {
+    /// In `dead` (after `pending`).
+    pub dead: bool,
+    /// The last sequence number looked at.
+    pub after: Option<u64>,
+}
+
+/// Loads the store's keyring, from `<dir>/keyring` or else the store's copy (rewriting the
+/// file from it), or creates one for a store that never had one (format 4 and older, or new).
+/// Checks the store key against the key-check record first, so a wrong key says so.
+fn open_keyring(
+    dir: &Path,
+    kek: &StoreKey,
+    meta: &sled::Tree,
+    alg: Alg,
+) -> Result<KeySet, StoreError> {
+    let legacy = RecordCipher::new(kek)?;
+    if let Some(sealed) = meta.get(META_KEY_CHECK)? {
+        let check_key = record_key(TREE_META, META_KEY_CHECK);
+        if !legacy
+            .open(&check_key, &sealed)
+            .is_ok_and(|p| p == KEY_CHECK_PLAINTEXT)
+        {
+            return Err(StoreError::WrongKey {
+                path: dir.to_owned(),
+            });
+        }
+    }
+    let path = dir.join(KEYRING_FILE);
+    let copy = meta.get(META_KEYRING)?;
+    let ring = match Keyring::load(dir, kek) {
+        Ok(Some(ring)) => ring,
+        Ok(None) | Err(_) if copy.is_some() => {
+            let bytes = copy.as_deref().unwrap_or_default();
+            let ring = Keyring::decode(bytes, kek, &path)?;
+            super::keyring::write_atomic(dir, bytes)?;
+            tracing::warn!(
+                store = %dir.display(),
+                "keyring file missing or damaged: restored from the store's copy"
+            );
+            ring
+        }
+        Ok(None) => {
+            let format = meta.get(META_FORMAT)?.and_then(|v| v.first().copied());
+            if format == Some(FORMAT_VERSION) {
+                // Format 5 stores seal with data keys: without the keyring their records are
+                // unreadable, and a new keyring would not change that.
+                return Err(StoreError::KeyringLost { path });
+            }
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let ring = Keyring::new(kek, alg, now)?;
+            ring.save(dir, kek)?;
+            tracing::info!(
+                store = %dir.display(),
+                cipher = alg.as_str(),
+                "store keyring created (data key 1, wrapped by the store key)"
+            );
+            ring
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let encoded = ring.encode(kek)?;
+    if copy.as_deref() != Some(encoded.as_slice()) {
+        meta.insert(META_KEYRING, encoded)?;
+    }
+    let keys = ring.unwrap_all(kek, &path)?;
+    Ok(KeySet::new(kek, keys, ring.active)?)
+}
 
 /// Waits until nobody holds the `flock` sled takes on `db` (or `wait` passed). A missing file is
 /// fine (a new store). The lock is released again at once: sled takes it itself. Public for
@@ -1721,5 +1974,208 @@ mod tests {
             vec![1, 2, 3],
             "new records after a reopen are read"
         );
+    }
+
+    fn reopen(dir: &Path) -> SledOutbox {
+        wait_for_lock(&dir.join("db"), Duration::from_secs(10)).unwrap();
+        SledOutbox::open(dir, key(), OutboxOptions::default()).unwrap()
+    }
+
+    fn values(o: &SledOutbox) -> Vec<u32> {
+        let mut v: Vec<u32> = o
+            .pending::<u32>(10_000)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.value)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn reseal_all(o: &SledOutbox) -> usize {
+        let (mut total, mut cursor) = (0, Some(ResealCursor::default()));
+        while let Some(c) = cursor {
+            let (n, next) = o.reseal_batch(c, 7).unwrap();
+            total += n;
+            cursor = next;
+        }
+        total
+    }
+
+    /// What `vitalgate keys rotate` does to the file.
+    fn rotate_file(dir: &Path, alg: Alg) -> u32 {
+        let mut ring = Keyring::load(dir, &key()).unwrap().unwrap();
+        let id = ring.rotate(&key(), alg, 1).unwrap();
+        ring.save(dir, &key()).unwrap();
+        id
+    }
+
+    #[test]
+    fn rotation_seals_new_records_with_the_new_key_at_once_and_reseals_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SledOutbox::open(dir.path(), key(), OutboxOptions::default()).unwrap();
+        for n in 0..5u32 {
+            o.insert([n as u8; 32], &n).unwrap();
+        }
+        o.dead_letter(&[0; 32], "test").unwrap();
+        assert_eq!(o.key_usage().unwrap(), [(1, 5)].into());
+        assert_eq!(o.reload_keyring().unwrap(), None, "nothing changed");
+        assert_eq!(rotate_file(dir.path(), Alg::Aes256Gcm), 2);
+        assert_eq!(o.reload_keyring().unwrap(), Some(2));
+        for n in 5..10u32 {
+            o.insert([n as u8; 32], &n).unwrap();
+        }
+        assert_eq!(o.key_usage().unwrap(), [(1, 5), (2, 5)].into());
+        assert_eq!(
+            values(&o),
+            (1..10).collect::<Vec<_>>(),
+            "every record reads"
+        );
+        assert_eq!(reseal_all(&o), 5);
+        assert_eq!(o.key_usage().unwrap(), [(2, 10)].into());
+        assert_eq!(values(&o), (1..10).collect::<Vec<_>>());
+        assert_eq!(o.dead_letters().unwrap().len(), 1, "the dead letter reads");
+        assert_eq!(o.ack(&[[3; 32]]).unwrap(), 1, "acks find resealed records");
+        drop(o);
+        let o = reopen(dir.path());
+        assert_eq!(o.active_key_id(), 2);
+        assert_eq!(values(&o), vec![1, 2, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(o.corrupt_records.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn nonces_never_repeat_under_one_key_across_writes_reopens_and_reseals() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = 0u32;
+        for round in 0..3 {
+            let o = reopen(dir.path());
+            for _ in 0..300 {
+                o.insert(sha256(&n.to_be_bytes()), &n).unwrap();
+                n += 1;
+            }
+            if round == 1 {
+                rotate_file(dir.path(), Alg::ChaCha20Poly1305);
+                o.reload_keyring().unwrap();
+                reseal_all(&o);
+            }
+            // Dead letters are sealed too.
+            o.dead_letter(&sha256(&(n - 1).to_be_bytes()), "x").unwrap();
+        }
+        let o = reopen(dir.path());
+        let mut seen = std::collections::HashSet::new();
+        let mut count = 0;
+        for tree in [&o.pending, &o.dead] {
+            for item in tree.iter() {
+                let (_, v) = item.unwrap();
+                assert_eq!(v[0], super::super::codec::SEALED_VERSION_V2);
+                // key id and nonce
+                assert!(
+                    seen.insert(v[1..17].to_vec()),
+                    "a nonce repeated under one key"
+                );
+                count += 1;
+            }
+        }
+        assert_eq!(count, 900);
+    }
+
+    /// A store written by a format 4 build: version 1 records under the key derived from the
+    /// store key, no keyring. It opens, gets a keyring, reads, and is re-sealed.
+    #[test]
+    fn a_format_4_store_gets_a_keyring_and_its_records_are_resealed_under_a_data_key() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let o = SledOutbox::open(dir.path(), key(), OutboxOptions::default()).unwrap();
+            for n in 0..20u32 {
+                o.insert([n as u8; 32], &n).unwrap();
+            }
+            // Rewrite as the format 4 build did.
+            let legacy = RecordCipher::new(&key()).unwrap();
+            let keys = o.keys();
+            for item in o.pending.iter() {
+                let (k, v) = item.unwrap();
+                let rk = record_key(TREE_PENDING, &k);
+                let plain = keys.open(&rk, &v).unwrap();
+                o.pending
+                    .insert(&k, legacy.seal(&rk, &plain).unwrap())
+                    .unwrap();
+            }
+            o.meta.remove(META_KEYRING).unwrap();
+            o.meta.insert(META_FORMAT, &[4u8][..]).unwrap();
+            o.make_durable().unwrap();
+        }
+        std::fs::remove_file(dir.path().join(KEYRING_FILE)).unwrap();
+        let o = reopen(dir.path());
+        assert!(dir.path().join(KEYRING_FILE).exists(), "a keyring was made");
+        assert_eq!(o.meta.get(META_FORMAT).unwrap().unwrap().as_ref(), [5]);
+        assert_eq!(o.key_usage().unwrap(), [(0, 20)].into());
+        assert_eq!(values(&o), (0..20).collect::<Vec<_>>());
+        assert_eq!(reseal_all(&o), 20);
+        assert_eq!(o.key_usage().unwrap(), [(1, 20)].into());
+        assert_eq!(values(&o), (0..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_lost_keyring_file_comes_back_from_the_store_copy_and_losing_both_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let o = SledOutbox::open(dir.path(), key(), OutboxOptions::default()).unwrap();
+            o.insert([1; 32], &1u32).unwrap();
+            rotate_file(dir.path(), Alg::ChaCha20Poly1305);
+            o.reload_keyring().unwrap();
+            o.insert([2; 32], &2u32).unwrap();
+        }
+        let file = dir.path().join(KEYRING_FILE);
+        let good = std::fs::read(&file).unwrap();
+        // Damaged, then missing: both restored from the copy, every record reads.
+        let mut bad = good.clone();
+        bad[10] ^= 1;
+        std::fs::write(&file, &bad).unwrap();
+        assert_eq!(values(&reopen(dir.path())), vec![1, 2]);
+        assert_eq!(std::fs::read(&file).unwrap(), good);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(values(&reopen(dir.path())), vec![1, 2]);
+        assert_eq!(std::fs::read(&file).unwrap(), good);
+        // Both gone: refused as damage (the daemon quarantines the store), not replaced by a
+        // new keyring under which nothing would open.
+        {
+            let o = reopen(dir.path());
+            o.meta.remove(META_KEYRING).unwrap();
+            o.make_durable().unwrap();
+        }
+        std::fs::remove_file(&file).unwrap();
+        wait_for_lock(&dir.path().join("db"), Duration::from_secs(10)).unwrap();
+        let err = SledOutbox::open(dir.path(), key(), OutboxOptions::default())
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::KeyringLost { .. }), "{err}");
+        assert!(err.is_damage());
+        assert!(!file.exists(), "no new keyring was written");
+    }
+
+    #[test]
+    fn a_keyring_that_drops_a_key_in_use_or_is_forged_is_refused_and_the_old_keys_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SledOutbox::open(dir.path(), key(), OutboxOptions::default()).unwrap();
+        o.insert([1; 32], &1u32).unwrap();
+        let mut ring = Keyring::load(dir.path(), &key()).unwrap().unwrap();
+        ring.rotate(&key(), Alg::ChaCha20Poly1305, 1).unwrap();
+        ring.keys.remove(0);
+        ring.save(dir.path(), &key()).unwrap();
+        let err = o.reload_keyring().unwrap_err();
+        assert!(
+            matches!(err, StoreError::KeyringDropsKey { id: 1, .. }),
+            "{err}"
+        );
+        // Written under another store key: does not authenticate.
+        let other = StoreKey::from_bytes([1; 32]);
+        Keyring::new(&other, Alg::ChaCha20Poly1305, 1)
+            .unwrap()
+            .save(dir.path(), &other)
+            .unwrap();
+        assert!(o.reload_keyring().is_err());
+        assert_eq!(o.active_key_id(), 1);
+        o.insert([2; 32], &2u32).unwrap();
+        assert_eq!(values(&o), vec![1, 2]);
     }
 }
