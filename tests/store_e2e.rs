@@ -440,3 +440,118 @@ async fn the_store_key_can_come_from_a_systemd_credential_and_the_key_file_can_g
         "{out:?}"
     );
 }
+
+/// Runs `sh -c script` in a private mount namespace (`unshare -m` as root, `unshare -Urm`
+/// otherwise); `None` if this machine does not allow it (then the test says so, and fails when
+/// `VITALGATE_REQUIRE_TMPFS=1`, as in CI).
+fn private_tmpfs_allowed() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    let ns = if root { "-m" } else { "-Urm" };
+    let ok = std::process::Command::new("unshare")
+        .args([ns, "--", "sh", "-c", "d=$(mktemp -d) && mount -t tmpfs -o size=64k t \"$d\" && umount \"$d\" && rmdir \"$d\""])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("VITALGATE_REQUIRE_TMPFS").as_deref() != Ok("1"),
+            "VITALGATE_REQUIRE_TMPFS=1 but unshare/mount of a tmpfs is not allowed here"
+        );
+        eprintln!("unshare + tmpfs not allowed here: skipped (.ci/run requires it)");
+    }
+    ok
+}
+
+/// Issue #11, disk full, for real: the agent's data directory is a 3 MiB tmpfs in its own mount
+/// namespace. With the store holding readings (uplink down), the rest of the tmpfs is filled by
+/// another file and readings keep arriving: sled's writes fail with ENOSPC. The agent does not
+/// panic or exit, raises its store alarm, acknowledges nothing it did not store, and when the
+/// space comes back it writes again and takes the rest. Every reading reaches the server once.
+///
+/// This test found a stall: the store's reopen held the store handle's lock while closing the
+/// failed sled database and waiting for its file lock, so tasks asking for the store blocked
+/// the runtime and the reopen found the database still locked, again and again (2 runs in 20
+/// never recovered before the fix, 0 in 15 after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_full_disk_stops_acknowledging_and_nothing_is_lost_when_space_returns() {
+    if !private_tmpfs_allowed() {
+        return;
+    }
+    let Some(broker) = mosquitto(MosquittoOptions {
+        persistence: false,
+        log_all: true,
+        inflight_window: None,
+    }) else {
+        return;
+    };
+    let mut h = Harness::new(broker).await;
+    let port = h.broker.port().unwrap();
+    h.fhir.stop().await;
+    let data = h.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let ns = if rustix::process::geteuid().is_root() {
+        "-m"
+    } else {
+        "-Urm"
+    };
+    let script = format!(
+        "mount -t tmpfs -o size=3m,mode=0700 vitalgate-full '{}' && exec \"$@\"",
+        data.display()
+    );
+    let cmd = common::command_after(
+        &["unshare", ns, "--", "sh", "-c", &script, "sh"],
+        env!("CARGO_BIN_EXE_vitalgate"),
+    );
+    let mut agent = h.spawn_agent_from(cmd, true);
+    // The agent's view of its data directory (its mount namespace), from outside.
+    let inside = std::path::PathBuf::from(format!("/proc/{}/root", agent.pid()))
+        .join(data.strip_prefix("/").unwrap());
+    assert!(inside.join("outbox").exists(), "{}", inside.display());
+
+    let patience = Duration::from_secs(60) * emulation_factor();
+    let first: Vec<String> = (0..20).map(|i| bp_point(i, 100 + i as i64, 70)).collect();
+    h.publish(&first).await;
+    h.wait_for_log(&agent, "reading stored", 20, patience);
+
+    // Fill the tmpfs to the last byte.
+    let filler = inside.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0x5au8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&[0]).is_ok() {}
+    }
+    let more: Vec<String> = (20..80).map(|i| bp_point(i, 100 + i as i64, 71)).collect();
+    h.publish(&more).await;
+    h.wait_for_log(&agent, "ALARM store failed", 1, patience);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!agent.exited(), "the agent exited");
+    let client = agent_client_id(port);
+    let stored = agent.stderr().matches("reading stored").count();
+    let trace = ClientTrace::from_log(&h.broker.as_mosquitto().unwrap().log(), &client);
+    assert!(
+        trace.acks() <= stored && stored < 80,
+        "acknowledged {} with {stored} stored while the disk was full",
+        trace.acks()
+    );
+
+    // Space comes back: the store reopens and writes, the broker's copies come in.
+    std::fs::remove_file(&filler).unwrap();
+    h.wait_for_log(&agent, "store reopened and writing again", 1, patience);
+    h.fhir.restart().await.unwrap();
+    h.wait_for_observations(80, patience).await;
+    let deadline = Instant::now() + patience;
+    while ClientTrace::from_log(&h.broker.as_mosquitto().unwrap().log(), &client).acks() < 80 {
+        assert!(Instant::now() < deadline, "not every reading acknowledged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.terminate();
+    h.assert_each_once(80);
+    let log = agent.stderr();
+    assert!(!log.contains("panicked"), "{}", tail(&log, 20));
+    assert!(
+        counter(&log, "store_faults").unwrap_or(0) >= 1,
+        "{}",
+        tail(&log, 3)
+    );
+}

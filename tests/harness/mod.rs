@@ -717,6 +717,11 @@ impl Agent {
         self.child.id()
     }
 
+    /// Has the process exited (on its own)?
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn stderr(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {

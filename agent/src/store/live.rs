@@ -66,12 +66,28 @@ impl Outbox {
     /// # Errors
     ///
     /// As [`SledOutbox::open`], and [`StoreError::Panicked`].
+    ///
+    /// The slot's lock is held only to take the old database out and to put the new one in:
+    /// closing a sled database after an I/O error can take long (its drop flushes and fsyncs,
+    /// and panics when that fails), and every other task asks the slot for the store (for
+    /// example [`Outbox::held_bytes`] on the runtime's threads). The old database is closed on
+    /// a thread of its own, its panic caught; the open waits for its lock as usual.
     pub fn reopen(&self) -> Result<(), StoreError> {
-        let mut slot = self.slot();
-        if let Some(old) = slot.take() {
+        let old = self.slot().take();
+        if let Some(old) = old {
             self.held_when_closed
                 .store(old.held_bytes(), Ordering::Relaxed);
-            drop(old);
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let closer = std::thread::Builder::new()
+                .name("store-close".into())
+                .spawn(move || {
+                    let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+                    let _ = done_tx.send(());
+                });
+            if closer.is_ok() {
+                // Then the open's own lock wait applies.
+                let _ = done_rx.recv_timeout(self.opts.lock_wait);
+            }
         }
         #[cfg(test)]
         self.fault.on_reopen(&self.dir)?;
@@ -82,7 +98,7 @@ impl Outbox {
                     path: self.dir.clone(),
                 })
             })?;
-        *slot = Some(Arc::new(core));
+        *self.slot() = Some(Arc::new(core));
         Ok(())
     }
 
