@@ -625,10 +625,13 @@ impl Running {
             Box::pin(ops::runner::run(ctx, store, shared, stop))
         });
         let store = Arc::clone(&self.store);
-        self.sup
-            .spawn("store keys", Some("store keys"), true, None, move |stop| {
-                Box::pin(crate::store_keys::run(store, stop))
-            });
+        self.sup.spawn(
+            "store upkeep",
+            Some("store upkeep"),
+            true,
+            None,
+            move |stop| Box::pin(crate::store_upkeep::run(store, stop)),
+        );
         if let Some(purge_after) = cfg.consent.purge_after {
             let (store, consent) = (Arc::clone(&self.store), cfg.consent.clone());
             self.sup.spawn(

@@ -368,7 +368,7 @@ fn keys_rotate(path: &Path) -> ExitCode {
             println!(
                 "data key {id} ({}) is now the active store key. A running daemon seals new records with it within {} s and re-seals older ones in the background; every record stays readable throughout.",
                 cfg.store.cipher.as_str(),
-                crate::store_keys::POLL.as_secs()
+                crate::store_upkeep::POLL.as_secs()
             );
             ExitCode::SUCCESS
         }

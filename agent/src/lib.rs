@@ -23,7 +23,7 @@ pub mod pipeline;
 pub mod reading;
 pub mod sources;
 pub mod store;
-pub mod store_keys;
+pub mod store_upkeep;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tls;

@@ -69,6 +69,7 @@ counters!(
     store_recoveries,
     store_key_rotations,
     store_records_resealed,
+    store_tombstones_pruned,
     store_keyring_reload_failures,
     uplink_bundles_sent,
     uplink_accepted,
@@ -465,6 +466,17 @@ impl StoreKeyActivated {
             key_id = self.key_id,
             "store data key rotated: new records are sealed with it; re-sealing older records in the background"
         );
+    }
+}
+
+/// Expired tombstones were pruned (debug only; the counter says how many over the run).
+pub struct StoreTombstonesPruned {
+    pub count: usize,
+}
+impl StoreTombstonesPruned {
+    pub fn emit(self) {
+        bump_by(&COUNTERS.store_tombstones_pruned, self.count);
+        tracing::debug!(count = self.count, "store tombstones pruned");
     }
 }
 

@@ -5,7 +5,7 @@
 //! History: 5 seals records with data keys from the store's keyring (envelope encryption,
 //! [`keyring`]; sealed record version 2, [`codec::KeySet`]); a format 3 or 4 store opens, gets
 //! a keyring, and the daemon re-seals its version 1 records in the background
-//! ([`crate::store_keys`]); records are readable throughout. 3 added `Reading::timing`,
+//! ([`crate::store_upkeep`]); records are readable throughout. 3 added `Reading::timing`,
 //! `Reading::context` and the PHD device fields; 4 added the variant `TimeQuality::Corrected`
 //! (the device clock read a corrected reading was corrected against, for the PHD Coincident
 //! Timestamp Observation). 4 only appended an enum variant, and
@@ -51,12 +51,16 @@
 //!    opens under its own key; a record that does not is moved, unchanged, to `quarantine`
 //!    (a warn log with tree, seq, size and reason only, and a counter). Nothing is ever deleted because it
 //!    could not be read.
-//! 2. **`index` ↔ `pending`.** `index[k] = seq` exactly when `pending[seq]` holds the id whose
-//!    `index_key` is `k`; the two change only together, in one sled transaction. Before an ack
-//!    or a dead-letter acts on `index[k]`, the record at `seq` is opened and its id compared, so
-//!    a corrupted index entry cannot remove the wrong reading.
-//! 3. **Dedup.** An id is a duplicate while it is in `index` (pending) or `acked` (uploaded or
-//!    dead-lettered less than the tombstone retention ago, default 30 days).
+//! 2. **`index` ↔ `pending`.** `pending[seq]` holds the id whose `index_key` is `k` exactly
+//!    when `index[k] = seq`; the two change only together, in one sled transaction. The one
+//!    exception is quarantine, which moves a record out in O(1) and leaves its index entry (the
+//!    record's id cannot be read to find it): an entry whose `pending[seq]` is gone is *stale*,
+//!    counts as absent everywhere, and is removed by `prune_tombstones` (at open and hourly).
+//!    Before an ack or a dead-letter acts on `index[k]`, the record at `seq` is opened and its
+//!    id compared, so a corrupted index entry cannot remove the wrong reading.
+//! 3. **Dedup.** An id is a duplicate while it is in `index` with its record (pending) or in
+//!    `acked` (uploaded or dead-lettered less than the tombstone retention ago, default 30
+//!    days). A redelivered copy of a quarantined reading is stored again.
 //! 4. **One record per identity.** A new record whose upstream identity is already held by a
 //!    record with another id (same FHIR identifier, different content) is never stored as
 //!    pending: it goes to `dead` with reason `identifier_collision` (and its id becomes a

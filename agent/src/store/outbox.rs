@@ -531,7 +531,13 @@ impl SledOutbox {
                 .transaction(|(pending, index, acked, dead, idents)| {
                     let mut outcomes = Vec::with_capacity(prepared.len());
                     for (i, (mac, ident, item)) in prepared.iter().enumerate() {
-                        if index.get(mac)?.is_some() || acked.get(mac)?.is_some() {
+                        // An index entry whose record is gone was left by a quarantine
+                        // (invariant 2): the id is not pending, a new copy is stored.
+                        let held = match index.get(mac)? {
+                            Some(seq) => pending.get(&seq)?.is_some(),
+                            None => false,
+                        };
+                        if held || acked.get(mac)?.is_some() {
                             outcomes.push(Insert::Duplicate);
                             continue;
                         }
@@ -1033,7 +1039,11 @@ impl SledOutbox {
                 if dead.get(key)?.as_deref() != Some(&raw[..]) {
                     return abort(StoreError::NoSuchDeadLetter { seq });
                 }
-                if index.get(mac)?.is_some() {
+                let held = match index.get(mac)? {
+                    Some(seq) => pending.get(&seq)?.is_some(),
+                    None => false,
+                };
+                if held {
                     dead.remove(&key[..])?;
                     return Ok(Requeue::AlreadyPending);
                 }
@@ -1116,6 +1126,16 @@ impl SledOutbox {
                 if count % PRUNE_CHUNK == 0 {
                     self.acked.apply_batch(std::mem::take(&mut batch))?;
                 }
+            }
+        }
+        // Index entries whose record was quarantined (invariant 2): removed only if unchanged,
+        // so an insert that reused the id meanwhile keeps its entry.
+        for item in self.index.iter() {
+            let (key, seq) = item?;
+            if !self.pending.contains_key(&seq)? {
+                let _ = self
+                    .index
+                    .compare_and_swap(&key, Some(&seq), None::<&[u8]>)?;
             }
         }
         // Identities live as long as tombstones do: a late redelivery must still be recognised,
@@ -1675,27 +1695,15 @@ impl SledOutbox {
         } else {
             &self.pending
         };
-        let mut stale_index = Vec::new();
-        if tree_name == TREE_PENDING {
-            for item in self.index.iter() {
-                let (k, v) = item?;
-                if v.as_ref() == key {
-                    stale_index.push(k);
-                }
-            }
-        }
+        // O(1): the index entry pointing at the record (if any: its id cannot be read) stays;
+        // an entry whose record is gone counts as absent, and `prune_tombstones` removes it.
         let qkey = record_key(tree_name, key);
-        let result: TransactionResult<bool, StoreError> = (tree, &self.index, &self.quarantine)
-            .transaction(|(src, index, quarantine)| {
+        let result: TransactionResult<bool, StoreError> =
+            (tree, &self.quarantine).transaction(|(src, quarantine)| {
                 if src.get(key)?.as_deref() != Some(raw) {
                     return Ok(false); // changed meanwhile (acked, or already moved)
                 }
                 src.remove(key)?;
-                for k in &stale_index {
-                    if index.get(k)?.as_deref() == Some(key) {
-                        index.remove(k)?;
-                    }
-                }
                 quarantine.insert(&qkey[..], raw)?;
                 Ok(true)
             });

@@ -1,5 +1,9 @@
-//! The store key task: a thin shell over [`Outbox::reload_keyring`] and
-//! [`Outbox::reseal_batch`] (see [`crate::store::keyring`]).
+//! The store's upkeep task: a thin shell over [`Outbox::reload_keyring`],
+//! [`Outbox::reseal_batch`] (see [`crate::store::keyring`]) and [`Outbox::prune_tombstones`].
+//!
+//! Tombstones (ids of uploaded readings kept to recognise late redeliveries) and the index
+//! entries quarantine leaves behind are pruned every [`PRUNE_EVERY`], not only at open: a
+//! gateway that runs for months would otherwise keep every id it ever uploaded.
 //!
 //! Every [`POLL`] it re-reads the keyring file; when `vitalgate keys rotate` added a key, new
 //! records are sealed with it from that moment, and records sealed with older keys are
@@ -20,13 +24,29 @@ use crate::telemetry;
 pub const POLL: Duration = Duration::from_secs(5);
 /// Records re-sealed per call (one flush each).
 pub const BATCH: usize = 256;
+/// How often expired tombstones are pruned.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Pause between re-sealing batches.
 const PAUSE: Duration = Duration::from_millis(20);
 
 /// Runs until shutdown.
 pub async fn run(store: Arc<Outbox>, stop: CancellationToken) {
     let mut pass_due = true;
+    // The open pruned already.
+    let mut next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
     loop {
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune += PRUNE_EVERY;
+            let s = Arc::clone(&store);
+            // The edge: the wall clock, compared with the tombstones' times.
+            let pruned = tokio::task::spawn_blocking(move || {
+                s.prune_tombstones(std::time::SystemTime::now())
+            })
+            .await;
+            if let Ok(Ok(n)) = pruned {
+                telemetry::StoreTombstonesPruned { count: n }.emit();
+            }
+        }
         let s = Arc::clone(&store);
         match tokio::task::spawn_blocking(move || s.reload_keyring()).await {
             Ok(Ok(Some(key_id))) => {
