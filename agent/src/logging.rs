@@ -11,8 +11,19 @@
 //! The filter comes from `VITALGATE_LOG` (default `info`), with the syntax of
 //! [`tracing_subscriber::filter::Targets`]: `debug`, or `info,vitalgate=debug,rumqttc=warn`.
 //! An unparsable value falls back to `info` and says so once.
+//!
+//! sled logs through `log` (bridged here) and repeats itself in a failure: during a full-disk
+//! episode it logs one ERROR per buffer it fails to write, besides our own one line per
+//! episode. Its lines are limited to one per target and level every [`NOISY_EVERY`]; the rest
+//! are counted (`log_lines_suppressed`).
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -41,6 +52,7 @@ pub fn init() -> Sink {
                     .with_syslog_identifier("vitalgate".into())
                     .with_field_prefix(None);
                 let _ = tracing_subscriber::registry()
+                    .with(RateLimit::default())
                     .with(layer)
                     .with(filter)
                     .try_init();
@@ -63,10 +75,51 @@ fn init_stderr(filter: Targets) -> Sink {
         .with_target(false)
         .with_ansi(false);
     let _ = tracing_subscriber::registry()
+        .with(RateLimit::default())
         .with(fmt)
         .with(filter)
         .try_init();
     Sink::Stderr
+}
+
+/// Targets whose repeated lines are limited (see the module doc).
+const NOISY: &[&str] = &["sled"];
+
+/// At most one line per noisy target and level this often.
+pub const NOISY_EVERY: Duration = Duration::from_secs(60);
+
+/// Drops a noisy dependency's event when the same target and level logged less than
+/// [`NOISY_EVERY`] ago (for every layer: `event_enabled` is global).
+#[derive(Default)]
+pub struct RateLimit {
+    last: Mutex<HashMap<(String, Level), Instant>>,
+}
+
+impl RateLimit {
+    /// Whether an event of `target` at `level` at `now` is written.
+    pub fn admit(&self, target: &str, level: Level, now: Instant) -> bool {
+        if !NOISY.iter().any(|p| target.starts_with(p)) {
+            return true;
+        }
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        match last.get(&(target.to_owned(), level)) {
+            Some(at) if now.duration_since(*at) < NOISY_EVERY => {
+                crate::telemetry::LogLineSuppressed.emit();
+                false
+            }
+            _ => {
+                last.insert((target.to_owned(), level), now);
+                true
+            }
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for RateLimit {
+    fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        let m = event.metadata();
+        self.admit(m.target(), *m.level(), Instant::now())
+    }
 }
 
 /// Parses a `VITALGATE_LOG` value; on error returns `info` and the value that failed.
@@ -106,6 +159,24 @@ pub fn parse_journal_stream(s: &str) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
     use tracing::Level;
+
+    #[test]
+    fn a_noisy_dependency_logs_once_a_minute_per_target_and_level_and_ours_always() {
+        let r = RateLimit::default();
+        let t0 = Instant::now();
+        assert!(r.admit("sled::pagecache::iobuf", Level::ERROR, t0));
+        assert!(!r.admit(
+            "sled::pagecache::iobuf",
+            Level::ERROR,
+            t0 + Duration::from_secs(1)
+        ));
+        assert!(r.admit("sled::pagecache::iobuf", Level::WARN, t0));
+        assert!(r.admit("sled::flusher", Level::ERROR, t0));
+        assert!(r.admit("sled::pagecache::iobuf", Level::ERROR, t0 + NOISY_EVERY));
+        for _ in 0..3 {
+            assert!(r.admit("vitalgate::store", Level::ERROR, t0));
+        }
+    }
 
     #[test]
     fn journal_stream_values_parse_or_are_refused() {

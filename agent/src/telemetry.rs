@@ -70,6 +70,7 @@ counters!(
     store_key_rotations,
     store_records_resealed,
     store_tombstones_pruned,
+    log_lines_suppressed,
     store_keyring_reload_failures,
     uplink_bundles_sent,
     uplink_accepted,
@@ -466,6 +467,15 @@ impl StoreKeyActivated {
             key_id = self.key_id,
             "store data key rotated: new records are sealed with it; re-sealing older records in the background"
         );
+    }
+}
+
+/// A repeated line of a noisy dependency was dropped ([`crate::logging`]); counted only (a log
+/// line here would loop).
+pub struct LogLineSuppressed;
+impl LogLineSuppressed {
+    pub fn emit(self) {
+        bump(&COUNTERS.log_lines_suppressed);
     }
 }
 
