@@ -94,7 +94,51 @@ pub struct Config {
     /// `[fleet]`: status and alarms published over MQTT (off when the section is absent).
     pub fleet: Option<FleetConfig>,
     pub consent: ConsentConfig,
+    /// `[audit]`: the audit log (defaults when the section is absent).
+    pub audit: AuditConfig,
 }
+
+/// `[audit]`: the hash-chained audit log under `<data_dir>/audit` and the delivery ledger
+/// read from it (see [`crate::audit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// `<data_dir>/audit`.
+    pub dir: PathBuf,
+    /// Bound on all segments together; the oldest are deleted beyond it.
+    pub max_bytes: u64,
+    /// A segment is closed once it would pass this.
+    pub segment_bytes: u64,
+    /// Segments whose last entry is older are deleted.
+    pub retention: Duration,
+    /// How long after upload `vitalgate ledger` must answer (`retention` covers it).
+    pub ledger: Duration,
+}
+
+impl AuditConfig {
+    /// The writer's options.
+    pub fn options(&self) -> crate::audit::AuditOptions {
+        crate::audit::AuditOptions {
+            dir: self.dir.clone(),
+            max_bytes: self.max_bytes,
+            segment_bytes: self.segment_bytes,
+            retention: self.retention,
+            ledger: self.ledger,
+        }
+    }
+}
+
+/// Default `audit.max_bytes`: 64 MiB. An uploaded reading costs about 3 entries (`stored`,
+/// its share of `sent`, `delivered`: ~700 B), so about 90,000 readings: 30 days of a clinic
+/// uploading 3,000 readings a day.
+pub const DEFAULT_AUDIT_MAX_BYTES: i64 = 64 * 1024 * 1024;
+/// Default `audit.segment_bytes`: 4 MiB.
+pub const DEFAULT_AUDIT_SEGMENT_BYTES: i64 = 4 * 1024 * 1024;
+/// Smallest `audit.segment_bytes` (tests use small segments): room for a few entries.
+pub const MIN_AUDIT_SEGMENT_BYTES: i64 = 4 * 1024;
+/// Default `audit.retention_days`.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: i64 = 90;
+/// Default `audit.ledger_days`.
+pub const DEFAULT_AUDIT_LEDGER_DAYS: i64 = 30;
 
 /// The default directory of the live status snapshot (the unit's `RuntimeDirectory=`).
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/vitalgate";
