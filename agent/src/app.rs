@@ -761,6 +761,10 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
     if old.store.max_bytes != new.store.max_bytes {
         return Some("store.max_bytes");
     }
+    // The audit log is opened once, at start.
+    if old.audit != new.audit {
+        return Some("[audit]");
+    }
     // The BLE source owns the adapter and its devices' sessions; it is started once.
     let ble = |c: &Config| -> Vec<crate::config::DeviceConfig> {
         c.devices

@@ -840,6 +840,12 @@ fn requeue(path: &Path, seq: Option<u64>) -> ExitCode {
     match seq {
         Some(seq) => match store.requeue_dead_letter(seq, identity) {
             Ok(Requeue::Requeued { .. }) => {
+                audit_once(
+                    &cfg,
+                    crate::audit::AuditEvent::Requeued {
+                        dead_seqs: vec![seq],
+                    },
+                );
                 println!("dead letter {seq}: requeued; the reading is pending again and is uploaded when the agent runs");
                 ExitCode::SUCCESS
             }
@@ -858,6 +864,14 @@ fn requeue(path: &Path, seq: Option<u64>) -> ExitCode {
         },
         None => match store.requeue_all_dead_letters(identity) {
             Ok(summary) => {
+                if !summary.requeued.is_empty() {
+                    audit_once(
+                        &cfg,
+                        crate::audit::AuditEvent::Requeued {
+                            dead_seqs: summary.requeued.clone(),
+                        },
+                    );
+                }
                 let skipped = |why| summary.skipped.iter().filter(|(_, w)| *w == why).count();
                 println!(
                     "requeued {}, already pending {}, skipped {} ({} raw payloads that are not readings, {} identifier collisions, {} truncated, {} undecodable, {} identifiers taken meanwhile)",

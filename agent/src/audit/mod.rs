@@ -179,6 +179,9 @@ pub enum AuditEvent {
         reason: &'static str,
         stored_days: u64,
     },
+    /// Dead letters (by their dead-letter seq) put back into the outbox by
+    /// `vitalgate dead-letters requeue`: their readings are pending again.
+    Requeued { dead_seqs: Vec<u64> },
     /// Readings exported from the gateway (`destination`: a path or a code, no PHI).
     Exported {
         readings: Vec<Id>,

@@ -134,7 +134,7 @@ pub const DEFAULT_AUDIT_MAX_BYTES: i64 = 64 * 1024 * 1024;
 /// Default `audit.segment_bytes`: 4 MiB.
 pub const DEFAULT_AUDIT_SEGMENT_BYTES: i64 = 4 * 1024 * 1024;
 /// Smallest `audit.segment_bytes` (tests use small segments): room for a few entries.
-pub const MIN_AUDIT_SEGMENT_BYTES: i64 = 4 * 1024;
+pub const MIN_AUDIT_SEGMENT_BYTES: i64 = 1024;
 /// Default `audit.retention_days`.
 pub const DEFAULT_AUDIT_RETENTION_DAYS: i64 = 90;
 /// Default `audit.ledger_days`.
@@ -536,6 +536,38 @@ client_key = "tls/gw.key"
         );
         let e = with("purge_after_days = 1\npurge_after_seconds_test_only = 3").unwrap_err();
         assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn audit_defaults_and_a_ledger_window_longer_than_the_retention_is_refused_at_its_line() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.audit.dir, PathBuf::from("/etc/vitalgate/data/audit"));
+        assert_eq!(c.audit.max_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.audit.segment_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.audit.ledger, std::time::Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            c.audit.retention,
+            std::time::Duration::from_secs(90 * 86_400)
+        );
+        let with = |extra: &str| load(&format!("{MINIMAL}\n[audit]\n{extra}\n"));
+        let c = with("ledger_days = 60\nretention_days = 60").unwrap();
+        assert_eq!(c.audit.ledger, std::time::Duration::from_secs(60 * 86_400));
+        let e = with("retention_days = 20\nledger_days = 45").unwrap_err();
+        assert!(e.to_string().contains("audit.ledger_days"), "{e}");
+        assert!(e.to_string().contains("retention_days = 20"), "{e}");
+        // [audit] is line 15 of the file; ledger_days on line 17, its value at column 15.
+        assert!(
+            e.to_string().starts_with("/etc/vitalgate/test.toml:17:15:"),
+            "{e}"
+        );
+        let e = with("segment_bytes = 1048576\nmax_bytes = 1048576").unwrap_err();
+        assert!(e.to_string().contains("twice audit.segment_bytes"), "{e}");
+        assert!(with("segment_bytes = 100").is_err());
+        assert!(with("ledger_days = 0").is_err());
+        assert!(with("colour = 1")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field"));
     }
 
     #[test]
