@@ -289,13 +289,16 @@ pub fn verify<'a>(
     Ok(report)
 }
 
+/// `(seq, hash)` of a chain's head.
+pub type Head = (u64, [u8; 32]);
+
 /// The last complete entry of a segment's bytes, for the writer at open: `(seq, hash)` of the
 /// last line, and how many bytes of torn tail follow it.
 ///
 /// # Errors
 ///
 /// The reason when the last complete line is unreadable.
-pub fn last_entry(bytes: &[u8]) -> Result<(Option<(u64, [u8; 32])>, usize), &'static str> {
+pub fn last_entry(bytes: &[u8]) -> Result<(Option<Head>, usize), &'static str> {
     let (complete, torn) = match bytes.iter().rposition(|&b| b == b'\n') {
         Some(p) => bytes.split_at(p + 1),
         None => (&bytes[..0], bytes),
