@@ -1183,4 +1183,32 @@ mod example_tests {
         assert_eq!(c.ops.device_silent_after.len(), 2);
         assert!(c.fleet.is_none(), "the fleet section is commented out");
     }
+
+    #[test]
+    fn the_example_audit_section_uncommented_is_valid_and_states_the_defaults() {
+        let text = include_str!("../../../config/vitalgate.example.toml");
+        let keys = ["[audit]", "max_bytes", "segment_bytes", "retention_days", "ledger_days"];
+        let mut in_audit = false;
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with("# [audit]") {
+                in_audit = true;
+            } else if in_audit && !line.starts_with('#') {
+                in_audit = false;
+            }
+            match line.strip_prefix("# ") {
+                Some(rest) if in_audit && keys.iter().any(|k| rest.starts_with(k)) => {
+                    out.push_str(rest);
+                }
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        assert!(out.contains("\n[audit]\n"), "the example has an [audit] section");
+        let c = Config::from_str_at(&out, Path::new("/etc/vitalgate/vitalgate.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let defaults = Config::from_str_at(text, Path::new("/etc/vitalgate/vitalgate.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.audit, defaults.audit, "the example states the defaults");
+    }
 }
