@@ -230,7 +230,13 @@ impl App {
             None
         } else {
             // The BLE high-water marks are sealed with the store key (see sources::ble::cursor).
-            let key = StoreKey::load(&cfg.store.key_file).map_err(StartError::Key)?;
+            let key = match StoreKey::load(&cfg.store.key_file) {
+                Ok(k) => k,
+                Err(e) => {
+                    audit::uninstall_if(&audit.handle());
+                    return Err(StartError::Key(e));
+                }
+            };
             Some(sources::ble::BleSource::new(
                 &cfg,
                 &prepared.devices.ble,

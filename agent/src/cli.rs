@@ -348,12 +348,32 @@ fn keys_init(path: &Path) -> ExitCode {
 /// Records one event from a CLI command (no daemon sink here): opens the audit log, writes,
 /// syncs. When the daemon holds the log, says so on stderr (the event is not recorded).
 pub fn audit_once(cfg: &Config, event: crate::audit::AuditEvent) {
+    // Files this command creates belong to whoever runs it: run as another user than the data
+    // directory's owner (root, where the service user owns it), it would leave the daemon an
+    // audit log it cannot append to. Not recorded then, and said so.
+    if !runs_as_owner_of(&cfg.gateway.data_dir) {
+        eprintln!(
+            "vitalgate: warning: not recorded in the audit log: run this command as the owner of {} (the service user: sudo -u vitalgate ...)",
+            cfg.gateway.data_dir.display()
+        );
+        return;
+    }
     match crate::audit::AuditLog::open(cfg.audit.options()) {
         Ok(log) => {
             log.handle().record(event);
             log.close(std::time::Duration::from_secs(5));
         }
         Err(e) => eprintln!("vitalgate: warning: not recorded in the audit log: {e}"),
+    }
+}
+
+/// Whether this process's user owns `dir` (true when `dir` does not exist yet: it creates it).
+fn runs_as_owner_of(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user (no unsafe geteuid call needed).
+    match (std::fs::metadata(dir), std::fs::metadata("/proc/self")) {
+        (Ok(d), Ok(me)) => d.uid() == me.uid(),
+        _ => true,
     }
 }
 

@@ -1187,7 +1187,13 @@ mod example_tests {
     #[test]
     fn the_example_audit_section_uncommented_is_valid_and_states_the_defaults() {
         let text = include_str!("../../../config/vitalgate.example.toml");
-        let keys = ["[audit]", "max_bytes", "segment_bytes", "retention_days", "ledger_days"];
+        let keys = [
+            "[audit]",
+            "max_bytes",
+            "segment_bytes",
+            "retention_days",
+            "ledger_days",
+        ];
         let mut in_audit = false;
         let mut out = String::new();
         for line in text.lines() {
@@ -1204,7 +1210,10 @@ mod example_tests {
             }
             out.push('\n');
         }
-        assert!(out.contains("\n[audit]\n"), "the example has an [audit] section");
+        assert!(
+            out.contains("\n[audit]\n"),
+            "the example has an [audit] section"
+        );
         let c = Config::from_str_at(&out, Path::new("/etc/vitalgate/vitalgate.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
         let defaults = Config::from_str_at(text, Path::new("/etc/vitalgate/vitalgate.toml"))
