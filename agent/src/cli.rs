@@ -451,7 +451,7 @@ fn ledger(path: &Path, reading: &str, json: bool) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let segs = match crate::audit::files::read_all(&cfg.audit.dir) {
+    let segs = match crate::audit::files::list(&cfg.audit.dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -461,17 +461,25 @@ fn ledger(path: &Path, reading: &str, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Unreadable lines (a torn tail, damage) are skipped: `audit verify` is the integrity check.
-    let entries: Vec<serde_json::Value> = segs
-        .iter()
-        .flat_map(|(_, b)| b.split(|&c| c == b'\n'))
-        .filter_map(|l| serde_json::from_slice(l).ok())
-        .collect();
-    let since = entries
-        .first()
-        .and_then(|e| e["time"].as_str())
-        .map(str::to_string);
-    let answers = ledger::answer(&query, &entries);
+    // One segment in memory at a time, and only the lines that can matter parsed. Unreadable
+    // lines (a torn tail, damage) are skipped: `audit verify` is the integrity check. A
+    // segment deleted by the daemon's retention meanwhile reads as empty.
+    let mut since: Option<String> = None;
+    let entries = segs.iter().flat_map(|seg| {
+        let bytes = std::fs::read(&seg.path).unwrap_or_default();
+        if since.is_none() {
+            since = bytes
+                .split(|&c| c == b'\n')
+                .find_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+                .and_then(|e| e["time"].as_str().map(str::to_string));
+        }
+        bytes
+            .split(|&c| c == b'\n')
+            .filter(|l| ledger::may_matter(&query, l))
+            .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+            .collect::<Vec<_>>()
+    });
+    let answers = ledger::answer(&query, entries);
     let ledger_days = cfg.audit.ledger.as_secs() / 86_400;
     let cutoff = now() - chrono::Duration::days(i64::try_from(ledger_days).unwrap_or(30));
     let old = |t: &str| {
