@@ -245,3 +245,40 @@ async fn audit_verify_names_the_tampered_entry_and_reports_a_torn_tail_apart() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "{out:?}");
 }
+
+/// A TLS failure is a security event: the audit log records it by class with the rustls
+/// reason (no PHI), and the ledger says the reading is pending after a failed attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_failure_is_audited_and_the_reading_stays_pending() {
+    let h = Harness::with_rogue_server(Broker::embedded()).await;
+    let mut agent = h.spawn_agent();
+    h.publish(&[bp_point(1, 118, 76)]).await;
+    h.wait_for_log(
+        &agent,
+        "TLS with the FHIR server failed",
+        1,
+        Duration::from_secs(30),
+    );
+    agent.terminate();
+    let all = entries(&h);
+    let tls = all
+        .iter()
+        .find(|e| e["event"] == "send_failed" && e["class"] == "tls")
+        .unwrap_or_else(|| panic!("no TLS entry:\n{}", audit_text(&h)));
+    assert!(
+        tls["detail"].as_str().unwrap().contains("unknown issuer"),
+        "{tls}"
+    );
+    let id = all
+        .iter()
+        .find(|e| e["event"] == "stored")
+        .and_then(|e| e["reading"].as_str())
+        .unwrap()
+        .to_string();
+    let answer = h.vitalgate(&["ledger", &id[..12]]);
+    assert!(
+        answer.contains(": pending (sent, not confirmed"),
+        "{answer}"
+    );
+    assert!(!audit_text(&h).contains("MRN-0001"));
+}
