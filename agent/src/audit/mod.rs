@@ -33,8 +33,8 @@
 //! event is counted (`audit_entries_dropped`) and the writer's next entry is a `gap` entry
 //! saying how many were lost: never blocked for ever, never lost silently.
 //!
-//! What a power loss can cost: the entries not yet synced (at most [`SYNC_EVERY`] of them, or
-//! [`SYNC_ENTRIES`]). A last line cut in the middle is a *torn tail*: `vitalgate audit verify`
+//! What a power loss can cost: the entries not yet synced, those of the last [`SYNC_EVERY`]
+//! (at most [`SYNC_ENTRIES`]). A last line cut in the middle is a *torn tail*: `vitalgate audit verify`
 //! reports it apart from a broken chain, and the writer cuts it off at its next start and
 //! records a `recovered` entry saying how many bytes it removed.
 //!
@@ -51,9 +51,13 @@
 //! # What the chain proves, and what it does not
 //!
 //! The order and integrity of the entries against accidental damage and against editing a
-//! line, dropping or reordering lines or segments. It does **not** stop someone with root on
-//! the gateway from rewriting the whole chain from some point on: that is only detected if
-//! the hashes are shipped off the box (not done yet).
+//! line, dropping or reordering lines in the middle, or removing, replacing or reordering a
+//! middle segment. It does **not** detect: someone with root on the gateway rewriting the
+//! whole chain from some entry on; entries cut from the **end** of the newest segment (the
+//! shorter chain is still valid; a torn line is reported, whole lines are not); the oldest
+//! segments deleted (indistinguishable from retention, except that retention records a
+//! `retention_deleted` entry in a later segment); the whole directory deleted. Those are only
+//! detected if the chain's head hash is shipped off the box (not done yet).
 //!
 //! # Process-wide sink
 //!
@@ -62,8 +66,11 @@
 //! the log, counters and audit entries come from one route. Tests and CLI commands without a
 //! sink are unaffected. A unit test that wants entries opens its own [`AuditLog`] and records
 //! through its [`AuditHandle`], not the global. Other modules (export, key rotation) call
-//! [`record`] with a new variant: add it to [`AuditEvent`] and, if it names readings, to
-//! [`ledger`].
+//! [`record`] (the daemon) or `cli::audit_once` (a CLI command, daemon stopped) with a
+//! variant: [`AuditEvent::Exported`] and [`AuditEvent::KeyRotated`] exist for them and are not
+//! emitted by anything yet; add a variant for a new kind and, if it names readings, teach it to
+//! [`ledger`]. One process writes the log at a time (`<dir>/.lock`): a CLI command run while
+//! the daemon runs gets [`AuditError::Locked`] and says the event was not recorded.
 
 use std::sync::{Arc, PoisonError, RwLock};
 
