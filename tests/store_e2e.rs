@@ -366,6 +366,16 @@ async fn keys_rotate_while_the_daemon_runs_reseals_the_backlog_and_loses_nothing
         "{status}"
     );
     assert!(!status.contains("legacy"), "{status}");
+    // The daemon recorded the rotation in the audit log when it picked the key up.
+    let audit: String = walk(&h.dir.path().join("data/audit"))
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect();
+    assert!(
+        audit.contains("\"key_rotated\"") && audit.contains("data key 2"),
+        "{audit}"
+    );
+    h.vitalgate(&["audit", "verify"]);
 
     h.fhir.restart().await.unwrap();
     let mut agent = h.spawn_agent();

@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{self, AuditEvent, AuditLog};
 use crate::config::{Config, MqttConfig, SerialDevice, SimulatorConfig};
 use crate::ops::{
     self,
@@ -66,6 +67,8 @@ pub enum StartError {
     Uplink(#[source] crate::uplink::client::UplinkError),
     #[error("{0}")]
     Mqtt(#[source] sources::mqtt::MqttSetupError),
+    #[error("{0}")]
+    Audit(#[source] crate::audit::AuditError),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -193,6 +196,8 @@ pub struct App {
     ingest_rx: mpsc::Receiver<Ingest>,
     watchdog: WatchdogSettings,
     notifier: Option<Notifier>,
+    /// The audit log; its handle is the process-wide sink from `build` to the end of `run`.
+    audit: AuditLog,
 }
 
 impl App {
@@ -207,13 +212,32 @@ impl App {
     /// A [`StartError`] naming the file or setting to fix.
     pub fn build(cfg: Config) -> Result<App, StartError> {
         let prepared = prepare(&cfg)?;
-        let (store, _quarantined) = open_store_guarded(&cfg)?;
+        // Opened just before the store, so that a store moved aside at open is audited.
+        let audit = AuditLog::open(cfg.audit.options()).map_err(StartError::Audit)?;
+        audit::install(audit.handle());
+        audit::record(AuditEvent::AgentStarted {
+            version: env!("CARGO_PKG_VERSION"),
+        });
+        let (store, _quarantined) = match open_store_guarded(&cfg) {
+            Ok(v) => v,
+            Err(e) => {
+                audit::uninstall_if(&audit.handle());
+                audit.close(Duration::from_secs(1));
+                return Err(e);
+            }
+        };
         let store = Arc::new(store);
         let ble = if prepared.devices.ble.is_empty() {
             None
         } else {
             // The BLE high-water marks are sealed with the store key (see sources::ble::cursor).
-            let (key, _) = StoreKey::load_kek(&cfg.store.key_file).map_err(StartError::Key)?;
+            let key = match StoreKey::load_kek(&cfg.store.key_file) {
+                Ok((k, _)) => k,
+                Err(e) => {
+                    audit::uninstall_if(&audit.handle());
+                    return Err(StartError::Key(e));
+                }
+            };
             Some(sources::ble::BleSource::new(
                 &cfg,
                 &prepared.devices.ble,
@@ -231,6 +255,7 @@ impl App {
             ingest_rx,
             watchdog: WatchdogSettings::from_env(notifier.clone()),
             notifier,
+            audit,
         })
     }
 
@@ -277,6 +302,7 @@ impl App {
             ingest_rx,
             watchdog,
             notifier,
+            audit: audit_log,
         } = self;
         // Installed first: SIGHUP's default action would terminate the daemon.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -432,6 +458,9 @@ impl App {
             );
         }
         tracing::info!(pending = stats.pending, dead_letters = stats.dead, counters = %counters.join(" "), gauges = %gauges.join(" "), "stopped");
+        audit::record(AuditEvent::AgentStopped {});
+        audit::uninstall_if(&audit_log.handle());
+        audit_log.close(SHUTDOWN_GRACE);
         match failure {
             Some(e) => Err(e),
             None => Ok(RunSummary {
@@ -746,6 +775,10 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
     }
     if old.store.max_bytes != new.store.max_bytes {
         return Some("store.max_bytes");
+    }
+    // The audit log is opened once, at start.
+    if old.audit != new.audit {
+        return Some("[audit]");
     }
     // The BLE source owns the adapter and its devices' sessions; it is started once.
     let ble = |c: &Config| -> Vec<crate::config::DeviceConfig> {

@@ -111,6 +111,32 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The audit log (`<data_dir>/audit`): hash-chained custody and security events.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Where a reading is: pending, in flight, delivered (server id, version, time),
+    /// dead-lettered or purged (why), duplicate, or unknown. Reads the audit log only, so it
+    /// works while the daemon runs. Exit 0 if the reading is known, 1 if not.
+    Ledger {
+        /// The reading's id: 64 hex digits, or the 12-digit short id the logs print.
+        #[arg(value_name = "READING-ID")]
+        reading: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the answer as JSON (schema vitalgate.ledger/1).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the audit log's hash chain. Exit 0 if it is intact (a torn last line from a
+    /// power loss is reported, not an error), 1 naming the first broken entry (segment, seq,
+    /// why), 64 for a bad configuration. Reads the files only: safe while the daemon runs.
+    Verify(ConfigArg),
 }
 
 #[derive(Subcommand, Debug)]
@@ -239,6 +265,14 @@ pub fn main() -> ExitCode {
         Command::Store {
             command: StoreCommand::Salvage { config, path },
         } => salvage(&config.config, &path),
+        Command::Audit {
+            command: AuditCommand::Verify(c),
+        } => audit_verify(&c.config),
+        Command::Ledger {
+            reading,
+            config,
+            json,
+        } => ledger(&config.config, &reading, json),
     }
 }
 
@@ -310,6 +344,12 @@ fn keys_init(path: &Path) -> ExitCode {
                 "created store key {} (mode 0600). Keep it with the gateway: without it the outbox cannot be read.",
                 cfg.store.key_file.display()
             );
+            audit_once(
+                &cfg,
+                crate::audit::AuditEvent::KeyCreated {
+                    key_file: cfg.store.key_file.display().to_string(),
+                },
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -360,11 +400,25 @@ fn keys_rotate(path: &Path) -> ExitCode {
     };
     let now_ms = u64::try_from(now().timestamp_millis()).unwrap_or(0);
     let dir = crate::app::store_dir(&cfg);
+    let previous = ring.active;
     let saved = ring
         .rotate(&kek, cfg.store.cipher, now_ms)
         .and_then(|id| ring.save(&dir, &kek).map(|()| id));
     match saved {
         Ok(id) => {
+            // With the daemon running the log is its to write: it records the rotation when it
+            // picks the key up (telemetry::StoreKeyActivated).
+            audit_once_unless_daemon(
+                &cfg,
+                crate::audit::AuditEvent::KeyRotated {
+                    key_file: dir
+                        .join(crate::store::keyring::KEYRING_FILE)
+                        .display()
+                        .to_string(),
+                    old_key_id: Some(format!("data key {previous}")),
+                    new_key_id: Some(format!("data key {id}")),
+                },
+            );
             println!(
                 "data key {id} ({}) is now the active store key. A running daemon seals new records with it within {} s and re-seals older ones in the background; every record stays readable throughout.",
                 cfg.store.cipher.as_str(),
@@ -429,6 +483,201 @@ fn keys_status(path: &Path) -> ExitCode {
         ),
     }
     ExitCode::SUCCESS
+}
+
+/// Records one event from a CLI command (no daemon sink here): opens the audit log, writes,
+/// syncs. When the daemon holds the log, says so on stderr (the event is not recorded).
+pub fn audit_once(cfg: &Config, event: crate::audit::AuditEvent) {
+    // Files this command creates belong to whoever runs it: run as another user than the data
+    // directory's owner (root, where the service user owns it), it would leave the daemon an
+    // audit log it cannot append to. Not recorded then, and said so.
+    if !runs_as_owner_of(&cfg.gateway.data_dir) {
+        eprintln!(
+            "vitalgate: warning: not recorded in the audit log: run this command as the owner of {} (the service user: sudo -u vitalgate ...)",
+            cfg.gateway.data_dir.display()
+        );
+        return;
+    }
+    match crate::audit::AuditLog::open(cfg.audit.options()) {
+        Ok(log) => {
+            log.handle().record(event);
+            log.close(std::time::Duration::from_secs(5));
+        }
+        Err(e) => eprintln!("vitalgate: warning: not recorded in the audit log: {e}"),
+    }
+}
+
+/// As [`audit_once`], silent when the daemon holds the log (it records the event itself).
+fn audit_once_unless_daemon(cfg: &Config, event: crate::audit::AuditEvent) {
+    if !runs_as_owner_of(&cfg.gateway.data_dir) {
+        return audit_once(cfg, event);
+    }
+    match crate::audit::AuditLog::open(cfg.audit.options()) {
+        Ok(log) => {
+            log.handle().record(event);
+            log.close(std::time::Duration::from_secs(5));
+        }
+        Err(crate::audit::AuditError::Locked { .. }) => {}
+        Err(e) => eprintln!("vitalgate: warning: not recorded in the audit log: {e}"),
+    }
+}
+
+/// Whether this process's user owns `dir` (true when `dir` does not exist yet: it creates it).
+fn runs_as_owner_of(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user (no unsafe geteuid call needed).
+    match (std::fs::metadata(dir), std::fs::metadata("/proc/self")) {
+        (Ok(d), Ok(me)) => d.uid() == me.uid(),
+        _ => true,
+    }
+}
+
+/// Reads every segment; a segment that grows or rolls over while it is read (the daemon
+/// runs) can make one reading inconsistent, so a failed verification is read and checked once
+/// more.
+fn audit_verify(path: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let dir = &cfg.audit.dir;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let segs = match crate::audit::files::read_all(dir) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("vitalgate audit verify: cannot read {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        if segs.is_empty() {
+            eprintln!(
+                "vitalgate audit verify: no audit log in {} (nothing recorded yet)",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        match crate::audit::chain::verify(segs.iter().map(|(n, b)| (n.as_str(), b.as_slice()))) {
+            Ok(r) => {
+                let (first, last) = (r.first_seq.unwrap_or(0), r.last_seq.unwrap_or(0));
+                println!(
+                    "audit log intact: {} entries (seq {first}..{last}) in {} segment(s) under {}",
+                    r.entries,
+                    r.segments,
+                    dir.display()
+                );
+                if let Some((seq, prev)) = r.anchor {
+                    println!(
+                        "anchor: verified from seq {seq}; older entries were deleted by retention, and the chain starts from that entry's \"prev\" {} (taken as given)",
+                        hex::encode(prev)
+                    );
+                }
+                if let Some(t) = &r.torn_tail {
+                    println!(
+                        "torn tail: the last {} byte(s) of {} are an incomplete line (a power loss or a write in progress): not part of the chain; the agent cuts them at its next start",
+                        t.bytes, t.segment
+                    );
+                }
+                if let Some(h) = r.last_hash {
+                    println!("head: seq {last} hash {}", hex::encode(h));
+                }
+                return ExitCode::SUCCESS;
+            }
+            Err(e) if attempt >= 2 => {
+                println!("audit log BROKEN: {e}");
+                return ExitCode::FAILURE;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(300)),
+        }
+    }
+}
+
+fn ledger(path: &Path, reading: &str, json: bool) -> ExitCode {
+    use crate::audit::ledger;
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let query = match ledger::Query::parse(reading) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("vitalgate ledger: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let segs = match crate::audit::files::list(&cfg.audit.dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "vitalgate ledger: cannot read {}: {e}",
+                cfg.audit.dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    // One segment in memory at a time, and only the lines that can matter parsed. Unreadable
+    // lines (a torn tail, damage) are skipped: `audit verify` is the integrity check. A
+    // segment deleted by the daemon's retention meanwhile reads as empty.
+    let mut since: Option<String> = None;
+    let entries = segs.iter().flat_map(|seg| {
+        let bytes = std::fs::read(&seg.path).unwrap_or_default();
+        if since.is_none() {
+            since = bytes
+                .split(|&c| c == b'\n')
+                .find_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+                .and_then(|e| e["time"].as_str().map(str::to_string));
+        }
+        bytes
+            .split(|&c| c == b'\n')
+            .filter(|l| ledger::may_matter(&query, l))
+            .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+            .collect::<Vec<_>>()
+    });
+    let answers = ledger::answer(&query, entries);
+    let ledger_days = cfg.audit.ledger.as_secs() / 86_400;
+    let cutoff = now() - chrono::Duration::days(i64::try_from(ledger_days).unwrap_or(30));
+    let old = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .is_ok_and(|t| t.with_timezone(&chrono::Utc) < cutoff)
+    };
+    if json {
+        let v = serde_json::json!({
+            "schema": "vitalgate.ledger/1",
+            "query": reading,
+            "ledger_days": ledger_days,
+            "log_since": since,
+            "readings": answers,
+        });
+        println!("{v}");
+    } else if answers.is_empty() {
+        println!(
+            "{reading}: unknown: no audit entry names this reading (the audit log holds entries since {}; the ledger answers for {ledger_days} days after upload)",
+            since.as_deref().unwrap_or("(empty log)")
+        );
+    } else {
+        for a in &answers {
+            let mut line = format!("{}: {} (since {}", a.reading, a.state.describe(), a.since);
+            if let Some(s) = &a.stored_at {
+                line.push_str(&format!("; stored {s}"));
+            }
+            if a.sent > 0 {
+                line.push_str(&format!("; sent in {} Bundle(s)", a.sent));
+            }
+            line.push(')');
+            if old(&a.since) {
+                line.push_str(&format!(
+                    " [older than audit.ledger_days = {ledger_days}: later entries may be gone]"
+                ));
+            }
+            println!("{line}");
+        }
+    }
+    if answers.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn now() -> chrono::DateTime<chrono::Utc> {
@@ -774,6 +1023,12 @@ fn requeue(path: &Path, seq: Option<u64>) -> ExitCode {
     match seq {
         Some(seq) => match store.requeue_dead_letter(seq, identity) {
             Ok(Requeue::Requeued { .. }) => {
+                audit_once(
+                    &cfg,
+                    crate::audit::AuditEvent::Requeued {
+                        dead_seqs: vec![seq],
+                    },
+                );
                 println!("dead letter {seq}: requeued; the reading is pending again and is uploaded when the agent runs");
                 ExitCode::SUCCESS
             }
@@ -792,6 +1047,14 @@ fn requeue(path: &Path, seq: Option<u64>) -> ExitCode {
         },
         None => match store.requeue_all_dead_letters(identity) {
             Ok(summary) => {
+                if !summary.requeued.is_empty() {
+                    audit_once(
+                        &cfg,
+                        crate::audit::AuditEvent::Requeued {
+                            dead_seqs: summary.requeued.clone(),
+                        },
+                    );
+                }
                 let skipped = |why| summary.skipped.iter().filter(|(_, w)| *w == why).count();
                 println!(
                     "requeued {}, already pending {}, skipped {} ({} raw payloads that are not readings, {} identifier collisions, {} truncated, {} undecodable, {} identifiers taken meanwhile)",

@@ -78,6 +78,7 @@ async fn round(store: &Arc<Outbox>, source: &mut ConsentSource, purge_after: Dur
                 .map_or(0, |d| d.as_secs() / 86_400);
             telemetry::ConsentPurged {
                 reading: &p.value.short_id(),
+                reading_id: &p.value.id,
                 kind: p.value.kind.as_str(),
                 device: &p.value.device.name,
                 stored_days,

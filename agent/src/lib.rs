@@ -11,6 +11,7 @@
 )]
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod consent;

@@ -48,9 +48,10 @@ pub async fn run(store: Arc<Outbox>, stop: CancellationToken) {
             }
         }
         let s = Arc::clone(&store);
+        let previous = store.active_key_id();
         match tokio::task::spawn_blocking(move || s.reload_keyring()).await {
             Ok(Ok(Some(key_id))) => {
-                telemetry::StoreKeyActivated { key_id }.emit();
+                telemetry::StoreKeyActivated { key_id, previous }.emit();
                 pass_due = true;
             }
             Ok(Ok(None)) => {}

@@ -10,6 +10,9 @@
 //! [`crate::events`]).
 //!
 //! Counters are process-wide atomics, readable at any time with [`Counters::snapshot`].
+//!
+//! Custody and security events also go to the audit log ([`crate::audit`]) from their
+//! `emit()`, when the daemon installed one: `audit::record_with` builds the entry only then.
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +20,7 @@ use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::broadcast;
 
+use crate::audit::{self, AuditEvent, Id};
 use crate::events::AgentEvent;
 use crate::identity::ReadingId;
 use crate::ops::alarms::{AlarmEvent, AlarmState, Severity};
@@ -148,6 +152,10 @@ counters!(
     ble_gateway_clock_unsynchronized,
     ble_cursor_save_failures,
     ble_cursor_unreadable,
+    audit_entries_dropped,
+    audit_write_failures,
+    audit_recoveries,
+    audit_retention_short,
 );
 
 fn bump(c: &AtomicU64) {
@@ -257,6 +265,11 @@ impl ReadingStored<'_> {
             device = %self.reading.device.name,
             "reading stored"
         );
+        audit::record_with(|| AuditEvent::Stored {
+            reading: Id(self.reading.id),
+            kind: self.reading.kind.as_str().to_string(),
+            device: self.reading.device.name.to_string(),
+        });
         notify(|| AgentEvent::Stored(Box::new(self.reading.clone())));
     }
 }
@@ -285,6 +298,8 @@ impl ConsentWithheld<'_> {
 pub struct ConsentPurged<'a> {
     /// The reading's short id.
     pub reading: &'a str,
+    /// Its full id, for the audit log.
+    pub reading_id: &'a ReadingId,
     pub kind: &'a str,
     pub device: &'a str,
     pub stored_days: u64,
@@ -299,6 +314,11 @@ impl ConsentPurged<'_> {
             stored_days = self.stored_days,
             "AUDIT consent withdrawn: reading purged from the outbox"
         );
+        audit::record_with(|| AuditEvent::Purged {
+            reading: Id(*self.reading_id),
+            reason: "consent_withdrawn",
+            stored_days: self.stored_days,
+        });
     }
 }
 
@@ -336,6 +356,9 @@ impl ReadingDuplicate<'_> {
             device = %self.reading.device.name,
             "duplicate reading ignored (already stored or uploaded)"
         );
+        audit::record_with(|| AuditEvent::Duplicate {
+            reading: Id(self.reading.id),
+        });
         notify(|| AgentEvent::Duplicate {
             reading_id: self.reading.id,
         });
@@ -360,6 +383,11 @@ impl IdentifierCollision<'_> {
             dead_seq = self.dead_seq,
             "ALARM: another reading already holds this reading's FHIR identifier; kept as dead letter (identifier_collision), not uploaded"
         );
+        audit::record_with(|| AuditEvent::DeadLettered {
+            reading: Id(self.reading.id),
+            reason: "identifier_collision",
+            status: None,
+        });
         notify(|| AgentEvent::DeadLettered {
             reading_id: self.reading.id,
             reason: "identifier_collision".into(),
@@ -381,6 +409,11 @@ impl ReadingTooLarge<'_> {
             dead_seq = self.dead_seq,
             "reading too large for the store; kept as dead letter (record_too_large)"
         );
+        audit::record_with(|| AuditEvent::DeadLettered {
+            reading: Id(self.reading.id),
+            reason: "record_too_large",
+            status: None,
+        });
         notify(|| AgentEvent::DeadLettered {
             reading_id: self.reading.id,
             reason: "record_too_large".into(),
@@ -459,10 +492,16 @@ impl StoreReopenFailed<'_> {
 /// The store seals new records with another data key (`vitalgate keys rotate` took effect).
 pub struct StoreKeyActivated {
     pub key_id: u32,
+    pub previous: Option<u32>,
 }
 impl StoreKeyActivated {
     pub fn emit(self) {
         bump(&COUNTERS.store_key_rotations);
+        audit::record_with(|| AuditEvent::KeyRotated {
+            key_file: crate::store::keyring::KEYRING_FILE.to_string(),
+            old_key_id: self.previous.map(|id| format!("data key {id}")),
+            new_key_id: Some(format!("data key {}", self.key_id)),
+        });
         tracing::info!(
             key_id = self.key_id,
             "store data key rotated: new records are sealed with it; re-sealing older records in the background"
@@ -553,6 +592,11 @@ impl RecordQuarantined {
             reason = self.reason,
             "corrupt store record moved to quarantine; raw bytes kept"
         );
+        audit::record_with(|| AuditEvent::Quarantined {
+            tree: self.tree,
+            seq: self.seq,
+            reason: self.reason,
+        });
     }
 }
 
@@ -634,6 +678,10 @@ impl StoreQuarantinedOnOpen<'_> {
             "ALARM store damaged: moved aside (not deleted) and started with an empty store; recover its readings with `vitalgate store salvage {}`",
             self.path.display()
         );
+        audit::record_with(|| AuditEvent::StoreQuarantined {
+            path: self.path.display().to_string(),
+            cause: self.cause.to_string(),
+        });
     }
 }
 
@@ -655,10 +703,13 @@ impl StoreUsageProbeFailed<'_> {
 pub struct BundleSent<'a> {
     pub bundle: &'a serde_json::Value,
     pub entries: usize,
+    /// The readings it carries (the audit log's `sent`: the ledger's "in flight").
+    pub readings: &'a [Reading],
 }
 impl BundleSent<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_bundles_sent);
+        audit::record_sent(self.readings.iter().map(|r| &r.id));
         tracing::debug!(entries = self.entries, "sending transaction Bundle");
         notify(|| AgentEvent::BundleSent {
             bundle: self.bundle.clone(),
@@ -689,6 +740,15 @@ impl UplinkAccepted<'_> {
             created = self.created,
             "reading accepted by FHIR server"
         );
+        audit::record_with(|| {
+            let (resource, version) = self.location.map_or((None, None), audit::split_location);
+            AuditEvent::Delivered {
+                reading: Id(*self.reading_id),
+                created: self.created,
+                resource,
+                version,
+            }
+        });
         notify(|| AgentEvent::Accepted {
             reading_id: *self.reading_id,
             location: self.location.map(str::to_string),
@@ -713,6 +773,11 @@ impl UplinkRetry<'_> {
         if let Some(failures) = uplink_episode("not_confirmed") {
             tracing::warn!(reason = %self.reason, retry_in_ms = self.after_ms, failures, "upload not confirmed, will retry");
         }
+        audit::record_with(|| AuditEvent::NotConfirmed {
+            status: match self.reason {
+                RetryReason::Status(s) | RetryReason::Unconfirmed { status: s, .. } => *s,
+            },
+        });
         notify(|| AgentEvent::UplinkRetry {
             reason: self.reason.to_string(),
             after_ms: self.after_ms,
@@ -853,6 +918,9 @@ pub struct UplinkTokenRefused<'a> {
 impl UplinkTokenRefused<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_tokens_refused);
+        audit::record_with(|| AuditEvent::TokenRefused {
+            class: self.problem.class(),
+        });
         tracing::debug!(
             class = self.problem.class(),
             problem = %self.problem,
@@ -872,6 +940,13 @@ impl UplinkSendFailed<'_> {
         bump(&COUNTERS.uplink_send_failures);
         let (e, hint, retry_in_ms) = (self.error, self.error.hint(), self.retry_in_ms);
         let class = e.class();
+        audit::record_with(|| AuditEvent::SendFailed {
+            class,
+            detail: match e {
+                SendError::Tls(problem) => Some(problem.to_string()),
+                _ => None,
+            },
+        });
         health::uplink(UplinkState::Retrying {
             reason: class.to_string(),
         });
@@ -954,6 +1029,14 @@ pub struct UplinkPaused<'a> {
 impl UplinkPaused<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_pauses);
+        audit::record_with(|| AuditEvent::Refused {
+            status: Some(self.cause.status()),
+            cause: match self.cause {
+                PauseCause::Refused { .. } => "server_refused",
+                PauseCause::RejectionStreak { .. } => "rejection_streak",
+                PauseCause::TokenRefused => "token_refused",
+            },
+        });
         health::uplink(UplinkState::Paused {
             reason: match self.cause {
                 PauseCause::Refused { status } => {
@@ -1014,6 +1097,10 @@ pub struct UplinkProbeFailed {
 impl UplinkProbeFailed {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_probes_failed);
+        audit::record_with(|| AuditEvent::Refused {
+            status: None,
+            cause: "probe_refused",
+        });
         tracing::debug!(
             probes = self.probes,
             next_probe_in_ms = self.next_probe_ms,
@@ -1059,6 +1146,16 @@ impl UplinkDeadLettered<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_dead_lettered);
         bump(&COUNTERS.readings_dead_lettered);
+        // The reason text (an OperationOutcome summary) may quote values: a code only.
+        audit::record_with(|| AuditEvent::DeadLettered {
+            reading: Id(*self.reading_id),
+            reason: if self.status.is_some() {
+                "rejected"
+            } else {
+                "unmappable"
+            },
+            status: self.status,
+        });
         match self.status {
             Some(status) => tracing::error!(
                 reading = %self.reading_id.short(),
@@ -1569,6 +1666,9 @@ pub struct ConfigReloaded<'a> {
 impl ConfigReloaded<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.config_reloads);
+        audit::record_with(|| AuditEvent::ConfigReloaded {
+            changes: self.summary.to_string(),
+        });
         tracing::info!(changes = %self.summary, "configuration reloaded");
     }
 }
@@ -1899,5 +1999,73 @@ impl BleCursorSaveFailed<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.ble_cursor_save_failures);
         tracing::error!(error = %self.error, "BLE high-water marks could not be saved (devices may resend; duplicates are still suppressed by content id)");
+    }
+}
+
+// ---- the audit log itself ----
+
+/// An audit event could not be handed to the audit writer (its channel full): counted, and
+/// the writer records a `gap` entry with the number lost. One warning per process.
+pub struct AuditEntryDropped {
+    /// The first drop since the last `gap` entry.
+    pub first: bool,
+}
+impl AuditEntryDropped {
+    pub fn emit(self) {
+        let before = COUNTERS
+            .audit_entries_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        if self.first && before == 0 {
+            tracing::warn!("audit writer behind: audit entries dropped (counted in audit_entries_dropped; a `gap` entry records how many)");
+        }
+    }
+}
+
+/// The audit log could not be written or synced (full disk, failing card). The entries lost
+/// are counted in the next `gap` entry; the writer reopens its file before the next entry.
+pub struct AuditWriteFailed<'a> {
+    pub error: &'a crate::audit::AuditError,
+}
+impl AuditWriteFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.audit_write_failures);
+        if episodes::with(|e| e.failure("audit", std::time::Instant::now())) == Decision::Log {
+            tracing::error!(error = %self.error, "audit log write failed; entries lost are recorded as a gap once it writes again");
+        }
+    }
+}
+
+/// At open, the audit writer cut a torn last line (a power loss while it was written).
+pub struct AuditRecovered<'a> {
+    pub segment: &'a str,
+    pub truncated_bytes: u64,
+}
+impl AuditRecovered<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.audit_recoveries);
+        tracing::warn!(
+            segment = %self.segment,
+            truncated_bytes = self.truncated_bytes,
+            "audit log: torn last line cut (power loss while writing); recorded in the log"
+        );
+    }
+}
+
+/// `[audit] max_bytes` forced the deletion of a segment younger than `ledger_days`: the ledger
+/// cannot answer that far back.
+pub struct AuditRetentionShort<'a> {
+    pub segment: &'a str,
+    pub max_bytes: u64,
+    pub ledger_days: u64,
+}
+impl AuditRetentionShort<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.audit_retention_short);
+        tracing::warn!(
+            segment = %self.segment,
+            max_bytes = self.max_bytes,
+            ledger_days = self.ledger_days,
+            "audit.max_bytes is too small for audit.ledger_days: a segment younger than ledger_days was deleted; raise audit.max_bytes"
+        );
     }
 }

@@ -660,6 +660,7 @@ impl<S: BundleSender> Uploader<S> {
         telemetry::BundleSent {
             bundle,
             entries: total,
+            readings: batch,
         }
         .emit();
         let answer = tokio::select! {

@@ -94,7 +94,51 @@ pub struct Config {
     /// `[fleet]`: status and alarms published over MQTT (off when the section is absent).
     pub fleet: Option<FleetConfig>,
     pub consent: ConsentConfig,
+    /// `[audit]`: the audit log (defaults when the section is absent).
+    pub audit: AuditConfig,
 }
+
+/// `[audit]`: the hash-chained audit log under `<data_dir>/audit` and the delivery ledger
+/// read from it (see [`crate::audit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// `<data_dir>/audit`.
+    pub dir: PathBuf,
+    /// Bound on all segments together; the oldest are deleted beyond it.
+    pub max_bytes: u64,
+    /// A segment is closed once it would pass this.
+    pub segment_bytes: u64,
+    /// Segments whose last entry is older are deleted.
+    pub retention: Duration,
+    /// How long after upload `vitalgate ledger` must answer (`retention` covers it).
+    pub ledger: Duration,
+}
+
+impl AuditConfig {
+    /// The writer's options.
+    pub fn options(&self) -> crate::audit::AuditOptions {
+        crate::audit::AuditOptions {
+            dir: self.dir.clone(),
+            max_bytes: self.max_bytes,
+            segment_bytes: self.segment_bytes,
+            retention: self.retention,
+            ledger: self.ledger,
+        }
+    }
+}
+
+/// Default `audit.max_bytes`: 64 MiB. An uploaded reading costs about 3 entries (`stored`,
+/// its share of `sent`, `delivered`: ~700 B), so about 90,000 readings: 30 days of a clinic
+/// uploading 3,000 readings a day.
+pub const DEFAULT_AUDIT_MAX_BYTES: i64 = 64 * 1024 * 1024;
+/// Default `audit.segment_bytes`: 4 MiB.
+pub const DEFAULT_AUDIT_SEGMENT_BYTES: i64 = 4 * 1024 * 1024;
+/// Smallest `audit.segment_bytes` (tests use small segments): room for a few entries.
+pub const MIN_AUDIT_SEGMENT_BYTES: i64 = 1024;
+/// Default `audit.retention_days`.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: i64 = 90;
+/// Default `audit.ledger_days`.
+pub const DEFAULT_AUDIT_LEDGER_DAYS: i64 = 30;
 
 /// The default directory of the live status snapshot (the unit's `RuntimeDirectory=`).
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/vitalgate";
@@ -495,6 +539,38 @@ client_key = "tls/gw.key"
         );
         let e = with("purge_after_days = 1\npurge_after_seconds_test_only = 3").unwrap_err();
         assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn audit_defaults_and_a_ledger_window_longer_than_the_retention_is_refused_at_its_line() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.audit.dir, PathBuf::from("/etc/vitalgate/data/audit"));
+        assert_eq!(c.audit.max_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.audit.segment_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.audit.ledger, std::time::Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            c.audit.retention,
+            std::time::Duration::from_secs(90 * 86_400)
+        );
+        let with = |extra: &str| load(&format!("{MINIMAL}\n[audit]\n{extra}\n"));
+        let c = with("ledger_days = 60\nretention_days = 60").unwrap();
+        assert_eq!(c.audit.ledger, std::time::Duration::from_secs(60 * 86_400));
+        let e = with("retention_days = 20\nledger_days = 45").unwrap_err();
+        assert!(e.to_string().contains("audit.ledger_days"), "{e}");
+        assert!(e.to_string().contains("retention_days = 20"), "{e}");
+        // [audit] is line 15 of the file; ledger_days on line 17, its value at column 15.
+        assert!(
+            e.to_string().starts_with("/etc/vitalgate/test.toml:17:15:"),
+            "{e}"
+        );
+        let e = with("segment_bytes = 1048576\nmax_bytes = 1048576").unwrap_err();
+        assert!(e.to_string().contains("twice audit.segment_bytes"), "{e}");
+        assert!(with("segment_bytes = 100").is_err());
+        assert!(with("ledger_days = 0").is_err());
+        assert!(with("colour = 1")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field"));
     }
 
     #[test]
@@ -1109,5 +1185,42 @@ mod example_tests {
         assert!(c.mqtt.is_some());
         assert_eq!(c.ops.device_silent_after.len(), 2);
         assert!(c.fleet.is_none(), "the fleet section is commented out");
+    }
+
+    #[test]
+    fn the_example_audit_section_uncommented_is_valid_and_states_the_defaults() {
+        let text = include_str!("../../../config/vitalgate.example.toml");
+        let keys = [
+            "[audit]",
+            "max_bytes",
+            "segment_bytes",
+            "retention_days",
+            "ledger_days",
+        ];
+        let mut in_audit = false;
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with("# [audit]") {
+                in_audit = true;
+            } else if in_audit && !line.starts_with('#') {
+                in_audit = false;
+            }
+            match line.strip_prefix("# ") {
+                Some(rest) if in_audit && keys.iter().any(|k| rest.starts_with(k)) => {
+                    out.push_str(rest);
+                }
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        assert!(
+            out.contains("\n[audit]\n"),
+            "the example has an [audit] section"
+        );
+        let c = Config::from_str_at(&out, Path::new("/etc/vitalgate/vitalgate.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let defaults = Config::from_str_at(text, Path::new("/etc/vitalgate/vitalgate.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.audit, defaults.audit, "the example states the defaults");
     }
 }

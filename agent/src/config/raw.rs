@@ -22,6 +22,17 @@ pub(super) struct RawConfig {
     pub(super) ops: Option<RawOps>,
     pub(super) fleet: Option<RawFleet>,
     pub(super) consent: Option<RawConsent>,
+    pub(super) audit: Option<RawAudit>,
+}
+
+/// `[audit]`: the audit log's bounds and the ledger's window.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub(super) max_bytes: Option<Spanned<i64>>,
+    pub(super) segment_bytes: Option<Spanned<i64>>,
+    pub(super) retention_days: Option<Spanned<i64>>,
+    pub(super) ledger_days: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

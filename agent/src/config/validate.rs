@@ -183,8 +183,10 @@ impl Validator<'_> {
             }
             consent.purge_after = self.purge_after(&c)?;
         }
+        let audit = self.audit(raw.audit.as_ref(), &gateway.data_dir)?;
         Ok(Config {
             path: self.path.to_path_buf(),
+            audit,
             gateway,
             store,
             uplink,
@@ -282,6 +284,72 @@ impl Validator<'_> {
             1,
         )?;
         Ok(Some(Duration::from_secs(u64::try_from(s).unwrap_or(1))))
+    }
+
+    /// `[audit]`: bounds checked against each other (a segment fits twice in `max_bytes`; the
+    /// retention covers the ledger's window).
+    fn audit(&self, a: Option<&RawAudit>, data_dir: &Path) -> R<AuditConfig> {
+        let none = RawAudit {
+            max_bytes: None,
+            segment_bytes: None,
+            retention_days: None,
+            ledger_days: None,
+        };
+        let a = a.unwrap_or(&none);
+        let segment = self.int_in(
+            &a.segment_bytes,
+            "audit.segment_bytes",
+            MIN_AUDIT_SEGMENT_BYTES..(1 << 30) + 1,
+            DEFAULT_AUDIT_SEGMENT_BYTES,
+        )?;
+        let max = self.int_in(
+            &a.max_bytes,
+            "audit.max_bytes",
+            2 * MIN_AUDIT_SEGMENT_BYTES..i64::MAX,
+            DEFAULT_AUDIT_MAX_BYTES.max(2 * segment),
+        )?;
+        if max < 2 * segment {
+            let span = a
+                .max_bytes
+                .as_ref()
+                .or(a.segment_bytes.as_ref())
+                .map_or(0..0, Spanned::span);
+            return Err(self.err(
+                span,
+                format!("audit.max_bytes: expected at least twice audit.segment_bytes ({}), found {max}", 2 * segment),
+            ));
+        }
+        let retention = self.int_in(
+            &a.retention_days,
+            "audit.retention_days",
+            1..3651,
+            DEFAULT_AUDIT_RETENTION_DAYS,
+        )?;
+        let ledger = self.int_in(
+            &a.ledger_days,
+            "audit.ledger_days",
+            1..3651,
+            DEFAULT_AUDIT_LEDGER_DAYS,
+        )?;
+        if ledger > retention {
+            let span = a
+                .ledger_days
+                .as_ref()
+                .or(a.retention_days.as_ref())
+                .map_or(0..0, Spanned::span);
+            return Err(self.err(
+                span,
+                format!("audit.ledger_days: {ledger} days is longer than the audit log keeps entries (audit.retention_days = {retention}); raise retention_days or lower ledger_days"),
+            ));
+        }
+        let days = |d: i64| Duration::from_secs(u64::try_from(d).unwrap_or(1) * 86_400);
+        Ok(AuditConfig {
+            dir: data_dir.join("audit"),
+            max_bytes: u64::try_from(max).unwrap_or(DEFAULT_AUDIT_MAX_BYTES as u64),
+            segment_bytes: u64::try_from(segment).unwrap_or(DEFAULT_AUDIT_SEGMENT_BYTES as u64),
+            retention: days(retention),
+            ledger: days(ledger),
+        })
     }
 
     fn store(&self, s: RawStore) -> R<StoreConfig> {
