@@ -94,6 +94,15 @@ pub struct Config {
     /// `[fleet]`: status and alarms published over MQTT (off when the section is absent).
     pub fleet: Option<FleetConfig>,
     pub consent: ConsentConfig,
+    /// `[export]`: the receiving site of `vitalgate export` files (absent: export is off).
+    pub export: Option<ExportConfig>,
+}
+
+/// `[export]`: export files are encrypted to this X25519 public key (the receiving site's; its
+/// private key never needs to be on the gateway). See [`crate::export`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportConfig {
+    pub recipient: [u8; 32],
 }
 
 /// The default directory of the live status snapshot (the unit's `RuntimeDirectory=`).

@@ -22,6 +22,13 @@ pub(super) struct RawConfig {
     pub(super) ops: Option<RawOps>,
     pub(super) fleet: Option<RawFleet>,
     pub(super) consent: Option<RawConsent>,
+    pub(super) export: Option<RawExport>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExport {
+    pub(super) recipient_public_key: Spanned<String>,
 }
 
 #[derive(Deserialize)]
