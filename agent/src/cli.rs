@@ -425,6 +425,14 @@ fn status(path: &Path, json: bool) -> ExitCode {
                 }
             };
             let withdrawn = state.withdrawn_count();
+            // Exported to a file (`vitalgate export`), still pending until confirmed.
+            let exported: u64 = match store.exported_pending() {
+                Ok(m) => m.values().sum(),
+                Err(e) => {
+                    eprintln!("vitalgate status: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             if json {
                 let v = serde_json::json!({
                     "schema": "vitalgate.status.offline/1",
@@ -435,6 +443,7 @@ fn status(path: &Path, json: bool) -> ExitCode {
                         "dead_letters": s.dead,
                         "quarantined": s.quarantined,
                         "acked_tombstones": s.acked_tombstones,
+                        "exported_awaiting_confirmation": exported,
                     },
                     "consent": {
                         "withdrawn_patients": withdrawn,
@@ -449,6 +458,9 @@ fn status(path: &Path, json: bool) -> ExitCode {
                 println!(
                     "pending={} dead_letters={} quarantined={} acked_tombstones={}",
                     s.pending, s.dead, s.quarantined, s.acked_tombstones
+                );
+                println!(
+                    "exported_awaiting_confirmation={exported} (of the pending: written to an export file, not confirmed yet; `vitalgate export confirm RECEIPT`)"
                 );
                 let purge = match cfg.consent.purge_after {
                     Some(d) if d.as_secs() % 86_400 == 0 => {
