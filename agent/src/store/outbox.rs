@@ -1793,6 +1793,41 @@ mod tests {
         StoreKey::from_bytes([9; 32])
     }
 
+    /// Export marks: readings stay pending; the marks count only pending readings; an ack
+    /// removes them; the export record opens only under the store's key and its own file id.
+    #[test]
+    fn exported_readings_stay_pending_until_acked_and_their_marks_go_with_the_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledOutbox::open(&dir.path().join("s"), key(), OutboxOptions::default()).unwrap();
+        let ids: Vec<[u8; 32]> = (1..=3u8).map(|i| [i; 32]).collect();
+        for id in &ids {
+            assert_eq!(store.insert(*id, &u32::from(id[0])).unwrap(), Insert::Stored);
+        }
+        let file = [7u8; 16];
+        let unknown = [99u8; 32];
+        let mut marked_ids = ids.clone();
+        marked_ids.push(unknown);
+        let marked = store
+            .record_export(&file, b"receipt key etc", &marked_ids, SystemTime::now())
+            .unwrap();
+        assert_eq!(marked, 3, "an id that is not pending is not marked");
+        assert_eq!(store.stats().unwrap().pending, 3);
+        assert_eq!(store.exported_pending().unwrap().get(&file), Some(&3));
+        assert_eq!(store.exported_in(&ids[0]).unwrap(), Some(file));
+        assert_eq!(store.export_record(&file).unwrap().unwrap(), b"receipt key etc");
+        assert_eq!(store.export_record(&[8; 16]).unwrap(), None);
+        assert_eq!(store.ack(&ids[..2]).unwrap(), 2);
+        assert_eq!(store.exported_pending().unwrap().get(&file), Some(&1));
+        assert_eq!(store.exported_in(&ids[0]).unwrap(), None);
+        assert_eq!(store.exported.len(), 1, "the acked readings' marks are gone");
+        // A second export of the remaining reading moves its mark.
+        store
+            .record_export(&[8; 16], b"second", &ids[2..], SystemTime::now())
+            .unwrap();
+        assert_eq!(store.exported_in(&ids[2]).unwrap(), Some([8; 16]));
+        assert_eq!(store.exported_pending().unwrap().len(), 1);
+    }
+
     /// A flush that fails leaves the batch in sled's memory: it must not be readable as
     /// pending, or the uploader would send readings whose source was never acknowledged.
     /// Once a later flush succeeds (the source's redelivery, a retry), they are.
