@@ -165,12 +165,20 @@ count = 2
             if stored >= 5 && last_change.elapsed() > Duration::from_millis(2500) {
                 break;
             }
-            assert!(Instant::now() < deadline, "stored {stored}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "stored {stored}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         if check_lock {
             let out = vitalgate(&["export", "--to", s(&self.stick), "--config", s(&self.plain)]);
-            assert!(!out.status.success(), "export with the daemon running: {}", text(&out));
+            assert!(
+                !out.status.success(),
+                "export with the daemon running: {}",
+                text(&out)
+            );
             assert!(
                 String::from_utf8_lossy(&out.stderr).contains("stop the service first"),
                 "{}",
@@ -271,11 +279,18 @@ async fn exported_readings_arrive_once_by_import_and_by_the_uploader_and_confirm
 ) {
     let mut site = Site::new().await;
     let first = site.ingest_offline(true).await;
-    assert_eq!(site.posts(), 0, "nothing reached the server while it was down");
+    assert_eq!(
+        site.posts(),
+        0,
+        "nothing reached the server while it was down"
+    );
     let file = site.export();
     let (pending, status) = site.pending();
     assert_eq!(pending as usize, first, "exported readings stay pending");
-    assert!(status.contains(&format!("exported_awaiting_confirmation={first}")), "{status}");
+    assert!(
+        status.contains(&format!("exported_awaiting_confirmation={first}")),
+        "{status}"
+    );
 
     let out = site.import(&file, &site.site_key);
     assert!(out.status.success(), "{}", text(&out));
@@ -305,7 +320,10 @@ async fn exported_readings_arrive_once_by_import_and_by_the_uploader_and_confirm
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(stdout.contains("created=0 "), "{stdout}");
-    assert!(stdout.contains(&format!("already_existed={first} ")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("already_existed={first} ")),
+        "{stdout}"
+    );
     site.assert_each_observation_once(first);
 
     let out = vitalgate(&["export", "confirm", s(&receipt), "--config", s(&site.plain)]);
@@ -338,14 +356,28 @@ async fn exported_readings_arrive_once_by_import_and_by_the_uploader_and_confirm
         if seen > posts_before && quiet_since.elapsed() > Duration::from_secs(2) {
             break;
         }
-        assert!(Instant::now() < deadline, "the uploader sent nothing:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "the uploader sent nothing:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     terminate(&mut agent);
     site.assert_each_observation_once(first + second);
-    assert_eq!(site.pending().0, 0, "the uploader acked the exported readings");
+    assert_eq!(
+        site.pending().0,
+        0,
+        "the uploader acked the exported readings"
+    );
     let receipt2 = PathBuf::from(format!("{}.receipt", file2.display()));
-    let out = vitalgate(&["export", "confirm", s(&receipt2), "--config", s(&site.plain)]);
+    let out = vitalgate(&[
+        "export",
+        "confirm",
+        s(&receipt2),
+        "--config",
+        s(&site.plain),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("0 reading(s) confirmed"),
@@ -369,7 +401,11 @@ async fn a_wrong_key_or_a_damaged_file_posts_nothing() {
     assert!(out.status.success(), "{}", text(&out));
     let out = site.import(&file, &other);
     assert_eq!(out.status.code(), Some(EXIT_EXPORT_AUTH), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not to this site key"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not to this site key"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(site.posts(), posts);
 
     // Chunk boundaries: header 108 bytes, then flag + u32 length + ciphertext.
@@ -388,20 +424,47 @@ async fn a_wrong_key_or_a_damaged_file_posts_nothing() {
         b
     };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("header byte (file id)", flip(80), "chunk 0 does not authenticate"),
-        ("last Bundle byte", flip(last + 5 + 7), "does not authenticate"),
-        ("truncated mid-chunk", bytes[..bytes.len() - 9].to_vec(), "truncated"),
+        (
+            "header byte (file id)",
+            flip(80),
+            "chunk 0 does not authenticate",
+        ),
+        (
+            "last Bundle byte",
+            flip(last + 5 + 7),
+            "does not authenticate",
+        ),
+        (
+            "truncated mid-chunk",
+            bytes[..bytes.len() - 9].to_vec(),
+            "truncated",
+        ),
         ("last chunk dropped", bytes[..last].to_vec(), "truncated"),
     ];
     for (what, damaged, expect) in cases {
         let path = site.stick.join("damaged.vgexport");
         std::fs::write(&path, &damaged).unwrap();
         let out = site.import(&path, &site.site_key);
-        assert_eq!(out.status.code(), Some(EXIT_EXPORT_AUTH), "{what}: {}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains(expect), "{what}: {}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was posted"), "{what}");
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_EXPORT_AUTH),
+            "{what}: {}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(expect),
+            "{what}: {}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("nothing was posted"),
+            "{what}"
+        );
         assert_eq!(site.posts(), posts, "{what}: a request reached the server");
-        assert!(!PathBuf::from(format!("{}.receipt", path.display())).exists(), "{what}: a receipt");
+        assert!(
+            !PathBuf::from(format!("{}.receipt", path.display())).exists(),
+            "{what}: a receipt"
+        );
     }
     assert_eq!(site.fhir.state().observation_count(), 0);
 
@@ -410,12 +473,24 @@ async fn a_wrong_key_or_a_damaged_file_posts_nothing() {
     assert!(out.status.success(), "{}", text(&out));
     site.assert_each_observation_once(n);
     let receipt = PathBuf::from(format!("{}.receipt", file.display()));
-    let forged = std::fs::read_to_string(&receipt)
-        .unwrap()
-        .replacen("\"delivered\":[", "\"delivered\":[\"00000000000000000000000000000000\",", 1);
+    let forged = std::fs::read_to_string(&receipt).unwrap().replacen(
+        "\"delivered\":[",
+        "\"delivered\":[\"00000000000000000000000000000000\",",
+        1,
+    );
     let forged_path = site.dir.path().join("forged.receipt");
     std::fs::write(&forged_path, forged).unwrap();
-    let out = vitalgate(&["export", "confirm", s(&forged_path), "--config", s(&site.plain)]);
+    let out = vitalgate(&[
+        "export",
+        "confirm",
+        s(&forged_path),
+        "--config",
+        s(&site.plain),
+    ]);
     assert_eq!(out.status.code(), Some(EXIT_EXPORT_AUTH), "{}", text(&out));
-    assert_eq!(site.pending().0 as usize, n, "nothing acked by a forged receipt");
+    assert_eq!(
+        site.pending().0 as usize,
+        n,
+        "nothing acked by a forged receipt"
+    );
 }

@@ -186,8 +186,10 @@ impl Validator<'_> {
         let export = match raw.export {
             Some(e) => {
                 let key = &e.recipient_public_key;
-                let recipient = crate::export::keys::parse_public_key(key.get_ref())
-                    .map_err(|why| self.err(key.span(), format!("export.recipient_public_key: {why}")))?;
+                let recipient =
+                    crate::export::keys::parse_public_key(key.get_ref()).map_err(|why| {
+                        self.err(key.span(), format!("export.recipient_public_key: {why}"))
+                    })?;
                 Some(super::ExportConfig { recipient })
             }
             None => None,

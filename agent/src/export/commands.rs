@@ -81,7 +81,11 @@ impl Progress {
         if !self.tty {
             return;
         }
-        if done < self.total && self.drawn.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+        if done < self.total
+            && self
+                .drawn
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
             return;
         }
         self.drawn = Some(std::time::Instant::now());
@@ -109,7 +113,10 @@ pub fn export(config: &Path, to: &Path) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     };
     if !to.is_dir() {
-        eprintln!("vitalgate export: --to {}: not a directory (mount the stick first)", to.display());
+        eprintln!(
+            "vitalgate export: --to {}: not a directory (mount the stick first)",
+            to.display()
+        );
         return ExitCode::from(EXIT_CONFIG);
     }
     let store = match crate::app::open_store(&cfg) {
@@ -119,7 +126,9 @@ pub fn export(config: &Path, to: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let state = crate::uploader::ConsentSource::new(&cfg.consent).refresh().clone();
+    let state = crate::uploader::ConsentSource::new(&cfg.consent)
+        .refresh()
+        .clone();
     let (records, held) = match store.pending_where::<Reading>(usize::MAX, |r| state.may_leave(r)) {
         Ok(v) => v,
         Err(e) => {
@@ -144,7 +153,11 @@ pub fn export(config: &Path, to: &Path) -> ExitCode {
     let rng = SystemRandom::new();
     let mut file_id = [0u8; 16];
     let mut receipt_key = [0u8; 32];
-    if rng.fill(&mut file_id).and_then(|()| rng.fill(&mut receipt_key)).is_err() {
+    if rng
+        .fill(&mut file_id)
+        .and_then(|()| rng.fill(&mut receipt_key))
+        .is_err()
+    {
         eprintln!("vitalgate export: the system random number generator failed");
         return ExitCode::FAILURE;
     }
@@ -176,7 +189,10 @@ pub fn export(config: &Path, to: &Path) -> ExitCode {
     );
     let path = to.join(&name);
     if let Err(e) = write_new_file(&path, &bytes) {
-        eprintln!("vitalgate export: cannot write {}: {e}; nothing was marked exported", path.display());
+        eprintln!(
+            "vitalgate export: cannot write {}: {e}; nothing was marked exported",
+            path.display()
+        );
         return ExitCode::FAILURE;
     }
     let ids: Vec<[u8; 32]> = plan
@@ -193,8 +209,11 @@ pub fn export(config: &Path, to: &Path) -> ExitCode {
     };
     let marked = match postcard::to_stdvec(&record)
         .map_err(|e| e.to_string())
-        .and_then(|r| store.record_export(&file_id, &r, &ids, created).map_err(|e| e.to_string()))
-    {
+        .and_then(|r| {
+            store
+                .record_export(&file_id, &r, &ids, created)
+                .map_err(|e| e.to_string())
+        }) {
         Ok(n) => n,
         Err(e) => {
             // Without the record a receipt for this file could never be confirmed: remove it.
@@ -221,12 +240,17 @@ pub fn export(config: &Path, to: &Path) -> ExitCode {
 /// secret, but nobody else needs it).
 fn write_new_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if path.exists() {
-        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "file exists"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "file exists",
+        ));
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -254,7 +278,10 @@ pub fn keygen(out: &Path) -> ExitCode {
                 out.display()
             );
             println!("Put this line in the gateways' [export] section:");
-            println!("recipient_public_key = \"{}\"", format_public_key(&key.public()));
+            println!(
+                "recipient_public_key = \"{}\"",
+                format_public_key(&key.public())
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -287,7 +314,10 @@ pub fn confirm(config: &Path, receipt_path: &Path) -> ExitCode {
     let store = match crate::app::open_store(&cfg) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("vitalgate export confirm: {e}{}", crate::cli::in_use_hint(&e));
+            eprintln!(
+                "vitalgate export confirm: {e}{}",
+                crate::cli::in_use_hint(&e)
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -312,7 +342,10 @@ pub fn confirm(config: &Path, receipt_path: &Path) -> ExitCode {
         }
     };
     if let Err(e) = receipt.verify(&mac, &record.receipt_key) {
-        eprintln!("vitalgate export confirm: {}: {e}; nothing acked", receipt_path.display());
+        eprintln!(
+            "vitalgate export confirm: {}: {e}; nothing acked",
+            receipt_path.display()
+        );
         return ExitCode::from(EXIT_EXPORT_AUTH);
     }
     let pending = match store.pending::<Reading>(usize::MAX) {
@@ -325,7 +358,11 @@ pub fn confirm(config: &Path, receipt_path: &Path) -> ExitCode {
     let ids: Vec<[u8; 32]> = pending
         .iter()
         .map(|r| r.id)
-        .filter(|id| receipt.delivered.contains(&receipt::tag(&record.receipt_key, id)))
+        .filter(|id| {
+            receipt
+                .delivered
+                .contains(&receipt::tag(&record.receipt_key, id))
+        })
         .collect();
     match store.ack(&ids) {
         Ok(n) => {
@@ -380,7 +417,10 @@ pub fn import(config: &Path, file: &Path, key: &Path, receipt_out: Option<&Path>
     let opened = match format::open_file(&bytes, &site) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("vitalgate import-export: {}: {e}; nothing was posted", file.display());
+            eprintln!(
+                "vitalgate import-export: {}: {e}; nothing was posted",
+                file.display()
+            );
             return ExitCode::from(EXIT_EXPORT_AUTH);
         }
     };
@@ -393,7 +433,10 @@ pub fn import(config: &Path, file: &Path, key: &Path, receipt_out: Option<&Path>
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vitalgate: cannot start the async runtime: {e}");
@@ -401,7 +444,11 @@ pub fn import(config: &Path, file: &Path, key: &Path, receipt_out: Option<&Path>
         }
     };
     let receipt_path = receipt_out.map_or_else(|| receipt_path_for(file), Path::to_path_buf);
-    let mut receipt = previous_receipt(&receipt_path, &opened.header.file_id, &opened.manifest.receipt_key);
+    let mut receipt = previous_receipt(
+        &receipt_path,
+        &opened.header.file_id,
+        &opened.manifest.receipt_key,
+    );
     let backoff = Backoff::new(cfg.uplink.backoff_initial, cfg.uplink.backoff_max);
     let mut counts = Counts::default();
     let mut bar = Progress::new("import", opened.bundles.len());
@@ -421,9 +468,10 @@ pub fn import(config: &Path, file: &Path, key: &Path, receipt_out: Option<&Path>
                         EntryStatus::Existing => counts.existed += 1,
                         EntryStatus::Unknown => counts.confirmed_unknown += 1,
                     }
-                    receipt
-                        .delivered
-                        .insert(receipt::tag(&opened.manifest.receipt_key, a.reading_id.as_bytes()));
+                    receipt.delivered.insert(receipt::tag(
+                        &opened.manifest.receipt_key,
+                        a.reading_id.as_bytes(),
+                    ));
                 }
             }
             Posted::Refused(status) => {
@@ -439,7 +487,10 @@ pub fn import(config: &Path, file: &Path, key: &Path, receipt_out: Option<&Path>
         bar.set(i + 1);
     }
     if let Err(e) = write_receipt(&receipt_path, &receipt.encode(&opened.manifest.receipt_key)) {
-        eprintln!("vitalgate import-export: cannot write the receipt {}: {e}", receipt_path.display());
+        eprintln!(
+            "vitalgate import-export: cannot write the receipt {}: {e}",
+            receipt_path.display()
+        );
     } else {
         println!("receipt: {} ({} reading(s) confirmed; take it back to the gateway: vitalgate export confirm {})", receipt_path.display(), receipt.delivered.len(), receipt_path.display());
     }
@@ -494,7 +545,9 @@ async fn post_one(client: &UplinkClient, chunk: &BundleChunk, backoff: &Backoff)
     for attempt in 0..IMPORT_ATTEMPTS {
         let mut floor = None;
         match client.send_bundle(&bundle).await {
-            Err(e) if e.pauses_uploads() => return Posted::Stop(format!("the token endpoint refuses: {e}")),
+            Err(e) if e.pauses_uploads() => {
+                return Posted::Stop(format!("the token endpoint refuses: {e}"))
+            }
             Err(e) => last = format!("no answer: {e}"),
             Ok(resp) => {
                 #[allow(clippy::disallowed_methods)] // the edge: to read a Retry-After date
@@ -548,12 +601,22 @@ fn previous_receipt(path: &Path, file_id: &[u8; 16], key: &[u8; 32]) -> Receipt 
 }
 
 fn write_receipt(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;

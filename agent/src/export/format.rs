@@ -141,11 +141,9 @@ impl Header {
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             return Err(ExportError::NotAnExportFile);
         }
-        let h = bytes
-            .get(..HEADER_LEN)
-            .ok_or(ExportError::Truncated {
-                offset: bytes.len(),
-            })?;
+        let h = bytes.get(..HEADER_LEN).ok_or(ExportError::Truncated {
+            offset: bytes.len(),
+        })?;
         if h[8] != VERSION {
             return Err(ExportError::UnsupportedVersion { found: h[8] });
         }
@@ -255,7 +253,9 @@ pub fn open_file(bytes: &[u8], key: &SiteKey) -> Result<Opened, ExportError> {
             ours: format_public_key(&ours),
         });
     }
-    let shared = key.agree(&header.ephemeral).ok_or(ExportError::LowOrderKey)?;
+    let shared = key
+        .agree(&header.ephemeral)
+        .ok_or(ExportError::LowOrderKey)?;
     let aead_key = derive_key(&shared, &header)?;
     // The AAD is the header exactly as it is in the file: a change to any of its bytes, the
     // reserved ones included (the parser does not read them), fails chunk 0.
@@ -266,7 +266,9 @@ pub fn open_file(bytes: &[u8], key: &SiteKey) -> Result<Opened, ExportError> {
     loop {
         let prefix = bytes
             .get(at..at + CHUNK_PREFIX_LEN)
-            .ok_or(ExportError::Truncated { offset: bytes.len() })?;
+            .ok_or(ExportError::Truncated {
+                offset: bytes.len(),
+            })?;
         let flag = prefix[0];
         let mut l4 = [0u8; 4];
         l4.copy_from_slice(&prefix[1..5]);
@@ -281,7 +283,9 @@ pub fn open_file(bytes: &[u8], key: &SiteKey) -> Result<Opened, ExportError> {
         let start = at + CHUNK_PREFIX_LEN;
         let sealed = bytes
             .get(start..start + len)
-            .ok_or(ExportError::Truncated { offset: bytes.len() })?;
+            .ok_or(ExportError::Truncated {
+                offset: bytes.len(),
+            })?;
         let mut buf = sealed.to_vec();
         let aad = chunk_aad(header_bytes, flag, len32);
         let plain_len = aead_key
@@ -323,8 +327,7 @@ pub fn open_file(bytes: &[u8], key: &SiteKey) -> Result<Opened, ExportError> {
         bundles.push(b);
     }
     let readings: u64 = bundles.iter().map(|b| b.reading_ids().count() as u64).sum();
-    if bundles.len() as u64 != u64::from(header.bundles) || readings != u64::from(header.readings)
-    {
+    if bundles.len() as u64 != u64::from(header.bundles) || readings != u64::from(header.readings) {
         return Err(ExportError::CountMismatch {
             expected: header.bundles,
             found: bundles.len() as u64,
@@ -448,7 +451,8 @@ mod tests {
     }
 
     #[test]
-    fn a_file_whose_recipient_field_names_our_key_but_was_sealed_for_another_fails_to_authenticate() {
+    fn a_file_whose_recipient_field_names_our_key_but_was_sealed_for_another_fails_to_authenticate()
+    {
         let other = SiteKey::from_bytes([43; 32]);
         let mut file = seal_file(
             &other.public(),

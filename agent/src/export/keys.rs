@@ -169,7 +169,9 @@ pub fn format_public_key(key: &[u8; 32]) -> String {
 pub fn parse_public_key(s: &str) -> Result<[u8; 32], String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s.trim())
-        .map_err(|e| format!("not base64 ({e}); expected the line `vitalgate export keygen` printed"))?;
+        .map_err(|e| {
+            format!("not base64 ({e}); expected the line `vitalgate export keygen` printed")
+        })?;
     let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
         format!(
             "{} bytes, an X25519 public key has 32 (44 base64 characters)",

@@ -55,8 +55,12 @@ pub fn plan(
                     // Keep the readings that map alone; leave the others out.
                     let before = batch.len();
                     batch.retain(|r| {
-                        fhir::build_bundle(gateway, std::slice::from_ref(r), &KnownDevices::default())
-                            .is_ok()
+                        fhir::build_bundle(
+                            gateway,
+                            std::slice::from_ref(r),
+                            &KnownDevices::default(),
+                        )
+                        .is_ok()
                     });
                     out.left_out += before - batch.len();
                     if batch.len() == before {

@@ -131,7 +131,10 @@ mod tests {
         r.delivered.insert(tag(&key, &[7; 32]));
         r.delivered.insert(tag(&key, &[8; 32]));
         let text = r.encode(&key);
-        assert!(!text.contains(&hex::encode([7u8; 32])), "no reading id in clear");
+        assert!(
+            !text.contains(&hex::encode([7u8; 32])),
+            "no reading id in clear"
+        );
         let (back, mac) = Receipt::parse(&text).unwrap();
         assert_eq!(back, r);
         back.verify(&mac, &key).unwrap();

@@ -127,7 +127,8 @@ pub use live::Outbox;
 pub use outbox::{
     wait_for_lock, DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, OutboxOptions,
     PendingRecord, Requeue, RequeueSummary, Stats, MARKER_FILE, MAX_PAYLOAD_LEN, TREE_ACKED,
-    TREE_DEAD, TREE_EXPORTED, TREE_EXPORTS, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
+    TREE_DEAD, TREE_EXPORTED, TREE_EXPORTS, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING,
+    TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;

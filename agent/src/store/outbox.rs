@@ -831,18 +831,20 @@ impl SledOutbox {
         value.extend_from_slice(file_id);
         value.extend_from_slice(&now_ms(now).to_be_bytes());
         let macs: Vec<[u8; 32]> = ids.iter().map(|id| self.cipher.index_key(id)).collect();
-        let result: TransactionResult<usize, StoreError> = (&self.exports, &self.exported, &self.index)
-            .transaction(|(exports, exported, index)| {
-                exports.insert(&file_id[..], sealed.as_slice())?;
-                let mut marked = 0;
-                for mac in &macs {
-                    if index.get(&mac[..])?.is_some() {
-                        exported.insert(&mac[..], value.as_slice())?;
-                        marked += 1;
+        let result: TransactionResult<usize, StoreError> =
+            (&self.exports, &self.exported, &self.index).transaction(
+                |(exports, exported, index)| {
+                    exports.insert(&file_id[..], sealed.as_slice())?;
+                    let mut marked = 0;
+                    for mac in &macs {
+                        if index.get(&mac[..])?.is_some() {
+                            exported.insert(&mac[..], value.as_slice())?;
+                            marked += 1;
+                        }
                     }
-                }
-                Ok(marked)
-            });
+                    Ok(marked)
+                },
+            );
         let marked = result?;
         self.make_durable()?;
         Ok(marked)
@@ -858,8 +860,7 @@ impl SledOutbox {
             return Ok(None);
         };
         Ok(Some(
-            self.cipher
-                .open(&record_key(TREE_EXPORTS, file_id), &raw)?,
+            self.cipher.open(&record_key(TREE_EXPORTS, file_id), &raw)?,
         ))
     }
 
@@ -869,7 +870,9 @@ impl SledOutbox {
     /// # Errors
     ///
     /// [`StoreError::Sled`].
-    pub fn exported_pending(&self) -> Result<std::collections::BTreeMap<[u8; 16], u64>, StoreError> {
+    pub fn exported_pending(
+        &self,
+    ) -> Result<std::collections::BTreeMap<[u8; 16], u64>, StoreError> {
         let mut out = std::collections::BTreeMap::new();
         for item in self.exported.iter() {
             let (mac, value) = item?;
@@ -1798,10 +1801,14 @@ mod tests {
     #[test]
     fn exported_readings_stay_pending_until_acked_and_their_marks_go_with_the_ack() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledOutbox::open(&dir.path().join("s"), key(), OutboxOptions::default()).unwrap();
+        let store =
+            SledOutbox::open(&dir.path().join("s"), key(), OutboxOptions::default()).unwrap();
         let ids: Vec<[u8; 32]> = (1..=3u8).map(|i| [i; 32]).collect();
         for id in &ids {
-            assert_eq!(store.insert(*id, &u32::from(id[0])).unwrap(), Insert::Stored);
+            assert_eq!(
+                store.insert(*id, &u32::from(id[0])).unwrap(),
+                Insert::Stored
+            );
         }
         let file = [7u8; 16];
         let unknown = [99u8; 32];
@@ -1814,12 +1821,19 @@ mod tests {
         assert_eq!(store.stats().unwrap().pending, 3);
         assert_eq!(store.exported_pending().unwrap().get(&file), Some(&3));
         assert_eq!(store.exported_in(&ids[0]).unwrap(), Some(file));
-        assert_eq!(store.export_record(&file).unwrap().unwrap(), b"receipt key etc");
+        assert_eq!(
+            store.export_record(&file).unwrap().unwrap(),
+            b"receipt key etc"
+        );
         assert_eq!(store.export_record(&[8; 16]).unwrap(), None);
         assert_eq!(store.ack(&ids[..2]).unwrap(), 2);
         assert_eq!(store.exported_pending().unwrap().get(&file), Some(&1));
         assert_eq!(store.exported_in(&ids[0]).unwrap(), None);
-        assert_eq!(store.exported.len(), 1, "the acked readings' marks are gone");
+        assert_eq!(
+            store.exported.len(),
+            1,
+            "the acked readings' marks are gone"
+        );
         // A second export of the remaining reading moves its mark.
         store
             .record_export(&[8; 16], b"second", &ids[2..], SystemTime::now())
