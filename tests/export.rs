@@ -197,6 +197,18 @@ count = 2
         let after = export_files(&self.stick);
         let new: Vec<PathBuf> = after.into_iter().filter(|p| !before.contains(p)).collect();
         assert_eq!(new.len(), 1, "one new export file: {new:?}\n{}", text(&out));
+        assert!(
+            !text(&out).contains(CANARY_PATIENT),
+            "PHI in export's output"
+        );
+        // Nothing else on the stick: no temporary file left in clear.
+        for entry in std::fs::read_dir(&self.stick).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().to_string();
+            assert!(
+                name.ends_with(".vgexport") || name.ends_with(".vgexport.receipt"),
+                "unexpected file on the stick: {name}"
+            );
+        }
         new[0].clone()
     }
 
@@ -296,6 +308,10 @@ async fn exported_readings_arrive_once_by_import_and_by_the_uploader_and_confirm
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(stdout.contains(&format!("created={first} ")), "{stdout}");
+    assert!(
+        !text(&out).contains(CANARY_PATIENT),
+        "PHI in import's output"
+    );
     site.assert_each_observation_once(first);
     assert!(site.fhir.state().schema_failures().is_empty());
 

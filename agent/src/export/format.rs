@@ -213,9 +213,13 @@ pub fn seal_file(
     let header_bytes = header.encode();
     let mut out = Vec::from(header_bytes);
     let mut plaintexts = Vec::with_capacity(bundles.len() + 1);
-    plaintexts.push(postcard::to_stdvec(manifest).map_err(|e| ExportError::Encode(e.to_string()))?);
+    plaintexts.push(deflate(
+        &postcard::to_stdvec(manifest).map_err(|e| ExportError::Encode(e.to_string()))?,
+    )?);
     for b in bundles {
-        plaintexts.push(postcard::to_stdvec(b).map_err(|e| ExportError::Encode(e.to_string()))?);
+        plaintexts.push(deflate(
+            &postcard::to_stdvec(b).map_err(|e| ExportError::Encode(e.to_string()))?,
+        )?);
     }
     let last = plaintexts.len() - 1;
     for (i, mut plain) in plaintexts.into_iter().enumerate() {
@@ -313,14 +317,15 @@ pub fn open_file(bytes: &[u8], key: &SiteKey) -> Result<Opened, ExportError> {
             reason: "no manifest".into(),
         })
         .and_then(|p| {
-            postcard::from_bytes(&p).map_err(|e| ExportError::Malformed {
+            postcard::from_bytes(&inflate(&p, 0)?).map_err(|e| ExportError::Malformed {
                 chunk: 0,
                 reason: e.to_string(),
             })
         })?;
     let mut bundles = Vec::new();
     for (i, p) in chunks.enumerate() {
-        let b: BundleChunk = postcard::from_bytes(&p).map_err(|e| ExportError::Malformed {
+        let plain = inflate(&p, i as u64 + 1)?;
+        let b: BundleChunk = postcard::from_bytes(&plain).map_err(|e| ExportError::Malformed {
             chunk: i as u64 + 1,
             reason: e.to_string(),
         })?;
@@ -352,6 +357,42 @@ fn derive_key(shared: &[u8], header: &Header) -> Result<LessSafeKey, ExportError
         .expand(&info, &CHACHA20_POLY1305)
         .map_err(|_| ExportError::Crypto("HKDF expand"))?;
     Ok(LessSafeKey::new(UnboundKey::from(okm)))
+}
+
+/// Largest plaintext a chunk may inflate to (a Bundle of 50 entries is well under 1 MiB).
+pub const MAX_PLAIN_LEN: u64 = 64 * 1024 * 1024;
+
+/// Raw DEFLATE (RFC 1951) of a chunk's postcard bytes: Bundles of similar Observations shrink
+/// about tenfold. Compressed before sealing.
+fn deflate(plain: &[u8]) -> Result<Vec<u8>, ExportError> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::DeflateEncoder::new(
+        Vec::with_capacity(plain.len() / 4),
+        flate2::Compression::default(),
+    );
+    enc.write_all(plain)
+        .and_then(|()| enc.finish())
+        .map_err(|e| ExportError::Encode(format!("deflate: {e}")))
+}
+
+/// Inflates an authenticated chunk, at most [`MAX_PLAIN_LEN`] bytes.
+fn inflate(compressed: &[u8], chunk: u64) -> Result<Vec<u8>, ExportError> {
+    use std::io::Read as _;
+    let mut out = Vec::with_capacity(compressed.len() * 4);
+    flate2::read::DeflateDecoder::new(compressed)
+        .take(MAX_PLAIN_LEN + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ExportError::Malformed {
+            chunk,
+            reason: format!("inflate: {e}"),
+        })?;
+    if out.len() as u64 > MAX_PLAIN_LEN {
+        return Err(ExportError::Malformed {
+            chunk,
+            reason: format!("inflates to more than {MAX_PLAIN_LEN} bytes"),
+        });
+    }
+    Ok(out)
 }
 
 /// Nonce of chunk `i`: four zero bytes, then `i` as u64 big-endian. Unique under the per-file

@@ -39,10 +39,11 @@
 //! Chunk `i` (from 0): `flag` (1 byte: `1` for the last chunk, `0` otherwise) ‖ `len` (u32,
 //! ciphertext length including the 16-byte tag, at most 16 MiB) ‖ ciphertext. Nonce = 4 zero
 //! bytes ‖ `i` as u64 (never repeats under a per-file key); AAD = the 108 header bytes ‖ `flag`
-//! ‖ `len`. Chunk 0 is the manifest: postcard `Manifest { gateway, software, receipt_key }`.
-//! Chunks 1..=n are postcard `BundleChunk { entries: [(entry index, [reading id])], bundle:
-//! JSON bytes }`: one transaction Bundle each, as the uploader builds it, with which readings
-//! its Observation entries carry.
+//! ‖ `len`. Each chunk's plaintext is the raw DEFLATE (RFC 1951) of a postcard value,
+//! inflating to at most 64 MiB. Chunk 0 is the manifest: `Manifest { gateway, software,
+//! receipt_key }`. Chunks 1..=n are `BundleChunk { entries: [(entry index, [reading id])],
+//! bundle: JSON bytes }`: one transaction Bundle each, as the uploader builds it, with which
+//! readings its Observation entries carry.
 //!
 //! Opening checks, in order: magic, version, that the recipient key is ours (else
 //! [`ExportError::WrongKey`]), then every chunk's tag in order (a changed header or chunk, a
