@@ -504,6 +504,26 @@ client_key = "tls/gw.key"
     }
 
     #[test]
+    fn export_recipient_key_is_checked_and_a_bad_one_names_its_position() {
+        assert_eq!(load(MINIMAL).unwrap().export, None);
+        let key = crate::export::SiteKey::from_bytes([5; 32]).public();
+        let line = crate::export::keys::format_public_key(&key);
+        let with = |v: &str| {
+            load(&format!(
+                "{MINIMAL}\n[export]\nrecipient_public_key = \"{v}\"\n"
+            ))
+        };
+        assert_eq!(with(&line).unwrap().export.unwrap().recipient, key);
+        for bad in ["", "AAAA", "not base64!", &line[..40]] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().contains("export.recipient_public_key"), "{e}");
+            assert!(e.position.is_some(), "{e}");
+        }
+        let e = load(&format!("{MINIMAL}\n[export]\n")).unwrap_err();
+        assert!(e.to_string().contains("recipient_public_key"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_line_and_column() {
         let text = MINIMAL.replace("[store]\n", "[store]\ncolour = 3\n");
         let e = load(&text).unwrap_err();
