@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use vitalgate_devkit::fhir_server::{FhirTestServer, ServerConfig};
+use vitalgate_devkit::fhir_server::{FhirTestServer, Mode, ServerConfig};
 use vitalgate_devkit::pki::TestPki;
 
 /// The patient of every simulated reading: must never appear in clear in an export file.
@@ -509,4 +509,52 @@ async fn a_wrong_key_or_a_damaged_file_posts_nothing() {
         n,
         "nothing acked by a forged receipt"
     );
+}
+
+/// A Bundle the server refuses: `import-export` exits 1 and counts it, the receipt lists only
+/// what was committed, `export confirm` acks only that; the refused readings stay pending, and
+/// importing the same file again once the server takes them delivers and confirms the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_bundle_is_counted_and_only_committed_readings_are_confirmed() {
+    let mut site = Site::new().await;
+    let n = site.ingest_offline(false).await;
+    let file = site.export();
+    site.fhir.state().queue_modes([Mode::Fail {
+        status: 422,
+        retry_after: None,
+    }]);
+    let out = site.import(&file, &site.site_key);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let count = |key: &str| -> usize {
+        stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {stdout}"))
+    };
+    let refused = count("refused=");
+    assert!(
+        refused > 0 && refused < n,
+        "refused {refused} of {n}: {stdout}"
+    );
+    assert_eq!(count("created="), n - refused, "{stdout}");
+    site.assert_each_observation_once(n - refused);
+
+    let receipt = PathBuf::from(format!("{}.receipt", file.display()));
+    let confirm = || vitalgate(&["export", "confirm", s(&receipt), "--config", s(&site.plain)]);
+    let out = confirm();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        site.pending().0 as usize,
+        refused,
+        "only committed readings acked"
+    );
+
+    let out = site.import(&file, &site.site_key);
+    assert!(out.status.success(), "{}", text(&out));
+    site.assert_each_observation_once(n);
+    let out = confirm();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(site.pending().0, 0);
 }
