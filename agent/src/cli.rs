@@ -167,6 +167,7 @@ enum ExportCommand {
     /// Create the receiving site's key pair: writes the private key file (mode 0600, never
     /// overwrites) and prints the `recipient_public_key` line for the gateways' config.
     Keygen {
+        /// Where to write the private key file (mode 0600; must not exist yet).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
