@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success; 64 bad configuration or bad device file (one-line reason on stderr);
 //! 2 bad arguments (clap's convention); 1 a runtime failure at start (store, key, TLS files);
+//! 65 an export file or receipt that does not authenticate (`import-export`, `export confirm`);
 //! 70 a task the daemon needs (pipeline, uploader, a source) ended or panicked while running.
 
 use std::io::Write;
@@ -14,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, DEFAULT_PATH};
 
 pub const EXIT_CONFIG: u8 = 64;
+/// An export file or receipt that does not authenticate: wrong key, tampered, truncated
+/// (sysexits EX_DATAERR). Nothing was posted or acked.
+pub const EXIT_EXPORT_AUTH: u8 = 65;
 pub const EXIT_USAGE: u8 = 2;
 /// A task the daemon needs ended while running (sysexits EX_SOFTWARE): systemd restarts it.
 pub const EXIT_SOFTWARE: u8 = 70;
@@ -106,6 +110,36 @@ enum Command {
         #[command(subcommand)]
         command: Option<DeadLettersCommand>,
     },
+    /// No link: write every pending reading, encrypted to the receiving site's key
+    /// (`[export] recipient_public_key`), to a file in DIR (a USB stick). The readings stay
+    /// pending until `export confirm` with the receipt `import-export` wrote. Stop the daemon
+    /// first.
+    #[command(args_conflicts_with_subcommands = true)]
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The directory to write the export file to.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<ExportCommand>,
+    },
+    /// Upload an export file through the normal uplink (`[uplink]` of --config), after
+    /// verifying all of it; writes FILE.receipt. Exit 0 all delivered, 1 some refused or not
+    /// sent, 64 bad config/usage, 65 the file does not authenticate (nothing posted).
+    ImportExport {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The export file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The receiving site's private key file (`vitalgate export keygen`).
+        #[arg(long, value_name = "SITE_KEY_FILE")]
+        key: PathBuf,
+        /// Where to write the receipt (default: FILE.receipt).
+        #[arg(long, value_name = "PATH")]
+        receipt: Option<PathBuf>,
+    },
     /// Store maintenance.
     Store {
         #[command(subcommand)]
@@ -151,6 +185,24 @@ enum StoreCommand {
         /// The quarantined store directory.
         #[arg(value_name = "PATH")]
         path: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExportCommand {
+    /// Create the receiving site's key pair: writes the private key file (mode 0600, never
+    /// overwrites) and prints the `recipient_public_key` line for the gateways' config.
+    Keygen {
+        /// Where to write the private key file (mode 0600; must not exist yet).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Ack the readings an `import-export` receipt says the server committed (stop the daemon
+    /// first). Safe to repeat.
+    Confirm {
+        /// The receipt (FILE.receipt beside the export file).
+        #[arg(value_name = "RECEIPT")]
+        receipt: PathBuf,
     },
 }
 
@@ -273,6 +325,27 @@ pub fn main() -> ExitCode {
             config,
             json,
         } => ledger(&config.config, &reading, json),
+        Command::Export {
+            config,
+            to,
+            command,
+        } => match (command, to) {
+            (Some(ExportCommand::Keygen { out }), _) => crate::export::commands::keygen(&out),
+            (Some(ExportCommand::Confirm { receipt }), _) => {
+                crate::export::commands::confirm(&config.config, &receipt)
+            }
+            (None, Some(to)) => crate::export::commands::export(&config.config, &to),
+            (None, None) => {
+                eprintln!("vitalgate export: --to DIR, `keygen --out FILE` or `confirm RECEIPT` is required");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::ImportExport {
+            config,
+            file,
+            key,
+            receipt,
+        } => crate::export::commands::import(&config.config, &file, &key, receipt.as_deref()),
     }
 }
 
@@ -728,6 +801,14 @@ fn status(path: &Path, json: bool) -> ExitCode {
                 }
             };
             let withdrawn = state.withdrawn_count();
+            // Exported to a file (`vitalgate export`), still pending until confirmed.
+            let exported: u64 = match store.exported_pending() {
+                Ok(m) => m.values().sum(),
+                Err(e) => {
+                    eprintln!("vitalgate status: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             if json {
                 let v = serde_json::json!({
                     "schema": "vitalgate.status.offline/1",
@@ -738,6 +819,7 @@ fn status(path: &Path, json: bool) -> ExitCode {
                         "dead_letters": s.dead,
                         "quarantined": s.quarantined,
                         "acked_tombstones": s.acked_tombstones,
+                        "exported_awaiting_confirmation": exported,
                     },
                     "consent": {
                         "withdrawn_patients": withdrawn,
@@ -752,6 +834,9 @@ fn status(path: &Path, json: bool) -> ExitCode {
                 println!(
                     "pending={} dead_letters={} quarantined={} acked_tombstones={}",
                     s.pending, s.dead, s.quarantined, s.acked_tombstones
+                );
+                println!(
+                    "exported_awaiting_confirmation={exported} (of the pending: written to an export file, not confirmed yet; `vitalgate export confirm RECEIPT`)"
                 );
                 let purge = match cfg.consent.purge_after {
                     Some(d) if d.as_secs() % 86_400 == 0 => {
@@ -869,7 +954,7 @@ fn salvage(path: &Path, from: &Path) -> ExitCode {
 }
 
 /// The outbox is single-process (sled): say so when a running daemon holds it.
-fn in_use_hint(e: &crate::app::StartError) -> &'static str {
+pub(crate) fn in_use_hint(e: &crate::app::StartError) -> &'static str {
     if matches!(
         e,
         crate::app::StartError::Store(crate::store::StoreError::Locked { .. })

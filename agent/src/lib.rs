@@ -17,6 +17,7 @@ pub mod config;
 pub mod consent;
 pub mod consent_purge;
 pub mod events;
+pub mod export;
 pub mod identity;
 pub mod logging;
 pub mod ops;

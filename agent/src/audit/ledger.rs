@@ -28,6 +28,11 @@ pub enum State {
         last_failure: Option<String>,
     },
     InFlight,
+    /// Written to an export file (`vitalgate export`): still pending until the receipt is
+    /// confirmed (or the uploader delivers it).
+    Exported {
+        file: String,
+    },
     Delivered {
         #[serde(skip_serializing_if = "Option::is_none")]
         resource: Option<String>,
@@ -55,6 +60,9 @@ impl State {
                 last_failure: Some(f),
             } => format!("pending (sent, not confirmed: {f}; it will be sent again)"),
             State::InFlight => "in flight (sent, no answer yet)".into(),
+            State::Exported { file } => format!(
+                "exported to {file}, awaiting confirmation (still pending: `vitalgate export confirm` with the receipt, or the uploader, delivers it)"
+            ),
             State::Delivered {
                 resource,
                 version,
@@ -213,6 +221,20 @@ pub fn answer<V: std::borrow::Borrow<Value>>(
                     flight.push(id.to_string());
                 }
             }
+            "exported" => {
+                for id in e["readings"].as_array().into_iter().flatten() {
+                    let Some(id) = id.as_str().filter(|i| query.matches(i)) else {
+                        continue;
+                    };
+                    let a = upsert(&mut tracks, &mut order, id, seq, time);
+                    if !matches!(a.state, State::Delivered { .. }) {
+                        a.state = State::Exported {
+                            file: e["destination"].as_str().unwrap_or("?").to_string(),
+                        };
+                        a.since = time.to_string();
+                    }
+                }
+            }
             "send_failed" | "not_confirmed" | "refused" | "token_refused" | "agent_started"
             | "agent_stopped" => {
                 let why = match event {
@@ -333,6 +355,32 @@ mod tests {
         ]);
         assert_eq!(ask(A, &l)[0].state, State::InFlight);
         assert_eq!(ask(B, &l)[0].state, State::InFlight);
+    }
+
+    #[test]
+    fn an_exported_reading_is_exported_until_delivered() {
+        let l = log(vec![
+            json!({"event":"stored","reading":A}),
+            json!({"event":"exported","readings":[A],"destination":"f.vgexport"}),
+        ]);
+        let a = ask(A, &l);
+        assert_eq!(
+            a[0].state,
+            State::Exported {
+                file: "f.vgexport".into()
+            }
+        );
+        assert!(a[0].state.describe().contains("f.vgexport"));
+        let mut l = l;
+        l.extend(log(vec![
+            json!({"event":"sent","readings":[A]}),
+            json!({"event":"delivered","reading":A,"created":false,"resource":"Observation/9"}),
+        ]));
+        // Renumber seqs as one log.
+        for (i, e) in l.iter_mut().enumerate() {
+            e["seq"] = json!(i);
+        }
+        assert!(matches!(ask(A, &l)[0].state, State::Delivered { .. }));
     }
 
     #[test]

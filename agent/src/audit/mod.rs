@@ -67,8 +67,8 @@
 //! sink are unaffected. A unit test that wants entries opens its own [`AuditLog`] and records
 //! through its [`AuditHandle`], not the global. Other modules (export, key rotation) call
 //! [`record`] (the daemon) or `cli::audit_once` (a CLI command, daemon stopped) with a
-//! variant: [`AuditEvent::Exported`] and [`AuditEvent::KeyRotated`] exist for them and are not
-//! emitted by anything yet; add a variant for a new kind and, if it names readings, teach it to
+//! variant: [`AuditEvent::Exported`] (`vitalgate export`) and [`AuditEvent::KeyRotated`]
+//! (`vitalgate keys rotate`, or the daemon when it picks the new key up); add a variant for a new kind and, if it names readings, teach it to
 //! [`ledger`]. One process writes the log at a time (`<dir>/.lock`): a CLI command run while
 //! the daemon runs gets [`AuditError::Locked`] and says the event was not recorded.
 

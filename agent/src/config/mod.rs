@@ -96,6 +96,15 @@ pub struct Config {
     pub consent: ConsentConfig,
     /// `[audit]`: the audit log (defaults when the section is absent).
     pub audit: AuditConfig,
+    /// `[export]`: the receiving site of `vitalgate export` files (absent: export is off).
+    pub export: Option<ExportConfig>,
+}
+
+/// `[export]`: export files are encrypted to this X25519 public key (the receiving site's; its
+/// private key never needs to be on the gateway). See [`crate::export`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportConfig {
+    pub recipient: [u8; 32],
 }
 
 /// `[audit]`: the hash-chained audit log under `<data_dir>/audit` and the delivery ledger
@@ -571,6 +580,26 @@ client_key = "tls/gw.key"
             .unwrap_err()
             .to_string()
             .contains("unknown field"));
+    }
+
+    #[test]
+    fn export_recipient_key_is_checked_and_a_bad_one_names_its_position() {
+        assert_eq!(load(MINIMAL).unwrap().export, None);
+        let key = crate::export::SiteKey::from_bytes([5; 32]).public();
+        let line = crate::export::keys::format_public_key(&key);
+        let with = |v: &str| {
+            load(&format!(
+                "{MINIMAL}\n[export]\nrecipient_public_key = \"{v}\"\n"
+            ))
+        };
+        assert_eq!(with(&line).unwrap().export.unwrap().recipient, key);
+        for bad in ["", "AAAA", "not base64!", &line[..40]] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().contains("export.recipient_public_key"), "{e}");
+            assert!(e.position.is_some(), "{e}");
+        }
+        let e = load(&format!("{MINIMAL}\n[export]\n")).unwrap_err();
+        assert!(e.to_string().contains("recipient_public_key"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,13 @@ pub(super) struct RawConfig {
     pub(super) fleet: Option<RawFleet>,
     pub(super) consent: Option<RawConsent>,
     pub(super) audit: Option<RawAudit>,
+    pub(super) export: Option<RawExport>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExport {
+    pub(super) recipient_public_key: Spanned<String>,
 }
 
 /// `[audit]`: the audit log's bounds and the ledger's window.

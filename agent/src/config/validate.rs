@@ -184,6 +184,17 @@ impl Validator<'_> {
             consent.purge_after = self.purge_after(&c)?;
         }
         let audit = self.audit(raw.audit.as_ref(), &gateway.data_dir)?;
+        let export = match raw.export {
+            Some(e) => {
+                let key = &e.recipient_public_key;
+                let recipient =
+                    crate::export::keys::parse_public_key(key.get_ref()).map_err(|why| {
+                        self.err(key.span(), format!("export.recipient_public_key: {why}"))
+                    })?;
+                Some(super::ExportConfig { recipient })
+            }
+            None => None,
+        };
         Ok(Config {
             path: self.path.to_path_buf(),
             audit,
@@ -197,6 +208,7 @@ impl Validator<'_> {
             ops,
             fleet,
             consent,
+            export,
         })
     }
 

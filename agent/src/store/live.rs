@@ -224,6 +224,50 @@ impl Outbox {
         self.core()?.ack(ids)
     }
 
+    /// See [`SledOutbox::record_export`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::record_export`], and [`StoreError::Unavailable`].
+    pub fn record_export(
+        &self,
+        file_id: &[u8; 16],
+        record: &[u8],
+        ids: &[[u8; 32]],
+        now: SystemTime,
+    ) -> Result<usize, StoreError> {
+        self.core()?.record_export(file_id, record, ids, now)
+    }
+
+    /// See [`SledOutbox::export_record`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::export_record`], and [`StoreError::Unavailable`].
+    pub fn export_record(&self, file_id: &[u8; 16]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.core()?.export_record(file_id)
+    }
+
+    /// See [`SledOutbox::exported_pending`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::exported_pending`], and [`StoreError::Unavailable`].
+    pub fn exported_pending(
+        &self,
+    ) -> Result<std::collections::BTreeMap<[u8; 16], u64>, StoreError> {
+        self.core()?.exported_pending()
+    }
+
+    /// See [`SledOutbox::exported_in`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::exported_in`], and [`StoreError::Unavailable`].
+    pub fn exported_in(&self, id: &[u8; 32]) -> Result<Option<[u8; 16]>, StoreError> {
+        self.core()?.exported_in(id)
+    }
+
     /// See [`SledOutbox::dead_letter`].
     ///
     /// # Errors

@@ -33,6 +33,13 @@
 //! | `dead`       | seq: u64 big-endian           | sealed postcard `DeadEnvelope { time_ms, source, reason, id, original_len, payload_sha256, truncated, payload }` |
 //! | `quarantine` | tree name, `0x00`, original key | the original value, byte for byte, never opened |
 //! | `idents`     | `index_key(sha256("identity\0" ‖ identity))` | `index_key(id)` ‖ time of insert, ms, u64 big-endian: which record holds an upstream identity (FHIR Observation identifier) |
+//! | `exports`    | export file id: 16 bytes      | sealed postcard `ExportRecord` ([`crate::export`]): the file's receipt key, time, counts, name |
+//! | `exported`   | `index_key(id)`: 32 bytes     | export file id (16 bytes) ‖ time of export, ms, u64 big-endian: the pending reading went into that file and awaits confirmation |
+//!
+//! `exports` and `exported` were added without a format bump: they are new trees, an older build
+//! never opens them (it ignores them), and no existing record changed. An `exported` mark is
+//! advisory: it is read only together with `index` (a mark whose reading is no longer pending
+//! means nothing), an ack removes it, and a reading stays pending until it is acked.
 //!
 //! "Sealed" is the [`codec`] format version 2: version byte, the data key's id, a 12-byte
 //! nonce (a sled id of this store, never repeated, and 4 salt bytes), ciphertext and tag of the
@@ -135,7 +142,8 @@ pub use live::Outbox;
 pub use outbox::{
     wait_for_lock, DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, OutboxOptions,
     PendingRecord, Requeue, RequeueSummary, ResealCursor, Stats, MARKER_FILE, MAX_PAYLOAD_LEN,
-    TREE_ACKED, TREE_DEAD, TREE_IDENTS, TREE_INDEX, TREE_META, TREE_PENDING, TREE_QUARANTINE,
+    TREE_ACKED, TREE_DEAD, TREE_EXPORTED, TREE_EXPORTS, TREE_IDENTS, TREE_INDEX, TREE_META,
+    TREE_PENDING, TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;

@@ -41,6 +41,10 @@ pub const TREE_ACKED: &str = "acked";
 pub const TREE_DEAD: &str = "dead";
 pub const TREE_QUARANTINE: &str = "quarantine";
 pub const TREE_IDENTS: &str = "idents";
+/// Pending readings written to an export file (`vitalgate export`), awaiting confirmation.
+pub const TREE_EXPORTED: &str = "exported";
+/// One sealed record per export file: what `vitalgate export confirm` needs to check a receipt.
+pub const TREE_EXPORTS: &str = "exports";
 
 const META_FORMAT: &[u8] = b"format";
 /// How many pending records were purged over the store's life: u64 big-endian.
@@ -275,6 +279,8 @@ pub struct SledOutbox {
     kek: StoreKey,
     /// The data keys and the legacy cipher; replaced when the keyring changes.
     keys: RwLock<Arc<KeySet>>,
+    exported: sled::Tree,
+    exports: sled::Tree,
     opts: OutboxOptions,
     /// Blob files already fsynced, with the length synced (a blob may be mid-write).
     synced_blobs: Mutex<HashMap<std::ffi::OsString, u64>>,
@@ -365,6 +371,8 @@ impl SledOutbox {
             dead: db.open_tree(TREE_DEAD)?,
             quarantine: db.open_tree(TREE_QUARANTINE)?,
             idents: db.open_tree(TREE_IDENTS)?,
+            exported: db.open_tree(TREE_EXPORTED)?,
+            exports: db.open_tree(TREE_EXPORTS)?,
             db,
             db_file,
             kek: key,
@@ -805,10 +813,108 @@ impl SledOutbox {
             (&self.pending, &self.index, &self.acked)
                 .transaction(|(pending, index, acked)| retire(pending, index, acked, &plan, &now));
         let removed = result?;
+        // Export marks of the readings that left (advisory: a mark whose reading is not pending
+        // is ignored everywhere, so losing this removal in a crash is harmless).
+        if !self.exported.is_empty() {
+            for (mac, _) in &plan {
+                self.exported.remove(&mac[..])?;
+            }
+        }
         self.make_durable()?;
         let freed: usize = removed.iter().filter_map(|seq| sizes.get(seq)).sum();
         self.release_held(freed as u64);
         Ok(removed.len())
+    }
+
+    /// Records an export file: its sealed `record` (under `exports/<file_id>`) and, for each
+    /// reading id in `ids` that is pending, a mark `exported/<index_key(id)>` = file id ‖ time of
+    /// export (ms, u64 big-endian), replacing an earlier mark. Readings stay pending. On `Ok`
+    /// the change is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`] / [`StoreError::Io`] / [`StoreError::Codec`].
+    pub fn record_export(
+        &self,
+        file_id: &[u8; 16],
+        record: &[u8],
+        ids: &[[u8; 32]],
+        now: SystemTime,
+    ) -> Result<usize, StoreError> {
+        let sealed = self.seal(&record_key(TREE_EXPORTS, file_id), record)?;
+        let mut value = Vec::with_capacity(24);
+        value.extend_from_slice(file_id);
+        value.extend_from_slice(&now_ms(now).to_be_bytes());
+        let macs: Vec<[u8; 32]> = ids.iter().map(|id| self.keys().index_key(id)).collect();
+        let result: TransactionResult<usize, StoreError> =
+            (&self.exports, &self.exported, &self.index).transaction(
+                |(exports, exported, index)| {
+                    exports.insert(&file_id[..], sealed.as_slice())?;
+                    let mut marked = 0;
+                    for mac in &macs {
+                        if index.get(&mac[..])?.is_some() {
+                            exported.insert(&mac[..], value.as_slice())?;
+                            marked += 1;
+                        }
+                    }
+                    Ok(marked)
+                },
+            );
+        let marked = result?;
+        self.make_durable()?;
+        Ok(marked)
+    }
+
+    /// The sealed record of export file `file_id`, opened ([`SledOutbox::record_export`]).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`]; [`StoreError::Codec`] if it does not open under this store's key.
+    pub fn export_record(&self, file_id: &[u8; 16]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(raw) = self.exports.get(&file_id[..])? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.keys().open(&record_key(TREE_EXPORTS, file_id), &raw)?,
+        ))
+    }
+
+    /// Pending readings marked exported (awaiting confirmation), per export file id. Marks of
+    /// readings no longer pending are not counted.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`].
+    pub fn exported_pending(
+        &self,
+    ) -> Result<std::collections::BTreeMap<[u8; 16], u64>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        for item in self.exported.iter() {
+            let (mac, value) = item?;
+            let Some(file) = value.get(..16).and_then(|f| <[u8; 16]>::try_from(f).ok()) else {
+                continue;
+            };
+            if self.index.get(&mac)?.is_some() {
+                *out.entry(file).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The export file a pending reading was last written to, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`].
+    pub fn exported_in(&self, id: &[u8; 32]) -> Result<Option<[u8; 16]>, StoreError> {
+        let mac = self.keys().index_key(id);
+        if self.index.get(mac)?.is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .exported
+            .get(mac)?
+            .and_then(|v| v.get(..16).and_then(|f| <[u8; 16]>::try_from(f).ok())))
     }
 
     /// Moves the pending record `id` to the dead-letter tree with `reason` (the server rejected
@@ -1947,6 +2053,52 @@ mod tests {
 
     fn key() -> StoreKey {
         StoreKey::from_bytes([9; 32])
+    }
+
+    /// Export marks: readings stay pending; the marks count only pending readings; an ack
+    /// removes them; the export record opens only under the store's key and its own file id.
+    #[test]
+    fn exported_readings_stay_pending_until_acked_and_their_marks_go_with_the_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SledOutbox::open(&dir.path().join("s"), key(), OutboxOptions::default()).unwrap();
+        let ids: Vec<[u8; 32]> = (1..=3u8).map(|i| [i; 32]).collect();
+        for id in &ids {
+            assert_eq!(
+                store.insert(*id, &u32::from(id[0])).unwrap(),
+                Insert::Stored
+            );
+        }
+        let file = [7u8; 16];
+        let unknown = [99u8; 32];
+        let mut marked_ids = ids.clone();
+        marked_ids.push(unknown);
+        let marked = store
+            .record_export(&file, b"receipt key etc", &marked_ids, SystemTime::now())
+            .unwrap();
+        assert_eq!(marked, 3, "an id that is not pending is not marked");
+        assert_eq!(store.stats().unwrap().pending, 3);
+        assert_eq!(store.exported_pending().unwrap().get(&file), Some(&3));
+        assert_eq!(store.exported_in(&ids[0]).unwrap(), Some(file));
+        assert_eq!(
+            store.export_record(&file).unwrap().unwrap(),
+            b"receipt key etc"
+        );
+        assert_eq!(store.export_record(&[8; 16]).unwrap(), None);
+        assert_eq!(store.ack(&ids[..2]).unwrap(), 2);
+        assert_eq!(store.exported_pending().unwrap().get(&file), Some(&1));
+        assert_eq!(store.exported_in(&ids[0]).unwrap(), None);
+        assert_eq!(
+            store.exported.len(),
+            1,
+            "the acked readings' marks are gone"
+        );
+        // A second export of the remaining reading moves its mark.
+        store
+            .record_export(&[8; 16], b"second", &ids[2..], SystemTime::now())
+            .unwrap();
+        assert_eq!(store.exported_in(&ids[2]).unwrap(), Some([8; 16]));
+        assert_eq!(store.exported_pending().unwrap().len(), 1);
     }
 
     /// A flush that fails leaves the batch in sled's memory: it must not be readable as
