@@ -565,3 +565,35 @@ async fn a_real_full_disk_stops_acknowledging_and_nothing_is_lost_when_space_ret
         tail(&log, 3)
     );
 }
+
+/// `vitalgate keys rotate` run several times at once: each adds its own key (an exclusive lock
+/// around read-add-write), none overwrites another's under the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_key_rotations_each_add_a_key() {
+    let h = Harness::new(Broker::embedded()).await;
+    h.vitalgate(&["keys", "status"]);
+    let n = 6;
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            common::vitalgate()
+                .args(["keys", "rotate", "--config"])
+                .arg(&h.config)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let status = h.vitalgate(&["keys", "status"]);
+    for id in 1..=n + 1 {
+        assert_eq!(
+            status.matches(&format!("data key {id} ")).count(),
+            1,
+            "key {id}: {status}"
+        );
+    }
+    assert!(status.contains(&format!("data key {} chacha20-poly1305", n + 1)));
+    assert!(status.contains("ACTIVE"), "{status}");
+}

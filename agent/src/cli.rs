@@ -464,15 +464,45 @@ fn keys_rotate(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let (kek, _, mut ring) = match load_keyring(&cfg) {
+    let (kek, _, _) = match load_keyring(&cfg) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("vitalgate: keys rotate: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let now_ms = u64::try_from(now().timestamp_millis()).unwrap_or(0);
     let dir = crate::app::store_dir(&cfg);
+    // Read, add, write under an exclusive lock: two rotations at once must not both add "the
+    // next" id with different keys (records sealed with the first would be lost).
+    let lock_path = dir.join("keyring.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .and_then(|f| fs2::FileExt::lock_exclusive(&f).map(|()| f));
+    let _lock = match lock {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vitalgate: keys rotate: {}: {e}", lock_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ring = match crate::store::keyring::Keyring::load(&dir, &kek) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            eprintln!(
+                "vitalgate: keys rotate: store {} has no keyring",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("vitalgate: keys rotate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now_ms = u64::try_from(now().timestamp_millis()).unwrap_or(0);
     let previous = ring.active;
     let saved = ring
         .rotate(&kek, cfg.store.cipher, now_ms)

@@ -28,9 +28,11 @@
 //! drop one or point `active` at an old one. Wrapping nonces are random: a keyring wraps a
 //! handful of keys in its life, so a repeat is out of reach (2^-96 per pair).
 //!
-//! The file is written only by `vitalgate keys init|rotate` and by the store's first open
+//! The file is written only by `vitalgate keys rotate` (under an exclusive lock on
+//! `keyring.lock`, so two rotations cannot both add "the next" id) and by the store's open
 //! (write to `keyring.tmp`, fsync, rename, fsync the directory), so a crash leaves the old or
-//! the new keyring, never half of one. The daemon reads it at open and polls it for changes,
+//! the new keyring, never half of one. A keyring that does not hold every key of the one in use
+//! unchanged is refused by the daemon (and, at open, replaced by the store's copy). The daemon reads it at open and polls it for changes,
 //! so `vitalgate keys rotate` takes effect while the daemon runs. The store also keeps a copy
 //! in its `meta` tree (`keyring`), used if the file is lost or damaged.
 
@@ -222,6 +224,17 @@ impl Keyring {
         });
         self.active = id;
         Ok(id)
+    }
+
+    /// The first key of `other` that this keyring does not hold unchanged (same id, algorithm
+    /// and wrapped bytes), if any: a keyring that dropped or replaced a key records may name
+    /// must not replace the one in use.
+    pub fn missing_from(&self, other: &Keyring) -> Option<u32> {
+        other
+            .keys
+            .iter()
+            .find(|k| !self.keys.contains(k))
+            .map(|k| k.id)
     }
 
     /// Unwraps every data key. `path` is only for error messages.

@@ -201,7 +201,7 @@ pub enum StoreError {
     Keyring(#[from] keyring::KeyringError),
     #[error("store {path} is missing: the store seals records with data keys, and without the keyring (and with its copy in the store gone) they cannot be opened")]
     KeyringLost { path: PathBuf },
-    #[error("keyring {path} no longer holds data key {id}, which records in the store are sealed with; keeping the keys in use")]
+    #[error("keyring {path} dropped or replaced data key {id}, which records in the store may be sealed with; keeping the keys in use")]
     KeyringDropsKey { path: PathBuf, id: u32 },
     #[error("sled panicked while opening store {path}")]
     Panicked { path: PathBuf },

@@ -1433,21 +1433,19 @@ impl SledOutbox {
         let Some(ring) = Keyring::load(&self.dir, &self.kek)? else {
             return Ok(None);
         };
-        let current = self.keys();
-        let mut ids: Vec<u32> = ring.keys.iter().map(|k| k.id).collect();
-        ids.sort_unstable();
-        let mut held = current.ids();
-        held.sort_unstable();
-        if ring.active == current.active_id() && ids == held {
+        let path = self.dir.join(KEYRING_FILE);
+        // The keyring in use: the store's copy, kept equal to it at open and at every reload.
+        let current = match self.meta.get(META_KEYRING)? {
+            Some(bytes) => Keyring::decode(&bytes, &self.kek, &path)?,
+            None => return Err(StoreError::KeyringLost { path }),
+        };
+        if ring == current {
             return Ok(None);
         }
-        // A keyring that dropped a key some record still names would make that record
+        // A keyring that dropped or replaced a key some record may name would make that record
         // unreadable: refuse it.
-        if let Some(missing) = held.iter().find(|id| !ids.contains(id)) {
-            return Err(StoreError::KeyringDropsKey {
-                path: self.dir.join(KEYRING_FILE),
-                id: *missing,
-            });
+        if let Some(id) = ring.missing_from(&current) {
+            return Err(StoreError::KeyringDropsKey { path, id });
         }
         let keys = ring.unwrap_all(&self.kek, &self.dir.join(KEYRING_FILE))?;
         let set = KeySet::new(&self.kek, keys, ring.active)?;
@@ -1876,7 +1874,21 @@ fn open_keyring(
     }
     let path = dir.join(KEYRING_FILE);
     let copy = meta.get(META_KEYRING)?;
+    let from_copy = copy
+        .as_deref()
+        .map(|bytes| Keyring::decode(bytes, kek, &path));
     let ring = match Keyring::load(dir, kek) {
+        // The file must hold every key of the store's copy unchanged (it may add some: a
+        // rotation while the store was closed); otherwise the copy is the keyring in use.
+        Ok(Some(ring)) if matches!(&from_copy, Some(Ok(c)) if ring.missing_from(c).is_some()) => {
+            let bytes = copy.as_deref().unwrap_or_default();
+            super::keyring::write_atomic(dir, bytes)?;
+            tracing::warn!(
+                store = %dir.display(),
+                "keyring file dropped or replaced a data key the store uses: restored from the store's copy"
+            );
+            Keyring::decode(bytes, kek, &path)?
+        }
         Ok(Some(ring)) => ring,
         Ok(None) | Err(_) if copy.is_some() => {
             let bytes = copy.as_deref().unwrap_or_default();
@@ -2337,5 +2349,42 @@ mod tests {
         assert_eq!(o.active_key_id(), 1);
         o.insert([2; 32], &2u32).unwrap();
         assert_eq!(values(&o), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_keyring_that_replaces_a_key_in_use_is_refused_and_at_open_the_store_copy_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let o = SledOutbox::open(dir.path(), key(), OutboxOptions::default()).unwrap();
+            o.insert([1; 32], &1u32).unwrap();
+            assert_eq!(rotate_file(dir.path(), Alg::ChaCha20Poly1305), 2);
+            assert_eq!(o.reload_keyring().unwrap(), Some(2));
+            o.insert([2; 32], &2u32).unwrap();
+            // Another key 2 (two rotations racing without the lock would do this).
+            let mut ring = Keyring::load(dir.path(), &key()).unwrap().unwrap();
+            ring.keys.retain(|k| k.id != 2);
+            assert_eq!(ring.rotate(&key(), Alg::ChaCha20Poly1305, 2).unwrap(), 2);
+            ring.save(dir.path(), &key()).unwrap();
+            let err = o.reload_keyring().unwrap_err();
+            assert!(
+                matches!(err, StoreError::KeyringDropsKey { id: 2, .. }),
+                "{err}"
+            );
+            o.insert([3; 32], &3u32).unwrap();
+            assert_eq!(values(&o), vec![1, 2, 3]);
+        }
+        // At open the file does not hold the store's key 2: the store's copy is used and
+        // written back; every record opens.
+        let o = reopen(dir.path());
+        assert_eq!(values(&o), vec![1, 2, 3]);
+        assert_eq!(o.corrupt_records.load(Ordering::Relaxed), 0);
+        let file = Keyring::load(dir.path(), &key()).unwrap().unwrap();
+        let copy = Keyring::decode(
+            &o.meta.get(META_KEYRING).unwrap().unwrap(),
+            &key(),
+            Path::new("k"),
+        )
+        .unwrap();
+        assert_eq!(file, copy);
     }
 }
