@@ -380,7 +380,11 @@ impl<S: BundleSender> Uploader<S> {
         // The next fresh batch, read and built while a Bundle is in flight, and the Bundle
         // built ahead for the batch then loaded from it.
         let mut ahead: Option<tokio::task::JoinHandle<Result<Ahead, StoreError>>> = None;
-        let mut prebuilt: Option<(Vec<ReadingId>, fhir::BuiltBundle)> = None;
+        // With the Device cache the Bundle was built against: a Bundle built ahead while the
+        // previous one was out is used only if the cache did not change meanwhile (the answer
+        // that taught it the Devices must not be followed by a Bundle sending them again).
+        let mut prebuilt: Option<(Vec<ReadingId>, fhir::KnownDevices, fhir::BuiltBundle)> = None;
+        let mut ahead_known = fhir::KnownDevices::default();
         while !shutdown.is_cancelled() {
             // The watchdog: a beat per round; the waits (backoff, pause, an empty outbox) are
             // idle, the store and the HTTP request are work (bounded by uplink.timeout_secs).
@@ -419,7 +423,10 @@ impl<S: BundleSender> Uploader<S> {
                         built = None;
                     }
                     batch.truncate(fhir::readings_that_fit(&batch));
-                    prebuilt = built.map(|b| (batch.iter().map(|r| r.id).collect(), b));
+                    prebuilt = built.map(|b| {
+                        let ids = batch.iter().map(|r| r.id).collect();
+                        (ids, std::mem::take(&mut ahead_known), b)
+                    });
                     if batch.is_empty() {
                         let stop = crate::ops::watchdog::idle(async {
                             tokio::select! {
@@ -469,12 +476,13 @@ impl<S: BundleSender> Uploader<S> {
                     // nothing else is queued: bisection halves and retries come first).
                     ahead = (scheduler.queued() == batch.len()).then(|| {
                         let n = size.if_delivered_fast(batch.len());
+                        ahead_known = known.clone();
                         self.read_ahead(n, &batch, acks, &known)
                     });
                     let ids: Vec<ReadingId> = batch.iter().map(|r| r.id).collect();
-                    let built = prebuilt
-                        .take()
-                        .and_then(|(for_ids, b)| (for_ids == ids).then_some(b));
+                    let built = prebuilt.take().and_then(|(for_ids, built_with, b)| {
+                        (for_ids == ids && built_with == known).then_some(b)
+                    });
                     let sent_before = self.sender.body_bytes_sent();
                     let started = Instant::now();
                     let exchanged_now = self
