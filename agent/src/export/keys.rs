@@ -13,9 +13,9 @@
 //! receiving side uses `x25519-dalek`'s `StaticSecret`. The gateway only encrypts, with ring,
 //! and never needs this file.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -87,12 +87,8 @@ impl SiteKey {
         let mut text = hex::encode(bytes);
         text.push('\n');
         bytes.fill(0);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| match source.kind() {
+        crate::store::keyfile::create_private(path, text.as_bytes()).map_err(
+            |source| match source.kind() {
                 io::ErrorKind::AlreadyExists => SiteKeyError::AlreadyExists {
                     path: path.to_owned(),
                 },
@@ -100,18 +96,8 @@ impl SiteKey {
                     path: path.to_owned(),
                     source,
                 },
-            })?;
-        let written = file
-            .write_all(text.as_bytes())
-            .and_then(|()| file.sync_all());
-        if let Err(source) = written {
-            drop(file);
-            let _ = std::fs::remove_file(path);
-            return Err(SiteKeyError::Io {
-                path: path.to_owned(),
-                source,
-            });
-        }
+            },
+        )?;
         Ok(key)
     }
 

@@ -83,33 +83,15 @@ impl StoreKey {
             .map_err(|_| KeyFileError::Rng)?;
         let mut text = hex::encode(bytes);
         text.push('\n');
-
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::AlreadyExists => KeyFileError::AlreadyExists {
-                    path: path.to_owned(),
-                },
-                _ => KeyFileError::Io {
-                    path: path.to_owned(),
-                    source,
-                },
-            })?;
-        let written = file
-            .write_all(text.as_bytes())
-            .and_then(|()| file.sync_all());
-        if let Err(source) = written {
-            drop(file);
-            // Best effort: a half-written key file must not be mistaken for a key later.
-            let _ = std::fs::remove_file(path);
-            return Err(KeyFileError::Io {
+        create_private(path, text.as_bytes()).map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => KeyFileError::AlreadyExists {
+                path: path.to_owned(),
+            },
+            _ => KeyFileError::Io {
                 path: path.to_owned(),
                 source,
-            });
-        }
+            },
+        })?;
         sync_parent_dir(path)
     }
 
@@ -208,6 +190,30 @@ impl fmt::Debug for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("StoreKey(<redacted>)")
     }
+}
+
+/// Creates `path` with mode 0600 in one step (`O_CREAT|O_EXCL`: never overwrites, never
+/// readable by others), writes `content` and fsyncs it; a file left half-written is removed.
+/// Shared by the store key and the export site key files (same format and rules).
+///
+/// # Errors
+///
+/// The `io::Error` of the open (kind `AlreadyExists` if anything is at `path`), the write or
+/// the fsync.
+pub(crate) fn create_private(path: &Path, content: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let written = file.write_all(content).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        drop(file);
+        // Best effort: a half-written key file must not be mistaken for a key later.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Makes the directory entry of a just-created file durable.
