@@ -138,6 +138,45 @@ async fn a_full_store_stops_acknowledging_mqtt_and_resumes_when_the_uplink_drain
     assert!(!log.contains("MRN-0001"), "patient identifier in the log");
 }
 
+/// Issue #11, space: `vitalgate store compact` copies a store holding a backlog into a fresh
+/// database that takes its place; the backlog is then delivered once, and the compacted store
+/// refuses the redelivery of a reading it already uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_compact_keeps_the_backlog_and_the_agent_delivers_it_once() {
+    let Some(broker) = mosquitto(MosquittoOptions::default()) else {
+        return;
+    };
+    let n = 12;
+    let mut h = Harness::new(broker).await;
+    h.fhir.stop().await;
+    let patience = Duration::from_secs(60) * emulation_factor();
+    let mut agent = h.spawn_agent();
+    let lines: Vec<String> = (0..n).map(|i| bp_point(i, 110 + i as i64, 70)).collect();
+    h.publish(&lines).await;
+    h.wait_for_log(&agent, "reading stored", n, patience);
+    agent.terminate();
+
+    let out = h.vitalgate(&["store", "compact"]);
+    assert!(out.starts_with("compacted "), "{out}");
+    assert!(h.vitalgate(&["status"]).contains(&format!("pending={n}")));
+    let data = h.dir.path().join("data");
+    let left: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("outbox."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    h.fhir.restart().await.unwrap();
+    let mut agent = h.spawn_agent();
+    h.wait_for_observations(n, patience).await;
+    // A redelivery of an uploaded reading: a duplicate for the compacted store too.
+    h.publish(&lines[..1]).await;
+    h.wait_for_log(&agent, "duplicate", 1, patience);
+    agent.terminate();
+    assert_eq!(h.fhir.observation_identifiers().len(), n);
+}
+
 /// Issue #11, guarded open: readings are stored (uplink down), the agent stops, sled's files
 /// are damaged (its `conf` scribbled over: sled then refuses to open with `Corruption`). The
 /// agent starts anyway, with an alarm naming the quarantine folder and a fresh store; `vitalgate

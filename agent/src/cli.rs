@@ -175,6 +175,11 @@ enum AuditCommand {
 
 #[derive(Subcommand, Debug)]
 enum StoreCommand {
+    /// Compact the outbox now: copy it into a fresh database that takes its place (sled's
+    /// files do not shrink as readings are delivered). Prints the size before and after. The
+    /// daemon does this by itself after its hourly prune when at most 5,000 readings are
+    /// pending and the files take over 4x the live entries; stop the daemon first.
+    Compact(ConfigArg),
     /// Recover the readings of a quarantined store (`<data_dir>/quarantine/store-*`, moved
     /// aside because its files were damaged) into the live outbox: every record that still
     /// authenticates under the store key, through the normal insert path (safe to repeat).
@@ -317,6 +322,9 @@ pub fn main() -> ExitCode {
         Command::Store {
             command: StoreCommand::Salvage { config, path },
         } => salvage(&config.config, &path),
+        Command::Store {
+            command: StoreCommand::Compact(config),
+        } => store_compact(&config.config),
         Command::Audit {
             command: AuditCommand::Verify(c),
         } => audit_verify(&c.config),
@@ -474,17 +482,10 @@ fn keys_rotate(path: &Path) -> ExitCode {
     let dir = crate::app::store_dir(&cfg);
     // Read, add, write under an exclusive lock: two rotations at once must not both add "the
     // next" id with different keys (records sealed with the first would be lost).
-    let lock_path = dir.join("keyring.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .and_then(|f| fs2::FileExt::lock_exclusive(&f).map(|()| f));
-    let _lock = match lock {
+    let _lock = match crate::store::keyring::lock_exclusive(&dir) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("vitalgate: keys rotate: {}: {e}", lock_path.display());
+            eprintln!("vitalgate: keys rotate: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -944,6 +945,38 @@ fn report(checks: &[crate::ops::doctor::Check]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn store_compact(path: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let store = match crate::app::open_store(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vitalgate: store compact: {e}{}", in_use_hint(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    match store.compact() {
+        Ok(r) => {
+            println!(
+                "compacted {}: {} entries ({} bytes), on disk {} -> {} bytes, {} ms",
+                store.path().display(),
+                r.entries,
+                r.live_bytes,
+                r.disk_before,
+                r.disk_after,
+                r.took.as_millis()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitalgate: store compact: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

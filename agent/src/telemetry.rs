@@ -74,6 +74,8 @@ counters!(
     store_key_rotations,
     store_records_resealed,
     store_tombstones_pruned,
+    store_compactions,
+    store_compaction_failures,
     log_lines_suppressed,
     store_keyring_reload_failures,
     uplink_bundles_sent,
@@ -526,6 +528,40 @@ impl StoreTombstonesPruned {
     pub fn emit(self) {
         bump_by(&COUNTERS.store_tombstones_pruned, self.count);
         tracing::debug!(count = self.count, "store tombstones pruned");
+    }
+}
+
+/// The store was compacted (copied into a fresh database that took its place).
+pub struct StoreCompacted {
+    pub entries: u64,
+    pub live_bytes: u64,
+    pub disk_before: u64,
+    pub disk_after: u64,
+    pub millis: u128,
+}
+impl StoreCompacted {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_compactions);
+        tracing::info!(
+            entries = self.entries,
+            live_bytes = self.live_bytes,
+            disk_before = self.disk_before,
+            disk_after = self.disk_after,
+            millis = self.millis as u64,
+            "store compacted"
+        );
+    }
+}
+
+/// A compaction failed; the store is as it was (or closed, and the pipeline's fault recovery
+/// reopens it, finishing or undoing the swap).
+pub struct StoreCompactionFailed<'a> {
+    pub error: &'a dyn std::error::Error,
+}
+impl StoreCompactionFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_compaction_failures);
+        tracing::warn!(error = %self.error, "store compaction failed");
     }
 }
 

@@ -1060,7 +1060,8 @@ fn sled_open_after_close(path: &std::path::Path) -> sled::Db {
 /// Store format 4 only appended `TimeQuality::Corrected` (and 5 changed the sealing, not the
 /// payload): a format 3 store (here: a reading as the format 3 build encoded it,
 /// `store/testdata/reading-format-3.postcard`, under a format record of 3) opens, its format
-/// record becomes 5, its reading reads as before. Other versions
+/// record becomes 6 (5 and 6 changed the sealing and the ids, not the payload), its reading
+/// reads as before. Other versions
 /// are refused, never quarantined.
 #[test]
 fn a_format_3_store_is_upgraded_in_place_and_its_readings_still_read() {
@@ -1101,8 +1102,8 @@ fn a_format_3_store_is_upgraded_in_place_and_its_readings_still_read() {
         assert!(p[0].value == old);
     }
     assert_eq!(format(), vec![vitalgate::store::FORMAT_VERSION]);
-    assert_eq!(vitalgate::store::FORMAT_VERSION, 5);
-    for other in [2u8, 6] {
+    assert_eq!(vitalgate::store::FORMAT_VERSION, 6);
+    for other in [2u8, 7] {
         set_format(other);
         let Err(err) = Outbox::open(dir.path(), key(), OutboxOptions::default()) else {
             panic!("format {other} opened");
@@ -1189,4 +1190,199 @@ fn a_read_skipping_sequence_numbers_returns_the_next_records_in_order() {
         .pending_where_skipping::<Sample>(10, &std::collections::HashSet::new(), |_| true)
         .unwrap();
     assert_eq!(got.len(), 6, "an empty skip set skips nothing");
+}
+
+/// Compaction (`vitalgate::store::compact`): a store whose backlog was delivered is copied into
+/// a fresh database that takes its place. Every entry survives (pending in order, dead letters,
+/// tombstones still refusing redeliveries), the files shrink, and ids keep growing: records
+/// written after the compaction come after the old ones and never reuse a nonce under the key.
+#[test]
+fn compaction_keeps_every_entry_shrinks_the_files_and_ids_keep_growing() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("outbox");
+    let nid = |n: u32| {
+        let mut i = [0u8; 32];
+        i[..4].copy_from_slice(&n.to_be_bytes());
+        i[4] = 0xC0;
+        i
+    };
+    let o = open(&dir);
+    for chunk in (0..4000u32).collect::<Vec<_>>().chunks(64) {
+        let values: Vec<Sample> = chunk.iter().map(|&n| sample(n)).collect();
+        let got = o
+            .insert_many(chunk.iter().zip(&values).map(|(&n, v)| (nid(n), v)))
+            .unwrap();
+        assert!(got.iter().all(|g| *g == Insert::Stored));
+    }
+    // Deliver all but the last 20; dead-letter one of those.
+    let delivered: Vec<[u8; 32]> = (0..3980).map(nid).collect();
+    for c in delivered.chunks(256) {
+        assert_eq!(o.ack(c).unwrap(), c.len());
+    }
+    o.dead_letter(&nid(3990), "test: refused").unwrap();
+    let before = o.stats().unwrap();
+    let pending_before: Vec<(u32, [u8; 32])> = o
+        .pending::<Sample>(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.value.n, r.id))
+        .collect();
+    assert_eq!(pending_before.len(), 19);
+    let live_before = o.live_bytes().unwrap();
+    let disk_before = o.disk_bytes().unwrap();
+
+    let report = o.compact().unwrap();
+    assert_eq!(report.disk_before, disk_before);
+    let after = o.stats().unwrap();
+    assert_eq!(
+        (
+            after.pending,
+            after.dead,
+            after.acked_tombstones,
+            after.quarantined
+        ),
+        (
+            before.pending,
+            before.dead,
+            before.acked_tombstones,
+            before.quarantined
+        )
+    );
+    let pending_after: Vec<(u32, [u8; 32])> = o
+        .pending::<Sample>(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.value.n, r.id))
+        .collect();
+    assert_eq!(pending_after, pending_before);
+    assert_eq!(o.dead_letters().unwrap().len(), 1);
+    // Tombstones still refuse redeliveries; the dead letter's id too.
+    assert_eq!(o.insert(nid(7), &sample(7)).unwrap(), Insert::Duplicate);
+    assert_eq!(
+        o.insert(nid(3990), &sample(3990)).unwrap(),
+        Insert::Duplicate
+    );
+    // Live entries unchanged but for the id base (one meta entry).
+    let live_after = o.live_bytes().unwrap();
+    assert!(
+        live_after >= live_before && live_after <= live_before + 32,
+        "{live_before} -> {live_after}"
+    );
+    assert!(
+        report.disk_after * 2 < report.disk_before,
+        "disk {} -> {} (live {live_after})",
+        report.disk_before,
+        report.disk_after
+    );
+    assert_eq!(o.disk_bytes().unwrap(), report.disk_after);
+    // Nothing left beside the store.
+    let names: Vec<String> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["outbox".to_string()]);
+
+    // New records after the compaction, and after a reopen of the compacted store, come last.
+    for n in 5000..5010u32 {
+        assert_eq!(o.insert(nid(n), &sample(n)).unwrap(), Insert::Stored);
+    }
+    drop(o);
+    let o = open(&dir);
+    for n in 5010..5020u32 {
+        assert_eq!(o.insert(nid(n), &sample(n)).unwrap(), Insert::Stored);
+    }
+    let order: Vec<u32> = pending_ns(&o);
+    let mut want: Vec<u32> = pending_before.iter().map(|p| p.0).collect();
+    want.extend(5000..5020);
+    assert_eq!(order, want);
+    drop(o);
+
+    // Raw: sequence numbers grow in arrival order, and no two pending records share a nonce.
+    let db = sled_open_after_close(&dir);
+    let mut nonces = HashSet::new();
+    let mut seqs = Vec::new();
+    for kv in db.open_tree(TREE_PENDING).unwrap().iter() {
+        let (k, v) = kv.unwrap();
+        seqs.push(u64::from_be_bytes(k.as_ref().try_into().unwrap()));
+        assert_eq!(v[0], 2, "sealed record version 2");
+        // version (1) | key id (4) | nonce (12)
+        assert!(nonces.insert(v[1..17].to_vec()), "nonce reused");
+    }
+    assert_eq!(seqs.len(), 39);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+}
+
+/// Calls made while a compaction runs wait for it and then succeed: none fails, none is lost.
+#[test]
+fn writes_during_a_compaction_wait_and_all_land() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("outbox");
+    let o = std::sync::Arc::new(open(&dir));
+    let nid = |n: u32| {
+        let mut i = [0u8; 32];
+        i[..4].copy_from_slice(&n.to_be_bytes());
+        i[4] = 0xD0;
+        i
+    };
+    for n in 0..2000u32 {
+        o.insert(nid(n), &sample(n)).unwrap();
+    }
+    let all: Vec<[u8; 32]> = (0..2000).map(nid).collect();
+    for c in all.chunks(256) {
+        o.ack(c).unwrap();
+    }
+    let writer = {
+        let o = std::sync::Arc::clone(&o);
+        std::thread::spawn(move || {
+            for n in 10_000..10_300u32 {
+                assert_eq!(o.insert(nid(n), &sample(n)).unwrap(), Insert::Stored);
+            }
+        })
+    };
+    for _ in 0..3 {
+        o.compact().unwrap();
+    }
+    writer.join().unwrap();
+    assert_eq!(pending_ns(&o), (10_000..10_300).collect::<Vec<_>>());
+}
+
+/// A compaction interrupted after the old store was moved aside (the crash between the two
+/// renames) is finished at the next open: the compacted copy is the store.
+#[test]
+fn an_interrupted_swap_is_finished_at_the_next_open() {
+    use vitalgate::store::compact;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("outbox");
+    {
+        let o = open(&dir);
+        o.insert(id(1), &sample(1)).unwrap();
+        o.insert(id(2), &sample(2)).unwrap();
+        o.ack(&[id(1)]).unwrap();
+    }
+    // Build the copy as a compaction would, then "crash" between the renames.
+    let built = compact::sibling_for_test(&dir, ".compacted");
+    let old = compact::sibling_for_test(&dir, ".precompact");
+    {
+        let o = open(&dir);
+        o.compact().unwrap();
+    }
+    copy_dir_all(&dir, &built);
+    std::fs::rename(&dir, &old).unwrap();
+    let o = open(&dir);
+    assert_eq!(pending_ns(&o), vec![2]);
+    assert_eq!(o.insert(id(1), &sample(1)).unwrap(), Insert::Duplicate);
+    assert!(!built.exists() && !old.exists());
+}
+
+fn copy_dir_all(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir_all(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
 }

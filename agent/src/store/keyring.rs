@@ -386,6 +386,29 @@ pub(crate) fn write_atomic(dir: &Path, bytes: &[u8]) -> Result<(), KeyringError>
         .map_err(io_err(dir))
 }
 
+/// The lock a change of the keyring file is made under (`<dir>/keyring.lock`, `flock`
+/// exclusive, released when the file is dropped): `vitalgate keys rotate` reads, adds and writes
+/// under it, and a compaction copies the keyring under it ([`super::compact`]). Blocks until
+/// the lock is free.
+///
+/// # Errors
+///
+/// [`super::StoreError::Io`] if the lock file cannot be created or locked.
+pub fn lock_exclusive(dir: &Path) -> Result<std::fs::File, super::StoreError> {
+    let path = dir.join(LOCK_FILE);
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|f| fs2::FileExt::lock_exclusive(&f).map(|()| f))
+        .map_err(|source| super::StoreError::Io { path, source })
+}
+
+/// See [`lock_exclusive`].
+pub const LOCK_FILE: &str = "keyring.lock";
+
 #[cfg(test)]
 mod tests {
     use super::*;

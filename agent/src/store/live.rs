@@ -13,8 +13,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::time::{Instant, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,6 +24,7 @@ use super::outbox::{
     DeadLetterInfo, Insert, NewRecord, OutboxOptions, PendingRecord, Requeue, RequeueSummary,
     SledOutbox, Stats,
 };
+use super::wait_for_lock;
 use super::StoreError;
 
 /// The encrypted outbox (see the module doc and [`crate::store`]).
@@ -32,10 +33,43 @@ pub struct Outbox {
     key: StoreKey,
     opts: OutboxOptions,
     core: Mutex<Option<Arc<SledOutbox>>>,
+    /// Held shared by every call on the database, exclusively by [`Outbox::compact`] and
+    /// [`Outbox::reopen`]: a call waits for a compaction instead of failing.
+    gate: RwLock<()>,
     /// [`Outbox::held_bytes`] while closed: the last figure of the closed database.
     held_when_closed: AtomicU64,
     #[cfg(test)]
     fault: fault::Fault,
+}
+
+/// The open database for the duration of one call ([`Outbox::core`]).
+struct Core<'a> {
+    _gate: RwLockReadGuard<'a, ()>,
+    db: Arc<SledOutbox>,
+}
+
+impl std::ops::Deref for Core<'_> {
+    type Target = SledOutbox;
+    fn deref(&self) -> &SledOutbox {
+        &self.db
+    }
+}
+
+/// What [`Outbox::compact`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct CompactReport {
+    /// Entries copied (every tree: records, index, tombstones, meta).
+    pub entries: u64,
+    /// Bytes of their keys and values.
+    pub live_bytes: u64,
+    /// The store's size on disk before and after (allocated blocks).
+    pub disk_before: u64,
+    pub disk_after: u64,
+    pub took: std::time::Duration,
+}
+
+fn io((path, source): (PathBuf, std::io::Error)) -> StoreError {
+    StoreError::Io { path, source }
 }
 
 impl Outbox {
@@ -51,6 +85,7 @@ impl Outbox {
             key,
             opts,
             core: Mutex::new(Some(Arc::new(core))),
+            gate: RwLock::new(()),
             held_when_closed: AtomicU64::new(0),
             #[cfg(test)]
             fault: fault::Fault::default(),
@@ -73,7 +108,29 @@ impl Outbox {
     /// example [`Outbox::held_bytes`] on the runtime's threads). The old database is closed on
     /// a thread of its own, its panic caught; the open waits for its lock as usual.
     pub fn reopen(&self) -> Result<(), StoreError> {
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        self.reopen_locked()
+    }
+
+    fn reopen_locked(&self) -> Result<(), StoreError> {
         let old = self.slot().take();
+        self.close(old);
+        #[cfg(test)]
+        self.fault.on_reopen(&self.dir)?;
+        let (key, opts) = (self.key.clone(), self.opts.clone());
+        let core = catch_unwind(AssertUnwindSafe(|| SledOutbox::open(&self.dir, key, opts)))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Panicked {
+                    path: self.dir.clone(),
+                })
+            })?;
+        *self.slot() = Some(Arc::new(core));
+        Ok(())
+    }
+
+    /// Closes a database taken out of the slot, on a thread of its own (see [`Outbox::reopen`]),
+    /// waiting at most the lock wait.
+    fn close(&self, old: Option<Arc<SledOutbox>>) {
         if let Some(old) = old {
             self.held_when_closed
                 .store(old.held_bytes(), Ordering::Relaxed);
@@ -89,17 +146,79 @@ impl Outbox {
                 let _ = done_rx.recv_timeout(self.opts.lock_wait);
             }
         }
+    }
+
+    /// Compacts the store (see [`super::compact`]): copies it into a fresh database and swaps
+    /// the directories, then opens the copy. Every other call waits meanwhile (none fails); a
+    /// compaction of a small backlog and a month of tombstones takes well under a second.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] if the store is closed; an error of the copy (the store is
+    /// left as it was, open, and the partial copy removed); an error of the swap or of opening
+    /// the copy (the store is then closed, and the next [`Outbox::reopen`], like the pipeline's
+    /// fault recovery, finishes or undoes the swap: [`super::compact::recover`]).
+    pub fn compact(&self) -> Result<CompactReport, StoreError> {
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let started = Instant::now();
+        let core = self.slot().clone().ok_or_else(|| StoreError::Unavailable {
+            path: self.dir.clone(),
+        })?;
         #[cfg(test)]
-        self.fault.on_reopen(&self.dir)?;
-        let (key, opts) = (self.key.clone(), self.opts.clone());
-        let core = catch_unwind(AssertUnwindSafe(|| SledOutbox::open(&self.dir, key, opts)))
-            .unwrap_or_else(|_| {
-                Err(StoreError::Panicked {
-                    path: self.dir.clone(),
-                })
-            })?;
-        *self.slot() = Some(Arc::new(core));
-        Ok(())
+        self.fault.on_call(&self.dir)?;
+        let before = core.disk_bytes()?;
+        let building = super::compact::sibling(&self.dir, super::compact::BUILDING);
+        super::compact::recover(&self.dir).map_err(io)?;
+        // `keys rotate` writes the keyring under this lock: not while it is being copied.
+        let _keyring_lock = super::keyring::lock_exclusive(&self.dir)?;
+        let copy = match core.copy_into(&building) {
+            Ok(copy) => copy,
+            Err(e) => {
+                let _ = super::compact::recover(&self.dir);
+                return Err(e);
+            }
+        };
+        // The copy is opened as the store will be, and must hold what the store holds, before
+        // the store is replaced.
+        let counts = |s: &Stats| (s.pending, s.dead, s.quarantined);
+        let want = core.stats()?;
+        let checked = catch_unwind(AssertUnwindSafe(|| {
+            SledOutbox::open(&building, self.key.clone(), self.opts.clone())
+                .and_then(|copy| copy.stats())
+        }))
+        .unwrap_or_else(|_| {
+            Err(StoreError::Panicked {
+                path: building.clone(),
+            })
+        });
+        match checked {
+            Ok(got) if counts(&got) == counts(&want) => {}
+            Ok(got) => {
+                let _ = super::compact::recover(&self.dir);
+                return Err(StoreError::CopyMismatch {
+                    path: building,
+                    want: counts(&want),
+                    got: counts(&got),
+                });
+            }
+            Err(e) => {
+                let _ = super::compact::recover(&self.dir);
+                return Err(e);
+            }
+        }
+        wait_for_lock(&building.join("db"), self.opts.lock_wait)?;
+        drop(core);
+        self.close(self.slot().take());
+        super::compact::swap(&self.dir).map_err(io)?;
+        self.reopen_locked()?;
+        let after = self.core_unguarded()?;
+        Ok(CompactReport {
+            entries: copy.entries,
+            live_bytes: copy.bytes,
+            disk_before: before,
+            disk_after: after.disk_bytes()?,
+            took: started.elapsed(),
+        })
     }
 
     /// Is a database open (false after a failed [`Outbox::reopen`])?
@@ -111,7 +230,14 @@ impl Outbox {
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn core(&self) -> Result<Arc<SledOutbox>, StoreError> {
+    /// The open database, for one call: holds the gate (shared) until the call returns.
+    fn core(&self) -> Result<Core<'_>, StoreError> {
+        let gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        let db = self.core_unguarded()?;
+        Ok(Core { _gate: gate, db })
+    }
+
+    fn core_unguarded(&self) -> Result<Arc<SledOutbox>, StoreError> {
         let core = self.slot().clone().ok_or_else(|| StoreError::Unavailable {
             path: self.dir.clone(),
         })?;
@@ -381,6 +507,15 @@ impl Outbox {
     /// As [`SledOutbox::disk_bytes`], and [`StoreError::Unavailable`].
     pub fn disk_bytes(&self) -> Result<u64, StoreError> {
         self.core()?.disk_bytes()
+    }
+
+    /// See [`SledOutbox::live_bytes`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::live_bytes`], and [`StoreError::Unavailable`].
+    pub fn live_bytes(&self) -> Result<u64, StoreError> {
+        self.core()?.live_bytes()
     }
 
     /// See [`SledOutbox::disk_available_bytes`].

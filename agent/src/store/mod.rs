@@ -1,8 +1,11 @@
 //! The encrypted outbox: readings wait here, sealed, until the FHIR server has them.
 //!
-//! # On-disk format (store format version 5)
+//! # On-disk format (store format version 6)
 //!
-//! History: 5 seals records with data keys from the store's keyring (envelope encryption,
+//! History: 6 adds `meta/id_base`, added to every sled id of the store: a compacted store is a
+//! fresh sled database ([`compact`]) whose ids would otherwise start again at 0 (a format 5
+//! build would reuse sequence numbers and nonces there, so it must refuse the store); a format
+//! 5 store opens as format 6 with no other change. 5 seals records with data keys from the store's keyring (envelope encryption,
 //! [`keyring`]; sealed record version 2, [`codec::KeySet`]); a format 3 or 4 store opens, gets
 //! a keyring, and the daemon re-seals its version 1 records in the background
 //! ([`crate::store_upkeep`]); records are readable throughout. 3 added `Reading::timing`,
@@ -23,7 +26,8 @@
 //!
 //! | tree         | key                           | value                                        |
 //! |--------------|-------------------------------|----------------------------------------------|
-//! | `meta`       | `format`                      | `[5]`: the store format version              |
+//! | `meta`       | `format`                      | `[6]`: the store format version              |
+//! | `meta`       | `id_base`                     | u64 big-endian, added to every sled id (absent = 0): set by a compaction ([`compact`]) |
 //! | `meta`       | `key_check`                   | sealed constant (version 1, legacy key): proves the store key is the right one |
 //! | `meta`       | `keyring`                     | a copy of the `keyring` file, used if the file is lost or damaged |
 //! | `meta`       | `purged`                      | pending records purged over the store's life (consent purge), u64 big-endian; absent = 0 |
@@ -50,7 +54,7 @@
 //! HMAC-SHA256 of the reading id under a key derived from the store key (reading ids are
 //! content hashes of low-entropy data and are not written in clear). Sequence numbers come from
 //! sled's `generate_id`, which is monotonic across restarts, so key order is arrival order and
-//! `pending` is FIFO.
+//! `pending` is FIFO. (Every id is `meta/id_base` + sled's id: see [`compact`].)
 //!
 //! # Invariants
 //!
@@ -128,6 +132,7 @@
 //! pipeline applies to it (stop taking readings at 80%, resume below 70%).
 
 pub mod codec;
+pub mod compact;
 pub mod guard;
 pub mod keyfile;
 pub mod keyring;
@@ -138,21 +143,21 @@ pub mod pressure;
 pub use codec::{CodecError, RecordCipher};
 pub use guard::{open_or_quarantine, salvage, QuarantinedStore, SalvageReport};
 pub use keyfile::{KeyFileError, StoreKey};
-pub use live::Outbox;
+pub use live::{CompactReport, Outbox};
 pub use outbox::{
-    wait_for_lock, DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, OutboxOptions,
-    PendingRecord, Requeue, RequeueSummary, ResealCursor, Stats, MARKER_FILE, MAX_PAYLOAD_LEN,
-    TREE_ACKED, TREE_DEAD, TREE_EXPORTED, TREE_EXPORTS, TREE_IDENTS, TREE_INDEX, TREE_META,
-    TREE_PENDING, TREE_QUARANTINE,
+    wait_for_lock, CopyReport, DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable,
+    OutboxOptions, PendingRecord, Requeue, RequeueSummary, ResealCursor, Stats, MARKER_FILE,
+    MAX_PAYLOAD_LEN, TREE_ACKED, TREE_DEAD, TREE_EXPORTED, TREE_EXPORTS, TREE_IDENTS, TREE_INDEX,
+    TREE_META, TREE_PENDING, TREE_QUARANTINE,
 };
 
 use std::path::PathBuf;
 
 /// The store format version written to `meta/format`.
-pub const FORMAT_VERSION: u8 = 5;
+pub const FORMAT_VERSION: u8 = 6;
 
 /// The older formats this build opens and upgrades in place (module docs, "History").
-pub const UPGRADABLE_FORMATS: [u8; 2] = [3, 4];
+pub const UPGRADABLE_FORMATS: [u8; 3] = [3, 4, 5];
 
 /// Everything that can go wrong in the store. Carries paths, tree names, sequence numbers and
 /// sizes; never record content.
@@ -203,6 +208,12 @@ pub enum StoreError {
     KeyringLost { path: PathBuf },
     #[error("keyring {path} dropped or replaced data key {id}, which records in the store may be sealed with; keeping the keys in use")]
     KeyringDropsKey { path: PathBuf, id: u32 },
+    #[error("compacted copy {path} does not hold what the store holds (pending, dead, quarantined: {want:?} in the store, {got:?} in the copy); the store is kept and the copy removed")]
+    CopyMismatch {
+        path: PathBuf,
+        want: (u64, u64, u64),
+        got: (u64, u64, u64),
+    },
     #[error("sled panicked while opening store {path}")]
     Panicked { path: PathBuf },
     #[error("store {path} is closed after an I/O error and not reopened yet")]

@@ -55,6 +55,10 @@ const META_PROBE: &[u8] = b"write_probe";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"vitalgate-store key check v1";
 /// A copy of `<dir>/keyring` (see [`super::keyring`]), used if the file is lost or damaged.
 const META_KEYRING: &[u8] = b"keyring";
+/// Added to every sled id of this database (u64 big-endian; absent = 0). A compacted store is
+/// a fresh sled database whose own ids start again at 0: its base is the next id of the store
+/// it was copied from, so sequence numbers and nonces keep growing ([`super::compact`]).
+pub(crate) const META_ID_BASE: &[u8] = b"id_base";
 
 /// Tuning for [`Outbox::open`].
 #[derive(Clone, Debug)]
@@ -301,9 +305,22 @@ pub struct SledOutbox {
     /// (the pipeline's group commit; requeue runs with the daemon stopped), so "written before
     /// the flush started" covers every record up to the mark.
     durable_upto: AtomicU64,
+    /// `meta/id_base`: added to every sled id ([`SledOutbox::next_id`]).
+    id_base: u64,
     /// Test only: the next flushes fail, as a full disk's would.
     #[cfg(test)]
     fail_flush: std::sync::atomic::AtomicBool,
+}
+
+/// What [`SledOutbox::copy_into`] copied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Entries copied, every tree.
+    pub entries: u64,
+    /// Bytes of their keys and values.
+    pub bytes: u64,
+    /// Bytes the copy takes on disk (allocated blocks).
+    pub disk_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -344,6 +361,15 @@ impl SledOutbox {
             let path = path.to_owned();
             move |source| StoreError::Io { path, source }
         };
+        let recovered = super::compact::recover(dir)
+            .map_err(|(path, source)| StoreError::Io { path, source })?;
+        if recovered != super::compact::Recovered::Nothing {
+            tracing::warn!(
+                store = %dir.display(),
+                ?recovered,
+                "store compaction had been interrupted; completed or undone"
+            );
+        }
         let created = !dir.exists();
         if created {
             DirBuilder::new()
@@ -361,6 +387,14 @@ impl SledOutbox {
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(io_err(&db_path))?;
         let meta = db.open_tree(TREE_META)?;
+        let id_base = match meta.get(META_ID_BASE)? {
+            None => 0,
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Lost {
+                    path: dir.to_owned(),
+                })?,
+        };
         let keys = open_keyring(dir, &key, &meta, opts.cipher)?;
         let outbox = SledOutbox {
             dir: dir.to_owned(),
@@ -385,13 +419,14 @@ impl SledOutbox {
             held: AtomicU64::new(0),
             written_upto: AtomicU64::new(0),
             durable_upto: AtomicU64::new(0),
+            id_base,
             #[cfg(test)]
             fail_flush: std::sync::atomic::AtomicBool::new(false),
         };
         // What is on disk at open is what sled recovered: durable. sled's ids grow across
         // restarts, so a fresh one is above every stored record and below every new one.
         // (Not `pending.last()`: sled's reverse iteration cost the aarch64 binary a megabyte.)
-        let mark = outbox.db.generate_id()?;
+        let mark = outbox.next_id()?;
         outbox.written_upto.store(mark, Ordering::Release);
         outbox.durable_upto.store(mark, Ordering::Release);
         outbox.check_or_init_meta()?;
@@ -496,7 +531,7 @@ impl SledOutbox {
                 let ident = r.identity.map(|s| self.identity_key(s));
                 let sealed = match dead_for.get(&i) {
                     Some(reason) => {
-                        let seq = self.db.generate_id()?;
+                        let seq = self.next_id()?;
                         let kept = payload.get(..MAX_PAYLOAD_LEN).unwrap_or(payload);
                         let sealed = self.seal_dead(
                             seq,
@@ -514,7 +549,7 @@ impl SledOutbox {
                         Prepared::Dead(seq, *reason, sealed)
                     }
                     None => {
-                        let seq = self.db.generate_id()?;
+                        let seq = self.next_id()?;
                         let plain = postcard::to_stdvec(&PendingEnvelope {
                             id: r.id,
                             enqueued_at_ms: now,
@@ -950,7 +985,7 @@ impl SledOutbox {
             });
         }
         let now = SystemTime::now();
-        let dead_seq = self.db.generate_id()?;
+        let dead_seq = self.next_id()?;
         let sealed = self.seal_dead(
             dead_seq,
             DeadEnvelope {
@@ -1001,7 +1036,7 @@ impl SledOutbox {
     ) -> Result<u64, StoreError> {
         let truncated = payload.len() > MAX_PAYLOAD_LEN;
         let kept = payload.get(..MAX_PAYLOAD_LEN).unwrap_or(payload);
-        let seq = self.db.generate_id()?;
+        let seq = self.next_id()?;
         let sealed = self.seal_dead(
             seq,
             DeadEnvelope {
@@ -1126,7 +1161,7 @@ impl SledOutbox {
         let mac = self.keys().index_key(&id);
         let ident = identity_of(&value).map(|s| self.identity_key(&s));
         let now = now_ms(SystemTime::now());
-        let new_seq = self.db.generate_id()?;
+        let new_seq = self.next_id()?;
         let plain = postcard::to_stdvec(&PendingEnvelope {
             id,
             enqueued_at_ms: now,
@@ -1328,6 +1363,109 @@ impl SledOutbox {
         self.held.store(total, Ordering::Relaxed);
         Ok(total)
     }
+    /// The next id of this store: sled's `generate_id` plus the store's id base. Sequence
+    /// numbers and nonce counters come from here: unique and growing for the store's life,
+    /// across restarts and compactions ([`super::compact`]).
+    fn next_id(&self) -> Result<u64, StoreError> {
+        let id = self.db.generate_id()?;
+        self.id_base.checked_add(id).ok_or_else(|| StoreError::Io {
+            path: self.dir.join("db"),
+            source: std::io::Error::other("store id space exhausted"),
+        })
+    }
+
+    /// Bytes of every key and value in every tree: what a compacted copy holds. Scans the
+    /// whole store (tombstones included); meant for the upkeep task's hourly check.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`].
+    pub fn live_bytes(&self) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name)?;
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                total += (k.len() + v.len()) as u64;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Copies the store, byte for byte, into a new sled database in `dest` (created, mode
+    /// 0700; must not exist): every tree and entry as stored (records stay sealed, their AAD
+    /// names tree and key, both unchanged), `meta/id_base` set so the copy's ids continue
+    /// above every id this store gave out, and the store's own files (the keyring, the
+    /// marker). Everything in `dest` is fsynced, and `dest` itself, before this returns.
+    ///
+    /// The caller makes sure nothing writes to this store meanwhile ([`super::Outbox::compact`]
+    /// holds its gate); this store is left as it was.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sled`] / [`StoreError::Io`]; `dest` may then hold a partial copy (the
+    /// caller removes it: [`super::compact`]).
+    pub fn copy_into(&self, dest: &Path) -> Result<CopyReport, StoreError> {
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        self.make_durable()?;
+        DirBuilder::new()
+            .mode(0o700)
+            .create(dest)
+            .map_err(io_err(dest))?;
+        let mut report = CopyReport::default();
+        {
+            let copy = sled::Config::new()
+                .path(dest)
+                .cache_capacity(self.opts.cache_capacity)
+                .mode(sled::Mode::LowSpace)
+                .open()?;
+            for name in self.db.tree_names() {
+                let from = self.db.open_tree(&name)?;
+                let to = copy.open_tree(&name)?;
+                let mut batch = sled::Batch::default();
+                let mut in_batch = 0usize;
+                for kv in from.iter() {
+                    let (k, v) = kv?;
+                    report.entries += 1;
+                    report.bytes += (k.len() + v.len()) as u64;
+                    batch.insert(k, v);
+                    in_batch += 1;
+                    if in_batch == 1024 {
+                        to.apply_batch(std::mem::take(&mut batch))?;
+                        in_batch = 0;
+                    }
+                }
+                to.apply_batch(batch)?;
+            }
+            // Taken after the copy: above every id this store has given out (sequence numbers,
+            // nonce counters), so the copy's own ids (from 0) plus it never meet one.
+            let base = self.next_id()?;
+            copy.open_tree(TREE_META)?
+                .insert(META_ID_BASE, &base.to_be_bytes()[..])?;
+            // The one other place sled's flush is allowed: every file is fsynced below.
+            #[allow(clippy::disallowed_methods)]
+            copy.flush()?;
+        }
+        // sled's threads may hold the copy a moment after the drop: wait for its lock.
+        wait_for_lock(&dest.join("db"), self.opts.lock_wait)?;
+        for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name();
+            if !super::compact::is_own_file(&name) {
+                continue;
+            }
+            let to = dest.join(&name);
+            std::fs::copy(entry.path(), &to).map_err(io_err(&to))?;
+        }
+        super::compact::sync_tree(dest)
+            .map_err(|(path, source)| StoreError::Io { path, source })?;
+        report.disk_bytes =
+            dir_disk_bytes(dest).map_err(|(path, source)| StoreError::Io { path, source })?;
+        Ok(report)
+    }
 
     /// Bytes the store directory takes on disk (allocated blocks of every file under it: sled's
     /// data file, snapshots, blobs), which is [`Outbox::held_bytes`] times sled's space
@@ -1417,7 +1555,7 @@ impl SledOutbox {
 
     /// Seals under the active data key, with a fresh sled id as the nonce counter.
     fn seal(&self, record_key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let counter = self.db.generate_id()?;
+        let counter = self.next_id()?;
         Ok(self.keys().seal(record_key, plain, counter))
     }
 
@@ -1514,7 +1652,7 @@ impl SledOutbox {
                 if KeySet::key_id_of(&v).is_some_and(|id| id != active) {
                     let rk = record_key(tree_name, &k);
                     if let Ok(plain) = keys.open(&rk, &v) {
-                        let counter = self.db.generate_id()?;
+                        let counter = self.next_id()?;
                         let sealed = keys.seal(&rk, &plain, counter);
                         let grew = sealed.len() as u64;
                         let shrank = v.len() as u64;
@@ -2279,7 +2417,10 @@ mod tests {
         std::fs::remove_file(dir.path().join(KEYRING_FILE)).unwrap();
         let o = reopen(dir.path());
         assert!(dir.path().join(KEYRING_FILE).exists(), "a keyring was made");
-        assert_eq!(o.meta.get(META_FORMAT).unwrap().unwrap().as_ref(), [5]);
+        assert_eq!(
+            o.meta.get(META_FORMAT).unwrap().unwrap().as_ref(),
+            [FORMAT_VERSION]
+        );
         assert_eq!(o.key_usage().unwrap(), [(0, 20)].into());
         assert_eq!(values(&o), (0..20).collect::<Vec<_>>());
         assert_eq!(reseal_all(&o), 20);
