@@ -1304,9 +1304,11 @@ fn compaction_keeps_every_entry_shrinks_the_files_and_ids_keep_growing() {
     for kv in db.open_tree(TREE_PENDING).unwrap().iter() {
         let (k, v) = kv.unwrap();
         seqs.push(u64::from_be_bytes(k.as_ref().try_into().unwrap()));
-        assert_eq!(v[0], 2, "sealed record version 2");
-        // version (1) | key id (4) | nonce (12)
-        assert!(nonces.insert(v[1..17].to_vec()), "nonce reused");
+        assert_eq!(v[0], 3, "sealed record version 3");
+        // version (1) | key id (4) | binding (16) | nonce (12)
+        let mut key_and_nonce = v[1..5].to_vec();
+        key_and_nonce.extend_from_slice(&v[21..33]);
+        assert!(nonces.insert(key_and_nonce), "nonce reused");
     }
     assert_eq!(seqs.len(), 39);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));

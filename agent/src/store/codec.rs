@@ -202,6 +202,35 @@ const V2_HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
 /// Bytes a version-2 sealed record adds to its plaintext.
 pub const SEAL_OVERHEAD_V2: usize = V2_HEADER_LEN + TAG_LEN;
 
+/// Sealed record version 3 (store format 6): version 2 plus the record's **binding**, a 16-byte
+/// tag of the reading it holds, in the header and in the AAD.
+///
+/// ```text
+/// +---------+---------------+------------+-------------------------------+------------------+
+/// | 0x03    | key id u32 BE | binding    | nonce: counter u64 BE | salt  | ciphertext || tag|
+/// | 1 byte  | 4 bytes       | 16 bytes   | 8 bytes               | 4     | len + 16 bytes   |
+/// +---------+---------------+------------+-------------------------------+------------------+
+/// AAD  = 0x03 || key id || binding || record_key
+/// ```
+///
+/// The store's `pending` and `dead` records are version 3, with binding = the first 16 bytes of
+/// the reading id's index key (HMAC-SHA256 under the store's index key; all zeros for a raw
+/// dead letter, which has no reading id). The reading id is a SHA-256 over the FHIR identifier
+/// (`<device>-<patient>-<type>-<time>`) and the values, so the binding ties the sealed record to
+/// its device and its patient: a record given another binding fails to open, and one whose
+/// content is not the reading its binding names (which only a holder of the keys could seal)
+/// is quarantined by the outbox after decoding. The binding is readable without the data key,
+/// like the index key it is cut from (the `index` tree holds those in clear).
+pub const SEALED_VERSION_V3: u8 = 3;
+
+/// Length of a record's binding.
+pub const BINDING_LEN: usize = 16;
+
+const V3_HEADER_LEN: usize = 1 + 4 + BINDING_LEN + NONCE_LEN;
+
+/// Bytes a version-3 sealed record adds to its plaintext.
+pub const SEAL_OVERHEAD_V3: usize = V3_HEADER_LEN + TAG_LEN;
+
 /// The keys a store seals and opens records with: its data keys (version 2 records) and the
 /// legacy cipher derived from the store key (version 1 records, the index MAC).
 pub struct KeySet {
@@ -263,20 +292,70 @@ impl KeySet {
     pub fn key_id_of(sealed: &[u8]) -> Option<u32> {
         match *sealed.first()? {
             SEALED_VERSION => Some(0),
-            SEALED_VERSION_V2 => sealed
+            SEALED_VERSION_V2 | SEALED_VERSION_V3 => sealed
                 .get(1..5)
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
             _ => None,
         }
     }
 
+    /// The binding a version 3 record names in its header (`None` for other versions or a
+    /// record too short to say). Authenticated only once the record opens.
+    pub fn binding_of(sealed: &[u8]) -> Option<[u8; BINDING_LEN]> {
+        if sealed.first() != Some(&SEALED_VERSION_V3) {
+            return None;
+        }
+        sealed.get(5..5 + BINDING_LEN)?.try_into().ok()
+    }
+
+    /// The binding of a reading id: the first [`BINDING_LEN`] bytes of its index key.
+    pub fn binding(&self, id: &[u8; 32]) -> [u8; BINDING_LEN] {
+        let mut b = [0u8; BINDING_LEN];
+        b.copy_from_slice(&self.index_key(id)[..BINDING_LEN]);
+        b
+    }
+
+    /// Seals `plaintext` as a version 3 record bound to `binding`, under the active key for
+    /// `record_key`; `counter` as for [`KeySet::seal`].
+    pub fn seal_bound(
+        &self,
+        record_key: &[u8],
+        binding: &[u8; BINDING_LEN],
+        plaintext: &[u8],
+        counter: u64,
+    ) -> Vec<u8> {
+        let key = &self.keys[self.active];
+        let nonce = self.nonce(counter);
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD_V3);
+        out.push(SEALED_VERSION_V3);
+        out.extend_from_slice(&key.id.to_be_bytes());
+        out.extend_from_slice(binding);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = key.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad_v3(key.id, binding, record_key)),
+            &mut out[V3_HEADER_LEN..],
+        );
+        match tag {
+            Ok(tag) => out.extend_from_slice(tag.as_ref()),
+            Err(_) => out.truncate(V3_HEADER_LEN),
+        }
+        out
+    }
+
+    fn nonce(&self, counter: u64) -> [u8; NONCE_LEN] {
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..8].copy_from_slice(&counter.to_be_bytes());
+        nonce[8..].copy_from_slice(&self.salt);
+        nonce
+    }
+
     /// Seals `plaintext` under the active key for `record_key`; `counter` must be unique in
     /// the store (a sled `generate_id`): it is the nonce.
     pub fn seal(&self, record_key: &[u8], plaintext: &[u8], counter: u64) -> Vec<u8> {
         let key = &self.keys[self.active];
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce[..8].copy_from_slice(&counter.to_be_bytes());
-        nonce[8..].copy_from_slice(&self.salt);
+        let nonce = self.nonce(counter);
         let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD_V2);
         out.push(SEALED_VERSION_V2);
         out.extend_from_slice(&key.id.to_be_bytes());
@@ -327,9 +406,42 @@ impl KeySet {
                 buf.truncate(len);
                 Ok(buf)
             }
+            Some(&SEALED_VERSION_V3) => {
+                if sealed.len() < SEAL_OVERHEAD_V3 {
+                    return Err(CodecError::TooShort { len: sealed.len() });
+                }
+                let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
+                let key = self
+                    .keys
+                    .iter()
+                    .find(|k| k.id == id)
+                    .ok_or(CodecError::UnknownKey { id })?;
+                let mut binding = [0u8; BINDING_LEN];
+                binding.copy_from_slice(&sealed[5..5 + BINDING_LEN]);
+                let nonce =
+                    Nonce::try_assume_unique_for_key(&sealed[5 + BINDING_LEN..V3_HEADER_LEN])
+                        .map_err(|_| CodecError::Authentication)?;
+                let mut buf = sealed[V3_HEADER_LEN..].to_vec();
+                let len = key
+                    .key
+                    .open_in_place(nonce, Aad::from(aad_v3(id, &binding, record_key)), &mut buf)
+                    .map_err(|_| CodecError::Authentication)?
+                    .len();
+                buf.truncate(len);
+                Ok(buf)
+            }
             Some(&found) => Err(CodecError::UnknownVersion { found }),
         }
     }
+}
+
+fn aad_v3(id: u32, binding: &[u8; BINDING_LEN], record_key: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(5 + BINDING_LEN + record_key.len());
+    aad.push(SEALED_VERSION_V3);
+    aad.extend_from_slice(&id.to_be_bytes());
+    aad.extend_from_slice(binding);
+    aad.extend_from_slice(record_key);
+    aad
 }
 
 fn aad_v2(id: u32, record_key: &[u8]) -> Vec<u8> {
@@ -514,6 +626,41 @@ mod tests {
         for len in 0..sealed.len() {
             assert!(set.open(KEY, &sealed[..len]).is_err(), "len {len}");
         }
+    }
+
+    #[test]
+    fn v3_records_bind_their_reading_and_fail_to_open_rebound_moved_or_flipped() {
+        use crate::store::keyring::{Alg, Keyring};
+        let kek = StoreKey::from_bytes([3; 32]);
+        let ring = Keyring::new(&kek, Alg::ChaCha20Poly1305, 0).unwrap();
+        let set = keyset(3, &ring);
+        let (a, b) = (set.binding(&[1; 32]), set.binding(&[2; 32]));
+        assert_ne!(a, b);
+        assert_eq!(a[..], set.index_key(&[1; 32])[..BINDING_LEN]);
+        let sealed = set.seal_bound(KEY, &a, PLAINTEXT, 11);
+        assert_eq!(sealed.len(), PLAINTEXT.len() + SEAL_OVERHEAD_V3);
+        assert_eq!(KeySet::binding_of(&sealed), Some(a));
+        assert_eq!(KeySet::key_id_of(&sealed), Some(ring.active));
+        assert_eq!(set.open(KEY, &sealed).unwrap(), PLAINTEXT);
+        // Bound to another reading (another device or patient): does not open.
+        let mut rebound = sealed.clone();
+        rebound[5..5 + BINDING_LEN].copy_from_slice(&b);
+        assert_eq!(set.open(KEY, &rebound), Err(CodecError::Authentication));
+        // Moved to another key of the store: does not open.
+        assert_eq!(
+            set.open(b"pending\0other", &sealed),
+            Err(CodecError::Authentication)
+        );
+        for byte in 1..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[byte] ^= 0x01;
+            assert!(set.open(KEY, &bad).is_err(), "byte {byte}");
+        }
+        for len in 0..sealed.len() {
+            assert!(set.open(KEY, &sealed[..len]).is_err(), "len {len}");
+        }
+        // Not a v3 record: no binding.
+        assert_eq!(KeySet::binding_of(&set.seal(KEY, PLAINTEXT, 12)), None);
     }
 
     #[test]

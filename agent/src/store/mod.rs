@@ -4,8 +4,11 @@
 //!
 //! History: 6 adds `meta/id_base`, added to every sled id of the store: a compacted store is a
 //! fresh sled database ([`compact`]) whose ids would otherwise start again at 0 (a format 5
-//! build would reuse sequence numbers and nonces there, so it must refuse the store); a format
-//! 5 store opens as format 6 with no other change. 5 seals records with data keys from the store's keyring (envelope encryption,
+//! build would reuse sequence numbers and nonces there, so it must refuse the store); and
+//! sealed record version 3 for `pending` and `dead`, which binds each record to its reading
+//! (and so to the reading's device and patient: [`codec::SEALED_VERSION_V3`]). A format 5
+//! store opens as format 6; its version 2 records still open, and the upkeep task re-seals
+//! them bound. 5 seals records with data keys from the store's keyring (envelope encryption,
 //! [`keyring`]; sealed record version 2, [`codec::KeySet`]); a format 3 or 4 store opens, gets
 //! a keyring, and the daemon re-seals its version 1 records in the background
 //! ([`crate::store_upkeep`]); records are readable throughout. 3 added `Reading::timing`,
@@ -48,7 +51,13 @@
 //! "Sealed" is the [`codec`] format version 2: version byte, the data key's id, a 12-byte
 //! nonce (a sled id of this store, never repeated, and 4 salt bytes), ciphertext and tag of the
 //! data key's AEAD (ChaCha20-Poly1305 by default, AES-256-GCM with `store.cipher`), with AAD =
-//! version byte ‖ key id ‖ tree name ‖ `0x00` ‖ sled key. Records of format 4 and older are
+//! version byte ‖ key id ‖ tree name ‖ `0x00` ‖ sled key. `pending` and `dead` records are
+//! version 3: the same plus a 16-byte **binding** after the key id, in the header and in the
+//! AAD: the first 16 bytes of the reading id's `index_key` (zeros for a raw dead letter). The
+//! reading id hashes the FHIR identifier (device, patient, type, time) and the values, so a
+//! record bound to one reading cannot be relabelled to another, and a record whose content is
+//! not the reading it is bound to is quarantined ("binding does not match its reading").
+//! Records of format 4 and older are
 //! version 1 (random nonce, ChaCha20-Poly1305 under a key derived from the store key: key id
 //! 0) until re-sealed. `index_key` is
 //! HMAC-SHA256 of the reading id under a key derived from the store key (reading ids are

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{abort, ConflictableTransactionResult, TransactionResult};
 use sled::Transactional;
 
-use super::codec::{KeySet, RecordCipher};
+use super::codec::{KeySet, RecordCipher, BINDING_LEN};
 use super::keyfile::StoreKey;
 use super::keyring::{Alg, Keyring, KEYRING_FILE};
 use super::{StoreError, FORMAT_VERSION, UPGRADABLE_FORMATS};
@@ -312,6 +312,9 @@ pub struct SledOutbox {
     fail_flush: std::sync::atomic::AtomicBool,
 }
 
+/// sled cache of a compaction's copy.
+const COPY_CACHE: u64 = 2 << 20;
+
 /// What [`SledOutbox::copy_into`] copied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CopyReport {
@@ -556,8 +559,11 @@ impl SledOutbox {
                             payload: payload.clone(),
                         })
                         .map_err(StoreError::Encode)?;
-                        let sealed =
-                            self.seal(&record_key(TREE_PENDING, &seq.to_be_bytes()), &plain)?;
+                        let sealed = self.seal_bound(
+                            &record_key(TREE_PENDING, &seq.to_be_bytes()),
+                            Some(&r.id),
+                            &plain,
+                        )?;
                         Prepared::Pending(seq, sealed)
                     }
                 };
@@ -1168,7 +1174,11 @@ impl SledOutbox {
             payload: d.payload,
         })
         .map_err(StoreError::Encode)?;
-        let sealed = self.seal(&record_key(TREE_PENDING, &new_seq.to_be_bytes()), &plain)?;
+        let sealed = self.seal_bound(
+            &record_key(TREE_PENDING, &new_seq.to_be_bytes()),
+            Some(&id),
+            &plain,
+        )?;
         let result: TransactionResult<Requeue, StoreError> = (
             &self.pending,
             &self.index,
@@ -1417,11 +1427,13 @@ impl SledOutbox {
             .map_err(io_err(dest))?;
         let mut report = CopyReport::default();
         {
+            // A small cache: the copy is written once, in key order, and read by no one.
             let copy = sled::Config::new()
                 .path(dest)
-                .cache_capacity(self.opts.cache_capacity)
+                .cache_capacity(self.opts.cache_capacity.min(COPY_CACHE))
                 .mode(sled::Mode::LowSpace)
                 .open()?;
+            let mut batches = 0u64;
             for name in self.db.tree_names() {
                 let from = self.db.open_tree(&name)?;
                 let to = copy.open_tree(&name)?;
@@ -1436,6 +1448,13 @@ impl SledOutbox {
                     if in_batch == 1024 {
                         to.apply_batch(std::mem::take(&mut batch))?;
                         in_batch = 0;
+                        // Bounds what the copy holds in memory (sled keeps written pages
+                        // until they are flushed).
+                        batches += 1;
+                        if batches % 16 == 0 {
+                            #[allow(clippy::disallowed_methods)]
+                            copy.flush()?;
+                        }
                     }
                 }
                 to.apply_batch(batch)?;
@@ -1498,11 +1517,7 @@ impl SledOutbox {
         raw: &[u8],
     ) -> Result<([u8; 32], Vec<u8>), &'static str> {
         let seq = parse_seq(key).ok_or("key is not a sequence number")?;
-        let plain = keys
-            .open(&record_key(TREE_PENDING, &seq.to_be_bytes()), raw)
-            .map_err(|_| "does not authenticate")?;
-        let envelope: PendingEnvelope =
-            postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")?;
+        let envelope = open_pending_with(keys, seq, raw)?;
         Ok((envelope.id, envelope.payload))
     }
 
@@ -1532,11 +1547,7 @@ impl SledOutbox {
         raw: &[u8],
     ) -> Result<(String, String, Vec<u8>), &'static str> {
         let seq = parse_seq(key).ok_or("key is not a sequence number")?;
-        let plain = keys
-            .open(&record_key(TREE_DEAD, &seq.to_be_bytes()), raw)
-            .map_err(|_| "does not authenticate")?;
-        let d: DeadEnvelope =
-            postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")?;
+        let d = open_dead_with(keys, seq, raw)?;
         Ok((d.source, d.reason, d.payload))
     }
 
@@ -1557,6 +1568,19 @@ impl SledOutbox {
     fn seal(&self, record_key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
         let counter = self.next_id()?;
         Ok(self.keys().seal(record_key, plain, counter))
+    }
+
+    /// Seals a `pending` or `dead` record (sealed record version 3, [`KeySet::seal_bound`])
+    /// bound to the reading `id` (a raw dead letter has none: the zero binding).
+    fn seal_bound(
+        &self,
+        record_key: &[u8],
+        id: Option<&[u8; 32]>,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let counter = self.next_id()?;
+        let keys = self.keys();
+        Ok(keys.seal_bound(record_key, &binding_for(&keys, id), plain, counter))
     }
 
     /// Reads the keyring file again; if it changed (a `vitalgate keys rotate`), seals new
@@ -1649,11 +1673,29 @@ impl SledOutbox {
                 let Some(seq) = parse_seq(&k) else { continue };
                 last = Some(seq);
                 scanned += 1;
-                if KeySet::key_id_of(&v).is_some_and(|id| id != active) {
+                // Under an older key, or not bound to its reading yet (store format 5 and
+                // older): sealed again, bound.
+                if KeySet::key_id_of(&v).is_some_and(|id| id != active)
+                    || KeySet::binding_of(&v).is_none()
+                {
                     let rk = record_key(tree_name, &k);
-                    if let Ok(plain) = keys.open(&rk, &v) {
+                    let opened = if cursor.dead {
+                        open_dead_with(&keys, seq, &v).and_then(|d| {
+                            postcard::to_stdvec(&d)
+                                .map(|plain| (d.id, plain))
+                                .map_err(|_| "envelope does not encode")
+                        })
+                    } else {
+                        open_pending_with(&keys, seq, &v).and_then(|e| {
+                            postcard::to_stdvec(&e)
+                                .map(|plain| (Some(e.id), plain))
+                                .map_err(|_| "envelope does not encode")
+                        })
+                    };
+                    if let Ok((id, plain)) = opened {
                         let counter = self.next_id()?;
-                        let sealed = keys.seal(&rk, &plain, counter);
+                        let binding = binding_for(&keys, id.as_ref());
+                        let sealed = keys.seal_bound(&rk, &binding, &plain, counter);
                         let grew = sealed.len() as u64;
                         let shrank = v.len() as u64;
                         if tree.compare_and_swap(&k, Some(&v), Some(sealed))?.is_ok() {
@@ -1884,11 +1926,7 @@ impl SledOutbox {
     }
 
     fn open_pending_envelope(&self, seq: u64, raw: &[u8]) -> Result<PendingEnvelope, &'static str> {
-        let plain = self
-            .keys()
-            .open(&record_key(TREE_PENDING, &seq.to_be_bytes()), raw)
-            .map_err(|_| "does not authenticate")?;
-        postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")
+        open_pending_with(&self.keys(), seq, raw)
     }
 
     fn decode_pending<T: DeserializeOwned>(
@@ -1910,17 +1948,16 @@ impl SledOutbox {
 
     fn seal_dead(&self, seq: u64, envelope: DeadEnvelope) -> Result<Vec<u8>, StoreError> {
         let plain = postcard::to_stdvec(&envelope).map_err(StoreError::Encode)?;
-        self.seal(&record_key(TREE_DEAD, &seq.to_be_bytes()), &plain)
+        self.seal_bound(
+            &record_key(TREE_DEAD, &seq.to_be_bytes()),
+            envelope.id.as_ref(),
+            &plain,
+        )
     }
 
     fn open_dead(&self, key: &[u8], raw: &[u8]) -> Result<(u64, DeadEnvelope), &'static str> {
         let seq = parse_seq(key).ok_or("key is not a sequence number")?;
-        let plain = self
-            .keys()
-            .open(&record_key(TREE_DEAD, &seq.to_be_bytes()), raw)
-            .map_err(|_| "does not authenticate")?;
-        let d = postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")?;
-        Ok((seq, d))
+        Ok((seq, open_dead_with(&self.keys(), seq, raw)?))
     }
 
     /// Moves `tree[key]` (still equal to `raw`) to `quarantine`, byte for byte, and drops index
@@ -2135,6 +2172,39 @@ fn dir_disk_bytes(dir: &Path) -> Result<u64, (PathBuf, std::io::Error)> {
         }
     }
     Ok(total)
+}
+
+/// The binding a `pending` or `dead` record is sealed with ([`KeySet::seal_bound`]).
+fn binding_for(keys: &KeySet, id: Option<&[u8; 32]>) -> [u8; BINDING_LEN] {
+    id.map_or([0; BINDING_LEN], |id| keys.binding(id))
+}
+
+/// Opens a `pending` record and checks that a version 3 record holds the reading its binding
+/// names.
+fn open_pending_with(keys: &KeySet, seq: u64, raw: &[u8]) -> Result<PendingEnvelope, &'static str> {
+    let plain = keys
+        .open(&record_key(TREE_PENDING, &seq.to_be_bytes()), raw)
+        .map_err(|_| "does not authenticate")?;
+    let envelope: PendingEnvelope =
+        postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")?;
+    match KeySet::binding_of(raw) {
+        Some(b) if b != keys.binding(&envelope.id) => Err("binding does not match its reading"),
+        _ => Ok(envelope),
+    }
+}
+
+/// As [`open_pending_with`], for a `dead` record.
+fn open_dead_with(keys: &KeySet, seq: u64, raw: &[u8]) -> Result<DeadEnvelope, &'static str> {
+    let plain = keys
+        .open(&record_key(TREE_DEAD, &seq.to_be_bytes()), raw)
+        .map_err(|_| "does not authenticate")?;
+    let d: DeadEnvelope = postcard::from_bytes(&plain).map_err(|_| "envelope does not decode")?;
+    match KeySet::binding_of(raw) {
+        Some(b) if b != binding_for(keys, d.id.as_ref()) => {
+            Err("binding does not match its reading")
+        }
+        _ => Ok(d),
+    }
 }
 
 /// The key a record is sealed under: tree name, `0x00`, sled key (module doc of [`crate::store`]).
@@ -2353,6 +2423,80 @@ mod tests {
         assert_eq!(o.corrupt_records.load(Ordering::Relaxed), 0);
     }
 
+    /// Sealed record version 3: a pending record holding another reading than the one its
+    /// binding names (only a holder of the keys could seal it: a writer's bug, a record spliced
+    /// from a key-holding tool) is quarantined with its reason, and the others flow.
+    #[test]
+    fn a_record_whose_reading_is_not_the_one_it_is_bound_to_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = reopen(dir.path());
+        let ids: Vec<[u8; 32]> = (0..3u32).map(|n| sha256(&n.to_be_bytes())).collect();
+        for (n, id) in ids.iter().enumerate() {
+            o.insert(*id, &(n as u32)).unwrap();
+        }
+        let records: Vec<(sled::IVec, sled::IVec)> =
+            o.pending.iter().map(|kv| kv.unwrap()).collect();
+        for (_, v) in &records {
+            assert_eq!(v[0], super::super::codec::SEALED_VERSION_V3);
+        }
+        // Reading 1's record, sealed again bound to reading 0.
+        let (k, v) = &records[1];
+        let rk = record_key(TREE_PENDING, k);
+        let keys = o.keys();
+        let plain = keys.open(&rk, v).unwrap();
+        let forged = keys.seal_bound(&rk, &keys.binding(&ids[0]), &plain, o.next_id().unwrap());
+        assert!(keys.open(&rk, &forged).is_ok(), "it authenticates");
+        o.pending.insert(k, forged).unwrap();
+        assert_eq!(values(&o), vec![0, 2]);
+        assert_eq!(o.corrupt_records.load(Ordering::Relaxed), 1);
+        assert_eq!(o.stats().unwrap().quarantined, 1);
+        // Binding a record to its reading cannot be skipped by relabelling the header either.
+        let (k, v) = &records[2];
+        let mut rebound = v.to_vec();
+        rebound[5..21].copy_from_slice(&keys.binding(&ids[0]));
+        o.pending.insert(k, rebound).unwrap();
+        assert_eq!(values(&o), vec![0]);
+        assert_eq!(o.corrupt_records.load(Ordering::Relaxed), 2);
+    }
+
+    /// A store format 5 record (version 2: not bound) opens as before and is re-sealed bound.
+    #[test]
+    fn unbound_records_are_resealed_bound_to_their_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = reopen(dir.path());
+        for n in 0..20u32 {
+            o.insert(sha256(&n.to_be_bytes()), &n).unwrap();
+        }
+        o.dead_letter(&sha256(&3u32.to_be_bytes()), "x").unwrap();
+        let keys = o.keys();
+        for tree in [&o.pending, &o.dead] {
+            for kv in tree.iter() {
+                let (k, v) = kv.unwrap();
+                let name = if std::ptr::eq(tree, &o.pending) {
+                    TREE_PENDING
+                } else {
+                    TREE_DEAD
+                };
+                let rk = record_key(name, &k);
+                let plain = keys.open(&rk, &v).unwrap();
+                tree.insert(&k, keys.seal(&rk, &plain, o.next_id().unwrap()))
+                    .unwrap();
+            }
+        }
+        assert_eq!(values(&o).len(), 19, "version 2 records read");
+        assert_eq!(reseal_all(&o), 20);
+        for tree in [&o.pending, &o.dead] {
+            for kv in tree.iter() {
+                let (_, v) = kv.unwrap();
+                assert!(KeySet::binding_of(&v).is_some());
+            }
+        }
+        assert_eq!(values(&o).len(), 19);
+        assert_eq!(o.dead_letters().unwrap().len(), 1);
+        assert_eq!(o.corrupt_records.load(Ordering::Relaxed), 0);
+        assert_eq!(reseal_all(&o), 0, "nothing left to re-seal");
+    }
+
     #[test]
     fn nonces_never_repeat_under_one_key_across_writes_reopens_and_reseals() {
         let dir = tempfile::tempdir().unwrap();
@@ -2377,12 +2521,11 @@ mod tests {
         for tree in [&o.pending, &o.dead] {
             for item in tree.iter() {
                 let (_, v) = item.unwrap();
-                assert_eq!(v[0], super::super::codec::SEALED_VERSION_V2);
-                // key id and nonce
-                assert!(
-                    seen.insert(v[1..17].to_vec()),
-                    "a nonce repeated under one key"
-                );
+                assert_eq!(v[0], super::super::codec::SEALED_VERSION_V3);
+                // key id (1..5) and nonce (after the 16-byte binding: 21..33)
+                let mut key_and_nonce = v[1..5].to_vec();
+                key_and_nonce.extend_from_slice(&v[21..33]);
+                assert!(seen.insert(key_and_nonce), "a nonce repeated under one key");
                 count += 1;
             }
         }
