@@ -16,6 +16,13 @@
 //! - `1000 topics`: 1,000 MQTT devices, one reading published on each (after giving the agent
 //!   10 s to subscribe); stored = readings delivered to the store.
 //!
+//! - ingest to durable through the real MQTT path (issue #11's store table): readings published
+//!   one at a time every 20 ms, then in groups of 16 every 40 ms (an MQTT inflight window);
+//!   latency = the time the agent logged "reading stored" (after the group commit's fdatasync,
+//!   when it sends its PUBACK) minus the time the bench handed the reading to its MQTT client,
+//!   both on this machine's wall clock; readings are matched in order (one topic, QoS 1, FIFO).
+//!   `MQTT_BENCH_LATENCY_N` (default 1,000) readings per variant.
+//!
 //! Numbers depend on the machine (fsync latency above all); compare rows within one run.
 
 #[path = "../../tests/common/mod.rs"]
@@ -107,6 +114,83 @@ async fn topics() -> Option<Row> {
     })
 }
 
+/// Ingest-to-durable latency through the real MQTT path (module doc).
+struct Latency {
+    variant: String,
+    stored: usize,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+async fn latency(group: usize, pace: Duration, n: usize) -> Option<Latency> {
+    let broker = Broker::mosquitto()?;
+    let mut h = Harness::new(broker).await;
+    h.fhir.stop().await;
+    let agent = h.spawn_agent();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !agent.stderr().contains("MQTT subscriptions acknowledged") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = h.broker.port()?;
+    let (client, mut el) = publisher(port, n + 8);
+    let poller = tokio::spawn(async move {
+        await_pubacks(&mut el, n, Duration::from_secs(120)).await;
+    });
+    let mut sent = Vec::with_capacity(n);
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        for _ in 0..group.min(n - i) {
+            let line = bp_point(i, 100 + (i % 80) as i64, 60 + (i % 30) as i64);
+            sent.push(chrono::Utc::now());
+            client
+                .publish(TOPIC, rumqttc::QoS::AtLeastOnce, false, line.into_bytes())
+                .await
+                .ok()?;
+            i += 1;
+        }
+        tokio::time::sleep(pace).await;
+    }
+    let _ = poller.await;
+    let (stored, at) = settle(&agent, start, n, Duration::from_secs(15));
+    let stamps: Vec<chrono::DateTime<chrono::FixedOffset>> = agent
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("reading stored"))
+        .filter_map(|l| chrono::DateTime::parse_from_rfc3339(l.split_whitespace().next()?).ok())
+        .collect();
+    let mut ms: Vec<f64> = stamps
+        .iter()
+        .zip(&sent)
+        .map(|(done, start)| {
+            (done.with_timezone(&chrono::Utc) - *start)
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1e3
+        })
+        .collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        ms.get(((ms.len() as f64 * p) as usize).min(ms.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Some(Latency {
+        variant: if group == 1 {
+            format!("MQTT path, 1 reading every {} ms", pace.as_millis())
+        } else {
+            format!("MQTT path, {group} readings every {} ms", pace.as_millis())
+        },
+        stored,
+        per_sec: stored as f64 / at.as_secs_f64().max(1e-9),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: ms.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
 /// Every scenario, against the build `VITALGATE_BIN_UNDER_TEST` names (unset: this build).
 fn run_all(rt: &tokio::runtime::Runtime, bursts: &[usize]) -> Vec<Row> {
     let mut rows = Vec::new();
@@ -148,6 +232,14 @@ fn main() {
         }
     }
     let rows = run_all(&rt, &bursts);
+    let latency_n: usize = std::env::var("MQTT_BENCH_LATENCY_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let lat: Vec<Latency> = [(1, 20), (16, 40)]
+        .into_iter()
+        .filter_map(|(g, ms)| rt.block_on(latency(g, Duration::from_millis(ms), latency_n)))
+        .collect();
     if rows.is_empty() {
         println!("mosquitto is not installed: nothing measured");
         return;
@@ -191,6 +283,22 @@ fn main() {
             r.seconds,
             rate(r),
             vs
+        );
+    }
+    println!();
+    println!("ingest to durable through the real MQTT path (this build; latency = publish to \"reading stored\")");
+    println!(
+        "| {:<40} | {:>7} | {:>10} | {:>7} | {:>7} | {:>7} |",
+        "variant", "stored", "readings/s", "p50 ms", "p99 ms", "max ms"
+    );
+    println!(
+        "|{:-<42}|{:->9}|{:->12}|{:->9}|{:->9}|{:->9}|",
+        "", "", "", "", "", ""
+    );
+    for l in &lat {
+        println!(
+            "| {:<40} | {:>7} | {:>10.0} | {:>7.2} | {:>7.2} | {:>7.2} |",
+            l.variant, l.stored, l.per_sec, l.p50_ms, l.p99_ms, l.max_ms
         );
     }
 }
