@@ -158,6 +158,9 @@ async fn store_compact_keeps_the_backlog_and_the_agent_delivers_it_once() {
 
     let out = h.vitalgate(&["store", "compact"]);
     assert!(out.starts_with("compacted "), "{out}");
+    assert!(audit_text(&h).contains(r#""event":"compacted""#), "audited");
+    let verify = h.vitalgate_output(&["audit", "verify"]);
+    assert!(verify.status.success(), "{verify:?}");
     assert!(h.vitalgate(&["status"]).contains(&format!("pending={n}")));
     let data = h.dir.path().join("data");
     let left: Vec<String> = std::fs::read_dir(&data)
@@ -234,6 +237,13 @@ async fn a_damaged_store_is_quarantined_the_agent_starts_and_salvage_recovers_it
 
     let out = h.vitalgate(&["store", "salvage", moved.to_str().unwrap()]);
     assert!(out.contains(&format!("pending recovered={n} ")), "{out}");
+    assert!(
+        audit_text(&h).contains(&format!(
+            r#""event":"salvaged","from":"{}","pending_recovered":{n}"#,
+            moved.display()
+        )),
+        "audited"
+    );
     assert!(h.vitalgate(&["status"]).contains(&format!("pending={n}")));
     // Salvage is safe to repeat.
     let out = h.vitalgate(&["store", "salvage", moved.to_str().unwrap()]);
@@ -635,4 +645,14 @@ async fn concurrent_key_rotations_each_add_a_key() {
     }
     assert!(status.contains(&format!("data key {} chacha20-poly1305", n + 1)));
     assert!(status.contains("ACTIVE"), "{status}");
+}
+
+/// Every line of the audit log's segments.
+fn audit_text(h: &Harness) -> String {
+    let dir = h.dir.path().join("data").join("audit");
+    let mut text = String::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        text.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap_or_default());
+    }
+    text
 }

@@ -962,6 +962,14 @@ fn store_compact(path: &Path) -> ExitCode {
     };
     match store.compact() {
         Ok(r) => {
+            audit_once(
+                &cfg,
+                crate::audit::AuditEvent::Compacted {
+                    entries: r.entries,
+                    disk_before: r.disk_before,
+                    disk_after: r.disk_after,
+                },
+            );
             println!(
                 "compacted {}: {} entries ({} bytes), on disk {} -> {} bytes, {} ms",
                 store.path().display(),
@@ -996,6 +1004,15 @@ fn salvage(path: &Path, from: &Path) -> ExitCode {
     let identity = |r: &crate::reading::Reading| Some(r.observation_identifier.clone());
     match crate::store::salvage(&store, from, identity) {
         Ok(r) => {
+            audit_once(
+                &cfg,
+                crate::audit::AuditEvent::Salvaged {
+                    from: from.display().to_string(),
+                    pending_recovered: r.pending_recovered as u64,
+                    dead_letters_recovered: r.dead_recovered as u64,
+                    unreadable: r.unreadable as u64,
+                },
+            );
             println!(
                 "salvaged from {}: pending recovered={} already_known={} dead_lettered={} dead_letters recovered={} unreadable={} (left in place) quarantined_there={}{}",
                 from.display(),

@@ -542,6 +542,11 @@ pub struct StoreCompacted {
 impl StoreCompacted {
     pub fn emit(self) {
         bump(&COUNTERS.store_compactions);
+        audit::record_with(|| AuditEvent::Compacted {
+            entries: self.entries,
+            disk_before: self.disk_before,
+            disk_after: self.disk_after,
+        });
         tracing::info!(
             entries = self.entries,
             live_bytes = self.live_bytes,

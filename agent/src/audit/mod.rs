@@ -180,6 +180,21 @@ pub enum AuditEvent {
     },
     /// The store's files were damaged at open: moved aside to `path`.
     StoreQuarantined { path: String, cause: String },
+    /// `vitalgate store salvage` recovered records of the quarantined store at `from` into the
+    /// live one (counts; the recovered readings are pending again under their ids).
+    Salvaged {
+        from: String,
+        pending_recovered: u64,
+        dead_letters_recovered: u64,
+        unreadable: u64,
+    },
+    /// The store was compacted: copied into a fresh database that took its place (every entry
+    /// kept; `entries` copied, the size on disk before and after).
+    Compacted {
+        entries: u64,
+        disk_before: u64,
+        disk_after: u64,
+    },
     /// A reading deleted from the outbox without upload (`reason`: `consent_withdrawn`).
     Purged {
         reading: Id,

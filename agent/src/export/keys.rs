@@ -13,9 +13,7 @@
 //! receiving side uses `x25519-dalek`'s `StaticSecret`. The gateway only encrypts, with ring,
 //! and never needs this file.
 
-use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -42,6 +40,14 @@ pub enum SiteKeyError {
     NotFound { path: PathBuf },
     #[error("site key file {path} has mode {mode:04o}, which lets group or others access it; run `chmod 600 {path}`")]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error("site key file {path} is owned by uid {owner}, not by the user running this command (uid {euid}); run `chown <user> {path}`")]
+    WrongOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    #[error("site key file {path} is not a regular file")]
+    NotRegularFile { path: PathBuf },
     #[error("site key file {path} is malformed (expected 64 hex digits and a newline)")]
     BadFormat { path: PathBuf },
     #[error("I/O error on site key file {path}: {source}")]
@@ -112,20 +118,25 @@ impl SiteKey {
             path: path.to_owned(),
             source,
         };
-        let file = File::open(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => SiteKeyError::NotFound {
+        use crate::store::keyfile::{open_private, Refusal};
+        let file = open_private(path).map_err(|refusal| match refusal {
+            Refusal::NotFound => SiteKeyError::NotFound {
                 path: path.to_owned(),
             },
-            _ => io_err(source),
-        })?;
-        let meta = file.metadata().map_err(io_err)?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(SiteKeyError::TooOpen {
+            Refusal::NotRegularFile => SiteKeyError::NotRegularFile {
+                path: path.to_owned(),
+            },
+            Refusal::WrongOwner { owner, euid } => SiteKeyError::WrongOwner {
+                path: path.to_owned(),
+                owner,
+                euid,
+            },
+            Refusal::TooOpen { mode } => SiteKeyError::TooOpen {
                 path: path.to_owned(),
                 mode,
-            });
-        }
+            },
+            Refusal::Io(source) => io_err(source),
+        })?;
         let mut text = Vec::with_capacity(66);
         file.take(66).read_to_end(&mut text).map_err(io_err)?;
         let bad = || SiteKeyError::BadFormat {
@@ -172,6 +183,8 @@ pub fn parse_public_key(s: &str) -> Result<[u8; 32], String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -191,6 +204,29 @@ mod tests {
             SiteKey::load(&path),
             Err(SiteKeyError::TooOpen { .. })
         ));
+    }
+
+    /// The store key's rules (`keyfile::open_private`): a directory, or a file another user
+    /// owns, is refused.
+    #[test]
+    fn a_site_key_that_is_not_a_file_or_belongs_to_another_user_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            SiteKey::load(dir.path()),
+            Err(SiteKeyError::NotRegularFile { .. })
+        ));
+        let path = dir.path().join("site.key");
+        SiteKey::generate(&path).unwrap();
+        if rustix::process::geteuid().as_raw() == 0 {
+            std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
+            let err = SiteKey::load(&path).unwrap_err();
+            assert!(
+                matches!(err, SiteKeyError::WrongOwner { owner: 4242, .. }),
+                "{err}"
+            );
+        } else {
+            SiteKey::load(&path).unwrap();
+        }
     }
 
     #[test]

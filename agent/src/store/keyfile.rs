@@ -107,34 +107,24 @@ impl StoreKey {
             path: path.to_owned(),
             source,
         };
-        let file = File::open(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => KeyFileError::NotFound {
+        let file = open_private(path).map_err(|refusal| match refusal {
+            Refusal::NotFound => KeyFileError::NotFound {
                 path: path.to_owned(),
             },
-            _ => io_err(source),
-        })?;
-        let meta = file.metadata().map_err(io_err)?;
-        if !meta.is_file() {
-            return Err(KeyFileError::NotRegularFile {
+            Refusal::NotRegularFile => KeyFileError::NotRegularFile {
                 path: path.to_owned(),
-            });
-        }
-        let owner = std::os::unix::fs::MetadataExt::uid(&meta);
-        let euid = rustix::process::geteuid().as_raw();
-        if owner != euid {
-            return Err(KeyFileError::WrongOwner {
+            },
+            Refusal::WrongOwner { owner, euid } => KeyFileError::WrongOwner {
                 path: path.to_owned(),
                 owner,
                 euid,
-            });
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyFileError::TooOpen {
+            },
+            Refusal::TooOpen { mode } => KeyFileError::TooOpen {
                 path: path.to_owned(),
                 mode,
-            });
-        }
+            },
+            Refusal::Io(source) => io_err(source),
+        })?;
         // Read at most one byte more than a valid file so a huge file cannot exhaust memory.
         let mut text = Vec::with_capacity(FILE_LEN + 1);
         file.take(FILE_LEN as u64 + 1)
@@ -190,6 +180,44 @@ impl fmt::Debug for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("StoreKey(<redacted>)")
     }
+}
+
+/// Why [`open_private`] refused a key file.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    NotFound,
+    NotRegularFile,
+    WrongOwner { owner: u32, euid: u32 },
+    TooOpen { mode: u32 },
+    Io(io::Error),
+}
+
+/// Opens a private key file for reading: it must be a regular file, owned by the user the
+/// agent runs as, and neither group nor others may access it. Shared by the store key and the
+/// export site key.
+///
+/// # Errors
+///
+/// The [`Refusal`].
+pub(crate) fn open_private(path: &Path) -> Result<File, Refusal> {
+    let file = File::open(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => Refusal::NotFound,
+        _ => Refusal::Io(source),
+    })?;
+    let meta = file.metadata().map_err(Refusal::Io)?;
+    if !meta.is_file() {
+        return Err(Refusal::NotRegularFile);
+    }
+    let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+    let euid = rustix::process::geteuid().as_raw();
+    if owner != euid {
+        return Err(Refusal::WrongOwner { owner, euid });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(Refusal::TooOpen { mode });
+    }
+    Ok(file)
 }
 
 /// Creates `path` with mode 0600 in one step (`O_CREAT|O_EXCL`: never overwrites, never
