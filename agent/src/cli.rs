@@ -1008,9 +1008,9 @@ fn salvage(path: &Path, from: &Path) -> ExitCode {
                 &cfg,
                 crate::audit::AuditEvent::Salvaged {
                     from: from.display().to_string(),
-                    pending_recovered: r.pending_recovered as u64,
-                    dead_letters_recovered: r.dead_recovered as u64,
-                    unreadable: r.unreadable as u64,
+                    pending_recovered: r.pending_recovered,
+                    dead_letters_recovered: r.dead_recovered,
+                    unreadable: r.unreadable,
                 },
             );
             println!(
