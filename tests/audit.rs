@@ -319,3 +319,68 @@ async fn retention_deletes_the_oldest_segments_and_verify_starts_at_the_anchor()
     assert!(stdout.contains("audit log intact"), "{stdout}");
     assert!(stdout.contains("anchor: verified from seq"), "{stdout}");
 }
+
+/// The audit head leaves the box (status snapshot, fleet message): `audit verify --anchor`
+/// against a head taken while the daemon ran passes on the untouched log and fails on a log cut
+/// back to before it, which its own chain no longer shows (a clean cut is a consistent chain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_audit_head_catches_a_log_cut_back_after_it() {
+    let h = Harness::new(Broker::embedded()).await;
+    // The live status snapshot (`vitalgate status` while the daemon runs).
+    add_section(
+        &h.config,
+        "\n[ops]\nruntime_dir = \"run\"\nstatus_interval_secs = 1\n",
+    );
+    let mut agent = h.spawn_agent();
+    let deadline = Instant::now() + Duration::from_secs(30) * emulation_factor();
+    let head = loop {
+        let out = h.vitalgate_output(&["status", "--json"]);
+        if out.status.success() {
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if let Some(head) = s.get("audit_head").filter(|v| !v.is_null()) {
+                break head.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit_head in the status: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    agent.terminate();
+    let anchor = format!(
+        "{}:{}",
+        head["seq"].as_u64().unwrap(),
+        head["hash"].as_str().unwrap()
+    );
+    let out = h.vitalgate_output(&["audit", "verify", "--anchor", &anchor]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("matches"), "{stdout}");
+
+    // Cut the log back to the entries before the head: a consistent, shorter chain.
+    let seg = audit_dir(&h).join("audit-00000000000000000000.jsonl");
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let seq = head["seq"].as_u64().unwrap();
+    let kept: String = text
+        .lines()
+        .take_while(|l| !l.contains(&format!("\"seq\":{seq},")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&seg, kept).unwrap();
+    let out = h.vitalgate_output(&["audit", "verify"]);
+    assert!(out.status.success(), "alone, the cut log verifies: {out:?}");
+    let out = h.vitalgate_output(&["audit", "verify", "--anchor", &anchor]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout.contains("BROKEN: the log ends before this seq"),
+        "{stdout}"
+    );
+    let out = h.vitalgate_output(&["audit", "verify", "--anchor", "12:zz"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a malformed anchor is a usage error: {out:?}"
+    );
+}

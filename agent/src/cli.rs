@@ -170,7 +170,15 @@ enum AuditCommand {
     /// Check the audit log's hash chain. Exit 0 if it is intact (a torn last line from a
     /// power loss is reported, not an error), 1 naming the first broken entry (segment, seq,
     /// why), 64 for a bad configuration. Reads the files only: safe while the daemon runs.
-    Verify(ConfigArg),
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A head published earlier (`audit_head` of `vitalgate status --json` or of the fleet
+        /// status message: `SEQ:HASH`): the log must still hold that entry with that hash
+        /// (exit 1 if it holds another, or ends before it). Repeatable.
+        #[arg(long, value_name = "SEQ:HASH", value_parser = parse_anchor)]
+        anchor: Vec<(u64, [u8; 32])>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -326,8 +334,8 @@ pub fn main() -> ExitCode {
             command: StoreCommand::Compact(config),
         } => store_compact(&config.config),
         Command::Audit {
-            command: AuditCommand::Verify(c),
-        } => audit_verify(&c.config),
+            command: AuditCommand::Verify { config, anchor },
+        } => audit_verify(&config.config, &anchor),
         Command::Ledger {
             reading,
             config,
@@ -639,7 +647,18 @@ fn runs_as_owner_of(dir: &Path) -> bool {
 /// Reads every segment; a segment that grows or rolls over while it is read (the daemon
 /// runs) can make one reading inconsistent, so a failed verification is read and checked once
 /// more.
-fn audit_verify(path: &Path) -> ExitCode {
+/// `SEQ:HASH` (64 hex digits).
+fn parse_anchor(text: &str) -> Result<(u64, [u8; 32]), String> {
+    let (seq, hash) = text
+        .split_once(':')
+        .ok_or("expected SEQ:HASH, e.g. 1234:9f86d0...")?;
+    let seq = seq.parse().map_err(|_| format!("bad seq {seq:?}"))?;
+    let mut h = [0u8; 32];
+    hex::decode_to_slice(hash, &mut h).map_err(|_| "HASH must be 64 hex digits".to_string())?;
+    Ok((seq, h))
+}
+
+fn audit_verify(path: &Path, anchors: &[(u64, [u8; 32])]) -> ExitCode {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
@@ -662,7 +681,10 @@ fn audit_verify(path: &Path) -> ExitCode {
             );
             return ExitCode::FAILURE;
         }
-        match crate::audit::chain::verify(segs.iter().map(|(n, b)| (n.as_str(), b.as_slice()))) {
+        match crate::audit::chain::verify_anchored(
+            segs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+            anchors,
+        ) {
             Ok(r) => {
                 let (first, last) = (r.first_seq.unwrap_or(0), r.last_seq.unwrap_or(0));
                 println!(
@@ -685,6 +707,19 @@ fn audit_verify(path: &Path) -> ExitCode {
                 }
                 if let Some(h) = r.last_hash {
                     println!("head: seq {last} hash {}", hex::encode(h));
+                }
+                use crate::audit::chain::AnchorCheck;
+                for ((seq, hash), check) in &r.anchors {
+                    let what = match check {
+                        AnchorCheck::Matches => "matches: the log holds this entry unchanged",
+                        AnchorCheck::Differs => "BROKEN: the log holds another entry at this seq (rewritten after the anchor was published)",
+                        AnchorCheck::Missing => "BROKEN: the log ends before this seq (entries removed after the anchor was published)",
+                        AnchorCheck::BeforeRetention => "older than the log's first entry (deleted by retention): not checked",
+                    };
+                    println!("anchor {seq}:{}: {what}", hex::encode(hash));
+                }
+                if r.anchors.iter().any(|(_, c)| c.is_failure()) {
+                    return ExitCode::FAILURE;
                 }
                 return ExitCode::SUCCESS;
             }

@@ -183,6 +183,28 @@ pub struct VerifyReport {
     /// [`GENESIS`]: older segments were deleted by retention; the chain is verified from here.
     pub anchor: Option<(u64, [u8; 32])>,
     pub torn_tail: Option<TornTail>,
+    /// The anchors given to [`verify_anchored`], each with what the log holds at its `seq`.
+    pub anchors: Vec<(Head, AnchorCheck)>,
+}
+
+/// What the log holds at an anchor's `seq` (a head published off the box earlier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnchorCheck {
+    /// The entry is there, with that hash.
+    Matches,
+    /// The entry is there with another hash: the log was rewritten after the anchor was taken.
+    Differs,
+    /// The log ends before that entry: entries were removed after the anchor was taken.
+    Missing,
+    /// Older than the log's first entry: deleted by retention, cannot be checked.
+    BeforeRetention,
+}
+
+impl AnchorCheck {
+    /// Whether this anchor proves the log was changed.
+    pub fn is_failure(self) -> bool {
+        matches!(self, AnchorCheck::Differs | AnchorCheck::Missing)
+    }
 }
 
 /// Verifies segments given in order (oldest first) as `(name, bytes)`.
@@ -193,6 +215,22 @@ pub struct VerifyReport {
 pub fn verify<'a>(
     segments: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<VerifyReport, ChainError> {
+    verify_anchored(segments, &[])
+}
+
+/// As [`verify`], and checks each anchor (`(seq, hash)` of an entry, published off the box
+/// earlier: [`crate::audit::AuditHead`]) against the entry the log holds at that `seq`
+/// ([`VerifyReport::anchors`]). A consistent chain can still fail an anchor: a log rewritten
+/// or cut back from some entry on, its hashes recomputed.
+///
+/// # Errors
+///
+/// The first [`ChainError`] met.
+pub fn verify_anchored<'a>(
+    segments: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    anchors: &[Head],
+) -> Result<VerifyReport, ChainError> {
+    let mut found: Vec<Option<[u8; 32]>> = vec![None; anchors.len()];
     let segments: Vec<(&str, &[u8])> = segments.into_iter().collect();
     let mut report = VerifyReport {
         segments: segments.len(),
@@ -277,6 +315,11 @@ pub fn verify<'a>(
                     seq: e.seq,
                 });
             }
+            for (slot, (seq, _)) in found.iter_mut().zip(anchors) {
+                if *seq == e.seq {
+                    *slot = Some(e.hash);
+                }
+            }
             first_in_segment = false;
             report.entries += 1;
             report.first_seq.get_or_insert(e.seq);
@@ -286,6 +329,21 @@ pub fn verify<'a>(
             next_seq = Some(e.seq.saturating_add(1));
         }
     }
+    report.anchors = anchors
+        .iter()
+        .zip(found)
+        .map(|(&(seq, hash), got)| {
+            let check = match got {
+                Some(h) if h == hash => AnchorCheck::Matches,
+                Some(_) => AnchorCheck::Differs,
+                None if report.first_seq.is_some_and(|first| seq < first) => {
+                    AnchorCheck::BeforeRetention
+                }
+                None => AnchorCheck::Missing,
+            };
+            ((seq, hash), check)
+        })
+        .collect();
     Ok(report)
 }
 
@@ -353,6 +411,64 @@ mod tests {
         b.split_inclusive(|&c| c == b'\n')
             .map(<[u8]>::to_vec)
             .collect()
+    }
+
+    /// A head published off the box catches what the chain alone cannot: a log rewritten from
+    /// some entry on, or cut back, with its hashes recomputed (the chain is consistent again).
+    #[test]
+    fn anchors_catch_a_log_rewritten_or_cut_back_after_they_were_taken() {
+        let segs = chain(30, 10);
+        let head = run(&segs).unwrap();
+        let anchor = (head.last_seq.unwrap(), head.last_hash.unwrap());
+        let anchored = |segs: &[(String, Vec<u8>)], anchors: &[Head]| {
+            verify_anchored(
+                segs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+                anchors,
+            )
+            .unwrap()
+            .anchors
+        };
+        assert_eq!(
+            anchored(&segs, &[anchor]),
+            vec![(anchor, AnchorCheck::Matches)]
+        );
+        // More entries since: still matches.
+        let later = chain(45, 10);
+        assert_eq!(
+            anchored(&later, &[anchor]),
+            vec![(anchor, AnchorCheck::Matches)]
+        );
+        // Cut back to 25 entries (a clean chain, verifies alone): the anchor's entry is missing.
+        let mut cut = chain(25, 10);
+        assert!(run(&cut).is_ok());
+        assert_eq!(
+            anchored(&cut, &[anchor]),
+            vec![(anchor, AnchorCheck::Missing)]
+        );
+        // Rewritten: another entry 29 (other content, hashes recomputed): differs.
+        let mut prev = run(&cut).unwrap().last_hash.unwrap();
+        for seq in 25..30u64 {
+            let canonical = format!(
+                "{{\"seq\":{seq},\"time\":\"2026-12-06T00:00:00Z\",\"event\":\"agent_stopped\"}}"
+            );
+            let (line, h) = seal(&prev, canonical.as_bytes()).unwrap();
+            cut.last_mut().unwrap().1.extend_from_slice(&line);
+            prev = h;
+        }
+        assert!(run(&cut).is_ok(), "the rewritten chain is consistent");
+        assert_eq!(
+            anchored(&cut, &[anchor]),
+            vec![(anchor, AnchorCheck::Differs)]
+        );
+        assert!(AnchorCheck::Differs.is_failure() && AnchorCheck::Missing.is_failure());
+        // Older than the first kept segment: cannot be checked, not a failure.
+        let kept = &later[1..];
+        let old = (3, [0u8; 32]);
+        assert_eq!(
+            anchored(kept, &[old]),
+            vec![(old, AnchorCheck::BeforeRetention)]
+        );
+        assert!(!AnchorCheck::BeforeRetention.is_failure());
     }
 
     #[test]

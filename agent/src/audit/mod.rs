@@ -239,6 +239,34 @@ pub enum AuditEvent {
     },
 }
 
+// ---- the chain's head, published off the box ----
+
+/// The last entry of the audit log that is on disk (written and fsynced): its `seq` and hash.
+/// The daemon puts it in its status snapshot and in the fleet's retained status message, so a
+/// copy lives off the box; `vitalgate audit verify --anchor SEQ:HASH` then proves the log still
+/// holds that entry unchanged: a log rewritten or cut back after the head left the box fails,
+/// even if its own chain is consistent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AuditHead {
+    pub seq: u64,
+    /// SHA-256, 64 hex digits.
+    pub hash: String,
+}
+
+static HEAD: RwLock<Option<AuditHead>> = RwLock::new(None);
+
+/// The head the writer last synced, if an audit log is open in this process.
+pub fn head() -> Option<AuditHead> {
+    HEAD.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+pub(crate) fn publish_head(seq: u64, hash: &[u8; 32]) {
+    *HEAD.write().unwrap_or_else(PoisonError::into_inner) = Some(AuditHead {
+        seq,
+        hash: hex::encode(hash),
+    });
+}
+
 // ---- the process-wide sink ----
 
 static SINK: RwLock<Option<AuditHandle>> = RwLock::new(None);

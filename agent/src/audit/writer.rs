@@ -253,6 +253,9 @@ impl Writer {
             queued: Vec::new(),
         };
         w.reopen()?;
+        if let Some(seq) = w.next_seq.checked_sub(1) {
+            super::publish_head(seq, &w.prev);
+        }
         w.retention();
         Ok(w)
     }
@@ -455,6 +458,9 @@ impl Writer {
             f.get_ref().sync_data().map_err(io(&path))?;
         }
         self.unsynced = 0;
+        if let Some(seq) = self.next_seq.checked_sub(1) {
+            super::publish_head(seq, &self.prev);
+        }
         Ok(())
     }
 

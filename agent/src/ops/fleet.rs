@@ -76,6 +76,11 @@ pub struct FleetDetail {
     pub disk_used_percent: Option<f64>,
     pub devices: Vec<FleetDevice>,
     pub alarms: Vec<Alarm>,
+    /// The audit log's head ([`crate::audit::AuditHead`]): the fleet keeps a copy of it off
+    /// the box (the retained message, and whatever the fleet's backend stores), against which
+    /// `vitalgate audit verify --anchor SEQ:HASH` checks the log later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<crate::audit::AuditHead>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +130,7 @@ impl FleetStatus {
                     })
                     .collect(),
                 alarms: s.alarms.clone(),
+                audit_head: s.audit_head.clone(),
             }),
         }
     }
@@ -351,6 +357,24 @@ mod tests {
             off,
             serde_json::json!({"schema": STATUS_SCHEMA, "gateway": "gw-1", "state": "offline"})
         );
+    }
+
+    #[test]
+    fn the_status_message_carries_the_audit_head_and_the_digest_ignores_it() {
+        let now = chrono::Utc::now();
+        let mut s = crate::ops::status::tests::sample(now);
+        let msg = serde_json::to_value(FleetStatus::online(&s)).unwrap();
+        assert_eq!(msg["detail"]["audit_head"]["seq"], 41);
+        assert_eq!(msg["detail"]["audit_head"]["hash"], "ab".repeat(32));
+        let before = digest(&s);
+        s.audit_head = Some(crate::audit::AuditHead {
+            seq: 42,
+            hash: "cd".repeat(32),
+        });
+        assert_eq!(digest(&s), before);
+        s.audit_head = None;
+        let msg = serde_json::to_value(FleetStatus::online(&s)).unwrap();
+        assert!(msg["detail"].get("audit_head").is_none());
     }
 
     #[test]

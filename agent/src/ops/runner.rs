@@ -356,6 +356,7 @@ pub fn build(
     }
 
     StatusSnapshot {
+        audit_head: crate::audit::head(),
         schema: status::SCHEMA.into(),
         gateway: ctx.gateway_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),

@@ -64,6 +64,10 @@ pub struct StatusSnapshot {
     pub tasks: Vec<TaskLiveness>,
     pub counters: BTreeMap<String, u64>,
     pub alarms: Vec<Alarm>,
+    /// The audit log's last synced entry ([`crate::audit::AuditHead`]): copied off the box by
+    /// the fleet status message, checked later with `vitalgate audit verify --anchor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<crate::audit::AuditHead>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,6 +377,9 @@ impl StatusSnapshot {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let _ = writeln!(o, "counters: {}", counters.join(" "));
+        if let Some(h) = &self.audit_head {
+            let _ = writeln!(o, "audit head: {}:{}", h.seq, h.hash);
+        }
         o
     }
 }
@@ -461,6 +468,10 @@ pub(crate) mod tests {
             tasks: vec![],
             counters: BTreeMap::from([("readings_stored".to_string(), 4)]),
             alarms: vec![],
+            audit_head: Some(crate::audit::AuditHead {
+                seq: 41,
+                hash: "ab".repeat(32),
+            }),
         }
     }
 
