@@ -361,7 +361,9 @@ mod tests {
 
     #[test]
     fn the_status_message_carries_the_audit_head_and_the_digest_ignores_it() {
-        let now = chrono::Utc::now();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-07T03:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
         let mut s = crate::ops::status::tests::sample(now);
         let msg = serde_json::to_value(FleetStatus::online(&s)).unwrap();
         assert_eq!(msg["detail"]["audit_head"]["seq"], 41);
