@@ -127,18 +127,22 @@
 //! [`Outbox::held_bytes`] is what `store.max_bytes` bounds; [`pressure`] is the policy the
 //! pipeline applies to it (stop taking readings at 80%, resume below 70%).
 
+mod backend;
 pub mod codec;
 pub mod guard;
 pub mod keyfile;
 pub mod keyring;
 mod live;
+mod mem;
 mod outbox;
 pub mod pressure;
 
+pub use backend::Store;
 pub use codec::{CodecError, RecordCipher};
 pub use guard::{open_or_quarantine, salvage, QuarantinedStore, SalvageReport};
 pub use keyfile::{KeyFileError, StoreKey};
 pub use live::Outbox;
+pub use mem::MemStore;
 pub use outbox::{
     wait_for_lock, DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable, OutboxOptions,
     PendingRecord, Requeue, RequeueSummary, ResealCursor, Stats, MARKER_FILE, MAX_PAYLOAD_LEN,
