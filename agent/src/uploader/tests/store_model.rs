@@ -29,7 +29,7 @@ use crate::store::{MemStore, Outbox, OutboxOptions, StoreKey};
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// 1 to 3 new readings.
+    /// 1 to 7 new readings.
     Ingest(u8),
     /// A reading already offered, again (MQTT redelivery).
     Redeliver(usize),
@@ -37,6 +37,8 @@ enum Op {
     Conflict(usize),
     SyncOk,
     Sync5xx,
+    /// The first Bundle is committed and confirmed, every later one answered 503.
+    SyncThen5xx,
     TimeoutAfterCommit,
     Restart,
     /// The disk is full while a new reading is offered; then the cause clears.
@@ -45,11 +47,12 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (1u8..4).prop_map(Op::Ingest),
+        4 => (1u8..8).prop_map(Op::Ingest),
         2 => any::<usize>().prop_map(Op::Redeliver),
         1 => any::<usize>().prop_map(Op::Conflict),
         2 => Just(Op::SyncOk),
         1 => Just(Op::Sync5xx),
+        2 => Just(Op::SyncThen5xx),
         2 => Just(Op::TimeoutAfterCommit),
         1 => Just(Op::Restart),
         1 => Just(Op::DiskFull),
@@ -245,14 +248,27 @@ async fn offer(p: &Process, m: &mut Model, offers: &[Offer]) -> Result<Vec<Outco
     Ok(outcomes)
 }
 
-/// Runs the real uploader for one sync step against `server` answering `answer`.
-async fn sync(p: &Process, server: &Scripted, mode: &Mutex<Answer>, answer: Answer) {
-    *mode.lock().unwrap() = answer;
+/// How the scripted server answers during one sync step: `first` to the first request,
+/// `rest` to the others.
+struct Script {
+    first: Answer,
+    rest: Answer,
+    answered: usize,
+}
+
+/// Runs the real uploader for one sync step against `server` answering as told. A small
+/// batch cap, so that a backlog takes several Bundles.
+async fn sync(p: &Process, server: &Scripted, script: &Mutex<Script>, first: Answer, rest: Answer) {
+    *script.lock().unwrap() = Script {
+        first,
+        rest,
+        answered: 0,
+    };
     let up = Uploader {
         store: Arc::clone(&p.store),
         sender: server.clone(),
         gateway: GatewayInfo::new("gw", "0"),
-        batch_size: 40,
+        batch_size: 3,
         schedule: SchedulerConfig {
             retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             pause: Backoff::new(Duration::from_secs(10), Duration::from_secs(300)),
@@ -335,9 +351,21 @@ fn check(p: &Process, server: &Scripted, m: &Model, after_sync_ok: bool) -> Resu
 async fn run_ops(kind: Kind, ops: Vec<Op>) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("outbox");
-    let mode = Arc::new(Mutex::new(Answer::Commit));
+    let mode = Arc::new(Mutex::new(Script {
+        first: Answer::Commit,
+        rest: Answer::Commit,
+        answered: 0,
+    }));
     let script = Arc::clone(&mode);
-    let server = Scripted::new(move |_| *script.lock().unwrap());
+    let server = Scripted::new(move |_| {
+        let mut s = script.lock().unwrap();
+        s.answered += 1;
+        if s.answered == 1 {
+            s.first
+        } else {
+            s.rest
+        }
+    });
     let mut p = match kind {
         Kind::Mem => {
             let mem = Arc::new(MemStore::new());
@@ -385,11 +413,20 @@ async fn run_ops(kind: Kind, ops: Vec<Op>) -> Result<(), String> {
                 }
             }
             Op::SyncOk => {
-                sync(&p, &server, &mode, Answer::Commit).await;
+                sync(&p, &server, &mode, Answer::Commit, Answer::Commit).await;
                 sync_ok = true;
             }
-            Op::Sync5xx => sync(&p, &server, &mode, Answer::Status(503)).await,
-            Op::TimeoutAfterCommit => sync(&p, &server, &mode, Answer::CommitThenTimeout).await,
+            Op::Sync5xx => {
+                let e = Answer::Status(503);
+                sync(&p, &server, &mode, e, e).await;
+            }
+            Op::SyncThen5xx => {
+                sync(&p, &server, &mode, Answer::Commit, Answer::Status(503)).await;
+            }
+            Op::TimeoutAfterCommit => {
+                let t = Answer::CommitThenTimeout;
+                sync(&p, &server, &mode, t, t).await;
+            }
             Op::Restart => p = restart(p, kind, &store_dir).await,
             Op::DiskFull => {
                 p.store.inject_io_fault(true);
