@@ -126,7 +126,9 @@ impl MemStore {
         }
     }
 
-    /// The disk fails (`true`) or its cause clears (`false`): see [`Store::inject_io_fault`].
+    /// The disk fails (`true`) or its cause clears (`false`): while the cause is present every
+    /// call fails with an I/O error, the store stays failed until reopened after it clears, and
+    /// a reopen fails while it is present (as the sled store behind `Outbox` after an I/O error).
     pub fn set_io_fault(&self, cause_present: bool) {
         self.lock().cause = cause_present;
     }
@@ -500,12 +502,15 @@ mod tests {
             .collect()
     }
 
+    /// A dead letter as compared: source, reason, id, size, SHA-256, truncated.
+    type DeadView = (String, String, Option<[u8; 32]>, u64, [u8; 32], bool);
+
     /// Everything observable through the trait, sequence numbers aside.
     #[derive(Debug, PartialEq)]
     struct View {
         pending: Vec<([u8; 32], String)>,
         stats: Stats,
-        dead: Vec<(String, String, Option<[u8; 32]>, u64, [u8; 32], bool)>,
+        dead: Vec<DeadView>,
         holds_nothing: bool,
     }
 

@@ -112,6 +112,18 @@
 //! the directory to quarantine, starts an empty store and raises an alarm; `vitalgate store
 //! salvage` recovers what still authenticates.
 //!
+//! # Layering: the [`Store`] trait
+//!
+//! The pipeline task and the uploader see the outbox only through [`Store`] (`Arc<dyn Store>`):
+//! insert readings (dedup, identity collisions), raw dead letters, pending reads (FIFO,
+//! skipping sequence numbers, with a predicate), ack, dead-letter, counts, held bytes and the
+//! reopen/probe hooks of fault recovery. [`Outbox`] implements it by delegation; the daemon
+//! (`app.rs`) passes the sled `Outbox`. [`MemStore`] implements it in memory for model tests,
+//! with the same semantics through the trait, which a conformance test checks against the
+//! sled store op by op. Admin operations (export, salvage, keys and re-sealing, dead-letter
+//! payloads and requeue, consent purge, tombstone pruning, ops status) stay on [`Outbox`]:
+//! they run on the sled store only and would widen the trait without a second user.
+//!
 //! # I/O errors at run time
 //!
 //! After an I/O error (a full disk, EIO) sled returns that error from every call until the
