@@ -106,7 +106,7 @@ fn pipeline_run(dir: &Path, producers: u64, per_producer: u64) -> Run {
         let (tx, rx) = mpsc::channel(256);
         let task = tokio::spawn(vitalgate::pipeline::run(
             rx,
-            Arc::clone(&store),
+            Arc::<Outbox>::clone(&store),
             Arc::new(Notify::new()),
             u64::MAX,
         ));

@@ -141,7 +141,7 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
     })
     .expect("client");
     let uploader = Uploader {
-        store: Arc::clone(&store),
+        store: Arc::<Outbox>::clone(&store),
         sender: client,
         gateway: GatewayInfo::new("gw", "0"),
         batch_size: cap,

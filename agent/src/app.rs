@@ -329,7 +329,7 @@ impl App {
             liveness.heartbeat("pipeline", watchdog.max_silence),
             pipeline::run(
                 ingest_rx,
-                Arc::clone(&store),
+                Arc::<Outbox>::clone(&store),
                 Arc::clone(&wake),
                 cfg.store.max_bytes,
             ),
@@ -614,7 +614,7 @@ impl Running {
     fn start_services(&mut self, client: UplinkClient) {
         let cfg = &self.cfg;
         let uploader = Uploader {
-            store: Arc::clone(&self.store),
+            store: Arc::<Outbox>::clone(&self.store),
             sender: client,
             gateway: GatewayInfo::new(&cfg.gateway.id, env!("CARGO_PKG_VERSION"))
                 .with_write_mode(cfg.uplink.write_mode),

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::consent;
 use crate::identity::ReadingId;
 use crate::reading::Reading;
-use crate::store::{Outbox, StoreError};
+use crate::store::{Store, StoreError};
 use crate::telemetry;
 use crate::uplink::batch::{AdaptiveBatch, Exchanged};
 use crate::uplink::client::{BundleSender, SendError};
@@ -51,7 +51,8 @@ use crate::uplink::scheduler::{Effect, Next, SchedulerConfig, UploadScheduler, V
 pub const IDLE_POLL: Duration = Duration::from_secs(30);
 
 pub struct Uploader<S> {
-    pub store: Arc<Outbox>,
+    /// The outbox: the sled [`crate::store::Outbox`] in the daemon, any [`Store`] in tests.
+    pub store: Arc<dyn Store>,
     pub sender: S,
     pub gateway: GatewayInfo,
     pub batch_size: usize,
@@ -120,7 +121,7 @@ fn lock(state: &Mutex<AckState>) -> std::sync::MutexGuard<'_, AckState> {
 }
 
 impl AckQueue {
-    fn new(store: Arc<Outbox>) -> Self {
+    fn new(store: Arc<dyn Store>) -> Self {
         let state: Arc<Mutex<AckState>> = Arc::default();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<ReadingId>>(ACKS_QUEUED);
         let worker = Arc::clone(&state);
@@ -205,7 +206,7 @@ struct Ahead {
 }
 
 /// Removes confirmed readings from the outbox (durably).
-async fn ack(store: Arc<Outbox>, ids: Vec<ReadingId>) {
+async fn ack(store: Arc<dyn Store>, ids: Vec<ReadingId>) {
     let ids: Vec<[u8; 32]> = ids.iter().map(|id| *id.as_bytes()).collect();
     match tokio::task::spawn_blocking(move || store.ack(&ids)).await {
         Ok(Ok(_)) => {}
@@ -558,7 +559,7 @@ impl<S: BundleSender> Uploader<S> {
         let noted = Arc::clone(&acks.state);
         tokio::task::spawn_blocking(move || {
             let mut held = Vec::new();
-            let (records, _) = store.pending_where_skipping::<Reading>(n, &skip.seqs, |r| {
+            let (records, _) = store.pending_readings(n, &skip.seqs, &mut |r| {
                 if skip.ids.contains(&r.id) {
                     return false;
                 }
@@ -849,7 +850,7 @@ mod tests {
     //! The task around the scheduler, against a scripted server on a paused clock: timing is
     //! observed in virtual time, nothing really sleeps.
     use super::*;
-    use crate::store::{NewRecord, OutboxOptions, StoreKey};
+    use crate::store::{NewRecord, Outbox, OutboxOptions, StoreKey};
     use crate::uplink::backoff::Backoff;
     use crate::uplink::client::RawResponse;
     use crate::uplink::fhir::tests::{bp, test_id};
@@ -883,6 +884,9 @@ mod tests {
         TokenRefused,
         /// No access token: the token endpoint cannot be reached (status 0).
         TokenUnreachable,
+        /// `Commit`, then no answer (`SendError::Timeout`): the server has the Bundle, the
+        /// gateway does not know it.
+        CommitThenTimeout,
     }
 
     struct Server {
@@ -896,10 +900,16 @@ mod tests {
         devices: Mutex<Vec<usize>>,
         /// Answer Device entries with a `Device/<n>` location (a server the cache learns from).
         device_locations: bool,
+        /// The Observation created for each identifier (the first commit's resource).
+        resources: Mutex<std::collections::HashMap<String, Value>>,
+        /// Test of the tests: commit every Observation again (no conditional create).
+        no_dedup: bool,
     }
 
     #[derive(Clone)]
     struct Scripted(Arc<Server>);
+
+    mod store_model;
 
     impl Scripted {
         fn new(script: impl Fn(Duration) -> Answer + Send + Sync + 'static) -> Scripted {
@@ -911,6 +921,8 @@ mod tests {
                 sizes: Mutex::new(Vec::new()),
                 devices: Mutex::new(Vec::new()),
                 device_locations: false,
+                resources: Mutex::new(std::collections::HashMap::new()),
+                no_dedup: false,
             }))
         }
         /// As [`Scripted::new`], with Device entries answered with their location.
@@ -1026,18 +1038,24 @@ mod tests {
                 | Answer::TooLargeAbove(_)
                 | Answer::TimeoutAbove(_)
                 | Answer::TokenRefused
-                | Answer::TokenUnreachable => {
+                | Answer::TokenUnreachable
+                | Answer::CommitThenTimeout => {
                     if let Answer::Slow(d) = answer {
                         tokio::time::sleep(d).await;
                     }
                     let mut committed = self.committed.lock().unwrap();
                     let entries: Vec<Value> = (0..total)
                         .map(|i| match obs.iter().find(|(j, _)| *j == i) {
-                            Some((_, id)) if committed.contains(id) => {
+                            Some((_, id)) if committed.contains(id) && !self.no_dedup => {
                                 json!({"response": {"status": "200 OK"}})
                             }
                             Some((_, id)) => {
                                 committed.push(id.clone());
+                                self.resources
+                                    .lock()
+                                    .unwrap()
+                                    .entry(id.clone())
+                                    .or_insert_with(|| bundle["entry"][i]["resource"].clone());
                                 json!({"response": {"status": "201 Created", "location": format!("Observation/{id}/_history/1")}})
                             }
                             None if self.device_locations && is_device(i) => json!({"response": {
@@ -1047,6 +1065,10 @@ mod tests {
                             None => json!({"response": {"status": "200 OK"}}),
                         })
                         .collect();
+                    if let Answer::CommitThenTimeout = answer {
+                        self.requests.lock().unwrap().push((at, 0));
+                        return Err(SendError::Timeout(Duration::from_secs(10)));
+                    }
                     raw(200, transaction_response(entries))
                 }
             };
@@ -1095,7 +1117,7 @@ mod tests {
 
     fn uploader(store: &Arc<Outbox>, server: &Scripted, batch_size: usize) -> Uploader<Scripted> {
         Uploader {
-            store: Arc::clone(store),
+            store: Arc::<Outbox>::clone(store),
             sender: server.clone(),
             gateway: GatewayInfo::new("gw", "0"),
             batch_size,
@@ -1320,7 +1342,7 @@ mod tests {
             })
             .unwrap();
             let up = Uploader {
-                store: Arc::clone(&store),
+                store: Arc::<Outbox>::clone(&store),
                 sender: client,
                 gateway: GatewayInfo::new("gw", "0"),
                 batch_size: cap,

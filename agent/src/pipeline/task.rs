@@ -34,7 +34,7 @@ use super::convert::{readings_from_record, CaptureClock};
 use super::devices::DeviceContext;
 use crate::reading::{Reading, Source};
 use crate::store::pressure::{Level, Pressure};
-use crate::store::{DeadReason, Insert, NewRecord, Outbox, StoreError};
+use crate::store::{DeadReason, Insert, NewRecord, Store, StoreError};
 use crate::telemetry::{self, GAUGES};
 
 /// Requests drained per store transaction.
@@ -112,7 +112,7 @@ enum Converted {
 /// `max_bytes` is `store.max_bytes`: see the module doc on back-pressure.
 pub async fn run(
     mut rx: mpsc::Receiver<Ingest>,
-    store: Arc<Outbox>,
+    store: Arc<dyn Store>,
     uplink_wake: Arc<Notify>,
     max_bytes: u64,
 ) {
@@ -203,7 +203,7 @@ impl Fault {
 
 /// Reopens the store and proves it writes. Returns whether the episode is over; otherwise
 /// schedules the next attempt (exponential backoff, capped).
-async fn try_reopen(store: &Arc<Outbox>, f: &mut Fault, now: tokio::time::Instant) -> bool {
+async fn try_reopen(store: &Arc<dyn Store>, f: &mut Fault, now: tokio::time::Instant) -> bool {
     f.attempts = f.attempts.saturating_add(1);
     // Work, not a wait: not wrapped in watchdog::idle (a hung reopen must show). It takes at
     // most the lock wait (5 s) plus a scan of the backlog, well inside the task's allowance.
@@ -246,7 +246,7 @@ async fn try_reopen(store: &Arc<Outbox>, f: &mut Fault, now: tokio::time::Instan
 
 /// Updates the held-bytes gauge and the pressure level. A change of level is decided on an
 /// exact count, not on the running figure (which rare operations leave off by a few bytes).
-async fn check_pressure(store: &Arc<Outbox>, pressure: &mut Pressure) {
+async fn check_pressure(store: &Arc<dyn Store>, pressure: &mut Pressure) {
     let mut held = store.held_bytes();
     if pressure.next_level(held) != pressure.level() {
         let store2 = Arc::clone(store);
@@ -282,7 +282,7 @@ async fn check_pressure(store: &Arc<Outbox>, pressure: &mut Pressure) {
 }
 
 /// Measures the store's size on disk and the free space (gauges only).
-async fn probe_disk(store: &Arc<Outbox>) {
+async fn probe_disk(store: &Arc<dyn Store>) {
     let store2 = Arc::clone(store);
     let probe = tokio::task::spawn_blocking(move || {
         Ok::<_, StoreError>((store2.disk_bytes()?, store2.disk_available_bytes()?))
@@ -313,7 +313,7 @@ struct Processed {
 }
 
 /// Converts, stores and answers one batch.
-async fn process(batch: Vec<Ingest>, store: &Arc<Outbox>) -> Processed {
+async fn process(batch: Vec<Ingest>, store: &Arc<dyn Store>) -> Processed {
     // Pure step: readings and raw dead letters.
     let mut readings: Vec<Reading> = Vec::new();
     let mut dead: Vec<RawDead> = Vec::new();
@@ -372,7 +372,7 @@ async fn process(batch: Vec<Ingest>, store: &Arc<Outbox>) -> Processed {
         }
         let records: Vec<NewRecord<'_, Reading>> =
             readings2.iter().map(Reading::as_record).collect();
-        store2.insert_records(&records)
+        store2.insert_readings(&records)
     })
     .await;
     let mut store_error = None;
@@ -453,7 +453,7 @@ mod tests {
     use super::*;
     use crate::config::Attribution;
     use crate::reading::{DeviceClass, DeviceIdentifier};
-    use crate::store::{OutboxOptions, StoreKey};
+    use crate::store::{Outbox, OutboxOptions, StoreKey};
     use chrono::{FixedOffset, TimeZone};
     use device_drivers::{Decimal, ReadingType, Status};
 
@@ -550,7 +550,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let task = tokio::spawn(run(
             rx,
-            Arc::clone(&store),
+            Arc::<Outbox>::clone(&store),
             Arc::new(Notify::new()),
             max_bytes,
         ));
@@ -639,7 +639,12 @@ mod tests {
             .unwrap(),
         );
         let (tx, rx) = mpsc::channel(8);
-        let task = tokio::spawn(run(rx, Arc::clone(&store), Arc::new(Notify::new()), 1));
+        let task = tokio::spawn(run(
+            rx,
+            Arc::<Outbox>::clone(&store),
+            Arc::new(Notify::new()),
+            1,
+        ));
         let (msg, done) = plain(1);
         tx.send(msg).await.unwrap();
         drop(tx);
@@ -656,7 +661,12 @@ mod tests {
         // ...and a restart over 80% starts paused: the request is never answered (not acked
         // upstream), the task ends once its input closes.
         let (tx, rx) = mpsc::channel(8);
-        let task = tokio::spawn(run(rx, Arc::clone(&store), Arc::new(Notify::new()), 1));
+        let task = tokio::spawn(run(
+            rx,
+            Arc::<Outbox>::clone(&store),
+            Arc::new(Notify::new()),
+            1,
+        ));
         let (msg, done) = plain(2);
         tx.send(msg).await.unwrap();
         drop(tx);
@@ -689,7 +699,8 @@ mod tests {
         );
         let (undated, undated_done) = ingest(record(Status::FromMemory));
         let (invalid, invalid_done) = ingest(record(Status::Artifact));
-        let new = process(vec![undated, invalid], &store).await.any_new;
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let new = process(vec![undated, invalid], &dyn_store).await.any_new;
 
         assert!(!new, "no reading stored");
         let undated_outcome = undated_done.await.unwrap();
@@ -727,7 +738,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let task = tokio::spawn(run(
             rx,
-            Arc::clone(&store),
+            Arc::<Outbox>::clone(&store),
             Arc::new(Notify::new()),
             u64::MAX / 2,
         ));

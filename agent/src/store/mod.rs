@@ -125,6 +125,18 @@
 //! the directory to quarantine, starts an empty store and raises an alarm; `vitalgate store
 //! salvage` recovers what still authenticates.
 //!
+//! # Layering: the [`Store`] trait
+//!
+//! The pipeline task and the uploader see the outbox only through [`Store`] (`Arc<dyn Store>`):
+//! insert readings (dedup, identity collisions), raw dead letters, pending reads (FIFO,
+//! skipping sequence numbers, with a predicate), ack, dead-letter, counts, held bytes and the
+//! reopen/probe hooks of fault recovery. [`Outbox`] implements it by delegation; the daemon
+//! (`app.rs`) passes the sled `Outbox`. [`MemStore`] implements it in memory for model tests,
+//! with the same semantics through the trait, which a conformance test checks against the
+//! sled store op by op. Admin operations (export, salvage, keys and re-sealing, dead-letter
+//! payloads and requeue, consent purge, tombstone pruning, ops status) stay on [`Outbox`]:
+//! they run on the sled store only and would widen the trait without a second user.
+//!
 //! # I/O errors at run time
 //!
 //! After an I/O error (a full disk, EIO) sled returns that error from every call until the
@@ -140,19 +152,23 @@
 //! [`Outbox::held_bytes`] is what `store.max_bytes` bounds; [`pressure`] is the policy the
 //! pipeline applies to it (stop taking readings at 80%, resume below 70%).
 
+mod backend;
 pub mod codec;
 pub mod compact;
 pub mod guard;
 pub mod keyfile;
 pub mod keyring;
 mod live;
+mod mem;
 mod outbox;
 pub mod pressure;
 
+pub use backend::Store;
 pub use codec::{CodecError, RecordCipher};
 pub use guard::{open_or_quarantine, salvage, QuarantinedStore, SalvageReport};
 pub use keyfile::{KeyFileError, StoreKey};
 pub use live::{CompactReport, Outbox};
+pub use mem::MemStore;
 pub use outbox::{
     wait_for_lock, CopyReport, DeadLetterInfo, DeadReason, Insert, NewRecord, NotRequeueable,
     OutboxOptions, PendingRecord, Requeue, RequeueSummary, ResealCursor, Stats, MARKER_FILE,

@@ -526,8 +526,10 @@ impl SledOutbox {
             }
             encoded.push(payload);
         }
-        // At most two rounds: the first finds collisions, the second has their dead letters.
-        for _round in 0..3 {
+        // A round aborts at the first collision it meets, which the next round keeps as a dead
+        // letter: a batch with k collisions takes k + 1 rounds (it was capped at 3, so a batch
+        // holding three collisions failed whole, as `Corrupt`, every time it was delivered).
+        for _round in 0..=records.len() {
             let mut prepared = Vec::with_capacity(records.len());
             for (i, (r, payload)) in records.iter().zip(&encoded).enumerate() {
                 let mac = self.keys().index_key(&r.id);
@@ -668,8 +670,8 @@ impl SledOutbox {
                 }
             }
         }
-        // Each round adds at least one collision; the batch is small, so this is unreachable in
-        // practice. Report it rather than loop.
+        // Each round that aborts adds a collision not seen before, so len + 1 rounds always
+        // settle: unreachable. Report it rather than loop.
         Err(StoreError::Corrupt {
             tree: TREE_IDENTS,
             seq: 0,
@@ -2273,6 +2275,58 @@ mod tests {
 
     fn key() -> StoreKey {
         StoreKey::from_bytes([9; 32])
+    }
+
+    /// Found by the MemStore conformance test: a batch with three identifier collisions
+    /// failed whole (`Corrupt`, "did not settle") on every delivery. Each collision is a dead
+    /// letter, the rest of the batch is stored.
+    #[test]
+    fn a_batch_with_many_identifier_collisions_keeps_each_as_a_dead_letter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledOutbox::open(dir.path(), key(), OutboxOptions::default()).unwrap();
+        let held: Vec<NewRecord<'_, &str>> = (0..5u8)
+            .map(|n| NewRecord {
+                id: [n; 32],
+                identity: Some(["obs-0", "obs-1", "obs-2", "obs-3", "obs-4"][n as usize]),
+                value: &"first",
+            })
+            .collect();
+        assert!(store
+            .insert_records(&held)
+            .unwrap()
+            .iter()
+            .all(|o| *o == Insert::Stored));
+        // Five other readings under the same five identifiers, and one new one.
+        let mut batch: Vec<NewRecord<'_, &str>> = held
+            .iter()
+            .map(|r| NewRecord {
+                id: [r.id[0] + 100; 32],
+                identity: r.identity,
+                value: &"second",
+            })
+            .collect();
+        batch.push(NewRecord {
+            id: [200; 32],
+            identity: Some("obs-new"),
+            value: &"new",
+        });
+        let outcomes = store.insert_records(&batch).unwrap();
+        let collisions = outcomes
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Insert::DeadLettered {
+                        reason: DeadReason::IdentifierCollision,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(collisions, 5, "{outcomes:?}");
+        assert_eq!(outcomes[5], Insert::Stored);
+        let stats = store.stats().unwrap();
+        assert_eq!((stats.pending, stats.dead), (6, 5));
     }
 
     /// Export marks: readings stay pending; the marks count only pending readings; an ack
