@@ -180,6 +180,86 @@ async fn store_compact_keeps_the_backlog_and_the_agent_delivers_it_once() {
     assert_eq!(h.fhir.observation_identifiers().len(), n);
 }
 
+/// Issue #11, compaction under `kill -9`: `vitalgate store compact` is killed at points spread
+/// over a compaction's run (copying, opening the copy, swapping); after each, the next open
+/// finishes or undoes it, every reading is still pending and nothing is left beside the store.
+/// Then one compaction completes and the agent delivers every reading exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_killed_at_any_point_loses_nothing() {
+    let Some(broker) = mosquitto(MosquittoOptions::default()) else {
+        return;
+    };
+    let n = 1500;
+    let mut h = Harness::new(broker).await;
+    h.fhir.stop().await;
+    let patience = Duration::from_secs(120) * emulation_factor();
+    let mut agent = h.spawn_agent();
+    let lines: Vec<String> = (0..n)
+        .map(|i| bp_point(i, 100 + (i % 90) as i64, 70))
+        .collect();
+    h.publish(&lines).await;
+    h.wait_for_log(&agent, "reading stored", n, patience);
+    agent.terminate();
+
+    let data = h.dir.path().join("data");
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("outbox."))
+            .collect()
+    };
+    // One whole compaction, timed: the kills below are spread over that time.
+    let started = std::time::Instant::now();
+    h.vitalgate(&["store", "compact"]);
+    let full = started.elapsed();
+    let (mut interrupted, mut recovered) = (0, 0);
+    for k in 1..=12u32 {
+        let mut child = common::vitalgate()
+            .args(["store", "compact", "--config"])
+            .arg(&h.config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(f64::from(k) / 12.0));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if !status.success() {
+            interrupted += 1;
+        }
+        // A kill during the copy or the swap leaves a sibling directory for the next open.
+        if !leftovers().is_empty() {
+            recovered += 1;
+        }
+        let out = h.vitalgate(&["status"]);
+        assert!(out.contains(&format!("pending={n}")), "kill {k}: {out}");
+        assert!(leftovers().is_empty(), "kill {k}: {:?}", leftovers());
+    }
+    eprintln!(
+        "{interrupted} of 12 compactions interrupted, {recovered} left work for the next open"
+    );
+    assert!(
+        interrupted >= 6,
+        "only {interrupted} of 12 compactions were interrupted"
+    );
+    assert!(
+        recovered >= 1,
+        "no kill left a compaction to finish or undo"
+    );
+
+    h.fhir.restart().await.unwrap();
+    let mut agent = h.spawn_agent();
+    h.wait_for_observations(n, patience).await;
+    agent.terminate();
+    assert_eq!(h.fhir.observation_identifiers().len(), n);
+    assert!(
+        !agent.stderr().contains("moved to quarantine"),
+        "{}",
+        tail(&agent.stderr(), 20)
+    );
+}
+
 /// Issue #11, guarded open: readings are stored (uplink down), the agent stops, sled's files
 /// are damaged (its `conf` scribbled over: sled then refuses to open with `Corruption`). The
 /// agent starts anyway, with an alarm naming the quarantine folder and a fresh store; `vitalgate
