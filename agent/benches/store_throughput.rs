@@ -24,8 +24,16 @@
 // These exercise sled directly (raw writes, as a baseline or to corrupt files on purpose).
 #![allow(clippy::disallowed_methods)]
 
+#[path = "common/mod.rs"]
+mod fixtures;
+use fixtures::{bp, device};
+// The real MQTT path (mosquitto + the vitalgate binary): the test harness, shared with
+// the mqtt_ingest bench.
+#[path = "../../tests/common/mod.rs"]
 mod common;
-use common::{bp, device};
+#[path = "../../tests/harness/mod.rs"]
+mod harness;
+mod mqtt_path;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -594,6 +602,29 @@ fn main() {
                 r.p99.as_secs_f64() * 1e3,
                 r.sealed_bytes / (producers * per)
             );
+        }
+    }
+    // The same, through the real MQTT path: mosquitto, the vitalgate binary (this build), its
+    // MQTT source, pipeline and store; latency = publish to the agent's "reading stored" line.
+    // "producers" here is the MQTT client's group: 1 reading every 20 ms, 16 every 40 ms (an
+    // inflight window), and a burst of all of them at once (readings/s = stored / time to the
+    // last store; paced rows are bounded by their pace).
+    let mqtt_n = (total as usize).min(2000);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for (group, pace_ms) in [(1usize, 20u64), (16, 40), (mqtt_n, 0)] {
+        match rt.block_on(mqtt_path::latency(
+            group,
+            Duration::from_millis(pace_ms),
+            mqtt_n,
+        )) {
+            Some(l) => println!(
+                "{:<48} {:>9} {:>11.0} {:>9.2} {:>9.2} {:>12}",
+                l.variant, group, l.per_sec, l.p50_ms, l.p99_ms, "-"
+            ),
+            None => println!(
+                "{:<48} mosquitto is not installed: not measured",
+                "MQTT path"
+            ),
         }
     }
     println!();
