@@ -11,7 +11,8 @@
 //! - classify: a 48-entry `transaction-response` answer read by `outcome::classify`;
 //! - ack: `Outbox::ack` of the Bundle's readings (its `fdatasync` included).
 //!
-//! Reports the mean per Bundle of each stage and its share. Compare within one run only.
+//! Reports the mean wall time per Bundle of each stage and its share (the ack's includes its
+//! wait for the disk), then body bytes and time per gzip level. Compare within one run only.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
@@ -65,59 +66,24 @@ fn answer(entries: usize, first_id: usize) -> Vec<u8> {
     .expect("json")
 }
 
-/// This thread's CPU time so far (`/proc/thread-self/schedstat`, nanoseconds on the CPU): the
-/// stages' CPU cost apart from the time they wait for the disk.
-fn cpu() -> Duration {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    Duration::from_nanos(
-        s.split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0),
-    )
-}
-
-/// Wall and CPU time of one stage.
-#[derive(Default, Clone, Copy)]
-struct Spent {
-    wall: Duration,
-    cpu: Duration,
-}
-
-impl std::ops::AddAssign for Spent {
-    fn add_assign(&mut self, o: Spent) {
-        self.wall += o.wall;
-        self.cpu += o.cpu;
-    }
-}
-
-impl std::ops::Add for Spent {
-    type Output = Spent;
-    fn add(mut self, o: Spent) -> Spent {
-        self += o;
-        self
-    }
-}
-
-/// Runs `f`, adding its wall and CPU time to `into`.
-fn timed<T>(into: &mut Spent, f: impl FnOnce() -> T) -> T {
-    let (c, t) = (cpu(), Instant::now());
+/// Runs `f`, adding its wall time to `into`. (Per-stage CPU time is not measured here: the
+/// kernel charges a thread's CPU time at its next context switch, which for every stage but
+/// the ack's `fdatasync` is later. Use `perf` for CPU; the stages but the ack do no I/O.)
+fn timed<T>(into: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
     let out = f();
-    *into += Spent {
-        wall: t.elapsed(),
-        cpu: cpu().saturating_sub(c),
-    };
+    *into += t.elapsed();
     out
 }
 
 #[derive(Default)]
 struct Stages {
-    read: Spent,
-    build: Spent,
-    serialize: Spent,
-    gzip: Spent,
-    classify: Spent,
-    ack: Spent,
+    read: Duration,
+    build: Duration,
+    serialize: Duration,
+    gzip: Duration,
+    classify: Duration,
+    ack: Duration,
     bundles: u32,
     readings: usize,
     plain_bytes: usize,
@@ -212,18 +178,16 @@ fn main() {
         s.gzip_bytes as f64 / s.readings as f64,
     );
     println!(
-        "| {:<42} | {:>13} | {:>12} | {:>9} |",
-        "stage", "µs per Bundle", "CPU µs/Bundle", "CPU share"
+        "| {:<42} | {:>13} | {:>6} |",
+        "stage", "µs per Bundle", "share"
     );
-    println!("|{:-<44}|{:->15}|{:->14}|{:->11}|", "", "", "", "");
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(s.bundles);
-    let row = |name: &str, d: Spent| {
+    println!("|{:-<44}|{:->15}|{:->8}|", "", "", "");
+    let row = |name: &str, d: Duration| {
         println!(
-            "| {:<42} | {:>13.0} | {:>12.0} | {:>8.1}% |",
+            "| {:<42} | {:>13.0} | {:>5.1}% |",
             name,
-            per(d.wall),
-            per(d.cpu),
-            100.0 * d.cpu.as_secs_f64() / total.cpu.as_secs_f64()
+            d.as_secs_f64() * 1e6 / f64::from(s.bundles),
+            100.0 * d.as_secs_f64() / total.as_secs_f64()
         );
     };
     row("read (sled scan, unseal, decode)", s.read);
