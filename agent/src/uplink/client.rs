@@ -914,6 +914,28 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
+    /// A body encoded ahead is what `send_bundle` would have put on the wire: the same JSON
+    /// bytes, and gzip of exactly those bytes.
+    #[test]
+    fn a_body_encoded_ahead_is_the_bundle_s_own_json_and_its_gzip() {
+        use std::io::Read;
+        let bundle = serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [{"resource": {"resourceType": "Observation", "valueQuantity": {"value": 36.50}}}],
+        });
+        let plain = serde_json::to_vec(&bundle).unwrap();
+        let body = EncodedBody::encode(&bundle, true).unwrap();
+        assert_eq!(body.plain, plain);
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(body.gzipped.as_deref().unwrap())
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, plain);
+        let body = EncodedBody::encode(&bundle, false).unwrap();
+        assert_eq!((body.plain, body.gzipped), (plain, None));
+    }
+
     #[test]
     fn rustls_certificate_errors_map_to_their_own_problem() {
         use rustls::{AlertDescription as A, CertificateError as C, Error as E};
