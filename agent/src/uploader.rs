@@ -41,7 +41,7 @@ use crate::reading::Reading;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 use crate::uplink::batch::{AdaptiveBatch, Exchanged};
-use crate::uplink::client::{BundleSender, SendError};
+use crate::uplink::client::{BundleSender, EncodedBody, SendError};
 use crate::uplink::fhir::{self, GatewayInfo, MappingError};
 use crate::uplink::metering::{DayLedger, Metering};
 use crate::uplink::outcome::{self, Outcome, RetryReason};
@@ -202,7 +202,15 @@ impl AckQueue {
 struct Ahead {
     batch: Vec<Reading>,
     held: Vec<(ReadingId, String, String)>,
-    built: Option<fhir::BuiltBundle>,
+    built: Option<Prepared>,
+}
+
+/// A Bundle built ahead, and its request body encoded ahead when the sender takes one
+/// ([`BundleSender::encodes_ahead`]): serializing and compressing happen while the Bundle
+/// before is in flight, not between its answer and the next request.
+struct Prepared {
+    built: fhir::BuiltBundle,
+    body: Option<EncodedBody>,
 }
 
 /// Removes confirmed readings from the outbox (durably).
@@ -384,7 +392,7 @@ impl<S: BundleSender> Uploader<S> {
         // With the Device cache the Bundle was built against: a Bundle built ahead while the
         // previous one was out is used only if the cache did not change meanwhile (the answer
         // that taught it the Devices must not be followed by a Bundle sending them again).
-        let mut prebuilt: Option<(Vec<ReadingId>, fhir::KnownDevices, fhir::BuiltBundle)> = None;
+        let mut prebuilt: Option<(Vec<ReadingId>, fhir::KnownDevices, Prepared)> = None;
         let mut ahead_known = fhir::KnownDevices::default();
         while !shutdown.is_cancelled() {
             // The watchdog: a beat per round; the waits (backoff, pause, an empty outbox) are
@@ -553,6 +561,7 @@ impl<S: BundleSender> Uploader<S> {
         acks: &AckQueue,
         known: Option<fhir::KnownDevices>,
     ) -> tokio::task::JoinHandle<Result<Ahead, StoreError>> {
+        let encode = self.sender.encodes_ahead();
         let store = Arc::clone(&self.store);
         let state = self.consent.refresh().clone();
         let gateway = self.gateway.clone();
@@ -574,7 +583,15 @@ impl<S: BundleSender> Uploader<S> {
             let built = match known {
                 Some(known) if !batch.is_empty() => {
                     batch.truncate(fhir::readings_that_fit(&batch));
-                    fhir::build_bundle(&gateway, &batch, &known).ok()
+                    fhir::build_bundle(&gateway, &batch, &known)
+                        .ok()
+                        .map(|built| Prepared {
+                            // A body that does not encode here is encoded (and its error
+                            // reported) when the Bundle is sent.
+                            body: encode
+                                .and_then(|gzip| EncodedBody::encode(&built.bundle, gzip).ok()),
+                            built,
+                        })
                 }
                 _ => None,
             };
@@ -586,7 +603,7 @@ impl<S: BundleSender> Uploader<S> {
     async fn take_ahead(
         &mut self,
         task: tokio::task::JoinHandle<Result<Ahead, StoreError>>,
-    ) -> (Vec<Reading>, Option<fhir::BuiltBundle>) {
+    ) -> (Vec<Reading>, Option<Prepared>) {
         match task.await {
             Ok(Ok(a)) => {
                 self.consent.audit(&a.held);
@@ -613,7 +630,7 @@ impl<S: BundleSender> Uploader<S> {
     async fn exchange(
         &self,
         batch: &[Reading],
-        built: Option<fhir::BuiltBundle>,
+        built: Option<Prepared>,
         known: &mut fhir::KnownDevices,
         acks: &mut AckQueue,
         shutdown: &CancellationToken,
@@ -648,13 +665,15 @@ impl<S: BundleSender> Uploader<S> {
     async fn exchange_with(
         &self,
         batch: &[Reading],
-        built: Option<fhir::BuiltBundle>,
+        built: Option<Prepared>,
         known: &mut fhir::KnownDevices,
         acks: &mut AckQueue,
         shutdown: &CancellationToken,
     ) -> Option<(Verdict, Exchange)> {
-        let built = match built.map_or_else(|| fhir::build_bundle(&self.gateway, batch, known), Ok)
-        {
+        let (built, body) = match built.map_or_else(
+            || fhir::build_bundle(&self.gateway, batch, known).map(|b| (b, None)),
+            |p| Ok((p.built, p.body)),
+        ) {
             Ok(v) => v,
             Err(e) => {
                 let culprit = match e {
@@ -672,10 +691,16 @@ impl<S: BundleSender> Uploader<S> {
             readings: batch,
         }
         .emit();
+        let send = async {
+            match body {
+                Some(body) => self.sender.send_encoded(bundle, body).await,
+                None => self.sender.send(bundle).await,
+            }
+        };
         let answer = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return None,
-            r = self.sender.send(bundle) => r,
+            r = send => r,
         };
         let resp = match answer {
             Ok(r) => r,

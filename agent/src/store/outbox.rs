@@ -733,7 +733,9 @@ impl SledOutbox {
         skip: &std::collections::HashSet<u64>,
         mut keep: impl FnMut(&T) -> bool,
     ) -> Result<(Vec<PendingRecord<T>>, usize), StoreError> {
-        let mut out = Vec::new();
+        // Room for a batch at once: a record is large, and growing the vector step by step
+        // moved the records read so far several times per batch.
+        let mut out = Vec::with_capacity(limit.min(64));
         let mut refused = 0;
         if limit == 0 {
             return Ok((out, refused));
@@ -841,11 +843,9 @@ impl SledOutbox {
         let mut sizes = HashMap::new();
         for id in ids {
             let mac = self.keys().index_key(id);
-            if let Some(seq) = self.verified_seq(id, &mac)? {
+            if let Some((seq, len)) = self.verified_seq(id, &mac)? {
                 plan.push((mac, seq));
-                if let Some(raw) = self.pending.get(seq.to_be_bytes())? {
-                    sizes.insert(seq, raw.len() + PENDING_OVERHEAD);
-                }
+                sizes.insert(seq, len + PENDING_OVERHEAD);
             }
         }
         if plan.is_empty() {
@@ -1907,8 +1907,13 @@ impl SledOutbox {
         Ok(self.index.get(mac)?.and_then(|v| parse_seq(&v)))
     }
 
-    /// The seq of `id`'s pending record, after checking that the record there is `id`'s.
-    fn verified_seq(&self, id: &[u8; 32], mac: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+    /// The seq of `id`'s pending record and its sealed size, after checking that the record
+    /// there is `id`'s.
+    fn verified_seq(
+        &self,
+        id: &[u8; 32],
+        mac: &[u8; 32],
+    ) -> Result<Option<(u64, usize)>, StoreError> {
         let Some(seq) = self.index_seq(mac)? else {
             return Ok(None);
         };
@@ -1916,7 +1921,7 @@ impl SledOutbox {
             return Ok(None);
         };
         match self.open_pending_envelope(seq, &raw) {
-            Ok(envelope) if envelope.id == *id => Ok(Some(seq)),
+            Ok(envelope) if envelope.id == *id => Ok(Some((seq, raw.len()))),
             Ok(_) => {
                 self.corrupt_records.fetch_add(1, Ordering::Relaxed);
                 telemetry::IndexMismatch { seq }.emit();

@@ -345,6 +345,23 @@ pub trait BundleSender: Send + Sync {
         bundle: &serde_json::Value,
     ) -> impl Future<Output = Result<RawResponse, SendError>> + Send;
 
+    /// Whether this sender takes bodies encoded ahead ([`EncodedBody`], with gzip if
+    /// `Some(true)`); `None` (the default): it encodes `bundle` itself when it sends it.
+    fn encodes_ahead(&self) -> Option<bool> {
+        None
+    }
+
+    /// [`Self::send`] with `body`, `bundle` encoded ahead by [`EncodedBody::encode`] (the
+    /// same bytes `send` would put on the wire). The default ignores `body`.
+    fn send_encoded(
+        &self,
+        bundle: &serde_json::Value,
+        body: EncodedBody,
+    ) -> impl Future<Output = Result<RawResponse, SendError>> + Send {
+        drop(body);
+        self.send(bundle)
+    }
+
     /// Request body bytes put on the wire so far (for `uplink.daily_byte_budget`).
     fn body_bytes_sent(&self) -> u64 {
         0
@@ -600,13 +617,26 @@ impl UplinkClient {
     ///
     /// A classified [`SendError`].
     pub async fn send_bundle(&self, bundle: &serde_json::Value) -> Result<RawResponse, SendError> {
+        let body = EncodedBody::encode(bundle, false)?;
+        self.send_body(body).await
+    }
+
+    /// [`Self::send_bundle`] with the Bundle already encoded ([`EncodedBody::encode`]): the
+    /// uploader serializes and compresses the next Bundle while the one before is in flight.
+    ///
+    /// # Errors
+    ///
+    /// A classified [`SendError`].
+    pub async fn send_body(&self, body: EncodedBody) -> Result<RawResponse, SendError> {
         self.reload_if_changed();
-        let plain = serde_json::to_vec(bundle).map_err(|e| SendError::Other(e.to_string()))?;
+        let EncodedBody { plain, mut gzipped } = body;
         let Some(oauth) = &self.oauth else {
-            return self.send_plain_or_gzip(&plain, None).await;
+            return self.send_plain_or_gzip(&plain, gzipped, None).await;
         };
         let token = oauth.token(&self.http(), self.timeout).await?;
-        let resp = self.send_plain_or_gzip(&plain, Some(&token)).await?;
+        let resp = self
+            .send_plain_or_gzip(&plain, gzipped.clone(), Some(&token))
+            .await?;
         if resp.status != 401 {
             return Ok(resp);
         }
@@ -614,17 +644,24 @@ impl UplinkClient {
         // harmless: conditional create).
         oauth.invalidate();
         let token = oauth.token(&self.http(), self.timeout).await?;
-        self.send_plain_or_gzip(&plain, Some(&token)).await
+        self.send_plain_or_gzip(&plain, gzipped.take(), Some(&token))
+            .await
     }
 
-    /// The Bundle gzip-compressed unless the server refused that (then plain, at once).
+    /// The Bundle gzip-compressed (`gzipped`, if given, is `plain` compressed already) unless
+    /// the server refused that (then plain, at once).
     async fn send_plain_or_gzip(
         &self,
         plain: &[u8],
+        gzipped: Option<Vec<u8>>,
         bearer: Option<&str>,
     ) -> Result<RawResponse, SendError> {
         if self.sends_gzip() {
-            let resp = self.post(gzip(plain)?, plain.len(), true, bearer).await?;
+            let body = match gzipped {
+                Some(body) => body,
+                None => gzip(plain)?,
+            };
+            let resp = self.post(body, plain.len(), true, bearer).await?;
             if resp.status != 415 {
                 return Ok(resp);
             }
@@ -743,8 +780,44 @@ impl BundleSender for UplinkClient {
         self.send_bundle(bundle)
     }
 
+    fn encodes_ahead(&self) -> Option<bool> {
+        Some(self.sends_gzip())
+    }
+
+    fn send_encoded(
+        &self,
+        _bundle: &serde_json::Value,
+        body: EncodedBody,
+    ) -> impl Future<Output = Result<RawResponse, SendError>> + Send {
+        self.send_body(body)
+    }
+
     fn body_bytes_sent(&self) -> u64 {
         UplinkClient::body_bytes_sent(self)
+    }
+}
+
+/// A Bundle's request body, encoded before it is sent: its JSON and, for a server that takes
+/// gzip, that JSON compressed (pure CPU work, done off the request's critical path).
+pub struct EncodedBody {
+    plain: Vec<u8>,
+    gzipped: Option<Vec<u8>>,
+}
+
+impl EncodedBody {
+    /// `bundle` as JSON, and compressed too with `gzip`.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Other`] when the Bundle does not serialize or compress.
+    pub fn encode(bundle: &serde_json::Value, gzip: bool) -> Result<Self, SendError> {
+        let plain = serde_json::to_vec(bundle).map_err(|e| SendError::Other(e.to_string()))?;
+        let gzipped = if gzip {
+            Some(self::gzip(&plain)?)
+        } else {
+            None
+        };
+        Ok(Self { plain, gzipped })
     }
 }
 
@@ -840,6 +913,28 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body encoded ahead is what `send_bundle` would have put on the wire: the same JSON
+    /// bytes, and gzip of exactly those bytes.
+    #[test]
+    fn a_body_encoded_ahead_is_the_bundle_s_own_json_and_its_gzip() {
+        use std::io::Read;
+        let bundle = serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [{"resource": {"resourceType": "Observation", "valueQuantity": {"value": 36.50}}}],
+        });
+        let plain = serde_json::to_vec(&bundle).unwrap();
+        let body = EncodedBody::encode(&bundle, true).unwrap();
+        assert_eq!(body.plain, plain);
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(body.gzipped.as_deref().unwrap())
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, plain);
+        let body = EncodedBody::encode(&bundle, false).unwrap();
+        assert_eq!((body.plain, body.gzipped), (plain, None));
+    }
 
     #[test]
     fn rustls_certificate_errors_map_to_their_own_problem() {

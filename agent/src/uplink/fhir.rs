@@ -357,13 +357,25 @@ pub fn json_decimal(d: Decimal) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A JSON object of `members`. Unlike `json!`, which serializes an interpolated `Value` into
+/// a new one (a deep copy, then a drop of the original), this moves each value in. Keys are
+/// kept sorted either way (serde_json without `preserve_order`), so the JSON is the same.
+fn object<const N: usize>(members: [(&str, Value); N]) -> Value {
+    Value::Object(
+        members
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    )
+}
+
 fn quantity(value: Decimal, ucum: &str) -> Value {
-    json!({
-        "value": json_decimal(value),
-        "unit": unit_display(ucum),
-        "system": UCUM,
-        "code": ucum,
-    })
+    object([
+        ("value", json_decimal(value)),
+        ("unit", unit_display(ucum).into()),
+        ("system", UCUM.into()),
+        ("code", ucum.into()),
+    ])
 }
 
 /// kPa → mm[Hg] (×7.50062, rounded to 0.1): R4's `bp` profile accepts only mm[Hg].
@@ -597,16 +609,25 @@ fn bp_component(v: BpValue<'_>) -> Result<Option<Value>, MappingError> {
         ),
         _ => return Ok(None),
     };
-    let code = json!({"coding": [mdc_coding(mdc, disp), {"system": LOINC, "code": loinc, "display": ldisp}]});
+    let code = object([(
+        "coding",
+        Value::Array(vec![
+            mdc_coding(mdc, disp),
+            json!({"system": LOINC, "code": loinc, "display": ldisp}),
+        ]),
+    )]);
     Ok(Some(match v {
-        BpValue::Number(c) => json!({
-            "code": code,
-            "valueQuantity": quantity(to_mmhg(c.value, &c.unit)?, "mm[Hg]"),
-        }),
-        BpValue::Absent(a) => json!({
-            "code": code,
-            "dataAbsentReason": data_absent_reason(a.reason),
-        }),
+        BpValue::Number(c) => object([
+            ("code", code),
+            (
+                "valueQuantity",
+                quantity(to_mmhg(c.value, &c.unit)?, "mm[Hg]"),
+            ),
+        ]),
+        BpValue::Absent(a) => object([
+            ("code", code),
+            ("dataAbsentReason", data_absent_reason(a.reason)),
+        ]),
     }))
 }
 
@@ -783,7 +804,7 @@ fn codeable(c: &Code) -> Value {
     if let Some((l, d)) = c.loinc {
         coding.push(json!({"system": LOINC, "code": l, "display": d}));
     }
-    json!({"coding": coding, "text": c.text})
+    object([("coding", Value::Array(coding)), ("text", c.text.into())])
 }
 
 /// The Observation resource of one reading (pure).
@@ -826,7 +847,7 @@ pub fn observation(
 
     let mut obs = Map::new();
     obs.insert("resourceType".into(), json!("Observation"));
-    obs.insert("meta".into(), json!({"profile": profiles}));
+    obs.insert("meta".into(), object([("profile", Value::Array(profiles))]));
     obs.insert(
         "extension".into(),
         json!([{"url": GATEWAY_EXTENSION, "valueReference": {"reference": gateway_ref}}]),
@@ -906,10 +927,13 @@ pub fn observation(
     if let (ReadingKind::OxygenSaturation, Some(flow)) =
         (r.kind, r.context.supplemental_oxygen_l_min)
     {
-        extra.push(json!({
-            "code": {"coding": [{"system": LOINC, "code": "3151-8", "display": "Inhaled oxygen flow rate"}], "text": "Supplemental oxygen flow rate"},
-            "valueQuantity": quantity(flow, "L/min"),
-        }));
+        extra.push(object([
+            (
+                "code",
+                json!({"coding": [{"system": LOINC, "code": "3151-8", "display": "Inhaled oxygen flow rate"}], "text": "Supplemental oxygen flow rate"}),
+            ),
+            ("valueQuantity", quantity(flow, "L/min")),
+        ]));
     }
     // Meal context (GATT 0x2A34, Open mHealth temporal_relationship_to_meal): no standard code
     // was sourced for the concept or its values, so it travels as text only (README "Limits").
