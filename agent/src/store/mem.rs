@@ -614,7 +614,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            // PROPTEST_CASES when set (cross/test.sh lowers it under qemu).
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40),
+            ..ProptestConfig::default()
+        })]
         /// MemStore cannot drift from the sled store's semantics: same answers, same state.
         #[test]
         fn conformance_memstore_answers_as_the_sled_outbox_does(

@@ -467,8 +467,16 @@ fn run_case(kind: Kind, ops: Vec<Op>) -> Result<(), TestCaseError> {
     rt.block_on(run_ops(kind, ops)).map_err(TestCaseError::fail)
 }
 
+/// Case count: `PROPTEST_CASES` when set (cross/test.sh lowers it under qemu), else `default`.
+fn cases_or(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases_or(256), ..ProptestConfig::default() })]
     #[test]
     fn model_pipeline_and_uploader_over_memstore_keep_every_reading_once(
         ops in proptest::collection::vec(op(), 1..25)
@@ -478,7 +486,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases_or(32), ..ProptestConfig::default() })]
     #[test]
     fn model_pipeline_and_uploader_over_the_sled_outbox_keep_every_reading_once(
         ops in proptest::collection::vec(op(), 1..25)
