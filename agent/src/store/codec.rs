@@ -324,24 +324,70 @@ impl KeySet {
         plaintext: &[u8],
         counter: u64,
     ) -> Vec<u8> {
+        self.seal_keyed(SEALED_VERSION_V3, binding, record_key, plaintext, counter)
+    }
+
+    /// Version 2 (`bound` empty) and version 3 records: `version | key id | bound | nonce |
+    /// ciphertext | tag`, AAD = everything before the nonce ‖ `record_key`.
+    fn seal_keyed(
+        &self,
+        version: u8,
+        bound: &[u8],
+        record_key: &[u8],
+        plaintext: &[u8],
+        counter: u64,
+    ) -> Vec<u8> {
         let key = &self.keys[self.active];
         let nonce = self.nonce(counter);
-        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD_V3);
-        out.push(SEALED_VERSION_V3);
+        let mut out = Vec::with_capacity(5 + bound.len() + NONCE_LEN + plaintext.len() + TAG_LEN);
+        out.push(version);
         out.extend_from_slice(&key.id.to_be_bytes());
-        out.extend_from_slice(binding);
+        out.extend_from_slice(bound);
+        let aad = keyed_aad(&out, record_key);
         out.extend_from_slice(&nonce);
+        let header = out.len();
         out.extend_from_slice(plaintext);
         let tag = key.key.seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad_v3(key.id, binding, record_key)),
-            &mut out[V3_HEADER_LEN..],
+            Aad::from(aad),
+            &mut out[header..],
         );
         match tag {
             Ok(tag) => out.extend_from_slice(tag.as_ref()),
-            Err(_) => out.truncate(V3_HEADER_LEN),
+            // As in `RecordCipher::seal_with_nonce`: unreachable for capped record sizes; a
+            // record that never authenticates rather than a panic.
+            Err(_) => out.truncate(header),
         }
         out
+    }
+
+    /// Opens a version 2 or 3 record whose header (with its nonce last) is `header` bytes.
+    fn open_keyed(
+        &self,
+        record_key: &[u8],
+        sealed: &[u8],
+        header: usize,
+    ) -> Result<Vec<u8>, CodecError> {
+        if sealed.len() < header + TAG_LEN {
+            return Err(CodecError::TooShort { len: sealed.len() });
+        }
+        let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or(CodecError::UnknownKey { id })?;
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[header - NONCE_LEN..header])
+            .map_err(|_| CodecError::Authentication)?;
+        let aad = keyed_aad(&sealed[..header - NONCE_LEN], record_key);
+        let mut buf = sealed[header..].to_vec();
+        let len = key
+            .key
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .map_err(|_| CodecError::Authentication)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 
     fn nonce(&self, counter: u64) -> [u8; NONCE_LEN] {
@@ -354,25 +400,7 @@ impl KeySet {
     /// Seals `plaintext` under the active key for `record_key`; `counter` must be unique in
     /// the store (a sled `generate_id`): it is the nonce.
     pub fn seal(&self, record_key: &[u8], plaintext: &[u8], counter: u64) -> Vec<u8> {
-        let key = &self.keys[self.active];
-        let nonce = self.nonce(counter);
-        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD_V2);
-        out.push(SEALED_VERSION_V2);
-        out.extend_from_slice(&key.id.to_be_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let tag = key.key.seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad_v2(key.id, record_key)),
-            &mut out[V2_HEADER_LEN..],
-        );
-        match tag {
-            Ok(tag) => out.extend_from_slice(tag.as_ref()),
-            // As in `RecordCipher::seal_with_nonce`: unreachable for capped record sizes; a
-            // record that never authenticates rather than a panic.
-            Err(_) => out.truncate(V2_HEADER_LEN),
-        }
-        out
+        self.seal_keyed(SEALED_VERSION_V2, &[], record_key, plaintext, counter)
     }
 
     /// Opens a version 1 or version 2 record sealed for `record_key`.
@@ -385,69 +413,18 @@ impl KeySet {
         match sealed.first() {
             None => Err(CodecError::TooShort { len: 0 }),
             Some(&SEALED_VERSION) => self.legacy.open(record_key, sealed),
-            Some(&SEALED_VERSION_V2) => {
-                if sealed.len() < SEAL_OVERHEAD_V2 {
-                    return Err(CodecError::TooShort { len: sealed.len() });
-                }
-                let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
-                let key = self
-                    .keys
-                    .iter()
-                    .find(|k| k.id == id)
-                    .ok_or(CodecError::UnknownKey { id })?;
-                let nonce = Nonce::try_assume_unique_for_key(&sealed[5..V2_HEADER_LEN])
-                    .map_err(|_| CodecError::Authentication)?;
-                let mut buf = sealed[V2_HEADER_LEN..].to_vec();
-                let len = key
-                    .key
-                    .open_in_place(nonce, Aad::from(aad_v2(id, record_key)), &mut buf)
-                    .map_err(|_| CodecError::Authentication)?
-                    .len();
-                buf.truncate(len);
-                Ok(buf)
-            }
-            Some(&SEALED_VERSION_V3) => {
-                if sealed.len() < SEAL_OVERHEAD_V3 {
-                    return Err(CodecError::TooShort { len: sealed.len() });
-                }
-                let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
-                let key = self
-                    .keys
-                    .iter()
-                    .find(|k| k.id == id)
-                    .ok_or(CodecError::UnknownKey { id })?;
-                let mut binding = [0u8; BINDING_LEN];
-                binding.copy_from_slice(&sealed[5..5 + BINDING_LEN]);
-                let nonce =
-                    Nonce::try_assume_unique_for_key(&sealed[5 + BINDING_LEN..V3_HEADER_LEN])
-                        .map_err(|_| CodecError::Authentication)?;
-                let mut buf = sealed[V3_HEADER_LEN..].to_vec();
-                let len = key
-                    .key
-                    .open_in_place(nonce, Aad::from(aad_v3(id, &binding, record_key)), &mut buf)
-                    .map_err(|_| CodecError::Authentication)?
-                    .len();
-                buf.truncate(len);
-                Ok(buf)
-            }
+            Some(&SEALED_VERSION_V2) => self.open_keyed(record_key, sealed, V2_HEADER_LEN),
+            Some(&SEALED_VERSION_V3) => self.open_keyed(record_key, sealed, V3_HEADER_LEN),
             Some(&found) => Err(CodecError::UnknownVersion { found }),
         }
     }
 }
 
-fn aad_v3(id: u32, binding: &[u8; BINDING_LEN], record_key: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(5 + BINDING_LEN + record_key.len());
-    aad.push(SEALED_VERSION_V3);
-    aad.extend_from_slice(&id.to_be_bytes());
-    aad.extend_from_slice(binding);
-    aad.extend_from_slice(record_key);
-    aad
-}
-
-fn aad_v2(id: u32, record_key: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(5 + record_key.len());
-    aad.push(SEALED_VERSION_V2);
-    aad.extend_from_slice(&id.to_be_bytes());
+/// The AAD of a version 2 or 3 record: its header up to the nonce (version, key id, binding)
+/// ‖ `record_key`.
+fn keyed_aad(head: &[u8], record_key: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(head.len() + record_key.len());
+    aad.extend_from_slice(head);
     aad.extend_from_slice(record_key);
     aad
 }
