@@ -988,12 +988,9 @@ fn store_compact(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let store = match crate::app::open_store(&cfg) {
+    let store = match open_store_for(&cfg, "store compact") {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("vitalgate: store compact: {e}{}", in_use_hint(&e));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match store.compact() {
         Ok(r) => {
@@ -1028,12 +1025,9 @@ fn salvage(path: &Path, from: &Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let store = match crate::app::open_store(&cfg) {
+    let store = match open_store_for(&cfg, "store salvage") {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("vitalgate: store salvage: {e}{}", in_use_hint(&e));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     // The identity a reading is stored under (as the pipeline stores it).
     let identity = |r: &crate::reading::Reading| Some(r.observation_identifier.clone());
@@ -1066,6 +1060,15 @@ fn salvage(path: &Path, from: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Opens the outbox for `command`; on failure prints `vitalgate: <command>: <error>` (with
+/// the in-use hint) and gives the exit code.
+fn open_store_for(cfg: &Config, command: &str) -> Result<crate::store::Outbox, ExitCode> {
+    crate::app::open_store(cfg).map_err(|e| {
+        eprintln!("vitalgate: {command}: {e}{}", in_use_hint(&e));
+        ExitCode::FAILURE
+    })
 }
 
 /// The outbox is single-process (sled): say so when a running daemon holds it.
@@ -1105,12 +1108,9 @@ fn dead_letters(path: &Path, show: Option<u64>) -> ExitCode {
             }
         };
     }
-    let store = match crate::app::open_store(&cfg) {
+    let store = match open_store_for(&cfg, "dead-letters") {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("vitalgate: dead-letters: {e}{}", in_use_hint(&e));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = match show {
         Some(seq) => store.dead_letter_payload(seq).map(|bytes| {
@@ -1211,12 +1211,9 @@ fn requeue(path: &Path, seq: Option<u64>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let store = match crate::app::open_store(&cfg) {
+    let store = match open_store_for(&cfg, "dead-letters requeue") {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("vitalgate: dead-letters requeue: {e}{}", in_use_hint(&e));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     // The identity a reading is stored under (as the pipeline stores it).
     let identity = |r: &crate::reading::Reading| Some(r.observation_identifier.clone());
