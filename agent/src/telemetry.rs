@@ -53,6 +53,11 @@ macro_rules! counters {
     };
 }
 
+/// Tests that make the pipeline fault its store, or count such faults, hold this: the
+/// counters are process-wide and lib tests run in parallel threads of one process.
+#[cfg(test)]
+pub(crate) static STORE_FAULT_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 counters!(
     readings_stored,
     readings_duplicate,

@@ -743,6 +743,8 @@ mod tests {
             u64::MAX / 2,
         ));
         let patience = Duration::from_secs(60);
+        // The fault counters are process-wide: no other pipeline faults its store meanwhile.
+        let _serial = crate::telemetry::STORE_FAULT_TESTS.lock().await;
         let faults_before = COUNTERS.store_faults.load(Ordering::Relaxed);
         let recoveries_before = COUNTERS.store_recoveries.load(Ordering::Relaxed);
 

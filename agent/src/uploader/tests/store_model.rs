@@ -459,6 +459,8 @@ async fn run_ops(kind: Kind, ops: Vec<Op>) -> Result<(), String> {
 }
 
 fn run_case(kind: Kind, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    // Its disk-full steps fault the pipeline: not while a test counts such faults.
+    let _serial = crate::telemetry::STORE_FAULT_TESTS.blocking_lock();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
