@@ -1141,8 +1141,18 @@ mod tests {
     }
 
     fn uploader(store: &Arc<Outbox>, server: &Scripted, batch_size: usize) -> Uploader<Scripted> {
+        uploader_over(Arc::<Outbox>::clone(store), server, batch_size)
+    }
+
+    /// The test uploader over any [`crate::store::Store`] (the model test runs it on
+    /// `MemStore` too).
+    fn uploader_over(
+        store: Arc<dyn crate::store::Store>,
+        server: &Scripted,
+        batch_size: usize,
+    ) -> Uploader<Scripted> {
         Uploader {
-            store: Arc::<Outbox>::clone(store),
+            store,
             sender: server.clone(),
             gateway: GatewayInfo::new("gw", "0"),
             batch_size,

@@ -264,22 +264,7 @@ async fn sync(p: &Process, server: &Scripted, script: &Mutex<Script>, first: Ans
         rest,
         answered: 0,
     };
-    let up = Uploader {
-        store: Arc::clone(&p.store),
-        sender: server.clone(),
-        gateway: GatewayInfo::new("gw", "0"),
-        batch_size: 3,
-        schedule: SchedulerConfig {
-            retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
-            pause: Backoff::new(Duration::from_secs(10), Duration::from_secs(300)),
-            rejection_streak_limit: REJECTION_STREAK_LIMIT,
-        },
-        wake: Arc::new(Notify::new()),
-        seed: 1,
-        consent: ConsentSource::new(&Default::default()),
-        metering: Metering::default(),
-        ledger_file: None,
-    };
+    let up = uploader_over(Arc::clone(&p.store), server, 3);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(up.run(shutdown.clone()));
     tokio::time::sleep(Duration::from_secs(20)).await;
