@@ -26,7 +26,7 @@
 
 #[path = "common/mod.rs"]
 mod fixtures;
-use fixtures::{bp, device};
+use fixtures::{bp, device, readings};
 // The real MQTT path (mosquitto + the vitalgate binary): the test harness, shared with
 // the mqtt_ingest bench.
 #[path = "../../tests/common/mod.rs"]
@@ -205,25 +205,6 @@ fn per_reading_run(dir: &Path, producers: u64, per_producer: u64) -> Run {
     let elapsed = start.elapsed();
     let sealed = store.recount_held_bytes().expect("recount");
     summarise(producers * per_producer, elapsed, lat, sealed)
-}
-
-fn readings(count: u64) -> Vec<Reading> {
-    let dev = device();
-    (0..count)
-        .flat_map(|n| {
-            let (record, at) = bp(n);
-            readings_from_record(
-                &dev,
-                &record,
-                &Source::Ble {
-                    address: "00:09:1F:AA:BB:CC".into(),
-                },
-                &CaptureClock::default(),
-                at,
-            )
-            .expect("reading")
-        })
-        .collect()
 }
 
 /// `readings` in batches of `batch`, each batch one durable `insert_records`.

@@ -23,15 +23,14 @@
 #![allow(clippy::disallowed_methods)]
 
 mod common;
-use common::{bp, device};
+use common::readings;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use vitalgate::pipeline::{readings_from_record, CaptureClock};
-use vitalgate::reading::{Reading, Source};
+use vitalgate::reading::Reading;
 use vitalgate::store::{NewRecord, Outbox, OutboxOptions, StoreKey};
 use vitalgate::uplink::backoff::Backoff;
 use vitalgate::uplink::client::BundleSender;
@@ -41,25 +40,6 @@ use vitalgate::uplink::scheduler::{SchedulerConfig, REJECTION_STREAK_LIMIT};
 use vitalgate::uploader::{ConsentSource, Uploader};
 use vitalgate_devkit::fhir_server::{FhirTestServer, ServerConfig};
 use vitalgate_devkit::pki::TestPki;
-
-fn readings(count: u64) -> Vec<Reading> {
-    let dev = device();
-    (0..count)
-        .flat_map(|n| {
-            let (record, at) = bp(n);
-            readings_from_record(
-                &dev,
-                &record,
-                &Source::Ble {
-                    address: "00:09:1F:AA:BB:CC".into(),
-                },
-                &CaptureClock::default(),
-                at,
-            )
-            .expect("reading")
-        })
-        .collect()
-}
 
 /// `UPLINK_DRAIN_PIN=1` (and at least 2 CPUs): the server runs on a runtime of its own, its
 /// threads pinned to CPU 1, the clients, the outbox and everything else on CPU 0, as with a

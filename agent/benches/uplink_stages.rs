@@ -16,36 +16,16 @@
 #![allow(clippy::disallowed_methods)]
 
 mod common;
-use common::{bp, device};
+use common::readings;
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use vitalgate::pipeline::{readings_from_record, CaptureClock};
-use vitalgate::reading::{Reading, Source};
+use vitalgate::reading::Reading;
 use vitalgate::store::{NewRecord, Outbox, OutboxOptions, StoreKey};
 use vitalgate::uplink::fhir::{build_bundle, readings_that_fit, GatewayInfo, KnownDevices};
 use vitalgate::uplink::outcome::{classify, Outcome};
-
-fn readings(count: u64) -> Vec<Reading> {
-    let dev = device();
-    (0..count)
-        .flat_map(|n| {
-            let (record, at) = bp(n);
-            readings_from_record(
-                &dev,
-                &record,
-                &Source::Ble {
-                    address: "00:09:1F:AA:BB:CC".into(),
-                },
-                &CaptureClock::default(),
-                at,
-            )
-            .expect("reading")
-        })
-        .collect()
-}
 
 /// The answer a server gives a committed Bundle of `entries` Observation creates.
 fn answer(entries: usize, first_id: usize) -> Vec<u8> {

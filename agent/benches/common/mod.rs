@@ -44,3 +44,23 @@ pub fn bp(n: u64) -> (Record, chrono::DateTime<Utc>) {
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(n as i64);
     (record, at)
 }
+
+/// `count` blood-pressure readings of [`device`] over BLE, as the pipeline makes them.
+pub fn readings(count: u64) -> Vec<vitalgate::reading::Reading> {
+    let dev = device();
+    (0..count)
+        .flat_map(|n| {
+            let (record, at) = bp(n);
+            vitalgate::pipeline::readings_from_record(
+                &dev,
+                &record,
+                &vitalgate::reading::Source::Ble {
+                    address: "00:09:1F:AA:BB:CC".into(),
+                },
+                &vitalgate::pipeline::CaptureClock::default(),
+                at,
+            )
+            .expect("reading")
+        })
+        .collect()
+}
