@@ -466,6 +466,11 @@ mod scripted {
 
     pub async fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
         let header = s.read_u8().await?;
+        read_packet_after(s, header).await
+    }
+
+    /// The rest of a packet whose first byte was read.
+    async fn read_packet_after(s: &mut TcpStream, header: u8) -> std::io::Result<(u8, Vec<u8>)> {
         let mut len = 0usize;
         for shift in [0, 7, 14, 21] {
             let b = s.read_u8().await?;
@@ -529,7 +534,19 @@ mod scripted {
     pub async fn pubacks_for(s: &mut TcpStream, window: std::time::Duration) -> Vec<u16> {
         let mut acks = Vec::new();
         let until = tokio::time::Instant::now() + window;
-        while let Ok(r) = tokio::time::timeout_at(until, read_packet(s)).await {
+        // Only the wait for a packet's first byte is bounded by the window: reading one byte is
+        // cancel-safe, a half-read packet is not (cut by the timeout, the next read would start
+        // inside it). Under a loaded machine the agent's PUBACKs arrive split across reads.
+        while let Ok(first) = tokio::time::timeout_at(until, s.read_u8()).await {
+            let r = match first {
+                Ok(header) => tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    read_packet_after(s, header),
+                )
+                .await
+                .expect("the rest of a packet within 10 s"),
+                Err(e) => Err(e),
+            };
             match r {
                 Ok((0x40, body)) => acks.push(u16::from_be_bytes([body[0], body[1]])),
                 Ok((0xc0, _)) => s.write_all(&[0xd0, 0x00]).await.unwrap(),

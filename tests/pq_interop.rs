@@ -49,7 +49,12 @@ impl Setup {
             client_cert: self.pki.client_cert.clone(),
             client_key: self.pki.client_key.clone(),
             allow_insecure_http: false,
-            timeout: Duration::from_secs(10),
+            // Under qemu (cross/test.sh) a handshake on a loaded machine can take seconds.
+            timeout: if std::env::var_os("VITALGATE_EXEC_WRAPPER").is_some_and(|w| !w.is_empty()) {
+                Duration::from_secs(50)
+            } else {
+                Duration::from_secs(10)
+            },
         }
     }
 

@@ -359,6 +359,12 @@ async fn confirmed_devices_are_referenced_not_resent_and_a_server_that_lost_them
         .await;
     h.wait_for_observations(8, Duration::from_secs(60)).await;
     assert_eq!(h.fhir.stored_devices().len(), 2, "no Device created twice");
+    // The test server records a request once it has answered it, a moment after the
+    // Observations are stored (seen under qemu): wait for the record of the last Bundle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10) * emulation_factor();
+    while entries(&posts(&h)) < 2 + 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let before = posts(&h);
     assert!(before.iter().all(|r| r.status == 200), "{before:?}");
     assert!(before.len() >= 2, "{before:?}");

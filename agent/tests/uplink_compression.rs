@@ -7,11 +7,11 @@ use serde_json::{json, Value};
 use vitalgate::uplink::client::{BundleSender, UplinkClient};
 
 mod support;
-use support::{setup, Setup};
+use support::{patience, setup, Setup};
 
 impl Setup {
     fn client(&self) -> UplinkClient {
-        self.client_with_timeout(Duration::from_secs(10))
+        self.client_with_timeout(patience(Duration::from_secs(10)))
     }
 }
 

@@ -12,7 +12,7 @@ use vitalgate_devkit::fhir_server::Mode;
 const GIB: u64 = 1 << 30;
 
 mod support;
-use support::{setup, Setup};
+use support::{patience, setup, Setup};
 
 impl Setup {
     fn client(&self, timeout: Duration) -> UplinkClient {
@@ -25,7 +25,7 @@ impl Setup {
     ) -> Result<vitalgate::uplink::client::RawResponse, SendError> {
         // A generous outer deadline: the test must end even if the client never does.
         tokio::time::timeout(
-            Duration::from_secs(120),
+            patience(Duration::from_secs(120)),
             self.client(timeout).send(&bundle()),
         )
         .await
@@ -59,7 +59,8 @@ async fn a_slow_loris_answer_ends_at_the_configured_timeout() {
     s.fhir.set_mode(Mode::SlowLoris {
         byte_every: Duration::from_millis(50),
     });
-    let timeout = Duration::from_secs(1);
+    // Scaled under qemu, where the handshake alone can take a second: the trickle must start.
+    let timeout = patience(Duration::from_secs(1));
     let err = s.send(timeout).await.unwrap_err();
     assert!(
         matches!(err, SendError::Timeout(t) if t == timeout),
@@ -127,7 +128,7 @@ async fn deeply_nested_json_is_refused_before_serde_without_a_stack_overflow() {
 async fn a_redirect_loop_is_not_followed_and_is_its_own_error() {
     let s = setup().await;
     s.fhir.set_mode(Mode::RedirectLoop);
-    let err = s.send(Duration::from_secs(10)).await.unwrap_err();
+    let err = s.send(patience(Duration::from_secs(10))).await.unwrap_err();
     assert!(
         matches!(err, SendError::Redirected { status: 307 }),
         "{err:?}"
@@ -144,7 +145,7 @@ async fn a_redirect_loop_is_not_followed_and_is_its_own_error() {
 async fn a_per_entry_4xx_inside_a_200_is_an_answer_for_the_outcome_rules() {
     let s = setup().await;
     s.fhir.set_mode(Mode::FailEntry(0));
-    let resp = s.send(Duration::from_secs(10)).await.unwrap();
+    let resp = s.send(patience(Duration::from_secs(10))).await.unwrap();
     assert_eq!(resp.status, 200);
     let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(body["entry"][0]["response"]["status"], "400 Bad Request");

@@ -496,6 +496,8 @@ backoff_max_secs = 1
         count: usize,
         stall: Duration,
     ) -> usize {
+        // Under qemu everything is several times slower (a reconnect, a redelivery round).
+        let stall = stall * emulation_factor();
         let mut last = 0;
         let mut last_change = Instant::now();
         loop {

@@ -13,6 +13,17 @@ pub struct Setup {
     pub fhir: FhirTestServer,
 }
 
+/// A test timeout scaled for user-mode emulation: under qemu (`cross/test.sh`, which sets
+/// `VITALGATE_EXEC_WRAPPER`) a TLS handshake on a loaded 2-core machine can take seconds, so
+/// deadlines meant as "never this slow" are 5x longer there. Natively: `d` itself.
+#[allow(dead_code)] // each test file uses what it needs of this module
+pub fn patience(d: Duration) -> Duration {
+    match std::env::var("VITALGATE_EXEC_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => d * 5,
+        _ => d,
+    }
+}
+
 pub async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate(&dir.path().join("pki")).unwrap();
