@@ -102,6 +102,44 @@ async fn a_rotated_client_certificate_is_used_for_the_next_upload_without_a_rest
     );
 }
 
+/// An idle gateway (nothing to send) puts a rotated certificate in use within the uploader's
+/// idle poll (30 s), without an upload: the log names the new expiry (status and the expiry
+/// alarm follow it) and the server saw no new handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gateway_puts_a_rotated_certificate_in_use_within_its_idle_poll() {
+    let h = Harness::new(Broker::embedded()).await;
+    let mut agent = h.spawn_agent();
+    h.publish(&[bp_point(0, 121, 81)]).await;
+    h.wait_for_observations(1, Duration::from_secs(60)).await;
+    let handshakes = h.fhir.client_certificates().len();
+
+    replace_atomically(
+        &h.pki.client_key,
+        &std::fs::read(&h.pki.next_client_key).unwrap(),
+        0o600,
+    );
+    replace_atomically(
+        &h.pki.client_cert,
+        &std::fs::read(&h.pki.next_client_cert).unwrap(),
+        0o644,
+    );
+    let started = std::time::Instant::now();
+    h.wait_for_log(
+        &agent,
+        "new uplink client certificate in use",
+        1,
+        vitalgate::uploader::IDLE_POLL + Duration::from_secs(15) * emulation_factor(),
+    );
+    eprintln!("picked up after {:?} idle", started.elapsed());
+    assert_eq!(
+        h.fhir.client_certificates().len(),
+        handshakes,
+        "picked up without a connection to the server"
+    );
+    agent.terminate();
+    assert_eq!(h.fhir.observation_identifiers().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_new_key_keeps_the_old_certificate_and_uploads_go_on() {
     let h = Harness::new(Broker::embedded()).await;

@@ -437,6 +437,9 @@ impl<S: BundleSender> Uploader<S> {
                         (ids, std::mem::take(&mut ahead_known), b)
                     });
                     if batch.is_empty() {
+                        // Nothing to send: a rotated client certificate is picked up now, not
+                        // at the next upload (the status and the expiry alarm follow it).
+                        self.sender.idle_tick();
                         let stop = crate::ops::watchdog::idle(async {
                             tokio::select! {
                                 _ = self.wake.notified() => false,
@@ -929,6 +932,8 @@ mod tests {
         resources: Mutex<std::collections::HashMap<String, Value>>,
         /// Test of the tests: commit every Observation again (no conditional create).
         no_dedup: bool,
+        /// How often the uploader called [`BundleSender::idle_tick`].
+        idle_ticks: std::sync::atomic::AtomicUsize,
     }
 
     #[derive(Clone)]
@@ -948,6 +953,7 @@ mod tests {
                 device_locations: false,
                 resources: Mutex::new(std::collections::HashMap::new()),
                 no_dedup: false,
+                idle_ticks: std::sync::atomic::AtomicUsize::new(0),
             }))
         }
         /// As [`Scripted::new`], with Device entries answered with their location.
@@ -1118,6 +1124,12 @@ mod tests {
             let bundle = bundle.clone();
             async move { server.answer(&bundle).await }
         }
+
+        fn idle_tick(&self) {
+            self.0
+                .idle_ticks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn reading(n: i64) -> Reading {
@@ -1274,6 +1286,31 @@ mod tests {
             3_000,
             "no reading sent twice: {sizes:?}"
         );
+    }
+
+    /// Issue #12, rotation on an idle gateway: with nothing to send the uploader still gives
+    /// the sender an idle tick at least every `IDLE_POLL` (the real client then looks for a
+    /// rotated certificate), so a new certificate is in use within a minute, not at the next
+    /// upload; a busy uploader is not idle.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_uploader_ticks_its_sender_every_idle_poll() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let server = Scripted::new(|_| Answer::Commit);
+        let dir = tempfile::tempdir().unwrap();
+        let store = outbox(&dir, &[]);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uploader(&store, &server, 10).run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = server.0.idle_ticks.load(Relaxed);
+        assert!(first >= 1, "no tick when it found nothing to send");
+        tokio::time::sleep(2 * IDLE_POLL).await;
+        let later = server.0.idle_ticks.load(Relaxed);
+        assert!(
+            later >= first + 2,
+            "{first} then {later} ticks over two idle polls"
+        );
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -366,6 +366,12 @@ pub trait BundleSender: Send + Sync {
     fn body_bytes_sent(&self) -> u64 {
         0
     }
+
+    /// Called each time the uploader finds nothing to send, then at least every
+    /// [`crate::uploader::IDLE_POLL`] while it idles: the real client looks for a rotated client
+    /// certificate here, so an idle gateway puts it in use (and reports its expiry) within that
+    /// time instead of at its next upload. The default does nothing.
+    fn idle_tick(&self) {}
 }
 
 /// The real [`BundleSender`]: reqwest on rustls/ring, mutual TLS.
@@ -794,6 +800,10 @@ impl BundleSender for UplinkClient {
 
     fn body_bytes_sent(&self) -> u64 {
         UplinkClient::body_bytes_sent(self)
+    }
+
+    fn idle_tick(&self) {
+        self.reload_if_changed();
     }
 }
 
