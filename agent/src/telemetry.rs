@@ -100,6 +100,8 @@ counters!(
     uplink_client_cert_reload_failures,
     uplink_tokens_fetched,
     uplink_tokens_refused,
+    uplink_oauth_key_rotations,
+    uplink_oauth_key_reload_failures,
     mqtt_connects,
     mqtt_connection_errors,
     mqtt_subscriptions_refused,
@@ -937,6 +939,33 @@ impl UplinkClientCertReloadFailed<'_> {
             error = %self.error,
             hint = "install the certificate and its key together (write to a temporary file, chmod 600 the key, rename over); it is tried again when the files change",
             "the changed uplink client certificate or key does not load: keeping the certificate in use"
+        );
+    }
+}
+
+/// A changed `uplink.oauth2.key_file` loaded: it signs the client assertions from now on.
+pub struct UplinkOAuthKeyInUse<'a> {
+    pub path: &'a std::path::Path,
+}
+impl UplinkOAuthKeyInUse<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_oauth_key_rotations);
+        tracing::info!(path = %self.path.display(), "new OAuth client key in use");
+    }
+}
+
+/// The changed OAuth key file does not load: the key in use stays. No secret (the path and
+/// why the key was refused).
+pub struct UplinkOAuthKeyReloadFailed<'a> {
+    pub error: &'a crate::uplink::oauth::OAuthSetupError,
+}
+impl UplinkOAuthKeyReloadFailed<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_oauth_key_reload_failures);
+        tracing::warn!(
+            error = %self.error,
+            hint = "write the new key to a temporary file, chmod 600, rename it over key_file; register its public key with the authorization server first; it is tried again when the file changes",
+            "the changed OAuth client key does not load: keeping the key in use"
         );
     }
 }

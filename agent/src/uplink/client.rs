@@ -427,7 +427,7 @@ pub fn client_cert_rotations() -> u64 {
 /// The metadata of one file that changes when the file is rewritten, replaced by a rename, or
 /// has its mode changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
+pub(crate) struct FileStamp {
     len: u64,
     modified: Option<SystemTime>,
     #[cfg(unix)]
@@ -438,7 +438,7 @@ struct FileStamp {
 
 impl FileStamp {
     /// `None` when the file cannot be stat'ed (e.g. between an unlink and a rename).
-    fn of(path: &std::path::Path) -> Option<FileStamp> {
+    pub(crate) fn of(path: &std::path::Path) -> Option<FileStamp> {
         let m = std::fs::metadata(path).ok()?;
         #[cfg(unix)]
         use std::os::unix::fs::MetadataExt as _;

@@ -23,8 +23,10 @@ use base64::Engine as _;
 use ring::rand::SecureRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
 
-use super::client::{classify_reqwest_error, SendError};
-use crate::telemetry::{UplinkTokenFetched, UplinkTokenRefused};
+use super::client::{classify_reqwest_error, FileStamp, SendError};
+use crate::telemetry::{
+    UplinkOAuthKeyInUse, UplinkOAuthKeyReloadFailed, UplinkTokenFetched, UplinkTokenRefused,
+};
 
 /// The client assertion is valid this long (SMART: "no more than five minutes in the future";
 /// a minute less leaves room for a server clock behind the gateway's).
@@ -423,9 +425,15 @@ impl CachedToken {
 /// Where the uplink gets its access tokens: the configuration, the signing key and the cache.
 pub struct TokenSource {
     cfg: OAuth2Config,
-    key: AssertionKey,
+    key: Mutex<LoadedKey>,
     rng: ring::rand::SystemRandom,
     cached: Mutex<Option<CachedToken>>,
+}
+
+/// The signing key in use and the stamp of the file it was last looked at in.
+struct LoadedKey {
+    stamp: Option<FileStamp>,
+    key: std::sync::Arc<AssertionKey>,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -444,10 +452,14 @@ impl TokenSource {
     ///
     /// [`OAuthSetupError`] naming the key file.
     pub fn new(cfg: &OAuth2Config) -> Result<TokenSource, OAuthSetupError> {
+        let stamp = FileStamp::of(&cfg.key_file);
         let key = AssertionKey::load(&cfg.key_file, cfg.algorithm)?;
         Ok(TokenSource {
             cfg: cfg.clone(),
-            key,
+            key: Mutex::new(LoadedKey {
+                stamp,
+                key: std::sync::Arc::new(key),
+            }),
             rng: ring::rand::SystemRandom::new(),
             cached: Mutex::new(None),
         })
@@ -455,6 +467,31 @@ impl TokenSource {
 
     pub fn token_url(&self) -> &url::Url {
         &self.cfg.token_url
+    }
+
+    /// The key that signs the next assertion. Key rotation without a restart, as for the
+    /// client certificate: when `key_file` changed since it was last looked at (size, times,
+    /// inode: one `stat` per token request), the new key is loaded and used from now on; a file
+    /// that does not load (half-written, wrong type, readable by others) keeps the key in use,
+    /// is logged once and counted, and is tried again when it changes again. A cached token
+    /// stays valid: the new key signs the next request.
+    pub fn current_key(&self) -> std::sync::Arc<AssertionKey> {
+        let now = FileStamp::of(&self.cfg.key_file);
+        let mut loaded = self.key.lock().unwrap_or_else(PoisonError::into_inner);
+        if loaded.stamp != now {
+            loaded.stamp = now;
+            match AssertionKey::load(&self.cfg.key_file, self.cfg.algorithm) {
+                Ok(key) => {
+                    loaded.key = std::sync::Arc::new(key);
+                    UplinkOAuthKeyInUse {
+                        path: &self.cfg.key_file,
+                    }
+                    .emit();
+                }
+                Err(error) => UplinkOAuthKeyReloadFailed { error: &error }.emit(),
+            }
+        }
+        std::sync::Arc::clone(&loaded.key)
     }
 
     /// Forgets the cached token (the FHIR server answered 401 to it).
@@ -514,7 +551,7 @@ impl TokenSource {
         let now = chrono::Utc::now().timestamp();
         let jti = new_jti(&self.rng)?;
         let assertion = client_assertion(
-            &self.key,
+            &self.current_key(),
             self.cfg.key_id.as_deref(),
             &self.cfg.client_id,
             self.cfg.token_url.as_str(),
@@ -777,5 +814,85 @@ mod tests {
         let e = AssertionKey::load(&path, JwsAlgorithm::Rs384).unwrap_err();
         assert!(e.to_string().contains("not a RS384 private key"), "{e}");
         assert!(e.to_string().contains("oauth.key"), "{e}");
+    }
+
+    /// A fresh ES384 key as a PKCS#8 PEM, and its public key.
+    fn es384_pem() -> (String, Vec<u8>) {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, &rng)
+            .unwrap();
+        let public = AssertionKey::from_pkcs8(JwsAlgorithm::Es384, pkcs8.as_ref())
+            .unwrap()
+            .public_key();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        );
+        (pem, public)
+    }
+
+    /// Key rotation without a restart: a new key file signs the next assertion; a file that
+    /// does not load (garbage, readable by others) keeps the key in use, is counted once per
+    /// change, and the key file is tried again when it changes again.
+    #[test]
+    fn a_rotated_key_file_signs_the_next_assertion_and_a_broken_one_keeps_the_key() {
+        use std::os::unix::fs::PermissionsExt as _;
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = &crate::telemetry::COUNTERS;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oauth.pem");
+        let put = |content: &str, mode: u32| {
+            let tmp = dir.path().join("oauth.pem.tmp");
+            std::fs::write(&tmp, content).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        let (pem_a, pub_a) = es384_pem();
+        let (pem_b, pub_b) = es384_pem();
+        put(&pem_a, 0o600);
+        let source = TokenSource::new(&OAuth2Config {
+            token_url: "https://auth.example/token".parse().unwrap(),
+            client_id: "gw-1".into(),
+            key_file: path.clone(),
+            algorithm: JwsAlgorithm::Es384,
+            key_id: None,
+            scope: DEFAULT_SCOPE.into(),
+        })
+        .unwrap();
+        let rotations = || counters.uplink_oauth_key_rotations.load(Relaxed);
+        let failures = || counters.uplink_oauth_key_reload_failures.load(Relaxed);
+        let (r0, f0) = (rotations(), failures());
+        assert_eq!(source.current_key().public_key(), pub_a);
+        assert_eq!(rotations(), r0, "nothing changed");
+
+        put(&pem_b, 0o600);
+        assert_eq!(source.current_key().public_key(), pub_b, "the new key");
+        assert_eq!(rotations(), r0 + 1);
+
+        put(
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+            0o600,
+        );
+        assert_eq!(source.current_key().public_key(), pub_b, "garbage: kept");
+        assert_eq!(source.current_key().public_key(), pub_b);
+        assert_eq!(failures(), f0 + 1, "once per change");
+
+        put(&pem_a, 0o644);
+        assert_eq!(
+            source.current_key().public_key(),
+            pub_b,
+            "readable by others: kept"
+        );
+        assert_eq!(failures(), f0 + 2);
+
+        put(&pem_a, 0o600);
+        assert_eq!(source.current_key().public_key(), pub_a, "fixed: in use");
+        assert_eq!(rotations(), r0 + 2);
     }
 }
