@@ -601,20 +601,23 @@ impl BuiltBundle {
 
 /// How many of `readings` (taken in order) fit in one Bundle of at most [`MAX_ENTRIES`].
 pub fn readings_that_fit(readings: &[Reading]) -> usize {
-    let mut devices = std::collections::HashSet::new();
-    let mut identifiers = std::collections::HashSet::new();
+    // Borrowed keys: the uploader asks this twice per Bundle (to cut its batch, then in
+    // `build_bundle`); it cloned two strings per reading each time.
+    let mut devices: std::collections::HashSet<&DeviceIdentifier> =
+        std::collections::HashSet::new();
+    let mut identifiers: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut clock_reads = std::collections::HashSet::new();
     let mut entries = 1; // the gateway
     for (i, r) in readings.iter().enumerate() {
         let new_device = !devices.contains(&r.device.identifier);
-        let new_obs = !identifiers.contains(&r.observation_identifier);
+        let new_obs = !identifiers.contains(r.observation_identifier.as_str());
         // One Coincident Timestamp Observation per device and clock read (the gateway id is
         // the same for the whole Bundle).
         let cts = r
             .time_quality
             .coincident_timestamp()
             .filter(|_| new_obs)
-            .map(|c| (r.device.identifier.clone(), c.gateway_time));
+            .map(|c| (&r.device.identifier, c.gateway_time));
         let new_cts = cts.as_ref().is_some_and(|c| !clock_reads.contains(c));
         let need = usize::from(new_device)
             + usize::from(new_obs) * (1 + usize::from(has_bp_status(r)))
@@ -623,8 +626,8 @@ pub fn readings_that_fit(readings: &[Reading]) -> usize {
             return i;
         }
         entries += need;
-        devices.insert(r.device.identifier.clone());
-        identifiers.insert(r.observation_identifier.clone());
+        devices.insert(&r.device.identifier);
+        identifiers.insert(&r.observation_identifier);
         clock_reads.extend(cts);
     }
     readings.len()
@@ -1527,8 +1530,9 @@ pub fn build_bundle(
         return Err(MappingError::TooManyEntries(readings.len()));
     }
     let mode = gateway.write_mode;
-    // About 1.3 kB of JSON per BP reading; the buffer grows if a Bundle needs more.
-    let mut w = JsonOut::with_capacity(4096 + 1536 * readings.len());
+    // About 1.9 kB of JSON per BP reading (1,856 bytes in the `uplink_stages` bench); the
+    // buffer grows if a Bundle needs more.
+    let mut w = JsonOut::with_capacity(4096 + 2048 * readings.len());
     w.begin_object();
     w.key("entry");
     w.begin_array();
