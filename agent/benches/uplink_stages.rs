@@ -5,8 +5,10 @@
 //! holds `UPLINK_STAGES_N` BP readings (default 10,000, the `uplink_drain` fixture); they are
 //! drained in Bundles of the default size (48 readings after the first), each through:
 //! - read: `pending_where_skipping` (sled scan, unseal, postcard decode of envelope and reading);
-//! - build: `fhir::build_bundle` with the Devices known (as every Bundle after the first);
-//! - serialize: the Bundle to JSON bytes as the uplink client does it;
+//! - build: `fhir::build_bundle` with the Devices known (as every Bundle after the first): it
+//!   writes the Bundle as JSON bytes, the request body (before 2026-12-07 it built a
+//!   `serde_json::Value`, serialized in a stage of its own);
+//! - drop: freeing the built Bundle;
 //! - gzip: the body at the client's level;
 //! - classify: a 48-entry `transaction-response` answer read by `outcome::classify`;
 //! - ack: `Outbox::ack` of the Bundle's readings (its `fdatasync` included).
@@ -60,7 +62,7 @@ fn timed<T>(into: &mut Duration, f: impl FnOnce() -> T) -> T {
 struct Stages {
     read: Duration,
     build: Duration,
-    serialize: Duration,
+    drop: Duration,
     gzip: Duration,
     classify: Duration,
     ack: Duration,
@@ -116,9 +118,7 @@ fn main() {
         let built = timed(&mut s.build, || {
             build_bundle(&gateway, &batch, &known).expect("bundle")
         });
-        let plain = timed(&mut s.serialize, || {
-            serde_json::to_vec(&built.bundle).expect("json")
-        });
+        let plain = built.json.clone();
         let gz = timed(&mut s.gzip, || {
             let mut enc = flate2::write::GzEncoder::new(
                 Vec::with_capacity(plain.len() / 4),
@@ -127,7 +127,7 @@ fn main() {
             enc.write_all(&plain).expect("gzip");
             enc.finish().expect("gzip")
         });
-        let total = built.bundle["entry"].as_array().map_or(0, Vec::len);
+        let total = built.entry_count;
         let resp = answer(total, s.readings);
         let outcome = timed(&mut s.classify, || {
             classify(200, None, &resp, total, &built.entries, chrono::Utc::now())
@@ -136,6 +136,7 @@ fn main() {
             panic!("not accepted")
         };
         assert_eq!(accepted.len(), batch.len());
+        timed(&mut s.drop, || drop(built));
         let ids: Vec<[u8; 32]> = batch.iter().map(|r| *r.id.as_bytes()).collect();
         let acked = timed(&mut s.ack, || store.ack(&ids).expect("ack"));
         assert_eq!(acked, batch.len());
@@ -148,7 +149,7 @@ fn main() {
         }
     }
     assert_eq!(s.readings, readings.len());
-    let total = s.read + s.build + s.serialize + s.gzip + s.classify + s.ack;
+    let total = s.read + s.build + s.drop + s.gzip + s.classify + s.ack;
     println!(
         "uplink stages: {} readings in {} Bundles of up to {per_bundle}; {:.0} JSON bytes, \
          {:.1} gzip bytes per reading (bodies only)",
@@ -171,8 +172,8 @@ fn main() {
         );
     };
     row("read (sled scan, unseal, decode)", s.read);
-    row("build Bundle", s.build);
-    row("serialize JSON", s.serialize);
+    row("build Bundle (its JSON)", s.build);
+    row("drop the built Bundle", s.drop);
     row("gzip (level 6)", s.gzip);
     row("classify answer", s.classify);
     row("ack (verify, sled transaction, fdatasync)", s.ack);

@@ -749,7 +749,8 @@ impl StoreUsageProbeFailed<'_> {
 
 /// A transaction Bundle goes out (debug level: one per upload attempt).
 pub struct BundleSent<'a> {
-    pub bundle: &'a serde_json::Value,
+    /// The Bundle's JSON (read into a value only for an observer).
+    pub json: &'a [u8],
     pub entries: usize,
     /// The readings it carries (the audit log's `sent`: the ledger's "in flight").
     pub readings: &'a [Reading],
@@ -760,7 +761,7 @@ impl BundleSent<'_> {
         audit::record_sent(self.readings.iter().map(|r| &r.id));
         tracing::debug!(entries = self.entries, "sending transaction Bundle");
         notify(|| AgentEvent::BundleSent {
-            bundle: self.bundle.clone(),
+            bundle: serde_json::from_slice(self.json).unwrap_or(serde_json::Value::Null),
         });
     }
 }

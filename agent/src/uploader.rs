@@ -592,7 +592,7 @@ impl<S: BundleSender> Uploader<S> {
                             // A body that does not encode here is encoded (and its error
                             // reported) when the Bundle is sent.
                             body: encode
-                                .and_then(|gzip| EncodedBody::encode(&built.bundle, gzip).ok()),
+                                .and_then(|gzip| EncodedBody::encode(&built.json, gzip).ok()),
                             built,
                         })
                 }
@@ -686,18 +686,17 @@ impl<S: BundleSender> Uploader<S> {
                 return Some((Verdict::Unmappable { culprit }, Exchange::Unmappable(e)));
             }
         };
-        let (bundle, entries) = (&built.bundle, &built.entries);
-        let total = bundle["entry"].as_array().map_or(0, Vec::len);
+        let (json, entries, total) = (&built.json, &built.entries, built.entry_count);
         telemetry::BundleSent {
-            bundle,
+            json,
             entries: total,
             readings: batch,
         }
         .emit();
         let send = async {
             match body {
-                Some(body) => self.sender.send_encoded(bundle, body).await,
-                None => self.sender.send(bundle).await,
+                Some(body) => self.sender.send_encoded(json, body).await,
+                None => self.sender.send_json(json).await,
             }
         };
         let answer = tokio::select! {

@@ -96,7 +96,7 @@ fn chunk(built: &fhir::BuiltBundle) -> BundleChunk {
                 )
             })
             .collect(),
-        bundle: serde_json::to_vec(&built.bundle).unwrap_or_default(),
+        bundle: built.json.clone(),
     }
 }
 

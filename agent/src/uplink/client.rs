@@ -345,21 +345,42 @@ pub trait BundleSender: Send + Sync {
         bundle: &serde_json::Value,
     ) -> impl Future<Output = Result<RawResponse, SendError>> + Send;
 
+    /// POSTs the Bundle whose JSON is `json` (the uploader writes its Bundles as bytes,
+    /// `fhir::BuiltBundle::json`). The default reads `json` into a value and calls
+    /// [`Self::send`]; a sender that puts bytes on the wire sends them as they are.
+    ///
+    /// # Errors
+    ///
+    /// A [`SendError`] when no complete HTTP answer arrived ([`SendError::Other`] if `json` is
+    /// not JSON).
+    fn send_json(
+        &self,
+        json: &[u8],
+    ) -> impl Future<Output = Result<RawResponse, SendError>> + Send {
+        let bundle = serde_json::from_slice::<serde_json::Value>(json);
+        async move {
+            match bundle {
+                Ok(bundle) => self.send(&bundle).await,
+                Err(e) => Err(SendError::Other(format!("Bundle is not JSON: {e}"))),
+            }
+        }
+    }
+
     /// Whether this sender takes bodies encoded ahead ([`EncodedBody`], with gzip if
-    /// `Some(true)`); `None` (the default): it encodes `bundle` itself when it sends it.
+    /// `Some(true)`); `None` (the default): it encodes the Bundle itself when it sends it.
     fn encodes_ahead(&self) -> Option<bool> {
         None
     }
 
-    /// [`Self::send`] with `body`, `bundle` encoded ahead by [`EncodedBody::encode`] (the
-    /// same bytes `send` would put on the wire). The default ignores `body`.
+    /// [`Self::send_json`] with `body`, `json` encoded ahead by [`EncodedBody::encode`] (the
+    /// same bytes `send_json` would put on the wire). The default ignores `body`.
     fn send_encoded(
         &self,
-        bundle: &serde_json::Value,
+        json: &[u8],
         body: EncodedBody,
     ) -> impl Future<Output = Result<RawResponse, SendError>> + Send {
         drop(body);
-        self.send(bundle)
+        self.send_json(json)
     }
 
     /// Request body bytes put on the wire so far (for `uplink.daily_byte_budget`).
@@ -623,25 +644,30 @@ impl UplinkClient {
     ///
     /// A classified [`SendError`].
     pub async fn send_bundle(&self, bundle: &serde_json::Value) -> Result<RawResponse, SendError> {
-        let body = EncodedBody::encode(bundle, false)?;
-        self.send_body(body).await
+        let plain = serde_json::to_vec(bundle).map_err(|e| SendError::Other(e.to_string()))?;
+        self.send_body(&plain, EncodedBody::default()).await
     }
 
-    /// [`Self::send_bundle`] with the Bundle already encoded ([`EncodedBody::encode`]): the
-    /// uploader serializes and compresses the next Bundle while the one before is in flight.
+    /// [`Self::send_bundle`] with the Bundle already serialized (`plain`, its JSON) and perhaps
+    /// compressed too (`body`, [`EncodedBody::encode`]): the uploader writes and compresses the
+    /// next Bundle while the one before is in flight.
     ///
     /// # Errors
     ///
     /// A classified [`SendError`].
-    pub async fn send_body(&self, body: EncodedBody) -> Result<RawResponse, SendError> {
+    pub async fn send_body(
+        &self,
+        plain: &[u8],
+        body: EncodedBody,
+    ) -> Result<RawResponse, SendError> {
         self.reload_if_changed();
-        let EncodedBody { plain, mut gzipped } = body;
+        let EncodedBody { mut gzipped } = body;
         let Some(oauth) = &self.oauth else {
-            return self.send_plain_or_gzip(&plain, gzipped, None).await;
+            return self.send_plain_or_gzip(plain, gzipped, None).await;
         };
         let token = oauth.token(&self.http(), self.timeout).await?;
         let resp = self
-            .send_plain_or_gzip(&plain, gzipped.clone(), Some(&token))
+            .send_plain_or_gzip(plain, gzipped.clone(), Some(&token))
             .await?;
         if resp.status != 401 {
             return Ok(resp);
@@ -650,7 +676,7 @@ impl UplinkClient {
         // harmless: conditional create).
         oauth.invalidate();
         let token = oauth.token(&self.http(), self.timeout).await?;
-        self.send_plain_or_gzip(&plain, gzipped.take(), Some(&token))
+        self.send_plain_or_gzip(plain, gzipped.take(), Some(&token))
             .await
     }
 
@@ -786,16 +812,23 @@ impl BundleSender for UplinkClient {
         self.send_bundle(bundle)
     }
 
+    fn send_json(
+        &self,
+        json: &[u8],
+    ) -> impl Future<Output = Result<RawResponse, SendError>> + Send {
+        self.send_body(json, EncodedBody::default())
+    }
+
     fn encodes_ahead(&self) -> Option<bool> {
         Some(self.sends_gzip())
     }
 
     fn send_encoded(
         &self,
-        _bundle: &serde_json::Value,
+        json: &[u8],
         body: EncodedBody,
     ) -> impl Future<Output = Result<RawResponse, SendError>> + Send {
-        self.send_body(body)
+        self.send_body(json, body)
     }
 
     fn body_bytes_sent(&self) -> u64 {
@@ -807,27 +840,24 @@ impl BundleSender for UplinkClient {
     }
 }
 
-/// A Bundle's request body, encoded before it is sent: its JSON and, for a server that takes
-/// gzip, that JSON compressed (pure CPU work, done off the request's critical path).
+/// A Bundle's request body, encoded before it is sent: for a server that takes gzip, its JSON
+/// compressed (pure CPU work, done off the request's critical path). The JSON itself is the
+/// Bundle's own (`fhir::BuiltBundle::json`), sent beside it.
+#[derive(Default)]
 pub struct EncodedBody {
-    plain: Vec<u8>,
     gzipped: Option<Vec<u8>>,
 }
 
 impl EncodedBody {
-    /// `bundle` as JSON, and compressed too with `gzip`.
+    /// The body for the Bundle whose JSON is `plain`: compressed with `gzip`, nothing to do
+    /// ahead without.
     ///
     /// # Errors
     ///
-    /// [`SendError::Other`] when the Bundle does not serialize or compress.
-    pub fn encode(bundle: &serde_json::Value, gzip: bool) -> Result<Self, SendError> {
-        let plain = serde_json::to_vec(bundle).map_err(|e| SendError::Other(e.to_string()))?;
-        let gzipped = if gzip {
-            Some(self::gzip(&plain)?)
-        } else {
-            None
-        };
-        Ok(Self { plain, gzipped })
+    /// [`SendError::Other`] when it does not compress.
+    pub fn encode(plain: &[u8], gzip: bool) -> Result<Self, SendError> {
+        let gzipped = if gzip { Some(self::gzip(plain)?) } else { None };
+        Ok(Self { gzipped })
     }
 }
 
@@ -924,8 +954,8 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
-    /// A body encoded ahead is what `send_bundle` would have put on the wire: the same JSON
-    /// bytes, and gzip of exactly those bytes.
+    /// A body encoded ahead is what `send_bundle` would have put on the wire: gzip of exactly
+    /// the Bundle's JSON bytes.
     #[test]
     fn a_body_encoded_ahead_is_the_bundle_s_own_json_and_its_gzip() {
         use std::io::Read;
@@ -935,15 +965,14 @@ mod tests {
             "entry": [{"resource": {"resourceType": "Observation", "valueQuantity": {"value": 36.50}}}],
         });
         let plain = serde_json::to_vec(&bundle).unwrap();
-        let body = EncodedBody::encode(&bundle, true).unwrap();
-        assert_eq!(body.plain, plain);
+        let body = EncodedBody::encode(&plain, true).unwrap();
         let mut unzipped = Vec::new();
         flate2::read::GzDecoder::new(body.gzipped.as_deref().unwrap())
             .read_to_end(&mut unzipped)
             .unwrap();
         assert_eq!(unzipped, plain);
-        let body = EncodedBody::encode(&bundle, false).unwrap();
-        assert_eq!((body.plain, body.gzipped), (plain, None));
+        let body = EncodedBody::encode(&plain, false).unwrap();
+        assert_eq!(body.gzipped, None);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod backoff;
 pub mod batch;
 pub mod client;
 pub mod fhir;
+mod json_out;
 pub mod limits;
 pub mod metering;
 pub mod oauth;
