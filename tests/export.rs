@@ -76,7 +76,7 @@ fhir_base = "{base}"
 ca_file = "{ca}"
 client_cert = "{cert}"
 client_key = "{ckey}"
-timeout_secs = 5
+timeout_secs = {timeout}
 batch_size = 4
 backoff_initial_ms = 100
 backoff_max_secs = 1
@@ -84,6 +84,11 @@ backoff_max_secs = 1
 [export]
 {line}
 "#,
+            // Under qemu (cross/test.sh) a loaded 2-core machine answers several times slower.
+            timeout = match std::env::var("VITALGATE_EXEC_WRAPPER") {
+                Ok(w) if !w.trim().is_empty() => 25,
+                _ => 5,
+            },
             data = s(&dir.path().join("data")),
             key = s(&dir.path().join("store.key")),
             base = fhir.base_url(),
@@ -538,7 +543,13 @@ async fn a_refused_bundle_is_counted_and_only_committed_readings_are_confirmed()
         refused > 0 && refused < n,
         "refused {refused} of {n}: {stdout}"
     );
-    assert_eq!(count("created="), n - refused, "{stdout}");
+    // Committed is created or already_existed: under emulation a slow first answer can time
+    // out and the retry finds the Bundle committed (the conditional create's 200).
+    assert_eq!(
+        count("created=") + count("already_existed=") + count("confirmed_without_detail="),
+        n - refused,
+        "{stdout}"
+    );
     site.assert_each_observation_once(n - refused);
 
     let receipt = PathBuf::from(format!("{}.receipt", file.display()));
