@@ -32,6 +32,12 @@ fn pem(der: &[u8]) -> String {
 /// test key), adds `[uplink.oauth2]` to the agent's config and turns the server's token
 /// endpoint and bearer check on with the key's public half.
 fn enable_oauth(h: &Harness, alg: &str, expires_in: u64) {
+    enable_oauth_with(h, alg, expires_in, true);
+}
+
+/// [`enable_oauth`]; without `token_url` when `!configured` (discovered from the FHIR server's
+/// `.well-known/smart-configuration`).
+fn enable_oauth_with(h: &Harness, alg: &str, expires_in: u64, configured: bool) {
     let key_file = h.dir.path().join("oauth.key");
     let public = match alg {
         "ES384" => {
@@ -68,8 +74,12 @@ fn enable_oauth(h: &Harness, alg: &str, expires_in: u64) {
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut config = std::fs::read_to_string(&h.config).unwrap();
     config.push_str(&format!(
-        "\n[uplink.oauth2]\ntoken_url = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nkey_file = \"{}\"\nalgorithm = \"{alg}\"\nkey_id = \"e2e-key-1\"\n",
-        h.fhir.token_url(),
+        "\n[uplink.oauth2]\n{}client_id = \"{CLIENT_ID}\"\nkey_file = \"{}\"\nalgorithm = \"{alg}\"\nkey_id = \"e2e-key-1\"\n",
+        if configured {
+            format!("token_url = \"{}\"\n", h.fhir.token_url())
+        } else {
+            String::new()
+        },
         key_file.display()
     ));
     std::fs::write(&h.config, config).unwrap();
@@ -405,4 +415,107 @@ async fn a_wrong_client_id_pauses_and_a_sighup_with_the_fixed_config_delivers() 
     let status = h.vitalgate(&["status"]);
     assert!(status.contains("pending=0"), "{status}");
     assert!(status.contains("dead_letters=0"), "{status}");
+}
+
+/// No `token_url`: the token endpoint is read from the FHIR server's
+/// `.well-known/smart-configuration`. While the server publishes none (404), check-uplink fails
+/// naming the fix, uploads pause with one alarm and nothing is sent or dead-lettered; once it is
+/// published, everything is delivered once with tokens from the endpoint it names (the
+/// assertions' `aud`), and a token renewed after a 401 comes from the endpoint already known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_token_url_the_endpoint_is_discovered_and_a_missing_configuration_pauses() {
+    let h = Harness::with_uplink_settings(
+        Broker::embedded(),
+        "pause_initial_secs = 1\npause_max_secs = 2",
+    )
+    .await;
+    enable_oauth_with(&h, "ES384", 3600, false);
+    h.fhir
+        .set_smart_configuration(Some((404, r#"{"resourceType":"OperationOutcome"}"#.into())));
+
+    let check = h.vitalgate_output(&["check-uplink"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("OAuth token"))
+        .unwrap_or_else(|| panic!("no OAuth token line:\n{text}"));
+    assert!(
+        line.contains("✗") && line.contains("smart-configuration") && line.contains("HTTP 404"),
+        "{text}"
+    );
+    assert!(
+        text.contains("set uplink.oauth2.token_url"),
+        "the fix: {text}"
+    );
+
+    let mut agent = h.spawn_agent();
+    h.publish(&(0..4).map(|i| bp_point(i, 125, 85)).collect::<Vec<_>>())
+        .await;
+    h.wait_for_log(
+        &agent,
+        "ALARM: no OAuth token endpoint",
+        1,
+        Duration::from_secs(30),
+    );
+    // The probes read the configuration again (1 s, then 2 s apart).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.fhir.smart_configuration_requests() < 4 {
+        assert!(Instant::now() < deadline, "{:?}", h.fhir.requests());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        h.fhir.token_requests().is_empty(),
+        "no endpoint, no token request"
+    );
+    assert_eq!(fhir_posts(&h), 0, "nothing sent without a token");
+
+    h.fhir.set_smart_configuration(None);
+    wait_delivered(&h, &agent, 4, Duration::from_secs(30)).await;
+    // A revoked token: the 401 makes the gateway ask for a new one, from the endpoint it
+    // already knows (no second read of the configuration).
+    let reads = h.fhir.smart_configuration_requests();
+    assert_eq!(h.fhir.tokens_issued(), 1);
+    h.fhir.revoke_tokens();
+    h.publish(&(4..12).map(|i| bp_point(i, 125, 85)).collect::<Vec<_>>())
+        .await;
+    wait_delivered(&h, &agent, 12, Duration::from_secs(30)).await;
+    assert!(fhir_posts(&h) >= 3, "several Bundles");
+    assert_eq!(
+        h.fhir.tokens_issued(),
+        2,
+        "one token, then one after the 401"
+    );
+    assert_eq!(
+        h.fhir.smart_configuration_requests(),
+        reads,
+        "the discovered endpoint is kept"
+    );
+    assert_assertions_valid(&h, "ES384");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    agent.terminate();
+    let log = agent.stderr();
+    assert_eq!(
+        log.matches("ALARM: no OAuth token endpoint").count(),
+        1,
+        "one alarm per episode:\n{log}"
+    );
+    assert!(
+        log.contains("OAuth token endpoint discovered from the FHIR server's SMART configuration"),
+        "{log}"
+    );
+    assert!(!log.contains("dead letter"), "{log}");
+    assert_no_secret_logged(&log);
+    h.assert_each_once(12);
+
+    let check = h.vitalgate_output(&["check-uplink"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} (discovered from the FHIR server's .well-known/smart-configuration): bearer token granted",
+            h.fhir.token_url()
+        )),
+        "{text}"
+    );
 }

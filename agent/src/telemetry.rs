@@ -102,6 +102,7 @@ counters!(
     uplink_tokens_refused,
     uplink_oauth_key_rotations,
     uplink_oauth_key_reload_failures,
+    uplink_token_endpoint_discoveries,
     mqtt_connects,
     mqtt_connection_errors,
     mqtt_subscriptions_refused,
@@ -971,6 +972,31 @@ impl UplinkOAuthKeyReloadFailed<'_> {
     }
 }
 
+/// The OAuth token endpoint was read from the FHIR server's `.well-known/smart-configuration`
+/// (no `uplink.oauth2.token_url`). Its lists that do not name what the gateway uses are
+/// warnings: the token endpoint has the last word. No secret, no PHI (a URL).
+pub struct UplinkTokenEndpointDiscovered<'a> {
+    pub endpoint: &'a url::Url,
+    pub doubts: &'a [String],
+}
+impl UplinkTokenEndpointDiscovered<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.uplink_token_endpoint_discoveries);
+        tracing::info!(
+            endpoint = %self.endpoint,
+            "OAuth token endpoint discovered from the FHIR server's SMART configuration"
+        );
+        for doubt in self.doubts {
+            tracing::warn!(
+                endpoint = %self.endpoint,
+                doubt = %doubt,
+                hint = "the gateway signs a private_key_jwt client assertion (uplink.oauth2.algorithm) for the client_credentials grant; if the token endpoint refuses it, check the server's SMART Backend Services support",
+                "the FHIR server's SMART configuration may not support what the gateway uses"
+            );
+        }
+    }
+}
+
 /// An OAuth access token was obtained (`[uplink.oauth2]`). Never the token itself.
 pub struct UplinkTokenFetched {
     pub lifetime_secs: u64,
@@ -1105,6 +1131,12 @@ pub struct UplinkPaused<'a> {
 impl UplinkPaused<'_> {
     pub fn emit(self) {
         bump(&COUNTERS.uplink_pauses);
+        let not_discovered = matches!(
+            self.error,
+            Some(SendError::Token(
+                crate::uplink::oauth::TokenProblem::NotDiscovered(_)
+            ))
+        );
         audit::record_with(|| AuditEvent::Refused {
             status: Some(self.cause.status()),
             cause: match self.cause {
@@ -1120,6 +1152,10 @@ impl UplinkPaused<'_> {
                 }
                 PauseCause::RejectionStreak { rejections, .. } => {
                     format!("the server rejected {rejections} readings in a row, each alone")
+                }
+                PauseCause::TokenRefused if not_discovered => {
+                    "no OAuth token endpoint: the FHIR server's SMART configuration names none"
+                        .to_string()
                 }
                 PauseCause::TokenRefused => {
                     "the OAuth token endpoint refuses this gateway's credentials".to_string()
@@ -1144,7 +1180,11 @@ impl UplinkPaused<'_> {
                     "check [uplink.oauth2] against the gateway's registration on the authorization server",
                     SendError::hint,
                 );
-                tracing::error!(alarm = "uplink_paused", %problem, hint, next_probe_in_ms, "ALARM: the OAuth token endpoint refuses this gateway's credentials; uploads paused, every reading kept pending");
+                if not_discovered {
+                    tracing::error!(alarm = "uplink_paused", %problem, hint, next_probe_in_ms, "ALARM: no OAuth token endpoint (uplink.oauth2.token_url is not set and the FHIR server's SMART configuration names none); uploads paused, every reading kept pending");
+                } else {
+                    tracing::error!(alarm = "uplink_paused", %problem, hint, next_probe_in_ms, "ALARM: the OAuth token endpoint refuses this gateway's credentials; uploads paused, every reading kept pending");
+                }
             }
         }
         notify(|| AgentEvent::UplinkPaused {

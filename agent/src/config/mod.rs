@@ -755,7 +755,10 @@ client_key = "tls/gw.key"
             .uplink
             .oauth2
             .unwrap();
-        assert_eq!(o.token_url.as_str(), "https://auth.example/token");
+        assert_eq!(
+            o.token_url.as_ref().map(url::Url::as_str),
+            Some("https://auth.example/token")
+        );
         assert_eq!(o.client_id, "gw-1");
         assert_eq!(o.key_file, PathBuf::from("/etc/vitalgate/oauth.key"));
         assert_eq!(o.algorithm, JwsAlgorithm::Es384);
@@ -794,6 +797,24 @@ client_key = "tls/gw.key"
         assert!(e.message.contains("plaintext"), "{e}");
         let text = text.replace("[uplink]\n", "[uplink]\nallow_insecure_http = true\n");
         assert!(load(&text).is_ok());
+        // No token_url: discovered from [base]/.well-known/smart-configuration.
+        let o = load(&format!(
+            "{MINIMAL}\n[uplink.oauth2]\nclient_id = \"gw-1\"\nkey_file = \"k\"\nalgorithm = \"ES384\"\n"
+        ))
+        .unwrap()
+        .uplink
+        .oauth2
+        .unwrap();
+        assert_eq!(o.token_url, None);
+        let base = load(MINIMAL).unwrap().uplink.fhir_base;
+        assert_eq!(
+            o.discovery_url.as_str(),
+            format!(
+                "{}/.well-known/smart-configuration",
+                base.as_str().trim_end_matches('/')
+            )
+        );
+        assert!(!o.allow_insecure_http);
     }
 
     #[test]

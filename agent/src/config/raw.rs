@@ -100,7 +100,7 @@ pub(super) struct RawUplink {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawOAuth2 {
-    pub(super) token_url: Spanned<String>,
+    pub(super) token_url: Option<Spanned<String>>,
     pub(super) client_id: Spanned<String>,
     pub(super) key_file: Spanned<String>,
     pub(super) algorithm: Spanned<String>,

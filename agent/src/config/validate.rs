@@ -519,7 +519,7 @@ impl Validator<'_> {
         };
         let oauth2 = match &u.oauth2 {
             None => None,
-            Some(o) => Some(self.oauth2(o, u.allow_insecure_http)?),
+            Some(o) => Some(self.oauth2(o, &base, u.allow_insecure_http)?),
         };
         Ok(UplinkConfig {
             fhir_base: base,
@@ -548,37 +548,26 @@ impl Validator<'_> {
     fn oauth2(
         &self,
         o: &RawOAuth2,
+        fhir_base: &url::Url,
         allow_insecure_http: bool,
     ) -> R<crate::uplink::oauth::OAuth2Config> {
         use crate::uplink::oauth::{JwsAlgorithm, OAuth2Config, DEFAULT_SCOPE};
-        let url = url::Url::parse(o.token_url.get_ref()).map_err(|e| {
-            self.err(
-                o.token_url.span(),
-                format!("uplink.oauth2.token_url: expected an absolute https:// URL ({e})"),
-            )
-        })?;
-        match url.scheme() {
-            "https" => {}
-            "http" if allow_insecure_http => {}
-            "http" => {
-                return Err(self.err(
-                    o.token_url.span(),
-                    "uplink.oauth2.token_url: plaintext http:// is refused (the client assertion and the token would travel in clear); use https:// (or set uplink.allow_insecure_http = true for a lab setup)",
-                ))
+        let token_url = match &o.token_url {
+            None => None,
+            Some(t) => {
+                let key = "uplink.oauth2.token_url";
+                let url = url::Url::parse(t.get_ref()).map_err(|e| {
+                    self.err(
+                        t.span(),
+                        format!("{key}: expected an absolute https:// URL ({e})"),
+                    )
+                })?;
+                if let Err(why) = crate::uplink::oauth::check_endpoint(&url, allow_insecure_http) {
+                    return Err(self.err(t.span(), format!("{key}: {why}")));
+                }
+                Some(url)
             }
-            other => {
-                return Err(self.err(
-                    o.token_url.span(),
-                    format!("uplink.oauth2.token_url: expected an https:// URL, found scheme \"{other}\""),
-                ))
-            }
-        }
-        if url.host_str().is_none() || url.fragment().is_some() {
-            return Err(self.err(
-                o.token_url.span(),
-                "uplink.oauth2.token_url: expected a URL with a host and no fragment",
-            ));
-        }
+        };
         let text = |s: &Spanned<String>, key: &str| -> R<String> {
             let v = s.get_ref().trim();
             if v.is_empty() || v.chars().any(char::is_control) {
@@ -608,7 +597,9 @@ impl Validator<'_> {
             Some(s) => text(s, "uplink.oauth2.scope")?,
         };
         Ok(OAuth2Config {
-            token_url: url,
+            token_url,
+            discovery_url: crate::uplink::oauth::smart_configuration_url(fhir_base),
+            allow_insecure_http,
             client_id,
             key_file: self.path_value(&o.key_file, "uplink.oauth2.key_file")?,
             algorithm,

@@ -10,7 +10,7 @@
 //! | FHIR version | the CapabilityStatement's `fhirVersion` is 4.0.x (R4) |
 //! | transaction | a `rest` entry with mode `server` lists the `transaction` interaction |
 //! | Observation, Device | the resources we send: interaction `create` and `conditionalCreate: true` (the uploader's idempotency rests on conditional create) |
-//! | OAuth token | with `[uplink.oauth2]` only: a token request to `token_url` with a fresh signed client assertion, through the uplink's own HTTP client ([`UplinkClient::check_token`]); the token is not used, nothing is posted to the FHIR server |
+//! | OAuth token | with `[uplink.oauth2]` only: a token request to `token_url` (or the endpoint the FHIR server's `.well-known/smart-configuration` names) with a fresh signed client assertion, through the uplink's own HTTP client ([`UplinkClient::check_token`]); the token is not used, nothing is posted to the FHIR server |
 //!
 //! A TLS refusal is a typed [`SendError`] ([`TlsProblem`] from the `rustls::Error`), printed with
 //! its fix. The report uses `doctor`'s ✓/✗ lines; exit 0 only when nothing is ✗. `doctor`'s
@@ -447,8 +447,9 @@ pub async fn run(cfg: &Config, now: DateTime<Utc>) -> Vec<Check> {
     out
 }
 
-/// The `OAuth token` line: asks `o.token_url` for a token exactly as the uploader would (the
-/// same TLS configuration, a fresh signed assertion). Posts nothing to the FHIR server.
+/// The `OAuth token` line: asks the token endpoint (`o.token_url`, or the one the FHIR server's
+/// `.well-known/smart-configuration` names) for a token exactly as the uploader would (the same
+/// TLS configuration, a fresh signed assertion). Posts nothing to the FHIR server.
 pub async fn oauth_check(u: &UplinkTls, o: &crate::uplink::oauth::OAuth2Config) -> Check {
     const NAME: &str = "OAuth token";
     let client = match UplinkClient::new(u).and_then(|c| c.with_oauth2(Some(o))) {
@@ -461,12 +462,20 @@ pub async fn oauth_check(u: &UplinkTls, o: &crate::uplink::oauth::OAuth2Config) 
             )
         }
     };
-    match client.check_token().await {
+    let result = client.check_token().await;
+    let (endpoint, discovered) = client
+        .oauth_endpoint()
+        .unwrap_or_else(|| (o.discovery_url.clone(), true));
+    let from = if discovered {
+        " (discovered from the FHIR server's .well-known/smart-configuration)"
+    } else {
+        ""
+    };
+    match result {
         Ok(Some(lifetime)) => Check::pass(
             NAME,
             format!(
-                "{}: bearer token granted for {} s (client_id {}, {} assertion, scope \"{}\")",
-                o.token_url,
+                "{endpoint}{from}: bearer token granted for {} s (client_id {}, {} assertion, scope \"{}\")",
                 lifetime.as_secs(),
                 o.client_id,
                 o.algorithm.name(),
@@ -478,7 +487,7 @@ pub async fn oauth_check(u: &UplinkTls, o: &crate::uplink::oauth::OAuth2Config) 
             "not configured",
             "report this: the check itself failed",
         ),
-        Err(e) => send_failure(NAME, &o.token_url, &e),
+        Err(e) => send_failure(NAME, &endpoint, &e),
     }
 }
 

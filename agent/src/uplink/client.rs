@@ -548,10 +548,15 @@ impl UplinkClient {
             self.oauth = None;
             return Ok(self);
         };
-        if cfg.token_url.scheme() != "https" && !self.cfg.allow_insecure_http {
-            return Err(UplinkError::Insecure(cfg.token_url.to_string()));
+        if let Some(url) = &cfg.token_url {
+            if url.scheme() != "https" && !self.cfg.allow_insecure_http {
+                return Err(UplinkError::Insecure(url.to_string()));
+            }
         }
-        self.oauth = Some(super::oauth::TokenSource::new(cfg)?);
+        // A discovered endpoint is held to this client's rule too.
+        let mut cfg = cfg.clone();
+        cfg.allow_insecure_http &= self.cfg.allow_insecure_http;
+        self.oauth = Some(super::oauth::TokenSource::new(&cfg)?);
         Ok(self)
     }
 
@@ -567,6 +572,15 @@ impl UplinkClient {
         };
         let grant = oauth.fetch(&self.http(), self.timeout).await?;
         Ok(Some(grant.lifetime))
+    }
+
+    /// Where token requests go (`check-uplink`): the token endpoint when known, else the SMART
+    /// configuration it is to be read from; and whether it is (to be) discovered rather than
+    /// configured. `None` without `[uplink.oauth2]`.
+    pub fn oauth_endpoint(&self) -> Option<(url::Url, bool)> {
+        self.oauth
+            .as_ref()
+            .map(|o| (o.endpoint_or_discovery(), o.discovers()))
     }
 
     /// The HTTP client in use (a cheap handle).

@@ -9,7 +9,13 @@
 //! ([`parse_token_response`]) and the cache decision ([`refresh_margin`], [`CachedToken`]:
 //! `now` is an argument).
 //!
-//! The I/O part, [`TokenSource`], POSTs the form to `token_url` through the uplink's own HTTP
+//! The token endpoint is `token_url` when configured; otherwise it is discovered from the FHIR
+//! server's `[base]/.well-known/smart-configuration` (SMART App Launch 2.x, which Backend
+//! Services uses: its `token_endpoint`), parsed by [`parse_smart_configuration`]. A discovered
+//! endpoint is kept until a token request to it fails for a reason other than a busy server;
+//! then the configuration is read again.
+//!
+//! The I/O part, [`TokenSource`], POSTs the form to the token endpoint through the uplink's own HTTP
 //! client (the same rustls configuration: mutual TLS still applies; no redirects; timeouts), with
 //! a body cap of [`MAX_TOKEN_ANSWER`]. The token is kept until `min(10 % of its lifetime, 60 s)`
 //! before it expires. Neither the token nor the assertion is ever logged: [`TokenProblem`] holds
@@ -25,7 +31,8 @@ use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
 
 use super::client::{classify_reqwest_error, FileStamp, SendError};
 use crate::telemetry::{
-    UplinkOAuthKeyInUse, UplinkOAuthKeyReloadFailed, UplinkTokenFetched, UplinkTokenRefused,
+    UplinkOAuthKeyInUse, UplinkOAuthKeyReloadFailed, UplinkTokenEndpointDiscovered,
+    UplinkTokenFetched, UplinkTokenRefused,
 };
 
 /// The client assertion is valid this long (SMART: "no more than five minutes in the future";
@@ -40,6 +47,106 @@ pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
 /// `uplink.oauth2.scope` unless set: SMART v2 scopes for what the uploader creates.
 pub const DEFAULT_SCOPE: &str = "system/Observation.c system/Device.c";
+
+/// Whether `url` may be a token endpoint: https (http only with `allow_insecure_http`), a host,
+/// no fragment. The reason, for the configuration error or the discovery problem, otherwise.
+///
+/// # Errors
+///
+/// Why not, in one sentence.
+pub fn check_endpoint(url: &url::Url, allow_insecure_http: bool) -> Result<(), String> {
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http => {}
+        "http" => return Err("plaintext http:// is refused (the client assertion and the token would travel in clear); use https:// (or set uplink.allow_insecure_http = true for a lab setup)".into()),
+        other => return Err(format!("expected an https:// URL, found scheme \"{other}\"")),
+    }
+    if url.host_str().is_none() || url.fragment().is_some() || url.cannot_be_a_base() {
+        return Err("expected a URL with a host and no fragment".into());
+    }
+    Ok(())
+}
+
+/// `[base]/.well-known/smart-configuration` (SMART App Launch 2.x §2.1: relative to the FHIR
+/// base URL, whether or not it ends with `/`).
+pub fn smart_configuration_url(fhir_base: &url::Url) -> url::Url {
+    let mut url = fhir_base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    let path = format!(
+        "{}/.well-known/smart-configuration",
+        fhir_base.path().trim_end_matches('/')
+    );
+    url.set_path(&path);
+    url
+}
+
+/// What the SMART configuration says of the token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub token_endpoint: url::Url,
+    /// Lists the server publishes that do not name what the gateway uses (`private_key_jwt`,
+    /// `client_credentials`, the assertion's algorithm): worth a warning, not a refusal (the
+    /// token endpoint has the last word).
+    pub doubts: Vec<String>,
+}
+
+/// Reads the FHIR server's answer to `GET [base]/.well-known/smart-configuration`.
+///
+/// # Errors
+///
+/// [`TokenProblem::Unavailable`] for 408, 429 and 5xx (retried);
+/// [`TokenProblem::NotDiscovered`] for any other non-200, a body that is not a JSON object, or
+/// a `token_endpoint` that is missing, not a URL, or not acceptable ([`check_endpoint`]).
+pub fn parse_smart_configuration(
+    status: u16,
+    body: &[u8],
+    algorithm: JwsAlgorithm,
+    allow_insecure_http: bool,
+) -> Result<Discovered, TokenProblem> {
+    if status == 408 || status == 429 || (500..600).contains(&status) {
+        return Err(TokenProblem::Unavailable { status });
+    }
+    if status != 200 {
+        return Err(TokenProblem::NotDiscovered(format!(
+            "HTTP {status} (the server publishes no SMART configuration)"
+        )));
+    }
+    let doc: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| TokenProblem::NotDiscovered("the answer is not JSON".into()))?;
+    let Some(doc) = doc.as_object() else {
+        return Err(TokenProblem::NotDiscovered(
+            "the answer is not a JSON object".into(),
+        ));
+    };
+    let endpoint = doc
+        .get("token_endpoint")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| TokenProblem::NotDiscovered("it has no token_endpoint".into()))?;
+    let token_endpoint = url::Url::parse(endpoint).map_err(|_| {
+        TokenProblem::NotDiscovered("its token_endpoint is not an absolute URL".into())
+    })?;
+    check_endpoint(&token_endpoint, allow_insecure_http)
+        .map_err(|why| TokenProblem::NotDiscovered(format!("its token_endpoint: {why}")))?;
+    let mut doubts = Vec::new();
+    let mut lists = |key: &str, want: &str| {
+        if let Some(list) = doc.get(key).and_then(serde_json::Value::as_array) {
+            if !list.iter().any(|v| v.as_str() == Some(want)) {
+                doubts.push(format!("{key} does not list {want}"));
+            }
+        }
+    };
+    lists("token_endpoint_auth_methods_supported", "private_key_jwt");
+    lists("grant_types_supported", "client_credentials");
+    lists(
+        "token_endpoint_auth_signing_alg_values_supported",
+        algorithm.name(),
+    );
+    Ok(Discovered {
+        token_endpoint,
+        doubts,
+    })
+}
 
 /// The JWS algorithm of the client assertion (`uplink.oauth2.algorithm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +176,19 @@ impl JwsAlgorithm {
     }
 }
 
+/// The longest `.well-known/smart-configuration` read (real ones are 1 to 4 KiB).
+pub const MAX_SMART_CONFIGURATION: usize = 64 * 1024;
+
 /// `[uplink.oauth2]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuth2Config {
-    /// The token endpoint (https, or http with `uplink.allow_insecure_http`).
-    pub token_url: url::Url,
+    /// The token endpoint (https, or http with `uplink.allow_insecure_http`); `None`: discovered
+    /// from [`OAuth2Config::discovery_url`].
+    pub token_url: Option<url::Url>,
+    /// `[uplink.fhir_base]/.well-known/smart-configuration`.
+    pub discovery_url: url::Url,
+    /// `uplink.allow_insecure_http`: a discovered `http://` endpoint is refused without it.
+    pub allow_insecure_http: bool,
     pub client_id: String,
     /// PEM private key (PKCS#8; an RSA key may also be PKCS#1), mode 0600.
     pub key_file: std::path::PathBuf,
@@ -292,6 +407,10 @@ pub enum TokenProblem {
     /// ring could not sign the assertion (its random source failed). Retried.
     #[error("the client assertion could not be signed")]
     Signing,
+    /// No `uplink.oauth2.token_url`, and the FHIR server's `.well-known/smart-configuration`
+    /// names no usable token endpoint. Pauses uploads.
+    #[error("no OAuth token endpoint: the FHIR server's .well-known/smart-configuration gives none: {0}")]
+    NotDiscovered(String),
 }
 
 impl TokenProblem {
@@ -299,7 +418,9 @@ impl TokenProblem {
     pub fn pauses_uploads(&self) -> bool {
         matches!(
             self,
-            TokenProblem::Refused { .. } | TokenProblem::BadAnswer(_)
+            TokenProblem::Refused { .. }
+                | TokenProblem::BadAnswer(_)
+                | TokenProblem::NotDiscovered(_)
         )
     }
 
@@ -310,6 +431,7 @@ impl TokenProblem {
             TokenProblem::BadAnswer(_) => "token_bad_answer",
             TokenProblem::Unreachable(_) => "token_unreachable",
             TokenProblem::Signing => "token_signing",
+            TokenProblem::NotDiscovered(_) => "token_not_discovered",
         }
     }
 
@@ -328,6 +450,9 @@ impl TokenProblem {
                 "check the host and port in uplink.oauth2.token_url and the network path to the authorization server (DNS, firewall); TLS to it uses uplink.ca_file and the client certificate too; it is retried"
             }
             TokenProblem::Signing => "the system's random source failed: check the gateway",
+            TokenProblem::NotDiscovered(_) => {
+                "set uplink.oauth2.token_url to the authorization server's token endpoint, or check that uplink.fhir_base is the FHIR server's base URL (its .well-known/smart-configuration names the token endpoint)"
+            }
         }
     }
 }
@@ -425,6 +550,8 @@ impl CachedToken {
 /// Where the uplink gets its access tokens: the configuration, the signing key and the cache.
 pub struct TokenSource {
     cfg: OAuth2Config,
+    /// The endpoint read from the SMART configuration (without `token_url`), until it fails.
+    discovered: Mutex<Option<url::Url>>,
     key: Mutex<LoadedKey>,
     rng: ring::rand::SystemRandom,
     cached: Mutex<Option<CachedToken>>,
@@ -439,7 +566,10 @@ struct LoadedKey {
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSource")
-            .field("token_url", &self.cfg.token_url.as_str())
+            .field(
+                "token_url",
+                &self.cfg.token_url.as_ref().map(url::Url::as_str),
+            )
             .field("client_id", &self.cfg.client_id)
             .finish_non_exhaustive()
     }
@@ -456,6 +586,7 @@ impl TokenSource {
         let key = AssertionKey::load(&cfg.key_file, cfg.algorithm)?;
         Ok(TokenSource {
             cfg: cfg.clone(),
+            discovered: Mutex::new(None),
             key: Mutex::new(LoadedKey {
                 stamp,
                 key: std::sync::Arc::new(key),
@@ -465,8 +596,86 @@ impl TokenSource {
         })
     }
 
-    pub fn token_url(&self) -> &url::Url {
-        &self.cfg.token_url
+    /// The token endpoint as known now: the configured one, or the one discovered so far.
+    pub fn known_endpoint(&self) -> Option<url::Url> {
+        self.cfg.token_url.clone().or_else(|| {
+            self.discovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    /// No `token_url`: the endpoint comes from the SMART configuration.
+    pub fn discovers(&self) -> bool {
+        self.cfg.token_url.is_none()
+    }
+
+    /// Where a failure to get a token is to be looked for: the endpoint, or the SMART
+    /// configuration when no endpoint is known yet.
+    pub fn endpoint_or_discovery(&self) -> url::Url {
+        self.known_endpoint()
+            .unwrap_or_else(|| self.cfg.discovery_url.clone())
+    }
+
+    /// The token endpoint: `token_url`, or the one the FHIR server's SMART configuration names
+    /// (read now when none is known).
+    ///
+    /// # Errors
+    ///
+    /// A [`TokenProblem`] from the discovery.
+    pub async fn endpoint(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<url::Url, TokenProblem> {
+        if let Some(url) = self.known_endpoint() {
+            return Ok(url);
+        }
+        let found = self.discover(http, timeout).await?;
+        UplinkTokenEndpointDiscovered {
+            endpoint: &found.token_endpoint,
+            doubts: &found.doubts,
+        }
+        .emit();
+        *self
+            .discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(found.token_endpoint.clone());
+        Ok(found.token_endpoint)
+    }
+
+    /// `GET [base]/.well-known/smart-configuration` through the uplink's client (mutual TLS,
+    /// no redirects, the body capped at [`MAX_SMART_CONFIGURATION`]).
+    async fn discover(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<Discovered, TokenProblem> {
+        let url = &self.cfg.discovery_url;
+        let unreachable = |e: SendError| TokenProblem::Unreachable(Box::new(e));
+        let classify = |e: reqwest::Error| unreachable(classify_reqwest_error(&e, url, timeout));
+        let resp = http
+            .get(url.clone())
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            return Err(TokenProblem::NotDiscovered(format!(
+                "HTTP {status} redirect (not followed)"
+            )));
+        }
+        let body = read_capped(resp, MAX_SMART_CONFIGURATION, classify)
+            .await?
+            .ok_or_else(|| TokenProblem::NotDiscovered("the answer is too large".into()))?;
+        parse_smart_configuration(
+            status,
+            &body,
+            self.cfg.algorithm,
+            self.cfg.allow_insecure_http,
+        )
     }
 
     /// The key that signs the next assertion. Key rotation without a restart, as for the
@@ -536,7 +745,9 @@ impl TokenSource {
         Ok(token)
     }
 
-    /// One token request (no cache).
+    /// One token request (no cache). Without `token_url`, a failure other than a busy
+    /// endpoint forgets the discovered endpoint: the next request reads the SMART
+    /// configuration again (the server may have moved it).
     ///
     /// # Errors
     ///
@@ -546,6 +757,30 @@ impl TokenSource {
         http: &reqwest::Client,
         timeout: Duration,
     ) -> Result<TokenGrant, TokenProblem> {
+        let url = self.endpoint(http, timeout).await?;
+        let result = self.fetch_from(http, timeout, &url).await;
+        if self.cfg.token_url.is_none()
+            && matches!(
+                result,
+                Err(TokenProblem::Refused { .. }
+                    | TokenProblem::BadAnswer(_)
+                    | TokenProblem::Unreachable(_))
+            )
+        {
+            *self
+                .discovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        result
+    }
+
+    async fn fetch_from(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+        url: &url::Url,
+    ) -> Result<TokenGrant, TokenProblem> {
         // The edge: the assertion's `iat`/`exp` are wall-clock times.
         #[allow(clippy::disallowed_methods)]
         let now = chrono::Utc::now().timestamp();
@@ -554,15 +789,14 @@ impl TokenSource {
             &self.current_key(),
             self.cfg.key_id.as_deref(),
             &self.cfg.client_id,
-            self.cfg.token_url.as_str(),
+            url.as_str(),
             now,
             &jti,
             &self.rng,
         )?;
-        let url = &self.cfg.token_url;
         let unreachable = |e: SendError| TokenProblem::Unreachable(Box::new(e));
         let classify = |e: reqwest::Error| unreachable(classify_reqwest_error(&e, url, timeout));
-        let mut resp = http
+        let resp = http
             .post(url.clone())
             .header("Content-Type", "application/x-www-form-urlencoded")
             .header("Accept", "application/json")
@@ -577,21 +811,30 @@ impl TokenSource {
                 "HTTP {status} redirect (not followed)"
             )));
         }
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_TOKEN_ANSWER as u64)
-        {
-            return Err(TokenProblem::BadAnswer("answer too large".into()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-            if body.len() + chunk.len() > MAX_TOKEN_ANSWER {
-                return Err(TokenProblem::BadAnswer("answer too large".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_capped(resp, MAX_TOKEN_ANSWER, classify)
+            .await?
+            .ok_or_else(|| TokenProblem::BadAnswer("answer too large".into()))?;
         parse_token_response(status, &body)
     }
+}
+
+/// The body of `resp`, or `None` past `cap` bytes (announced or read).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+    classify: impl Fn(reqwest::Error) -> TokenProblem,
+) -> Result<Option<Vec<u8>>, TokenProblem> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(&classify)? {
+        if body.len() + chunk.len() > cap {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 #[cfg(test)]
@@ -712,6 +955,103 @@ mod tests {
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
         );
+    }
+
+    #[test]
+    fn the_smart_configuration_is_found_below_the_fhir_base_with_or_without_a_slash() {
+        for (base, want) in [
+            (
+                "https://fhir.example/r4",
+                "https://fhir.example/r4/.well-known/smart-configuration",
+            ),
+            (
+                "https://fhir.example/r4/",
+                "https://fhir.example/r4/.well-known/smart-configuration",
+            ),
+            (
+                "https://fhir.example",
+                "https://fhir.example/.well-known/smart-configuration",
+            ),
+            (
+                "https://fhir.example:8443/a/b/",
+                "https://fhir.example:8443/a/b/.well-known/smart-configuration",
+            ),
+        ] {
+            let base: url::Url = base.parse().unwrap();
+            assert_eq!(smart_configuration_url(&base).as_str(), want);
+        }
+    }
+
+    #[test]
+    fn a_smart_configuration_gives_its_token_endpoint_or_a_typed_problem() {
+        let es = JwsAlgorithm::Es384;
+        let good = br#"{"token_endpoint":"https://auth.example/t","token_endpoint_auth_methods_supported":["private_key_jwt"],"token_endpoint_auth_signing_alg_values_supported":["ES384","RS384"],"grant_types_supported":["client_credentials"],"capabilities":["client-confidential-asymmetric"]}"#;
+        let d = parse_smart_configuration(200, good, es, false).unwrap();
+        assert_eq!(d.token_endpoint.as_str(), "https://auth.example/t");
+        assert!(d.doubts.is_empty(), "{:?}", d.doubts);
+        // Lists that leave out what the gateway uses: doubts, not a refusal.
+        let odd = br#"{"token_endpoint":"https://auth.example/t","token_endpoint_auth_methods_supported":["client_secret_basic"],"token_endpoint_auth_signing_alg_values_supported":["RS384"],"grant_types_supported":["authorization_code"]}"#;
+        let d = parse_smart_configuration(200, odd, es, false).unwrap();
+        assert_eq!(d.doubts.len(), 3, "{:?}", d.doubts);
+        assert!(d.doubts.iter().any(|x| x.contains("ES384")));
+        assert!(
+            parse_smart_configuration(200, odd, JwsAlgorithm::Rs384, false)
+                .unwrap()
+                .doubts
+                .iter()
+                .all(|x| !x.contains("RS384"))
+        );
+        // Lists absent: nothing to doubt.
+        let bare = br#"{"token_endpoint":"https://auth.example/t"}"#;
+        assert!(parse_smart_configuration(200, bare, es, false)
+            .unwrap()
+            .doubts
+            .is_empty());
+
+        let not_discovered =
+            |status: u16, body: &[u8], insecure: bool| match parse_smart_configuration(
+                status, body, es, insecure,
+            ) {
+                Err(p @ TokenProblem::NotDiscovered(_)) => {
+                    assert!(p.pauses_uploads());
+                    assert_eq!(p.class(), "token_not_discovered");
+                    assert!(p.hint().contains("uplink.oauth2.token_url"));
+                    p.to_string()
+                }
+                other => panic!("{status} {:?}: {other:?}", String::from_utf8_lossy(body)),
+            };
+        assert!(not_discovered(404, b"{}", false).contains("HTTP 404"));
+        assert!(not_discovered(401, good, false).contains("HTTP 401"));
+        assert!(not_discovered(200, b"<html>", false).contains("not JSON"));
+        assert!(not_discovered(200, b"[1]", false).contains("not a JSON object"));
+        assert!(not_discovered(200, b"{}", false).contains("no token_endpoint"));
+        assert!(
+            not_discovered(200, br#"{"token_endpoint":7}"#, false).contains("no token_endpoint")
+        );
+        assert!(not_discovered(200, br#"{"token_endpoint":"/token"}"#, false).contains("absolute"));
+        let plain = br#"{"token_endpoint":"http://auth.example/t"}"#;
+        assert!(not_discovered(200, plain, false).contains("plaintext"));
+        assert!(parse_smart_configuration(200, plain, es, true).is_ok());
+        assert!(
+            not_discovered(200, br#"{"token_endpoint":"ftp://auth.example/t"}"#, false)
+                .contains("ftp")
+        );
+        assert!(not_discovered(
+            200,
+            br#"{"token_endpoint":"https://auth.example/t#x"}"#,
+            false
+        )
+        .contains("fragment"));
+        // Deep JSON is refused by serde_json's recursion limit, not a stack overflow.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(not_discovered(200, deep.as_bytes(), false).contains("not JSON"));
+        // A busy server is retried, not paused.
+        for status in [408, 429, 500, 503] {
+            match parse_smart_configuration(status, good, es, false) {
+                Err(p @ TokenProblem::Unavailable { .. }) => assert!(!p.pauses_uploads()),
+                other => panic!("{status}: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -857,7 +1197,11 @@ mod tests {
         let (pem_b, pub_b) = es384_pem();
         put(&pem_a, 0o600);
         let source = TokenSource::new(&OAuth2Config {
-            token_url: "https://auth.example/token".parse().unwrap(),
+            token_url: Some("https://auth.example/token".parse().unwrap()),
+            discovery_url: "https://fhir.example/.well-known/smart-configuration"
+                .parse()
+                .unwrap(),
+            allow_insecure_http: false,
             client_id: "gw-1".into(),
             key_file: path.clone(),
             algorithm: JwsAlgorithm::Es384,

@@ -19,7 +19,8 @@
 //! # HTTP interface
 //!
 //! `POST /token` is an OAuth token endpoint once [`ServerState::enable_oauth`] turned it on (see
-//! [`oauth`]; it can also require a bearer token on `POST [base]`).
+//! [`oauth`]; it can also require a bearer token on `POST [base]`), and `GET
+//! [base]/.well-known/smart-configuration` names it.
 //!
 //! `GET [base]/metadata` answers an R4 CapabilityStatement ([`capability_statement`]): transaction,
 //! and create with conditional create of Observation and Device, unless
@@ -984,6 +985,9 @@ async fn respond(
     let path = req.uri().path();
     if path == oauth::TOKEN_PATH {
         return Ok(oauth::token_endpoint(&ctx.state, req).await);
+    }
+    if path == format!("{}{}", ctx.base_path, oauth::SMART_CONFIGURATION_PATH) {
+        return Ok(oauth::smart_configuration(&ctx.state, &req));
     }
     if path.trim_end_matches('/') == format!("{}/metadata", ctx.base_path) {
         if req.method() != Method::GET {

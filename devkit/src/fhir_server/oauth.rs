@@ -65,7 +65,13 @@ pub(super) struct OAuthState {
     jtis: HashSet<String>,
     requests: Vec<TokenRequest>,
     bearer_refusals: usize,
+    /// `None`: the standard SMART configuration; `Some((status, body))`: this answer instead.
+    smart_configuration: Option<(u16, String)>,
+    smart_configuration_requests: usize,
 }
+
+/// Where the SMART configuration is served, below the FHIR base.
+pub const SMART_CONFIGURATION_PATH: &str = "/.well-known/smart-configuration";
 
 impl ServerState {
     /// Turns the token endpoint on (and, with `require_bearer`, the bearer check).
@@ -104,6 +110,19 @@ impl ServerState {
             .iter()
             .filter(|r| r.accepted)
             .count()
+    }
+
+    /// `None`: `GET [base]/.well-known/smart-configuration` answers the standard document
+    /// (SMART App Launch 2.x: `token_endpoint` = this server's `/token`, `private_key_jwt`,
+    /// ES384 and RS384, `client_credentials`); `Some((status, body))`: that answer instead (a
+    /// broken or hostile configuration).
+    pub fn set_smart_configuration(&self, answer: Option<(u16, String)>) {
+        self.lock().oauth.smart_configuration = answer;
+    }
+
+    /// Requests for the SMART configuration so far.
+    pub fn smart_configuration_requests(&self) -> usize {
+        self.lock().oauth.smart_configuration_requests
     }
 
     /// `POST [base]` requests answered 401 for want of a valid bearer token.
@@ -159,6 +178,46 @@ fn token_json(status: u16, body: &Value) -> Resp {
 }
 
 /// `POST /token`.
+/// `GET [base]/.well-known/smart-configuration` (404 until OAuth is enabled).
+pub(super) fn smart_configuration(state: &ServerState, req: &Request<Incoming>) -> Resp {
+    let mut inner = state.lock();
+    let oauth = &mut inner.oauth;
+    if oauth.config.is_none() {
+        return outcome(
+            404,
+            "not-found",
+            &["no SMART configuration on this server".into()],
+        );
+    }
+    if req.method() != Method::GET {
+        return token_json(405, &json!({"error": "invalid_request"}));
+    }
+    oauth.smart_configuration_requests += 1;
+    if let Some((status, body)) = &oauth.smart_configuration {
+        let mut resp = Response::new(full(Bytes::from(body.clone())));
+        *resp.status_mut() = hyper::StatusCode::from_u16(*status).unwrap_or_default();
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return resp;
+    }
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    token_json(
+        200,
+        &json!({
+            "token_endpoint": format!("https://{host}{TOKEN_PATH}"),
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "token_endpoint_auth_signing_alg_values_supported": ["ES384", "RS384"],
+            "grant_types_supported": ["client_credentials"],
+            "scopes_supported": ["system/Observation.c", "system/Device.c"],
+            "capabilities": ["client-confidential-asymmetric"]
+        }),
+    )
+}
+
 pub(super) async fn token_endpoint(state: &ServerState, req: Request<Incoming>) -> Resp {
     if state.lock().oauth.config.is_none() {
         return outcome(
