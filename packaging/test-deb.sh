@@ -67,4 +67,23 @@ if command -v man >/dev/null; then
 else
   for p in "$root"/usr/share/man/man1/*.1.gz; do zcat "$p" | grep -q '^\.TH' || fail "$(basename "$p") is not a man page"; done
 fi
+# The glibc the binary needs is no newer than the package's libc6 dependency (linked against
+# Debian 12's glibc 2.36, it needs symbol versions up to GLIBC_2.34; packed relocations would
+# need GLIBC_ABI_DT_RELR, 2.36). Every package of this version built here.
+glibc_needed() {  # the newest glibc version an ELF file's version needs name
+  readelf -V -W "$1" | awk '/Name: GLIBC_/ {print $0}' | grep -o 'GLIBC_[A-Z_0-9.]*' \
+    | sed -e 's/^GLIBC_ABI_DT_RELR$/GLIBC_2.36/' -e 's/^GLIBC_//' | grep -E '^[0-9.]+$' | sort -V | tail -1
+}
+for pkg in target/debian/vitalgate_"$version"_*.deb; do
+  [ -f "$pkg" ] || continue
+  x=$(mktemp -d /tmp/vitalgate-deb-glibc.XXXXXX)
+  dpkg-deb --fsys-tarfile "$pkg" | tar -x -C "$x" ./usr/bin/vitalgate
+  needed=$(glibc_needed "$x/usr/bin/vitalgate")
+  rm -rf "$x"
+  declared=$(dpkg-deb -f "$pkg" Depends | sed -n 's/.*libc6 (>= \([0-9.]*\)).*/\1/p')
+  [ -n "$needed" ] && [ -n "$declared" ] || fail "$(basename "$pkg"): glibc needed '$needed', declared '$declared'"
+  [ "$(printf '%s\n%s\n' "$needed" "$declared" | sort -V | tail -1)" = "$declared" ] \
+    || fail "$(basename "$pkg"): the binary needs glibc $needed but the package depends on libc6 (>= $declared)"
+  echo "glibc: $(basename "$pkg") needs $needed, depends on libc6 (>= $declared)"
+done
 echo "test-deb: OK ($deb)"
