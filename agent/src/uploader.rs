@@ -601,7 +601,15 @@ impl<S: BundleSender> Uploader<S> {
                 }
                 ok
             })?;
-            lock(&noted).note_read(records.iter().map(|p| (p.value.id, p.seq)));
+            // The sequence number is what the ack goes by (`Store::ack_read`): only for a
+            // record that holds the reading it is sealed for (anything else is acked by id, and
+            // the store checks the record again).
+            lock(&noted).note_read(
+                records
+                    .iter()
+                    .filter(|p| p.id == *p.value.id.as_bytes())
+                    .map(|p| (p.value.id, p.seq)),
+            );
             let mut batch: Vec<Reading> = records.into_iter().map(|p| p.value).collect();
             let built = match known {
                 Some(known) if !batch.is_empty() => {
