@@ -11,7 +11,9 @@
 //! - drop: freeing the built Bundle;
 //! - gzip: the body at the client's level;
 //! - classify: a 48-entry `transaction-response` answer read by `outcome::classify`;
-//! - ack: `Outbox::ack` of the Bundle's readings (its `fdatasync` included).
+//! - ack: `Outbox::ack_read` of the Bundle's readings by the sequence numbers read, as the
+//!   uploader acks (its `fdatasync` included; before 2026-12-07 13:00 UTC, `Outbox::ack` by
+//!   id, which opened each record again).
 //!
 //! Reports the mean wall time per Bundle of each stage and its share (the ack's includes its
 //! wait for the disk), then body bytes and time per gzip level. Compare within one run only.
@@ -114,6 +116,7 @@ fn main() {
         if records.is_empty() {
             break;
         }
+        let read: Vec<([u8; 32], u64)> = records.iter().map(|p| (p.id, p.seq)).collect();
         let batch: Vec<Reading> = records.into_iter().map(|p| p.value).collect();
         let built = timed(&mut s.build, || {
             build_bundle(&gateway, &batch, &known).expect("bundle")
@@ -137,8 +140,7 @@ fn main() {
         };
         assert_eq!(accepted.len(), batch.len());
         timed(&mut s.drop, || drop(built));
-        let ids: Vec<[u8; 32]> = batch.iter().map(|r| *r.id.as_bytes()).collect();
-        let acked = timed(&mut s.ack, || store.ack(&ids).expect("ack"));
+        let acked = timed(&mut s.ack, || store.ack_read(&read).expect("ack"));
         assert_eq!(acked, batch.len());
         s.bundles += 1;
         s.readings += batch.len();
@@ -176,7 +178,7 @@ fn main() {
     row("drop the built Bundle", s.drop);
     row("gzip (level 6)", s.gzip);
     row("classify answer", s.classify);
-    row("ack (verify, sled transaction, fdatasync)", s.ack);
+    row("ack (sled transaction, fdatasync)", s.ack);
     row("total", total);
 
     // The gzip level: body bytes per reading and time per Bundle, on the first bodies.

@@ -130,7 +130,19 @@ impl AckQueue {
                 while let Ok(more) = rx.try_recv() {
                     done.extend(more);
                 }
-                ack(Arc::clone(&store), done.clone()).await;
+                // By the sequence numbers they were read under, where known (the store then
+                // does not open each record again); by id otherwise.
+                let (mut read, mut unread) = (Vec::with_capacity(done.len()), Vec::new());
+                {
+                    let st = lock(&worker);
+                    for id in &done {
+                        match st.seq_of.get(id) {
+                            Some(&seq) => read.push((*id.as_bytes(), seq)),
+                            None => unread.push(*id.as_bytes()),
+                        }
+                    }
+                }
+                ack(Arc::clone(&store), read, unread).await;
                 let mut st = lock(&worker);
                 for id in &done {
                     st.skip.ids.remove(id);
@@ -213,10 +225,18 @@ struct Prepared {
     body: Option<EncodedBody>,
 }
 
-/// Removes confirmed readings from the outbox (durably).
-async fn ack(store: Arc<dyn Store>, ids: Vec<ReadingId>) {
-    let ids: Vec<[u8; 32]> = ids.iter().map(|id| *id.as_bytes()).collect();
-    match tokio::task::spawn_blocking(move || store.ack(&ids)).await {
+/// Removes confirmed readings from the outbox (durably): `read` by the id and sequence number
+/// of the record each was read from ([`Store::ack_read`]: a pair whose sequence number is no
+/// longer its id's removes nothing, and the reading is resent), `unread` by id alone.
+async fn ack(store: Arc<dyn Store>, read: Vec<([u8; 32], u64)>, unread: Vec<[u8; 32]>) {
+    let acked = tokio::task::spawn_blocking(move || {
+        let mut n = store.ack_read(&read)?;
+        if !unread.is_empty() {
+            n += store.ack(&unread)?;
+        }
+        Ok::<_, StoreError>(n)
+    });
+    match acked.await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             // The server has them; a resend is harmless (conditional create).
@@ -581,7 +601,15 @@ impl<S: BundleSender> Uploader<S> {
                 }
                 ok
             })?;
-            lock(&noted).note_read(records.iter().map(|p| (p.value.id, p.seq)));
+            // The sequence number is what the ack goes by (`Store::ack_read`): only for a
+            // record that holds the reading it is sealed for (anything else is acked by id, and
+            // the store checks the record again).
+            lock(&noted).note_read(
+                records
+                    .iter()
+                    .filter(|p| p.id == *p.value.id.as_bytes())
+                    .map(|p| (p.value.id, p.seq)),
+            );
             let mut batch: Vec<Reading> = records.into_iter().map(|p| p.value).collect();
             let built = match known {
                 Some(known) if !batch.is_empty() => {

@@ -76,6 +76,16 @@ pub trait Store: Send + Sync {
     /// A store failure; the readings may still be pending.
     fn ack(&self, ids: &[[u8; 32]]) -> Result<usize, StoreError>;
 
+    /// [`Store::ack`] of readings just read: each `(id, seq)` is a [`PendingRecord`]'s `id`
+    /// and `seq`, and the record is not opened again ([`Outbox::ack_read`]). A pair removes
+    /// its record only if `id`'s index entry still names `seq`: a stale or wrong `seq` removes
+    /// nothing. Returns how many were removed. Durable on `Ok`.
+    ///
+    /// # Errors
+    ///
+    /// A store failure; the readings may still be pending.
+    fn ack_read(&self, read: &[([u8; 32], u64)]) -> Result<usize, StoreError>;
+
     /// Moves the pending reading `id` to the dead letters with `reason`
     /// ([`Outbox::dead_letter`]). Durable on `Ok`.
     ///
@@ -175,6 +185,10 @@ impl Store for Outbox {
 
     fn ack(&self, ids: &[[u8; 32]]) -> Result<usize, StoreError> {
         Outbox::ack(self, ids)
+    }
+
+    fn ack_read(&self, read: &[([u8; 32], u64)]) -> Result<usize, StoreError> {
+        Outbox::ack_read(self, read)
     }
 
     fn dead_letter(&self, id: &[u8; 32], reason: &str) -> Result<(), StoreError> {

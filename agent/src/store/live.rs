@@ -350,6 +350,15 @@ impl Outbox {
         self.core()?.ack(ids)
     }
 
+    /// See [`SledOutbox::ack_read`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::ack_read`], and [`StoreError::Unavailable`].
+    pub fn ack_read(&self, read: &[([u8; 32], u64)]) -> Result<usize, StoreError> {
+        self.core()?.ack_read(read)
+    }
+
     /// See [`SledOutbox::record_export`].
     ///
     /// # Errors

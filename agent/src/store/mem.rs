@@ -318,6 +318,20 @@ impl Store for MemStore {
         Ok(removed)
     }
 
+    fn ack_read(&self, read: &[([u8; 32], u64)]) -> Result<usize, StoreError> {
+        let mut st = self.usable()?;
+        let mut removed = 0;
+        for (id, seq) in read {
+            if st.data.index.get(id) == Some(seq) {
+                st.data.index.remove(id);
+                st.data.pending.remove(seq);
+                st.data.tombstones.insert(*id);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn dead_letter(&self, id: &[u8; 32], reason: &str) -> Result<(), StoreError> {
         let mut st = self.usable()?;
         let Some(&seq) = st.data.index.get(id) else {
@@ -438,6 +452,10 @@ mod tests {
             refuse_mod: u8,
         },
         Ack(Vec<u8>),
+        /// `ack_read` of readings by id, each with its own pending record's sequence number
+        /// (`None`) or that of the pending record at a position (`Some`: often another
+        /// reading's, which must ack nothing).
+        AckRead(Vec<(u8, Option<usize>)>),
         DeadLetter(u8),
         Raw(usize),
         Reopen,
@@ -457,6 +475,8 @@ mod tests {
             2 => (0usize..6, proptest::collection::vec(0usize..6, 0..3), 0u8..4)
                 .prop_map(|(limit, skip, refuse_mod)| Op::Pending { limit, skip, refuse_mod }),
             3 => proptest::collection::vec(id.clone(), 1..4).prop_map(Op::Ack),
+            3 => proptest::collection::vec((id.clone(), proptest::option::of(0usize..6)), 1..4)
+                .prop_map(Op::AckRead),
             2 => id.clone().prop_map(Op::DeadLetter),
             1 => prop_oneof![Just(10usize), Just(MAX_PAYLOAD_LEN + 1)].prop_map(Op::Raw),
             1 => Just(Op::Reopen),
@@ -572,6 +592,25 @@ mod tests {
                     .map(|&n| *reading(n, Ident::Own).id.as_bytes())
                     .collect();
                 let r = s.ack(&ids);
+                format!("{:?} {:?}", kind(&r), r.ok())
+            }
+            Op::AckRead(picks) => {
+                let (all, _) = s
+                    .pending_readings(usize::MAX, &HashSet::new(), &mut |_| true)
+                    .unwrap();
+                let read: Vec<([u8; 32], u64)> = picks
+                    .iter()
+                    .map(|&(n, at)| {
+                        let id = *reading(n, Ident::Own).id.as_bytes();
+                        let seq = match at {
+                            None => all.iter().find(|p| p.id == id).map(|p| p.seq),
+                            Some(i) => all.get(i).map(|p| p.seq),
+                        };
+                        // A sequence number no record has: acks nothing.
+                        (id, seq.unwrap_or(u64::MAX))
+                    })
+                    .collect();
+                let r = s.ack_read(&read);
                 format!("{:?} {:?}", kind(&r), r.ok())
             }
             Op::DeadLetter(n) => {

@@ -4,7 +4,7 @@
 //! All methods are blocking; call them from `tokio::task::spawn_blocking`. An `Outbox` is
 //! `Send + Sync` and may be shared (`Arc`) between threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{DirBuilder, File};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -717,7 +717,7 @@ impl SledOutbox {
         limit: usize,
         keep: impl FnMut(&T) -> bool,
     ) -> Result<(Vec<PendingRecord<T>>, usize), StoreError> {
-        self.pending_where_skipping(limit, &std::collections::HashSet::new(), keep)
+        self.pending_where_skipping(limit, &HashSet::new(), keep)
     }
 
     /// [`Outbox::pending_where`], passing over the records whose sequence number is in `skip`
@@ -730,7 +730,7 @@ impl SledOutbox {
     pub fn pending_where_skipping<T: DeserializeOwned>(
         &self,
         limit: usize,
-        skip: &std::collections::HashSet<u64>,
+        skip: &HashSet<u64>,
         mut keep: impl FnMut(&T) -> bool,
     ) -> Result<(Vec<PendingRecord<T>>, usize), StoreError> {
         // Room for a batch at once: a record is large, and growing the vector step by step
@@ -809,7 +809,7 @@ impl SledOutbox {
             .map(|r| (self.keys().index_key(&r.id), r.seq))
             .collect();
         let now = now_ms(SystemTime::now()).to_be_bytes();
-        let result: TransactionResult<Vec<u64>, StoreError> =
+        let result: TransactionResult<Vec<(u64, usize)>, StoreError> =
             (&self.pending, &self.index, &self.acked, &self.meta).transaction(
                 |(pending, index, acked, meta)| {
                     let removed = retire(pending, index, acked, &plan, &now)?;
@@ -822,7 +822,7 @@ impl SledOutbox {
                     Ok(removed)
                 },
             );
-        let removed = result?;
+        let removed: Vec<u64> = result?.into_iter().map(|(seq, _)| seq).collect();
         self.make_durable()?;
         let freed: usize = removed.iter().filter_map(|seq| sizes.get(seq)).sum();
         self.release_held(freed as u64);
@@ -840,31 +840,60 @@ impl SledOutbox {
     /// will be uploaded again (the server's conditional create makes that harmless).
     pub fn ack(&self, ids: &[[u8; 32]]) -> Result<usize, StoreError> {
         let mut plan = Vec::with_capacity(ids.len());
-        let mut sizes = HashMap::new();
         for id in ids {
             let mac = self.keys().index_key(id);
-            if let Some((seq, len)) = self.verified_seq(id, &mac)? {
+            if let Some(seq) = self.verified_seq(id, &mac)? {
                 plan.push((mac, seq));
-                sizes.insert(seq, len + PENDING_OVERHEAD);
             }
         }
+        self.retire_planned(&plan)
+    }
+
+    /// [`SledOutbox::ack`] for records the caller has just read: each `(id, seq)` is a
+    /// reading's id and the sequence number of the record it was read from
+    /// ([`PendingRecord::id`], [`PendingRecord::seq`]), so the record is not opened and
+    /// checked a second time. Inside the transaction the id's index entry must still name
+    /// `seq`, as for every ack: sequence numbers are never reused and an index entry only ever
+    /// names its own id's record, so a stale or wrong `seq` (the record acked, dead-lettered or
+    /// requeued since, or another reading's) removes nothing and the reading stays pending.
+    /// Returns how many records were removed; on `Ok` the removal is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`SledOutbox::ack`].
+    pub fn ack_read(&self, read: &[([u8; 32], u64)]) -> Result<usize, StoreError> {
+        let keys = self.keys();
+        let plan: Vec<([u8; 32], u64)> = read
+            .iter()
+            .map(|(id, seq)| (keys.index_key(id), *seq))
+            .collect();
+        self.retire_planned(&plan)
+    }
+
+    /// Retires the planned `(index key, seq)` records ([`retire`]) in one transaction, drops
+    /// their export marks, makes it durable and releases their bytes.
+    fn retire_planned(&self, plan: &[([u8; 32], u64)]) -> Result<usize, StoreError> {
         if plan.is_empty() {
             return Ok(0);
         }
         let now = now_ms(SystemTime::now()).to_be_bytes();
-        let result: TransactionResult<Vec<u64>, StoreError> =
+        let result: TransactionResult<Vec<(u64, usize)>, StoreError> =
             (&self.pending, &self.index, &self.acked)
-                .transaction(|(pending, index, acked)| retire(pending, index, acked, &plan, &now));
+                .transaction(|(pending, index, acked)| retire(pending, index, acked, plan, &now));
         let removed = result?;
         // Export marks of the readings that left (advisory: a mark whose reading is not pending
         // is ignored everywhere, so losing this removal in a crash is harmless).
+        // Only those of the readings removed: a wrong `seq` leaves its reading and its mark.
         if !self.exported.is_empty() {
-            for (mac, _) in &plan {
-                self.exported.remove(&mac[..])?;
+            let gone: HashSet<u64> = removed.iter().map(|&(seq, _)| seq).collect();
+            for (mac, seq) in plan {
+                if gone.contains(seq) {
+                    self.exported.remove(&mac[..])?;
+                }
             }
         }
         self.make_durable()?;
-        let freed: usize = removed.iter().filter_map(|seq| sizes.get(seq)).sum();
+        let freed: usize = removed.iter().map(|(_, len)| len + PENDING_OVERHEAD).sum();
         self.release_held(freed as u64);
         Ok(removed.len())
     }
@@ -1907,13 +1936,8 @@ impl SledOutbox {
         Ok(self.index.get(mac)?.and_then(|v| parse_seq(&v)))
     }
 
-    /// The seq of `id`'s pending record and its sealed size, after checking that the record
-    /// there is `id`'s.
-    fn verified_seq(
-        &self,
-        id: &[u8; 32],
-        mac: &[u8; 32],
-    ) -> Result<Option<(u64, usize)>, StoreError> {
+    /// The seq of `id`'s pending record, after checking that the record there is `id`'s.
+    fn verified_seq(&self, id: &[u8; 32], mac: &[u8; 32]) -> Result<Option<u64>, StoreError> {
         let Some(seq) = self.index_seq(mac)? else {
             return Ok(None);
         };
@@ -1921,7 +1945,7 @@ impl SledOutbox {
             return Ok(None);
         };
         match self.open_pending_envelope(seq, &raw) {
-            Ok(envelope) if envelope.id == *id => Ok(Some((seq, raw.len()))),
+            Ok(envelope) if envelope.id == *id => Ok(Some(seq)),
             Ok(_) => {
                 self.corrupt_records.fetch_add(1, Ordering::Relaxed);
                 telemetry::IndexMismatch { seq }.emit();
@@ -2244,23 +2268,24 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// Inside a transaction: removes each planned `(index key, seq)` record that is still the
-/// pending one for its id, and leaves its tombstone (`acked`, at `now`). Returns the sequence
-/// numbers removed. Shared by [`SledOutbox::ack`] and the consent purge.
+/// pending one for its id (its index entry names `seq`), and leaves its tombstone (`acked`, at
+/// `now`). Returns the sequence numbers removed, each with the size of the sealed record it
+/// removed. Shared by [`SledOutbox::ack`], [`SledOutbox::ack_read`] and the consent purge.
 fn retire(
     pending: &sled::transaction::TransactionalTree,
     index: &sled::transaction::TransactionalTree,
     acked: &sled::transaction::TransactionalTree,
     plan: &[([u8; 32], u64)],
     now: &[u8; 8],
-) -> ConflictableTransactionResult<Vec<u64>, StoreError> {
-    let mut removed = Vec::new();
+) -> ConflictableTransactionResult<Vec<(u64, usize)>, StoreError> {
+    let mut removed = Vec::with_capacity(plan.len());
     for (mac, seq) in plan {
         let key = seq.to_be_bytes();
         if index.get(mac)?.as_deref() == Some(&key[..]) {
-            pending.remove(&key[..])?;
+            let len = pending.remove(&key[..])?.map_or(0, |raw| raw.len());
             index.remove(&mac[..])?;
             acked.insert(&mac[..], &now[..])?;
-            removed.push(*seq);
+            removed.push((*seq, len));
         }
     }
     Ok(removed)
@@ -2378,6 +2403,78 @@ mod tests {
             .unwrap();
         assert_eq!(store.exported_in(&ids[2]).unwrap(), Some([8; 16]));
         assert_eq!(store.exported_pending().unwrap().len(), 1);
+    }
+
+    /// `ack_read` trusts the sequence number only as far as the index entry inside the
+    /// transaction confirms it: another reading's, a stale one (the reading dead-lettered and
+    /// requeued under a new one) or one no record has ack nothing, leave every reading
+    /// pending with its export mark and its bytes; the right one acks exactly its reading.
+    #[test]
+    fn ack_read_with_a_wrong_sequence_number_acks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SledOutbox::open(&dir.path().join("s"), key(), OutboxOptions::default()).unwrap();
+        for n in 1..=3u8 {
+            assert_eq!(
+                store.insert([n; 32], &u32::from(n)).unwrap(),
+                Insert::Stored
+            );
+        }
+        store
+            .record_export(&[7; 16], b"receipt", &[[1; 32], [2; 32]], SystemTime::now())
+            .unwrap();
+        let read = store.pending::<u32>(10).unwrap();
+        let seq: HashMap<[u8; 32], u64> = read.iter().map(|r| (r.id, r.seq)).collect();
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let held = store.held_bytes();
+
+        // Another reading's sequence number, one past the last, one no record ever had.
+        let wrong = [(a, seq[&b]), (b, seq[&c]), (c, seq[&c] + 1), (a, u64::MAX)];
+        assert_eq!(store.ack_read(&wrong).unwrap(), 0);
+        assert_eq!(store.pending::<u32>(10).unwrap().len(), 3);
+        assert_eq!(store.held_bytes(), held);
+        assert_eq!(store.exported_in(&a).unwrap(), Some([7; 16]));
+        assert_eq!(store.exported_in(&b).unwrap(), Some([7; 16]));
+        assert_eq!(store.insert(a, &1u32).unwrap(), Insert::Duplicate);
+
+        // A stale one: `b` dead-lettered and requeued is pending under a new sequence number.
+        store.dead_letter(&b, "test").unwrap();
+        let dead = store.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1);
+        store
+            .requeue_dead_letter::<u32>(dead[0].seq, |_| None)
+            .unwrap();
+        let b_now = store
+            .pending::<u32>(10)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == b)
+            .unwrap()
+            .seq;
+        assert_ne!(b_now, seq[&b]);
+        assert_eq!(store.ack_read(&[(b, seq[&b])]).unwrap(), 0);
+        assert_eq!(store.pending::<u32>(10).unwrap().len(), 3);
+
+        // The right ones ack exactly their readings, once, durably counted and tombstoned,
+        // and release exactly their bytes.
+        store.recount_held_bytes().unwrap();
+        assert_eq!(store.ack_read(&[(a, seq[&a]), (b, b_now)]).unwrap(), 2);
+        let counted = store.held_bytes();
+        assert_eq!(counted, store.recount_held_bytes().unwrap());
+        assert_eq!(store.ack_read(&[(a, seq[&a])]).unwrap(), 0, "already acked");
+        let left: Vec<u32> = store
+            .pending::<u32>(10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.value)
+            .collect();
+        assert_eq!(left, vec![3]);
+        assert_eq!(store.exported_in(&a).unwrap(), None);
+        assert_eq!(store.insert(a, &1u32).unwrap(), Insert::Duplicate);
+        assert_eq!(store.insert(b, &2u32).unwrap(), Insert::Duplicate);
+        drop(store);
+        let store = reopen(&dir.path().join("s"));
+        assert_eq!(store.pending::<u32>(10).unwrap().len(), 1, "durable");
     }
 
     /// A flush that fails leaves the batch in sled's memory: it must not be readable as
