@@ -22,14 +22,16 @@ for t in "${targets[@]}"; do
     *) echo "build-deb: unsupported target $t" >&2; exit 2 ;;
   esac
   # [profile.release] strips already; cargo-deb must not run the host's strip on ARM code.
-  # VITALGATE_DEB_PROFILE=dev packages the debug build instead (CI's install test: the layout,
-  # the unit and the installed binary do not depend on optimisation, and `cargo test` has
-  # built that binary already); it is stripped by the host's strip and compressed fast.
-  # Never ship such a package.
+  # VITALGATE_DEB_PROFILE=dev packages the debug binary as it is (--no-build: `cargo test
+  # --workspace` built target/debug/vitalgate; `cargo build -p vitalgate` would rebuild ~40
+  # crates with other features). For CI's install test only: the layout, the unit and the
+  # installed binary do not depend on optimisation. Stripped by the host's strip, compressed
+  # fast. Never ship such a package.
   extra=(--no-strip)
   if [ "${VITALGATE_DEB_PROFILE:-release}" != release ]; then
     [ "$t" = x86_64-unknown-linux-gnu ] || { echo "build-deb: VITALGATE_DEB_PROFILE only for x86_64" >&2; exit 2; }
-    extra=(--profile "$VITALGATE_DEB_PROFILE" --strip --fast)
+    [ -x target/debug/vitalgate ] || { echo "build-deb: no target/debug/vitalgate: run cargo test --workspace (or cargo build) first" >&2; exit 1; }
+    extra=(--profile "$VITALGATE_DEB_PROFILE" --no-build --strip --fast)
   fi
   deb=$(nice -n 10 cargo deb -p vitalgate "${args[@]}" "${extra[@]}" -- -j 2 | tail -1)
   printf '%-32s %8s bytes  %s\n' "$t" "$(stat -c %s "$deb")" "$deb"

@@ -222,17 +222,29 @@ async fn sighup_adds_and_rebinds_devices_losing_no_reading_and_a_broken_file_kee
     .await;
     publish_to(port, TOPIC, vec![bp_point(42, 133, 83)], Duration::ZERO).await;
 
-    h.wait_for_observations(42, Duration::from_secs(90)).await;
+    h.wait_for_observations_of(&agent, 42, Duration::from_secs(90))
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let ids = h.fhir.observation_identifiers();
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(
-        (ids.len(), unique.len()),
-        (42, 42),
-        "every reading once, none lost"
-    );
+    if (ids.len(), unique.len()) != (42, 42) {
+        let mut seen: Vec<String> = h
+            .fhir
+            .stored_observations()
+            .iter()
+            .map(|o| format!("{} {}", o["effectiveDateTime"], o["subject"]["reference"]))
+            .collect();
+        seen.sort();
+        panic!(
+            "every reading once, none lost: {} stored, {} identifiers\n{}\n--- agent log:\n{}",
+            ids.len(),
+            unique.len(),
+            seen.join("\n"),
+            agent.stderr()
+        );
+    }
     assert_eq!(observations_for(&h, "MRN-0003"), 1, "hub-2 was added");
     assert!(observations_for(&h, "MRN-0002") >= 1, "hub-1 was rebound");
     assert!(

@@ -471,6 +471,29 @@ backoff_max_secs = 1
         }
     }
 
+    /// As [`Harness::wait_for_observations`], the timeout scaled under emulation, and a timeout
+    /// fails with the agent's log and its `status` (pending, dead letters): a slow agent and a
+    /// lost reading look alike in a bare count.
+    pub async fn wait_for_observations_of(&self, agent: &Agent, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout * emulation_factor();
+        loop {
+            let have = self.fhir.observation_identifiers().len();
+            if have >= n {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let status = self.vitalgate_output(&["status"]);
+                panic!(
+                    "expected {n} observations on the server, have {have}\n--- status:\n{}{}\n--- agent log:\n{}",
+                    String::from_utf8_lossy(&status.stdout),
+                    String::from_utf8_lossy(&status.stderr),
+                    agent.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn wait_for_observations(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
