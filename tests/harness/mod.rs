@@ -475,36 +475,37 @@ backoff_max_secs = 1
     /// fails with the agent's log and its `status` (pending, dead letters): a slow agent and a
     /// lost reading look alike in a bare count.
     pub async fn wait_for_observations_of(&self, agent: &Agent, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout * emulation_factor();
-        loop {
-            let have = self.fhir.observation_identifiers().len();
-            if have >= n {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let status = self.vitalgate_output(&["status"]);
-                panic!(
-                    "expected {n} observations on the server, have {have}\n--- status:\n{}{}\n--- agent log:\n{}",
-                    String::from_utf8_lossy(&status.stdout),
-                    String::from_utf8_lossy(&status.stderr),
-                    agent.stderr()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(have) = self
+            .observations_by(n, Instant::now() + timeout * emulation_factor())
+            .await
+        {
+            let status = self.vitalgate_output(&["status"]);
+            panic!(
+                "expected {n} observations on the server, have {have}\n--- status:\n{}{}\n--- agent log:\n{}",
+                String::from_utf8_lossy(&status.stdout),
+                String::from_utf8_lossy(&status.stderr),
+                agent.stderr()
+            );
         }
     }
 
     pub async fn wait_for_observations(&self, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+        if let Err(have) = self.observations_by(n, Instant::now() + timeout).await {
+            panic!("expected {n} observations on the server, have {have}");
+        }
+    }
+
+    /// Polls until the server holds `n` observations (`Ok`) or `deadline` passes (`Err` with
+    /// the count it had).
+    async fn observations_by(&self, n: usize, deadline: Instant) -> Result<(), usize> {
         loop {
             let have = self.fhir.observation_identifiers().len();
             if have >= n {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} observations on the server, have {have}"
-            );
+            if Instant::now() >= deadline {
+                return Err(have);
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
