@@ -34,10 +34,25 @@ fn audit_text(h: &Harness) -> String {
 }
 
 fn entries(h: &Harness) -> Vec<serde_json::Value> {
+    // A line the daemon is still writing may be torn; `audit verify` checks the whole chain.
     audit_text(h)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// Waits until the audit log holds an entry of this kind (a line being written is tolerated).
+fn wait_for_audit_event(h: &Harness, kind: &str, within: Duration) {
+    let needle = format!("\"event\":\"{kind}\"");
+    let deadline = Instant::now() + within;
+    while !audit_text(h).contains(&needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} entry within {within:?}:\n{}",
+            audit_text(h)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn add_section(config: &Path, text: &str) {
@@ -140,6 +155,13 @@ async fn the_audit_log_holds_no_phi_and_the_ledger_says_delivered_or_pending() {
     h.fhir.stop().await;
     h.publish(&[weight_point(3, 9157)]).await;
     h.wait_for_log(&agent, "reading stored", 3, Duration::from_secs(30));
+    // The upload of the third reading must have failed (and been audited) before the stop:
+    // a stop while the request is still in flight legitimately leaves no send_failed entry.
+    wait_for_audit_event(
+        &h,
+        "send_failed",
+        Duration::from_secs(30) * emulation_factor(),
+    );
     agent.terminate();
 
     let all = entries(&h);
