@@ -212,6 +212,26 @@ async fn sighup_adds_and_rebinds_devices_losing_no_reading_and_a_broken_file_kee
     std::fs::write(&h.config, &reloaded).unwrap();
     signal(agent.pid(), "HUP");
     h.wait_for_log(&agent, "configuration reloaded", 1, Duration::from_secs(30));
+    // hub-1 is rebound in place, on the running connection (no reconnect, so nothing is
+    // redelivered), and hub-2's new filter is subscribed on it: a second SUBACK round.
+    h.wait_for_log(
+        &agent,
+        "MQTT devices rebound in place",
+        1,
+        Duration::from_secs(30),
+    );
+    h.wait_for_log(
+        &agent,
+        "MQTT subscriptions acknowledged",
+        2,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        agent.stderr().matches("MQTT connected").count(),
+        1,
+        "no reconnect on a rebind:\n{}",
+        agent.stderr()
+    );
     publisher.await.unwrap();
     publish_to(
         port,
@@ -291,6 +311,93 @@ async fn sighup_adds_and_rebinds_devices_losing_no_reading_and_a_broken_file_kee
         observations_for(&h, "MRN-0003"),
         2,
         "the old (reloaded) config still runs"
+    );
+    agent.terminate();
+}
+
+/// A burst on one hub while a reload rebinds it to another patient: every reading is filed
+/// exactly once, under the patient bound when it arrived (the old one before the reload, the
+/// new one after), never under both. The source takes the new table in place; a reconnect
+/// would have the broker redeliver what was stored but not yet acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_during_a_rebind_files_each_reading_once() {
+    let Some(broker) = Broker::mosquitto() else {
+        return;
+    };
+    let h = Harness::new(broker).await;
+    let mut agent = h.spawn_agent();
+    let port = h.broker.port().unwrap();
+    // 2,000 natively; fewer under qemu, where the agent runs at a fifth of the speed or less.
+    let n = 2000 / emulation_factor() as usize;
+    // Distinct readings: second `i` of the day, a weight that varies with it.
+    let burst: Vec<String> = (0..n)
+        .map(|i| {
+            data_point(
+                i,
+                "body-weight",
+                "2.0",
+                format!(
+                    r#"{{"body_weight":{{"value":{}.{:02},"unit":"kg"}},"effective_time_frame":{{"date_time":"2026-11-02T{:02}:{:02}:{:02}Z"}}}}"#,
+                    60 + i % 40,
+                    i % 100,
+                    i / 3600,
+                    i / 60 % 60,
+                    i % 60
+                ),
+            )
+        })
+        .collect();
+    let publisher = tokio::spawn(publish_to(port, TOPIC, burst, Duration::ZERO));
+    // Rebind while the burst is being taken in: after a tenth is stored.
+    h.wait_for_log(&agent, "reading stored", n / 10, Duration::from_secs(60));
+    let original = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(&h.config, original.replace("MRN-0001", "MRN-0002")).unwrap();
+    signal(agent.pid(), "HUP");
+    h.wait_for_log(&agent, "configuration reloaded", 1, Duration::from_secs(30));
+    publisher.await.unwrap();
+    // One more after the reload: it must go to the new patient.
+    publish_to(port, TOPIC, vec![weight_point(9999, 7777)], Duration::ZERO).await;
+
+    h.wait_for_observations_of(&agent, n + 1, Duration::from_secs(180))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stored = h.fhir.stored_observations();
+    let mut times: Vec<String> = stored
+        .iter()
+        .map(|o| o["effectiveDateTime"].to_string())
+        .collect();
+    times.sort();
+    let total = times.len();
+    times.dedup();
+    assert_eq!(
+        (total, times.len()),
+        (n + 1, n + 1),
+        "each reading exactly once (stored, distinct times)\n--- agent log:\n{}",
+        agent.stderr()
+    );
+    let (old, new) = (
+        observations_for(&h, "MRN-0001"),
+        observations_for(&h, "MRN-0002"),
+    );
+    assert_eq!(old + new, n + 1);
+    assert!(
+        old >= n / 10,
+        "readings before the reload kept their patient ({old})"
+    );
+    assert!(new >= 1, "the rebinding took effect ({new})");
+    assert!(
+        stored.iter().any(|o| o["effectiveDateTime"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2026-11-01T09:"))
+            && o["subject"].to_string().contains("MRN-0002")),
+        "the reading sent after the reload is the new patient's"
+    );
+    // The rebinding happened in place: one connection for the whole run.
+    assert_eq!(
+        agent.stderr().matches("MQTT connected").count(),
+        1,
+        "{}",
+        agent.stderr()
     );
     agent.terminate();
 }

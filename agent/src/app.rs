@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, AuditEvent, AuditLog};
@@ -343,6 +343,7 @@ impl App {
             ops,
             watchdog: watchdog.clone(),
             sources: BTreeMap::new(),
+            mqtt_bindings: None,
         };
         running.start_sources(prepared.mqtt, &prepared.devices);
         if let Some(src) = ble {
@@ -546,6 +547,9 @@ struct Running {
     watchdog: WatchdogSettings,
     /// The inputs each running source was started from.
     sources: BTreeMap<String, SourceInputs>,
+    /// The running MQTT source's device table: a reload that changes only the MQTT devices
+    /// hands it the new one (no reconnect, so the broker redelivers nothing).
+    mqtt_bindings: Option<watch::Sender<Vec<Subscription>>>,
 }
 
 impl Running {
@@ -561,6 +565,8 @@ impl Running {
         if let Some((m, subs)) = mqtt {
             if !running.iter().any(|k| k == "mqtt") {
                 let tx = self.ingest_tx.clone();
+                let (bindings, rx) = watch::channel(subs);
+                self.mqtt_bindings = Some(bindings);
                 self.sup.spawn(
                     "mqtt source",
                     Some("mqtt"),
@@ -568,7 +574,7 @@ impl Running {
                     Some(allowance),
                     move |stop| {
                         Box::pin(async move {
-                            if let Err(e) = sources::mqtt::run(m, subs, tx, stop).await {
+                            if let Err(e) = sources::mqtt::run_rebindable(m, rx, tx, stop).await {
                                 tracing::error!(error = %e, "MQTT source stopped");
                             }
                         })
@@ -743,8 +749,26 @@ impl Running {
                 .count(),
         );
         let device_changes = describe_device_changes(&self.cfg, &cfg);
+        // Only the MQTT devices changed, not the connection: the running source takes the new
+        // table in place. Restarting it would reconnect, and the broker would redeliver what
+        // was stored but not yet acknowledged, to be filed under the new binding a second time.
+        let rebind_mqtt = match (old_inputs.get("mqtt"), new_inputs.get("mqtt")) {
+            (
+                Some(old @ SourceInputs::Mqtt { mqtt: a, .. }),
+                Some(new @ SourceInputs::Mqtt { mqtt: b, .. }),
+            ) => a == b && old != new && self.mqtt_bindings.is_some(),
+            _ => false,
+        };
+        if rebind_mqtt {
+            retire.retain(|k| k != "mqtt");
+        }
         retire.extend(["uploader", "ops", "fleet", "consent purge"].map(String::from));
         let failure = self.sup.retire(&retire, SHUTDOWN_GRACE).await;
+        if let (true, Some(bindings), Some((_, subs))) =
+            (rebind_mqtt, &self.mqtt_bindings, &prepared.mqtt)
+        {
+            bindings.send_replace(subs.clone());
+        }
         self.cfg = cfg;
         self.start_sources(prepared.mqtt, &prepared.devices);
         self.start_services(prepared.client);

@@ -1390,6 +1390,22 @@ impl MqttSubscriptionsAcknowledged<'_> {
     }
 }
 
+/// A reload changed the MQTT devices and the running source took the new table in place (no
+/// reconnect, so nothing is redelivered). Counts only: no topics, no patients.
+pub struct MqttRebound {
+    pub topics: usize,
+    pub new_filters: usize,
+}
+impl MqttRebound {
+    pub fn emit(self) {
+        tracing::info!(
+            topics = self.topics,
+            new_filters = self.new_filters,
+            "MQTT devices rebound in place (no reconnect)"
+        );
+    }
+}
+
 /// A PUBACK was written to the broker connection (debug level: one per message).
 pub struct MqttAckSent {
     pub pkid: u16,

@@ -89,7 +89,7 @@ mod session;
 pub mod subscribe;
 
 pub use router::{topic_matches, Router};
-pub use session::run;
+pub use session::{run, run_rebindable};
 
 /// Largest payload decoded (a data point is a few hundred bytes). A larger one is kept as a
 /// dead letter without being decoded.

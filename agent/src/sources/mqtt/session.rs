@@ -8,7 +8,7 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS, StateError,
     SubscribeFilter, SubscribeReasonCode,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +44,30 @@ pub async fn run(
     tx: mpsc::Sender<Ingest>,
     shutdown: CancellationToken,
 ) -> Result<(), MqttSetupError> {
+    let (_keep, bindings) = watch::channel(subs);
+    run_rebindable(cfg, bindings, tx, shutdown).await
+}
+
+/// [`run`], with the subscriptions taken from `bindings`: a new value (a reload that adds,
+/// removes or rebinds MQTT devices without touching the connection settings) is applied on the
+/// running connection. Messages from then on are routed by the new table; new filters are
+/// subscribed at once. There is no reconnect, so the broker redelivers nothing: a message
+/// already taken keeps the binding it arrived under and is acknowledged as usual (a reconnect
+/// would redeliver whatever was stored but not yet acknowledged, and the new binding would
+/// file it under another patient, a second time).
+///
+/// # Errors
+///
+/// [`MqttSetupError`] when the password or TLS files cannot be read.
+pub async fn run_rebindable(
+    cfg: MqttConfig,
+    mut bindings: watch::Receiver<Vec<Subscription>>,
+    tx: mpsc::Sender<Ingest>,
+    shutdown: CancellationToken,
+) -> Result<(), MqttSetupError> {
+    let subs = bindings.borrow_and_update().clone();
+    // A dropped sender (no reload will come) ends the watch, not the source.
+    let mut rebindable = true;
     let opts = options(&cfg)?;
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
     tracing::info!(host = %cfg.host, port = cfg.port, tls = cfg.tls, topics = subs.len(), "MQTT source starting");
@@ -88,6 +112,10 @@ pub async fn run(
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => reconnect_at = None,
                 _ = beat.tick() => {}
+                r = bindings.changed(), if rebindable => match r {
+                    Ok(()) => s.rebind(bindings.borrow_and_update().clone()),
+                    Err(_) => rebindable = false,
+                },
                 r = s.held.feed(), if s.held.has_work() => s.held.fed(r),
                 _ = shutdown.cancelled() => break,
             }
@@ -131,6 +159,10 @@ pub async fn run(
                     // deadline, closing_done() ends the task.
                     _ = sleep_until_opt(timer), if timer.is_some() => {}
                     _ = beat.tick() => {}
+                    r = bindings.changed(), if rebindable => match r {
+                        Ok(()) => s.rebind(bindings.borrow_and_update().clone()),
+                        Err(_) => rebindable = false,
+                    },
                 }
                 s.flush_requests();
                 if s.closing_done() {
@@ -303,6 +335,43 @@ impl Session {
         }
     }
 
+    /// A reload changed the MQTT devices (not the connection): route by the new table from now
+    /// on and subscribe the filters it adds on this connection. A filter it drops stays
+    /// subscribed at the broker until the session ends (as after a restart with a persistent
+    /// session); what arrives on it is kept as a dead letter ("matches no configured device").
+    fn rebind(&mut self, subs: Vec<Subscription>) {
+        let old: std::collections::HashSet<&str> = self
+            .router
+            .subscriptions()
+            .iter()
+            .map(|s| s.filter.as_str())
+            .collect();
+        let added: Vec<usize> = subs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !old.contains(s.filter.as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        let round_complete = self.round.as_ref().is_none_or(SubscribeRound::is_complete);
+        let new_filters = added.len();
+        self.router = Router::new(subs);
+        if self.round.is_some() && self.closing.is_none() {
+            self.round = Some(if round_complete {
+                SubscribeRound::of(added)
+            } else {
+                // The connection's own round was under way, with indexes into the old table:
+                // subscribe the whole new table (SUBACKs of the old round are ignored).
+                SubscribeRound::new(self.router.subscriptions().len())
+            });
+        }
+        telemetry::MqttRebound {
+            topics: self.router.subscriptions().len(),
+            new_filters,
+        }
+        .emit();
+        self.flush_requests();
+    }
+
     /// A PUBLISH: route it, decode it, hold it for the pipeline, owe it an ack (QoS 1).
     fn on_publish(&mut self, mut p: Publish) {
         if self.closing.is_some() || self.held.closed {
@@ -393,10 +462,9 @@ impl Session {
         };
         let subs = self.router.subscriptions();
         while let Some(chunk) = round.next_chunk() {
-            let filters: Vec<SubscribeFilter> = subs
-                .get(chunk)
-                .unwrap_or_default()
+            let filters: Vec<SubscribeFilter> = chunk
                 .iter()
+                .filter_map(|&i| subs.get(i))
                 .map(|s| SubscribeFilter::new(s.filter.clone(), QoS::AtLeastOnce))
                 .collect();
             if self.client.try_subscribe_many(filters).is_err() {

@@ -12,7 +12,6 @@
 //! When the last SUBACK is in, it reports how many filters were granted and which were refused.
 
 use std::collections::{HashMap, VecDeque};
-use std::ops::Range;
 
 /// Filters per SUBSCRIBE packet.
 pub const FILTERS_PER_SUBSCRIBE: usize = 8;
@@ -40,10 +39,12 @@ pub struct Summary {
     pub refused: Vec<usize>,
 }
 
-/// Subscribing every filter once on one connection.
+/// Subscribing every filter once on one connection (or, after a reload added devices, the
+/// new filters on the running connection).
 #[derive(Debug)]
 pub struct SubscribeRound {
-    chunks: Vec<Range<usize>>,
+    /// The subscription-list indexes of each SUBSCRIBE packet.
+    chunks: Vec<Vec<usize>>,
     /// Next chunk to hand to the client.
     next: usize,
     /// Chunks handed to the client whose packet id is not known yet, in order.
@@ -58,9 +59,14 @@ pub struct SubscribeRound {
 impl SubscribeRound {
     /// A round for `filters` filters (indexes `0..filters` of the subscription list).
     pub fn new(filters: usize) -> SubscribeRound {
-        let chunks = (0..filters)
-            .step_by(FILTERS_PER_SUBSCRIBE)
-            .map(|start| start..(start + FILTERS_PER_SUBSCRIBE).min(filters))
+        SubscribeRound::of((0..filters).collect())
+    }
+
+    /// A round for these indexes of the subscription list, in this order.
+    pub fn of(indexes: Vec<usize>) -> SubscribeRound {
+        let chunks = indexes
+            .chunks(FILTERS_PER_SUBSCRIBE)
+            .map(<[usize]>::to_vec)
             .collect();
         SubscribeRound {
             chunks,
@@ -74,11 +80,11 @@ impl SubscribeRound {
     }
 
     /// The filters of the next SUBSCRIBE to hand to the client, if the window allows one.
-    pub fn next_chunk(&self) -> Option<Range<usize>> {
+    pub fn next_chunk(&self) -> Option<&[usize]> {
         if self.handed.len() + self.on_wire.len() >= SUBSCRIBES_IN_FLIGHT {
             return None;
         }
-        self.chunks.get(self.next).cloned()
+        self.chunks.get(self.next).map(Vec::as_slice)
     }
 
     /// The chunk [`Self::next_chunk`] offered was handed to the client.
@@ -102,10 +108,10 @@ impl SubscribeRound {
         let Some(chunk) = self.on_wire.remove(&pkid) else {
             return SubAckProgress::Unknown;
         };
-        let Some(range) = self.chunks.get(chunk).cloned() else {
+        let Some(indexes) = self.chunks.get(chunk) else {
             return SubAckProgress::Unknown;
         };
-        for (k, index) in range.enumerate() {
+        for (k, &index) in indexes.iter().enumerate() {
             if granted.get(k).copied().unwrap_or(false) {
                 self.granted += 1;
             } else {
@@ -137,11 +143,11 @@ mod tests {
     fn run_round(filters: usize, refuse: impl Fn(usize) -> bool) -> (Summary, usize) {
         let mut r = SubscribeRound::new(filters);
         let mut pkid = 0u16;
-        let mut wire: VecDeque<(u16, Range<usize>)> = VecDeque::new();
+        let mut wire: VecDeque<(u16, Vec<usize>)> = VecDeque::new();
         let mut packets = 0;
         let mut max_outstanding = 0;
         loop {
-            while let Some(chunk) = r.next_chunk() {
+            while let Some(chunk) = r.next_chunk().map(<[usize]>::to_vec) {
                 r.handed();
                 pkid = pkid % 32 + 1;
                 r.sent(pkid);
@@ -152,7 +158,7 @@ mod tests {
             let Some((id, chunk)) = wire.pop_front() else {
                 panic!("round stalled");
             };
-            let codes: Vec<bool> = chunk.map(|i| !refuse(i)).collect();
+            let codes: Vec<bool> = chunk.iter().map(|&i| !refuse(i)).collect();
             if let SubAckProgress::Complete(s) = r.acked(id, &codes) {
                 assert!(max_outstanding <= SUBSCRIBES_IN_FLIGHT);
                 return (s, packets);
@@ -178,7 +184,7 @@ mod tests {
     #[test]
     fn a_single_filter_is_one_packet_and_a_short_suback_counts_as_refused() {
         let mut r = SubscribeRound::new(3);
-        assert_eq!(r.next_chunk(), Some(0..3));
+        assert_eq!(r.next_chunk(), Some(&[0, 1, 2][..]));
         r.handed();
         assert_eq!(r.next_chunk(), None, "nothing left");
         r.sent(9);
@@ -200,6 +206,23 @@ mod tests {
         assert!(!r.is_complete());
         assert!(matches!(r.acked(4, &[true]), SubAckProgress::Complete(_)));
         assert_eq!(r.acked(4, &[true]), SubAckProgress::Unknown, "not twice");
+    }
+
+    #[test]
+    fn a_round_of_chosen_indexes_reports_refusals_by_those_indexes() {
+        let mut r = SubscribeRound::of(vec![4, 9, 2]);
+        assert_eq!(r.next_chunk(), Some(&[4, 9, 2][..]));
+        r.handed();
+        r.sent(1);
+        assert_eq!(
+            r.acked(1, &[true, false, true]),
+            SubAckProgress::Complete(Summary {
+                granted: 2,
+                refused: vec![9]
+            })
+        );
+        let r = SubscribeRound::of((0..20).collect());
+        assert_eq!(r.chunks.len(), 3, "8 + 8 + 4");
     }
 
     #[test]
