@@ -315,22 +315,9 @@ async fn sighup_adds_and_rebinds_devices_losing_no_reading_and_a_broken_file_kee
     agent.terminate();
 }
 
-/// A burst on one hub while a reload rebinds it to another patient: every reading is filed
-/// exactly once, under the patient bound when it arrived (the old one before the reload, the
-/// new one after), never under both. The source takes the new table in place; a reconnect
-/// would have the broker redeliver what was stored but not yet acknowledged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_during_a_rebind_files_each_reading_once() {
-    let Some(broker) = Broker::mosquitto() else {
-        return;
-    };
-    let h = Harness::new(broker).await;
-    let mut agent = h.spawn_agent();
-    let port = h.broker.port().unwrap();
-    // 2,000 natively; fewer under qemu, where the agent runs at a fifth of the speed or less.
-    let n = 2000 / emulation_factor() as usize;
-    // Distinct readings: second `i` of the day, a weight that varies with it.
-    let burst: Vec<String> = (0..n)
+/// `n` distinct body-weight readings: second `i` of 2026-11-02, a weight that varies with it.
+fn distinct_weights(n: usize) -> Vec<String> {
+    (0..n)
         .map(|i| {
             data_point(
                 i,
@@ -346,7 +333,38 @@ async fn a_burst_during_a_rebind_files_each_reading_once() {
                 ),
             )
         })
+        .collect()
+}
+
+/// Stored Observations: (total, distinct effective times).
+fn stored_times(h: &Harness) -> (usize, usize) {
+    let mut times: Vec<String> = h
+        .fhir
+        .stored_observations()
+        .iter()
+        .map(|o| o["effectiveDateTime"].to_string())
         .collect();
+    times.sort();
+    let total = times.len();
+    times.dedup();
+    (total, times.len())
+}
+
+/// A burst on one hub while a reload rebinds it to another patient: every reading is filed
+/// exactly once, under the patient bound when it arrived (the old one before the reload, the
+/// new one after), never under both. The source takes the new table in place; a reconnect
+/// would have the broker redeliver what was stored but not yet acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_during_a_rebind_files_each_reading_once() {
+    let Some(broker) = Broker::mosquitto() else {
+        return;
+    };
+    let h = Harness::new(broker).await;
+    let mut agent = h.spawn_agent();
+    let port = h.broker.port().unwrap();
+    // 2,000 natively; fewer under qemu, where the agent runs at a fifth of the speed or less.
+    let n = 2000 / emulation_factor() as usize;
+    let burst = distinct_weights(n);
     let publisher = tokio::spawn(publish_to(port, TOPIC, burst, Duration::ZERO));
     // Rebind while the burst is being taken in: after a tenth is stored.
     h.wait_for_log(&agent, "reading stored", n / 10, Duration::from_secs(60));
@@ -399,6 +417,58 @@ async fn a_burst_during_a_rebind_files_each_reading_once() {
         "{}",
         agent.stderr()
     );
+    agent.terminate();
+}
+
+/// kill -9 in the middle of a burst, the device rebound to the other patient, restarted:
+/// four times. Whatever was stored but not yet acknowledged at a kill is redelivered by the
+/// broker after the restart, made into a reading of the other patient (another identifier);
+/// the store recognises the delivery (topic and payload digest) and keeps it once, under the
+/// patient it first arrived under. Every reading is filed exactly once and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_burst_then_a_rebind_files_each_reading_once() {
+    let Some(broker) = Broker::mosquitto() else {
+        return;
+    };
+    let h = Harness::new(broker).await;
+    let port = h.broker.port().unwrap();
+    let n = 4000 / emulation_factor() as usize;
+    let mut agent = h.spawn_agent();
+    let publisher = tokio::spawn(publish_to(port, TOPIC, distinct_weights(n), Duration::ZERO));
+    let mut logs = String::new();
+    for cycle in 0..4 {
+        // Killed once it has stored some of the burst, while the broker still sends.
+        h.wait_for_log(&agent, "reading stored", n / 12, Duration::from_secs(120));
+        agent.kill9();
+        logs.push_str(&agent.stderr());
+        let (from, to) = if cycle % 2 == 0 {
+            ("MRN-0001", "MRN-0002")
+        } else {
+            ("MRN-0002", "MRN-0001")
+        };
+        let now = std::fs::read_to_string(&h.config).unwrap();
+        assert!(now.contains(from));
+        std::fs::write(&h.config, now.replace(from, to)).unwrap();
+        agent = h.spawn_agent();
+    }
+    publisher.await.unwrap();
+    h.wait_for_observations_of(&agent, n, Duration::from_secs(240))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    logs.push_str(&agent.stderr());
+    let (total, distinct) = stored_times(&h);
+    assert_eq!(
+        (total, distinct),
+        (n, n),
+        "each reading exactly once: {total} stored, {distinct} distinct\n--- agent logs:\n{}",
+        tail(&logs, 60)
+    );
+    let (a, b) = (
+        observations_for(&h, "MRN-0001"),
+        observations_for(&h, "MRN-0002"),
+    );
+    assert_eq!(a + b, n);
+    assert!(a > 0 && b > 0, "both bindings were used: {a} / {b}");
     agent.terminate();
 }
 

@@ -137,6 +137,7 @@ fn pipeline_run(dir: &Path, producers: u64, per_producer: u64) -> Run {
                         },
                         clock: CaptureClock::default(),
                         received_at,
+                        delivery: None,
                         done: Some(done),
                     })
                     .await

@@ -342,6 +342,7 @@ impl Reading {
         crate::store::NewRecord {
             id: *self.id.as_bytes(),
             identity: Some(self.observation_identifier.as_str()),
+            delivery: None,
             value: self,
         }
     }

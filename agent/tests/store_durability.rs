@@ -136,6 +136,7 @@ fn pruning_more_tombstones_than_one_chunk_removes_every_expired_one_and_keeps_th
             .map(|&n| NewRecord {
                 id: wide_id(n),
                 identity: Some(identities[n as usize].as_str()),
+                delivery: None,
                 value: &samples[n as usize],
             })
             .collect();
@@ -591,6 +592,7 @@ fn with_identity<'a>(n: u8, identity: &'a str, value: &'a Sample) -> NewRecord<'
     NewRecord {
         id: id(n),
         identity: Some(identity),
+        delivery: None,
         value,
     }
 }

@@ -16,4 +16,4 @@ pub mod task;
 
 pub use convert::{readings_from_record, CaptureClock, DeviceClockReading, Rejection};
 pub use devices::{DeviceContext, DeviceTable, ReportedInfo};
-pub use task::{run, Ingest, Outcome, MAX_BATCH};
+pub use task::{delivery_digest, run, Ingest, Outcome, MAX_BATCH};

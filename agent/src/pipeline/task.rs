@@ -59,6 +59,9 @@ pub enum Ingest {
         source: Source,
         clock: CaptureClock,
         received_at: DateTime<Utc>,
+        /// A digest naming the upstream message, when the source may deliver it again after
+        /// a restart (MQTT QoS 1): see [`delivery_digest`] and `store::NewRecord::delivery`.
+        delivery: Option<[u8; 32]>,
         done: Option<oneshot::Sender<Outcome>>,
     },
     /// A payload that could not be decoded: kept as a dead letter, then acknowledged upstream.
@@ -68,6 +71,19 @@ pub enum Ingest {
         reason: String,
         done: Option<oneshot::Sender<Outcome>>,
     },
+}
+
+/// The digest that names an MQTT message (topic and payload): the broker redelivers a message
+/// it has no acknowledgement for, byte for byte, on the same topic.
+pub fn delivery_digest(topic: &str, payload: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"vitalgate-mqtt-delivery-v1\0");
+    ctx.update(&(topic.len() as u64).to_be_bytes());
+    ctx.update(topic.as_bytes());
+    ctx.update(payload);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// The pipeline's answer to a source. `Durable` and `Rejected` both mean "safe to ack".
@@ -317,6 +333,8 @@ async fn process(batch: Vec<Ingest>, store: &Arc<dyn Store>) -> Processed {
     // Pure step: readings and raw dead letters.
     let mut readings: Vec<Reading> = Vec::new();
     let mut dead: Vec<RawDead> = Vec::new();
+    // Per reading: the upstream delivery it was made from, with its place in the message.
+    let mut deliveries: Vec<Option<String>> = Vec::new();
     let mut answers: Vec<(Option<oneshot::Sender<Outcome>>, Converted)> = Vec::new();
     for msg in batch {
         match msg {
@@ -326,10 +344,15 @@ async fn process(batch: Vec<Ingest>, store: &Arc<dyn Store>) -> Processed {
                 source,
                 clock,
                 received_at,
+                delivery,
                 done,
             } => match readings_from_record(&device, &record, &source, &clock, received_at) {
                 Ok(rs) => {
                     let start = readings.len();
+                    deliveries.extend(
+                        (0..rs.len())
+                            .map(|k| delivery.map(|d| format!("mqtt:{}:{k}", hex::encode(d)))),
+                    );
                     readings.extend(rs);
                     answers.push((done, Converted::Readings((start..readings.len()).collect())));
                 }
@@ -370,8 +393,14 @@ async fn process(batch: Vec<Ingest>, store: &Arc<dyn Store>) -> Processed {
         for (label, payload, reason) in &dead {
             store2.put_dead_letter_raw(label, payload, reason)?;
         }
-        let records: Vec<NewRecord<'_, Reading>> =
-            readings2.iter().map(Reading::as_record).collect();
+        let records: Vec<NewRecord<'_, Reading>> = readings2
+            .iter()
+            .zip(&deliveries)
+            .map(|(r, d)| NewRecord {
+                delivery: d.as_deref(),
+                ..r.as_record()
+            })
+            .collect();
         store2.insert_readings(&records)
     })
     .await;
@@ -501,6 +530,7 @@ mod tests {
             },
             clock: CaptureClock::default(),
             received_at: Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
+            delivery: None,
             done: Some(tx),
         };
         (msg, rx)
@@ -721,6 +751,90 @@ mod tests {
         assert_eq!(back["flags"], serde_json::json!(["from_memory"]));
         assert_eq!(back["readings"][0]["type"], "systolic_pressure");
         assert_eq!(back["readings"][1]["value"].as_f64(), Some(82.0));
+    }
+
+    /// A redelivered MQTT message after the device was rebound to another patient (then a
+    /// restart, or a crash before the acknowledgement reached the broker): the same delivery
+    /// made into a reading with another identifier is a duplicate, kept once under the patient
+    /// it first arrived under, also after the store is reopened. Another message, or the same
+    /// payload on another topic, is a new reading.
+    #[tokio::test]
+    async fn a_redelivery_under_a_new_binding_is_a_duplicate_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            Arc::new(
+                Outbox::open(
+                    dir.path(),
+                    StoreKey::from_bytes([7; 32]),
+                    OutboxOptions::default(),
+                )
+                .unwrap(),
+            )
+        };
+        let bound_to = |patient: &str| {
+            let mut ctx = (*cuff()).clone();
+            ctx.attribution = Attribution::Single(patient.parse().unwrap());
+            Arc::new(ctx)
+        };
+        let message = |device: Arc<DeviceContext>, n: i64, topic: &str| {
+            let (mut msg, done) = plain(n);
+            if let Ingest::Record {
+                device: d,
+                delivery,
+                ..
+            } = &mut msg
+            {
+                *d = device;
+                *delivery = Some(delivery_digest(topic, format!("payload {n}").as_bytes()));
+            }
+            (msg, done)
+        };
+        let store = open();
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let (first, first_done) = message(bound_to("Patient/p1"), 1, "hub/1");
+        assert!(process(vec![first], &dyn_store).await.any_new);
+        assert_eq!(
+            first_done.await.unwrap(),
+            Outcome::Durable {
+                stored: 1,
+                duplicates: 0,
+                dead_lettered: 0
+            }
+        );
+        drop((dyn_store, store));
+
+        let store = open();
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let (again, again_done) = message(bound_to("Patient/p2"), 1, "hub/1");
+        let (other_topic, other_done) = message(bound_to("Patient/p2"), 1, "hub/2");
+        let (next, next_done) = message(bound_to("Patient/p2"), 2, "hub/1");
+        process(vec![again, other_topic, next], &dyn_store).await;
+        assert_eq!(
+            again_done.await.unwrap(),
+            Outcome::Durable {
+                stored: 0,
+                duplicates: 1,
+                dead_lettered: 0
+            },
+            "the redelivery is the reading already kept"
+        );
+        for done in [other_done, next_done] {
+            assert_eq!(
+                done.await.unwrap(),
+                Outcome::Durable {
+                    stored: 1,
+                    duplicates: 0,
+                    dead_lettered: 0
+                }
+            );
+        }
+        let pending = store.pending::<Reading>(10).unwrap();
+        let patients: Vec<String> = pending
+            .iter()
+            .map(|r| r.value.observation_identifier.clone())
+            .collect();
+        assert_eq!(pending.len(), 3, "{patients:?}");
+        assert!(patients[0].contains("p1"), "{patients:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,7 @@ pub async fn run(
             },
             #[allow(clippy::disallowed_methods)] // the edge: the reading arrives now
             received_at: Utc::now(),
+            delivery: None,
             done: None,
         };
         if tx.send(msg).await.is_err() {

@@ -177,6 +177,7 @@ fn salvage_copy<T: Serialize + DeserializeOwned>(
         let outcome = live.insert_records(&[NewRecord {
             id,
             identity: identity.as_deref(),
+            delivery: None,
             value: &value,
         }])?;
         match outcome.first() {

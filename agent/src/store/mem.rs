@@ -49,6 +49,8 @@ struct Durable {
     /// Upstream identity → the id of the record that holds it (kept after an ack, as the sled
     /// store keeps it until tombstones expire).
     idents: HashMap<String, [u8; 32]>,
+    /// Upstream delivery → the id of the record made from it (NewRecord::delivery).
+    deliveries: HashMap<String, [u8; 32]>,
     dead: BTreeMap<u64, DeadLetterInfo>,
     purged: u64,
 }
@@ -198,6 +200,17 @@ impl Store for MemStore {
             if data.index.contains_key(&r.id) || data.tombstones.contains(&r.id) {
                 outcomes.push(Insert::Duplicate);
                 continue;
+            }
+            // The same upstream delivery made into another reading (NewRecord::delivery).
+            if r.delivery
+                .and_then(|d| data.deliveries.get(d))
+                .is_some_and(|holder| *holder != r.id)
+            {
+                outcomes.push(Insert::Duplicate);
+                continue;
+            }
+            if let Some(d) = r.delivery {
+                data.deliveries.insert(d.to_owned(), r.id);
             }
             let too_large = payload.len() > MAX_PAYLOAD_LEN;
             let collides = r

@@ -194,6 +194,13 @@ pub struct NewRecord<'a, T> {
     /// The identity the record will have upstream (the FHIR Observation identifier), if any:
     /// two records with one identity and different ids are a collision.
     pub identity: Option<&'a str>,
+    /// The upstream delivery the record came from, if the source can be redelivered (an MQTT
+    /// message: its topic and payload digest and the reading's place in it). A record with
+    /// another id from a delivery already kept is that delivery again, made into a different
+    /// reading because the configuration changed in between (a device rebound to another
+    /// patient, then a restart or a crash before the broker had the acknowledgement): it is a
+    /// [`Insert::Duplicate`], kept once, under the binding it first arrived under.
+    pub delivery: Option<&'a str>,
     pub value: &'a T,
 }
 
@@ -493,6 +500,7 @@ impl SledOutbox {
             .map(|(id, value)| NewRecord {
                 id,
                 identity: None,
+                delivery: None,
                 value,
             })
             .collect();
@@ -534,6 +542,7 @@ impl SledOutbox {
             for (i, (r, payload)) in records.iter().zip(&encoded).enumerate() {
                 let mac = self.keys().index_key(&r.id);
                 let ident = r.identity.map(|s| self.identity_key(s));
+                let delivery = r.delivery.map(|s| self.delivery_key(s));
                 let sealed = match dead_for.get(&i) {
                     Some(reason) => {
                         let seq = self.next_id()?;
@@ -569,7 +578,7 @@ impl SledOutbox {
                         Prepared::Pending(seq, sealed)
                     }
                 };
-                prepared.push((mac, ident, sealed));
+                prepared.push((mac, ident, delivery, sealed));
             }
             let tomb = now.to_be_bytes();
             let result: TransactionResult<Vec<Insert>, NeedsDeadLetter> = (
@@ -581,7 +590,7 @@ impl SledOutbox {
             )
                 .transaction(|(pending, index, acked, dead, idents)| {
                     let mut outcomes = Vec::with_capacity(prepared.len());
-                    for (i, (mac, ident, item)) in prepared.iter().enumerate() {
+                    for (i, (mac, ident, delivery, item)) in prepared.iter().enumerate() {
                         // An index entry whose record is gone was left by a quarantine
                         // (invariant 2): the id is not pending, a new copy is stored.
                         let held = match index.get(mac)? {
@@ -591,6 +600,16 @@ impl SledOutbox {
                         if held || acked.get(mac)?.is_some() {
                             outcomes.push(Insert::Duplicate);
                             continue;
+                        }
+                        // The same delivery, made into another reading (see NewRecord).
+                        if let Some(k) = delivery {
+                            if idents
+                                .get(k)?
+                                .is_some_and(|v| v.get(..32) != Some(&mac[..]))
+                            {
+                                outcomes.push(Insert::Duplicate);
+                                continue;
+                            }
                         }
                         let collides = match ident {
                             Some(k) => idents
@@ -602,6 +621,11 @@ impl SledOutbox {
                             Prepared::Dead(seq, reason, sealed) => {
                                 dead.insert(&seq.to_be_bytes()[..], &sealed[..])?;
                                 acked.insert(&mac[..], &tomb[..])?;
+                                if let Some(k) = delivery {
+                                    let mut v = mac.to_vec();
+                                    v.extend_from_slice(&tomb);
+                                    idents.insert(&k[..], v)?;
+                                }
                                 outcomes.push(Insert::DeadLettered {
                                     seq: *seq,
                                     reason: *reason,
@@ -614,7 +638,7 @@ impl SledOutbox {
                                 let seq = seq.to_be_bytes();
                                 pending.insert(&seq[..], &sealed[..])?;
                                 index.insert(&mac[..], &seq[..])?;
-                                if let Some(k) = ident {
+                                for k in [ident, delivery].into_iter().flatten() {
                                     let mut v = mac.to_vec();
                                     v.extend_from_slice(&tomb);
                                     idents.insert(&k[..], v)?;
@@ -630,7 +654,7 @@ impl SledOutbox {
                     let written = prepared
                         .iter()
                         .zip(&outcomes)
-                        .filter_map(|((_, _, item), outcome)| match (item, outcome) {
+                        .filter_map(|((_, _, _, item), outcome)| match (item, outcome) {
                             (Prepared::Pending(seq, _), Insert::Stored) => Some(*seq),
                             _ => None,
                         })
@@ -644,7 +668,7 @@ impl SledOutbox {
                     let added: usize = prepared
                         .iter()
                         .zip(&outcomes)
-                        .map(|((_, _, item), outcome)| match (item, outcome) {
+                        .map(|((_, _, _, item), outcome)| match (item, outcome) {
                             (Prepared::Pending(_, sealed), Insert::Stored) => {
                                 sealed.len() + PENDING_OVERHEAD
                             }
@@ -1932,6 +1956,14 @@ impl SledOutbox {
         self.keys().index_key(&sha256(&pre))
     }
 
+    /// The `idents` key of an upstream delivery (a keyed hash, apart from identities).
+    fn delivery_key(&self, delivery: &str) -> [u8; 32] {
+        let mut pre = Vec::with_capacity(delivery.len() + 9);
+        pre.extend_from_slice(b"delivery\0");
+        pre.extend_from_slice(delivery.as_bytes());
+        self.keys().index_key(&sha256(&pre))
+    }
+
     fn index_seq(&self, mac: &[u8; 32]) -> Result<Option<u64>, StoreError> {
         Ok(self.index.get(mac)?.and_then(|v| parse_seq(&v)))
     }
@@ -2318,6 +2350,7 @@ mod tests {
             .map(|n| NewRecord {
                 id: [n; 32],
                 identity: Some(["obs-0", "obs-1", "obs-2", "obs-3", "obs-4"][n as usize]),
+                delivery: None,
                 value: &"first",
             })
             .collect();
@@ -2332,12 +2365,14 @@ mod tests {
             .map(|r| NewRecord {
                 id: [r.id[0] + 100; 32],
                 identity: r.identity,
+                delivery: None,
                 value: &"second",
             })
             .collect();
         batch.push(NewRecord {
             id: [200; 32],
             identity: Some("obs-new"),
+            delivery: None,
             value: &"new",
         });
         let outcomes = store.insert_records(&batch).unwrap();

@@ -633,6 +633,7 @@ impl<'a> Session<'a> {
                 ..CaptureClock::default()
             },
             received_at: now(),
+            delivery: None,
             done: Some(done),
         };
         self.shared

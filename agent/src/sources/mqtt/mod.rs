@@ -72,6 +72,17 @@
 //! a DISCONNECT, and returns within [`SHUTDOWN_BUDGET`] whatever the broker does. It never
 //! returns early on a connection problem: it reconnects with backoff.
 //!
+//! # Reload and redelivery
+//!
+//! A reload that changes only the MQTT devices (added, removed, rebound) hands the running task
+//! the new table ([`run_rebindable`]): no reconnect, so nothing is redelivered; new filters are
+//! subscribed on the running connection. A removed filter stays subscribed at the broker (as
+//! after a restart with a persistent session); what arrives on it is a dead letter. A restart
+//! or a crash still leaves the broker to redeliver whatever was stored but not acknowledged;
+//! each message carries [`crate::pipeline::delivery_digest`] of its topic and payload, and the
+//! store keeps one reading per delivery, so a redelivery after a rebind is a duplicate, not the
+//! same reading under the new patient.
+//!
 //! Payloads are never logged; an undecodable one is counted, logged by size and reason, stored
 //! sealed in the dead letters, and acked (otherwise the broker would redeliver it forever).
 

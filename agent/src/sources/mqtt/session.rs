@@ -749,6 +749,7 @@ fn ingest(
                 ..CaptureClock::default()
             },
             received_at,
+            delivery: Some(crate::pipeline::delivery_digest(topic, payload)),
             done,
         },
         Err(e) => {

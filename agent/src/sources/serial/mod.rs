@@ -369,6 +369,7 @@ impl SerialTask {
             },
             clock: CaptureClock::default(),
             received_at: r.at,
+            delivery: None,
             done,
         }
     }

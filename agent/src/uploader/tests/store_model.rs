@@ -124,6 +124,7 @@ impl Offer {
             source: Offer::source(),
             clock: CaptureClock::default(),
             received_at: self.received_at(),
+            delivery: None,
             done: Some(tx),
         };
         (msg, rx)
