@@ -421,7 +421,7 @@ async fn a_burst_during_a_rebind_files_each_reading_once() {
 }
 
 /// kill -9 in the middle of a burst, the device rebound to the other patient, restarted:
-/// four times. Whatever was stored but not yet acknowledged at a kill is redelivered by the
+/// four times, two of them while the agent reloads the new file (SIGHUP just before the kill). Whatever was stored but not yet acknowledged at a kill is redelivered by the
 /// broker after the restart, made into a reading of the other patient (another identifier);
 /// the store recognises the delivery (topic and payload digest) and keeps it once, under the
 /// patient it first arrived under. Every reading is filed exactly once and none is lost.
@@ -439,8 +439,6 @@ async fn kill_9_during_a_burst_then_a_rebind_files_each_reading_once() {
     for cycle in 0..4 {
         // Killed once it has stored some of the burst, while the broker still sends.
         h.wait_for_log(&agent, "reading stored", n / 12, Duration::from_secs(120));
-        agent.kill9();
-        logs.push_str(&agent.stderr());
         let (from, to) = if cycle % 2 == 0 {
             ("MRN-0001", "MRN-0002")
         } else {
@@ -449,6 +447,13 @@ async fn kill_9_during_a_burst_then_a_rebind_files_each_reading_once() {
         let now = std::fs::read_to_string(&h.config).unwrap();
         assert!(now.contains(from));
         std::fs::write(&h.config, now.replace(from, to)).unwrap();
+        if cycle % 2 == 1 {
+            // Every other time the kill lands while the agent reloads the new file.
+            signal(agent.pid(), "HUP");
+            tokio::time::sleep(Duration::from_millis(5 * cycle as u64)).await;
+        }
+        agent.kill9();
+        logs.push_str(&agent.stderr());
         agent = h.spawn_agent();
     }
     publisher.await.unwrap();
