@@ -456,7 +456,9 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Insert(Vec<(u8, Ident)>),
+        /// Readings by id and identifier, each with an upstream delivery `d<k>` or none (a
+        /// delivery held by another id makes a duplicate).
+        Insert(Vec<(u8, Ident, Option<u8>)>),
         /// Read with this limit, passing over the records at these positions (of the full
         /// pending list), keeping ids not divisible by `refuse_mod` (0: keep all).
         Pending {
@@ -484,7 +486,11 @@ mod tests {
             1 => Just(Ident::Huge),
         ];
         prop_oneof![
-            5 => proptest::collection::vec((id.clone(), ident), 1..5).prop_map(Op::Insert),
+            5 => proptest::collection::vec(
+                (id.clone(), ident, proptest::option::of(0u8..4)),
+                1..5
+            )
+            .prop_map(Op::Insert),
             2 => (0usize..6, proptest::collection::vec(0usize..6, 0..3), 0u8..4)
                 .prop_map(|(limit, skip, refuse_mod)| Op::Pending { limit, skip, refuse_mod }),
             3 => proptest::collection::vec(id.clone(), 1..4).prop_map(Op::Ack),
@@ -573,9 +579,19 @@ mod tests {
     fn apply(s: &dyn Store, op: &Op) -> String {
         match op {
             Op::Insert(items) => {
-                let readings: Vec<Reading> = items.iter().map(|&(n, i)| reading(n, i)).collect();
-                let records: Vec<NewRecord<'_, Reading>> =
-                    readings.iter().map(Reading::as_record).collect();
+                let readings: Vec<Reading> = items.iter().map(|&(n, i, _)| reading(n, i)).collect();
+                let deliveries: Vec<Option<String>> = items
+                    .iter()
+                    .map(|&(_, _, d)| d.map(|k| format!("d{k}")))
+                    .collect();
+                let records: Vec<NewRecord<'_, Reading>> = readings
+                    .iter()
+                    .zip(&deliveries)
+                    .map(|(r, d)| NewRecord {
+                        delivery: d.as_deref(),
+                        ..r.as_record()
+                    })
+                    .collect();
                 format!("{:?}", s.insert_readings(&records).map(normal))
             }
             Op::Pending {
