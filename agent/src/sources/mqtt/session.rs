@@ -86,6 +86,7 @@ pub async fn run_rebindable(
         acks: AckSequencer::new(),
         acks_in_channel: 0,
         round: None,
+        stale_subscribes: 0,
         overrun: false,
         store_failed: false,
         reconnects: 0,
@@ -250,6 +251,9 @@ struct Session {
     acks_in_channel: usize,
     /// This connection's subscriptions (None until CONNACK).
     round: Option<SubscribeRound>,
+    /// SUBSCRIBEs of a round a rebind replaced, handed to rumqttc but not yet seen written:
+    /// their `Outgoing::Subscribe` events are not the current round's.
+    stale_subscribes: usize,
     /// A QoS 1 message arrived with no room to hold it (the broker ignores its window): from
     /// it on, nothing more is taken on this connection.
     overrun: bool,
@@ -315,7 +319,9 @@ impl Session {
                 }
             }
             Event::Outgoing(Outgoing::Subscribe(pkid)) => {
-                if let Some(round) = self.round.as_mut() {
+                if self.stale_subscribes > 0 {
+                    self.stale_subscribes -= 1;
+                } else if let Some(round) = self.round.as_mut() {
                     round.sent(pkid);
                 }
             }
@@ -356,6 +362,7 @@ impl Session {
         let new_filters = added.len();
         self.router = Router::new(subs);
         if self.round.is_some() && self.closing.is_none() {
+            self.stale_subscribes += self.round.as_ref().map_or(0, SubscribeRound::handed_unsent);
             self.round = Some(if round_complete {
                 SubscribeRound::of(added)
             } else {
@@ -500,6 +507,7 @@ impl Session {
         self.answers.waiting.clear();
         self.acks_in_channel = 0;
         self.round = None;
+        self.stale_subscribes = 0;
         self.overrun = false;
         self.store_failed = false;
         let delay = match why {

@@ -129,6 +129,12 @@ impl SubscribeRound {
         }
     }
 
+    /// SUBSCRIBEs handed to the client whose packet id has not been seen yet: if the round is
+    /// replaced now, that many `Outgoing::Subscribe` events still belong to it.
+    pub fn handed_unsent(&self) -> usize {
+        self.handed.len()
+    }
+
     /// Every SUBSCRIBE of the round has its SUBACK.
     pub fn is_complete(&self) -> bool {
         self.answered == self.chunks.len()
