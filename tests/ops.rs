@@ -1234,11 +1234,18 @@ async fn doctor_passes_every_check_on_a_healthy_gateway() {
         &h,
         &[("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address), ("PATH", &path)],
     );
+    // The disk check reads the real filesystem the test's data directory is on. On a build
+    // machine that is itself nearly full (90 % is the doctor's limit) it rightly fails: then
+    // only its consistency with `df` is checked, and the rest must still pass.
+    let roomy = host_disk_is_roomy(h.dir.path());
+    if !roomy {
+        eprintln!("the build machine's disk is nearly full: ✓ disk not expected\n{out}");
+        assert!(out.contains("✗ disk") || out.contains("✓ disk"), "{out}");
+    }
     for line in [
         "✓ config",
         "✓ store key",
         "✓ store",
-        "✓ disk",
         "✓ clock",
         "✓ bluetooth",
         "✓ serial spo2",
@@ -1253,8 +1260,41 @@ async fn doctor_passes_every_check_on_a_healthy_gateway() {
         "{out}"
     );
     assert!(out.contains("TLS with the client certificate ok"), "{out}");
-    assert!(!out.contains('✗'), "{out}");
-    assert!(ok, "exit 0 when everything passes:\n{out}");
+    if roomy {
+        assert!(out.contains("✓ disk"), "{out}");
+        assert!(!out.contains('✗'), "{out}");
+        assert!(ok, "exit 0 when everything passes:\n{out}");
+    } else {
+        assert_eq!(
+            out.matches('✗').count(),
+            usize::from(out.contains("✗ disk"))
+        );
+        assert_eq!(
+            ok,
+            !out.contains('✗'),
+            "exit status follows the checks:\n{out}"
+        );
+    }
+}
+
+/// Is the filesystem holding `dir` clearly below the doctor's disk limits (85 % used and
+/// 1 GiB free, against its 90 % and 100 MiB), by `df`?
+fn host_disk_is_roomy(dir: &Path) -> bool {
+    let out = Command::new("df").arg("-Pk").arg(dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (num(2), num(3)) {
+        (Some(used), Some(avail)) if used + avail > 0 => {
+            used * 100 / (used + avail) < 85 && avail > 1024 * 1024
+        }
+        _ => false,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
