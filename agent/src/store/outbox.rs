@@ -601,14 +601,19 @@ impl SledOutbox {
                             outcomes.push(Insert::Duplicate);
                             continue;
                         }
-                        // The same delivery, made into another reading (see NewRecord).
+                        // The same delivery, made into another reading (see NewRecord). The
+                        // delivery is recorded here for every record kept (an abort below
+                        // discards it with the rest); a transactional insert returns what it
+                        // replaced, which saves a separate read of the tree.
                         if let Some(k) = delivery {
-                            if idents
-                                .get(k)?
-                                .is_some_and(|v| v.get(..32) != Some(&mac[..]))
-                            {
-                                outcomes.push(Insert::Duplicate);
-                                continue;
+                            let mut v = mac.to_vec();
+                            v.extend_from_slice(&tomb);
+                            if let Some(first) = idents.insert(&k[..], v)? {
+                                if first.get(..32) != Some(&mac[..]) {
+                                    idents.insert(&k[..], first)?;
+                                    outcomes.push(Insert::Duplicate);
+                                    continue;
+                                }
                             }
                         }
                         let collides = match ident {
@@ -621,11 +626,6 @@ impl SledOutbox {
                             Prepared::Dead(seq, reason, sealed) => {
                                 dead.insert(&seq.to_be_bytes()[..], &sealed[..])?;
                                 acked.insert(&mac[..], &tomb[..])?;
-                                if let Some(k) = delivery {
-                                    let mut v = mac.to_vec();
-                                    v.extend_from_slice(&tomb);
-                                    idents.insert(&k[..], v)?;
-                                }
                                 outcomes.push(Insert::DeadLettered {
                                     seq: *seq,
                                     reason: *reason,
@@ -638,7 +638,7 @@ impl SledOutbox {
                                 let seq = seq.to_be_bytes();
                                 pending.insert(&seq[..], &sealed[..])?;
                                 index.insert(&mac[..], &seq[..])?;
-                                for k in [ident, delivery].into_iter().flatten() {
+                                if let Some(k) = ident {
                                     let mut v = mac.to_vec();
                                     v.extend_from_slice(&tomb);
                                     idents.insert(&k[..], v)?;
