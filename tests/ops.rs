@@ -380,15 +380,8 @@ async fn a_burst_during_a_rebind_files_each_reading_once() {
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let stored = h.fhir.stored_observations();
-    let mut times: Vec<String> = stored
-        .iter()
-        .map(|o| o["effectiveDateTime"].to_string())
-        .collect();
-    times.sort();
-    let total = times.len();
-    times.dedup();
     assert_eq!(
-        (total, times.len()),
+        stored_times(&h),
         (n + 1, n + 1),
         "each reading exactly once (stored, distinct times)\n--- agent log:\n{}",
         agent.stderr()

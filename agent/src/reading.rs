@@ -339,10 +339,19 @@ impl Reading {
     /// This reading as a store record: keyed by its content id, with its Observation
     /// identifier as the identity the store checks for collisions.
     pub fn as_record(&self) -> crate::store::NewRecord<'_, Reading> {
+        self.as_delivered_record(None)
+    }
+
+    /// [`Reading::as_record`], naming the upstream delivery it was made from (an MQTT message
+    /// and the reading's place in it): see `store::NewRecord::delivery`.
+    pub fn as_delivered_record<'a>(
+        &'a self,
+        delivery: Option<&'a str>,
+    ) -> crate::store::NewRecord<'a, Reading> {
         crate::store::NewRecord {
             id: *self.id.as_bytes(),
             identity: Some(self.observation_identifier.as_str()),
-            delivery: None,
+            delivery,
             value: self,
         }
     }

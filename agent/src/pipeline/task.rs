@@ -396,10 +396,7 @@ async fn process(batch: Vec<Ingest>, store: &Arc<dyn Store>) -> Processed {
         let records: Vec<NewRecord<'_, Reading>> = readings2
             .iter()
             .zip(&deliveries)
-            .map(|(r, d)| NewRecord {
-                delivery: d.as_deref(),
-                ..r.as_record()
-            })
+            .map(|(r, d)| r.as_delivered_record(d.as_deref()))
             .collect();
         store2.insert_readings(&records)
     })
@@ -829,12 +826,12 @@ mod tests {
             );
         }
         let pending = store.pending::<Reading>(10).unwrap();
-        let patients: Vec<String> = pending
+        let identifiers: Vec<String> = pending
             .iter()
             .map(|r| r.value.observation_identifier.clone())
             .collect();
-        assert_eq!(pending.len(), 3, "{patients:?}");
-        assert!(patients[0].contains("p1"), "{patients:?}");
+        assert_eq!(pending.len(), 3, "{identifiers:?}");
+        assert!(identifiers[0].contains("p1"), "{identifiers:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -587,10 +587,7 @@ mod tests {
                 let records: Vec<NewRecord<'_, Reading>> = readings
                     .iter()
                     .zip(&deliveries)
-                    .map(|(r, d)| NewRecord {
-                        delivery: d.as_deref(),
-                        ..r.as_record()
-                    })
+                    .map(|(r, d)| r.as_delivered_record(d.as_deref()))
                     .collect();
                 format!("{:?}", s.insert_readings(&records).map(normal))
             }

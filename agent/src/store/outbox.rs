@@ -1950,17 +1950,19 @@ impl SledOutbox {
     /// The `idents` key of an upstream identity: a keyed hash, like `index` keys (identities
     /// contain patient identifiers and are never written in clear).
     fn identity_key(&self, identity: &str) -> [u8; 32] {
-        let mut pre = Vec::with_capacity(identity.len() + 9);
-        pre.extend_from_slice(b"identity\0");
-        pre.extend_from_slice(identity.as_bytes());
-        self.keys().index_key(&sha256(&pre))
+        self.idents_key(b"identity\0", identity)
     }
 
     /// The `idents` key of an upstream delivery (a keyed hash, apart from identities).
     fn delivery_key(&self, delivery: &str) -> [u8; 32] {
-        let mut pre = Vec::with_capacity(delivery.len() + 9);
-        pre.extend_from_slice(b"delivery\0");
-        pre.extend_from_slice(delivery.as_bytes());
+        self.idents_key(b"delivery\0", delivery)
+    }
+
+    /// A keyed hash of `domain` ‖ `name`, like `index` keys.
+    fn idents_key(&self, domain: &[u8], name: &str) -> [u8; 32] {
+        let mut pre = Vec::with_capacity(domain.len() + name.len());
+        pre.extend_from_slice(domain);
+        pre.extend_from_slice(name.as_bytes());
         self.keys().index_key(&sha256(&pre))
     }
 
