@@ -413,6 +413,75 @@ async fn a_burst_during_a_rebind_files_each_reading_once() {
     agent.terminate();
 }
 
+/// Scale: a reload that adds 300 MQTT devices (a ward's worth of beds, each its own topic and
+/// patient) subscribes all 300 filters on the running connection, in SUBSCRIBE packets of 8
+/// with a bounded window, and one reading on each topic is filed under its own patient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adding_300_devices_subscribes_them_on_the_running_connection() {
+    let Some(broker) = Broker::mosquitto() else {
+        return;
+    };
+    let h = Harness::new(broker).await;
+    let mut agent = h.spawn_agent();
+    let beds = 300;
+    let added: String = (0..beds)
+        .map(|i| {
+            format!(
+                "\n[[devices]]\nname = \"bed-{i}\"\nkind = \"mqtt\"\ntopic = \"clinic/bed-{i}/omh\"\npatient = \"urn:oid:2.16.840.1.113883.19.5|MRN-B{i:03}\"\n"
+            )
+        })
+        .collect();
+    append_config(&h, &added);
+    signal(agent.pid(), "HUP");
+    h.wait_for_log(
+        &agent,
+        "MQTT devices rebound in place",
+        1,
+        Duration::from_secs(30),
+    );
+    h.wait_for_log(
+        &agent,
+        "MQTT subscriptions acknowledged",
+        2,
+        Duration::from_secs(60),
+    );
+    let log = agent.stderr();
+    let round = log
+        .lines()
+        .filter(|l| l.contains("MQTT subscriptions acknowledged"))
+        .nth(1)
+        .unwrap();
+    assert!(round.contains(&format!("granted={beds}")), "{round}");
+    assert_eq!(
+        log.matches("MQTT connected").count(),
+        1,
+        "no reconnect:\n{log}"
+    );
+
+    let messages: Vec<(String, String)> = (0..beds)
+        .map(|i| {
+            (
+                format!("clinic/bed-{i}/omh"),
+                weight_point(i, 6000 + i as i64),
+            )
+        })
+        .collect();
+    h.publish_messages(&messages).await;
+    h.wait_for_observations_of(&agent, beds, Duration::from_secs(120))
+        .await;
+    for i in [0, 1, 150, beds - 1] {
+        assert_eq!(observations_for(&h, &format!("MRN-B{i:03}")), 1, "bed {i}");
+    }
+    let subjects: std::collections::HashSet<String> = h
+        .fhir
+        .stored_observations()
+        .iter()
+        .map(|o| o["subject"].to_string())
+        .collect();
+    assert_eq!(subjects.len(), beds, "one patient per bed");
+    agent.terminate();
+}
+
 /// kill -9 in the middle of a burst, the device rebound to the other patient, restarted:
 /// four times, two of them while the agent reloads the new file (SIGHUP just before the kill). Whatever was stored but not yet acknowledged at a kill is redelivered by the
 /// broker after the restart, made into a reading of the other patient (another identifier);
