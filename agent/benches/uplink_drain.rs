@@ -17,6 +17,10 @@
 //!   first `UPLINK_DRAIN_NAIVE_N` readings (default 5,000: its rate is steady, and 100,000 would
 //!   take a quarter of an hour).
 //!
+//! `UPLINK_DRAIN_RTT_MS=<ms>`: every row reaches its server through a TCP relay in this process
+//! that holds each chunk half that long in each direction (a link with that round-trip time;
+//! TLS passes through it untouched). Unset: straight to the server on loopback.
+//!
 //! readings/s (wall clock, until the outbox is empty) and bytes per reading: everything the
 //! server read from the TCP connections (TLS handshakes, records, HTTP headers and bodies)
 //! divided by the readings. Compare rows within one run only: the machine is shared.
@@ -44,9 +48,16 @@ use vitalgate_devkit::pki::TestPki;
 /// `UPLINK_DRAIN_PIN=1` (and at least 2 CPUs): the server runs on a runtime of its own, its
 /// threads pinned to CPU 1, the clients, the outbox and everything else on CPU 0, as with a
 /// server on another machine. Unset, all share every CPU.
+///
+/// Decided once, before any thread is pinned: `available_parallelism` follows the calling
+/// thread's affinity, so asked after `main` pinned itself to CPU 0 it says 1, and (until this
+/// was fixed) the server then started on the clients' runtime, on CPU 0 with them.
 fn pinned() -> bool {
-    std::env::var("UPLINK_DRAIN_PIN").is_ok_and(|v| v == "1")
-        && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
+    static PINNED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PINNED.get_or_init(|| {
+        std::env::var("UPLINK_DRAIN_PIN").is_ok_and(|v| v == "1")
+            && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
+    })
 }
 
 /// Pins the calling thread to `cpu` with util-linux's `taskset` (the workspace forbids the
@@ -85,6 +96,73 @@ async fn start_server(config: ServerConfig) -> FhirTestServer {
         .expect("server task")
 }
 
+/// The round-trip time `UPLINK_DRAIN_RTT_MS` asks for, if any.
+fn rtt() -> Option<Duration> {
+    std::env::var("UPLINK_DRAIN_RTT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)
+}
+
+/// The base URL the clients use: the server's own, or with `UPLINK_DRAIN_RTT_MS` that of a
+/// relay in front of it that delays each direction by half the round-trip time.
+async fn base_url(fhir: &FhirTestServer) -> String {
+    let Some(rtt) = rtt() else {
+        return fhir.base_url();
+    };
+    let server = fhir.addr();
+    let listener = tokio::net::TcpListener::bind((server.ip(), 0))
+        .await
+        .expect("relay");
+    let port = listener.local_addr().expect("relay").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+            let (cr, cw) = client.into_split();
+            let (ur, uw) = upstream.into_split();
+            tokio::spawn(delayed_pipe(cr, uw, rtt / 2));
+            tokio::spawn(delayed_pipe(ur, cw, rtt / 2));
+        }
+    });
+    fhir.base_url()
+        .replacen(&format!(":{}", server.port()), &format!(":{port}"), 1)
+}
+
+/// Copies `from` to `to`, each chunk written `delay` after it was read (in order).
+async fn delayed_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0
+            || tx
+                .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+        {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
 struct Row {
     name: &'static str,
     per_sec: f64,
@@ -110,7 +188,7 @@ async fn drain(name: &'static str, readings: &[Reading], cap: usize, gzip: bool)
         store.insert_records(&recs).expect("insert");
     }
     let client = UplinkClient::new(&UplinkTls {
-        fhir_base: fhir.base_url().parse().expect("url"),
+        fhir_base: base_url(&fhir).await.parse().expect("url"),
         pin_spki_sha256: Vec::new(),
         post_quantum: vitalgate::tls::PostQuantum::default(),
         ca_file: pki.ca_cert.clone(),
@@ -175,8 +253,9 @@ async fn reference(name: &'static str, readings: &[Reading], raw: bool) -> Row {
     let dir = tempfile::tempdir().expect("tmp");
     let pki = TestPki::generate(&dir.path().join("pki")).expect("pki");
     let fhir = start_server(ServerConfig::for_pki(&pki)).await;
+    let base = base_url(&fhir).await;
     let tls = UplinkTls {
-        fhir_base: fhir.base_url().parse().expect("url"),
+        fhir_base: base.parse().expect("url"),
         pin_spki_sha256: Vec::new(),
         post_quantum: vitalgate::tls::PostQuantum::default(),
         ca_file: pki.ca_cert.clone(),
@@ -214,7 +293,6 @@ async fn reference(name: &'static str, readings: &[Reading], raw: bool) -> Row {
             .tls_backend_preconfigured(tls_config(&tls).expect("tls"))
             .build()
             .expect("http");
-        let base = fhir.base_url();
         bytes_before = fhir.wire_bytes_in();
         start = Instant::now();
         for body in bodies {
@@ -282,17 +360,29 @@ fn main() {
         .unwrap_or(5_000);
     let readings = readings(n);
     let naive_readings = &readings[..readings.len().min(naive_n)];
+    // `UPLINK_DRAIN_ONLY=default`: the gzip reference and the default row alone (for a
+    // profile of the uploader); the table then has no naive row.
+    let only_default = std::env::var("UPLINK_DRAIN_ONLY").is_ok_and(|v| v == "default");
     let rows = rt.block_on(async {
-        vec![
-            reference("reference: same Bundles, gzip bytes", &readings, true).await,
+        let mut rows =
+            vec![reference("reference: same Bundles, gzip bytes", &readings, true).await];
+        if only_default {
+            rows.push(drain("vitalgate gzip, cap 50 (default)", &readings, 50, true).await);
+            return rows;
+        }
+        rows.extend([
             reference("reference: same Bundles, JSON values", &readings, false).await,
             drain("vitalgate gzip, cap 50 (default)", &readings, 50, true).await,
             drain("vitalgate gzip, cap 20", &readings, 20, true).await,
             drain("vitalgate plain, cap 50", &readings, 50, false).await,
             drain("naive: 1 reading/request, plain", naive_readings, 1, false).await,
-        ]
+        ]);
+        rows
     });
-    let naive = rows.last().map_or(1.0, |r| r.per_sec);
+    let naive = rows
+        .iter()
+        .find(|r| r.name.starts_with("naive"))
+        .map_or(f64::NAN, |r| r.per_sec);
     let reference = rows
         .iter()
         .find(|r| r.name.starts_with("reference"))
@@ -308,6 +398,12 @@ fn main() {
             "server and clients share the CPUs"
         }
     );
+    if let Some(rtt) = rtt() {
+        println!(
+            "through a relay with a round-trip time of {} ms",
+            rtt.as_millis()
+        );
+    }
     println!(
         "| {:<36} | {:>10} | {:>8} | {:>6} | {:>14} | {:>8} |",
         "client", "readings/s", "x naive", "% ref", "bytes/reading", "requests"
