@@ -72,10 +72,14 @@
 //!    (a warn log with tree, seq, size and reason only, and a counter). Nothing is ever deleted because it
 //!    could not be read.
 //! 2. **`index` ↔ `pending`.** `pending[seq]` holds the id whose `index_key` is `k` exactly
-//!    when `index[k] = seq`; the two change only together, in one sled transaction. The one
-//!    exception is quarantine, which moves a record out in O(1) and leaves its index entry (the
-//!    record's id cannot be read to find it): an entry whose `pending[seq]` is gone is *stale*,
-//!    counts as absent everywhere, and is removed by `prune_tombstones` (at open and hourly).
+//!    when `index[k] = seq`; the two change only together, in one sled transaction. Two
+//!    exceptions. Quarantine moves a record out in O(1) and leaves its index entry (the
+//!    record's id cannot be read to find it). An ack writes, in this order, the tombstone, the
+//!    record's removal and the index entry's removal (three batches, not a transaction, which
+//!    cost a fifth of the uploader's time), so a crash between them leaves the index entry.
+//!    An entry whose `pending[seq]` is gone is *stale*, counts as absent everywhere, and is
+//!    removed by `prune_tombstones` (at open and hourly). An ack of a record that has no index
+//!    entry at all opens the record and compares its id.
 //!    Before an ack or a dead-letter acts on `index[k]`, the record at `seq` is opened and its
 //!    id compared, so a corrupted index entry cannot remove the wrong reading.
 //! 3. **Dedup.** An id is a duplicate while it is in `index` with its record (pending) or in
