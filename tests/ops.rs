@@ -34,6 +34,18 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid}");
 }
 
+/// Waits until a reload has rebound the MQTT devices in place and the broker has answered the
+/// new filters' SUBSCRIBE: the second SUBACK round of the connection.
+fn wait_for_rebind_in_place(h: &Harness, agent: &Agent, suback_wait: Duration) {
+    h.wait_for_log(
+        agent,
+        "MQTT devices rebound in place",
+        1,
+        Duration::from_secs(30),
+    );
+    h.wait_for_log(agent, "MQTT subscriptions acknowledged", 2, suback_wait);
+}
+
 fn status_json(h: &Harness) -> Value {
     serde_json::from_str(&h.vitalgate(&["status", "--json"])).unwrap()
 }
@@ -214,18 +226,7 @@ async fn sighup_adds_and_rebinds_devices_losing_no_reading_and_a_broken_file_kee
     h.wait_for_log(&agent, "configuration reloaded", 1, Duration::from_secs(30));
     // hub-1 is rebound in place, on the running connection (no reconnect, so nothing is
     // redelivered), and hub-2's new filter is subscribed on it: a second SUBACK round.
-    h.wait_for_log(
-        &agent,
-        "MQTT devices rebound in place",
-        1,
-        Duration::from_secs(30),
-    );
-    h.wait_for_log(
-        &agent,
-        "MQTT subscriptions acknowledged",
-        2,
-        Duration::from_secs(30),
-    );
+    wait_for_rebind_in_place(&h, &agent, Duration::from_secs(30));
     assert_eq!(
         agent.stderr().matches("MQTT connected").count(),
         1,
@@ -433,18 +434,7 @@ async fn a_reload_adding_300_devices_subscribes_them_on_the_running_connection()
         .collect();
     append_config(&h, &added);
     signal(agent.pid(), "HUP");
-    h.wait_for_log(
-        &agent,
-        "MQTT devices rebound in place",
-        1,
-        Duration::from_secs(30),
-    );
-    h.wait_for_log(
-        &agent,
-        "MQTT subscriptions acknowledged",
-        2,
-        Duration::from_secs(60),
-    );
+    wait_for_rebind_in_place(&h, &agent, Duration::from_secs(60));
     let log = agent.stderr();
     let round = log
         .lines()
