@@ -68,6 +68,7 @@ counters!(
     store_write_failures,
     store_records_quarantined,
     store_index_mismatches,
+    store_unfinished_snapshots_removed,
     store_pressure_high,
     store_pressure_critical,
     store_pressure_resumed,
@@ -659,6 +660,24 @@ impl IndexMismatch {
         tracing::warn!(
             seq = self.seq,
             "store index entry points at a record with another id; record left pending"
+        );
+    }
+}
+
+/// The store's open removed snapshot files sled left unfinished
+/// (`store::outbox::remove_unfinished_snapshots`).
+pub struct UnfinishedSnapshotRemoved<'a> {
+    pub store: &'a std::path::Path,
+    pub files: usize,
+}
+impl UnfinishedSnapshotRemoved<'_> {
+    pub fn emit(self) {
+        bump(&COUNTERS.store_unfinished_snapshots_removed);
+        tracing::warn!(
+            store = %self.store.display(),
+            files = self.files,
+            "removed an unfinished sled snapshot (a snapshot write had failed or was cut short); \
+             sled reads its log instead, nothing is lost"
         );
     }
 }

@@ -213,6 +213,9 @@ fn guarded_open(dir: &Path, key: &StoreKey, opts: &OutboxOptions) -> Result<Outb
 
 /// Opens a sled database as it is (no format check, nothing written), panics caught.
 fn raw_open(dir: &Path) -> Result<sled::Db, StoreError> {
+    // A working copy: an unfinished snapshot would make sled refuse it
+    // ([`super::outbox::remove_unfinished_snapshots`]).
+    super::outbox::remove_unfinished_snapshots(dir)?;
     catch_unwind(AssertUnwindSafe(|| {
         sled::Config::new()
             .path(dir)

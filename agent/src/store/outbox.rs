@@ -389,6 +389,10 @@ impl SledOutbox {
                 .map_err(io_err(dir))?;
         }
         wait_for_lock(&dir.join("db"), opts.lock_wait)?;
+        let files = remove_unfinished_snapshots(dir)?;
+        if files > 0 {
+            telemetry::UnfinishedSnapshotRemoved { store: dir, files }.emit();
+        }
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_capacity)
@@ -2222,6 +2226,50 @@ fn open_keyring(
     Ok(KeySet::new(kek, keys, ring.active)?)
 }
 
+/// Removes the snapshot files sled 0.34 left unfinished (`snap.<lsn>.generating`) in the
+/// database directory `dir`; returns how many. sled writes a snapshot to that name, fsyncs it
+/// and renames it, so such a file is a write that failed or was cut short (a full disk, a crash).
+/// sled's open does not skip it: it sorts the `snap.` files and reads the last, which is the
+/// unfinished one, and refuses the whole database as corrupt. The snapshot is only a shortcut
+/// for recovery (without it sled reads its log from the start, as for a store that never wrote
+/// one), so removing the unfinished file loses nothing. Seen after a full disk under load
+/// (`tests/store_full_disk.rs`): every reopen failed with "Read corrupted data", and the next
+/// start would have quarantined a store whose records were all intact.
+///
+/// # Errors
+///
+/// [`StoreError::Io`] if the directory cannot be listed or a file cannot be removed.
+pub(crate) fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { path, source }),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Waits until nobody holds the `flock` sled takes on `db` (or `wait` passed). A missing file is
 /// fine (a new store). The lock is released again at once: sled takes it itself. Public for
 /// tools and tests that open a store's sled files directly, right after an `Outbox` closed.
@@ -2395,6 +2443,57 @@ mod tests {
 
     fn key() -> StoreKey {
         StoreKey::from_bytes([9; 32])
+    }
+
+    /// Found by the full-disk soak (`examples/full_disk_soak.rs`): sled 0.34 leaves
+    /// `snap.<lsn>.generating` behind when a snapshot write fails (a full disk), and its open
+    /// then refuses the whole database ("Read corrupted data"), so every reopen failed and the
+    /// next start would have quarantined a store whose records were intact. The open removes
+    /// such files (an empty one, as ENOSPC leaves it, and a cut-short one) and keeps everything.
+    #[test]
+    fn an_unfinished_snapshot_left_by_a_failed_write_does_not_make_the_store_unopenable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledOutbox::open(dir.path(), key(), OutboxOptions::default()).unwrap();
+            for n in 0..20u8 {
+                assert_eq!(
+                    store.insert([n; 32], &u32::from(n)).unwrap(),
+                    Insert::Stored
+                );
+            }
+            store.ack(&[[3; 32]]).unwrap();
+        }
+        let before = crate::telemetry::COUNTERS
+            .store_unfinished_snapshots_removed
+            .load(Ordering::Relaxed);
+        let empty = dir.path().join("snap.00000000004FFDE8.generating");
+        let cut = dir.path().join("snap.0000000000FFFFFF.generating");
+        std::fs::write(&empty, b"").unwrap();
+        std::fs::write(&cut, [0x5a; 100]).unwrap();
+        // What sled itself does with them (why the open removes them first).
+        {
+            let raw = sled::Config::new().path(dir.path()).open();
+            assert!(
+                matches!(raw, Err(sled::Error::Corruption { .. })),
+                "sled 0.34 no longer refuses an unfinished snapshot: {:?}",
+                raw.map(|_| ())
+            );
+        }
+        let store = SledOutbox::open(dir.path(), key(), OutboxOptions::default()).unwrap();
+        assert!(!empty.exists() && !cut.exists());
+        let mut pending: Vec<u32> = store
+            .pending::<u32>(usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.value)
+            .collect();
+        pending.sort_unstable();
+        assert_eq!(pending, (0..20).filter(|n| *n != 3).collect::<Vec<u32>>());
+        assert_eq!(store.insert([3; 32], &3u32).unwrap(), Insert::Duplicate);
+        let after = crate::telemetry::COUNTERS
+            .store_unfinished_snapshots_removed
+            .load(Ordering::Relaxed);
+        assert!(after > before, "the removal is counted");
     }
 
     /// Found by the MemStore conformance test: a batch with three identifier collisions
