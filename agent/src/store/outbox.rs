@@ -2233,7 +2233,7 @@ fn open_keyring(
 /// unfinished one, and refuses the whole database as corrupt. The snapshot is only a shortcut
 /// for recovery (without it sled reads its log from the start, as for a store that never wrote
 /// one), so removing the unfinished file loses nothing. Seen after a full disk under load
-/// (`tests/store_full_disk.rs`): every reopen failed with "Read corrupted data", and the next
+/// (`examples/full_disk_soak.rs`): every reopen failed with "Read corrupted data", and the next
 /// start would have quarantined a store whose records were all intact.
 ///
 /// # Errors
